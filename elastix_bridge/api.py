@@ -1,0 +1,155 @@
+"""The user-facing call: ``elastix_registration_method`` with itk-elastix's signature.
+
+Routing (one stage per parameter map): a parameter object without any ``(Metric "Impact")`` map
+goes unchanged to ``itk.elastix_registration_method`` (real elastix); Impact maps run on the bridge
+engine, and the result image is produced by itk-elastix's transformix from the written
+TransformParameters map, so what users get is exactly what transformix applies.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger("elastix_bridge")
+
+
+def uses_impact(parameter_map) -> bool:
+    """Whether a parameter map (ParameterMap or dict) asks for the Impact metric."""
+    values = parameter_map.values("Metric") if hasattr(parameter_map, "values") and callable(
+        getattr(parameter_map, "has", None)) else list(parameter_map.get("Metric", ()))
+    return "Impact" in values
+
+
+@contextlib.contextmanager
+def _logging_to(console: bool, file: Optional[Path]):
+    """Attach console/file handlers to the ``elastix_bridge`` logger for one call."""
+    handlers = []
+    if console:
+        handlers.append(logging.StreamHandler())
+    if file is not None:
+        handlers.append(logging.FileHandler(file, mode="w"))
+    previous = log.level
+    for h in handlers:
+        h.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(h)
+    if handlers:
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+        log.setLevel(previous)
+
+
+def _as_float(image):
+    """Cast an itk.Image to float pixels (elastix's internal pixel type)."""
+    import itk
+
+    dim = image.GetImageDimension()
+    if itk.template(image)[1][0] is itk.F:
+        return image
+    return itk.cast_image_filter(image, ttype=(type(image), itk.Image[itk.F, dim]))
+
+
+def elastix_registration_method(fixed_image, moving_image, parameter_object=None, fixed_mask=None,
+                                moving_mask=None, log_to_console: bool = False, output_directory=None,
+                                log_to_file: bool = False, log_file_name: str = "elastix.log", **kwargs):
+    """Register ``moving_image`` to ``fixed_image``; drop-in for ``itk.elastix_registration_method``.
+
+    Args:
+        fixed_image, moving_image: ``itk.Image`` of equal dimension (any scalar pixel type).
+        parameter_object: ``itk.ParameterObject``, a parameter map dict, or a list of them. None
+            means itk-elastix's defaults (no Impact: runs on elastix).
+        fixed_mask, moving_mask: ``itk.Image`` masks (non-zero = inside), or None.
+        log_to_console: print the registration log.
+        output_directory: existing folder for ``TransformParameters.<i>.txt``, ``result.<i>.<fmt>``,
+            ``IterationInfo.<i>.R<r>.txt`` and the log, as elastix writes them.
+        log_to_file, log_file_name: write the log into ``output_directory``.
+        **kwargs: further itk-elastix keywords, passed on unchanged for elastix stages.
+
+    Returns:
+        ``(result_image, transform_parameter_object)`` like itk-elastix: the moving image resampled
+        by transformix onto the fixed grid, and an ``itk.ParameterObject`` with one
+        TransformParameters map per stage.
+
+    Raises:
+        elastix_bridge.loader.ImpactUnavailableError: torch, plugin or device problems.
+        ValueError (and subclasses): invalid parameter maps, models or images, naming the cause.
+    """
+    import itk
+
+    from .parameters import parameter_maps_from_object
+    from .transform_io import to_parameter_object, write_transform_parameter_file
+
+    maps = [] if parameter_object is None else parameter_maps_from_object(parameter_object)
+    if not any(uses_impact(m) for m in maps):
+        call = dict(kwargs, log_to_console=log_to_console)
+        if parameter_object is not None:
+            call["parameter_object"] = parameter_object if not maps else to_parameter_object(maps)
+        for key, value in (("fixed_mask", fixed_mask), ("moving_mask", moving_mask),
+                           ("output_directory", None if output_directory is None else str(output_directory))):
+            if value is not None:
+                call[key] = value
+        if output_directory is not None and log_to_file:
+            call.update(log_to_file=True, log_file_name=log_file_name)
+        return itk.elastix_registration_method(fixed_image, moving_image, **call)
+
+    unsupported = sorted(k for k in kwargs if k not in ("number_of_threads",))
+    if unsupported:
+        raise ValueError(f"elastix_registration_method: {', '.join(unsupported)} not supported yet for parameter "
+                         "objects with an Impact map")
+    if len(maps) != 1:
+        raise ValueError(f"the parameter object has {len(maps)} maps; chains that combine an Impact stage with "
+                         "other stages are not supported yet. Run the Impact map on its own.")
+    if kwargs.get("number_of_threads"):
+        _set_threads(int(kwargs["number_of_threads"]))
+
+    out = None if output_directory is None else Path(output_directory)
+    if out is not None and not out.is_dir():
+        raise FileNotFoundError(f"output directory {out} does not exist; create it first (elastix requires it)")
+    logfile = out / log_file_name if out is not None and log_to_file else None
+    from .engine.registration import run_impact_stage
+
+    with _logging_to(log_to_console, logfile):
+        stage = run_impact_stage(fixed_image, moving_image, maps[0], fixed_mask, moving_mask,
+                                 elastix_level=0, output_directory=out)
+        log.info("Impact stage took %.1f s.", stage.seconds)
+        tp_map = stage.transform_parameter_map
+        # itk-elastix reports the input pixel type as the result type.
+        tp_map.set("ResultImagePixelType", ["float"])
+        tp_object = to_parameter_object([tp_map])
+        result = itk.transformix_filter(_as_float(moving_image), tp_object)
+        if out is not None:
+            write_transform_parameter_file(tp_map, out / "TransformParameters.0.txt")
+            if maps[0].get("WriteResultImage", default=True, type=bool):
+                fmt = maps[0].get("ResultImageFormat", default="mha")
+                write_image(result, out / f"result.0.{fmt}")
+    return result, tp_object
+
+
+def write_image(image, path: Path) -> None:
+    """Write an ``itk.Image`` without ever leaving a half-written file at ``path``.
+
+    The image is written into a temporary folder beside ``path`` and its files (one, or a MetaImage
+    header and its data file) are renamed into place.
+    """
+    import tempfile
+
+    import itk
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix=".tmp-", dir=path.parent) as tmp:
+        itk.imwrite(image, str(Path(tmp) / path.name))
+        for f in Path(tmp).iterdir():
+            os.replace(f, path.parent / f.name)
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))

@@ -1,0 +1,495 @@
+"""Real anatomy with a known deformation and contrast change, without any download.
+
+The MNI ICBM152 2009a symmetric T1 template ships inside the nilearn wheel
+(``nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz``, 1 mm, 197×233×189,
+ITK direction ``diag(−1, −1, 1)``, intensities 0..255, already skull-stripped with a rim of CSF).
+:func:`make_demo_pair` turns it into a multimodal registration problem with a ground truth:
+
+* ``fixed``: the template resampled to ``voxel_size`` mm (3D), or the axial slice through the
+  middle of the brain mask (2D, in-plane geometry of the 3D grid: spacing, origin ``(x, y)`` and
+  the 2×2 direction block ``diag(−1, −1)``);
+* ``moving``: the fixed image warped by a known smooth transform ``T(x) = x + u(x)`` (a small
+  rotation about the brain centre, a small translation and a random Gaussian-smoothed field) and
+  then given a T2-like contrast (CSF bright, WM dark; non-monotonic), a smooth multiplicative bias
+  field and a little noise;
+* ``true_displacement``: ``u`` on the fixed grid, in physical mm, components in ITK ``(x, y[, z])``
+  order — the same convention as ``itk.transformix_deformation_field``: the fixed point ``x``
+  corresponds to the moving point ``x + u(x)``.
+
+Axis conventions: ITK index / physical vectors are ``(x, y, z)``; numpy arrays obtained from ITK
+are ``[z, y, x]`` (vector images ``[z, y, x, component]`` with the component axis in ``(x, y, z)``
+order). All geometry keeps the template's direction matrix (p = origin + direction·diag(spacing)·i).
+
+Quality numbers used by the project: :func:`nmi` (Studholme et al., Pattern Recognition 32(1),
+1999: ``(H(A)+H(B))/H(A,B)``, 1 = independent, 2 = identical up to a bijection), :func:`dice`
+and :func:`displacement_error`.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Callable, Union
+
+import numpy as np
+
+__all__ = [
+    "dice",
+    "displacement_error",
+    "make_demo_pair",
+    "mni_template_path",
+    "nmi",
+    "warp_with_displacement",
+]
+
+_TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+
+
+def mni_template_path() -> Path:
+    """Path of the MNI152 2009a T1 template inside the installed nilearn wheel.
+
+    nilearn is located with ``importlib.util.find_spec`` and not imported (importing it is slow).
+
+    Returns:
+        Path to ``mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz``.
+
+    Raises:
+        ModuleNotFoundError: nilearn is not installed (message says ``pip install nilearn``).
+        FileNotFoundError: nilearn is installed but the template file is missing.
+    """
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            "the demo data needs the MNI152 template shipped with nilearn: pip install nilearn "
+            "(or pip install 'elastix-bridge[demo]')")
+    path = Path(spec.origin).parent / "datasets" / "data" / _TEMPLATE
+    if not path.is_file():
+        raise FileNotFoundError(f"nilearn is installed but {path} is missing; reinstall nilearn")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# geometry helpers (numpy; ITK (x, y, z) order)
+
+
+def _geometry(image):
+    """``(size_xyz, spacing, origin, direction)`` of an itk image as numpy arrays."""
+    import itk
+
+    size = np.array(itk.size(image), dtype=int)
+    spacing = np.array(itk.spacing(image), dtype=np.float64)
+    origin = np.array(itk.origin(image), dtype=np.float64)
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(len(size), len(size))
+    return size, spacing, origin, direction
+
+
+def _physical_grid(size, spacing, origin, direction) -> np.ndarray:
+    """Physical points (mm, (x, y, z)) of every voxel, array ``[*reversed(size), D]``."""
+    d = len(size)
+    idx = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in reversed(size)], indexing="ij")
+    idx_xyz = np.stack(idx[::-1], axis=-1)  # [..., D] in (x, y, z)
+    m = direction @ np.diag(spacing)
+    return idx_xyz @ m.T + origin.reshape((1,) * d + (d,))
+
+
+def _physical_to_index(points, spacing, origin, direction) -> np.ndarray:
+    """Continuous ITK indices ``(x, y, z)`` of physical points ``[..., D]``."""
+    m_inv = np.linalg.inv(direction @ np.diag(spacing))
+    return (points - origin) @ m_inv.T
+
+
+def _sample(array_zyx, index_xyz, order=1, mode="nearest", cval=0.0) -> np.ndarray:
+    """Interpolate ``array_zyx`` at continuous ITK indices ``[..., D]`` (scipy map_coordinates)."""
+    from scipy import ndimage
+
+    coords = np.moveaxis(index_xyz[..., ::-1], -1, 0)  # [D(z,y,x), ...]
+    return ndimage.map_coordinates(array_zyx, coords, order=order, mode=mode, cval=cval,
+                                   prefilter=order > 1)
+
+
+def _to_itk(array, spacing, origin, direction, vector=False):
+    """numpy ``[z, y, x]`` (or ``[z, y, x, D]``) → itk image with the given geometry."""
+    import itk
+
+    d = len(spacing)
+    if vector:
+        ttype = itk.Image[itk.Vector[itk.F, d], d]
+        image = itk.image_from_array(np.ascontiguousarray(array, dtype=np.float32), ttype=ttype)
+    else:
+        image = itk.image_from_array(np.ascontiguousarray(array))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(o) for o in origin])
+    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction, dtype=np.float64)))
+    return image
+
+
+def _head_mask(array, spacing) -> np.ndarray:
+    """Brain/head mask: threshold at 10 % of the 99th percentile, close, fill, keep largest, open."""
+    from scipy import ndimage
+
+    positive = array[array > 0]
+    if positive.size == 0:
+        return np.zeros(array.shape, dtype=np.uint8)
+    mask = array > 0.1 * np.percentile(positive, 99)
+    radius = max(1, int(round(4.0 / float(np.min(spacing)))))  # ~4 mm closing
+    structure = ndimage.generate_binary_structure(array.ndim, 1)
+    mask = ndimage.binary_closing(mask, structure, iterations=radius, border_value=0)
+    mask = ndimage.binary_fill_holes(mask)
+    mask = ndimage.binary_opening(mask, structure, iterations=1)
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
+        mask = labels == (1 + int(np.argmax(sizes)))
+    return mask.astype(np.uint8)
+
+
+def _rotation(dimension, angle_rad, rng) -> np.ndarray:
+    """Rotation matrix: in-plane (2D) or about a random unit axis (3D, Rodrigues)."""
+    c, s = np.cos(angle_rad), np.sin(angle_rad)
+    if dimension == 2:
+        return np.array([[c, -s], [s, c]])
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + s * k + (1 - c) * (k @ k)
+
+
+def _t2_like(t1, reference) -> np.ndarray:
+    """Non-monotonic T1 → T2-like remapping: background 0, CSF bright, GM mid, WM dark.
+
+    Knots in units of ``reference`` (≈ WM intensity): template CSF ≈ 0.3, GM ≈ 0.75, WM ≈ 1.
+    """
+    s = t1 / reference
+    knots = [0.0, 0.06, 0.3, 0.55, 0.75, 0.95, 1.3]
+    values = [0.0, 0.0, 1.0, 0.75, 0.55, 0.25, 0.2]
+    return np.interp(s, knots, values)
+
+
+# --------------------------------------------------------------------------------------------
+# the demo pair
+
+
+def make_demo_pair(output_dir, dimension: int = 3, voxel_size: float = 2.0,
+                   seed: int = 0) -> dict:
+    """Write a fixed/moving pair from the MNI template with a known deformation (no download).
+
+    Deformation (fixed → moving, ``T(x) = x + u(x)``): rotation of 1–2° about the brain-mask
+    centroid (random axis in 3D), translation uniform in ±2 mm per axis, and a non-rigid field of
+    Gaussian-smoothed (σ = 20 mm) white noise per component, scaled to a maximum magnitude drawn
+    in [4, 6] mm inside the brain mask. The moving image is ``F(T⁻¹(y))`` (``T⁻¹`` by fixed-point
+    iteration), cubic interpolation, then the T2-like remapping, a smooth bias field
+    ``exp(±0.15·b)`` (σ = 40 mm) and Gaussian noise (1 % of the range).
+
+    Files written in ``output_dir`` (NIfTI, geometry of the resampled template, direction
+    preserved): ``fixed.nii.gz`` (float32), ``fixed_mask.nii.gz`` (uint8), ``moving.nii.gz``
+    (float32, T2-like), ``moving_mask.nii.gz`` (uint8, the fixed mask warped), ``moving_t1.nii.gz``
+    (the warped template before the contrast change, for checks) and ``true_displacement.nii.gz``
+    (vector image, ``D`` float32 components (x, y[, z]) in mm on the fixed grid).
+
+    Args:
+        output_dir: folder (created).
+        dimension: 3 (volume) or 2 (axial slice through the middle of the brain mask).
+        voxel_size: isotropic output spacing in mm (> 0); the template is Gaussian-smoothed
+            (σ = voxel_size/2 mm) before downsampling.
+        seed: seed of the numpy generator (deformation, bias field, noise).
+
+    Returns:
+        dict with the paths (``fixed``, ``fixed_mask``, ``moving``, ``moving_mask``,
+        ``moving_t1``, ``true_displacement``), ``mean_displacement_mm`` and
+        ``max_displacement_mm`` (inside the fixed mask), ``rotation_deg``, ``translation_mm``,
+        ``nonrigid_max_mm``, ``inverse_residual_mm`` (max |T(T⁻¹(y)) − y| over the grid),
+        and for 2D ``slice_index`` (z index in the resampled 3D grid) and ``slice_z_mm``.
+
+    Raises:
+        ValueError: dimension not 2/3 or voxel_size ≤ 0.
+        ModuleNotFoundError: nilearn missing (see :func:`mni_template_path`).
+    """
+    if dimension not in (2, 3):
+        raise ValueError(f"dimension must be 2 or 3, got {dimension!r}")
+    if not voxel_size > 0:
+        raise ValueError(f"voxel_size must be > 0 mm, got {voxel_size!r}")
+    import itk
+    from scipy import ndimage
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    # 1. template → isotropic voxel_size (corner-aligned: same physical extent)
+    template = itk.imread(str(mni_template_path()), itk.F)
+    size0, sp0, org0, dir0 = _geometry(template)
+    vs = float(voxel_size)
+    if vs > float(sp0.min()):
+        template = itk.smoothing_recursive_gaussian_image_filter(template, sigma=vs / 2.0)
+    new_size = np.maximum(1, np.round(size0 * sp0 / vs)).astype(int)
+    new_origin = org0 + dir0 @ ((vs - sp0) / 2.0)
+    resampled = itk.resample_image_filter(
+        template, size=[int(s) for s in new_size], output_spacing=[vs] * 3,
+        output_origin=[float(o) for o in new_origin], output_direction=template.GetDirection())
+    fixed3 = np.clip(itk.array_from_image(resampled).astype(np.float32), 0, None)
+    mask3 = _head_mask(fixed3, [vs] * 3)
+
+    spacing, origin, direction = np.full(3, vs), new_origin, dir0
+    info: dict = {}
+    if dimension == 2:
+        zs = np.nonzero(mask3.any(axis=(1, 2)))[0]
+        k = int(round((zs.min() + zs.max()) / 2.0))
+        fixed = np.ascontiguousarray(fixed3[k])
+        mask = _head_mask(fixed, [vs] * 2)
+        info["slice_index"] = k
+        info["slice_z_mm"] = float((origin + direction @ (np.array([0, 0, k]) * vs))[2])
+        spacing, origin, direction = spacing[:2], origin[:2], direction[:2, :2]
+    else:
+        fixed, mask = fixed3, mask3
+    d = dimension
+    size = np.array(fixed.shape[::-1])
+
+    # 2. known transform T(x) = R (x − c) + c + t + n(x), u = T(x) − x on the fixed grid
+    grid = _physical_grid(size, spacing, origin, direction)  # [..., D]
+    inside = mask.astype(bool)
+    centre = grid[inside].mean(axis=0)
+    angle = np.deg2rad(rng.uniform(1.0, 2.0) * rng.choice([-1.0, 1.0]))
+    rot = _rotation(d, angle, rng)
+    trans = rng.uniform(-2.0, 2.0, size=d)
+    sigma_vox = 20.0 / vs
+    field = np.stack([ndimage.gaussian_filter(rng.normal(size=fixed.shape), sigma_vox,
+                                              mode="reflect") for _ in range(d)], axis=-1)
+    target_max = rng.uniform(4.0, 6.0)
+    field *= target_max / np.linalg.norm(field[inside], axis=-1).max()
+
+    def rigid(x):
+        return (x - centre) @ rot.T + centre + trans
+
+    u = rigid(grid) + field - grid
+
+    # 3. inverse by fixed-point iteration: x = R^T (y − c − t − n(x)) + c
+    def n_at(points):
+        idx = _physical_to_index(points, spacing, origin, direction)
+        return np.stack([_sample(field[..., a], idx, order=1, mode="nearest")
+                         for a in range(d)], axis=-1)
+
+    x = (grid - centre - trans) @ rot + centre
+    for _ in range(40):
+        x_new = (grid - centre - trans - n_at(x)) @ rot + centre
+        step = np.abs(x_new - x).max()
+        x = x_new
+        if step < 1e-4:
+            break
+    residual = float(np.linalg.norm(rigid(x) + n_at(x) - grid, axis=-1).max())
+    x_idx = _physical_to_index(x, spacing, origin, direction)
+
+    # 4. warped anatomy, warped mask, contrast change
+    moving_t1 = np.clip(_sample(fixed.astype(np.float64), x_idx, order=3, mode="constant"),
+                        0, None).astype(np.float32)
+    moving_mask = (_sample(mask.astype(np.float32), x_idx, order=1, mode="constant") > 0.5)
+    reference = float(np.percentile(fixed[inside], 95))
+    t2 = _t2_like(moving_t1.astype(np.float64), reference)
+    bias = ndimage.gaussian_filter(rng.normal(size=fixed.shape), 40.0 / vs, mode="reflect")
+    bias /= np.abs(bias).max() + 1e-12
+    moving = t2 * np.exp(0.15 * bias) + rng.normal(scale=0.01, size=fixed.shape)
+    moving = (np.clip(moving, 0, None) * 1000.0).astype(np.float32)
+
+    # 5. write
+    paths = {name: out / f"{name}.nii.gz" for name in
+             ("fixed", "fixed_mask", "moving", "moving_mask", "moving_t1", "true_displacement")}
+    geo = (spacing, origin, direction)
+    itk.imwrite(_to_itk(fixed.astype(np.float32), *geo), str(paths["fixed"]), compression=True)
+    itk.imwrite(_to_itk(mask.astype(np.uint8), *geo), str(paths["fixed_mask"]), compression=True)
+    itk.imwrite(_to_itk(moving, *geo), str(paths["moving"]), compression=True)
+    itk.imwrite(_to_itk(moving_mask.astype(np.uint8), *geo), str(paths["moving_mask"]),
+                compression=True)
+    itk.imwrite(_to_itk(moving_t1, *geo), str(paths["moving_t1"]), compression=True)
+    itk.imwrite(_to_itk(u.astype(np.float32), *geo, vector=True),
+                str(paths["true_displacement"]), compression=True)
+
+    mag = np.linalg.norm(u[inside], axis=-1)
+    result = dict(paths)
+    result.update(
+        mean_displacement_mm=float(mag.mean()), max_displacement_mm=float(mag.max()),
+        rotation_deg=float(np.rad2deg(angle)), translation_mm=tuple(float(v) for v in trans),
+        nonrigid_max_mm=float(target_max), inverse_residual_mm=residual, **info)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# quality numbers
+
+
+def _as_array(obj, vector=False) -> np.ndarray:
+    """Path / itk image / array → numpy array ``[z, y, x(, D)]``."""
+    if isinstance(obj, np.ndarray):
+        return obj
+    if isinstance(obj, (str, Path)):
+        import itk
+
+        obj = itk.imread(str(obj))
+    import itk
+
+    return np.asarray(itk.array_from_image(obj))
+
+
+def warp_with_displacement(image, displacement, reference=None, interpolator: str = "linear"):
+    """Resample ``image`` at ``x + u(x)`` with itk's displacement-field resampler.
+
+    Uses ``itk.WarpImageFilter`` (the displacement-field equivalent of ``ResampleImageFilter`` +
+    ``DisplacementFieldTransform``, which ITK Python wraps only for float fields), linear
+    interpolation of the field.
+
+    Output(x) = image(x + u(x)) on the grid of ``displacement`` (or ``reference``). With the
+    fixed→moving field ``u`` of :func:`make_demo_pair` this maps a moving image onto the fixed
+    grid (what elastix's result image is).
+
+    Args:
+        image: itk image or path (the moving image).
+        displacement: itk vector image or path, components (x, y[, z]) in mm.
+        reference: optional itk image or path whose grid is used; default the displacement grid.
+        interpolator: ``"linear"`` or ``"nearest"``.
+
+    Returns:
+        itk image (float32) on the reference grid.
+    """
+    import itk
+
+    if isinstance(image, (str, Path)):
+        image = itk.imread(str(image), itk.F)
+    else:
+        image = itk.cast_image_filter(
+            image, ttype=(type(image), itk.Image[itk.F, image.GetImageDimension()]))
+    if isinstance(displacement, (str, Path)):
+        displacement = itk.imread(str(displacement))
+    d = image.GetImageDimension()
+    field_type = itk.Image[itk.Vector[itk.F, d], d]
+    if not isinstance(displacement, field_type):  # e.g. a VectorImage or a double field
+        arr = np.asarray(itk.array_from_image(displacement), dtype=np.float32)
+        field = itk.image_from_array(arr, ttype=field_type)
+        field.CopyInformation(displacement)
+        displacement = field
+    ref = displacement if reference is None else (
+        itk.imread(str(reference)) if isinstance(reference, (str, Path)) else reference)
+    interp = (itk.NearestNeighborInterpolateImageFunction if interpolator == "nearest"
+              else itk.LinearInterpolateImageFunction).New(image)
+    warp = itk.WarpImageFilter[type(image), type(image), field_type].New(
+        Input=image, DisplacementField=displacement, Interpolator=interp, EdgePaddingValue=0.0)
+    warp.SetOutputParametersFromImage(ref)
+    warp.Update()
+    return warp.GetOutput()
+
+
+def displacement_error(transform_field_or_points_fn: Union[object, Callable], true_displacement,
+                       mask=None) -> dict:
+    """Euclidean error (mm) between a predicted and the true fixed→moving displacement.
+
+    Args:
+        transform_field_or_points_fn: one of
+            * an itk vector image / path / numpy array ``[z, y, x, D]`` on the fixed grid — the
+              predicted displacement ``u_pred(x)`` in mm, (x, y[, z]) components (e.g. from
+              ``itk.transformix_deformation_field``);
+            * a callable mapping fixed physical points ``[N, D]`` (mm, (x, y, z)) to the
+              corresponding moving points ``[N, D]`` (e.g. a transformix point transform).
+        true_displacement: itk vector image or path (``true_displacement.nii.gz``).
+        mask: optional binary image / path / array on the fixed grid; default all voxels.
+
+    Returns:
+        dict ``mean``, ``median``, ``p95``, ``max`` (mm) and ``n`` (voxels evaluated).
+
+    Raises:
+        ValueError: the predicted field or the mask does not match the true field's grid.
+    """
+    import itk
+
+    if isinstance(true_displacement, (str, Path)):
+        true_displacement = itk.imread(str(true_displacement))
+    true = np.asarray(itk.array_from_image(true_displacement), dtype=np.float64)
+    spatial = true.shape[:-1]
+    if mask is None:
+        inside = np.ones(spatial, dtype=bool)
+    else:
+        inside = _as_array(mask).astype(bool)
+        if inside.shape != spatial:
+            raise ValueError(f"mask shape {inside.shape} does not match the displacement grid "
+                             f"{spatial} (numpy [z, y, x] order)")
+    if callable(transform_field_or_points_fn) and not hasattr(transform_field_or_points_fn,
+                                                              "GetLargestPossibleRegion"):
+        size, spacing, origin, direction = _geometry(true_displacement)
+        points = _physical_grid(size, spacing, origin, direction)[inside]
+        mapped = np.asarray(transform_field_or_points_fn(points), dtype=np.float64)
+        if mapped.shape != points.shape:
+            raise ValueError(f"the points function returned shape {mapped.shape}, expected "
+                             f"{points.shape}")
+        pred = mapped - points
+    else:
+        pred_full = np.asarray(_as_array(transform_field_or_points_fn), dtype=np.float64)
+        if pred_full.shape != true.shape:
+            raise ValueError(f"predicted displacement shape {pred_full.shape} does not match the "
+                             f"true displacement {true.shape} (numpy [z, y, x, D] order)")
+        pred = pred_full[inside]
+    err = np.linalg.norm(pred - true[inside], axis=-1)
+    if err.size == 0:
+        return dict(mean=float("nan"), median=float("nan"), p95=float("nan"), max=float("nan"),
+                    n=0)
+    return dict(mean=float(err.mean()), median=float(np.median(err)),
+                p95=float(np.percentile(err, 95)), max=float(err.max()), n=int(err.size))
+
+
+def nmi(a, b, bins: int = 64, mask=None) -> float:
+    """Normalised mutual information ``(H(A) + H(B)) / H(A, B)`` (Studholme 1999).
+
+    Intensities are binned into ``bins`` equal-width bins over each array's own range (in the
+    mask). 2 means one image determines the other (identical arrays give exactly 2), 1 means
+    independent.
+
+    Args:
+        a, b: arrays of the same shape (numpy, or itk images / paths).
+        bins: number of histogram bins per image.
+        mask: optional boolean array (same shape) selecting the voxels used.
+
+    Returns:
+        NMI in [1, 2]; 2.0 when both are constant in the mask (H(A, B) = 0).
+
+    Raises:
+        ValueError: shape mismatch or empty mask.
+    """
+    a = np.asarray(_as_array(a), dtype=np.float64)
+    b = np.asarray(_as_array(b), dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"nmi: shapes differ: {a.shape} vs {b.shape}")
+    if mask is not None:
+        m = np.asarray(_as_array(mask)).astype(bool)
+        if m.shape != a.shape:
+            raise ValueError(f"nmi: mask shape {m.shape} differs from {a.shape}")
+        a, b = a[m], b[m]
+    a, b = a.ravel(), b.ravel()
+    if a.size == 0:
+        raise ValueError("nmi: no voxels (empty mask)")
+
+    def edges(v):
+        lo, hi = float(v.min()), float(v.max())
+        return np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+
+    joint, _, _ = np.histogram2d(a, b, bins=[edges(a), edges(b)])
+    p = joint / joint.sum()
+
+    def entropy(q):
+        q = q[q > 0]
+        return float(-(q * np.log(q)).sum())
+
+    h_ab = entropy(p)
+    if h_ab <= 0.0:
+        return 2.0
+    return (entropy(p.sum(axis=1)) + entropy(p.sum(axis=0))) / h_ab
+
+
+def dice(a, b) -> float:
+    """Dice overlap ``2|A∩B| / (|A| + |B|)`` of non-zero voxels; 1.0 when both are empty.
+
+    Args:
+        a, b: arrays (or itk images / paths) of the same shape.
+
+    Raises:
+        ValueError: shape mismatch.
+    """
+    a = np.asarray(_as_array(a)).astype(bool)
+    b = np.asarray(_as_array(b)).astype(bool)
+    if a.shape != b.shape:
+        raise ValueError(f"dice: shapes differ: {a.shape} vs {b.shape}")
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total

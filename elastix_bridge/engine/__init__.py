@@ -1,0 +1,1 @@
+"""Registration engine for Impact stages: one module per elastix component family."""

@@ -1,0 +1,130 @@
+"""Image geometry in physical space (ITK conventions).
+
+Everything here is in ITK axis order ``(x, y[, z])`` unless a name says ``zyx``.
+An ITK image maps a continuous index ``i`` (ITK order) to a physical point ``p`` (mm) by
+
+    p = origin + direction @ diag(spacing) @ i
+
+so ``direction[:, k]`` is the physical direction of index axis ``k``.  numpy arrays
+obtained from ITK are reversed: ``array_zyx[z, y, x]``.
+
+Source: ITK ``ImageBase::TransformContinuousIndexToPhysicalPoint``; elastix_spec §0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Size, spacing, origin and direction of an image grid, ITK (x, y, z) order.
+
+    Attributes:
+        size: number of voxels per axis, ITK order, shape ``(D,)``.
+        spacing: voxel spacing in mm, shape ``(D,)``.
+        origin: physical position (mm) of voxel index 0, shape ``(D,)``.
+        direction: direction cosines, shape ``(D, D)``; column ``k`` is index axis ``k``.
+    """
+
+    size: tuple
+    spacing: np.ndarray
+    origin: np.ndarray
+    direction: np.ndarray
+
+    def __post_init__(self):
+        object.__setattr__(self, "size", tuple(int(s) for s in self.size))
+        object.__setattr__(self, "spacing", np.asarray(self.spacing, dtype=np.float64).reshape(-1))
+        object.__setattr__(self, "origin", np.asarray(self.origin, dtype=np.float64).reshape(-1))
+        d = len(self.size)
+        object.__setattr__(self, "direction", np.asarray(self.direction, dtype=np.float64).reshape(d, d))
+
+    @property
+    def dimension(self) -> int:
+        return len(self.size)
+
+    @property
+    def shape_zyx(self) -> tuple:
+        """Array shape in numpy (z, y, x) order."""
+        return tuple(reversed(self.size))
+
+    @property
+    def index_to_physical_matrix(self) -> np.ndarray:
+        """``direction @ diag(spacing)``, shape ``(D, D)``."""
+        return self.direction @ np.diag(self.spacing)
+
+    @property
+    def physical_to_index_matrix(self) -> np.ndarray:
+        """Inverse of :attr:`index_to_physical_matrix`, shape ``(D, D)``."""
+        return np.linalg.inv(self.index_to_physical_matrix)
+
+    @classmethod
+    def from_itk(cls, image) -> "ImageGeometry":
+        """Geometry of an ``itk.Image`` (largest possible region, start index must be 0)."""
+        region = image.GetLargestPossibleRegion()
+        index = tuple(region.GetIndex())
+        if any(index):
+            raise ValueError(f"images with a non-zero start index {index} are not supported; "
+                             "re-save the image so that its region starts at index 0")
+        import itk
+
+        return cls(
+            size=tuple(region.GetSize()),
+            spacing=np.asarray(image.GetSpacing(), dtype=np.float64),
+            origin=np.asarray(image.GetOrigin(), dtype=np.float64),
+            direction=np.asarray(itk.array_from_matrix(image.GetDirection()), dtype=np.float64),
+        )
+
+    def apply_to_itk(self, image) -> None:
+        """Set spacing, origin and direction of an ``itk.Image`` to this geometry."""
+        import itk
+
+        image.SetSpacing([float(v) for v in self.spacing])
+        image.SetOrigin([float(v) for v in self.origin])
+        image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(self.direction)))
+
+    def index_to_physical(self, index_xyz):
+        """Continuous index (ITK order) -> physical point (mm).
+
+        Args:
+            index_xyz: ``(N, D)`` numpy array or torch tensor.
+
+        Returns:
+            ``(N, D)`` points of the same array type and dtype.
+        """
+        m, o = self.index_to_physical_matrix, self.origin
+        if isinstance(index_xyz, np.ndarray):
+            return index_xyz @ m.T + o
+        t = index_xyz
+        return t @ t.new_tensor(m).T + t.new_tensor(o)
+
+    def physical_to_index(self, points):
+        """Physical point (mm) -> continuous index (ITK order). ``(N, D)`` -> ``(N, D)``."""
+        m, o = self.physical_to_index_matrix, self.origin
+        if isinstance(points, np.ndarray):
+            return (points - o) @ m.T
+        t = points
+        return (t - t.new_tensor(o)) @ t.new_tensor(m).T
+
+    def inside_buffer(self, index_xyz):
+        """ITK ``IsInsideBuffer`` for continuous indices: ``-0.5 <= i_k < n_k - 0.5`` on every axis.
+
+        Args:
+            index_xyz: ``(N, D)`` continuous indices (numpy or torch).
+
+        Returns:
+            ``(N,)`` boolean mask.
+        """
+        size = np.asarray(self.size, dtype=np.float64)
+        if isinstance(index_xyz, np.ndarray):
+            return np.all((index_xyz >= -0.5) & (index_xyz < size - 0.5), axis=1)
+        s = index_xyz.new_tensor(size)
+        return ((index_xyz >= -0.5) & (index_xyz < s - 0.5)).all(dim=1)
+
+    def voxel_centres(self):
+        """Physical coordinates of all voxels, ``(prod(size), D)``, x fastest (ITK memory order)."""
+        axes = [np.arange(n, dtype=np.float64) for n in self.size]
+        grids = np.meshgrid(*axes, indexing="ij")  # grids[k] indexed [x, y, z]
+        idx = np.stack([g.transpose(tuple(reversed(range(self.dimension)))).reshape(-1) for g in grids], axis=1)
+        return self.index_to_physical(idx)

@@ -1,0 +1,319 @@
+"""AdaptiveStochasticGradientDescent with automatic parameter estimation, as elastix runs it.
+
+Source: elastix ``Components/Optimizers/AdaptiveStochasticGradientDescent`` and
+``Common/itkComputeJacobianTerms.hxx``; Klein et al., "Adaptive stochastic gradient descent
+optimisation for image registration", IJCV 81(3), 2009. Spec: elastix_spec §9.1, §14.
+
+The optimizer works on the transform parameters ``μ`` (float64, length P). Transform scales are
+all 1 for the transforms supported here (B-spline, translation), so the scaled position equals
+``μ``. The cost function is anything with the :class:`CostFunction` methods below.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
+
+import numpy as np
+
+log = logging.getLogger("elastix_bridge")
+
+
+class SamplingError(RuntimeError):
+    """Too few valid samples in one metric evaluation (elastix: "Too many samples map outside
+    moving image buffer"). The optimizer may retry with new samples
+    (``MaximumNumberOfSamplingAttempts``)."""
+
+
+class CostFunction(Protocol):
+    def value_and_derivative(self, parameters, exact: bool = False):
+        """Value (float) and derivative (Tensor[P], float64) at ``parameters`` (Tensor[P]).
+
+        ``exact=True`` evaluates on the dense grid of about ``NumberOfSamplesForExactGradient``
+        samples that elastix uses for the parameter estimation."""
+
+    def select_new_samples(self) -> None:
+        """Draw a new sample set for the next evaluation (NewSamplesEveryIteration)."""
+
+    @property
+    def uses_random_sampler(self) -> bool:
+        """Whether the sampler draws random samples (Random, RandomCoordinate, RandomSparseMask)."""
+
+
+@dataclass
+class ASGDSettings:
+    """Per-level ASGD settings with elastix's defaults (elastix_spec §9.1)."""
+
+    maximum_number_of_iterations: int = 500
+    sp_A: float = 20.0
+    automatic_parameter_estimation: bool = True
+    estimation_method: str = "Original"
+    maximum_step_length: float = 1.0
+    number_of_gradient_measurements: int = 0
+    number_of_jacobian_measurements: int = 1000
+    number_of_samples_for_exact_gradient: int = 100000
+    sigmoid_scale_factor: float = 0.1
+    use_adaptive_step_sizes: bool = True
+    use_constant_step: bool = False
+    sigmoid_initial_time: float = 0.0
+    maximum_number_of_sampling_attempts: int = 0
+    sp_a: float = 400.0
+    sp_alpha: float = 0.602
+    sigmoid_max: float = 1.0
+    sigmoid_min: float = -0.8
+    sigmoid_scale: float = 1e-8
+    new_samples_every_iteration: bool = False
+
+    @classmethod
+    def from_parameter_map(cls, pmap, level: int, number_of_parameters: int,
+                           fixed_spacing, moving_spacing) -> "ASGDSettings":
+        """Read the settings of ``level`` with elastix's lookup rules.
+
+        Args:
+            pmap: :class:`elastix_bridge.parameters.ParameterMap`.
+            level: resolution level (0 = coarsest).
+            number_of_parameters: P, for the ``NumberOfJacobianMeasurements`` default max(1000, P).
+            fixed_spacing, moving_spacing: full-resolution spacings (mm, ITK order) for the
+                default ``MaximumStepLength`` (mean of the first min(D, 2) spacings of both).
+
+        Raises:
+            elastix_bridge.parameters.ParameterError: a value of the wrong form.
+            ValueError: an unknown ``ASGDParameterEstimationMethod``.
+        """
+        g = lambda name, default, typ=float, **kw: pmap.get(name, level=level, default=default, type=typ,
+                                                             prefix="Optimizer0", **kw)
+        nd = min(len(fixed_spacing), 2)
+        mean_spacing = float(np.mean(np.concatenate([np.asarray(fixed_spacing)[:nd],
+                                                     np.asarray(moving_spacing)[:nd]])))
+        ratio = g("MaximumStepLengthRatio", 1.0)
+        s = cls(
+            maximum_number_of_iterations=g("MaximumNumberOfIterations", 500, int),
+            sp_A=g("SP_A", 20.0),
+            automatic_parameter_estimation=g("AutomaticParameterEstimation", True, bool),
+            estimation_method=pmap.get("ASGDParameterEstimationMethod", default="Original"),
+            maximum_step_length=g("MaximumStepLength", ratio * mean_spacing),
+            number_of_gradient_measurements=g("NumberOfGradientMeasurements", 0, int),
+            number_of_jacobian_measurements=g("NumberOfJacobianMeasurements",
+                                              max(1000, number_of_parameters), int),
+            number_of_samples_for_exact_gradient=g("NumberOfSamplesForExactGradient", 100000, int),
+            sigmoid_scale_factor=g("SigmoidScaleFactor", 0.1),
+            use_adaptive_step_sizes=(g("UseAdaptiveStepSizes", True, bool)
+                                     if pmap.has("UseAdaptiveStepSizes")
+                                     else g("UseCruzAcceleration", True, bool)),
+            use_constant_step=g("UseConstantStep", False, bool),
+            sigmoid_initial_time=g("SigmoidInitialTime", 0.0),
+            maximum_number_of_sampling_attempts=g("MaximumNumberOfSamplingAttempts", 0, int),
+            new_samples_every_iteration=g("NewSamplesEveryIteration", False, bool),
+        )
+        if s.estimation_method not in ("Original", "OriginalButSigmoidToDefault", "DisplacementDistribution"):
+            raise ValueError(f'ASGDParameterEstimationMethod "{s.estimation_method}" is not supported; use '
+                             '"Original", "OriginalButSigmoidToDefault" or "DisplacementDistribution"')
+        if not s.automatic_parameter_estimation:
+            s.sp_a = g("SP_a", 400.0)
+            s.sp_alpha = g("SP_alpha", 0.602)
+            s.sigmoid_max = g("SigmoidMax", 1.0)
+            s.sigmoid_min = g("SigmoidMin", -0.8)
+            s.sigmoid_scale = g("SigmoidScale", 1e-8)
+        return s
+
+
+@dataclass
+class JacobianTerms:
+    """Statistics of the transform Jacobian over a grid of fixed points (elastix_spec §9.1)."""
+
+    tr_c: float
+    tr_cc: float
+    max_jj: float
+    max_jcj: float
+
+
+def jacobian_terms(values, indices, number_of_parameters: int) -> JacobianTerms:
+    """Compute TrC, TrCC, maxJJ and maxJCJ from sparse transform Jacobians.
+
+    ``C = (1/n) Σ_j J_jᵀ J_j``; ``maxJJ = max_j ‖J_j‖_F² + 2√2 ‖J_j J_jᵀ‖_F``;
+    ``maxJCJ = max_j tr(J_j C J_jᵀ) + 2√2 ‖J_j C J_jᵀ‖_F``. C is held as a sparse matrix, so a
+    3D B-spline with tens of thousands of parameters needs no dense P×P matrix.
+
+    Args:
+        values: ``(n, D, nnz)`` Jacobian values ∂T_d/∂μ at n points (numpy or torch).
+        indices: ``(n, nnz)`` parameter index of each column.
+        number_of_parameters: P.
+
+    Source: elastix ``Common/itkComputeJacobianTerms.hxx`` (elastix_spec §9.1).
+    """
+    import scipy.sparse as sp
+
+    vals = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
+    idx = np.asarray(indices.detach().cpu() if hasattr(indices, "detach") else indices, dtype=np.int64)
+    n, dim, nnz = vals.shape
+    rows = np.repeat(np.arange(n * dim), nnz)
+    cols = np.repeat(idx[:, None, :], dim, axis=1).reshape(-1)
+    jmat = sp.csr_matrix((vals.reshape(-1), (rows, cols)), shape=(n * dim, number_of_parameters))
+    c = (jmat.T @ jmat).tocsr() / n
+    tr_c = float(c.diagonal().sum())
+    tr_cc = float((c.data ** 2).sum())
+
+    jjt = np.einsum("ndk,nek->nde", vals, vals)
+    max_jj = float(np.max(np.einsum("ndk,ndk->n", vals, vals) + 2 * math.sqrt(2) * np.linalg.norm(jjt, axis=(1, 2))))
+
+    # (J_j C J_jᵀ)[a, b] = Σ_k (J C)[j·D + a, idx_jk] · J_j[b, k]
+    jc = (jmat @ c).tocsr()
+    r = np.repeat(np.arange(n * dim), nnz)
+    cc = np.repeat(idx[:, None, :], dim, axis=1).reshape(-1)
+    jc_at = np.asarray(jc[r, cc]).reshape(n, dim, nnz)
+    jcj = np.einsum("nak,nbk->nab", jc_at, vals)
+    max_jcj = float(np.max(np.trace(jcj, axis1=1, axis2=2) + 2 * math.sqrt(2) * np.linalg.norm(jcj, axis=(1, 2))))
+    return JacobianTerms(tr_c, tr_cc, max_jj, max_jcj)
+
+
+@dataclass
+class IterationRecord:
+    """One row of elastix's iteration table for ASGD."""
+
+    iteration: int
+    metric: float
+    time: float
+    step_size: float
+    gradient_norm: float
+    time_ms: float
+
+
+class AdaptiveStochasticGradientDescent:
+    """elastix's ASGD for one resolution level.
+
+    Args:
+        settings: the level's :class:`ASGDSettings`.
+        generator: ``torch.Generator`` for the perturbations of the parameter estimation.
+        on_iteration: called as ``on_iteration(record, position)`` after each iteration
+            (logging, progress, metric hooks such as the Static feature-map refresh).
+
+    Source: elastix_spec §9.1 (iteration, time update, automatic parameter estimation).
+    """
+
+    def __init__(self, settings: ASGDSettings, generator, on_iteration: Optional[Callable] = None):
+        self.s = settings
+        self.generator = generator
+        self.on_iteration = on_iteration
+        self.a = settings.sp_a
+        self.alpha = settings.sp_alpha
+        self.f_max = settings.sigmoid_max
+        self.f_min = settings.sigmoid_min
+        self.omega = settings.sigmoid_scale
+        self.history: list[IterationRecord] = []
+        self.stop_condition = ""
+
+    # -- automatic parameter estimation -------------------------------------------------------
+    def estimate_parameters(self, cost: CostFunction, x0, terms: JacobianTerms) -> None:
+        """Set ``a``, ``alpha`` and the sigmoid from gradient measurements at ``x0`` ("Original").
+
+        Draw order (elastix_spec §14): per measurement, P normals, the exact gradient, new samples,
+        the stochastic gradient.
+        """
+        import torch
+
+        s = self.s
+        if s.estimation_method == "DisplacementDistribution":
+            raise NotImplementedError('ASGDParameterEstimationMethod "DisplacementDistribution" is not yet '
+                                      'supported by the bridge engine; use "Original"')
+        delta = s.maximum_step_length
+        tiny = 1e-14
+        if s.number_of_gradient_measurements > 0:
+            n_meas = s.number_of_gradient_measurements
+        elif terms.tr_c <= tiny or terms.tr_cc <= tiny:
+            n_meas = 2
+        else:
+            n_meas = max(2, math.ceil(8.0 * terms.tr_cc / terms.tr_c ** 2 / 0.25))
+        sigma_p = delta / math.sqrt(terms.max_jj) if terms.max_jj > tiny else 0.0
+        stochastic = s.new_samples_every_iteration and cost.uses_random_sampler
+
+        gg = ee = 0.0
+        for _ in range(n_meas):
+            z = torch.randn(x0.shape, generator=self.generator, dtype=torch.float64)
+            xi = x0 + sigma_p * z.to(x0.device)
+            if stochastic:
+                _, g_exact = self._evaluate(cost, xi, exact=True)
+                cost.select_new_samples()
+                _, g_approx = self._evaluate(cost, xi)
+                gg += float(g_exact.square().sum())
+                ee += float((g_exact - g_approx).square().sum())
+            else:
+                _, g = self._evaluate(cost, xi)
+                gg += float(g.square().sum())
+        gg /= n_meas
+        ee /= n_meas
+
+        sigma1 = math.sqrt(gg / terms.tr_c) if gg > tiny and terms.tr_c > tiny else 0.0
+        sigma3 = math.sqrt(ee / terms.tr_c) if ee > tiny and terms.tr_c > tiny else 0.0
+        a_max = (s.sp_A * delta / (sigma1 * math.sqrt(terms.max_jcj))
+                 if sigma1 > tiny and terms.max_jcj > tiny else 0.0)
+        eta = sigma1 ** 2 / (sigma1 ** 2 + sigma3 ** 2 + 1e-14)
+        self.a = a_max * eta
+        self.alpha = 1.0
+        if s.estimation_method == "Original":
+            self.omega = max(1e-14, s.sigmoid_scale_factor * sigma3 ** 2 * math.sqrt(terms.tr_cc))
+            self.f_max = 1.0
+            self.f_min = -0.99 + 0.98 * eta
+        log.info("Automatic parameter estimation: %d gradient measurements, perturbation %g.",
+                 n_meas, sigma_p)
+        log.info("( SP_a %f ) ( SP_A %f ) ( SP_alpha %f ) ( SigmoidMax %f ) ( SigmoidMin %f ) ( SigmoidScale %g )",
+                 self.a, s.sp_A, self.alpha, self.f_max, self.f_min, self.omega)
+
+    def _sigmoid(self, u: float) -> float:
+        beta = self.omega * math.log(-self.f_max / self.f_min) if self.f_min < 0 else 0.0
+        arg = -(u - beta) / self.omega
+        # exp overflow means the sigmoid saturates at f_min (C++ semantics).
+        denom = math.inf if arg > 700 else 1.0 + math.exp(arg)
+        return self.f_min + (self.f_max - self.f_min) / denom
+
+    def _evaluate(self, cost: CostFunction, x, exact: bool = False):
+        """Evaluate with elastix's retry rule for sampling errors (MaximumNumberOfSamplingAttempts)."""
+        attempts = 0
+        while True:
+            try:
+                return cost.value_and_derivative(x, exact=exact)
+            except SamplingError:
+                attempts += 1
+                if exact or attempts > self.s.maximum_number_of_sampling_attempts:
+                    raise
+                log.warning("Sampling attempt %d: too few valid samples, drawing new samples.", attempts)
+                cost.select_new_samples()
+
+    # -- iterations ------------------------------------------------------------------------------
+    def optimize(self, cost: CostFunction, x0, terms: Optional[JacobianTerms] = None):
+        """Run the level's iterations from ``x0`` (Tensor[P] float64); returns the final position.
+
+        Raises:
+            SamplingError: too few valid samples after the allowed sampling attempts.
+        """
+        s = self.s
+        x = x0.clone()
+        if s.automatic_parameter_estimation:
+            if terms is None:
+                raise ValueError("automatic parameter estimation needs the Jacobian terms")
+            self.estimate_parameters(cost, x, terms)
+        t = s.sigmoid_initial_time
+        g_prev = None
+        self.history = []
+        for k in range(s.maximum_number_of_iterations):
+            tic = time.perf_counter()
+            value, g = self._evaluate(cost, x)
+            gamma = (self.a / (s.sp_A + 1.0) ** self.alpha if s.use_constant_step
+                     else self.a / (s.sp_A + t + 1.0) ** self.alpha)
+            x = x - gamma * g
+            record = IterationRecord(k, float(value), t, gamma, float(g.norm()),
+                                     1000.0 * (time.perf_counter() - tic))
+            self.history.append(record)
+            if self.on_iteration is not None:
+                self.on_iteration(record, x)
+            if s.new_samples_every_iteration:
+                cost.select_new_samples()
+            if s.use_adaptive_step_sizes:
+                if g_prev is not None:
+                    t = max(0.0, t + self._sigmoid(float(-(g_prev * g).sum())))
+            else:
+                t = t + (self.f_max + self.f_min) / 2.0
+            g_prev = g
+        self.stop_condition = "Maximum number of iterations has been reached"
+        return x

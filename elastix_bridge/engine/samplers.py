@@ -1,0 +1,433 @@
+"""Image samplers (spec §5): physical sample points of the fixed level image.
+
+Every sampler works on the *sampling region* = the level fixed region (spec §3.6; default the whole
+level image) cropped to the fixed mask's bounding box (``Common/ImageSamplers/itkImageSamplerBase.hxx``
+``CropInputImageRegion``); the fixed mask (already eroded by the caller if ``ErodeMask``) restricts
+the samples with the nearest-voxel rule of :meth:`Mask.contains`.
+
+Randomness only comes from the ``torch.Generator`` given to a sampler (CPU generator; draws are made on
+the CPU and moved to ``device``), never from global state. The draws are statistically, not
+bit-for-bit, faithful to elastix's Mersenne twister (spec §14).
+
+All samplers return ``(N, D)`` physical points in mm, ITK ``(x, y, z)`` order, from ``sample()``.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .geometry import ImageGeometry
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .images import Mask
+
+SUPPORTED_SAMPLERS = ("Full", "Grid", "Random", "RandomCoordinate", "RandomSparseMask")
+
+NOT_ENOUGH_SAMPLES = ("Could not find enough image samples within reasonable time. "
+                      "Probably the mask is too small")
+
+
+def sampling_region(image_geometry: ImageGeometry, mask: "Mask | None" = None, region=None):
+    """Sampling region: level region cropped to the mask bounding box (spec §5).
+
+    The mask's index bounding box ``[a, b]`` is widened to ``[a − 0.5, b + 0.5]``; its 2^D corners are
+    mapped to physical space and their axis-aligned physical bounding box is taken (ITK
+    ``ImageMaskSpatialObject::GetMyBoundingBoxInWorldSpace``); that box's 2^D corners are mapped to
+    continuous indices of the level image, and ``floor(min) .. ceil(max)`` is intersected with the
+    level region.
+
+    Args:
+        image_geometry: level fixed image geometry.
+        mask: optional fixed mask (its own, full-resolution geometry).
+        region: optional ``(start_xyz, size_xyz)`` level region (spec §3.6); default: whole image.
+
+    Returns:
+        ``(start_xyz, size_xyz)`` as ``np.int64[D]`` arrays.
+
+    Raises:
+        ValueError: empty mask, or the mask bounding box lies entirely outside the region (elastix:
+            "the bounding box of the mask lies entirely out of the InputImageRegion").
+    """
+    d = image_geometry.dimension
+    if region is None:
+        start = np.zeros(d, dtype=np.int64)
+        size = np.asarray(image_geometry.size, dtype=np.int64)
+    else:
+        start = np.asarray(region[0], dtype=np.int64).reshape(d)
+        size = np.asarray(region[1], dtype=np.int64).reshape(d)
+    if mask is None:
+        return start, size
+    first, last = mask.bounding_box_index()
+    lo, hi = first - 0.5, last + 0.5
+    corners = np.array([[hi[k] if bit else lo[k] for k, bit in enumerate(bits)]
+                        for bits in itertools.product((0, 1), repeat=d)], dtype=np.float64)
+    phys = mask.geometry.index_to_physical(corners)
+    pmin, pmax = phys.min(axis=0), phys.max(axis=0)
+    box = np.array([[pmax[k] if bit else pmin[k] for k, bit in enumerate(bits)]
+                    for bits in itertools.product((0, 1), repeat=d)], dtype=np.float64)
+    cidx = image_geometry.physical_to_index(box)
+    bb_start = np.floor(cidx.min(axis=0)).astype(np.int64)
+    bb_end = np.ceil(cidx.max(axis=0)).astype(np.int64)
+    new_start = np.maximum(start, bb_start)
+    new_end = np.minimum(start + size - 1, bb_end)
+    if np.any(new_end < new_start):
+        raise ValueError("ERROR: the bounding box of the mask lies entirely out of the InputImageRegion!")
+    return new_start, new_end - new_start + 1
+
+
+def _region_indices(start, size) -> np.ndarray:
+    """All integer indices of a region, ``(prod(size), D)`` float64, x fastest (ITK memory order)."""
+    d = len(size)
+    axes = [np.arange(s, s + n, dtype=np.float64) for s, n in zip(start, size)]
+    grids = np.meshgrid(*axes[::-1], indexing="ij")  # zyx order -> x fastest when raveled
+    return np.stack([g.reshape(-1) for g in grids[::-1]], axis=1).reshape(-1, d)
+
+
+class ImageSampler:
+    """Base class: geometry, mask, cropped region, output device/dtype.
+
+    Args:
+        image_geometry: level fixed image geometry.
+        mask: optional fixed :class:`~elastix_bridge.engine.images.Mask`.
+        region: optional level region ``(start_xyz, size_xyz)`` (spec §3.6).
+        device: torch device of the returned points (default CPU).
+        dtype: torch dtype of the returned points (default float64).
+
+    Attributes:
+        region_start_xyz, region_size_xyz: the cropped sampling region (``np.int64[D]``).
+    """
+
+    name = "ImageSampler"
+
+    def __init__(self, image_geometry: ImageGeometry, mask=None, region=None, device=None, dtype=None):
+        self.geometry = image_geometry
+        self.mask = mask
+        self.region_start_xyz, self.region_size_xyz = sampling_region(image_geometry, mask, region)
+        self.device = device
+        self.dtype = dtype
+
+    def _out(self, index_xyz: np.ndarray | "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        t = torch.as_tensor(index_xyz, dtype=torch.float64)
+        pts = self.geometry.index_to_physical(t)
+        return pts.to(device=self.device, dtype=self.dtype or torch.float64)
+
+    def _inside_mask(self, index_xyz: "torch.Tensor") -> "torch.Tensor":
+        if self.mask is None:
+            import torch
+
+            return torch.ones(index_xyz.shape[0], dtype=torch.bool)
+        return self.mask.contains(self.geometry.index_to_physical(index_xyz))
+
+    def _full_indices(self) -> "torch.Tensor":
+        """Region voxels inside the mask, ``(M, D)`` float64 indices, x fastest."""
+        import torch
+
+        idx = torch.as_tensor(_region_indices(self.region_start_xyz, self.region_size_xyz))
+        if self.mask is not None:
+            idx = idx[self._inside_mask(idx)]
+        return idx
+
+    def sample(self) -> "torch.Tensor":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class FullSampler(ImageSampler):
+    """Every voxel of the cropped region inside the mask, in memory order (x fastest).
+
+    Source: ``Common/ImageSamplers/itkImageFullSampler.hxx``.
+    """
+
+    name = "Full"
+
+    def sample(self) -> "torch.Tensor":
+        """Returns ``(M, D)`` physical voxel centres (mm)."""
+        return self._out(self._full_indices())
+
+
+class GridSampler(ImageSampler):
+    """Regular grid centred in the cropped region (``Common/ImageSamplers/itkImageGridSampler.hxx``).
+
+    Per axis: ``m = 1 + floor((n − 1)/s)`` points, first at ``start + floor((n − ((m − 1)s + 1))/2)``;
+    grid points outside the mask are dropped. From a number of samples N instead of a spacing:
+    isotropic ``s = max(1, round((#voxels of the cropped region / N)^(1/D)))``.
+
+    Args:
+        image_geometry, mask, region, device, dtype: see :class:`ImageSampler`.
+        spacing_xyz: grid spacing in voxels per axis (``SampleGridSpacing``), or one int; default 2.
+        number_of_samples: alternative to ``spacing_xyz``.
+
+    Raises:
+        ValueError: non-positive spacing, or both ``spacing_xyz`` and ``number_of_samples`` given.
+    """
+
+    name = "Grid"
+
+    def __init__(self, image_geometry, mask=None, spacing_xyz=None, number_of_samples=None,
+                 region=None, device=None, dtype=None):
+        super().__init__(image_geometry, mask, region, device, dtype)
+        d = image_geometry.dimension
+        if spacing_xyz is not None and number_of_samples is not None:
+            raise ValueError("give either spacing_xyz or number_of_samples, not both")
+        if number_of_samples is not None:
+            if int(number_of_samples) < 1:
+                raise ValueError(f"number_of_samples must be >= 1; got {number_of_samples}")
+            voxels = float(np.prod(self.region_size_xyz))
+            s = max(1, int(np.floor((voxels / int(number_of_samples)) ** (1.0 / d) + 0.5)))
+            spacing = np.full(d, s, dtype=np.int64)
+        else:
+            raw = np.asarray(2 if spacing_xyz is None else spacing_xyz, dtype=np.float64).reshape(-1)
+            if raw.size == 1:
+                raw = np.repeat(raw, d)
+            if raw.size != d or np.any(raw < 1) or np.any(raw != np.round(raw)):
+                raise ValueError(f"spacing_xyz must be {d} integers >= 1; got {spacing_xyz!r}")
+            spacing = raw.astype(np.int64)
+        self.spacing_xyz = spacing
+
+    def grid_indices(self) -> "torch.Tensor":
+        """All grid indices before masking, ``(K, D)`` float64, x fastest."""
+        import torch
+
+        n, s, st = self.region_size_xyz, self.spacing_xyz, self.region_start_xyz
+        m = 1 + (n - 1) // s
+        first = st + (n - ((m - 1) * s + 1)) // 2
+        axes = [f + k * np.arange(mm, dtype=np.float64) for f, k, mm in zip(first, s, m)]
+        grids = np.meshgrid(*axes[::-1], indexing="ij")
+        return torch.as_tensor(np.stack([g.reshape(-1) for g in grids[::-1]], axis=1))
+
+    def sample(self) -> "torch.Tensor":
+        """Returns ``(K, D)`` physical grid points inside the mask (mm), x fastest."""
+        idx = self.grid_indices()
+        if self.mask is not None:
+            idx = idx[self._inside_mask(idx)]
+        return self._out(idx)
+
+
+def _check_n(n) -> int:
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"number_of_samples must be >= 1; got {n}")
+    return n
+
+
+def _not_enough(n: int, found: int, tried: int) -> RuntimeError:
+    return RuntimeError(f"{NOT_ENOUGH_SAMPLES} (found {found} of {n} samples inside the fixed mask in "
+                        f"{tried} attempts). Fix: enlarge the fixed mask, lower NumberOfSpatialSamples, "
+                        "set ErodeMask \"false\", or use ImageSampler \"RandomSparseMask\".")
+
+
+class _RejectionSampler(ImageSampler):
+    def __init__(self, image_geometry, mask, number_of_samples, generator, region=None, device=None, dtype=None):
+        super().__init__(image_geometry, mask, region, device, dtype)
+        self.number_of_samples = _check_n(number_of_samples)
+        if generator is None:
+            raise ValueError("a torch.Generator is required (randomness is never global)")
+        self.generator = generator
+
+    def _draw(self, count: int) -> "torch.Tensor":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sample(self) -> "torch.Tensor":
+        """Draw ``N`` samples; with a mask, reject candidates outside it (≤ 10·N candidates in total).
+
+        Returns:
+            ``(N, D)`` physical points (mm).
+
+        Raises:
+            RuntimeError: elastix's "Could not find enough image samples ..." when fewer than N of the
+                10·N candidates are inside the mask.
+        """
+        import torch
+
+        n = self.number_of_samples
+        if self.mask is None:
+            return self._out(self._draw(n))
+        budget = 10 * n
+        accepted, found, tried = [], 0, 0
+        while found < n and tried < budget:
+            batch = min(budget - tried, max(2 * (n - found), 1024))
+            cand = self._draw(batch)
+            ok = self._inside_mask(cand)
+            cum = torch.cumsum(ok.to(torch.int64), dim=0)
+            need = n - found
+            if int(cum[-1]) >= need:  # stop at the candidate that completes the set
+                last = int(torch.searchsorted(cum, torch.tensor(need)))
+                ok = ok[:last + 1]
+                cand = cand[:last + 1]
+                tried += last + 1
+            else:
+                tried += batch
+            accepted.append(cand[ok])
+            found += int(ok.sum())
+        if found < n:
+            raise _not_enough(n, found, tried)
+        return self._out(torch.cat(accepted)[:n])
+
+
+class RandomCoordinateSampler(_RejectionSampler):
+    """Continuous random positions (``Common/ImageSamplers/itkImageRandomCoordinateSampler.hxx``).
+
+    Continuous indices are uniform in ``[first, last]`` voxel index of the cropped region per axis
+    (so never in the outer half-voxel band); with a mask, candidates outside it are rejected.
+    With ``sample_region_size_mm`` (``UseRandomSampleRegion``): a random sub-box of
+    ``size/S`` index units with lower corner uniform in ``[first, max(first, last − size)]`` is drawn
+    first, then all samples inside it.
+
+    Args:
+        image_geometry, mask, region, device, dtype: see :class:`ImageSampler`.
+        number_of_samples: N (``NumberOfSpatialSamples``).
+        generator: ``torch.Generator`` (CPU).
+        sample_region_size_mm: optional ``D`` sizes in mm.
+    """
+
+    name = "RandomCoordinate"
+
+    def __init__(self, image_geometry, mask, number_of_samples, generator, region=None,
+                 sample_region_size_mm=None, device=None, dtype=None):
+        super().__init__(image_geometry, mask, number_of_samples, generator, region, device, dtype)
+        self.sample_region_size_mm = None if sample_region_size_mm is None else \
+            np.asarray(sample_region_size_mm, dtype=np.float64).reshape(image_geometry.dimension)
+        self._lo = self.region_start_xyz.astype(np.float64)
+        self._hi = (self.region_start_xyz + self.region_size_xyz - 1).astype(np.float64)
+
+    def _draw(self, count: int) -> "torch.Tensor":
+        import torch
+
+        u = torch.rand((count, self.geometry.dimension), generator=self.generator, dtype=torch.float64)
+        lo = torch.as_tensor(self._box_lo)
+        return lo + u * torch.as_tensor(self._box_hi - self._box_lo)
+
+    def sample(self) -> "torch.Tensor":
+        import torch
+
+        self._box_lo, self._box_hi = self._lo, self._hi
+        if self.sample_region_size_mm is not None:
+            size = self.sample_region_size_mm / self.geometry.spacing
+            upper = np.maximum(self._lo, self._hi - size)
+            u = torch.rand(self.geometry.dimension, generator=self.generator, dtype=torch.float64).numpy()
+            corner = self._lo + u * (upper - self._lo)
+            self._box_lo, self._box_hi = corner, np.minimum(corner + size, self._hi)
+        return super().sample()
+
+
+class RandomSampler(_RejectionSampler):
+    """Voxel centres drawn uniformly with replacement from the cropped region
+    (``Common/ImageSamplers/itkImageRandomSampler.hxx``); mask by rejection (≤ 10·N candidates).
+
+    Args: as :class:`RandomCoordinateSampler` (without ``sample_region_size_mm``).
+    """
+
+    name = "Random"
+
+    def _draw(self, count: int) -> "torch.Tensor":
+        import torch
+
+        total = int(np.prod(self.region_size_xyz))
+        lin = torch.randint(0, total, (count,), generator=self.generator, dtype=torch.int64)
+        cols = []
+        for start, size in zip(self.region_start_xyz, self.region_size_xyz):
+            cols.append(lin % int(size) + int(start))
+            lin = lin // int(size)
+        return torch.stack(cols, dim=1).to(torch.float64)
+
+
+class RandomSparseMaskSampler(ImageSampler):
+    """N voxels picked uniformly with replacement from the Full sample list
+    (``Common/ImageSamplers/itkImageRandomSamplerSparseMask.hxx``).
+
+    Raises:
+        ValueError: without a mask (elastix requires one), or when no voxel lies inside it.
+    """
+
+    name = "RandomSparseMask"
+
+    def __init__(self, image_geometry, mask, number_of_samples, generator, region=None, device=None, dtype=None):
+        if mask is None:
+            raise ValueError("the RandomSparseMask sampler requires a fixed mask; "
+                             "use ImageSampler \"Random\" or \"RandomCoordinate\" without a mask")
+        super().__init__(image_geometry, mask, region, device, dtype)
+        self.number_of_samples = _check_n(number_of_samples)
+        if generator is None:
+            raise ValueError("a torch.Generator is required (randomness is never global)")
+        self.generator = generator
+        self._valid = None
+
+    def sample(self) -> "torch.Tensor":
+        """Returns ``(N, D)`` physical voxel centres (mm)."""
+        import torch
+
+        if self._valid is None:
+            self._valid = self._full_indices()
+        m = self._valid.shape[0]
+        if m == 0:
+            raise ValueError("no voxel of the sampling region lies inside the fixed mask")
+        pick = torch.randint(0, m, (self.number_of_samples,), generator=self.generator, dtype=torch.int64)
+        return self._out(self._valid[pick])
+
+
+def _sampler_keys(name, geometry, pmap, level, grid_spacing_xyz, sample_region_size_mm):
+    """Read the sampler's own keys from a parameter map (spec §5 table)."""
+    d = geometry.dimension
+    if name == "Grid" and grid_spacing_xyz is None:
+        grid_spacing_xyz = [pmap.get_entry("SampleGridSpacing", level * d + k, type=int, default=2)
+                            for k in range(d)]
+    if name == "RandomCoordinate" and sample_region_size_mm is None and \
+            pmap.get("UseRandomSampleRegion", level=level, default=False, type=bool):
+        ext = (np.asarray(geometry.size, dtype=np.float64) - 1) * geometry.spacing
+        default = np.minimum(ext, ext.max() / 3.0)
+        size = np.array([pmap.get_entry("SampleRegionSize", level * d + k, type=float, default=default[k])
+                         for k in range(d)])
+        if np.any(size > ext + 1e-12):
+            raise ValueError(f"SampleRegionSize {size.tolist()} mm is larger than the image extent "
+                             f"{ext.tolist()} mm")
+        sample_region_size_mm = size
+    return grid_spacing_xyz, sample_region_size_mm
+
+
+def make_sampler(name: str, image_geometry: ImageGeometry, mask=None, number_of_samples: int = 5000,
+                 generator=None, grid_spacing_xyz=None, region=None, sample_region_size_mm=None,
+                 device=None, dtype=None, parameter_map=None, level: int = 0) -> ImageSampler:
+    """Build a sampler from its elastix ``ImageSampler`` name.
+
+    Args:
+        name: one of :data:`SUPPORTED_SAMPLERS`.
+        image_geometry: level fixed image geometry.
+        mask: optional (eroded) fixed mask.
+        number_of_samples: ``NumberOfSpatialSamples`` (random samplers).
+        generator: ``torch.Generator`` (required by the random samplers).
+        grid_spacing_xyz: ``SampleGridSpacing`` of this level (Grid; default 2).
+        region: optional level region ``(start_xyz, size_xyz)`` (spec §3.6).
+        sample_region_size_mm: ``SampleRegionSize`` when ``UseRandomSampleRegion`` (RandomCoordinate).
+        device, dtype: of the returned points (default CPU, float64).
+        parameter_map: optional :class:`elastix_bridge.parameters.ParameterMap`; when given, the
+            sampler-specific keys not passed explicitly are read for ``level``: ``SampleGridSpacing``
+            (entry ``level·D + d``, default 2, no fallback) for Grid; ``UseRandomSampleRegion`` and
+            ``SampleRegionSize`` (entry ``level·D + d``, mm; default ``min(ext_d, max(ext)/3)`` with
+            ``ext_d = (n_d − 1)·S_d`` of ``image_geometry``) for RandomCoordinate.
+        level: resolution level for ``parameter_map`` look-ups.
+
+    Raises:
+        ValueError: unknown name (lists the supported ones) or invalid arguments (e.g. a
+            ``SampleRegionSize`` larger than the image extent).
+    """
+    if parameter_map is not None:
+        grid_spacing_xyz, sample_region_size_mm = _sampler_keys(
+            name, image_geometry, parameter_map, int(level), grid_spacing_xyz, sample_region_size_mm)
+    common = dict(region=region, device=device, dtype=dtype)
+    if name == "Full":
+        return FullSampler(image_geometry, mask, **common)
+    if name == "Grid":
+        return GridSampler(image_geometry, mask, spacing_xyz=grid_spacing_xyz, **common)
+    if name == "Random":
+        return RandomSampler(image_geometry, mask, number_of_samples, generator, **common)
+    if name == "RandomCoordinate":
+        return RandomCoordinateSampler(image_geometry, mask, number_of_samples, generator,
+                                       sample_region_size_mm=sample_region_size_mm, **common)
+    if name == "RandomSparseMask":
+        return RandomSparseMaskSampler(image_geometry, mask, number_of_samples, generator, **common)
+    raise ValueError(f"unsupported ImageSampler {name!r}; supported: {', '.join(SUPPORTED_SAMPLERS)}")

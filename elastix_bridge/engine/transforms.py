@@ -1,0 +1,544 @@
+"""elastix transforms as pure functions of a flat parameter tensor.
+
+Every transform maps physical points (mm, ITK ``(x, y[, z])`` order) of the fixed image domain to the moving
+image domain, ``T(params, x)``, and is written with differentiable torch operations so that autograd gives
+``∂T/∂μ`` and ``∂T/∂x``.  :meth:`jacobian` returns the sparse parameter Jacobian in elastix's layout (values per
+output component for the non-zero parameter indices) for the optimizer's parameter estimation.
+
+Implemented: ``TranslationTransform`` (any D) and ``BSplineTransform`` (orders 1–3, D = 2 or 3, any D works)
+with elastix's grid schedule (:func:`grid_for_level`) and grid upsampling (:func:`upsample`).
+
+torch is imported inside the functions (importing this module imports neither torch nor itk).
+
+Sources: elastix_spec §6 — ``Components/Transforms/TranslationTransform/elxTranslationTransform.hxx``,
+``Components/Transforms/AdvancedBSplineTransform/elxAdvancedBSplineTransform.hxx``,
+``Common/Transforms/itkGridScheduleComputer.hxx``, ``Common/Transforms/itkAdvancedBSplineDeformableTransform.hxx``,
+``Common/Transforms/itkBSplineInterpolationWeightFunctionBase.hxx``,
+``Common/Transforms/itkUpsampleBSplineParametersFilter.hxx``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from elastix_bridge.engine.geometry import ImageGeometry
+from elastix_bridge.parameters import format_number
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "Transform",
+    "TranslationTransform",
+    "BSplineGrid",
+    "BSplineTransform",
+    "grid_for_level",
+    "default_grid_schedule",
+    "upsample",
+    "bspline_kernel",
+]
+
+
+def _fmt_list(values) -> list[str]:
+    return [format_number(float(v)) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+
+
+def _params_to_strings(params) -> list[str]:
+    if hasattr(params, "detach"):
+        arr = params.detach().to("cpu").double().numpy()
+    else:
+        arr = np.asarray(params, dtype=np.float64)
+    return [format_number(v) for v in arr.reshape(-1).tolist()]
+
+
+class Transform:
+    """Base class / protocol of the transforms.
+
+    Attributes:
+        dimension: space dimension D.
+        name: elastix ``Transform`` name written to TransformParameters.
+    """
+
+    name: str = ""
+    dimension: int
+
+    @property
+    def number_of_parameters(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def parameters(self) -> "torch.Tensor":
+        """Initial parameters, ``Tensor[P]`` float64 on CPU (identity transform)."""
+        import torch
+
+        return torch.zeros(self.number_of_parameters, dtype=torch.float64)
+
+    def transform_points(self, params: "torch.Tensor", points: "torch.Tensor") -> "torch.Tensor":
+        """Map physical points: ``(P,)``, ``(N, D)`` mm → ``(N, D)`` mm (differentiable in both)."""
+        raise NotImplementedError
+
+    def jacobian(self, points: "torch.Tensor"):
+        """Sparse parameter Jacobian ``(values (N, D, nnz), indices (N, nnz) int64)``."""
+        raise NotImplementedError
+
+    def scales(self) -> "torch.Tensor":
+        """Default optimizer (squared) scales, ``Tensor[P]`` float64 (elastix_spec §6.3): all ones."""
+        import torch
+
+        return torch.ones(self.number_of_parameters, dtype=torch.float64)
+
+    def parameter_map(self, params=None) -> dict[str, list[str]]:
+        """Transform-specific TransformParameters keys (elastix_spec §10.1)."""
+        if params is None:
+            params = self.parameters
+        return {
+            "Transform": [self.name],
+            "NumberOfParameters": [str(self.number_of_parameters)],
+            "TransformParameters": _params_to_strings(params),
+        }
+
+    def _check(self, params, points):
+        if points.ndim != 2 or points.shape[1] != self.dimension:
+            raise ValueError(f"points must have shape (N, {self.dimension}), got {tuple(points.shape)}")
+        if params.ndim != 1 or params.shape[0] != self.number_of_parameters:
+            raise ValueError(
+                f"params must have shape ({self.number_of_parameters},), got {tuple(params.shape)}"
+            )
+
+
+class TranslationTransform(Transform):
+    """``T(x) = x + t``; parameters ``t_0 … t_{D−1}`` (mm).
+
+    Source: ``Components/Transforms/TranslationTransform/elxTranslationTransform.hxx``; elastix_spec §6.1.
+    """
+
+    name = "TranslationTransform"
+
+    def __init__(self, dimension: int):
+        if dimension < 1:
+            raise ValueError(f"dimension must be >= 1, got {dimension}")
+        self.dimension = int(dimension)
+
+    @property
+    def number_of_parameters(self) -> int:
+        return self.dimension
+
+    def transform_points(self, params, points):
+        """``(D,)`` translation, ``(N, D)`` points (mm) → ``(N, D)`` mapped points (mm)."""
+        self._check(params, points)
+        return points + params.to(points.device)
+
+    def jacobian(self, points):
+        """``values (N, D, D)`` = identity, ``indices (N, D)`` = ``0..D−1``."""
+        import torch
+
+        n, d = points.shape
+        eye = torch.eye(d, dtype=points.dtype, device=points.device)
+        idx = torch.arange(d, device=points.device)
+        return eye.expand(n, d, d).clone(), idx.expand(n, d).clone()
+
+
+# ================================================================================================= B-spline
+
+
+@dataclass(frozen=True)
+class BSplineGrid:
+    """B-spline control-point grid, ITK ``(x, y, z)`` order.
+
+    Attributes:
+        size_xyz: number of nodes per axis ``N_d``, tuple of D ints.
+        spacing: node spacing ``G_d`` in mm, ``(D,)``.
+        origin: physical position (mm) of node 0, ``(D,)``.
+        direction: direction cosines ``(D, D)`` (column k = grid axis k).
+    """
+
+    size_xyz: tuple
+    spacing: np.ndarray
+    origin: np.ndarray
+    direction: np.ndarray
+
+    def __post_init__(self):
+        object.__setattr__(self, "size_xyz", tuple(int(s) for s in self.size_xyz))
+        object.__setattr__(self, "spacing", np.asarray(self.spacing, dtype=np.float64).reshape(-1))
+        object.__setattr__(self, "origin", np.asarray(self.origin, dtype=np.float64).reshape(-1))
+        d = len(self.size_xyz)
+        object.__setattr__(self, "direction", np.asarray(self.direction, dtype=np.float64).reshape(d, d))
+
+    @property
+    def dimension(self) -> int:
+        return len(self.size_xyz)
+
+    @property
+    def number_of_nodes(self) -> int:
+        return int(np.prod(self.size_xyz))
+
+    def as_geometry(self) -> ImageGeometry:
+        """The grid as an :class:`ImageGeometry` (node k ↔ index k)."""
+        return ImageGeometry(self.size_xyz, self.spacing, self.origin, self.direction)
+
+    def same_as(self, other: "BSplineGrid") -> bool:
+        """Exact equality of size, spacing, origin and direction."""
+        return (
+            self.size_xyz == other.size_xyz
+            and np.array_equal(self.spacing, other.spacing)
+            and np.array_equal(self.origin, other.origin)
+            and np.array_equal(self.direction, other.direction)
+        )
+
+
+def default_grid_schedule(number_of_resolutions: int, dimension: int) -> list[list[float]]:
+    """elastix's default grid spacing schedule ``φ[r][d] = 2^(R−1−r)`` (elastix_spec §6.4)."""
+    return [[float(2 ** (number_of_resolutions - 1 - r))] * dimension for r in range(number_of_resolutions)]
+
+
+def grid_for_level(
+    fixed_geometry_full_resolution: ImageGeometry,
+    final_grid_spacing_xyz: Sequence[float],
+    schedule_factors_xyz: Sequence[float] | float,
+    order: int = 3,
+) -> BSplineGrid:
+    """B-spline grid of one resolution level, exactly as elastix's ``GridScheduleComputer``.
+
+    ``G_d = g_d·φ_d``; ``N_d = ⌈n_d·S_d/G_d⌉ + order``; ``o_d = O_d − ((N_d−1)·G_d − (n_d−1)·S_d)/2``;
+    ``GridOrigin = O + Dir·(o − O)``; ``GridDirection = Dir``.
+
+    Args:
+        fixed_geometry_full_resolution: full-resolution fixed image geometry (size n, spacing S, origin O, Dir),
+            possibly already replaced by the initial-transform bounding box (elastix_spec §6.4).
+        final_grid_spacing_xyz: final grid spacing ``g`` in mm, ``(D,)`` (``FinalGridSpacingInVoxels·S`` or
+            ``FinalGridSpacingInPhysicalUnits``).
+        schedule_factors_xyz: this level's factors ``φ[r]``, ``(D,)`` or a scalar.
+        order: spline order 1–3.
+
+    Returns:
+        The :class:`BSplineGrid`.
+
+    Raises:
+        ValueError: bad order or shapes, non-positive spacing.
+
+    Source: ``Common/Transforms/itkGridScheduleComputer.hxx`` ``ComputeBSplineGrid``; elastix_spec §6.4.
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"BSplineTransformSplineOrder must be 1, 2 or 3, got {order}")
+    geo = fixed_geometry_full_resolution
+    dim = geo.dimension
+    g = np.broadcast_to(np.asarray(final_grid_spacing_xyz, dtype=np.float64), (dim,))
+    phi = np.broadcast_to(np.asarray(schedule_factors_xyz, dtype=np.float64), (dim,))
+    size, spacing, origin = geo.size, geo.spacing, geo.origin
+    grid_spacing = np.empty(dim)
+    grid_size = []
+    o = np.empty(dim)
+    for d in range(dim):
+        gs = float(g[d]) * float(phi[d])
+        if not gs > 0:
+            raise ValueError(f"grid spacing must be positive, got {gs} for dimension {d}")
+        grid_spacing[d] = gs
+        n_d = int(math.ceil(size[d] * float(spacing[d]) / gs)) + order
+        grid_size.append(n_d)
+        o[d] = float(origin[d]) - ((n_d - 1) * gs - (size[d] - 1) * float(spacing[d])) / 2.0
+    # rotate the origin about the image origin (same summation order as ITK's matrix * vector)
+    diff = o - origin
+    rotated = np.empty(dim)
+    for i in range(dim):
+        acc = 0.0
+        for j in range(dim):
+            acc += float(geo.direction[i, j]) * float(diff[j])
+        rotated[i] = float(origin[i]) + acc
+    return BSplineGrid(tuple(grid_size), grid_spacing, rotated, geo.direction.copy())
+
+
+def bspline_kernel(u: "torch.Tensor", order: int) -> "torch.Tensor":
+    """Centred B-spline kernel ``β^order(u)`` (order 0–3), elementwise, differentiable.
+
+    Source: ``Common/Transforms/itkBSplineKernelFunction2.h``; elastix_spec §6.4.
+    """
+    import torch
+
+    a = u.abs()
+    zero = torch.zeros_like(a)
+    if order == 3:
+        inner = (4.0 - 6.0 * a * a + 3.0 * a * a * a) / 6.0
+        outer = (2.0 - a) ** 3 / 6.0
+        return torch.where(a < 1.0, inner, torch.where(a < 2.0, outer, zero))
+    if order == 2:
+        inner = 0.75 - a * a
+        outer = 0.5 * (1.5 - a) ** 2
+        return torch.where(a < 0.5, inner, torch.where(a < 1.5, outer, zero))
+    if order == 1:
+        return torch.where(a < 1.0, 1.0 - a, zero)
+    if order == 0:
+        return torch.where(a < 0.5, torch.ones_like(a), zero)
+    raise ValueError(f"unsupported B-spline order {order}")
+
+
+
+def _bspline_weights(t: "torch.Tensor", order: int) -> "torch.Tensor":
+    """Weights ``β^order(t + (order−1)/2 − m)``, ``m = 0..order``, for fractional positions ``t ∈ [0, 1)``.
+
+    Equal to :func:`bspline_kernel` evaluated at the support offsets (closed forms, fewer temporaries).
+
+    Args:
+        t: ``(...,)`` fractional positions.
+
+    Returns:
+        ``(..., order+1)`` weights (differentiable in ``t``).
+    """
+    import torch
+
+    if order == 3:
+        t2 = t * t
+        t3 = t2 * t
+        s = 1.0 - t
+        return torch.stack(
+            [s * s * s / 6.0, (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0, (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0,
+             t3 / 6.0],
+            dim=-1,
+        )
+    if order == 2:
+        s = 1.0 - t
+        h = t - 0.5
+        return torch.stack([0.5 * s * s, 0.75 - h * h, 0.5 * t * t], dim=-1)
+    if order == 1:
+        return torch.stack([1.0 - t, t], dim=-1)
+    raise ValueError(f"unsupported B-spline order {order}")
+
+
+class BSplineTransform(Transform):
+    """elastix ``BSplineTransform`` (``RecursiveBSplineTransform`` is numerically identical).
+
+    ``T(x) = x + Σ_m w_m(ξ)·c[k0+m]`` with ``ξ = (Dir_g·diag(G))⁻¹(x − GridOrigin)``, zero displacement
+    outside the valid region ``(order−1)/2 ≤ ξ_d < N_d − 1 − (order−1)/2``.  Parameters: all x coefficients
+    (grid flattened x-fastest), then all y, then z; ``P = D·∏N``; in mm.
+
+    Args:
+        grid: the control-point grid.
+        order: spline order 1, 2 or 3.
+
+    Source: ``Common/Transforms/itkAdvancedBSplineDeformableTransform.hxx``; elastix_spec §6.4.
+    """
+
+    name = "BSplineTransform"
+
+    def __init__(self, grid: BSplineGrid, order: int = 3):
+        if order not in (1, 2, 3):
+            raise ValueError(f"BSplineTransformSplineOrder must be 1, 2 or 3, got {order}")
+        self.grid = grid
+        self.order = int(order)
+        self.dimension = grid.dimension
+        dim = self.dimension
+        size = np.asarray(grid.size_xyz, dtype=np.int64)
+        self._strides = np.concatenate([[1], np.cumprod(size)[:-1]]).astype(np.int64)  # lin(k) = Σ k_d·stride_d
+        s = order + 1
+        # support offsets m enumerated x-fastest: m_flat = Σ m_d·s^d
+        m = np.stack(np.meshgrid(*[np.arange(s)] * dim, indexing="ij"), axis=-1)  # [m_0, m_1, ...] ij order
+        m = m.transpose(tuple(reversed(range(dim))) + (dim,)).reshape(-1, dim)  # x fastest
+        self._support_m = m.astype(np.int64)  # (S^D, D)
+        self._support_offsets = (m @ self._strides).astype(np.int64)  # (S^D,)
+        self._to_grid_index = np.linalg.inv(grid.direction @ np.diag(grid.spacing))  # (D, D)
+        self._cache: dict = {}
+
+    @property
+    def number_of_parameters(self) -> int:
+        return self.dimension * self.grid.number_of_nodes
+
+    @property
+    def support_size(self) -> int:
+        """Number of support nodes per point, ``(order+1)^D``."""
+        return (self.order + 1) ** self.dimension
+
+    def _consts(self, dtype, device):
+        import torch
+
+        key = (dtype, device)
+        c = self._cache.get(key)
+        if c is None:
+            c = dict(
+                to_index=torch.as_tensor(self._to_grid_index, dtype=dtype, device=device),
+                origin=torch.as_tensor(self.grid.origin, dtype=dtype, device=device),
+                size=torch.as_tensor(self.grid.size_xyz, dtype=dtype, device=device),
+                strides=torch.as_tensor(self._strides, device=device),
+                offsets=torch.as_tensor(self._support_offsets, device=device),
+            )
+            self._cache[key] = c
+        return c
+
+    def grid_index(self, points: "torch.Tensor") -> "torch.Tensor":
+        """Continuous grid index ``ξ`` of physical points: ``(N, D)`` mm → ``(N, D)``."""
+        c = self._consts(points.dtype, points.device)
+        return (points - c["origin"]) @ c["to_index"].T
+
+    def support(self, points: "torch.Tensor"):
+        """Support nodes and weights of points.
+
+        Args:
+            points: ``(N, D)`` physical points (mm).
+
+        Returns:
+            ``(weights (N, S^D), node_index (N, S^D) int64, valid (N,) bool)``: B-spline weights ``w_m`` (zero
+            for points outside the valid region; differentiable in ``points``), flat node indices ``lin(k0+m)``
+            (x-fastest, clamped into the grid for invalid points), validity mask.  ``S = order+1``, ``m``
+            enumerated x-fastest.
+        """
+        import torch
+
+        c = self._consts(points.dtype, points.device)
+        xi = (points - c["origin"]) @ c["to_index"].T  # (N, D)
+        half = (self.order - 1) / 2.0
+        valid = ((xi >= half) & (xi < c["size"] - 1.0 - half)).all(dim=1)
+        k0 = torch.floor(xi.detach() - half)
+        max_k0 = c["size"] - (self.order + 1)
+        k0 = torch.minimum(torch.maximum(k0, torch.zeros_like(k0)), max_k0)  # keep gathers in range
+        # per-dimension weights (N, D, S) from the fractional position t = ξ − (order−1)/2 − k0 ∈ [0, 1)
+        wd = _bspline_weights(xi - half - k0, self.order)
+        wd = wd * valid.to(wd.dtype)[:, None, None]
+        n = points.shape[0]
+        w = wd[:, 0, :]  # (N, S) x
+        for d in range(1, self.dimension):  # outer products, x fastest
+            w = (wd[:, d, :].unsqueeze(-1) * w.unsqueeze(1)).reshape(n, -1)
+        base = (k0.long() * c["strides"]).sum(dim=1)  # (N,)
+        node_index = base.unsqueeze(1) + c["offsets"]  # (N, S^D)
+        return w, node_index, valid
+
+    def transform_points(self, params, points):
+        """``T(x) = x + Σ_m w_m·c[k0+m]``.
+
+        Args:
+            params: ``(P,)`` coefficients (mm), layout x-block, y-block, (z-block), each x-fastest.
+            points: ``(N, D)`` physical points (mm), same device as ``params``.
+
+        Returns:
+            ``(N, D)`` mapped points (mm), dtype = promotion of params and points dtypes.
+
+        Raises:
+            ValueError: wrong shapes.
+        """
+        import torch
+
+        self._check(params, points)
+        dtype = torch.promote_types(params.dtype, points.dtype)
+        pts = points.to(dtype)
+        w, node_index, _ = self.support(pts)
+        n, m = w.shape
+        coef_nodes = params.to(dtype).view(self.dimension, -1).T.contiguous()  # (∏N, D): node-major rows
+        gathered = coef_nodes.index_select(0, node_index.reshape(-1)).view(n, m, self.dimension)
+        disp = torch.bmm(w.unsqueeze(1), gathered).squeeze(1)  # (N, D)
+        return pts + disp
+
+    def jacobian(self, points):
+        """Sparse ``∂T/∂μ`` in elastix's layout.
+
+        Args:
+            points: ``(N, D)`` physical points (mm).
+
+        Returns:
+            ``values (N, D, D·S^D)`` and ``indices (N, D·S^D)`` int64 with
+            ``indices[n, d·S^D + m] = d·∏N + lin(k0+m)`` and ``values[n, d, d·S^D + m] = w_m`` (zero elsewhere),
+            ``d`` outer, ``m`` inner (x-fastest).  Points outside the valid region: zero values, indices
+            ``0..nnz−1`` (as elastix).
+
+        Source: ``itkAdvancedBSplineDeformableTransform.hxx`` ``GetJacobian``; elastix_spec §6.4.
+        """
+        import torch
+
+        w, node_index, valid = self.support(points)
+        n, m = w.shape
+        dim = self.dimension
+        total = self.grid.number_of_nodes
+        nnz = dim * m
+        values = w.new_zeros(n, dim, dim, m)
+        ar = torch.arange(dim, device=points.device)
+        values[:, ar, ar, :] = w.unsqueeze(1).expand(n, dim, m)
+        values = values.reshape(n, dim, nnz)
+        offs = torch.arange(dim, device=points.device) * total
+        indices = (node_index.unsqueeze(1) + offs[None, :, None]).reshape(n, nnz)
+        fallback = torch.arange(nnz, device=points.device).expand(n, nnz)
+        indices = torch.where(valid[:, None], indices, fallback)
+        return values, indices
+
+    def parameter_map(self, params=None) -> dict[str, list[str]]:
+        """Transform block keys: Transform, NumberOfParameters, TransformParameters, GridSize, GridIndex,
+        GridSpacing, GridOrigin, GridDirection (column-major), BSplineTransformSplineOrder, UseCyclicTransform.
+
+        Source: ``elxAdvancedBSplineTransform.hxx`` ``CreateDerivedTransformParameterMap``; elastix_spec §10.1.
+        """
+        out = super().parameter_map(params)
+        g = self.grid
+        out.update(
+            {
+                "GridSize": [str(s) for s in g.size_xyz],
+                "GridIndex": ["0"] * self.dimension,
+                "GridSpacing": _fmt_list(g.spacing),
+                "GridOrigin": _fmt_list(g.origin),
+                "GridDirection": _fmt_list(g.direction.T.reshape(-1)),  # column-major
+                "BSplineTransformSplineOrder": [str(self.order)],
+                "UseCyclicTransform": ["false"],
+            }
+        )
+        return out
+
+    def upsample(self, params_old, old_grid: BSplineGrid, new_grid: BSplineGrid):
+        """:func:`upsample` with this transform's order."""
+        return upsample(params_old, old_grid, new_grid, order=self.order)
+
+
+def upsample(params_old, old_grid: BSplineGrid, new_grid: BSplineGrid, order: int = 3):
+    """Coefficients on ``new_grid`` that reproduce the deformation of ``params_old`` on ``old_grid``.
+
+    Per displacement component: evaluate the old coefficient image with a *cubic* B-spline (coefficients used
+    directly, mirror boundary) at the new nodes (nodes whose old continuous index lies outside
+    ``[−0.5, N_old−0.5)`` get 0), then an order-``order`` B-spline decomposition (mirror boundary).  An
+    unchanged grid copies the coefficients.
+
+    Args:
+        params_old: ``(D·∏N_old,)`` tensor (or numpy array) of coefficients (mm).
+        old_grid: grid of ``params_old``.
+        new_grid: target grid.
+        order: transform spline order (decomposition order).
+
+    Returns:
+        ``(D·∏N_new,)`` coefficients, same type/dtype/device as ``params_old``.
+
+    Raises:
+        ValueError: dimension or length mismatch.
+
+    Source: ``Common/Transforms/itkUpsampleBSplineParametersFilter.hxx``; elastix_spec §6.4.
+    """
+    from scipy import ndimage
+
+    is_tensor = hasattr(params_old, "detach")
+    if is_tensor:
+        arr = params_old.detach().to("cpu").double().numpy()
+    else:
+        arr = np.asarray(params_old, dtype=np.float64)
+    dim = old_grid.dimension
+    if new_grid.dimension != dim:
+        raise ValueError("old and new grids have different dimensions")
+    if arr.size != dim * old_grid.number_of_nodes:
+        raise ValueError(f"params_old has {arr.size} values, expected {dim * old_grid.number_of_nodes}")
+    if old_grid.same_as(new_grid):
+        out = arr.copy()
+    else:
+        new_geo, old_geo = new_grid.as_geometry(), old_grid.as_geometry()
+        nodes = new_geo.voxel_centres()  # (M, D) physical, x fastest
+        xi = old_geo.physical_to_index(nodes)  # (M, D) old continuous index
+        inside = old_geo.inside_buffer(xi)
+        coords_zyx = xi[:, ::-1].T.copy()  # (D, M) in array axis order
+        old_shape = old_grid.size_xyz[::-1]
+        new_shape = new_grid.size_xyz[::-1]
+        comps = []
+        for c in arr.reshape(dim, -1):
+            img = c.reshape(old_shape)
+            vals = ndimage.map_coordinates(img, coords_zyx, order=3, mode="mirror", prefilter=False)
+            vals = np.where(inside, vals, 0.0).reshape(new_shape)
+            if order >= 2:
+                vals = ndimage.spline_filter(vals, order=order, mode="mirror", output=np.float64)
+            comps.append(vals.reshape(-1))
+        out = np.concatenate(comps)
+    if is_tensor:
+        import torch
+
+        return torch.as_tensor(out, device=params_old.device).to(params_old.dtype)
+    return out.astype(np.asarray(params_old).dtype, copy=False)

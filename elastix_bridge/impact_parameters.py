@@ -1,0 +1,620 @@
+"""IMPACT metric parameters of one resolution level, parsed and validated up front.
+
+Input is a plain elastix parameter map, ``dict[str, list[str]]`` (what ``itk.ParameterObject``
+or a parameter-file parser produces: every value is a list of strings). This module implements
+impact_spec §2 in full:
+
+* **Mechanism A** (§2.1, §2.6) — per-level scalars ``ImpactMode``, ``ImpactGPU``,
+  ``ImpactUseMixedPrecision``, ``ImpactFeaturesMapUpdateInterval``,
+  ``ImpactFeatureMapOutputDirectory`` / ``ImpactWriteFeatureMaps``: take entry 0 if present, then
+  entry ``L`` if present; then the same with the component-label prefix ``Metric<i>`` (e.g.
+  ``Metric0ImpactGPU``), which wins. Absent → code default.
+* **Mechanism B** (§2.1, §2.3, §2.4) — level-indexed lists (``ImpactPatchSize1``): mandatory at
+  every level, exact minimum count (fewer entries → error; extra entries are ignored, as upstream,
+  with a logged warning), no component-label prefix.
+* Shared / fixed-specific / moving-specific model sets (§2.2), layers masks (§2.5), the count
+  rules (PatchSize Σd_m; VoxelSize Σd_m in Jacobian mode, M·D in Static mode; per-layer lists Λ
+  entries, Λ counted on the fixed models), accepted distances and modes, ``RandomSeed`` (entry 0).
+
+Every problem is raised as :class:`ImpactParameterError` *before* any model is loaded or any
+computation starts; the message names the offending key, the level, what was found and the
+expected form.
+
+Deliberate deviations from upstream elastix (we validate where upstream fails late or silently;
+impact_spec §2.7, §13):
+
+* unknown ``ImpactDistance`` names are rejected while parsing (upstream: at metric Initialize);
+* ``ImpactPatchSize`` 0 (= whole extent) is accepted only in Static mode; in Jacobian mode the
+  patch must be a real patch (e.g. ``5 5 5``);
+* a model dimension must be 2 or 3 and ≤ the image dimension, ``ImpactNumberOfChannels`` ≥ 1,
+  voxel sizes > 0;
+* the class documentation's ``FixedModelsPath<L>`` (Q2) is *not* accepted — only the code names
+  ``ImpactFixedModelsPath<L>`` etc. — but when such a name (or a wrong-case / unnumbered /
+  ``Metric<i>``-prefixed variant of a required list key) is present, the error says so;
+* reserved model names (``mind-ssc-2d``/``mind-ssc-3d``) are checked against ``ImpactDimension``
+  and a one-entry layers mask.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+__all__ = [
+    "DISTANCES",
+    "MODES",
+    "ImpactLevelConfig",
+    "ImpactParameterError",
+    "ModelConfig",
+    "group_by_dimensions",
+    "impact_levels",
+    "parse_layers_mask",
+    "read_impact_level",
+    "resolve_model_path",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Accepted ``ImpactDistance`` names (case-sensitive, impact_spec §2.4).
+DISTANCES = ("L1", "L2", "NCC", "Cosine", "L1Cosine", "DotProduct", "Dice")
+#: Accepted ``ImpactMode`` values (case-sensitive, impact_spec §2.6).
+MODES = ("Jacobian", "Static")
+
+
+class ImpactParameterError(ValueError):
+    """An IMPACT parameter is missing or malformed; the message names the key and the level."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One feature model of a fixed or moving model set (impact_spec §2.3).
+
+    Attributes:
+        path: ``ModelsPath`` entry as written (a file path, possibly relative, or a reserved name;
+            see :func:`resolve_model_path`).
+        dimension: model input dimensionality ``d_m`` (2 or 3, ≤ image dimension).
+        channels: ``NumberOfChannels`` C (the intensity patch is replicated C times).
+        patch_size: ``d_m`` patch sizes in voxels, in the order written (X Y Z); 0 = whole extent
+            (Static mode only).
+        voxel_size: mm; ``d_m`` values in Jacobian mode (model space), ``D`` values in Static mode
+            (image space).
+        layers_mask: one bool per model output layer (§2.5); its length is passed to the model as
+            ``nLayers``.
+    """
+
+    path: str
+    dimension: int
+    channels: int
+    patch_size: tuple
+    voxel_size: tuple
+    layers_mask: tuple
+
+    @property
+    def n_layers(self) -> int:
+        """Number of layers the model must return (mask length)."""
+        return len(self.layers_mask)
+
+    @property
+    def n_selected(self) -> int:
+        """Number of selected ('1') layers."""
+        return sum(1 for m in self.layers_mask if m)
+
+    @property
+    def selected_layers(self) -> tuple:
+        """Indices of the selected output layers, ascending."""
+        return tuple(i for i, m in enumerate(self.layers_mask) if m)
+
+
+@dataclass(frozen=True)
+class ImpactLevelConfig:
+    """All IMPACT options of one resolution level (impact_spec §2).
+
+    Attributes:
+        level: resolution level L (0-based).
+        mode: ``"Jacobian"`` or ``"Static"``.
+        fixed_models: tuple of :class:`ModelConfig` applied to the fixed image.
+        moving_models: tuple of :class:`ModelConfig` applied to the moving image.
+        subset_features: Λ ints, channels compared per selected layer (clamped later to
+            ``[1, channels]`` at Initialize, §2.4).
+        pca: Λ ints, PCA components per layer (0 = off; used in Static mode only).
+        layers_weight: Λ floats, weight of each layer.
+        distances: Λ names from :data:`DISTANCES`.
+        gpu: CUDA device index, < 0 = CPU (availability is checked by the engine, not here).
+        mixed_precision: ``ImpactUseMixedPrecision`` as written.
+        features_map_update_interval: Static mode: > 0 refreshes moving feature maps every N
+            iterations; ≤ 0 never (unused in Jacobian mode).
+        feature_map_directory: Static mode feature-map output folder, or None (off; always None
+            in Jacobian mode, which has no feature maps).
+        random_seed: ``RandomSeed`` (entry 0, default 0 = time-based seeding downstream).
+    """
+
+    level: int
+    mode: str
+    fixed_models: tuple
+    moving_models: tuple
+    subset_features: tuple
+    pca: tuple
+    layers_weight: tuple
+    distances: tuple
+    gpu: int
+    mixed_precision: bool
+    features_map_update_interval: int
+    feature_map_directory: Optional[str]
+    random_seed: int
+
+    @property
+    def n_selected_layers(self) -> int:
+        """Λ: total selected layers of the fixed models (= of the moving models)."""
+        return sum(m.n_selected for m in self.fixed_models)
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def parse_layers_mask(text: str) -> tuple:
+    """Parse a layers-mask string (impact_spec §2.5).
+
+    Whitespace is skipped; every other character is one layer, selected iff it is ``'1'``.
+    An empty result is a single unselected layer.
+
+    Args:
+        text: the mask, e.g. ``"00000001"``, ``"1"``, ``"0 1"``.
+
+    Returns:
+        Tuple of bools, e.g. ``"0 1"`` → ``(False, True)``.
+    """
+    mask = tuple(ch == "1" for ch in str(text) if not ch.isspace())
+    return mask if mask else (False,)
+
+
+def group_by_dimensions(values: Sequence, dimensions: Sequence[int]) -> list:
+    """Split a flat per-model list into groups of ``d_m`` values (upstream ``GroupByDimensions``).
+
+    Programmatic-API semantics of the upstream helper (impact_spec §2.1, §11.2): when the flat
+    list runs out, the **last** value is repeated; surplus values are dropped. (Parameter maps
+    never reach the padding branch: :func:`read_impact_level` requires the full count.)
+
+    Args:
+        values: flat list (non-empty when any group is non-empty).
+        dimensions: group sizes.
+
+    Returns:
+        List of tuples, one per group. ``[5,5,5,8,6]`` / ``[3,3]`` → ``[(5,5,5), (8,6,6)]``.
+    """
+    values = list(values)
+    out, pos = [], 0
+    for d in dimensions:
+        group = []
+        for _ in range(int(d)):
+            group.append(values[pos] if pos < len(values) else values[-1])
+            pos += 1
+        out.append(tuple(group))
+    return out
+
+
+def resolve_model_path(path, base_dir=None) -> Path:
+    """Map a ``ModelsPath`` entry to a file path.
+
+    Reserved names (``mind-ssc-2d``, ``mind-ssc-3d``; :data:`elastix_bridge.models.mind.
+    RESERVED_MODELS`) resolve to the cached TorchScript file of
+    :func:`elastix_bridge.models.mind.mind_model_path` (written on first use; imports torch).
+    A relative path is taken relative to ``base_dir`` or, when None, to the current working
+    directory (upstream semantics, impact_spec §2.3). Existence is not checked here.
+
+    Args:
+        path: entry as written in the parameter map.
+        base_dir: optional folder for relative paths.
+
+    Returns:
+        An absolute :class:`~pathlib.Path`.
+    """
+    from elastix_bridge.models.mind import RESERVED_MODELS
+
+    text = os.fspath(path)
+    if text in RESERVED_MODELS:
+        from elastix_bridge.models.mind import mind_model_path
+
+        return mind_model_path(text)
+    p = Path(text).expanduser()
+    if not p.is_absolute():
+        p = Path(base_dir if base_dir is not None else os.getcwd()) / p
+    return p
+
+
+def _values(parameter_map: Mapping, key: str) -> Optional[list]:
+    """The entries of ``key`` as a list of strings, or None when absent."""
+    if key not in parameter_map:
+        return None
+    v = parameter_map[key]
+    if isinstance(v, (str, bytes)):
+        return [v.decode() if isinstance(v, bytes) else v]
+    return [str(x) for x in v]
+
+
+def _show(values: Sequence[str]) -> str:
+    return "'" + " ".join(values) + "'"
+
+
+def _hint_missing(parameter_map: Mapping, key: str, level: int) -> str:
+    """Explain near misses of a missing key (upstream doc names, case, level, prefix)."""
+    hints = []
+    if key.startswith("Impact"):
+        doc_name = key[len("Impact"):]
+        if doc_name in parameter_map and doc_name.startswith(("Fixed", "Moving")):
+            hints.append(
+                f"found '{doc_name}': that name (from the upstream class documentation) is not "
+                f"read by elastix or by us; write '{key}'")
+    lower = key.lower()
+    for other in parameter_map:
+        if other != key and other.lower() == lower:
+            hints.append(f"found '{other}': parameter names are case-sensitive, write '{key}'")
+    base = key[: len(key) - len(str(level))] if key.endswith(str(level)) else None
+    if base and base in parameter_map:
+        hints.append(f"found '{base}' without a level number: list options are level-indexed "
+                     f"('{base}0', '{base}1', …)")
+    for other in parameter_map:
+        if other.endswith(key) and other != key and other[: -len(key)].startswith("Metric"):
+            hints.append(f"found '{other}': the component-label prefix is not supported for "
+                         f"level-indexed list options, write '{key}'")
+    return (" (" + "; ".join(hints) + ")") if hints else ""
+
+
+# --------------------------------------------------------------------------------------------
+# mechanism A: per-level scalars
+
+
+def _read_scalar(parameter_map, name, level, metric_index):
+    """Mechanism A lookup: returns ``(raw, key, entry)`` or None (impact_spec §2.1 A)."""
+    found = None
+    for key in (name, f"Metric{metric_index}{name}"):
+        vals = _values(parameter_map, key)
+        if vals:
+            found = (vals[0], key, 0)
+            if len(vals) > level:
+                found = (vals[level], key, level)
+    return found
+
+
+def _scalar_int(parameter_map, name, level, metric_index, default, minimum=None):
+    got = _read_scalar(parameter_map, name, level, metric_index)
+    if got is None:
+        return default
+    raw, key, entry = got
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ImpactParameterError(
+            f"{key} (level {level}, entry {entry}): expected an integer, got '{raw}'") from None
+    if minimum is not None and value < minimum:
+        raise ImpactParameterError(
+            f"{key} (level {level}, entry {entry}): expected an integer >= {minimum}, got '{raw}'")
+    return value
+
+
+def _scalar_bool(parameter_map, name, level, metric_index, default):
+    got = _read_scalar(parameter_map, name, level, metric_index)
+    if got is None:
+        return default
+    raw, key, entry = got
+    if raw == "true":
+        return True
+    if raw == "false":
+        return False
+    raise ImpactParameterError(
+        f"{key} (level {level}, entry {entry}): expected a boolean, i.e. either \"true\" or "
+        f"\"false\", got '{raw}'")
+
+
+def _scalar_str(parameter_map, name, level, metric_index, default):
+    got = _read_scalar(parameter_map, name, level, metric_index)
+    return default if got is None else got
+
+
+# --------------------------------------------------------------------------------------------
+# mechanism B: level-indexed lists
+
+
+def _read_list(parameter_map, key, level, count, what, why, convert: Callable, check=None):
+    """Mechanism B: exactly ``count`` leading entries of ``key``, converted (impact_spec §2.1 B).
+
+    Args:
+        what: plural noun of the expected entries ("unsigned integers").
+        why: explanation of the count, e.g. "one per model axis, Σ ImpactDimension = 2".
+        convert: ``str -> value``; raises ValueError on bad text.
+        check: optional ``value -> error text or None``.
+    """
+    vals = _values(parameter_map, key)
+    if count == 1:  # singular form of the noun
+        what = {"unsigned integers": "unsigned integer", "positive numbers (mm)":
+                "positive number (mm)", "numbers": "number", "distance names": "distance name",
+                "layer-mask strings": "layer-mask string"}.get(what, what)
+    expected = f"{count} {what} ({why})"
+    if vals is None:
+        raise ImpactParameterError(
+            f"Missing required parameter {key} (level {level}): expected {expected}"
+            + _hint_missing(parameter_map, key, level))
+    if len(vals) < count:
+        raise ImpactParameterError(
+            f"{key} (level {level}): expected {expected}, got {len(vals)}: {_show(vals)}")
+    if len(vals) > count:
+        logger.warning("%s (level %d): %d entries given, only the first %d are used (%s)",
+                       key, level, len(vals), count, why)
+    out = []
+    for i, raw in enumerate(vals[:count]):
+        try:
+            value = convert(raw)
+        except ValueError:
+            raise ImpactParameterError(
+                f"{key} (level {level}): entry {i} '{raw}' is not valid; expected {expected}, "
+                f"got {len(vals)}: {_show(vals)}") from None
+        if check is not None:
+            problem = check(value)
+            if problem:
+                raise ImpactParameterError(
+                    f"{key} (level {level}): entry {i} '{raw}' {problem}; expected {expected}, "
+                    f"got {_show(vals)}")
+        out.append(value)
+    return tuple(out)
+
+
+def _to_uint(text: str) -> int:
+    t = text.strip()
+    if not t or not (t.isdigit() or (t[0] == "+" and t[1:].isdigit())):
+        raise ValueError(text)
+    return int(t)
+
+
+def _to_float(text: str) -> float:
+    value = float(text.strip())
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+# --------------------------------------------------------------------------------------------
+# model sets
+
+
+def _read_model_set(parameter_map, prefix, level, mode, image_dimension):
+    """Read the six per-model lists of one model set (impact_spec §2.3)."""
+    from elastix_bridge.models.mind import RESERVED_MODELS  # no torch import
+
+    paths_key = f"{prefix}ModelsPath{level}"
+    paths = _values(parameter_map, paths_key)
+    if not paths or all(not p.strip() for p in paths):
+        raise ImpactParameterError(
+            f"{paths_key} (level {level}): expected at least one model path, got "
+            f"{_show(paths or [])}")
+    paths = tuple(p.strip() for p in paths)
+    m = len(paths)
+    why_models = f"one per model, {_plural(m, 'model')} in {paths_key}"
+
+    dim_key = f"{prefix}Dimension{level}"
+    dims = _read_list(
+        parameter_map, dim_key, level, m, "unsigned integers", why_models, _to_uint,
+        check=lambda d: None if 2 <= d <= image_dimension else (
+            f"is not a valid model dimension: it must be 2 or 3 and may not exceed the image "
+            f"dimension {image_dimension}"))
+    channels = _read_list(
+        parameter_map, f"{prefix}NumberOfChannels{level}", level, m, "unsigned integers",
+        why_models, _to_uint, check=lambda c: None if c >= 1 else "must be >= 1")
+
+    patch_key = f"{prefix}PatchSize{level}"
+    total = sum(dims)
+    why_axes = f"one per model axis, Σ {dim_key} = {total}"
+
+    def patch_check(p):
+        if p == 0 and mode == "Jacobian":
+            return ("is 0 (= whole image extent), which is only allowed in Static mode; "
+                    "Jacobian mode needs a real patch size such as 5 5 5")
+        return None
+
+    patches = _read_list(parameter_map, patch_key, level, total, "unsigned integers", why_axes,
+                         _to_uint, check=patch_check)
+
+    voxel_key = f"{prefix}VoxelSize{level}"
+    if mode == "Static":
+        n_vox = m * image_dimension
+        why_vox = (f"Static mode: image dimension {image_dimension} per model × "
+                   f"{_plural(m, 'model')} = {n_vox}")
+        vox_dims = [image_dimension] * m
+    else:
+        n_vox = total
+        why_vox = f"Jacobian mode: one per model axis, Σ {dim_key} = {total}"
+        vox_dims = list(dims)
+    voxels = _read_list(parameter_map, voxel_key, level, n_vox, "positive numbers (mm)", why_vox,
+                        _to_float, check=lambda v: None if v > 0 else "must be > 0 mm")
+
+    mask_key = f"{prefix}LayersMask{level}"
+    masks = _read_list(parameter_map, mask_key, level, m, "layer-mask strings", why_models, str)
+
+    models = []
+    for i, (path, d, c, patch, vox, mask) in enumerate(zip(
+            paths, dims, channels, group_by_dimensions(patches, dims),
+            group_by_dimensions(voxels, vox_dims), masks)):
+        layers = parse_layers_mask(mask)
+        if path in RESERVED_MODELS:
+            rd = RESERVED_MODELS[path][0]
+            if rd != d:
+                raise ImpactParameterError(
+                    f"{dim_key} (level {level}): model {i} is the reserved model '{path}' of "
+                    f"dimension {rd}, but {dim_key} says {d}")
+            if len(layers) != 1:
+                raise ImpactParameterError(
+                    f"{mask_key} (level {level}): model {i} is the reserved model '{path}', which "
+                    f"returns one layer; expected the mask \"1\", got '{mask}'")
+        models.append(ModelConfig(path=path, dimension=d, channels=c, patch_size=patch,
+                                  voxel_size=vox, layers_mask=layers))
+    return tuple(models), mask_key, paths_key
+
+
+# --------------------------------------------------------------------------------------------
+# public entry points
+
+
+def read_impact_level(parameter_map: Mapping, level: int, image_dimension: int,
+                      metric_index: int = 0) -> ImpactLevelConfig:
+    """Parse and validate the IMPACT options of one resolution level (impact_spec §2).
+
+    Validation follows the upstream order of §2.7 (RandomSeed, GPU, mixed precision, mode, fixed
+    models, moving models, model-count rule, layer counts, per-layer lists, feature-map
+    directory, distances), but everything is checked here, before any model is loaded.
+
+    Args:
+        parameter_map: elastix parameter map, ``{name: [str, ...]}`` (a plain string value is
+            accepted as a one-entry list).
+        level: resolution level L (0-based).
+        image_dimension: D, 2 or 3.
+        metric_index: index i of the metric component, for the ``Metric<i>`` label prefix of the
+            per-level scalar options (mechanism A).
+
+    Returns:
+        The :class:`ImpactLevelConfig` of level L.
+
+    Raises:
+        ImpactParameterError: any missing or malformed option; the message names the key (e.g.
+            ``ImpactPatchSize1``), the level, the text found and the expected form.
+        ValueError: ``level < 0`` or ``image_dimension`` not 2/3 (caller errors).
+    """
+    if image_dimension not in (2, 3):
+        raise ValueError(f"image_dimension must be 2 or 3, got {image_dimension!r}")
+    if int(level) != level or level < 0:
+        raise ValueError(f"level must be an integer >= 0, got {level!r}")
+    level = int(level)
+    pm = parameter_map
+
+    # 1. RandomSeed (entry 0 only, unsigned, default 0), GPU, mixed precision, mode.
+    seed_vals = _values(pm, "RandomSeed")
+    random_seed = 0
+    if seed_vals:
+        try:
+            random_seed = _to_uint(seed_vals[0])
+        except ValueError:
+            raise ImpactParameterError(
+                f"RandomSeed (level {level}): expected an unsigned integer, got "
+                f"'{seed_vals[0]}'") from None
+    gpu = _scalar_int(pm, "ImpactGPU", level, metric_index, -1)
+    mixed = _scalar_bool(pm, "ImpactUseMixedPrecision", level, metric_index, False)
+    got = _scalar_str(pm, "ImpactMode", level, metric_index, None)
+    mode = "Jacobian"
+    if got is not None:
+        mode, key, entry = got
+        if mode not in MODES:
+            raise ImpactParameterError(
+                f"{key} (level {level}, entry {entry}): invalid mode '{mode}'; supported modes "
+                f"are 'Jacobian' and 'Static' (case-sensitive)")
+
+    # 2. model sets (§2.2)
+    has_shared = f"ImpactModelsPath{level}" in pm
+    sets = {}
+    for side in ("Fixed", "Moving"):
+        own = f"Impact{side}ModelsPath{level}"
+        if own in pm:
+            prefix = f"Impact{side}"
+        elif has_shared:
+            prefix = "Impact"
+        else:
+            hint = _hint_missing(pm, own, level) or _hint_missing(pm, f"ImpactModelsPath{level}",
+                                                                  level)
+            raise ImpactParameterError(
+                f"Missing parameter for level {level}: {own} or the shared "
+                f"ImpactModelsPath{level} must be provided" + hint)
+        sets[side] = _read_model_set(pm, prefix, level, mode, image_dimension)
+    fixed, fixed_mask_key, fixed_paths_key = sets["Fixed"]
+    moving, moving_mask_key, moving_paths_key = sets["Moving"]
+
+    # 3. Jacobian mode: as many fixed as moving models.
+    if mode == "Jacobian" and len(fixed) != len(moving):
+        raise ImpactParameterError(
+            f"{fixed_paths_key}/{moving_paths_key} (level {level}): in "
+            f"'Jacobian' mode the number of fixed and moving models must be the same, got "
+            f"{len(fixed)} fixed and {len(moving)} moving model(s)")
+
+    # 5. update interval (validated in both modes; used in Static mode only).
+    interval = _scalar_int(pm, "ImpactFeaturesMapUpdateInterval", level, metric_index, -1)
+
+    # 6. layer counts
+    n_fixed = sum(mm.n_selected for mm in fixed)
+    n_moving = sum(mm.n_selected for mm in moving)
+    if n_fixed != n_moving:
+        raise ImpactParameterError(
+            f"{fixed_mask_key}/{moving_mask_key} (level {level}): the fixed models select "
+            f"{n_fixed} layer(s) but the moving models select {n_moving}; they must match")
+    if n_fixed == 0:
+        raise ImpactParameterError(
+            f"{fixed_mask_key} (level {level}): at least one layer must be selected (a '1' in a "
+            f"layers mask), got " + _show(["".join("1" if b else "0" for b in mm.layers_mask)
+                                             for mm in fixed]))
+    lam = n_fixed
+    why_layers = f"one per selected layer, Λ = {lam} from {fixed_mask_key}"
+
+    # 7. per-layer lists
+    subset = _read_list(pm, f"ImpactSubsetFeatures{level}", level, lam, "unsigned integers",
+                        why_layers, _to_uint)
+    pca = _read_list(pm, f"ImpactPCA{level}", level, lam, "unsigned integers", why_layers,
+                     _to_uint)
+    weights = _read_list(pm, f"ImpactLayersWeight{level}", level, lam, "numbers", why_layers,
+                         _to_float)
+
+    # 8. feature-map directory (Static mode only)
+    directory = None
+    new = _scalar_str(pm, "ImpactFeatureMapOutputDirectory", level, metric_index, None)
+    old = _scalar_str(pm, "ImpactWriteFeatureMaps", level, metric_index, None)
+    if new is not None:
+        directory = new[0].strip() or None
+    elif old is not None:
+        directory = None if old[0].strip() == "false" else (old[0].strip() or None)
+    if mode != "Static":
+        if directory is not None:
+            logger.info("level %d: feature-map output directory %r ignored in Jacobian mode",
+                        level, directory)
+        directory = None
+
+    # 9. distances
+    def distance_check(name):
+        if name in DISTANCES:
+            return None
+        close = [d for d in DISTANCES if d.lower() == name.lower()]
+        return ("is not a known distance" + (f" (names are case-sensitive: did you mean "
+                                              f"'{close[0]}'?)" if close else "")
+                + f"; accepted: {' '.join(DISTANCES)}")
+
+    distances = _read_list(pm, f"ImpactDistance{level}", level, lam, "distance names",
+                           why_layers, lambda s: s.strip(), check=distance_check)
+
+    return ImpactLevelConfig(
+        level=level, mode=mode, fixed_models=fixed, moving_models=moving,
+        subset_features=subset, pca=pca, layers_weight=weights, distances=distances, gpu=gpu,
+        mixed_precision=mixed, features_map_update_interval=interval,
+        feature_map_directory=directory, random_seed=random_seed)
+
+
+def impact_levels(parameter_map: Mapping, number_of_resolutions: int, image_dimension: int,
+                  metric_index: int = 0) -> list:
+    """Parse every resolution level (see :func:`read_impact_level`).
+
+    Args:
+        parameter_map: elastix parameter map.
+        number_of_resolutions: number of levels (``NumberOfResolutions``), ≥ 1.
+        image_dimension: D, 2 or 3.
+        metric_index: component index for the ``Metric<i>`` prefix.
+
+    Returns:
+        ``[ImpactLevelConfig(level=0), …]``, one per level.
+
+    Raises:
+        ImpactParameterError: the first invalid option found, level by level.
+        ValueError: ``number_of_resolutions < 1``.
+    """
+    if int(number_of_resolutions) != number_of_resolutions or number_of_resolutions < 1:
+        raise ValueError(f"number_of_resolutions must be >= 1, got {number_of_resolutions!r}")
+    return [read_impact_level(parameter_map, lv, image_dimension, metric_index)
+            for lv in range(int(number_of_resolutions))]

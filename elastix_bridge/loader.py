@@ -1,0 +1,519 @@
+"""Lazy loading of torch, the compiled IMPACT plugin and TorchScript feature models.
+
+This is the Python counterpart of upstream elastix's lazy plugin loader (impact_spec §10): nothing
+here imports torch at module import time, so ``import elastix_bridge`` stays cheap and works
+without torch; torch and the plugin are loaded only when a stage asks for ``(Metric "Impact")``.
+
+The plugin (``plugin/impact_plugin.cpp``) is compiled on first use against the *installed* torch
+and cached under ``$ELASTIX_BRIDGE_CACHE`` (default ``~/.cache/elastix-bridge``) in a directory
+named after the torch version, C++ ABI, CUDA version and source hash, with a JSON build record
+next to the ``.so``. A prebuilt plugin can be forced with ``$ELASTIX_BRIDGE_PLUGIN``.
+
+Errors form one hierarchy rooted at :class:`ImpactError`:
+:class:`ImpactUnavailableError` (``RuntimeError``: Impact cannot be loaded/run here) and
+:class:`ImpactModelError` (``ValueError``: a bad model file or model output).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:  # pragma: no cover - typing only, never imported at run time
+    import torch
+
+__all__ = [
+    "CACHE_ENV",
+    "EXTENSION_NAME",
+    "ImpactError",
+    "ImpactModelError",
+    "ImpactUnavailableError",
+    "PLUGIN_ENV",
+    "build_plugin",
+    "cache_dir",
+    "expected_build_record",
+    "jit_optimization_disabled",
+    "load_feature_model",
+    "load_plugin",
+    "plugin_source_dir",
+    "require_torch",
+    "resolve_device",
+    "validate_model_output",
+]
+
+PLUGIN_ENV = "ELASTIX_BRIDGE_PLUGIN"
+CACHE_ENV = "ELASTIX_BRIDGE_CACHE"
+EXTENSION_NAME = "elastix_bridge_impact"
+_RECORD_KEYS = ("torch_version", "cxx11_abi", "cuda")
+_REBUILD_CMD = "elastix-bridge build-plugin"
+_INSTALL_CMD = 'pip install "elastix-bridge[impact]"'
+
+log = logging.getLogger("elastix_bridge")
+
+_lock = threading.RLock()
+_loaded: dict[Any, Any] = {}  # (plugin env value, cache root) -> module
+_loaded_by_file: dict[str, Any] = {}  # realpath of .so -> module (one import per file)
+
+
+class ImpactError(Exception):
+    """Base class of every elastix-bridge IMPACT error."""
+
+
+class ImpactUnavailableError(ImpactError, RuntimeError):
+    """Impact cannot be loaded or run here (no torch, plugin build/ABI problem, no usable GPU).
+
+    The message says what failed, why, and the command that fixes it.
+    """
+
+
+class ImpactModelError(ImpactError, ValueError):
+    """A TorchScript model path, file, signature or output is not usable (impact_spec §3)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# torch and build records
+# ---------------------------------------------------------------------------------------------
+
+
+def require_torch():
+    """Import and return torch.
+
+    Returns:
+        The ``torch`` module.
+
+    Raises:
+        ImpactUnavailableError: torch is not importable (not installed or broken install).
+    """
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImpactUnavailableError(
+            f"the Impact metric needs PyTorch, which cannot be imported ({exc}). "
+            f"Install it with `{_INSTALL_CMD}` (or `pip install torch`)."
+        ) from exc
+    return torch
+
+
+def plugin_source_dir() -> Path:
+    """Directory holding the plugin's C++ sources.
+
+    Installed packages map ``elastix_bridge.plugin_src`` to the repository's ``plugin/`` directory;
+    in a source checkout that package is not importable and ``<repo>/plugin`` is used.
+
+    Returns:
+        A filesystem directory containing ``impact_plugin.cpp``.
+
+    Raises:
+        ImpactUnavailableError: the sources are not found (broken installation).
+    """
+    candidates = []
+    try:
+        from importlib.resources import files
+
+        candidates.append(Path(str(files("elastix_bridge.plugin_src"))))
+    except (ImportError, TypeError, ValueError):
+        pass
+    candidates.append(Path(__file__).resolve().parents[1] / "plugin")
+    for candidate in candidates:
+        if (candidate / "impact_plugin.cpp").is_file():
+            return candidate
+    raise ImpactUnavailableError(
+        "the IMPACT plugin sources (impact_plugin.cpp) are missing from the installation "
+        f"(looked in {', '.join(map(str, candidates))}); reinstall with `{_INSTALL_CMD}`."
+    )
+
+
+def _plugin_sources() -> list[Path]:
+    src = plugin_source_dir()
+    return sorted(p for p in src.iterdir() if p.suffix in (".cpp", ".h") and p.is_file())
+
+
+def _source_sha256() -> str:
+    digest = hashlib.sha256()
+    for path in _plugin_sources():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def expected_build_record() -> dict:
+    """Build record a plugin must carry to be loadable with the installed torch.
+
+    Returns:
+        ``{"torch_version": torch.__version__, "cxx11_abi": bool, "cuda": torch.version.cuda
+        (None for CPU builds), "source_sha256": sha256 of the plugin sources}``.
+
+    Raises:
+        ImpactUnavailableError: torch missing.
+    """
+    torch = require_torch()
+    return {
+        "torch_version": torch.__version__,
+        "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+        "cuda": torch.version.cuda,
+        "source_sha256": _source_sha256(),
+    }
+
+
+def _cache_root() -> Path:
+    root = os.environ.get(CACHE_ENV)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "elastix-bridge"
+
+
+def cache_dir() -> Path:
+    """Cache directory of the plugin for the installed torch.
+
+    Returns:
+        ``<cache root>/plugin/torch-<version>-abi<0|1>-<cpu|cuXYZ>-<sha[:12]>``; the cache root is
+        ``$ELASTIX_BRIDGE_CACHE`` or ``~/.cache/elastix-bridge``.
+    """
+    rec = expected_build_record()
+    cuda = "cu" + rec["cuda"].replace(".", "") if rec["cuda"] else "cpu"
+    name = f"torch-{rec['torch_version']}-abi{int(rec['cxx11_abi'])}-{cuda}-{rec['source_sha256'][:12]}"
+    return _cache_root() / "plugin" / name
+
+
+def _so_path(directory: Path) -> Path:
+    return directory / f"{EXTENSION_NAME}.so"
+
+
+def _record_path(so_path: Path) -> Path:
+    return Path(str(so_path) + ".json")
+
+
+def _read_record(so_path: Path) -> dict | None:
+    try:
+        return json.loads(_record_path(so_path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _describe(rec: dict) -> str:
+    abi = "cxx11 ABI" if rec.get("cxx11_abi") else "pre-cxx11 ABI"
+    cuda = f"CUDA {rec['cuda']}" if rec.get("cuda") else "CPU-only"
+    return f"torch {rec.get('torch_version')} ({abi}, {cuda})"
+
+
+def _record_mismatch(record: dict | None, expected: dict, check_source: bool) -> str | None:
+    """Why `record` does not fit `expected`, or None when it fits."""
+    if record is None:
+        return "it has no readable build record"
+    keys = _RECORD_KEYS + (("source_sha256",) if check_source else ())
+    bad = [k for k in keys if record.get(k) != expected[k]]
+    if not bad:
+        return None
+    if bad == ["source_sha256"]:
+        return "it was built from other plugin sources than the installed ones"
+    return f"it was built for {_describe(record)} but {_describe(expected)} is installed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive inter-process lock (POSIX flock; elsewhere the atomic rename alone protects)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX
+            yield
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _tail(text: str, lines: int = 25) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def build_plugin(output_dir: Path | None = None, verbose: bool = False) -> Path:
+    """Compile the plugin against the installed torch and write its build record.
+
+    The build runs in a temporary sibling directory that is renamed into place only when the
+    library and record are complete, under an exclusive file lock; so a half-built cache is never
+    used and concurrent builders wait for each other (the second one reuses the first's result
+    when it fits).
+
+    Args:
+        output_dir: Destination directory; defaults to :func:`cache_dir`.
+        verbose: Show the compiler command lines and output.
+
+    Returns:
+        Path of the built ``elastix_bridge_impact.so``; ``<that path>.json`` is its build record.
+
+    Raises:
+        ImpactUnavailableError: torch missing, ninja missing, or the compiler failed (the message
+            holds the end of the compiler output).
+    """
+    torch = require_torch()
+    from torch.utils import cpp_extension
+
+    expected = expected_build_record()
+    output_dir = Path(output_dir) if output_dir is not None else cache_dir()
+    output_dir = output_dir.expanduser().resolve()
+    so_path = _so_path(output_dir)
+    fix = "install a C++17 compiler (g++ >= 9) and ninja (`pip install ninja`), then run " f"`{_REBUILD_CMD}`"
+    try:
+        cpp_extension.verify_ninja_availability()
+    except RuntimeError as exc:
+        raise ImpactUnavailableError(f"cannot build the IMPACT plugin: ninja is not available ({exc}); {fix}.") from exc
+
+    with _file_lock(output_dir.parent / f".{output_dir.name}.lock"):
+        if so_path.is_file() and _record_mismatch(_read_record(so_path), expected, True) is None:
+            return so_path  # another process built it while we waited for the lock
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.build-", dir=output_dir.parent))
+        try:
+            # cpp_extension renames a second in-process build of the same name to `<name>_v1`,
+            # which would change the module's init symbol; always build as version 0.
+            cpp_extension.JIT_EXTENSION_VERSIONER.entries.pop(EXTENSION_NAME, None)
+            try:
+                # is_python_module=False: only dlopen the result, do not import it from `tmp`;
+                # load_plugin imports it from its final path (same inode after the rename).
+                built = cpp_extension.load(
+                    name=EXTENSION_NAME,
+                    sources=[str(p) for p in _plugin_sources() if p.suffix == ".cpp"],
+                    build_directory=str(tmp),
+                    extra_cflags=["-O2", "-std=c++17"],
+                    verbose=verbose,
+                    is_python_module=False,
+                )
+            except Exception as exc:  # ninja/compiler/linker failures surface as several types
+                compiler = os.environ.get("CXX", "c++")
+                raise ImpactUnavailableError(
+                    f"building the IMPACT plugin against torch {torch.__version__} with compiler {compiler!r} "
+                    f"failed:\n"
+                    f"{_tail(str(exc))}\nFix: {fix}."
+                ) from exc
+            built = Path(built)
+            if built != _so_path(tmp):
+                built.replace(_so_path(tmp))
+            record = dict(expected, extension=EXTENSION_NAME, python=sys.version.split()[0])
+            _record_path(_so_path(tmp)).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            if output_dir.exists():  # stale or mismatched build: move it aside, then swap in
+                stale = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.stale-", dir=output_dir.parent))
+                output_dir.replace(stale / "old")
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.chmod(0o755)  # mkdtemp creates 0700; the cache may be shared
+            tmp.replace(output_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return so_path
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _import_extension(so_path: Path):
+    key = os.path.realpath(so_path)
+    module = _loaded_by_file.get(key)
+    if module is not None:
+        return module
+    import importlib.util
+
+    require_torch()  # the extension links against libtorch; torch must be initialised first
+    spec = importlib.util.spec_from_file_location(EXTENSION_NAME, key)
+    if spec is None or spec.loader is None:
+        raise ImpactUnavailableError(f"cannot import the IMPACT plugin {so_path}: not an extension module")
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except ImportError as exc:
+        raise ImpactUnavailableError(
+            f"cannot import the IMPACT plugin {so_path}: {exc}; rebuild it with `{_REBUILD_CMD}`."
+        ) from exc
+    _loaded_by_file[key] = module
+    return module
+
+
+def load_plugin():
+    """Return the compiled plugin module, building it on first use; cached per process.
+
+    With ``$ELASTIX_BRIDGE_PLUGIN`` set, that ``.so`` is used (its record is ``<path>.json``);
+    otherwise the cache directory of the installed torch (:func:`cache_dir`), built on first use.
+    The build record is compared with :func:`expected_build_record` before importing.
+
+    Returns:
+        The ``elastix_bridge_impact`` extension module.
+
+    Raises:
+        ImpactUnavailableError: torch missing, plugin file missing, record mismatch, build failure.
+    """
+    env = os.environ.get(PLUGIN_ENV) or None
+    key = (env, str(_cache_root()))
+    with _lock:
+        module = _loaded.get(key)
+        if module is not None:
+            return module
+        expected = expected_build_record()
+        if env is not None:
+            so_path = Path(env).expanduser()
+            if not so_path.is_file():
+                raise ImpactUnavailableError(
+                    f"${PLUGIN_ENV} points to {so_path}, which does not exist; unset ${PLUGIN_ENV} to use "
+                    f"the plugin built for the installed torch, or build one with `{_REBUILD_CMD}`."
+                )
+            why = _record_mismatch(_read_record(so_path), expected, check_source=False)
+            if why is not None:
+                raise ImpactUnavailableError(
+                    f"the IMPACT plugin {so_path} (from ${PLUGIN_ENV}) cannot be used: {why}; rebuild it with "
+                    f"`{_REBUILD_CMD}` or unset ${PLUGIN_ENV}."
+                )
+        else:
+            so_path = _so_path(cache_dir())
+            if not so_path.is_file():
+                log.info(
+                    "Building the IMPACT plugin for torch %s into %s (first use only; takes ~15-60 s)...",
+                    expected["torch_version"],
+                    so_path.parent,
+                )
+                so_path = build_plugin()
+            why = _record_mismatch(_read_record(so_path), expected, check_source=True)
+            if why is not None:
+                raise ImpactUnavailableError(
+                    f"the cached IMPACT plugin {so_path} cannot be used: {why}; rebuild it with `{_REBUILD_CMD}`."
+                )
+        module = _import_extension(so_path)
+        _loaded[key] = module
+        return module
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices, JIT switches, models
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_device(gpu: int) -> "torch.device":
+    """Map ``ImpactGPU`` to a torch device (impact_spec §2.6), checking the GPU really works.
+
+    Args:
+        gpu: ``ImpactGPU``; < 0 selects the CPU, >= 0 a CUDA device index.
+
+    Returns:
+        ``torch.device("cpu")`` or ``torch.device("cuda:<gpu>")``.
+
+    Raises:
+        ImpactUnavailableError: CUDA unavailable or unusable, or index out of range.
+    """
+    torch = require_torch()
+    gpu = int(gpu)
+    if gpu < 0:
+        return torch.device("cpu")
+    fix = "set `(ImpactGPU -1)` to run on the CPU, or install a CUDA build of torch matching your driver"
+    if not torch.cuda.is_available():
+        kind = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ImpactUnavailableError(
+            f"ImpactGPU {gpu} asks for a GPU but CUDA is not available: the installed torch {torch.__version__} "
+            f"is {kind}, or no NVIDIA driver/GPU is usable; {fix}."
+        )
+    count = torch.cuda.device_count()
+    if gpu >= count:
+        raise ImpactUnavailableError(
+            f"Requested GPU {gpu} is out of range. Only {count} GPUs are available "
+            f"(indices 0..{count - 1}); change ImpactGPU or set `(ImpactGPU -1)`."
+        )
+    device = torch.device("cuda", gpu)
+    try:  # is_available() can be true while the driver/arch cannot actually run kernels
+        (torch.ones(1, device=device) + 1).cpu()
+    except Exception as exc:
+        raise ImpactUnavailableError(f"CUDA device {device} is not usable ({exc}); {fix}.") from exc
+    return device
+
+
+@contextlib.contextmanager
+def jit_optimization_disabled() -> Iterator[None]:
+    """Switch the four TorchScript optimisation switches off for the block (impact_spec §3.6).
+
+    On exit, even on an exception, the exact previous state is restored (upstream leaves them off
+    for the rest of the process; we do not, so other torch users in the process are unaffected).
+
+    Raises:
+        ImpactUnavailableError: the plugin cannot be loaded.
+    """
+    plugin = load_plugin()
+    previous = dict(plugin.get_jit_state())
+    plugin.set_jit_state({key: False for key in previous})
+    try:
+        yield
+    finally:
+        plugin.set_jit_state(previous)
+
+
+def load_feature_model(path, device, half: bool = False, *, parameter: str = "ImpactModelsPath"):
+    """Load a TorchScript feature model with upstream's conventions (impact_spec §3.1-§3.5).
+
+    Args:
+        path: TorchScript file (``str`` or ``Path``); relative paths are relative to the current
+            working directory.
+        device: ``torch.device`` or string ("cpu", "cuda:0").
+        half: cast weights and inputs to float16 (``ImpactUseMixedPrecision``).
+        parameter: parameter-file option the path came from, for error messages.
+
+    Returns:
+        The plugin's ``FeatureModel`` (``num_arguments``, ``forward(x, n_layers, stats, direction)``).
+
+    Raises:
+        ImpactModelError: missing file, not TorchScript, no usable forward.
+        ImpactUnavailableError: torch/plugin unavailable, or the model cannot be moved to `device`.
+    """
+    plugin = load_plugin()
+    p = Path(path).expanduser()
+    where = f"{parameter} {str(path)!r}"
+    if not p.is_absolute():
+        where += f" (relative to the current working directory {os.getcwd()})"
+    if not p.is_file():
+        raise ImpactModelError(f"{where}: model file not found")
+    try:
+        return plugin.FeatureModel(str(p), str(device), bool(half))
+    except ValueError as exc:
+        raise ImpactModelError(f"{where}: {exc}") from exc
+    except RuntimeError as exc:
+        raise ImpactUnavailableError(f"{where}: {exc}") from exc
+
+
+def validate_model_output(outputs, n_layers: int, where: str) -> None:
+    """Check a model result against impact_spec §3.3.
+
+    Args:
+        outputs: what ``FeatureModel.forward`` (or a model) returned.
+        n_layers: expected list length (the layers-mask length).
+        where: the model (path / option) named in error messages.
+
+    Raises:
+        ImpactModelError: not a list, wrong length, or an entry that is not a tensor of >= 3 dims
+            ``[B, F, *spatial]``.
+    """
+    torch = require_torch()
+    if not isinstance(outputs, list):
+        raise ImpactModelError(
+            f"model {where} returned {type(outputs).__name__}; it must return a list of {n_layers} feature maps "
+            "[B, C, *spatial]"
+        )
+    if len(outputs) != n_layers:
+        raise ImpactModelError(
+            f"model {where} returned {len(outputs)} feature maps but the layers mask has {n_layers} entries; "
+            "the mask length must equal the number of layers the model returns"
+        )
+    for i, out in enumerate(outputs):
+        if not isinstance(out, torch.Tensor):
+            raise ImpactModelError(f"model {where}: output {i} is a {type(out).__name__}, not a tensor")
+        if out.dim() < 3:
+            raise ImpactModelError(
+                f"model {where}: output {i} has shape {list(out.shape)}; feature maps must be [B, C, *spatial] "
+                "(at least 3 dimensions)"
+            )

@@ -1,0 +1,1 @@
+"""TorchScript feature models that the project writes itself (no download needed)."""

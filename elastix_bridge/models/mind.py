@@ -1,0 +1,309 @@
+"""MIND-SSC descriptors as an IMPACT TorchScript feature model (no download needed).
+
+MIND (modality independent neighbourhood descriptor, Heinrich et al., "MIND: Modality independent
+neighbourhood descriptor for multi-modal deformable registration", MedIA 16(7), 2012) describes
+every voxel by how similar small patches around it are to each other; the self-similarity context
+variant MIND-SSC (Heinrich et al., "Towards realtime multimodal fusion for image-guided
+interventions using self-similarities", MICCAI 2013, §2) compares the patches centred at *pairs of
+neighbours* of the six-neighbourhood instead of the centre with its neighbours, which is more
+robust to noise and avoids the bias of the centre patch.
+
+For an image ``I`` (tensor axes ``(z, y, x)`` / ``(y, x)``, dilation ``δ``, patch radius ``r``):
+
+* neighbourhood: the ``2D`` voxels ``±δ·e_a`` (3D: 6, 2D: 4);
+* pairs: the neighbour pairs at distance ``δ·√2`` (one offset on each of two different axes):
+  3D → 12 pairs, 2D → 4 pairs; one output channel per pair;
+* ``SSD_c(x) = box_r * (I(x + o_c) − I(x + o'_c))²`` — squared difference of the two shifted
+  images, averaged over a ``(2r+1)^D`` box (replicate padding at the border for both steps);
+* ``V(x) = mean_c SSD_c(x)`` clamped to ``[0.001·m, 1000·m]`` with ``m`` the mean of ``V`` over
+  the image (robustness to flat regions and outliers);
+* ``MIND_c(x) = exp(−SSD_c(x) / V(x)) / max_c' exp(−SSD_c'(x) / V(x))`` (MedIA 2012 eq. 3:
+  normalised so the per-voxel maximum is 1).
+
+The per-voxel max normalisation is computed as ``exp(−(SSD_c − min_c' SSD_c') / V)``, which is
+algebraically identical and cannot underflow. Differences from Heinrich's public PyTorch snippet
+(and from the upstream elastix test model ``R1D2_2D.pt``, impact_spec §11.1): there ``V`` is the
+channel mean of the *min-subtracted* SSD and the clamp uses the mean over the whole tensor
+including the batch axis; here ``V`` follows the papers (mean of the SSD itself) and ``m`` is taken
+per batch element, so a sample's descriptor does not depend on what else is in the batch (IMPACT
+Jacobian mode batches the patches of many samples, impact_spec §4.2). A tiny absolute floor on
+``V`` keeps constant images finite (descriptor = 1 everywhere).
+
+The module follows the IMPACT model calling convention (impact_spec §3.2/§3.3): ``forward(x,
+n_layers, stats, direction)`` returning a list with one feature tensor. Reserved model names
+(:data:`RESERVED_MODELS`) can be written in a parameter file instead of a path, e.g.
+``(ImpactModelsPath0 "mind-ssc-3d")``; :func:`mind_model_path` writes the TorchScript file into a
+per-torch-version cache on first use.
+"""
+# NOTE: deliberately no ``from __future__ import annotations`` here: TorchScript must see the real
+# annotation objects of the MINDSSC methods, which are created (with torch imported) inside
+# ``_module_class`` so that importing this module does not import torch.
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, List
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "MINDSSC",
+    "RESERVED_MODELS",
+    "cache_dir",
+    "mind_model_path",
+    "mind_pairs",
+    "write_mind_ssc",
+]
+
+#: Reserved model names usable in ``Impact[Fixed|Moving]ModelsPath<L>``: name -> (dimension,
+#: description). Both use ``radius=1, dilation=2`` and return one layer (``ImpactLayersMask "1"``).
+RESERVED_MODELS: dict = {
+    "mind-ssc-2d": (
+        2,
+        "MIND-SSC, 2D, radius 1, dilation 2: 4 channels (pairs of the 4-neighbourhood); "
+        "ImpactDimension 2, ImpactNumberOfChannels 1, ImpactLayersMask \"1\"",
+    ),
+    "mind-ssc-3d": (
+        3,
+        "MIND-SSC, 3D, radius 1, dilation 2: 12 channels (pairs of the 6-neighbourhood); "
+        "ImpactDimension 3, ImpactNumberOfChannels 1, ImpactLayersMask \"1\"",
+    ),
+}
+
+
+def mind_pairs(dimension: int) -> list:
+    """The neighbour pairs of MIND-SSC as unit offsets in tensor axis order.
+
+    Args:
+        dimension: 2 or 3.
+
+    Returns:
+        A list of ``(offset_a, offset_b)`` tuples, each offset a tuple of ``dimension`` ints in
+        ``{-1, 0, 1}`` (tensor order ``(z, y, x)`` / ``(y, x)``); the two offsets of a pair lie on
+        different axes, i.e. at squared distance 2. 3D: 12 pairs, 2D: 4 pairs (MICCAI 2013 §2).
+
+    Raises:
+        ValueError: dimension not 2 or 3.
+    """
+    if dimension not in (2, 3):
+        raise ValueError(f"MIND-SSC dimension must be 2 or 3, got {dimension!r}")
+    neighbours = []
+    for axis in range(dimension):
+        for sign in (-1, 1):
+            off = [0] * dimension
+            off[axis] = sign
+            neighbours.append(tuple(off))
+    pairs = []
+    for i, a in enumerate(neighbours):
+        for b in neighbours[i + 1:]:
+            if sum((p - q) ** 2 for p, q in zip(a, b)) == 2:
+                pairs.append((a, b))
+    return pairs
+
+
+def _module_class():
+    """Build the torch module class lazily (keeps ``import torch`` out of module import)."""
+    global _MINDSSC_CLASS
+    if _MINDSSC_CLASS is not None:
+        return _MINDSSC_CLASS
+    import torch
+    import torch.nn.functional as F
+    from torch import Tensor
+
+    class MINDSSC(torch.nn.Module):
+        """MIND-SSC descriptor module (see the module docstring for the formula).
+
+        Args:
+            dimension: spatial dimension of the input, 2 or 3.
+            radius: half-size ``r`` of the box filter (patch ``(2r+1)^D`` voxels), ``>= 0``.
+            dilation: neighbour distance ``δ`` in voxels, ``>= 1``.
+
+        Input ``x``: ``[B, C, *spatial]`` float (C ≥ 1, only channel 0 is used — IMPACT
+        replicates the intensity over ``ImpactNumberOfChannels``). Output: a one-element list
+        ``[features]`` with ``features`` of shape ``[B, n_channels, *spatial]`` (same spatial size;
+        ``n_channels`` = 12 in 3D, 4 in 2D), values in ``(0, 1]``, per-voxel max 1.
+
+        Raises:
+            ValueError: bad dimension/radius/dilation (construction).
+            RuntimeError: in forward, when ``x`` does not have ``dimension + 2`` axes.
+        """
+
+        def __init__(self, dimension: int = 3, radius: int = 1, dilation: int = 2):
+            super().__init__()
+            if dimension not in (2, 3):
+                raise ValueError(f"MINDSSC: dimension must be 2 or 3, got {dimension!r}")
+            if int(radius) != radius or radius < 0:
+                raise ValueError(f"MINDSSC: radius must be an integer >= 0, got {radius!r}")
+            if int(dilation) != dilation or dilation < 1:
+                raise ValueError(f"MINDSSC: dilation must be an integer >= 1, got {dilation!r}")
+            self.dimension = int(dimension)
+            self.radius = int(radius)
+            self.dilation = int(dilation)
+            neighbours = []
+            for axis in range(dimension):
+                for sign in (-1, 1):
+                    off = [0] * dimension
+                    off[axis] = sign
+                    neighbours.append(tuple(off))
+            pairs = mind_pairs(dimension)
+            self.n_channels = len(pairs)
+            # Integer buffers are not cast by module.to(float16) (mixed precision, spec §3.5).
+            self.offsets = [
+                [o * self.dilation for o in off] for off in neighbours]
+            self.register_buffer(
+                "pair_a", torch.tensor([neighbours.index(a) for a, _ in pairs], dtype=torch.long))
+            self.register_buffer(
+                "pair_b", torch.tensor([neighbours.index(b) for _, b in pairs], dtype=torch.long))
+
+        def _shifted(self, img: Tensor) -> Tensor:
+            """``[B, 1, *S]`` → ``[B, 2D, *S]``: ``img(x + δ·n_k)`` per neighbour, replicate-padded."""
+            d = self.dilation
+            pad: List[int] = [d] * (2 * self.dimension)
+            padded = F.pad(img, pad, mode="replicate")
+            outs: List[Tensor] = []
+            offsets = self.offsets
+            for k in range(len(offsets)):
+                s = padded
+                for axis in range(self.dimension):
+                    length = img.shape[axis + 2]
+                    s = s.narrow(axis + 2, d + offsets[k][axis], length)
+                outs.append(s)
+            return torch.cat(outs, dim=1)
+
+        def _box(self, t: Tensor) -> Tensor:
+            """Mean over a ``(2r+1)^D`` box, replicate padding, same size."""
+            r = self.radius
+            if r == 0:
+                return t
+            pad: List[int] = [r] * (2 * self.dimension)
+            padded = F.pad(t, pad, mode="replicate")
+            k = 2 * r + 1
+            if self.dimension == 3:
+                return F.avg_pool3d(padded, kernel_size=[k, k, k], stride=[1, 1, 1])
+            return F.avg_pool2d(padded, kernel_size=[k, k], stride=[1, 1])
+
+        def forward(
+            self,
+            x: Tensor,
+            n_layers: Tensor = torch.tensor(1, dtype=torch.int16),
+            stats: Tensor = torch.zeros(4),
+            direction: Tensor = torch.zeros(1, 1, dtype=torch.int16),
+        ) -> List[Tensor]:
+            """IMPACT 4-argument forward (impact_spec §3.2).
+
+            Args:
+                x: ``[B, C, *spatial]`` input patch/tile; only channel 0 is used.
+                n_layers: 0-d int16, mask length requested by the metric; ignored (one layer).
+                stats: float ``[4]`` = ``[min, max, mean, std]`` of the whole level image. When
+                    not all zero, ``x`` is rescaled as ``(x − min) / (max − min + 1e-6)`` so the
+                    variance clamps act on a known scale.
+                direction: int16 ``[D, D]`` rounded direction cosines; ignored (MIND-SSC is
+                    symmetric under axis flips up to a channel permutation).
+
+            Returns:
+                ``[features]``, features ``[B, n_channels, *spatial]`` in the dtype of ``x``.
+            """
+            if x.dim() != self.dimension + 2:
+                raise RuntimeError(
+                    "MINDSSC: expected a [B, C, *spatial] input with "
+                    + str(self.dimension) + " spatial axes, got shape " + str(x.shape))
+            img = x[:, :1]
+            if bool(torch.any(stats != 0)):
+                lo = stats[0].to(img.device)
+                hi = stats[1].to(img.device)
+                img = (img - lo) / (hi - lo + 1e-6)
+            shifted = self._shifted(img)
+            diff = shifted.index_select(1, self.pair_a) - shifted.index_select(1, self.pair_b)
+            ssd = self._box(diff * diff)
+            var = ssd.mean(dim=1, keepdim=True)
+            reduce_dims: List[int] = list(range(1, var.dim()))
+            m = var.mean(dim=reduce_dims, keepdim=True)
+            var = torch.maximum(torch.minimum(var, m * 1000.0), m * 0.001)
+            var = torch.clamp(var, min=1e-12)
+            ssd_min = ssd.min(dim=1, keepdim=True)[0]
+            return [torch.exp(-(ssd - ssd_min) / var)]
+
+    _MINDSSC_CLASS = MINDSSC
+    return MINDSSC
+
+
+_MINDSSC_CLASS = None
+
+
+def __getattr__(name: str):
+    """Module-level lazy attribute: ``MINDSSC`` imports torch only when first accessed."""
+    if name == "MINDSSC":
+        return _module_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def write_mind_ssc(path, dimension: int, radius: int = 1, dilation: int = 2) -> Path:
+    """Script a :class:`MINDSSC` module and save it as a TorchScript archive.
+
+    The archive is written to a temporary file in the target folder and renamed into place, so a
+    concurrent reader never sees a partial file.
+
+    Args:
+        path: output file (``.pt``); parent folders are created.
+        dimension: 2 or 3.
+        radius: box-filter half-size (default 1).
+        dilation: neighbour distance in voxels (default 2).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: invalid dimension/radius/dilation.
+    """
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = _module_class()(dimension, radius, dilation).eval()
+    with warnings.catch_warnings():  # torch >= 2.10 flags torch.jit as deprecated; it still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(module)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        scripted.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def cache_dir() -> Path:
+    """Root cache folder: ``$ELASTIX_BRIDGE_CACHE`` or ``~/.cache/elastix-bridge``."""
+    env = os.environ.get("ELASTIX_BRIDGE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "elastix-bridge"
+
+
+def mind_model_path(name: str) -> Path:
+    """Resolve a reserved MIND-SSC model name to a cached TorchScript file, writing it if needed.
+
+    The file is ``<cache_dir()>/models/<torch.__version__>/<name>.pt`` (per torch version, because
+    a TorchScript archive written by a newer torch may not load in an older one).
+
+    Args:
+        name: ``"mind-ssc-2d"`` or ``"mind-ssc-3d"`` (see :data:`RESERVED_MODELS`).
+
+    Returns:
+        Path to an existing TorchScript file.
+
+    Raises:
+        KeyError: unknown name (the message lists the reserved names).
+    """
+    if name not in RESERVED_MODELS:
+        raise KeyError(
+            f"unknown reserved model name {name!r}; reserved names are {sorted(RESERVED_MODELS)}")
+    import torch
+
+    dimension = RESERVED_MODELS[name][0]
+    path = cache_dir() / "models" / str(torch.__version__) / f"{name}.pt"
+    if not path.is_file():
+        write_mind_ssc(path, dimension)
+    return path

@@ -1,0 +1,444 @@
+"""elastix parameter maps: typed per-level lookup and elastix number formatting.
+
+A parameter map is elastix's ``std::map<std::string, std::vector<std::string>>``: every key maps to an
+ordered list of *string* values.  This module wraps such a map (:class:`ParameterMap`), reproduces the
+lookup rules elastix components use when they read a key (entry 0, then entry ``level``, then the
+component-prefixed key; elastix_spec §1.4), the value conversions and their failures (§1.3), and the
+shortest round-trip number formatting elastix uses when it writes numbers (§1.5).
+
+Parsing of parameter *files* is delegated to itk-elastix's own parser so that syntax errors are exactly
+elastix's (§1.1).  Nothing here imports torch; ``itk`` is imported only inside the functions that need it.
+
+Sources: ``Common/ParameterFileParser/itkParameterMapInterface.{h,cxx}``,
+``Common/ParameterFileParser/itkParameterFileParser.cxx``, ``Core/Install/elxConversion.{h,cxx}``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+__all__ = [
+    "ParameterError",
+    "ParameterMap",
+    "UInt",
+    "format_number",
+    "is_number",
+    "read_parameter_file",
+    "parameter_maps_from_object",
+]
+
+
+class ParameterError(ValueError):
+    """A parameter is missing, has the wrong number of values, or a value cannot be converted."""
+
+
+class UInt(int):
+    """Marker type for :meth:`ParameterMap.get`: an *unsigned* integer (elastix ``unsigned int``).
+
+    Conversion yields a plain Python ``int``; a leading ``-`` is rejected (elastix_spec §1.3).
+    """
+
+
+# --------------------------------------------------------------------------------------------------------------
+# value conversion (elastix_spec §1.3, Core/Install/elxConversion.h StringToValue)
+
+_FLOAT_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+_INT_RE = re.compile(r"[+-]?\d+(?:\.0*)?\Z")
+_FLOAT_SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _type_name(typ) -> str:
+    if typ is bool:
+        return 'a boolean ("true" or "false", exactly)'
+    if typ is UInt:
+        return 'an unsigned integer (e.g. "2"; "2.000" is accepted, a leading "-" or a fraction is not)'
+    if typ is int:
+        return 'an integer (e.g. "-3"; "2.000" is accepted, a fraction is not)'
+    if typ is float:
+        return 'a floating-point number (e.g. "1.5", "1e-7", "NaN", "Infinity"; no spaces or suffixes)'
+    return f"a value of type {getattr(typ, '__name__', typ)}"
+
+
+def _convert(value: str, typ):
+    """Convert one stored string to ``typ``; returns ``(ok, result)``."""
+    if typ is str or typ is None:
+        return True, value
+    if typ is bool:
+        if value == "true":
+            return True, True
+        if value == "false":
+            return True, False
+        return False, None
+    if typ is float:
+        if value in _FLOAT_SPECIAL:
+            return True, _FLOAT_SPECIAL[value]
+        if _FLOAT_RE.match(value):
+            return True, float(value)
+        return False, None
+    if typ is int or typ is UInt:
+        if typ is UInt and value.startswith("-"):
+            return False, None
+        if _INT_RE.match(value):
+            return True, int(value.split(".")[0])
+        return False, None
+    try:  # any other callable (e.g. a user-supplied parser)
+        return True, typ(value)
+    except (TypeError, ValueError):
+        return False, None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# number formatting (elastix_spec §1.5, itk::NumberToString = double-conversion ECMAScript shortest)
+
+
+def _js_format(negative: bool, digits: str, n: int) -> str:
+    """JavaScript ``Number.prototype.toString`` layout of ``0.digits × 10**n``."""
+    k = len(digits)
+    if k <= n <= 21:
+        body = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        body = digits[:n] + "." + digits[n:]
+    elif -6 < n <= 0:
+        body = "0." + "0" * (-n) + digits
+    else:
+        e = n - 1
+        mant = digits[0] + ("." + digits[1:] if k > 1 else "")
+        body = f"{mant}e{'+' if e >= 0 else '-'}{abs(e)}"
+    return ("-" if negative else "") + body
+
+
+def format_number(x: float, float32: bool = False) -> str:
+    """Format a number exactly like elastix/ITK writes it (``itk::NumberToString``).
+
+    The shortest decimal digit string that round-trips to the same double (or, with ``float32=True``, the
+    same IEEE single), laid out like JavaScript's ``Number.prototype.toString``: ``3``, ``32.650000000000006``,
+    ``0.000001``, ``1e-7``, ``4.461428806667659e-7``, ``100000000000000000000``, ``1e+21``.  ``-0`` is written
+    ``0``; NaN/±inf as ``NaN``/``Infinity``/``-Infinity``.
+
+    Args:
+        x: any real number (Python/numpy scalar, or a 0-d tensor via ``float()``).
+        float32: format the float32-rounded value with float32 shortest digits (e.g. ``DefaultPixelValue``).
+
+    Returns:
+        The formatted string.
+
+    Source: elastix_spec §1.5; ``Core/Install/elxConversion.cxx`` ``ToString``; ITK ``itkNumberToString.cxx``.
+    """
+    x = float(x)
+    if float32:
+        import numpy as np
+
+        x32 = np.float32(x)
+        if math.isnan(x32):
+            return "NaN"
+        if math.isinf(x32):
+            return "Infinity" if x32 > 0 else "-Infinity"
+        if x32 == 0:
+            return "0"
+        text = np.format_float_scientific(x32, unique=True, trim="-")
+    else:
+        if math.isnan(x):
+            return "NaN"
+        if math.isinf(x):
+            return "Infinity" if x > 0 else "-Infinity"
+        if x == 0:
+            return "0"
+        text = repr(x)
+    sign, digit_tuple, exponent = Decimal(text).as_tuple()
+    digits = "".join(str(d) for d in digit_tuple)
+    stripped = digits.rstrip("0")
+    exponent += len(digits) - len(stripped)
+    digits = stripped.lstrip("0") or "0"
+    n = len(digits) + exponent
+    return _js_format(bool(sign), digits, n)
+
+
+def is_number(value: str) -> bool:
+    """elastix ``Conversion::IsNumber``: whether a value is written without quotes.
+
+    Optional leading ``-``; must start and end with a digit; all digits, or digits with one ``.``, or
+    ``d[.ddd]e[+-]dd``.  ``"true"``, ``"NaN"``, ``"Infinity"``, ``"1e5"`` are *not* numbers.
+
+    Source: ``Core/Install/elxConversion.cxx`` ``IsNumber``; elastix_spec §1.5.
+    """
+    s = value[1:] if value.startswith("-") else value
+    if not s or not (s[0].isdigit() and s[-1].isdigit()) or not s.isascii():
+        return False
+    rest = s[1:]
+    n_digits = sum(ch.isdigit() for ch in rest)
+    if n_digits == len(rest):
+        return True
+    if "." in rest and n_digits == len(rest) - 1:
+        return True
+    return re.fullmatch(r"(\.\d+)?e[+-]\d+", rest) is not None
+
+
+def _to_value_strings(value) -> list[str]:
+    """Python value (str, bool, number, or a list/tuple of them) -> list of elastix value strings."""
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    elif hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy arrays / tensors
+        items = value.tolist()
+        if not isinstance(items, list):
+            items = [items]
+    else:
+        items = [value]
+    out = []
+    for v in items:
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, bool) or type(v).__name__ == "bool_":
+            out.append("true" if v else "false")
+        elif isinstance(v, int) or (hasattr(v, "dtype") and getattr(v.dtype, "kind", "") in "iu"):
+            out.append(str(int(v)))
+        elif isinstance(v, float) or hasattr(v, "__float__"):
+            out.append(format_number(float(v)))
+        else:
+            raise TypeError(f"cannot store a value of type {type(v).__name__} in a parameter map: {v!r}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+class ParameterMap:
+    """One elastix parameter map: ``key -> list of string values`` with elastix's lookup rules.
+
+    Construct with :meth:`from_dict`, :meth:`from_itk`, or :func:`read_parameter_file`.  Values are stored
+    exactly as elastix stores them (strings, no quotes).
+
+    Source: ``Common/ParameterFileParser/itkParameterMapInterface.{h,cxx}``; elastix_spec §1.3–1.4.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Iterable[str]] | None = None):
+        self._data: dict[str, list[str]] = {}
+        if data:
+            for k, v in data.items():
+                self._data[str(k)] = [str(x) for x in v]
+
+    # ---------------------------------------------------------------- constructors / conversion
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ParameterMap":
+        """Build from a dict whose values are str, numbers, bools, or lists/tuples of them.
+
+        Bools become ``"true"``/``"false"``, ints ``str(int)``, floats :func:`format_number`.
+
+        Raises:
+            TypeError: a value of an unsupported type.
+        """
+        pm = cls()
+        for k, v in d.items():
+            pm._data[str(k)] = _to_value_strings(v)
+        return pm
+
+    @classmethod
+    def from_itk(cls, itk_map) -> "ParameterMap":
+        """Build from an itk-elastix ``mapstringvectorstring`` (or any mapping of key -> sequence of str)."""
+        if isinstance(itk_map, ParameterMap):
+            return itk_map.copy()
+        keys = list(itk_map.keys())
+        return cls({str(k): [str(v) for v in itk_map[k]] for k in keys})
+
+    def to_itk(self):
+        """This map as an itk-elastix ``mapstringvectorstring`` (imports ``itk``)."""
+        import itk
+
+        po = itk.ParameterObject.New()
+        po.AddParameterMap(self.to_dict())
+        return po.GetParameterMap(0)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """A plain ``dict[str, list[str]]`` copy."""
+        return {k: list(v) for k, v in self._data.items()}
+
+    def copy(self) -> "ParameterMap":
+        return ParameterMap(self._data)
+
+    # ---------------------------------------------------------------- mapping protocol
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.has(name)
+
+    def __getitem__(self, name: str) -> list[str]:
+        return list(self._data[name])
+
+    def __setitem__(self, name: str, values) -> None:
+        self.set(name, values)
+
+    def __delitem__(self, name: str) -> None:
+        del self._data[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ParameterMap):
+            return self._data == other._data
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"ParameterMap({self._data!r})"
+
+    def keys(self):
+        return self._data.keys()
+
+    def items(self):
+        return ((k, list(v)) for k, v in self._data.items())
+
+    def has(self, name: str) -> bool:
+        """Whether ``name`` exists with at least one value (a key with zero values counts as absent)."""
+        return bool(self._data.get(name))
+
+    def values(self, name: str) -> list[str]:
+        """All string values of ``name`` (empty list if absent)."""
+        return list(self._data.get(name, ()))
+
+    def set(self, name: str, values) -> None:
+        """Set ``name`` to ``values`` (a scalar or a list; converted as in :meth:`from_dict`)."""
+        self._data[str(name)] = _to_value_strings(values)
+
+    def remove(self, name: str) -> None:
+        """Remove ``name`` if present."""
+        self._data.pop(name, None)
+
+    # ---------------------------------------------------------------- typed lookup
+    def _convert_entry(self, name: str, index: int, typ):
+        value = self._data[name][index]
+        ok, result = _convert(value, typ)
+        if not ok:
+            raise ParameterError(
+                f"parameter {name!r}, entry {index}: cannot convert value {value!r}; expected {_type_name(typ)}"
+            )
+        return result
+
+    def get_entry(self, name: str, index: int, type=str, default=None):
+        """Entry ``index`` of ``name`` converted to ``type``, without any fallback.
+
+        Args:
+            name: key.
+            index: 0-based entry number.
+            type: ``str``, ``bool``, ``int``, :class:`UInt`, ``float`` (elastix_spec §1.3).
+            default: returned when the key or the entry is absent.
+
+        Raises:
+            ParameterError: the entry exists but cannot be converted (message names key, entry, value, form).
+        """
+        vals = self._data.get(name)
+        if not vals or index < 0 or index >= len(vals):
+            return default
+        return self._convert_entry(name, index, type)
+
+    def get(self, name: str, level: int = 0, default=None, type=str, prefix: str | None = None):
+        """elastix's extended ``ReadParameter(value, name, prefix, level, 0)`` lookup.
+
+        Each successful read overwrites the previous one: ``name[0]``, ``name[level]``,
+        ``(prefix+name)[0]``, ``(prefix+name)[level]``; nothing found → ``default``.  So
+        ``(MaximumNumberOfIterations 5 7)`` with 3 levels gives 5, 7, 5.
+
+        Args:
+            name: key, e.g. ``"MaximumNumberOfIterations"``.
+            level: resolution level (entry number).
+            default: hard-coded default when nothing is found.
+            type: ``str``, ``bool``, ``int``, :class:`UInt` or ``float``.
+            prefix: component label, e.g. ``"Metric1"``.
+
+        Raises:
+            ParameterError: a value that is read cannot be converted.
+
+        Source: ``itkParameterMapInterface.h`` ``ReadParameter``; elastix_spec §1.4.
+        """
+        found = False
+        result = default
+        names = [name] + ([prefix + name] if prefix else [])
+        for key in names:
+            for idx in (0, level) if level != 0 else (0,):
+                vals = self._data.get(key)
+                if vals and 0 <= idx < len(vals):
+                    result = self._convert_entry(key, idx, type)
+                    found = True
+        return result if found else default
+
+    def get_list(self, name: str, count: int | None = None, type=str, default=None) -> list:
+        """All entries of ``name`` converted to ``type``, or exactly the first ``count`` entries.
+
+        Args:
+            name: key.
+            count: number of entries required (extra entries are ignored, as elastix does).
+            type: conversion type (see :meth:`get`).
+            default: returned (as a list) when the key is absent.
+
+        Raises:
+            ParameterError: fewer than ``count`` values (message names key, expected and given counts), the
+                key is absent with ``count`` given and no ``default``, or a conversion failure.
+        """
+        vals = self._data.get(name) or []
+        if not vals:
+            if default is not None:
+                return list(default)
+            if count is None:
+                return []
+        if count is not None and len(vals) < count:
+            raise ParameterError(
+                f"parameter {name!r}: expected {count} values, but {len(vals)} "
+                f"{'was' if len(vals) == 1 else 'were'} given"
+            )
+        n = len(vals) if count is None else count
+        return [self._convert_entry(name, i, type) for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def parameter_maps_from_object(parameter_object) -> list[ParameterMap]:
+    """All maps of an itk-elastix ``ParameterObject`` (or a list of dict-like maps) as :class:`ParameterMap`.
+
+    Source: ``Core/Main/elxParameterObject.h`` ``GetParameterMap``; elastix_spec §1.6.
+    """
+    if isinstance(parameter_object, ParameterMap):
+        return [parameter_object.copy()]
+    if isinstance(parameter_object, Mapping):
+        return [ParameterMap.from_dict(parameter_object)]
+    if isinstance(parameter_object, (list, tuple)):
+        out = []
+        for m in parameter_object:
+            out.extend(parameter_maps_from_object(m))
+        return out
+    n = parameter_object.GetNumberOfParameterMaps()
+    return [ParameterMap.from_itk(parameter_object.GetParameterMap(i)) for i in range(n)]
+
+
+def read_parameter_file(path) -> list[ParameterMap]:
+    """Parse an elastix parameter file (``.txt`` or ``.toml``) with itk-elastix's own parser.
+
+    Args:
+        path: file name (str or Path).
+
+    Returns:
+        The maps in the file (one map for an elastix parameter file).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ParameterError: elastix's parser rejected the file (its message is included).
+
+    Source: ``Common/ParameterFileParser/itkParameterFileParser.cxx``; elastix_spec §1.1.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"parameter file not found: {p}")
+    import itk
+
+    po = itk.ParameterObject.New()
+    try:
+        po.ReadParameterFile(str(p))
+    except RuntimeError as exc:  # elastix's parser raises itk::ExceptionObject
+        msg = str(exc)
+        m = re.search(r"Description:\s*(.*)", msg)
+        raise ParameterError(f"cannot parse parameter file {p}: {m.group(1).strip() if m else msg}") from exc
+    return parameter_maps_from_object(po)

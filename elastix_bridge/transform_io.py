@@ -1,0 +1,237 @@
+"""TransformParameters maps and files in elastix's exact format (both ways).
+
+:func:`transform_parameter_map` builds the complete map elastix writes after a registration (transform block,
+common keys, ResampleInterpolator block, Resampler block); :func:`write_transform_parameter_file` writes it in
+elastix's text layout (sorted keys, numbers unquoted, other values quoted; atomically);
+:func:`read_transform_parameter_file` reads one back with itk-elastix's parser; :func:`to_parameter_object`
+builds an ``itk.ParameterObject`` for transformix.
+
+Sources: elastix_spec §10, §1.5, §8.2 — ``Core/ComponentBaseClasses/elxTransformBase.hxx``
+(``CreateTransformParameterMap``, ``WriteToFile``), ``elxResampleInterpolatorBase.hxx``,
+``elxResamplerBase.hxx``, ``Core/Install/elxConversion.cxx`` (``ParameterMapToString``).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from elastix_bridge.parameters import (
+    ParameterError,
+    ParameterMap,
+    format_number,
+    is_number,
+    parameter_maps_from_object,
+    read_parameter_file,
+)
+
+__all__ = [
+    "RESAMPLE_INTERPOLATOR_KEYS",
+    "RESAMPLER_KEYS",
+    "transform_parameter_map",
+    "transform_parameter_file_text",
+    "write_transform_parameter_file",
+    "read_transform_parameter_file",
+    "to_parameter_object",
+]
+
+#: keys elastix writes in the ``// ResampleInterpolator specific`` block.
+RESAMPLE_INTERPOLATOR_KEYS = frozenset({"ResampleInterpolator", "FinalBSplineInterpolationOrder"})
+#: keys elastix writes in the ``// Resampler specific`` block.
+RESAMPLER_KEYS = frozenset(
+    {"Resampler", "DefaultPixelValue", "ResultImageFormat", "ResultImagePixelType", "CompressResultImage"}
+)
+_BSPLINE_RESAMPLE_INTERPOLATORS = (
+    "FinalBSplineInterpolator",
+    "FinalBSplineInterpolatorFloat",
+    "FinalReducedDimensionBSplineInterpolator",
+)
+
+
+def _fmt(values) -> list[str]:
+    return [format_number(float(v)) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+
+
+def transform_parameter_map(
+    transform,
+    params,
+    fixed_geometry,
+    *,
+    initial_transform_file: str | None = "NoInitialTransform",
+    how_to_combine: str = "Compose",
+    registration_map: ParameterMap | None = None,
+    result_pixel_type: str = "float32",
+) -> ParameterMap:
+    """The complete TransformParameters map elastix writes for one registration.
+
+    Args:
+        transform: an ``elastix_bridge.engine.transforms.Transform``.
+        params: its final parameters, ``(P,)`` tensor or array (unscaled).
+        fixed_geometry: full-resolution fixed image ``ImageGeometry`` (output domain of transformix).
+        initial_transform_file: ``InitialTransformParameterFileName`` value; ``None``/``""`` →
+            ``NoInitialTransform``.
+        how_to_combine: ``HowToCombineTransforms`` (``Compose`` or ``Add``).
+        registration_map: the registration's parameter map; supplies ``ResampleInterpolator``,
+            ``FinalBSplineInterpolationOrder``, ``Resampler``, ``DefaultPixelValue``, ``ResultImageFormat``,
+            ``CompressResultImage``, ``UseDirectionCosines`` and the internal pixel types (entry 0; defaults of
+            elastix_spec §8.2/§1.8 when absent).
+        result_pixel_type: ``ResultImagePixelType`` (itk-elastix writes the input image's type).
+
+    Returns:
+        A :class:`ParameterMap` (the union of the three blocks, as itk-elastix returns it in memory).
+
+    Raises:
+        ParameterError: a registration-map value cannot be converted.
+
+    Source: ``elxTransformBase.hxx`` ``CreateTransformParameterMap``; elastix_spec §10.1–10.2.
+    """
+    reg = registration_map if registration_map is not None else ParameterMap()
+    dim = fixed_geometry.dimension
+    if transform.dimension != dim:
+        raise ValueError(f"transform dimension {transform.dimension} != fixed image dimension {dim}")
+    pm = ParameterMap(transform.parameter_map(params))
+    if not initial_transform_file:
+        initial_transform_file = "NoInitialTransform"
+    pm.set("InitialTransformParameterFileName", [str(initial_transform_file)])
+    pm.set("HowToCombineTransforms", [how_to_combine])
+    pm.set("FixedImageDimension", [str(dim)])
+    pm.set("MovingImageDimension", [str(dim)])
+    pm.set("FixedInternalImagePixelType", [reg.get("FixedInternalImagePixelType", default="float")])
+    pm.set("MovingInternalImagePixelType", [reg.get("MovingInternalImagePixelType", default="float")])
+    pm.set("Size", [str(int(s)) for s in fixed_geometry.size])
+    pm.set("Index", ["0"] * dim)
+    pm.set("Spacing", _fmt(fixed_geometry.spacing))
+    pm.set("Origin", _fmt(fixed_geometry.origin))
+    pm.set("Direction", _fmt(np.asarray(fixed_geometry.direction).T.reshape(-1)))  # column-major
+    use_dc = reg.get("UseDirectionCosines", default=True, type=bool)
+    pm.set("UseDirectionCosines", ["true" if use_dc else "false"])
+    # ResampleInterpolator block
+    interp = reg.get("ResampleInterpolator", default="FinalBSplineInterpolator")
+    pm.set("ResampleInterpolator", [interp])
+    if interp in _BSPLINE_RESAMPLE_INTERPOLATORS:
+        from elastix_bridge.parameters import UInt
+
+        order = reg.get("FinalBSplineInterpolationOrder", default=3, type=UInt)
+        pm.set("FinalBSplineInterpolationOrder", [str(order)])
+    # Resampler block
+    pm.set("Resampler", [reg.get("Resampler", default="DefaultResampler")])
+    pm.set("DefaultPixelValue", [format_number(reg.get("DefaultPixelValue", default=0.0, type=float), float32=True)])
+    pm.set("ResultImageFormat", [reg.get("ResultImageFormat", default="mhd")])
+    pm.set("ResultImagePixelType", [result_pixel_type])
+    compress = reg.get("CompressResultImage", default="false")
+    pm.set("CompressResultImage", [compress])
+    return pm
+
+
+def _block_text(items) -> str:
+    lines = []
+    for key, values in sorted(items, key=lambda kv: kv[0].encode("utf-8")):
+        parts = [key]
+        for v in values:
+            parts.append(v if is_number(v) else f'"{v}"')
+        lines.append("(" + " ".join(parts) + ")\n")
+    return "".join(lines)
+
+
+def transform_parameter_file_text(parameter_map) -> str:
+    """elastix's text serialisation of a TransformParameters map (three sorted blocks with comment headers).
+
+    Args:
+        parameter_map: :class:`ParameterMap` or ``dict[str, list[str]]``.
+
+    Returns:
+        The file content.
+
+    Raises:
+        ParameterError: a key without values (elastix's parser would reject ``(Key)``), or a value containing
+            ``"``, ``//`` or a line break (unrepresentable in the text format).
+    """
+    pm = parameter_map if isinstance(parameter_map, ParameterMap) else ParameterMap(parameter_map)
+    for key, values in pm.items():
+        if not values:
+            raise ParameterError(f"parameter {key!r} has no values; elastix cannot read '({key})' back")
+        for v in values:
+            if '"' in v or "//" in v or "\n" in v or "\r" in v:
+                raise ParameterError(f"parameter {key!r}: value {v!r} cannot be written to an elastix text file")
+    blocks = {"transform": [], "interp": [], "resampler": []}
+    for key, values in pm.items():
+        if key in RESAMPLE_INTERPOLATOR_KEYS:
+            blocks["interp"].append((key, values))
+        elif key in RESAMPLER_KEYS:
+            blocks["resampler"].append((key, values))
+        else:
+            blocks["transform"].append((key, values))
+    text = _block_text(blocks["transform"])
+    if blocks["interp"]:
+        text += "\n// ResampleInterpolator specific\n" + _block_text(blocks["interp"])
+    if blocks["resampler"]:
+        text += "\n// Resampler specific\n" + _block_text(blocks["resampler"])
+    return text
+
+
+def write_transform_parameter_file(parameter_map, path) -> Path:
+    """Write a TransformParameters file in elastix's layout, atomically (temporary file + rename).
+
+    Args:
+        parameter_map: :class:`ParameterMap` or dict.
+        path: target file name; must end with ``.txt`` (elastix also accepts ``.toml``, which is not written
+            here).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: the file name does not end with ``.txt``.
+        ParameterError: see :func:`transform_parameter_file_text`.
+        OSError: the directory is not writable.
+
+    Source: ``elxTransformBase.hxx`` ``WriteToFile``; elastix_spec §10.1, §1.5.
+    """
+    p = Path(path)
+    if p.suffix != ".txt":
+        raise ValueError(f"elastix parameter files must end with '.txt': {p}")
+    text = transform_parameter_file_text(parameter_map)
+    directory = p.parent if str(p.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return p
+
+
+def read_transform_parameter_file(path) -> ParameterMap:
+    """Read one TransformParameters file with itk-elastix's parser.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ParameterError: elastix's parser rejected it.
+    """
+    return read_parameter_file(path)[0]
+
+
+def to_parameter_object(maps):
+    """An ``itk.ParameterObject`` holding ``maps`` (in order; for transformix the last map is the output domain).
+
+    Args:
+        maps: a :class:`ParameterMap`/dict, or a list of them (or of itk maps).
+
+    Returns:
+        ``itk.ParameterObject``.
+    """
+    import itk
+
+    po = itk.ParameterObject.New()
+    for m in parameter_maps_from_object(maps if isinstance(maps, (list, tuple)) else [maps]):
+        po.AddParameterMap(m.to_dict())
+    return po

@@ -1,0 +1,108 @@
+"""ASGD: Jacobian terms against dense formulas, parameter estimation and convergence."""
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from elastix_bridge.engine.optimizers import (AdaptiveStochasticGradientDescent, ASGDSettings, SamplingError,
+                                               jacobian_terms)
+
+
+def _dense_terms(values, indices, p):
+    n, d, nnz = values.shape
+    j = np.zeros((n, d, p))
+    for s in range(n):
+        j[s][:, indices[s]] = values[s]
+    c = np.einsum("ndp,ndq->pq", j, j) / n
+    jj = np.einsum("ndp,nep->nde", j, j)
+    max_jj = max(np.sum(j[s] ** 2) + 2 * math.sqrt(2) * np.linalg.norm(jj[s]) for s in range(n))
+    jcj = np.einsum("ndp,pq,neq->nde", j, c, j)
+    max_jcj = max(np.trace(jcj[s]) + 2 * math.sqrt(2) * np.linalg.norm(jcj[s]) for s in range(n))
+    return np.trace(c), np.sum(c ** 2), max_jj, max_jcj
+
+
+@pytest.mark.parametrize("dim,nnz,p", [(2, 8, 30), (3, 12, 50)])
+def test_jacobian_terms_match_dense_formulas(dim, nnz, p):
+    rng = np.random.default_rng(0)
+    n = 40
+    values = rng.normal(size=(n, dim, nnz))
+    indices = np.stack([rng.choice(p, nnz, replace=False) for _ in range(n)])
+    terms = jacobian_terms(values, indices, p)
+    expected = _dense_terms(values, indices, p)
+    np.testing.assert_allclose([terms.tr_c, terms.tr_cc, terms.max_jj, terms.max_jcj], expected, rtol=1e-10)
+
+
+def test_translation_terms_are_elastix_values():
+    # Translation: J = I at every point -> C = I, TrC = D, TrCC = D, and N = ceil(32 D / D²).
+    n, d = 10, 2
+    values = np.broadcast_to(np.eye(d), (n, d, d)).copy()
+    indices = np.broadcast_to(np.arange(d), (n, d)).copy()
+    t = jacobian_terms(values, indices, d)
+    assert t.tr_c == pytest.approx(2) and t.tr_cc == pytest.approx(2)
+    assert t.max_jj == pytest.approx(2 + 2 * math.sqrt(2) * math.sqrt(2))
+    assert math.ceil(32 * t.tr_cc / t.tr_c ** 2) == 16  # elastix_spec §9.1 [verified: translation -> 16]
+
+
+class _Quadratic:
+    """f(x) = ½‖x − x*‖² with optional gradient noise; counts sampling-error retries."""
+
+    uses_random_sampler = True
+
+    def __init__(self, target, noise=0.0, fail_first=0, seed=0):
+        self.target = target
+        self.noise = noise
+        self.fail = fail_first
+        self.gen = torch.Generator().manual_seed(seed)
+        self.new_samples = 0
+
+    def select_new_samples(self):
+        self.new_samples += 1
+
+    def value_and_derivative(self, x, exact=False):
+        if self.fail and not exact:
+            self.fail -= 1
+            raise SamplingError("Too many samples map outside moving image buffer: 0 / 10")
+        g = x - self.target
+        if not exact and self.noise:
+            g = g + self.noise * torch.randn(x.shape, generator=self.gen, dtype=torch.float64)
+        return 0.5 * float((x - self.target).square().sum()), g
+
+
+def _terms_identity(p):
+    return jacobian_terms(np.broadcast_to(np.eye(p), (5, p, p)).copy(), np.broadcast_to(np.arange(p), (5, p)).copy(), p)
+
+
+def test_asgd_converges_with_automatic_estimation():
+    target = torch.tensor([3.0, -2.0, 1.0], dtype=torch.float64)
+    s = ASGDSettings(maximum_number_of_iterations=200, new_samples_every_iteration=True, maximum_step_length=1.0)
+    opt = AdaptiveStochasticGradientDescent(s, torch.Generator().manual_seed(1))
+    x = opt.optimize(_Quadratic(target, noise=0.05), torch.zeros(3, dtype=torch.float64), _terms_identity(3))
+    assert torch.allclose(x, target, atol=0.1)
+    assert opt.alpha == 1.0 and opt.a > 0 and -0.99 <= opt.f_min <= -0.01
+    assert len(opt.history) == 200 and opt.history[0].time == 0.0
+    # The time parameter never goes negative and the step size is a / (A + t + 1).
+    for r in opt.history:
+        assert r.time >= 0 and r.step_size == pytest.approx(opt.a / (s.sp_A + r.time + 1))
+
+
+def test_asgd_without_estimation_uses_given_gains():
+    s = ASGDSettings(maximum_number_of_iterations=3, automatic_parameter_estimation=False, sp_a=2.0,
+                     sp_alpha=0.602, use_adaptive_step_sizes=False)
+    opt = AdaptiveStochasticGradientDescent(s, torch.Generator())
+    opt.optimize(_Quadratic(torch.ones(2, dtype=torch.float64)), torch.zeros(2, dtype=torch.float64))
+    t_step = (s.sigmoid_max + s.sigmoid_min) / 2
+    assert [r.step_size for r in opt.history] == pytest.approx(
+        [2.0 / (20 + 1 + k * t_step) ** 0.602 for k in range(3)])
+
+
+def test_sampling_errors_retry_then_fail():
+    s = ASGDSettings(maximum_number_of_iterations=2, automatic_parameter_estimation=False,
+                     maximum_number_of_sampling_attempts=2)
+    cost = _Quadratic(torch.ones(2, dtype=torch.float64), fail_first=2)
+    AdaptiveStochasticGradientDescent(s, torch.Generator()).optimize(cost, torch.zeros(2, dtype=torch.float64))
+    assert cost.new_samples == 2
+    with pytest.raises(SamplingError, match="Too many samples"):
+        AdaptiveStochasticGradientDescent(s, torch.Generator()).optimize(
+            _Quadratic(torch.ones(2, dtype=torch.float64), fail_first=3), torch.zeros(2, dtype=torch.float64))

@@ -1,0 +1,403 @@
+"""Tests of elastix_bridge.loader: lazy torch import, plugin build/cache/records, devices, models.
+
+The plugin is compiled once per test session into a temporary cache shared with test_plugin.py
+(or into $ELASTIX_BRIDGE_TEST_CACHE when set). The unbuildable-plugin test runs in a subprocess
+with CXX=/bin/false, which fails at once instead of compiling.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from elastix_bridge import loader
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter with the repo importable and extra environment."""
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **env)
+    full_env.pop(loader.PLUGIN_ENV, None)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full_env, timeout=600
+    )
+
+
+@pytest.fixture(scope="session")
+def plugin(tmp_path_factory):
+    """The plugin module, built at most once per session (shared cache with test_plugin.py)."""
+    pytest.importorskip("torch")
+    cache = os.environ.get("ELASTIX_BRIDGE_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "eb-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv(loader.CACHE_ENV, cache)
+    mp.delenv(loader.PLUGIN_ENV, raising=False)
+    yield loader.load_plugin()
+    mp.undo()
+
+
+# ---------------------------------------------------------------------------------------------
+# No torch needed
+# ---------------------------------------------------------------------------------------------
+
+
+def test_importing_loader_does_not_import_torch():
+    proc = run_python(
+        """
+        import sys
+        import elastix_bridge, elastix_bridge.loader
+        print("torch" in sys.modules)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_require_torch_without_torch():
+    proc = run_python(
+        """
+        import sys
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("No module named 'torch' (blocked by test)")
+        sys.meta_path.insert(0, NoTorch())
+        from elastix_bridge import loader
+        for call in (loader.require_torch, loader.load_plugin, lambda: loader.resolve_device(-1)):
+            try:
+                call()
+            except loader.ImpactUnavailableError as exc:
+                assert isinstance(exc, RuntimeError)
+                print("ERR", exc)
+            else:
+                print("no error")
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("ERR") for line in lines), proc.stdout
+    assert "needs PyTorch" in lines[0]
+    assert 'pip install "elastix-bridge[impact]"' in lines[0] and "pip install torch" in lines[0]
+
+
+def test_error_hierarchy():
+    assert issubclass(loader.ImpactUnavailableError, RuntimeError)
+    assert issubclass(loader.ImpactModelError, ValueError)
+    assert issubclass(loader.ImpactUnavailableError, loader.ImpactError)
+    assert issubclass(loader.ImpactModelError, loader.ImpactError)
+    assert loader.PLUGIN_ENV == "ELASTIX_BRIDGE_PLUGIN" and loader.CACHE_ENV == "ELASTIX_BRIDGE_CACHE"
+
+
+def test_plugin_source_dir():
+    src = loader.plugin_source_dir()
+    assert (src / "impact_plugin.cpp").is_file()
+    assert (src / "__init__.py").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Build records, cache, env var
+# ---------------------------------------------------------------------------------------------
+
+
+def test_expected_build_record_and_cache_dir(monkeypatch, tmp_path):
+    torch = pytest.importorskip("torch")
+    import hashlib
+
+    rec = loader.expected_build_record()
+    assert rec["torch_version"] == torch.__version__
+    assert rec["cxx11_abi"] is bool(torch._C._GLIBCXX_USE_CXX11_ABI)
+    assert rec["cuda"] == torch.version.cuda
+    assert len(rec["source_sha256"]) == 64
+    int(rec["source_sha256"], 16)
+    assert rec == loader.expected_build_record()  # deterministic
+    assert rec["source_sha256"] != hashlib.sha256(b"").hexdigest()
+
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path))
+    cuda = "cpu" if torch.version.cuda is None else "cu" + torch.version.cuda.replace(".", "")
+    abi = int(bool(torch._C._GLIBCXX_USE_CXX11_ABI))
+    expected = tmp_path / "plugin" / f"torch-{torch.__version__}-abi{abi}-{cuda}-{rec['source_sha256'][:12]}"
+    assert loader.cache_dir() == expected
+    monkeypatch.delenv(loader.CACHE_ENV)
+    assert loader.cache_dir().parent == Path.home() / ".cache" / "elastix-bridge" / "plugin"
+
+
+def test_built_plugin_record(plugin):
+    so = Path(plugin.__file__)
+    assert so.name == "elastix_bridge_impact.so" and not so.name.startswith("libImpactMetric")
+    assert so.parent == loader.cache_dir()
+    record = json.loads(Path(str(so) + ".json").read_text())
+    expected = loader.expected_build_record()
+    assert {k: record[k] for k in expected} == expected
+    # No build leftovers next to the final directory.
+    assert not [p for p in so.parent.parent.iterdir() if ".build-" in p.name or ".stale-" in p.name]
+    assert loader.load_plugin() is plugin  # cached per process
+
+
+def test_build_plugin_reuses_a_complete_build(plugin):
+    so = Path(plugin.__file__)
+    mtime = so.stat().st_mtime_ns
+    assert loader.build_plugin(so.parent) == so  # returns at once (valid record under the lock)
+    assert so.stat().st_mtime_ns == mtime
+
+
+def test_env_plugin_used(plugin, monkeypatch):
+    monkeypatch.setenv(loader.PLUGIN_ENV, plugin.__file__)
+    assert loader.load_plugin() is plugin
+
+
+def test_env_plugin_missing(plugin, monkeypatch, tmp_path):
+    missing = tmp_path / "nowhere" / "elastix_bridge_impact.so"
+    monkeypatch.setenv(loader.PLUGIN_ENV, str(missing))
+    with pytest.raises(loader.ImpactUnavailableError, match=r"\$ELASTIX_BRIDGE_PLUGIN points to .*nowhere.* does not exist"):
+        loader.load_plugin()
+
+
+def _copy_plugin(plugin, tmp_path, record=None) -> Path:
+    so = tmp_path / "copy" / "elastix_bridge_impact.so"
+    so.parent.mkdir()
+    shutil.copy2(plugin.__file__, so)
+    if record is not None:
+        Path(str(so) + ".json").write_text(json.dumps(record))
+    return so
+
+
+def test_env_plugin_record_mismatch(plugin, monkeypatch, tmp_path):
+    record = dict(loader.expected_build_record(), torch_version="1.13.1+cu117", cuda="11.7")
+    so = _copy_plugin(plugin, tmp_path, record)
+    monkeypatch.setenv(loader.PLUGIN_ENV, str(so))
+    with pytest.raises(loader.ImpactUnavailableError) as info:
+        loader.load_plugin()
+    msg = str(info.value)
+    assert "built for torch 1.13.1+cu117" in msg and "CUDA 11.7" in msg
+    assert loader.expected_build_record()["torch_version"] in msg
+    assert "elastix-bridge build-plugin" in msg and "unset $ELASTIX_BRIDGE_PLUGIN" in msg
+
+
+def test_env_plugin_without_record(plugin, monkeypatch, tmp_path):
+    monkeypatch.setenv(loader.PLUGIN_ENV, str(_copy_plugin(plugin, tmp_path)))
+    with pytest.raises(loader.ImpactUnavailableError, match="no readable build record"):
+        loader.load_plugin()
+
+
+def test_cached_plugin_record_mismatch(plugin, monkeypatch, tmp_path):
+    """A cache entry whose record says another ABI is refused, not imported."""
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path / "cache"))
+    target = loader.cache_dir()
+    target.mkdir(parents=True)
+    shutil.copy2(plugin.__file__, target / "elastix_bridge_impact.so")
+    record = dict(loader.expected_build_record())
+    record["cxx11_abi"] = not record["cxx11_abi"]
+    (target / "elastix_bridge_impact.so.json").write_text(json.dumps(record))
+    with pytest.raises(loader.ImpactUnavailableError, match="cached IMPACT plugin .* built for torch .* rebuild it with `elastix-bridge build-plugin`"):
+        loader.load_plugin()
+
+
+def test_concurrent_builds_share_one_result(monkeypatch, tmp_path):
+    """Two builders racing for one cache dir: one compiles, the other reuses; no leftovers.
+
+    cpp_extension.load is replaced by a fake, so this checks the lock/rename logic without compiling.
+    """
+    torch = pytest.importorskip("torch")
+    import threading
+    import time
+    from torch.utils import cpp_extension
+
+    calls = []
+
+    def fake_load(name, sources, build_directory, **kwargs):
+        calls.append(build_directory)
+        assert kwargs["extra_cflags"] == ["-O2", "-std=c++17"] and kwargs["is_python_module"] is False
+        so = Path(build_directory) / f"{name}.so"
+        so.write_bytes(b"half")
+        time.sleep(0.3)  # the other builder must wait on the lock meanwhile
+        so.write_bytes(b"whole")
+        return str(so)
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    out = tmp_path / "plugin" / "torch-x"
+    out.mkdir(parents=True)
+    (out / "elastix_bridge_impact.so").write_bytes(b"stale, no record")  # replaced, not reused
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(loader.build_plugin(out))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(calls) == 1
+    assert results == [out / "elastix_bridge_impact.so"] * 2
+    assert results[0].read_bytes() == b"whole"
+    record = json.loads((out / "elastix_bridge_impact.so.json").read_text())
+    assert {k: record[k] for k in loader.expected_build_record()} == loader.expected_build_record()
+    assert sorted(p.name for p in out.parent.iterdir()) == [".torch-x.lock", "torch-x"]
+
+    def failing_load(**kwargs):
+        raise RuntimeError("Error building extension 'elastix_bridge_impact': impact_plugin.cpp:1: error: boom")
+
+    monkeypatch.setattr(cpp_extension, "load", failing_load)
+    other = tmp_path / "plugin" / "torch-y"
+    with pytest.raises(loader.ImpactUnavailableError, match=r"(?s)failed:.*error: boom.*g\+\+ >= 9.*pip install ninja"):
+        loader.build_plugin(other)
+    assert not other.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == [".torch-x.lock", ".torch-y.lock", "torch-x"]
+
+
+def test_unbuildable_plugin(tmp_path):
+    pytest.importorskip("torch")
+    cache = tmp_path / "cache"
+    proc = run_python(
+        """
+        from elastix_bridge import loader
+        try:
+            loader.load_plugin()
+        except loader.ImpactUnavailableError as exc:
+            print("ERR", exc)
+        """,
+        CXX="/bin/false",
+        ELASTIX_BRIDGE_CACHE=str(cache),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ERR building the IMPACT plugin against torch"), proc.stdout + proc.stderr
+    assert "'/bin/false'" in proc.stdout
+    assert "g++ >= 9" in proc.stdout and "pip install ninja" in proc.stdout
+    # Nothing half-built is left where load_plugin would look.
+    plugin_dir = cache / "plugin"
+    assert not list(plugin_dir.glob("**/*.so"))
+    assert [p.name for p in plugin_dir.iterdir() if not p.name.endswith(".lock")] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and JIT switches
+# ---------------------------------------------------------------------------------------------
+
+
+def test_resolve_device_cpu():
+    torch = pytest.importorskip("torch")
+    assert loader.resolve_device(-1) == torch.device("cpu")
+
+
+def test_resolve_device_gpu_unusable():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(loader.ImpactUnavailableError, match=r"CUDA is not available.*\(ImpactGPU -1\)"):
+        loader.resolve_device(0)
+
+
+def test_resolve_device_out_of_range(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(loader.ImpactUnavailableError, match="Requested GPU 3 is out of range. Only 1 GPUs"):
+        loader.resolve_device(3)
+    if not torch.cuda._is_compiled() or torch.cuda.device_count() == 0:
+        # is_available() lies: the real allocation fails and becomes the same kind of error.
+        with pytest.raises(loader.ImpactUnavailableError, match="not usable"):
+            loader.resolve_device(0)
+
+
+def test_jit_optimization_disabled_restores_previous_state(plugin):
+    torch = pytest.importorskip("torch")
+    original = plugin.get_jit_state()
+    try:
+        # A non-default starting point, to prove the exact previous state comes back.
+        start = dict(original, texpr_fuser_enabled=False, graph_executor_optimize=True)
+        plugin.set_jit_state(start)
+        with loader.jit_optimization_disabled():
+            assert plugin.get_jit_state() == {k: False for k in original}
+            assert torch._C._jit_texpr_fuser_enabled() is False
+            assert torch._C._get_graph_executor_optimize() is False
+        assert plugin.get_jit_state() == start
+        assert torch._C._get_graph_executor_optimize() is True
+        with pytest.raises(KeyError):
+            with loader.jit_optimization_disabled():
+                raise KeyError("boom")
+        assert plugin.get_jit_state() == start
+    finally:
+        plugin.set_jit_state(original)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+def _script(tmp_path, name, module):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / name
+    torch.jit.script(module).save(str(path))
+    return path
+
+
+def _toy_modules():
+    torch = pytest.importorskip("torch")
+
+    class Good(torch.nn.Module):
+        def forward(self, x, n_layers: torch.Tensor) -> List[torch.Tensor]:
+            return [x * 2, x[:, :1] + 1]
+
+    class NoArgs(torch.nn.Module):
+        def forward(self) -> List[torch.Tensor]:
+            return [torch.zeros(1, 1, 1)]
+
+    return Good(), NoArgs()
+
+
+def test_load_feature_model(plugin, tmp_path):
+    torch = pytest.importorskip("torch")
+    good, _ = _toy_modules()
+    path = _script(tmp_path, "good.pt", good)
+    model = loader.load_feature_model(path, torch.device("cpu"))
+    assert model.num_arguments == 2
+    out = model.forward(torch.ones(2, 3, 4, 4), 2, torch.zeros(4), torch.eye(2))
+    loader.validate_model_output(out, 2, str(path))
+    assert out[1].shape == (2, 1, 4, 4)
+
+
+def test_load_feature_model_missing_relative_path(plugin, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(loader.ImpactModelError) as info:
+        loader.load_feature_model("models/feat.pt", "cpu", parameter="ImpactModelsPath0")
+    msg = str(info.value)
+    assert "ImpactModelsPath0 'models/feat.pt'" in msg
+    assert "relative to the current working directory" in msg and str(tmp_path) in msg
+    assert "not found" in msg
+
+
+def test_load_feature_model_not_torchscript(plugin, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a model")
+    with pytest.raises(loader.ImpactModelError, match=r"junk.pt.*TorchScript.*torch.jit.script\(model\).save\(path\)"):
+        loader.load_feature_model(junk, "cpu")
+
+
+def test_load_feature_model_without_arguments(plugin, tmp_path):
+    _, no_args = _toy_modules()
+    path = _script(tmp_path, "noargs.pt", no_args)
+    with pytest.raises(loader.ImpactModelError, match="must take the image patch as its first argument"):
+        loader.load_feature_model(path, "cpu")
+
+
+def test_validate_model_output():
+    torch = pytest.importorskip("torch")
+    good = [torch.zeros(1, 2, 3, 3), torch.zeros(1, 4, 2, 2)]
+    loader.validate_model_output(good, 2, "m.pt")
+    with pytest.raises(loader.ImpactModelError, match="model m.pt returned tuple; it must return a list of 2"):
+        loader.validate_model_output(tuple(good), 2, "m.pt")
+    with pytest.raises(loader.ImpactModelError, match="returned 2 feature maps but the layers mask has 3"):
+        loader.validate_model_output(good, 3, "m.pt")
+    with pytest.raises(loader.ImpactModelError, match=r"output 1 has shape \[4, 2\]"):
+        loader.validate_model_output([good[0], torch.zeros(4, 2)], 2, "m.pt")
+    with pytest.raises(loader.ImpactModelError, match="output 0 is a int"):
+        loader.validate_model_output([1], 1, "m.pt")
