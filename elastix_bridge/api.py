@@ -31,12 +31,13 @@ def _logging_to(console: bool, file: Optional[Path]):
         handlers.append(logging.StreamHandler())
     if file is not None:
         handlers.append(logging.FileHandler(file, mode="w"))
-    previous = log.level
+    previous, propagate = log.level, log.propagate
     for h in handlers:
         h.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(h)
     if handlers:
         log.setLevel(logging.INFO)
+        log.propagate = False  # the handlers above print; the root logger must not print again
     try:
         yield
     finally:
@@ -44,6 +45,7 @@ def _logging_to(console: bool, file: Optional[Path]):
             log.removeHandler(h)
             h.close()
         log.setLevel(previous)
+        log.propagate = propagate
 
 
 def _as_float(image):

@@ -1,9 +1,20 @@
-"""Shared test fixtures: the optional ../shared folder with real data and models."""
+"""Shared test fixtures: one plugin build per test session, and the optional ../shared folder."""
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def pytest_configure(config):
+    # Every test, and every subprocess a test starts, uses one plugin cache, so the plugin is
+    # compiled at most once per session: $ELASTIX_BRIDGE_CACHE when the caller set it (CI does),
+    # else a fresh temporary folder (so a developer's own cache is never touched).
+    if not os.environ.get("ELASTIX_BRIDGE_CACHE"):
+        os.environ["ELASTIX_BRIDGE_CACHE"] = tempfile.mkdtemp(prefix="elastix-bridge-test-cache-")
+    os.environ.pop("ELASTIX_BRIDGE_PLUGIN", None)
 
 
 def shared_path(*parts) -> Path:
@@ -12,3 +23,12 @@ def shared_path(*parts) -> Path:
     if not path.exists():
         pytest.skip(f"needs {path} (the ../shared folder beside the checkout is absent)")
     return path
+
+
+@pytest.fixture(scope="session")
+def plugin():
+    """The compiled plugin module, built at most once per session."""
+    pytest.importorskip("torch")
+    from elastix_bridge import loader
+
+    return loader.load_plugin()

@@ -1,7 +1,7 @@
 """Tests of elastix_bridge.loader: lazy torch import, plugin build/cache/records, devices, models.
 
-The plugin is compiled once per test session into a temporary cache shared with test_plugin.py
-(or into $ELASTIX_BRIDGE_TEST_CACHE when set). The unbuildable-plugin test runs in a subprocess
+The plugin is compiled once per test session (the ``plugin`` fixture of conftest.py). The
+unbuildable-plugin test runs in a subprocess
 with CXX=/bin/false, which fails at once instead of compiling.
 """
 import json
@@ -27,18 +27,6 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full_env, timeout=600
     )
-
-
-@pytest.fixture(scope="session")
-def plugin(tmp_path_factory):
-    """The plugin module, built at most once per session (shared cache with test_plugin.py)."""
-    pytest.importorskip("torch")
-    cache = os.environ.get("ELASTIX_BRIDGE_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "eb-cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv(loader.CACHE_ENV, cache)
-    mp.delenv(loader.PLUGIN_ENV, raising=False)
-    yield loader.load_plugin()
-    mp.undo()
 
 
 # ---------------------------------------------------------------------------------------------

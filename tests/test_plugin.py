@@ -1,7 +1,7 @@
 """Tests of the compiled IMPACT plugin (plugin/impact_plugin.cpp): distances, FeatureModel, JIT.
 
-The plugin is compiled once per test session into a temporary cache (or into
-$ELASTIX_BRIDGE_TEST_CACHE when set, to reuse a build across runs while developing).
+The plugin is compiled once per test session (the ``plugin`` fixture of conftest.py; set
+ELASTIX_BRIDGE_CACHE to reuse a build across runs while developing).
 """
 import os
 from typing import List, Tuple
@@ -13,17 +13,6 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from elastix_bridge import loader  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def plugin(tmp_path_factory):
-    """The plugin module, built at most once per session (shared cache with test_loader.py)."""
-    cache = os.environ.get("ELASTIX_BRIDGE_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "eb-cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv(loader.CACHE_ENV, cache)
-    mp.delenv(loader.PLUGIN_ENV, raising=False)
-    yield loader.load_plugin()
-    mp.undo()
 
 
 # ---------------------------------------------------------------------------------------------
