@@ -114,6 +114,9 @@ class FeatureModel {
     }
     try {
       module_.to(device_);
+      // Only gradients with respect to the input patch are ever taken (§3.4): frozen weights keep
+      // autograd from recording weight-gradient paths in Jacobian mode.
+      for (at::Tensor p : module_.parameters()) p.requires_grad_(false);
     } catch (const std::exception& e) {
       throw std::runtime_error("cannot move TorchScript model '" + path + "' to device " + device_.str() + ": " +
                                torch_message(e));

@@ -9,7 +9,8 @@ transform), which is the exact derivative; upstream elastix assembles an approxi
 
 Deliberate differences from upstream elastix (impact_spec §13), each the "fixed" alternative:
   * patch offsets (Jacobian mode) and Static resampling grids follow the fixed image's direction
-    cosines and cover the image's physical extent exactly (Q10);
+    cosines and cover the image's physical extent exactly (Q10); feature maps of strided layers are
+    spaced by their stride (tile / output size) and centred on the voxels each feature summarises;
   * non-cubic patches/tiles are laid out (z, y, x) with x fastest, not scrambled by a reshape (Q6);
   * the Static moving feature map ``Φ(M∘T₀)`` is sampled at ``x + T(x) − T₀(x)`` instead of
     ``T(x)`` (Q12), where ``T₀`` is the transform when the map was (re)computed;
@@ -217,7 +218,7 @@ class ImpactMetric:
                 pts = displacement(pts)
             with torch.no_grad():
                 img = interp(pts)[:, 0].reshape(grid.shape_zyx).to(torch.float32)
-                outputs = self._tiled_forward(model, cfg, img, stats, direction)
+                outputs, strides = self._tiled_forward(model, cfg, img, stats, direction)
             for j, on in enumerate(cfg.layers_mask):
                 if not on:
                     continue
@@ -225,21 +226,28 @@ class ImpactMetric:
                 if self.config.pca[l] > 0:
                     fmap = self._pca(l, fmap, fit=fit_pca)
                 maps.append(fmap)
-                geometries.append(self._feature_geometry(grid, fmap.shape[1:]))
+                geometries.append(self._feature_geometry(grid, fmap.shape[1:], strides[j]))
                 l += 1
         return maps, geometries
 
-    def _tiled_forward(self, model, cfg, img, stats, direction) -> list:
+    def _tiled_forward(self, model, cfg, img, stats, direction):
         """Model outputs for the whole resampled image (impact_spec §6.2), batch axis removed.
 
         Tiles of ``ImpactPatchSize`` (0 = whole axis) along the model axes, zero-padded at the high
         end, written side by side and cropped; a 2D model on a 3D image runs slice by slice.
+
+        Returns:
+            ``(outputs, strides)``: per model output a ``[F, *zyx]`` tensor, and per output the
+            number of resampled voxels per feature voxel along each tensor axis (``tile / h`` with
+            ``h`` the tile's output size after :func:`_crop_padding`; 1 along the slice axis of a
+            2D model on a 3D image).
         """
         import torch
 
         if cfg.dimension < img.dim():
             slices = [self._tiled_forward(model, cfg, img[z], stats, direction) for z in range(img.shape[0])]
-            return [torch.stack([s[j] for s in slices], dim=1) for j in range(len(slices[0]))]
+            outputs = [torch.stack([s[0][j] for s in slices], dim=1) for j in range(len(slices[0][0]))]
+            return outputs, [(1.0,) + tuple(st) for st in slices[0][1]]
         extent = img.shape
         tile = [e if p == 0 else p for e, p in zip(extent, reversed(cfg.patch_size))]
         counts = [math.ceil(e / t) for e, t in zip(extent, tile)]
@@ -264,14 +272,26 @@ class ImpactMetric:
         for c, s in zip(canvases, sizes):
             keep = tuple(slice(0, int(h * e / t)) for h, e, t in zip(s, extent, tile))
             cropped.append(c[(slice(None),) + keep])
-        return cropped
+        strides = [tuple(t / h for t, h in zip(tile, s)) for s in sizes]
+        return cropped, strides
 
     @staticmethod
-    def _feature_geometry(grid: ImageGeometry, shape_zyx) -> ImageGeometry:
-        """Geometry of a feature map of ``shape_zyx`` covering ``grid``'s extent (strided layers too)."""
+    def _feature_geometry(grid: ImageGeometry, shape_zyx, strides_zyx=None) -> ImageGeometry:
+        """Geometry of a feature map of ``shape_zyx`` on the resampled ``grid`` (strided layers too).
+
+        A feature voxel spans ``strides_zyx`` grid voxels (``tile / h`` from :meth:`_tiled_forward`)
+        and the first one starts at the grid's low edge, so feature ``i`` is centred on grid
+        voxels ``[s·i, s·(i+1))``. When the tiles divide the extent (or the whole image is one tile)
+        the map covers the grid's extent exactly; with a partial last tile, whose features are
+        cropped (§6.2), it covers ``size·s`` grid voxels instead of being stretched over the whole
+        extent (which would misplace the features progressively). ``strides_zyx=None`` stretches
+        the map over the grid's extent.
+        """
         size = np.asarray(tuple(reversed(tuple(shape_zyx))), dtype=np.float64)
-        extent = np.asarray(grid.size) * grid.spacing
-        spacing = extent / size
+        if strides_zyx is None:
+            spacing = np.asarray(grid.size) * grid.spacing / size
+        else:
+            spacing = grid.spacing * np.asarray(tuple(reversed(tuple(strides_zyx))), dtype=np.float64)
         origin = grid.origin + grid.direction @ ((spacing - grid.spacing) / 2)
         return ImageGeometry(tuple(int(s) for s in size), spacing, origin, grid.direction)
 
@@ -344,7 +364,8 @@ class ImpactMetric:
             number of valid samples.
 
         Raises:
-            SamplingError: fewer valid samples than ``RequiredRatioOfValidSamples × N``.
+            SamplingError: fewer valid samples than ``RequiredRatioOfValidSamples × N``, or none at
+                all (also when the ratio is 0).
         """
         if self.config.mode == "Static":
             per_layer, n_valid = self._static_values(parameters, points)
@@ -418,9 +439,11 @@ class ImpactMetric:
 
         n = points.shape[0]
         # One random in-plane rotation per (model, sample) for 2D models on 3D images, shared by the
-        # fixed and moving model of a pair so that both see the same plane.
-        rotations = [_random_rotations(n, self.generator, points.dtype) if cfg.dimension < self.dim else None
-                     for cfg in self.config.fixed_models]
+        # fixed and moving model of a pair so that both see the same plane (drawn when either model
+        # of the pair is 2D).
+        rotations = [_random_rotations(n, self.generator, points.dtype)
+                     if min(f.dimension, m.dimension) < self.dim else None
+                     for f, m in zip(self.config.fixed_models, self.config.moving_models)]
         fixed_pts, fixed_shapes = self._patch_points(self.config.fixed_models, points, rotations)
         moving_pts, moving_shapes = self._patch_points(self.config.moving_models, points, rotations)
         moved = [self.transform.transform_points(parameters, p.reshape(-1, self.dim)).reshape(p.shape)
