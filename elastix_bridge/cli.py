@@ -34,22 +34,30 @@ def _registration_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_image(path):
-    """Read an image as float pixels (elastix's internal type)."""
+def read_image(path, what: str = "image"):
+    """Read an image as float pixels (elastix's internal type).
+
+    Args:
+        path: image file.
+        what: how error messages name it, e.g. ``"fixed image (-f)"``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names ``what`` and the path).
+    """
     import itk
 
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"image {path} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist; check the path")
     return itk.imread(str(path), itk.F)
 
 
-def read_mask(path):
+def read_mask(path, what: str = "mask"):
     """Read a mask of any pixel type (MET_CHAR included) as unsigned char, non-zero = 1."""
     import itk
     import numpy as np
 
-    image = read_image(path)
+    image = read_image(path, what)
     mask = itk.image_from_array((itk.array_view_from_image(image) != 0).astype(np.uint8))
     mask.CopyInformation(image)
     return mask
@@ -63,17 +71,21 @@ def run_registration(argv) -> int:
 
     args = _registration_parser().parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    for path in args.p:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"parameter file (-p) {path} does not exist; check the path")
     parameter_object = [m for path in args.p for m in read_parameter_file(path)]
-    fixed, moving = read_image(args.f), read_image(args.m)
+    fixed, moving = read_image(args.f, "fixed image (-f)"), read_image(args.m, "moving image (-m)")
+    fixed_mask = read_mask(args.fMask, "fixed mask (-fMask)") if args.fMask else None
+    moving_mask = read_mask(args.mMask, "moving mask (-mMask)") if args.mMask else None
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are readable
     kwargs = {}
     if args.threads:
         kwargs["number_of_threads"] = args.threads
     console = args.loglevel != "off"
     result, tp = elastix_registration_method(
         fixed, moving, parameter_object=parameter_object,
-        fixed_mask=read_mask(args.fMask) if args.fMask else None,
-        moving_mask=read_mask(args.mMask) if args.mMask else None,
+        fixed_mask=fixed_mask, moving_mask=moving_mask,
         log_to_console=console, output_directory=str(out), log_to_file=True, **kwargs)
     print(f"elastix-bridge: wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} "
           f"to {out}")

@@ -5,11 +5,114 @@ same anatomy warped by a known smooth deformation with a T2-like contrast (``dem
 registration uses IMPACT in Static (or Jacobian) mode with the project's own MIND-SSC TorchScript
 model, and the report compares the recovered displacement with the true one, next to elastix's
 own Mattes mutual information B-spline registration of the same pair.
+
+Outputs in ``out``: ``data/`` (the pair and the true displacement), ``impact/`` and
+``elastix-mattes/`` (elastix's files: TransformParameters, result image, log, iteration tables,
+deformation field), ``impact_parameters.txt`` (the IMPACT map as an elastix parameter file),
+``report.json`` (the measured numbers) and ``demo.png`` (images, registered results and error maps).
+
+The IMPACT map itself is :func:`demo_parameter_map`; ``parameter_files/impact_mind_*.txt`` are
+the same maps rendered by :func:`parameter_file_text` (``python -m elastix_bridge.demo
+--write-parameter-files parameter_files`` rewrites them).
 """
 from __future__ import annotations
 
+import json
+import platform
 import time
 from pathlib import Path
+
+# (key, values, comment) entries, grouped in sections with a heading comment. The dict map
+# (demo_parameter_map) and the commented elastix parameter files are both rendered from here, so
+# they cannot drift apart.
+_LEVELS = 2
+
+
+def _entries(dimension: int, mode: str) -> list:
+    """Sections ``(heading, [(key, [values], comment)])`` of the demo IMPACT map."""
+    if dimension not in (2, 3):
+        raise ValueError(f"dimension must be 2 or 3, got {dimension!r}")
+    if mode not in ("Static", "Jacobian"):
+        raise ValueError(f"mode must be 'Static' or 'Jacobian', got {mode!r}")
+    d = dimension
+    jac = mode == "Jacobian"
+    rep = lambda v: [str(v)] * d  # noqa: E731 - one value per dimension
+    samples = "1000" if jac else "2000"
+    iterations = "150"
+    level_keys = []
+    voxel = {0: 4, 1: 2}  # mm: features of the coarse level on a 4 mm grid, of the fine level at 2 mm
+    for level in range(_LEVELS):
+        level_keys += [
+            (f"ImpactModelsPath{level}", [f"mind-ssc-{d}d"],
+             f"level {level}: built-in MIND-SSC descriptor ({'12' if d == 3 else '4'} channels), no download"
+             if level == 0 else None),
+            (f"ImpactDimension{level}", [str(d)], None),
+            (f"ImpactNumberOfChannels{level}", ["1"], "one input channel (the image intensity)" if level == 0 else None),
+            (f"ImpactPatchSize{level}", rep(7 if jac else 0),
+             ("7-voxel patch around every sample (Jacobian mode needs a real patch)" if jac
+              else "0 = feature maps of the whole image (Static mode)") if level == 0 else None),
+            (f"ImpactVoxelSize{level}", rep(voxel[level]), f"mm; model input grid of level {level}"),
+            (f"ImpactLayersMask{level}", ["1"], "MIND-SSC has one output layer" if level == 0 else None),
+            (f"ImpactSubsetFeatures{level}", ["12" if d == 3 else "4"],
+             "all channels at every iteration" if level == 0 else None),
+            (f"ImpactLayersWeight{level}", ["1"], None),
+            (f"ImpactPCA{level}", ["0"], "no PCA reduction" if level == 0 else None),
+            (f"ImpactDistance{level}", ["L2"], "squared difference of the descriptors" if level == 0 else None),
+        ]
+    return [
+        ("Components", [
+            ("Registration", ["MultiResolutionRegistration"], None),
+            ("FixedImagePyramid", ["FixedGenericImagePyramid"], None),
+            ("MovingImagePyramid", ["MovingGenericImagePyramid"], None),
+            ("Interpolator", ["BSplineInterpolator"], None),
+            ("Metric", ["Impact"], "runs on the elastix-bridge engine"),
+            ("Optimizer", ["AdaptiveStochasticGradientDescent"], None),
+            ("ResampleInterpolator", ["FinalBSplineInterpolator"], None),
+            ("Resampler", ["DefaultResampler"], None),
+            ("Transform", ["BSplineTransform"], None),
+            ("ImageSampler", ["RandomCoordinate"], None),
+        ]),
+        ("Pyramid: level 0 at half resolution, level 1 at full resolution", [
+            ("NumberOfResolutions", [str(_LEVELS)], None),
+            ("ImagePyramidRescaleSchedule", rep(2) + rep(1), "shrink factors per level and axis"),
+            ("ImagePyramidSmoothingSchedule", rep(2) + rep(1), "Gaussian sigma in voxels per level and axis"),
+        ]),
+        ("Transform: cubic B-spline, 32 mm control points at level 0, 16 mm at level 1", [
+            ("FinalGridSpacingInPhysicalUnits", rep(16), "mm"),
+            ("GridSpacingSchedule", ["2", "1"], None),
+            ("HowToCombineTransforms", ["Compose"], None),
+        ]),
+        ("Metric: IMPACT with the MIND-SSC model", [
+            ("ImpactMode", [mode],
+             "Jacobian: patches through the model at every sample" if jac
+             else "Static: feature maps computed once per level, then interpolated"),
+            ("ImpactGPU", ["-1"], "CPU"),
+        ] + level_keys),
+        ("Optimizer: adaptive stochastic gradient descent", [
+            ("MaximumNumberOfIterations", [iterations], "per level"),
+            ("AutomaticParameterEstimation", ["true"], None),
+            ("UseAdaptiveStepSizes", ["true"], None),
+            ("NumberOfSamplesForExactGradient", ["10000"],
+             "elastix default 100000; 10000 grid samples estimate the step size as well, much faster"),
+            ("NumberOfJacobianMeasurements", ["2000"], "default max(1000, number of parameters)"),
+        ]),
+        ("Sampler: new random points (off the voxel grid) every iteration, inside the fixed mask", [
+            ("NumberOfSpatialSamples", [samples],
+             "each sample carries a 7^D patch through the model" if jac else None),
+            ("NewSamplesEveryIteration", ["true"], None),
+            ("MaximumNumberOfSamplingAttempts", ["8"], None),
+            ("ErodeMask", ["false"], None),
+            ("RandomSeed", ["42"], None),
+        ]),
+        ("Interpolation and output", [
+            ("BSplineInterpolationOrder", ["1"], "moving image during the registration"),
+            ("FinalBSplineInterpolationOrder", ["3"], "result image"),
+            ("DefaultPixelValue", ["0"], None),
+            ("WriteResultImage", ["true"], None),
+            ("ResultImageFormat", ["mha"], None),
+            ("ResultImagePixelType", ["float"], None),
+        ]),
+    ]
 
 
 def demo_parameter_map(dimension: int, mode: str = "Static") -> dict:
@@ -18,45 +121,53 @@ def demo_parameter_map(dimension: int, mode: str = "Static") -> dict:
     Args:
         dimension: 2 or 3 (image and model dimension).
         mode: ``"Static"`` (feature maps of the whole image) or ``"Jacobian"`` (patches per sample).
+
+    Returns:
+        ``dict[str, list[str]]`` elastix parameter map.
     """
-    d = dimension
-    jac = mode == "Jacobian"
-    patch = ["7"] * d if jac else ["0"] * d
-    pmap = {
-        "Registration": ["MultiResolutionRegistration"],
-        "FixedImagePyramid": ["FixedGenericImagePyramid"], "MovingImagePyramid": ["MovingGenericImagePyramid"],
-        "NumberOfResolutions": ["2"],
-        "ImagePyramidRescaleSchedule": ["1"] * (2 * d),
-        "ImagePyramidSmoothingSchedule": ["2"] * d + ["1"] * d,
-        "Interpolator": ["BSplineInterpolator"], "BSplineInterpolationOrder": ["1"],
-        "Metric": ["Impact"],
-        "Optimizer": ["AdaptiveStochasticGradientDescent"],
-        "MaximumNumberOfIterations": ["150"],
-        "AutomaticParameterEstimation": ["true"], "UseAdaptiveStepSizes": ["true"],
-        "Transform": ["BSplineTransform"], "FinalGridSpacingInPhysicalUnits": ["16"],
-        "GridSpacingSchedule": ["2", "1"], "HowToCombineTransforms": ["Compose"],
-        "ImageSampler": ["RandomCoordinate"], "NumberOfSpatialSamples": ["2000"],
-        "NewSamplesEveryIteration": ["true"], "MaximumNumberOfSamplingAttempts": ["8"],
-        "ErodeMask": ["false"], "RandomSeed": ["42"],
-        "ResampleInterpolator": ["FinalBSplineInterpolator"], "FinalBSplineInterpolationOrder": ["3"],
-        "DefaultPixelValue": ["0"], "WriteResultImage": ["true"], "ResultImageFormat": ["mha"],
-        "ImpactMode": [mode], "ImpactGPU": ["-1"],
-    }
-    voxel = {0: "4", 1: "2"}
-    for level in (0, 1):
-        pmap.update({
-            f"ImpactModelsPath{level}": [f"mind-ssc-{d}d"],
-            f"ImpactDimension{level}": [str(d)],
-            f"ImpactNumberOfChannels{level}": ["1"],
-            f"ImpactPatchSize{level}": patch,
-            f"ImpactVoxelSize{level}": [voxel[level]] * d,
-            f"ImpactLayersMask{level}": ["1"],
-            f"ImpactSubsetFeatures{level}": ["12" if d == 3 else "4"],
-            f"ImpactLayersWeight{level}": ["1"],
-            f"ImpactPCA{level}": ["0"],
-            f"ImpactDistance{level}": ["L2"],
-        })
-    return pmap
+    return {key: list(values) for _, entries in _entries(dimension, mode) for key, values, _ in entries}
+
+
+def _format_value(value: str) -> str:
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return f'"{value}"'
+
+
+def parameter_file_text(dimension: int, mode: str = "Static") -> str:
+    """:func:`demo_parameter_map` as a commented elastix parameter file."""
+    lines = [
+        f"// IMPACT (MIND-SSC, {mode} mode) {dimension}D B-spline registration: the map of `elastix-bridge demo"
+        f"{'' if dimension == 3 else ' --dimension 2'}{'' if mode == 'Static' else ' --mode Jacobian'}`.",
+        "// Generated from elastix_bridge/demo.py (demo_parameter_map); keep the two identical.",
+        "// Run: elastix-bridge -f fixed.nii.gz -m moving.nii.gz -fMask fixed_mask.nii.gz -p <this file> -out OUT",
+    ]
+    for heading, entries in _entries(dimension, mode):
+        lines += ["", f"// {heading}"]
+        for key, values, comment in entries:
+            text = f"({key} {' '.join(_format_value(v) for v in values)})"
+            lines.append(text if not comment else f"{text:<52} // {comment}")
+    return "\n".join(lines) + "\n"
+
+
+PARAMETER_FILES = {
+    "impact_mind_static_3d.txt": (3, "Static"),
+    "impact_mind_static_2d.txt": (2, "Static"),
+    "impact_mind_jacobian_3d.txt": (3, "Jacobian"),
+}
+
+
+def write_parameter_files(folder) -> list:
+    """Write ``parameter_files/impact_mind_*.txt`` (:data:`PARAMETER_FILES`) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (d, mode) in PARAMETER_FILES.items():
+        (folder / name).write_text(parameter_file_text(d, mode))
+        written.append(folder / name)
+    return written
 
 
 def mattes_parameter_map(dimension: int) -> dict:
@@ -69,8 +180,120 @@ def mattes_parameter_map(dimension: int) -> dict:
     return pmap
 
 
+# --------------------------------------------------------------------------------------------
+# picture
+
+
+def _display_slices(array_zyx, direction, centre_zyx):
+    """Axial / coronal / sagittal slices of a ``[z, y, x]`` array in radiological display.
+
+    Axial: patient right on screen left, anterior up; coronal: right on the left, superior up;
+    sagittal: anterior on the left, superior up. ITK physical space is LPS; ``direction`` is
+    assumed axis-aligned (sign of its diagonal; MNI: ``diag(−1, −1, 1)``, i.e. index x grows
+    towards the patient's right and index y towards anterior).
+    """
+    import numpy as np
+
+    sx, sy, sz = (np.sign(direction[i, i]) or 1.0 for i in range(3))
+    cz, cy, cx = centre_zyx
+    # rows/columns that should increase in LPS: screen right = +x (L) and +y (P); screen down = +y (P) / −z (I)
+    axial = array_zyx[cz]                       # rows y, columns x
+    axial = axial[::-1] if sy < 0 else axial
+    axial = axial[:, ::-1] if sx < 0 else axial
+    coronal = array_zyx[:, cy, :]               # rows z, columns x
+    coronal = coronal[::-1] if sz > 0 else coronal
+    coronal = coronal[:, ::-1] if sx < 0 else coronal
+    sagittal = array_zyx[:, :, cx]              # rows z, columns y
+    sagittal = sagittal[::-1] if sz > 0 else sagittal
+    sagittal = sagittal[:, ::-1] if sy < 0 else sagittal
+    return {"axial": axial, "coronal": coronal, "sagittal": sagittal}
+
+
+def _display_slice_2d(array_yx, direction):
+    sx, sy = (direction[i, i] < 0 for i in range(2))
+    a = array_yx[::-1] if sy else array_yx
+    return a[:, ::-1] if sx else a
+
+
+_LABELS = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"), "sagittal": ("A", "P", "S", "I")}
+
+
+def write_picture(path, images: dict, errors: dict, mask, direction, spacing, title: str) -> Path:
+    """Save ``demo.png``: images with the fixed-mask contour, then the displacement-error maps.
+
+    Args:
+        path: output PNG.
+        images: ``{label: array [z, y, x] or [y, x]}`` (fixed, moving, results), intensity panels.
+        errors: ``{label: error magnitude (mm) array}``, same shape; shown inside the mask only.
+        mask: fixed mask array (bool).
+        direction: ITK direction matrix (numpy ``D×D``); spacing: ITK order.
+        title: figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    d = mask.ndim
+    if d == 3:
+        zs, ys, xs = np.nonzero(mask)
+        centre = tuple(int(round((v.min() + v.max()) / 2)) for v in (zs, ys, xs))
+        views = ["axial", "coronal", "sagittal"]
+        cut = lambda a: _display_slices(a, direction, centre)  # noqa: E731
+        aspect = {"axial": spacing[1] / spacing[0], "coronal": spacing[2] / spacing[0],
+                  "sagittal": spacing[2] / spacing[1]}
+    else:
+        views = ["axial"]
+        cut = lambda a: {"axial": _display_slice_2d(a, direction)}  # noqa: E731
+        aspect = {"axial": spacing[1] / spacing[0]}
+    cols = list(images) + list(errors)
+    fig = plt.figure(figsize=(2.3 * len(cols) + 0.8, 2.6 * len(views) + 0.5), constrained_layout=True)
+    grid = fig.add_gridspec(len(views), len(cols) + 1, width_ratios=[1.0] * len(cols) + [0.06])
+    axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(len(cols))] for r in range(len(views))])
+    mask_cut = cut(mask.astype(float))
+    vmax_err = max(float(np.percentile(e[mask], 99)) for e in errors.values()) if errors else 1.0
+    err_im = None
+    for c, label in enumerate(cols):
+        is_err = label in errors
+        arr = errors[label] if is_err else images[label]
+        sl = cut(np.where(mask, arr, np.nan) if is_err else arr)
+        vmax = float(np.percentile(arr[mask], 99.5)) if not is_err else vmax_err
+        for r, view in enumerate(views):
+            ax = axes[r, c]
+            if is_err:
+                ax.imshow(cut(images[cols[0]])[view], cmap="gray", aspect=aspect[view], interpolation="nearest")
+                err_im = ax.imshow(sl[view], cmap="magma", vmin=0, vmax=vmax_err, aspect=aspect[view],
+                                   interpolation="nearest")
+            else:
+                ax.imshow(sl[view], cmap="gray", vmin=0, vmax=vmax, aspect=aspect[view], interpolation="nearest")
+            ax.contour(mask_cut[view], levels=[0.5], colors="c", linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            left, right, top, bottom = _LABELS[view]
+            for x, y, text, ha, va in ((0.01, 0.5, left, "left", "center"), (0.99, 0.5, right, "right", "center"),
+                                       (0.5, 0.99, top, "center", "top"), (0.5, 0.01, bottom, "center", "bottom")):
+                ax.text(x, y, text, transform=ax.transAxes, color="y", fontsize=7, ha=ha, va=va)
+            if r == 0:
+                ax.set_title(label, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(view, fontsize=9)
+    if err_im is not None:
+        fig.colorbar(err_im, cax=fig.add_subplot(grid[:, -1]), label="displacement error (mm)")
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# the demo
+
+
 def run_demo(out: Path, dimension: int = 3, mode: str = "Static") -> dict:
     """Make the demo pair in ``out``, register it with IMPACT and with elastix's Mattes MI, report.
+
+    Writes ``report.json`` (the returned numbers) and ``demo.png`` in ``out``.
 
     Returns:
         dict of measured numbers: displacement errors (mm) inside the fixed mask before and after,
@@ -82,6 +305,7 @@ def run_demo(out: Path, dimension: int = 3, mode: str = "Static") -> dict:
     from .api import elastix_registration_method
     from .demo_data import displacement_error, make_demo_pair, nmi
 
+    start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pair = make_demo_pair(out / "data", dimension=dimension, voxel_size=2.0, seed=0)
@@ -90,12 +314,20 @@ def run_demo(out: Path, dimension: int = 3, mode: str = "Static") -> dict:
     fmask = itk.imread(str(pair["fixed_mask"]), itk.UC)
     true_u = itk.imread(str(pair["true_displacement"]))
     mask_arr = itk.array_from_image(fmask) > 0
+    true_arr = np.asarray(itk.array_from_image(true_u), dtype=np.float64)
+    data_seconds = time.perf_counter() - start
+    initial = displacement_error(lambda points: points, true_u, mask_arr)
+    fixed_arr = itk.array_from_image(fixed)
 
     report = {"pair": f"MNI152 T1 {dimension}D at 2 mm, known deformation + T2-like contrast",
-              "initial_error_mm": round(float(displacement_error(lambda points: points, true_u, mask_arr)["mean"]), 3)}
-    runs = {"impact": (demo_parameter_map(dimension, mode), out / "impact"),
+              "dimension": dimension, "mode": mode,
+              "initial_error_mm": round(initial["mean"], 3),
+              "initial_nmi": round(float(nmi(fixed_arr, itk.array_from_image(moving), mask=mask_arr)), 4)}
+    impact_map = demo_parameter_map(dimension, mode)
+    (out / "impact_parameters.txt").write_text(parameter_file_text(dimension, mode))
+    runs = {"impact": (impact_map, out / "impact"),
             "elastix_mattes": (mattes_parameter_map(dimension), out / "elastix-mattes")}
-    fixed_arr = itk.array_from_image(fixed)
+    results, error_maps = {}, {"error before": np.linalg.norm(true_arr, axis=-1)}
     for name, (pmap, folder) in runs.items():
         folder.mkdir(parents=True, exist_ok=True)
         tic = time.perf_counter()
@@ -104,9 +336,52 @@ def run_demo(out: Path, dimension: int = 3, mode: str = "Static") -> dict:
             fixed_mask=fmask, output_directory=str(folder), log_to_file=True)
         seconds = time.perf_counter() - tic
         field = itk.transformix_deformation_field(moving, tp, output_directory=str(folder))
-        err = displacement_error(field, true_u, mask_arr)
-        report[f"{name}_error_mm"] = round(float(err["mean"]), 3)
-        report[f"{name}_nmi"] = round(float(nmi(fixed_arr, itk.array_from_image(result), mask=mask_arr)), 4)
+        field_arr = np.asarray(itk.array_from_image(field), dtype=np.float64)
+        err = displacement_error(field_arr, true_u, mask_arr)
+        result_arr = itk.array_from_image(result)
+        results[name] = result_arr
+        error_maps[f"{name.replace('elastix_', '')} error"] = np.linalg.norm(field_arr - true_arr, axis=-1)
+        report[f"{name}_error_mm"] = round(err["mean"], 3)
+        report[f"{name}_error_p95_mm"] = round(err["p95"], 3)
+        report[f"{name}_nmi"] = round(float(nmi(fixed_arr, result_arr, mask=mask_arr)), 4)
         report[f"{name}_seconds"] = round(seconds, 1)
     report["impact_recovered_fraction"] = round(1 - report["impact_error_mm"] / report["initial_error_mm"], 3)
+    report["elastix_mattes_recovered_fraction"] = round(
+        1 - report["elastix_mattes_error_mm"] / report["initial_error_mm"], 3)
+    report["data_seconds"] = round(data_seconds, 1)
+
+    direction = np.array(fixed.GetDirection(), dtype=np.float64).reshape(dimension, dimension)
+    spacing = [float(s) for s in itk.spacing(fixed)]
+    write_picture(out / "demo.png",
+                  {"fixed (T1)": fixed_arr, "moving (T2-like)": itk.array_from_image(moving),
+                   "IMPACT result": results["impact"], "Mattes MI result": results["elastix_mattes"]},
+                  error_maps, mask_arr, direction, spacing,
+                  f"MNI152 {dimension}D, IMPACT {mode} + MIND-SSC: mean error {report['initial_error_mm']:.2f} → "
+                  f"{report['impact_error_mm']:.2f} mm (Mattes MI {report['elastix_mattes_error_mm']:.2f} mm)")
+    report["total_seconds"] = round(time.perf_counter() - start, 1)
+    report["machine"] = {"python": platform.python_version(), "processor": platform.machine(),
+                         "cpus": _cpu_count()}
+    report["files"] = {"report": "report.json", "picture": "demo.png", "impact_parameters": "impact_parameters.txt",
+                       "impact": "impact/", "elastix_mattes": "elastix-mattes/", "data": "data/"}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _cpu_count() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+if __name__ == "__main__":  # python -m elastix_bridge.demo --write-parameter-files parameter_files
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--write-parameter-files":
+        for p in write_parameter_files(sys.argv[2]):
+            print(f"wrote {p}")
+    else:
+        print("usage: python -m elastix_bridge.demo --write-parameter-files FOLDER", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,79 @@
+"""Acceptance on the real 2D brain pair of upstream elastix's IMPACT tests (needs ../shared).
+
+The command runs exactly as a user would run elastix::
+
+    elastix-bridge -f fixed.mhd -m moving.mhd -fMask mask_fixed.mhd -mMask mask_moving.mhd \
+        -p parameters.2D.IMPACT.bspline.ASGD.002.txt -out OUT
+
+with upstream's parameter file, changed only where it must be: the model path is absolute, and
+``ImpactWriteFeatureMaps`` points into the test's temporary folder. ``OUT/TransformParameters.0.txt``
+is then applied with itk-elastix's transformix. Targets: NMI(fixed, result) >= 1.161 (64 bins,
+whole images: identity gives 1.154, upstream's result image 1.161) and Dice(warped moving mask,
+fixed mask) > 0.979 (mask warped with FinalBSplineInterpolationOrder 0).
+"""
+import re
+
+import pytest
+
+from conftest import shared_path
+
+itk = pytest.importorskip("itk")
+pytest.importorskip("torch")
+
+from elastix_bridge import cli  # noqa: E402
+from elastix_bridge.demo_data import dice, nmi  # noqa: E402
+
+pytestmark = [pytest.mark.shared, pytest.mark.slow]
+
+DATA = ("data", "elastix-2d-brain")
+UPSTREAM = "upstream-parameters.2D.IMPACT.bspline.ASGD.002.txt"
+NMI_TARGET = 1.161
+DICE_TARGET = 0.979
+
+
+def parameter_file(folder, mode: str):
+    """Upstream's 2D IMPACT file with the absolute model path, feature maps into ``folder``, ``mode``."""
+    text = shared_path(*DATA, UPSTREAM).read_text()
+    model = shared_path("models", "R1D2_2D.pt")
+    text, n = re.subn(r'"\./R1D2_2D\.pt"', f'"{model}"', text)
+    assert n == 2, "upstream file changed: expected two ImpactModelsPath entries"
+    text, n = re.subn(r'\(ImpactWriteFeatureMaps "[^"]*"\)', f'(ImpactWriteFeatureMaps "{folder / "Features"}/")', text)
+    assert n == 1
+    if mode == "Jacobian":  # Jacobian mode needs a patch per sample
+        text, n = re.subn(r"\(ImpactPatchSize([01]) 0 0\)", r"(ImpactPatchSize\1 7 7)", text)
+        assert n == 2
+        text, n = re.subn(r'\(ImpactMode "Static"\)', '(ImpactMode "Jacobian")', text)
+        assert n == 1
+    path = folder / f"parameters.2D.IMPACT.{mode}.txt"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["Static", "Jacobian"])
+def test_brain_2d_acceptance(plugin, tmp_path, capsys, mode):
+    data = shared_path(*DATA)
+    out = tmp_path / "OUT"
+    argv = ["-f", data / "fixed.mhd", "-m", data / "moving.mhd", "-fMask", data / "mask_fixed.mhd",
+            "-mMask", data / "mask_moving.mhd", "-p", parameter_file(tmp_path, mode), "-out", out]
+    code = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert (out / "TransformParameters.0.txt").is_file() and (out / "result.0.mha").is_file()
+
+    fixed = itk.imread(str(data / "fixed.mhd"), itk.F)
+    moving = itk.imread(str(data / "moving.mhd"), itk.F)
+    fixed_mask = itk.array_from_image(itk.imread(str(data / "mask_fixed.mhd"), itk.F)) > 0
+    moving_mask = itk.imread(str(data / "mask_moving.mhd"), itk.F)
+    tp = itk.ParameterObject.New()
+    tp.ReadParameterFile(str(out / "TransformParameters.0.txt"))
+    result = itk.transformix_filter(moving, tp)
+    tp.SetParameter(0, "FinalBSplineInterpolationOrder", "0")
+    warped_mask = itk.array_from_image(itk.transformix_filter(moving_mask, tp)) > 0
+
+    measured_nmi = nmi(fixed, result)
+    measured_dice = dice(warped_mask, fixed_mask)
+    with capsys.disabled():  # the measurement is worth seeing even when the test passes
+        print(f"\n{mode}: NMI {measured_nmi:.4f} (target >= {NMI_TARGET}), "
+              f"Dice {measured_dice:.4f} (target > {DICE_TARGET})")
+    assert measured_nmi >= NMI_TARGET, f"{mode}: NMI {measured_nmi:.4f} < {NMI_TARGET} (Dice {measured_dice:.4f})"
+    assert measured_dice > DICE_TARGET, f"{mode}: Dice {measured_dice:.4f} <= {DICE_TARGET} (NMI {measured_nmi:.4f})"

@@ -1,0 +1,271 @@
+"""Tests of the ``elastix-bridge`` command (elastix_bridge.cli): outputs and error messages.
+
+Every failure must print one line, ``elastix-bridge: error: <cause>; <fix>``, without a Python
+traceback, and exit 1. The command runs in-process (``cli.main``); only "torch is not installed"
+needs a fresh interpreter. Impact failures are all detected before any computation, so they are
+fast; the one successful run uses small synthetic images.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+itk = pytest.importorskip("itk")
+
+from elastix_bridge import cli, loader  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def impact_parameters(**changes) -> dict:
+    """A small valid Impact map (Static, MIND-SSC 2D, 1 level); ``changes`` override keys, None removes."""
+    pmap = {
+        "Registration": ["MultiResolutionRegistration"],
+        "NumberOfResolutions": ["1"],
+        "Metric": ["Impact"],
+        "Optimizer": ["AdaptiveStochasticGradientDescent"],
+        "MaximumNumberOfIterations": ["5"],
+        "Transform": ["BSplineTransform"],
+        "FinalGridSpacingInPhysicalUnits": ["10"],
+        "ImageSampler": ["RandomCoordinate"],
+        "NumberOfSpatialSamples": ["300"],
+        "NewSamplesEveryIteration": ["true"],
+        "Interpolator": ["BSplineInterpolator"],
+        "ErodeMask": ["false"],
+        "RandomSeed": ["11"],
+        "ResultImageFormat": ["mha"],
+        "ImpactMode": ["Static"],
+        "ImpactGPU": ["-1"],
+        "ImpactModelsPath0": ["mind-ssc-2d"],
+        "ImpactDimension0": ["2"],
+        "ImpactNumberOfChannels0": ["1"],
+        "ImpactPatchSize0": ["0", "0"],
+        "ImpactVoxelSize0": ["1", "1"],
+        "ImpactLayersMask0": ["1"],
+        "ImpactSubsetFeatures0": ["4"],
+        "ImpactLayersWeight0": ["1"],
+        "ImpactPCA0": ["0"],
+        "ImpactDistance0": ["L2"],
+    }
+    for key, value in changes.items():
+        if value is None:
+            pmap.pop(key, None)
+        else:
+            pmap[key] = [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    return pmap
+
+
+def write_parameter_file(path: Path, pmap: dict) -> Path:
+    """Write ``pmap`` as an elastix parameter file (numbers unquoted, other values quoted)."""
+    def show(v):
+        try:
+            float(v)
+            return v
+        except ValueError:
+            return f'"{v}"'
+
+    path.write_text("".join(f"({k} {' '.join(show(v) for v in vs)})\n" for k, vs in pmap.items()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Synthetic 2D pair and MET_CHAR masks on disk, like the real data: dict of paths."""
+    folder = tmp_path_factory.mktemp("cli-inputs")
+    y, x = np.mgrid[:36, :36].astype(np.float32)
+    arrays = {"fixed.mha": np.exp(-((x - 18) ** 2 + (y - 18) ** 2) / 60.0),
+              "moving.mha": np.exp(-((x - 20) ** 2 + (y - 17) ** 2) / 60.0)}
+    paths = {}
+    for name, array in arrays.items():
+        image = itk.image_from_array(array.astype(np.float32))
+        image.SetSpacing([1.2, 1.0])
+        itk.imwrite(image, str(folder / name))
+        paths[name.split(".")[0]] = folder / name
+    # itk-python cannot write signed char; write the MetaImage by hand.
+    ((x - 18) ** 2 + (y - 18) ** 2 < 15 ** 2).astype(np.int8).tofile(folder / "mask.raw")
+    (folder / "mask.mhd").write_text(
+        "ObjectType = Image\nNDims = 2\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+        "ElementSpacing = 1.2 1\nDimSize = 36 36\nElementType = MET_CHAR\nElementDataFile = mask.raw\n")
+    paths["mask"] = folder / "mask.mhd"
+    paths["params"] = write_parameter_file(folder / "params.txt", impact_parameters())
+    return paths
+
+
+def run(capsys, *argv):
+    """``elastix-bridge argv`` in-process: (exit code, stdout, stderr)."""
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def registration_args(inputs, out, params=None, **replace):
+    """The elastix flags for ``inputs``; ``replace`` maps a flag (without '-') to another value."""
+    flags = {"f": inputs["fixed"], "m": inputs["moving"], "fMask": inputs["mask"], "mMask": inputs["mask"],
+             "p": params or inputs["params"], "out": out, "loglevel": "off"}
+    flags.update(replace)
+    return [part for flag, value in flags.items() for part in (f"-{flag}", value)]
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> str:
+    """Exit 1, a single ``elastix-bridge: error:`` line without traceback, containing every needle."""
+    assert code == 1, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got:\n{err}"
+    assert lines[0].startswith("elastix-bridge: error: ")
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def failing_run(capsys, inputs, tmp_path, *needles, params=None, **replace) -> str:
+    code, _, err = run(capsys, *registration_args(inputs, tmp_path / "out", params, **replace))
+    return assert_one_line_error(code, err, *needles)
+
+
+def params_with(tmp_path, **changes) -> Path:
+    return write_parameter_file(tmp_path / "params.txt", impact_parameters(**changes))
+
+
+def scripted_model(tmp_path, name: str, source: str) -> Path:
+    """Save the TorchScript of ``class Model(nn.Module)`` defined in ``source`` to ``tmp_path/name``."""
+    torch = pytest.importorskip("torch")
+    module_file = tmp_path / f"{Path(name).stem}_model.py"
+    module_file.write_text("from typing import List\nimport torch\nfrom torch import nn\n\n" + textwrap.dedent(source))
+    namespace = {}
+    exec(compile(module_file.read_text(), str(module_file), "exec"), namespace)  # TorchScript needs the source file
+    path = tmp_path / name
+    torch.jit.script(namespace["Model"]()).save(str(path))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Success
+# ---------------------------------------------------------------------------------------------
+
+
+def test_registration_writes_elastix_outputs(plugin, inputs, tmp_path, capsys):
+    out = tmp_path / "new" / "out"  # created by the command
+    code, stdout, err = run(capsys, *registration_args(inputs, out))
+    assert code == 0, err
+    assert "Traceback" not in err
+    names = {p.name for p in out.iterdir()}
+    assert {"TransformParameters.0.txt", "result.0.mha", "elastix.log", "IterationInfo.0.R0.txt"} <= names
+    assert "TransformParameters.0.txt" in stdout and str(out) in stdout
+    po = itk.ParameterObject.New()
+    po.ReadParameterFile(str(out / "TransformParameters.0.txt"))
+    assert list(po.GetParameterMap(0)["Transform"]) == ["BSplineTransform"]
+    result = itk.imread(str(out / "result.0.mha"))
+    assert itk.array_from_image(result).shape == (36, 36)
+    assert len((out / "IterationInfo.0.R0.txt").read_text().splitlines()) == 1 + 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures: one line, cause and fix, exit 1
+# ---------------------------------------------------------------------------------------------
+
+
+def test_missing_fixed_image(inputs, tmp_path, capsys):
+    failing_run(capsys, inputs, tmp_path, "fixed image (-f)", "nowhere.mha", "does not exist", "check the path",
+                f=tmp_path / "nowhere.mha")
+    assert not (tmp_path / "out").exists()  # nothing created for a run that cannot start
+
+
+def test_missing_moving_mask(inputs, tmp_path, capsys):
+    failing_run(capsys, inputs, tmp_path, "moving mask (-mMask)", "does not exist", mMask=tmp_path / "m.mhd")
+
+
+def test_missing_parameter_file(inputs, tmp_path, capsys):
+    failing_run(capsys, inputs, tmp_path, "parameter file (-p)", "missing.txt", "does not exist", "check the path",
+                p=tmp_path / "missing.txt")
+
+
+def test_bad_impact_parameter(inputs, tmp_path, capsys):
+    line = failing_run(capsys, inputs, tmp_path, "ImpactDistance0", "'L3'", "is not a known distance",
+                       params=params_with(tmp_path, ImpactDistance0="L3"))
+    assert "accepted:" in line and "L2" in line  # the fix: the accepted names
+
+
+def test_model_file_missing(plugin, inputs, tmp_path, capsys):
+    failing_run(capsys, inputs, tmp_path, "ImpactModelsPath", "nope.pt", "model file not found",
+                params=params_with(tmp_path, ImpactModelsPath0=str(tmp_path / "nope.pt")))
+
+
+def test_model_with_wrong_forward_signature(plugin, inputs, tmp_path, capsys):
+    model = scripted_model(tmp_path, "noargs.pt", """
+        class Model(nn.Module):
+            def forward(self) -> List[torch.Tensor]:
+                return [torch.zeros(1, 1, 1)]
+        """)
+    failing_run(capsys, inputs, tmp_path, "noargs.pt", "must take the image patch as its first argument",
+                params=params_with(tmp_path, ImpactModelsPath0=str(model)))
+
+
+def test_model_returning_a_tensor_instead_of_a_list(plugin, inputs, tmp_path, capsys):
+    model = scripted_model(tmp_path, "tensor.pt", """
+        class Model(nn.Module):
+            def forward(self, x):
+                return x
+        """)
+    failing_run(capsys, inputs, tmp_path, "tensor.pt", "single tensor", "must return a list of feature maps",
+                params=params_with(tmp_path, ImpactModelsPath0=str(model)))
+
+
+def test_gpu_asked_without_cuda(plugin, inputs, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    failing_run(capsys, inputs, tmp_path, "ImpactGPU 0", "CUDA is not available", "(ImpactGPU -1)",
+                params=params_with(tmp_path, ImpactGPU=0))
+
+
+def test_plugin_missing(plugin, inputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(loader.PLUGIN_ENV, "/nonexistent.so")
+    failing_run(capsys, inputs, tmp_path, "$ELASTIX_BRIDGE_PLUGIN", "/nonexistent.so", "does not exist",
+                "elastix-bridge build-plugin")
+
+
+def test_plugin_built_for_another_torch(plugin, inputs, tmp_path, capsys, monkeypatch):
+    so = tmp_path / "other" / "elastix_bridge_impact.so"
+    so.parent.mkdir()
+    shutil.copy2(plugin.__file__, so)
+    record = dict(loader.expected_build_record(), torch_version="1.13.1+cu117", cuda="11.7")
+    Path(str(so) + ".json").write_text(json.dumps(record))
+    monkeypatch.setenv(loader.PLUGIN_ENV, str(so))
+    line = failing_run(capsys, inputs, tmp_path, "built for torch 1.13.1+cu117", "elastix-bridge build-plugin")
+    assert loader.expected_build_record()["torch_version"] in line
+
+
+def test_torch_not_installed(inputs, tmp_path):
+    """Without torch (blocked in a fresh interpreter) the message says how to install it."""
+    code = textwrap.dedent(
+        """
+        import importlib.metadata, sys
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ModuleNotFoundError("No module named 'torch'", name="torch")
+        sys.meta_path.insert(0, NoTorch())
+        real_metadata = importlib.metadata.metadata
+        def metadata(name):  # itk looks here to decide whether to import torch
+            if name == "torch":
+                raise importlib.metadata.PackageNotFoundError(name)
+            return real_metadata(name)
+        importlib.metadata.metadata = metadata
+        from elastix_bridge.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.pop(loader.PLUGIN_ENV, None)
+    argv = [str(a) for a in registration_args(inputs, tmp_path / "out")]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=tmp_path)
+    line = assert_one_line_error(proc.returncode, proc.stderr, "PyTorch", "cannot be imported", "pip install")
+    assert "torch" in line.split("pip install", 1)[1]
