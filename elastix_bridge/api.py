@@ -124,12 +124,14 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
         tp_map = stage.transform_parameter_map
         # itk-elastix reports the input pixel type as the result type.
         tp_map.set("ResultImagePixelType", ["float"])
+        # Result files are MetaImage .mha unless the map asks otherwise (one file, no .raw beside it).
+        fmt = maps[0].get("ResultImageFormat", default="mha")
+        tp_map.set("ResultImageFormat", [fmt])
         tp_object = to_parameter_object([tp_map])
         result = itk.transformix_filter(_as_float(moving_image), tp_object)
         if out is not None:
             write_transform_parameter_file(tp_map, out / "TransformParameters.0.txt")
             if maps[0].get("WriteResultImage", default=True, type=bool):
-                fmt = maps[0].get("ResultImageFormat", default="mha")
                 write_image(result, out / f"result.0.{fmt}")
     return result, tp_object
 

@@ -477,7 +477,9 @@ def load_feature_model(path, device, half: bool = False, *, parameter: str = "Im
     if not p.is_absolute():
         where += f" (relative to the current working directory {os.getcwd()})"
     if not p.is_file():
-        raise ImpactModelError(f"{where}: model file not found")
+        raise ImpactModelError(f"{where}: model file not found; give an existing TorchScript file (an absolute "
+                               "path avoids working-directory surprises) or a built-in model name "
+                               "(mind-ssc-2d, mind-ssc-3d)")
     try:
         return plugin.FeatureModel(str(p), str(device), bool(half))
     except ValueError as exc:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
+
 import numpy as np
 
 from .geometry import ImageGeometry
@@ -185,9 +187,13 @@ class ImpactMetric:
 
     def _forward(self, model, cfg, x, stats, direction, which: str):
         """One model call with upstream's argument convention; checks the list output."""
-        from ..loader import validate_model_output
+        from ..loader import ImpactModelError, validate_model_output
 
-        out = model.forward(x, len(cfg.layers_mask), stats, direction)
+        try:
+            out = model.forward(x, len(cfg.layers_mask), stats, direction)
+        except RuntimeError as exc:
+            # The plugin names the file and the torch error; say which option and level it came from.
+            raise ImpactModelError(f"level {self.config.level}, {which} model ({cfg.path}): {exc}") from exc
         validate_model_output(out, len(cfg.layers_mask), f"{which} model {cfg.path}")
         return out
 
@@ -206,7 +212,10 @@ class ImpactMetric:
         """Feature maps of all selected layers: lists of ``(F_l, *zyx)`` tensors and their geometries.
 
         ``displacement`` maps fixed grid points to the points where the image is read (None = identity).
+        With ``ImpactFeatureMapOutputDirectory`` (or ``ImpactWriteFeatureMaps``) the resampled model
+        inputs and the final maps are written there (impact_spec §6.7).
         """
+        which = "Fixed" if fit_pca else "Moving"
         import torch
 
         maps, geometries = [], []
@@ -219,6 +228,8 @@ class ImpactMetric:
             with torch.no_grad():
                 img = interp(pts)[:, 0].reshape(grid.shape_zyx).to(torch.float32)
                 outputs, strides = self._tiled_forward(model, cfg, img, stats, direction)
+            sizes = "_".join(f"{v:.2f}" for v in cfg.voxel_size)
+            self._write_map(img[None], grid, f"{which}_{self.config.level}_{sizes}mm.mha")
             for j, on in enumerate(cfg.layers_mask):
                 if not on:
                     continue
@@ -227,8 +238,24 @@ class ImpactMetric:
                     fmap = self._pca(l, fmap, fit=fit_pca)
                 maps.append(fmap)
                 geometries.append(self._feature_geometry(grid, fmap.shape[1:], strides[j]))
+                self._write_map(fmap, geometries[-1], f"{which}_{self.config.level}_{l}.mha")
                 l += 1
         return maps, geometries
+
+    def _write_map(self, volume, geometry: ImageGeometry, name: str) -> None:
+        """Write a ``(C, *zyx)`` volume as a C-component float image, if feature maps are asked for."""
+        directory = self.config.feature_map_directory
+        if not directory:
+            return
+        import itk
+
+        from ..api import write_image
+
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        array = np.ascontiguousarray(np.moveaxis(volume.detach().cpu().float().numpy(), 0, -1))
+        image = itk.image_from_array(array, is_vector=True)
+        geometry.apply_to_itk(image)
+        write_image(image, Path(directory) / name)
 
     def _tiled_forward(self, model, cfg, img, stats, direction):
         """Model outputs for the whole resampled image (impact_spec §6.2), batch axis removed.

@@ -359,12 +359,16 @@ class ImageInterpolator:
         if torch.is_tensor(array):
             array = array.detach().cpu().numpy()
         coef = bspline_coefficients(np.asarray(array, dtype=np.float64), self.order, channel_axis=True)
-        self.coefficients = torch.as_tensor(np.ascontiguousarray(coef), dtype=dtype, device=device)
+        coef = torch.as_tensor(np.ascontiguousarray(coef), dtype=dtype, device=device)
+        # Channels-last storage: the (voxels, C) view that bspline_interpolate gathers from is then
+        # contiguous and not copied at every call (a 12-channel 2 mm MNI feature map is ~86 MB).
+        self.coefficients = coef.reshape(coef.shape[0], -1).T.contiguous().T.reshape(coef.shape)
         self.channels = int(self.coefficients.shape[0])
 
     def to(self, device=None, dtype=None) -> "ImageInterpolator":
         """Move the coefficients (in place) and return ``self``."""
-        self.coefficients = self.coefficients.to(device=device, dtype=dtype)
+        coef = self.coefficients.to(device=device, dtype=dtype)
+        self.coefficients = coef.reshape(coef.shape[0], -1).T.contiguous().T.reshape(coef.shape)
         return self
 
     def index(self, points: "torch.Tensor") -> "torch.Tensor":

@@ -231,8 +231,12 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
         half = bool(cfg.mixed_precision and device.type == "cuda")
         if cfg.mixed_precision and not half:
             log.warning("ImpactUseMixedPrecision is ignored on the CPU: float16 is applied on CUDA devices only.")
-        load = lambda c: loader.load_feature_model(str(resolve_model_path(c.path)), device, half=half)
-        models.append(([load(c) for c in cfg.fixed_models], [load(c) for c in cfg.moving_models]))
+        def load(c, which):
+            key = (f"Impact{which}ModelsPath{cfg.level}" if pmap.has(f"Impact{which}ModelsPath{cfg.level}")
+                   else f"ImpactModelsPath{cfg.level}")
+            return loader.load_feature_model(str(resolve_model_path(c.path)), device, half=half, parameter=key)
+
+        models.append(([load(c, "Fixed") for c in cfg.fixed_models], [load(c, "Moving") for c in cfg.moving_models]))
         devices.append(device)
 
     seed = pmap.get("RandomSeed", default=121212, type=int)
