@@ -17,6 +17,23 @@ def pytest_configure(config):
     os.environ.pop("ELASTIX_BRIDGE_PLUGIN", None)
 
 
+# The Impact keys of a one-level, one-model Static map with the built-in 2D MIND-SSC model.
+MIND_SSC_2D_STATIC = {
+    "ImpactMode": ["Static"],
+    "ImpactGPU": ["-1"],
+    "ImpactModelsPath0": ["mind-ssc-2d"],
+    "ImpactDimension0": ["2"],
+    "ImpactNumberOfChannels0": ["1"],
+    "ImpactPatchSize0": ["0", "0"],
+    "ImpactVoxelSize0": ["1", "1"],
+    "ImpactLayersMask0": ["1"],
+    "ImpactSubsetFeatures0": ["4"],
+    "ImpactLayersWeight0": ["1"],
+    "ImpactPCA0": ["0"],
+    "ImpactDistance0": ["L2"],
+}
+
+
 def shared_path(*parts) -> Path:
     """Path inside ../shared; skips the calling test with a reason when it is absent."""
     path = SHARED.joinpath(*parts)

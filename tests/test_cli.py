@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MIND_SSC_2D_STATIC
 
 itk = pytest.importorskip("itk")
 
@@ -40,18 +41,7 @@ def impact_parameters(**changes) -> dict:
         "ErodeMask": ["false"],
         "RandomSeed": ["11"],
         "ResultImageFormat": ["mha"],
-        "ImpactMode": ["Static"],
-        "ImpactGPU": ["-1"],
-        "ImpactModelsPath0": ["mind-ssc-2d"],
-        "ImpactDimension0": ["2"],
-        "ImpactNumberOfChannels0": ["1"],
-        "ImpactPatchSize0": ["0", "0"],
-        "ImpactVoxelSize0": ["1", "1"],
-        "ImpactLayersMask0": ["1"],
-        "ImpactSubsetFeatures0": ["4"],
-        "ImpactLayersWeight0": ["1"],
-        "ImpactPCA0": ["0"],
-        "ImpactDistance0": ["L2"],
+        **MIND_SSC_2D_STATIC,
     }
     for key, value in changes.items():
         if value is None:
