@@ -108,8 +108,6 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
     if len(maps) != 1:
         raise ValueError(f"the parameter object has {len(maps)} maps; chains that combine an Impact stage with "
                          "other stages are not supported yet. Run the Impact map on its own.")
-    if kwargs.get("number_of_threads"):
-        _set_threads(int(kwargs["number_of_threads"]))
 
     out = None if output_directory is None else Path(output_directory)
     if out is not None and not out.is_dir():
@@ -117,7 +115,7 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
     logfile = out / log_file_name if out is not None and log_to_file else None
     from .engine.registration import run_impact_stage
 
-    with _logging_to(log_to_console, logfile):
+    with _logging_to(log_to_console, logfile), _threads(kwargs.get("number_of_threads")):
         stage = run_impact_stage(fixed_image, moving_image, maps[0], fixed_mask, moving_mask,
                                  elastix_level=0, output_directory=out)
         log.info("Impact stage took %.1f s.", stage.seconds)
@@ -153,7 +151,17 @@ def write_image(image, path: Path) -> None:
             os.replace(f, path.parent / f.name)
 
 
-def _set_threads(n: int) -> None:
+@contextlib.contextmanager
+def _threads(n):
+    """Use ``n`` torch threads (elastix ``-threads``) for one call, then restore the user's setting."""
+    if not n:
+        yield
+        return
     import torch
 
-    torch.set_num_threads(max(1, n))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -225,40 +225,44 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
     # Torch, plugin, devices and every model are checked before any computation.
     torch = loader.require_torch()
     plugin = loader.load_plugin()
-    models, devices = [], []
-    for cfg in configs:
-        device = loader.resolve_device(cfg.gpu)
-        half = bool(cfg.mixed_precision and device.type == "cuda")
-        if cfg.mixed_precision and not half:
-            log.warning("ImpactUseMixedPrecision is ignored on the CPU: float16 is applied on CUDA devices only.")
-        def load(c, which):
-            key = (f"Impact{which}ModelsPath{cfg.level}" if pmap.has(f"Impact{which}ModelsPath{cfg.level}")
-                   else f"ImpactModelsPath{cfg.level}")
-            return loader.load_feature_model(str(resolve_model_path(c.path)), device, half=half, parameter=key)
-
-        models.append(([load(c, "Fixed") for c in cfg.fixed_models], [load(c, "Moving") for c in cfg.moving_models]))
-        devices.append(device)
-
-    seed = pmap.get("RandomSeed", default=121212, type=int)
-    generator = torch.Generator().manual_seed(seed)
-
-    fmask_full = Mask.from_itk(fixed_mask) if fixed_mask is not None else None
-    mmask_full = Mask.from_itk(moving_mask) if moving_mask is not None else None
-    fixed_schedule = _pyramid_schedule(pmap, "Fixed", components["FixedImagePyramid"], levels, fixed_full.geometry)
-    moving_schedule = _pyramid_schedule(pmap, "Moving", components["MovingImagePyramid"], levels,
-                                        moving_full.geometry)
-
-    bspline = components["Transform"] != "TranslationTransform"
-    if bspline:
-        final_spacing, grid_schedule = _grid_settings(pmap, fixed_full.geometry, levels)
-        order = pmap.get("BSplineTransformSplineOrder", default=3, type=int)
-    else:
-        transform = TranslationTransform(dim)
-    parameters = None
-    previous = None
-    history = []
-    sampler_name = components["ImageSampler"]
+    # TorchScript's runtime optimisation is off from before the models load until the stage ends
+    # (impact_spec §3.6); the user's settings are restored afterwards.
     with loader.jit_optimization_disabled():
+        models, devices = [], []
+        for cfg in configs:
+            device = loader.resolve_device(cfg.gpu)
+            half = bool(cfg.mixed_precision and device.type == "cuda")
+            if cfg.mixed_precision and not half:
+                log.warning("ImpactUseMixedPrecision is ignored on the CPU: float16 is applied on CUDA devices only.")
+
+            def load(c, which):
+                key = (f"Impact{which}ModelsPath{cfg.level}" if pmap.has(f"Impact{which}ModelsPath{cfg.level}")
+                       else f"ImpactModelsPath{cfg.level}")
+                return loader.load_feature_model(str(resolve_model_path(c.path)), device, half=half, parameter=key)
+
+            models.append(([load(c, "Fixed") for c in cfg.fixed_models],
+                           [load(c, "Moving") for c in cfg.moving_models]))
+            devices.append(device)
+
+        seed = pmap.get("RandomSeed", default=121212, type=int)
+        generator = torch.Generator().manual_seed(seed)
+
+        fmask_full = Mask.from_itk(fixed_mask) if fixed_mask is not None else None
+        mmask_full = Mask.from_itk(moving_mask) if moving_mask is not None else None
+        fixed_schedule = _pyramid_schedule(pmap, "Fixed", components["FixedImagePyramid"], levels, fixed_full.geometry)
+        moving_schedule = _pyramid_schedule(pmap, "Moving", components["MovingImagePyramid"], levels,
+                                            moving_full.geometry)
+
+        bspline = components["Transform"] != "TranslationTransform"
+        if bspline:
+            final_spacing, grid_schedule = _grid_settings(pmap, fixed_full.geometry, levels)
+            order = pmap.get("BSplineTransformSplineOrder", default=3, type=int)
+        else:
+            transform = TranslationTransform(dim)
+        parameters = None
+        previous = None
+        history = []
+        sampler_name = components["ImageSampler"]
         for level in range(levels):
             log.info("Resolution: %d", level)
             fixed = LevelImage.from_itk(pyramid_level(fixed_image, components["FixedImagePyramid"],
@@ -328,10 +332,10 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
                     transform_parameter_map(transform, parameters, fixed_full.geometry, registration_map=pmap),
                     Path(output_directory) / f"TransformParameters.{elastix_level}.R{level}.txt")
 
-    tp_map = transform_parameter_map(transform, parameters, fixed_full.geometry, registration_map=pmap)
-    if history and history[-1]:
-        log.info("Final metric value  = %f", history[-1][-1].metric)
-    return StageResult(tp_map, transform, parameters, history, time.perf_counter() - tic)
+        tp_map = transform_parameter_map(transform, parameters, fixed_full.geometry, registration_map=pmap)
+        if history and history[-1]:
+            log.info("Final metric value  = %f", history[-1][-1].metric)
+        return StageResult(tp_map, transform, parameters, history, time.perf_counter() - tic)
 
 
 class IterationTable:
