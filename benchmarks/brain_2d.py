@@ -14,7 +14,6 @@ Needs ../shared (the brain pair and the R1D2 model).
 from __future__ import annotations
 
 import argparse
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +34,8 @@ def main() -> None:
     from elastix_bridge.api import elastix_registration_method
     from elastix_bridge.cli import read_mask
     from elastix_bridge.demo_data import dice, nmi
-    from elastix_bridge.parameters import ParameterMap
+    from elastix_bridge.demo import upstream_brain_parameter_file
+    from elastix_bridge.parameters import read_parameter_file
     from elastix_bridge.transform_io import to_parameter_object
 
     loader.load_plugin()
@@ -44,20 +44,9 @@ def main() -> None:
     fmask, mmask = read_mask(data / "mask_fixed.mhd"), read_mask(data / "mask_moving.mhd")
     fixed_mask_array = itk.array_from_image(fmask) > 0
 
-    text = (data / "upstream-parameters.2D.IMPACT.bspline.ASGD.002.txt").read_text()
-    text = text.replace('"./R1D2_2D.pt"', f'"{shared / "models" / "R1D2_2D.pt"}"')
-    text = re.sub(r'\(ImpactWriteFeatureMaps "[^"]*"\)', "", text)
-    jacobian = re.sub(r"\(ImpactPatchSize([01]) 0 0\)", r"(ImpactPatchSize\1 7 7)", text)
-    jacobian = jacobian.replace('(ImpactMode "Static")', '(ImpactMode "Jacobian")')
-
     with tempfile.TemporaryDirectory() as tmp:
-        maps = {}
-        for name, body in (("bridge Static", text), ("bridge Jacobian", jacobian)):
-            path = Path(tmp) / f"{name.split()[1]}.txt"
-            path.write_text(body)
-            po = itk.ParameterObject.New()
-            po.ReadParameterFile(str(path))
-            maps[name] = ParameterMap.from_itk(po.GetParameterMap(0))
+        maps = {f"bridge {mode}": read_parameter_file(upstream_brain_parameter_file(shared, Path(tmp), mode))[0]
+                for mode in ("Static", "Jacobian")}
         same = maps["bridge Static"].copy()
         for key in [k for k in same.keys() if k.startswith("Impact")]:
             same.remove(key)

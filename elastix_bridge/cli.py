@@ -127,8 +127,13 @@ def run_demo(argv) -> int:
     p.add_argument("--out", default="demo-out")
     p.add_argument("--dimension", type=int, choices=[2, 3], default=3)
     p.add_argument("--mode", choices=["Static", "Jacobian"], default="Static")
+    p.add_argument("--shared", default="../shared",
+                   help="the project's shared folder; when it holds the 2D brain pair, that real pair is "
+                        "registered too with upstream's IMPACT file and the R1D2 MIND model (default ../shared)")
     args = p.parse_args(argv)
-    report = demo(Path(args.out), dimension=args.dimension, mode=args.mode)
+    shared = Path(args.shared)
+    has_brain = (shared / "data" / "elastix-2d-brain").is_dir() and (shared / "models" / "R1D2_2D.pt").is_file()
+    report = demo(Path(args.out), dimension=args.dimension, mode=args.mode, shared=shared if has_brain else None)
     for key, value in report.items():
         print(f"{key}: {value}")
     return 0

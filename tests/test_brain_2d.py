@@ -11,7 +11,6 @@ is then applied with itk-elastix's transformix. Targets: NMI(fixed, result) >= 1
 whole images: identity gives 1.154, upstream's result image 1.161) and Dice(warped moving mask,
 fixed mask) > 0.979 (mask warped with FinalBSplineInterpolationOrder 0).
 """
-import re
 
 import pytest
 
@@ -21,6 +20,7 @@ itk = pytest.importorskip("itk")
 pytest.importorskip("torch")
 
 from elastix_bridge import cli  # noqa: E402
+from elastix_bridge.demo import upstream_brain_parameter_file  # noqa: E402
 from elastix_bridge.demo_data import dice, nmi  # noqa: E402
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
@@ -33,20 +33,8 @@ DICE_TARGET = 0.979
 
 def parameter_file(folder, mode: str):
     """Upstream's 2D IMPACT file with the absolute model path, feature maps into ``folder``, ``mode``."""
-    text = shared_path(*DATA, UPSTREAM).read_text()
-    model = shared_path("models", "R1D2_2D.pt")
-    text, n = re.subn(r'"\./R1D2_2D\.pt"', f'"{model}"', text)
-    assert n == 2, "upstream file changed: expected two ImpactModelsPath entries"
-    text, n = re.subn(r'\(ImpactWriteFeatureMaps "[^"]*"\)', f'(ImpactWriteFeatureMaps "{folder / "Features"}/")', text)
-    assert n == 1
-    if mode == "Jacobian":  # Jacobian mode needs a patch per sample
-        text, n = re.subn(r"\(ImpactPatchSize([01]) 0 0\)", r"(ImpactPatchSize\1 7 7)", text)
-        assert n == 2
-        text, n = re.subn(r'\(ImpactMode "Static"\)', '(ImpactMode "Jacobian")', text)
-        assert n == 1
-    path = folder / f"parameters.2D.IMPACT.{mode}.txt"
-    path.write_text(text)
-    return path
+    shared_path(*DATA, UPSTREAM)
+    return upstream_brain_parameter_file(shared_path(), folder, mode)
 
 
 @pytest.mark.parametrize("mode", ["Static", "Jacobian"])
