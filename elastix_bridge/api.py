@@ -17,10 +17,8 @@ log = logging.getLogger("elastix_bridge")
 
 
 def uses_impact(parameter_map) -> bool:
-    """Whether a parameter map (ParameterMap or dict) asks for the Impact metric."""
-    values = parameter_map.values("Metric") if hasattr(parameter_map, "values") and callable(
-        getattr(parameter_map, "has", None)) else list(parameter_map.get("Metric", ()))
-    return "Impact" in values
+    """Whether a :class:`~elastix_bridge.parameters.ParameterMap` asks for the Impact metric."""
+    return "Impact" in parameter_map.values("Metric")
 
 
 @contextlib.contextmanager
