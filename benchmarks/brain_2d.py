@@ -32,7 +32,7 @@ def main() -> None:
 
     from elastix_bridge import loader
     from elastix_bridge.api import elastix_registration_method
-    from elastix_bridge.cli import read_mask
+    from elastix_bridge.image_io import read_mask
     from elastix_bridge.demo_data import dice, nmi
     from elastix_bridge.demo import upstream_brain_parameter_file
     from elastix_bridge.parameters import read_parameter_file

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -84,6 +83,7 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
     import itk
 
     from .parameters import parameter_maps_from_object
+    from .image_io import write_image
     from .transform_io import to_parameter_object, write_transform_parameter_file
 
     maps = [] if parameter_object is None else parameter_maps_from_object(parameter_object)
@@ -130,23 +130,6 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
             if maps[0].get("WriteResultImage", default=True, type=bool):
                 write_image(result, out / f"result.0.{fmt}")
     return result, tp_object
-
-
-def write_image(image, path: Path) -> None:
-    """Write an ``itk.Image`` without ever leaving a half-written file at ``path``.
-
-    The image is written into a temporary folder beside ``path`` and its files (one, or a MetaImage
-    header and its data file) are renamed into place.
-    """
-    import tempfile
-
-    import itk
-
-    path = Path(path)
-    with tempfile.TemporaryDirectory(prefix=".tmp-", dir=path.parent) as tmp:
-        itk.imwrite(image, str(Path(tmp) / path.name))
-        for f in Path(tmp).iterdir():
-            os.replace(f, path.parent / f.name)
 
 
 @contextlib.contextmanager

@@ -34,39 +34,11 @@ def _registration_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_image(path, what: str = "image"):
-    """Read an image as float pixels (elastix's internal type).
-
-    Args:
-        path: image file.
-        what: how error messages name it, e.g. ``"fixed image (-f)"``.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist (the message names ``what`` and the path).
-    """
-    import itk
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist; check the path")
-    return itk.imread(str(path), itk.F)
-
-
-def read_mask(path, what: str = "mask"):
-    """Read a mask of any pixel type (MET_CHAR included) as unsigned char, non-zero = 1."""
-    import itk
-    import numpy as np
-
-    image = read_image(path, what)
-    mask = itk.image_from_array((itk.array_view_from_image(image) != 0).astype(np.uint8))
-    mask.CopyInformation(image)
-    return mask
-
-
 def run_registration(argv) -> int:
     import itk
 
     from .api import elastix_registration_method
+    from .image_io import read_image, read_mask
     from .parameters import read_parameter_file
 
     args = _registration_parser().parse_args(argv)

@@ -330,7 +330,7 @@ def run_brain_pair(shared: Path, out: Path, mode: str = "Static") -> dict:
     import itk
 
     from .api import elastix_registration_method
-    from .cli import read_mask
+    from .image_io import read_mask
     from .demo_data import dice, nmi
     from .parameters import read_parameter_file
 

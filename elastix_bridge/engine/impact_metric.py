@@ -249,7 +249,7 @@ class ImpactMetric:
             return
         import itk
 
-        from ..api import write_image
+        from ..image_io import write_image
 
         Path(directory).mkdir(parents=True, exist_ok=True)
         array = np.ascontiguousarray(np.moveaxis(volume.detach().cpu().float().numpy(), 0, -1))

@@ -1,0 +1,56 @@
+"""Reading and writing images the way the bridge's entry points need them (ITK I/O).
+
+Images are read as float pixels (elastix's internal type); masks of any pixel type (MET_CHAR
+included, which itk's Python wrapping cannot read as such) become unsigned char 0/1. Writing never
+leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def read_image(path, what: str = "image"):
+    """Read an image as float pixels (elastix's internal type).
+
+    Args:
+        path: image file.
+        what: how error messages name it, e.g. ``"fixed image (-f)"``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names ``what`` and the path).
+    """
+    import itk
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist; check the path")
+    return itk.imread(str(path), itk.F)
+
+
+def read_mask(path, what: str = "mask"):
+    """Read a mask of any pixel type (MET_CHAR included) as unsigned char, non-zero = 1."""
+    import itk
+    import numpy as np
+
+    image = read_image(path, what)
+    mask = itk.image_from_array((itk.array_view_from_image(image) != 0).astype(np.uint8))
+    mask.CopyInformation(image)
+    return mask
+
+
+def write_image(image, path: Path) -> None:
+    """Write an ``itk.Image`` without ever leaving a half-written file at ``path``.
+
+    The image is written into a temporary folder beside ``path`` and its files (one, or a MetaImage
+    header and its data file) are renamed into place.
+    """
+    import tempfile
+
+    import itk
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix=".tmp-", dir=path.parent) as tmp:
+        itk.imwrite(image, str(Path(tmp) / path.name))
+        for f in Path(tmp).iterdir():
+            os.replace(f, path.parent / f.name)
