@@ -82,8 +82,8 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
     """
     import itk
 
-    from .parameters import parameter_maps_from_object
     from .image_io import write_image
+    from .parameters import parameter_maps_from_object
     from .transform_io import to_parameter_object, write_transform_parameter_file
 
     maps = [] if parameter_object is None else parameter_maps_from_object(parameter_object)

@@ -75,7 +75,7 @@ def _entries(dimension: int, mode: str) -> list:
         ("Pyramid: level 0 at half resolution, level 1 at full resolution", [
             ("NumberOfResolutions", [str(_LEVELS)], None),
             ("ImagePyramidRescaleSchedule", rep(2) + rep(1), "shrink factors per level and axis"),
-            ("ImagePyramidSmoothingSchedule", rep(2) + rep(1), "Gaussian sigma in voxels per level and axis"),
+            ("ImagePyramidSmoothingSchedule", rep(2) + rep(1), "Gaussian sigma in mm (physical units) per level and axis"),
         ]),
         ("Transform: cubic B-spline, 32 mm control points at level 0, 16 mm at level 1", [
             ("FinalGridSpacingInPhysicalUnits", rep(16), "mm"),

@@ -152,7 +152,7 @@ class ImpactMetric:
 
             fixed_maps, geometries = self._static_maps(self.fixed_models, self.config.fixed_models,
                                                        self.fixed_interp, None, self.fixed_stats,
-                                                       self.fixed_direction, fit_pca=True)
+                                                       self.fixed_direction, "Fixed")
             self._fixed_feature_interp = [ImageInterpolator(m.detach().cpu().double(), order=3, geometry=g, dtype=torch.float64)
                                           for m, g in zip(fixed_maps, geometries)]
             self.channels = [m.shape[0] for m in fixed_maps]
@@ -208,14 +208,14 @@ class ImpactMetric:
         origin = g.origin + g.direction @ ((spacing - g.spacing) / 2)
         return ImageGeometry(tuple(size), spacing, origin, g.direction)
 
-    def _static_maps(self, models, configs, interp, displacement, stats, direction, fit_pca: bool):
+    def _static_maps(self, models, configs, interp, displacement, stats, direction, which: str):
         """Feature maps of all selected layers: lists of ``(F_l, *zyx)`` tensors and their geometries.
 
         ``displacement`` maps fixed grid points to the points where the image is read (None = identity).
         With ``ImpactFeatureMapOutputDirectory`` (or ``ImpactWriteFeatureMaps``) the resampled model
-        inputs and the final maps are written there (impact_spec §6.7).
+        inputs and the final maps are written there (impact_spec §6.7). ``which`` is ``"Fixed"`` (PCA
+        bases are fitted) or ``"Moving"`` (the fixed bases are reused).
         """
-        which = "Fixed" if fit_pca else "Moving"
         import torch
 
         maps, geometries = [], []
@@ -235,7 +235,7 @@ class ImpactMetric:
                     continue
                 fmap = outputs[j]
                 if self.config.pca[l] > 0:
-                    fmap = self._pca(l, fmap, fit=fit_pca)
+                    fmap = self._pca(l, fmap, fit=which == "Fixed")
                 maps.append(fmap)
                 geometries.append(self._feature_geometry(grid, fmap.shape[1:], strides[j]))
                 self._write_map(fmap, geometries[-1], f"{which}_{self.config.level}_{l}.mha")
@@ -303,7 +303,7 @@ class ImpactMetric:
         return cropped, strides
 
     @staticmethod
-    def _feature_geometry(grid: ImageGeometry, shape_zyx, strides_zyx=None) -> ImageGeometry:
+    def _feature_geometry(grid: ImageGeometry, shape_zyx, strides_zyx) -> ImageGeometry:
         """Geometry of a feature map of ``shape_zyx`` on the resampled ``grid`` (strided layers too).
 
         A feature voxel spans ``strides_zyx`` grid voxels (``tile / h`` from :meth:`_tiled_forward`)
@@ -311,14 +311,10 @@ class ImpactMetric:
         voxels ``[s·i, s·(i+1))``. When the tiles divide the extent (or the whole image is one tile)
         the map covers the grid's extent exactly; with a partial last tile, whose features are
         cropped (§6.2), it covers ``size·s`` grid voxels instead of being stretched over the whole
-        extent (which would misplace the features progressively). ``strides_zyx=None`` stretches
-        the map over the grid's extent.
+        extent (which would misplace the features progressively).
         """
         size = np.asarray(tuple(reversed(tuple(shape_zyx))), dtype=np.float64)
-        if strides_zyx is None:
-            spacing = np.asarray(grid.size) * grid.spacing / size
-        else:
-            spacing = grid.spacing * np.asarray(tuple(reversed(tuple(strides_zyx))), dtype=np.float64)
+        spacing = grid.spacing * np.asarray(tuple(reversed(tuple(strides_zyx))), dtype=np.float64)
         origin = grid.origin + grid.direction @ ((spacing - grid.spacing) / 2)
         return ImageGeometry(tuple(int(s) for s in size), spacing, origin, grid.direction)
 
@@ -346,7 +342,7 @@ class ImpactMetric:
         self._reference_parameters = params.clone()
         maps, geometries = self._static_maps(self.moving_models, self.config.moving_models, self.moving_interp,
                                              lambda p: self.transform.transform_points(params, p),
-                                             self.moving_stats, self.moving_direction, fit_pca=False)
+                                             self.moving_stats, self.moving_direction, "Moving")
         for l, (m, c) in enumerate(zip(maps, self.channels)):
             if m.shape[0] != c:
                 raise ValueError(f"IMPACT layer {l}: the fixed model gives {c} feature channels but the moving "
