@@ -2,14 +2,16 @@
 //
 // Built at run time by elastix_bridge.loader with torch.utils.cpp_extension.load against the
 // *installed* torch (extension name `elastix_bridge_impact`), so it always matches that torch's
-// ABI. Everything lives in this one file and in an anonymous namespace: no torch type leaks into
-// a public header, and two copies of the library loaded in one process do not clash in
+// ABI. Everything lives in anonymous namespaces (the B-spline kernels in bspline_kernels.cpp):
+// no torch type leaks into a header, and two copies of the library loaded in one process do not clash in
 // pybind11's type registry (classes are also `py::module_local`).
 //
 // Semantics follow /work/shared/specs/impact_spec.md:
 //   §3.1 loading, §3.2 calling convention, §3.3 list output, §3.5 dtype, §3.6 JIT switches,
 //   §7 distances (values only; gradients come from autograd, which also makes NCC's Jacobian-mode
 //   gradient exact instead of upstream's batch-local one, §7.8).
+
+#include "bspline_kernels.h"
 
 #include <torch/extension.h>
 #include <torch/script.h>
@@ -381,5 +383,6 @@ Raises:
         "profiling_executor, graph_executor_optimize.");
   m.def("set_jit_state", &set_jit_state, py::arg("state"),
         "Set any subset of the switches returned by get_jit_state(); unknown keys raise ValueError.");
+  register_bspline_kernels(m);
   m.def("build_info", &build_info, "torch_version, cxx11_abi and cuda of the torch this plugin was compiled against.");
 }

@@ -188,7 +188,23 @@ def _prepare(coefficients, index_xyz, order):
 
 
 def _evaluate(coef_pc, size_xyz, index, order, with_gradient):
-    """Value ``(N, C)`` and, optionally, index-space gradient ``(N, C, D)`` without autograd graph."""
+    """Value ``(N, C)`` and, optionally, index-space gradient ``(N, C, D)`` without autograd graph.
+
+    CPU tensors go through the plugin's ``bspline_evaluate`` kernel (one pass over each support,
+    nothing materialised); other devices use :func:`_evaluate_torch`, the reference implementation.
+    """
+    if coef_pc.device.type == "cpu":
+        from ..loader import load_plugin
+
+        out = load_plugin().bspline_evaluate(coef_pc.contiguous(), list(size_xyz),
+                                             index.to(coef_pc.dtype).contiguous(), int(order),
+                                             False, bool(with_gradient))
+        return out[0], (out[1] if with_gradient else None)
+    return _evaluate_torch(coef_pc, size_xyz, index, order, with_gradient)
+
+
+def _evaluate_torch(coef_pc, size_xyz, index, order, with_gradient):
+    """Device-generic torch version of :func:`_evaluate` (chunked gathers of the support)."""
     import torch
 
     n, d = index.shape
@@ -214,7 +230,7 @@ def _make_function():
     import torch
 
     class _BSplineEval(torch.autograd.Function):
-        """Memory-lean autograd: the backward pass recomputes the support per chunk."""
+        """Memory-lean autograd: the backward pass re-evaluates the derivatives instead of storing the support."""
 
         @staticmethod
         def forward(ctx, index, coef_pc, size_xyz, order):
@@ -232,18 +248,9 @@ def _make_function():
             grad_index = torch.zeros((n, d), dtype=index.dtype, device=index.device)
             if order == 0 or not ctx.needs_input_grad[0]:
                 return grad_index, None, None, None
-            c = coef_pc.shape[1]
-            step = _chunk_size(order, d, c)
             with torch.no_grad():
-                for s in range(0, n, step):
-                    e = min(n, s + step)
-                    vals, ws, dws = _chunk_support(coef_pc, size_xyz, index[s:e].detach(), order, True)
-                    g = torch.einsum("nkc,nc->nk", vals, grad_out[s:e].to(coef_pc.dtype))
-                    ws = [w.to(coef_pc.dtype) for w in ws]
-                    for axis in range(d):
-                        wa = list(ws)
-                        wa[axis] = dws[axis].to(coef_pc.dtype)
-                        grad_index[s:e, axis] = (g * _outer(wa, d)).sum(dim=1).to(index.dtype)
+                _, grads = _evaluate(coef_pc, size_xyz, index.detach(), order, True)
+                grad_index = torch.einsum("nc,ncd->nd", grad_out.to(grads.dtype), grads).to(index.dtype)
             return grad_index, None, None, None
 
     return _BSplineEval

@@ -306,6 +306,48 @@ def _bspline_weights(t: "torch.Tensor", order: int) -> "torch.Tensor":
     raise ValueError(f"unsupported B-spline order {order}")
 
 
+_TRANSFORM_FUNCTION = None
+
+
+def _transform_function():
+    """Autograd function ``(params, ξ) -> displacement`` on the plugin's CPU kernels.
+
+    Forward: ``bspline_evaluate(transform=True)`` (zero outside the valid region); backward: the
+    adjoint scatter for the coefficients and the kernel's index-space derivative for ``ξ``.
+    """
+    global _TRANSFORM_FUNCTION
+    if _TRANSFORM_FUNCTION is not None:
+        return _TRANSFORM_FUNCTION
+    import torch
+
+    from ..loader import load_plugin
+
+    class _Displacement(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, params, xi, size_xyz, order):
+            dim = xi.shape[1]
+            coef = params.detach().view(dim, -1).T.contiguous()  # (nodes, D), node-major rows
+            ctx.save_for_backward(coef, xi)
+            ctx.size_xyz, ctx.order = list(size_xyz), int(order)
+            return load_plugin().bspline_evaluate(coef, ctx.size_xyz, xi.detach(), ctx.order, True, False)[0]
+
+        @staticmethod
+        def backward(ctx, grad):
+            coef, xi = ctx.saved_tensors
+            plugin = load_plugin()
+            grad = grad.to(coef.dtype).contiguous()
+            grad_params = grad_xi = None
+            if ctx.needs_input_grad[0]:
+                grad_params = plugin.bspline_adjoint(grad, ctx.size_xyz, xi.detach(), ctx.order, True).T.reshape(-1)
+            if ctx.needs_input_grad[1]:
+                d = plugin.bspline_evaluate(coef, ctx.size_xyz, xi.detach(), ctx.order, True, True)[1]
+                grad_xi = torch.einsum("nc,ncd->nd", grad, d)
+            return grad_params, grad_xi, None, None
+
+    _TRANSFORM_FUNCTION = _Displacement
+    return _TRANSFORM_FUNCTION
+
+
 class BSplineTransform(Transform):
     """elastix ``BSplineTransform`` (``RecursiveBSplineTransform`` is numerically identical).
 
@@ -420,9 +462,19 @@ class BSplineTransform(Transform):
         self._check(params, points)
         dtype = torch.promote_types(params.dtype, points.dtype)
         pts = points.to(dtype)
+        if pts.device.type == "cpu":
+            xi = self.grid_index(pts)
+            return pts + _transform_function().apply(params.to(dtype), xi.contiguous(), self.grid.size_xyz,
+                                                     self.order)
+        return self._transform_points_torch(params.to(dtype), pts)
+
+    def _transform_points_torch(self, params, pts):
+        """Device-generic torch version of :meth:`transform_points` (the plugin kernels' reference)."""
+        import torch
+
         w, node_index, _ = self.support(pts)
         n, m = w.shape
-        coef_nodes = params.to(dtype).view(self.dimension, -1).T.contiguous()  # (∏N, D): node-major rows
+        coef_nodes = params.view(self.dimension, -1).T.contiguous()  # (∏N, D): node-major rows
         gathered = coef_nodes.index_select(0, node_index.reshape(-1)).view(n, m, self.dimension)
         disp = torch.bmm(w.unsqueeze(1), gathered).squeeze(1)  # (N, D)
         return pts + disp
