@@ -94,6 +94,88 @@ def _random_rotations(n: int, generator, dtype):
     return rz @ ry @ rx
 
 
+def _call_model(model, cfg, x, stats, direction, which: str, level: int):
+    """One model call with upstream's argument convention (impact_spec §3.2); checks the list output."""
+    from ..loader import ImpactModelError, validate_model_output
+
+    try:
+        out = model.forward(x, len(cfg.layers_mask), stats, direction)
+    except RuntimeError as exc:
+        # The plugin names the file and the torch error; say which option and level it came from.
+        raise ImpactModelError(f"level {level}, {which} model ({cfg.path}): {exc}") from exc
+    validate_model_output(out, len(cfg.layers_mask), f"{which} model {cfg.path}")
+    return out
+
+
+def _dummy_channels(models, configs, stats, direction, device, which: str, level: int) -> list:
+    """Channel counts of the selected layers of a model set, from one zero patch/tile per model."""
+    import torch
+
+    found = []
+    for model, cfg in zip(models, configs):
+        x = torch.zeros((1, cfg.channels) + tuple(reversed(cfg.patch_size)), device=device)
+        with torch.no_grad():
+            out = _call_model(model, cfg, x, stats, direction, which, level)
+        found += [out[j].shape[1] for j, on in enumerate(cfg.layers_mask) if on]
+    return found
+
+
+def _check_paired(level: int, fixed: list, moving: list) -> None:
+    """Paired fixed/moving layers must have equal channel counts (impact_spec §5.1, §6.8; Q9 fixed)."""
+    from ..loader import ImpactModelError
+
+    if fixed != moving:
+        raise ImpactModelError(
+            f"level {level}: the selected layers of the fixed models have {fixed} channels but those of the moving "
+            f"models have {moving}; paired layers must have equal channel counts")
+
+
+def _check_pca(level: int, layer: int, components: int, channels: int) -> None:
+    """``ImpactPCA`` may not ask for more components than the layer has channels."""
+    if components > channels:
+        from ..impact_parameters import ImpactParameterError
+
+        raise ImpactParameterError(
+            f"ImpactPCA{level} (level {level}): entry {layer} asks for {components} principal components but layer "
+            f"{layer} has only {channels} channels; use 0 (off) or a number <= {channels}")
+
+
+def check_level_models(config, models, image_dimension: int, device) -> None:
+    """Dry-run the models of one level on zero inputs, before any registration work.
+
+    Where the model input shape is known in advance (Jacobian mode: one patch, as upstream's
+    Initialize does, impact_spec §5.1; Static mode with a non-zero ``ImpactPatchSize``: one tile),
+    checks that every model runs, returns a list as long as its layers mask, and that paired fixed
+    and moving layers have equal channel counts; in Static mode also that ``ImpactPCA`` does not ask
+    for more components than its layer has channels. Static whole-image models (patch 0) are
+    checked when the level's feature maps are computed.
+
+    Args:
+        config: the level's :class:`~elastix_bridge.impact_parameters.ImpactLevelConfig`.
+        models: ``(fixed_models, moving_models)`` plugin ``FeatureModel`` lists.
+        image_dimension: D (the direction tensor passed to 4-argument models is ``D × D``).
+        device: ``torch.device`` of the models.
+
+    Raises:
+        elastix_bridge.loader.ImpactModelError: a model fails, returns the wrong list, or paired
+            layers differ in channel count.
+        elastix_bridge.impact_parameters.ImpactParameterError: ``ImpactPCA<L>`` exceeds a layer's
+            channels.
+    """
+    import torch
+
+    if any(0 in cfg.patch_size for cfg in config.fixed_models + config.moving_models):
+        return
+    stats = torch.tensor([0.0, 1.0, 0.5, 0.25])
+    direction = torch.eye(image_dimension, dtype=torch.int16)
+    fixed = _dummy_channels(models[0], config.fixed_models, stats, direction, device, "fixed", config.level)
+    moving = _dummy_channels(models[1], config.moving_models, stats, direction, device, "moving", config.level)
+    _check_paired(config.level, fixed, moving)
+    if config.mode == "Static":
+        for l, (k, c) in enumerate(zip(config.pca, fixed)):
+            _check_pca(config.level, l, k, c)
+
+
 class ImpactMetric:
     """IMPACT for one resolution level.
 
@@ -165,37 +247,17 @@ class ImpactMetric:
                  self.device, len(self.channels), self.channels, self.subset_sizes, list(self.config.distances))
 
     def _jacobian_dummy_forward(self) -> list:
-        """Run every model once on a zero patch to learn the selected layers' channel counts."""
-        import torch
-
-        channels = []
-        for models, configs, stats, direction, which in (
-                (self.fixed_models, self.config.fixed_models, self.fixed_stats, self.fixed_direction, "fixed"),
-                (self.moving_models, self.config.moving_models, self.moving_stats, self.moving_direction, "moving")):
-            found = []
-            for model, cfg in zip(models, configs):
-                shape = (1, cfg.channels) + tuple(reversed(cfg.patch_size))
-                with torch.no_grad():
-                    out = self._forward(model, cfg, torch.zeros(shape, device=self.device), stats, direction, which)
-                found += [out[j].shape[1] for j, on in enumerate(cfg.layers_mask) if on]
-            if which == "fixed":
-                channels = found
-            elif found != channels:
-                raise ValueError(f"IMPACT: the selected layers of the fixed models have {channels} channels but "
-                                 f"those of the moving models have {found}; paired layers must match")
-        return channels
+        """Run every model once on a zero patch to learn the selected layers' channel counts (§5.1)."""
+        level = self.config.level
+        fixed = _dummy_channels(self.fixed_models, self.config.fixed_models, self.fixed_stats, self.fixed_direction,
+                                self.device, "fixed", level)
+        moving = _dummy_channels(self.moving_models, self.config.moving_models, self.moving_stats,
+                                 self.moving_direction, self.device, "moving", level)
+        _check_paired(level, fixed, moving)
+        return fixed
 
     def _forward(self, model, cfg, x, stats, direction, which: str):
-        """One model call with upstream's argument convention; checks the list output."""
-        from ..loader import ImpactModelError, validate_model_output
-
-        try:
-            out = model.forward(x, len(cfg.layers_mask), stats, direction)
-        except RuntimeError as exc:
-            # The plugin names the file and the torch error; say which option and level it came from.
-            raise ImpactModelError(f"level {self.config.level}, {which} model ({cfg.path}): {exc}") from exc
-        validate_model_output(out, len(cfg.layers_mask), f"{which} model {cfg.path}")
-        return out
+        return _call_model(model, cfg, x, stats, direction, which, self.config.level)
 
     # -- Static mode ----------------------------------------------------------------------------
     def _static_grid(self, cfg) -> ImageGeometry:
@@ -323,12 +385,17 @@ class ImpactMetric:
         import torch
 
         f = fmap.shape[0]
+        k = int(self.config.pca[layer])
+        if fit:
+            _check_pca(self.config.level, layer, k, f)
+        if not fit and self.pca_bases[layer].shape[0] != f:
+            _check_paired(self.config.level, [self.pca_bases[layer].shape[0]], [f])
         x = fmap.reshape(f, -1).to(torch.float64)
         xc = x - x.mean(dim=1, keepdim=True)
         if fit:
             cov = xc @ xc.T / max(1, x.shape[1] - 1)
             _, vecs = torch.linalg.eigh(cov)
-            self.pca_bases[layer] = vecs[:, -int(self.config.pca[layer]):]
+            self.pca_bases[layer] = vecs[:, -k:]
         basis = self.pca_bases[layer]
         return (basis.T @ xc).to(fmap.dtype).reshape((basis.shape[1],) + tuple(fmap.shape[1:]))
 
@@ -343,10 +410,7 @@ class ImpactMetric:
         maps, geometries = self._static_maps(self.moving_models, self.config.moving_models, self.moving_interp,
                                              lambda p: self.transform.transform_points(params, p),
                                              self.moving_stats, self.moving_direction, "Moving")
-        for l, (m, c) in enumerate(zip(maps, self.channels)):
-            if m.shape[0] != c:
-                raise ValueError(f"IMPACT layer {l}: the fixed model gives {c} feature channels but the moving "
-                                 f"model gives {m.shape[0]}; paired layers must have equal channel counts")
+        _check_paired(self.config.level, self.channels, [m.shape[0] for m in maps])
         self._moving_feature_interp = [ImageInterpolator(m.detach().cpu().double(), order=3, geometry=g, dtype=torch.float64)
                                        for m, g in zip(maps, geometries)]
 

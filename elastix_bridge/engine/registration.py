@@ -205,6 +205,7 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
     from ..impact_parameters import impact_levels, resolve_model_path
     from ..transform_io import transform_parameter_map, write_transform_parameter_file
     from .images import LevelImage, Mask
+    from .impact_metric import ImpactMetric, check_level_models
     from .optimizers import AdaptiveStochasticGradientDescent, ASGDSettings, jacobian_terms
     from .pyramids import pyramid_level
     from .samplers import GridSampler, make_sampler
@@ -243,6 +244,7 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
             models.append(([load(c, "Fixed") for c in cfg.fixed_models],
                            [load(c, "Moving") for c in cfg.moving_models]))
             devices.append(device)
+            check_level_models(cfg, models[-1], dim, device)
 
         seed = pmap.get("RandomSeed", default=121212, type=int)
         generator = torch.Generator().manual_seed(seed)
@@ -298,8 +300,6 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
             ratio = (pmap.get("RequiredRatioOfValidSamples", level=level, default=0.25, type=float, prefix="Metric0")
                      if pmap.get("CheckNumberOfSamples", level=level, default=True, type=bool, prefix="Metric0")
                      else 0.0)
-            from .impact_metric import ImpactMetric
-
             metric = ImpactMetric(configs[level], fixed, moving, mmask, transform, plugin, models[level],
                                   devices[level], generator, moving_interpolation_order=order_moving,
                                   required_ratio_of_valid_samples=ratio)

@@ -1089,3 +1089,37 @@ def test_jacobian_pair_of_3d_fixed_and_2d_moving_model(plugin, models):
     f = _interp(fixed, fixed.geometry, pts.numpy(), 3)
     m = _interp(moving, moving.geometry, pts.numpy() + t, 1)
     assert n == 40 and float(value) == pytest.approx(float(np.mean((f - m) ** 2)), rel=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["Jacobian", "Static"])
+def test_check_level_models_before_any_computation(plugin, models, mode):
+    """The up-front dry run catches list-length and channel mismatches (and PCA > channels in Static)."""
+    from elastix_bridge.engine.impact_metric import check_level_models
+    from elastix_bridge.impact_parameters import ImpactParameterError
+    from elastix_bridge.loader import ImpactModelError
+
+    path, model = models["identity"]
+    cpu = torch.device("cpu")
+    good = _config(mode, [_mc(path, 2, (3, 3), (1.0, 1.0))])
+    check_level_models(good, ([model], [model]), 2, cpu)
+    wrong_mask = _config(mode, [_mc(path, 2, (3, 3), (1.0, 1.0), mask=(True, False))])
+    with pytest.raises(ImpactModelError, match="2 entries"):
+        check_level_models(wrong_mask, ([model], [model]), 2, cpu)
+    channels = _config(mode, [_mc(path, 2, (3, 3), (1.0, 1.0), channels=1)],
+                       [_mc(path, 2, (3, 3), (1.0, 1.0), channels=2)])
+    with pytest.raises(ImpactModelError, match=r"\[1\] channels .* \[2\]"):
+        check_level_models(channels, ([model], [model]), 2, cpu)
+    pca = _config(mode, [_mc(path, 2, (3, 3), (1.0, 1.0))], pca=(2,))
+    if mode == "Static":
+        with pytest.raises(ImpactParameterError, match="ImpactPCA0 .*2 principal components.*only 1 channels"):
+            check_level_models(pca, ([model], [model]), 2, cpu)
+    else:  # ImpactPCA is a Static-mode option (impact_spec §2.4)
+        check_level_models(pca, ([model], [model]), 2, cpu)
+
+
+def test_static_pca_larger_than_channels_fails_naming_the_key(plugin, models):
+    fixed, moving = _pair(2, SHIFT[2])
+    path, model = models["identity"]
+    cfg = _config("Static", [_mc(path, 2, (0, 0), (1.0, 1.0))], pca=(3,))
+    with pytest.raises(ValueError, match="ImpactPCA0 .*3 principal components"):
+        _metric(plugin, cfg, fixed, moving, [model])
