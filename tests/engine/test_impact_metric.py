@@ -1123,3 +1123,21 @@ def test_static_pca_larger_than_channels_fails_naming_the_key(plugin, models):
     cfg = _config("Static", [_mc(path, 2, (0, 0), (1.0, 1.0))], pca=(3,))
     with pytest.raises(ValueError, match="ImpactPCA0 .*3 principal components"):
         _metric(plugin, cfg, fixed, moving, [model])
+
+
+def test_static_moving_map_is_not_warped_twice(plugin, models):
+    """Q12 fixed: maps built at T₀ and read at x + T(x) − T₀(x) give the value of maps built at identity.
+
+    Upstream reads Φ(M∘T₀) at T(x), i.e. effectively applies T₀ twice; that value is also computed
+    here and must be far from ours.
+    """
+    fixed, moving = _pair(2, SHIFT[2])
+    path, model = models["identity"]
+    cfg = _config("Static", [_mc(path, 2, (0, 0), (1.0, 1.0))], distances=("NCC",))
+    t0 = torch.tensor([0.9, -0.6], dtype=F64)
+    t = torch.tensor([1.3, -0.2], dtype=F64)
+    pts = _ball_points(fixed.geometry, 150, 5.0)
+    at_identity = float(_metric(plugin, cfg, fixed, moving, [model]).value(t, pts)[0])
+    at_t0 = float(_metric(plugin, cfg, fixed, moving, [model], parameters=t0).value(t, pts)[0])
+    upstream = float(_metric(plugin, cfg, fixed, moving, [model]).value(t + t0, pts)[0])
+    assert abs(at_t0 - at_identity) < 0.05 * abs(upstream - at_identity)
