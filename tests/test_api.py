@@ -259,3 +259,22 @@ def test_same_map_and_seed_give_identical_parameters(impact_run, pair):
     _, tp, _, pmap = impact_run
     _, again = elastix_registration_method(*pair, parameter_object=pmap)
     assert transform_parameters(again) == transform_parameters(tp)
+
+
+def test_result_does_not_depend_on_threads(plugin, pair, impact_run):
+    """One batch per evaluation (Q4, Q14): thread count and UseMultiThreadingForMetrics change nothing."""
+    _, tp, _, pmap = impact_run
+    single = dict(pmap, UseMultiThreadingForMetrics=["false"])
+    _, again = elastix_registration_method(*pair, parameter_object=single, number_of_threads=1)
+    np.testing.assert_allclose(np.array(transform_parameters(again), dtype=float),
+                               np.array(transform_parameters(tp), dtype=float), rtol=0, atol=1e-6)
+
+
+def test_mixed_precision_is_not_applied_on_the_cpu(plugin, pair, impact_run, caplog):
+    """ImpactUseMixedPrecision on the CPU (Q3): a warning says float16 is not applied; results unchanged."""
+    _, tp, _, pmap = impact_run
+    mixed = dict(pmap, ImpactUseMixedPrecision=["true"])
+    with caplog.at_level("WARNING", logger="elastix_bridge"):
+        _, again = elastix_registration_method(*pair, parameter_object=mixed)
+    assert any("ImpactUseMixedPrecision" in r.getMessage() and "CPU" in r.getMessage() for r in caplog.records)
+    assert transform_parameters(again) == transform_parameters(tp)
