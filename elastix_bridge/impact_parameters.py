@@ -30,7 +30,11 @@ impact_spec §2.7, §13):
   voxel sizes > 0;
 * the class documentation's ``FixedModelsPath<L>`` (Q2) is *not* accepted — only the code names
   ``ImpactFixedModelsPath<L>`` etc. — but when such a name (or a wrong-case / unnumbered /
-  ``Metric<i>``-prefixed variant of a required list key) is present, the error says so;
+  ``Metric<i>``-prefixed variant of a required list key) is present, the error says so; maps
+  copied from ImpactLoss's ``ParameterMaps`` folder get the rewrite elastix needs: unnumbered
+  ``ImpactPatchSize`` (``ParameterMap_Recommended.txt``) → one level-numbered key per level, the
+  old unprefixed syntax (``ModelsPath``, ``"11*11*11"``, ``Mode``) → ``ImpactModelsPath0`` etc.
+  with space-separated values; old scalar names (``Mode``, ``GPU``, ...) are logged as ignored;
 * reserved model names (``mind-ssc-2d``/``mind-ssc-3d``) are checked against ``ImpactDimension``
   and a one-entry layers mask.
 """
@@ -239,8 +243,56 @@ def _show(values: Sequence[str]) -> str:
     return "'" + " ".join(values) + "'"
 
 
-def _hint_missing(parameter_map: Mapping, key: str, level: int) -> str:
-    """Explain near misses of a missing key (upstream doc names, case, level, prefix)."""
+#: Level-indexed list options (impact_spec §2.3, §2.4), without the ``Impact`` prefix and level.
+_PER_MODEL_LISTS = ("ModelsPath", "Dimension", "NumberOfChannels", "PatchSize", "VoxelSize", "LayersMask")
+_PER_LAYER_LISTS = ("SubsetFeatures", "PCA", "LayersWeight", "Distance")
+#: Lists whose entries are strings (quoted when a rewrite is suggested).
+_STRING_LISTS = ("ModelsPath", "LayersMask", "Distance")
+#: ImpactLoss's old per-level scalar names (ParameterMaps/README.md) and what elastix reads instead.
+_OLD_SCALARS = {"Mode": "ImpactMode", "GPU": "ImpactGPU", "Device": "ImpactGPU",
+                "UseMixedPrecision": "ImpactUseMixedPrecision",
+                "FeaturesMapUpdateInterval": "ImpactFeaturesMapUpdateInterval",
+                "WriteFeatureMaps": "ImpactWriteFeatureMaps"}
+
+
+def _old_syntax_names(parameter_map: Mapping) -> list:
+    """Names of ImpactLoss's old syntax present in the map (unprefixed, unnumbered: 'ModelsPath',
+    'FixedPatchSize', 'Mode', ...); empty unless a ``[Fixed|Moving]ModelsPath`` marks the old syntax."""
+    if not any(n in parameter_map for n in ("ModelsPath", "FixedModelsPath", "MovingModelsPath")):
+        return []
+    names = [side + n for n in _PER_MODEL_LISTS for side in ("", "Fixed", "Moving")]
+    names += list(_PER_LAYER_LISTS) + list(_OLD_SCALARS)
+    return [n for n in names if n in parameter_map]
+
+
+def _rewrite(parameter_map: Mapping, name: str, new: str, level: int, count=None,
+             old_syntax: bool = False) -> Optional[str]:
+    """Suggested ``(new v1 v2 ...)`` for ``level`` from the entries of ``name``, or None if unclear.
+
+    ``old_syntax`` (ImpactLoss's old syntax, one quoted string per level): the level's string is
+    used, or the first one, which ImpactLoss reused for missing levels; it is split at spaces and
+    '*'. Otherwise (an unnumbered elastix list) all entries are used, or, when ``count`` entries are
+    expected per level and the list holds a multiple of it (``ImpactVoxelSize 6 6 6 3 3 3`` for two
+    levels), the level's chunk; None when neither fits. String lists are quoted.
+    """
+    values = _values(parameter_map, name) or [""]
+    if old_syntax:
+        tokens = (values[level] if len(values) > level else values[0]).replace("*", " ").split()
+    elif count is None or len(values) == count:
+        tokens = values
+    elif len(values) % count == 0 and len(values) >= (level + 1) * count:
+        tokens = values[level * count:(level + 1) * count]
+    else:
+        return None
+    if any(name.endswith(n) for n in _STRING_LISTS):
+        tokens = [f'"{t}"' for t in tokens]
+    return f"({new} {' '.join(tokens)})"
+
+
+def _missing_hints(parameter_map: Mapping, key: str, level: int, count=None) -> list:
+    """Explanations of near misses of a missing key: upstream doc names, case, level number,
+    component-label prefix, ImpactLoss's unnumbered and old unprefixed syntaxes (``count``: the
+    number of entries expected, None for a models path)."""
     hints = []
     if key.startswith("Impact"):
         doc_name = key[len("Impact"):]
@@ -254,13 +306,64 @@ def _hint_missing(parameter_map: Mapping, key: str, level: int) -> str:
             hints.append(f"found '{other}': parameter names are case-sensitive, write '{key}'")
     base = key[: len(key) - len(str(level))] if key.endswith(str(level)) else None
     if base and base in parameter_map:
-        hints.append(f"found '{base}' without a level number: list options are level-indexed "
-                     f"('{base}0', '{base}1', …)")
+        # ImpactLoss's ParameterMap_Recommended.txt style: every list option unnumbered.
+        others = [p + n for n in _PER_MODEL_LISTS + _PER_LAYER_LISTS
+                  for p in ("Impact", "ImpactFixed", "ImpactMoving")
+                  if p + n in parameter_map and p + n != base
+                  and (p == "Impact" or n in _PER_MODEL_LISTS)]
+        example = _rewrite(parameter_map, base, key, level, count)
+        text = (f"found '{base}' without a level number (ImpactLoss's ParameterMap_Recommended "
+                f"style): elastix reads list options only level-indexed, so write one key per "
+                f"resolution level ('{base}0', '{base}1', …) holding that level's values"
+                + (f", here {example}" if example else ""))
+        if others:
+            text += (f"; the same holds for {', '.join(repr(o) for o in others)} (a list that "
+                     f"covers several levels, such as (ImpactVoxelSize 6 6 6 3 3 3), is split into "
+                     f"(ImpactVoxelSize0 6 6 6) (ImpactVoxelSize1 3 3 3))")
+        hints.append(text)
     for other in parameter_map:
         if other.endswith(key) and other != key and other[: -len(key)].startswith("Metric"):
             hints.append(f"found '{other}': the component-label prefix is not supported for "
                          f"level-indexed list options, write '{key}'")
-    return (" (" + "; ".join(hints) + ")") if hints else ""
+    old_names = _old_syntax_names(parameter_map)
+    if old_names:
+        hints.append(
+            "the map uses ImpactLoss's old parameter syntax (found "
+            + ", ".join(repr(n) for n in old_names)
+            + "): unprefixed names, one quoted string per resolution level, models separated by "
+              "spaces and sizes by '*' (\"11*11*11\"); elastix does not read it. Rewrite every option "
+              "with the 'Impact' prefix, one level-numbered key per level and space-separated "
+              "values: (ModelsPath \"a.pt\" \"b.pt c.pt\") becomes (ImpactModelsPath0 \"a.pt\") "
+              "(ImpactModelsPath1 \"b.pt\" \"c.pt\"), (PatchSize \"11*11*11\" \"29*29 11*11*11\") "
+              "becomes (ImpactPatchSize0 11 11 11) (ImpactPatchSize1 29 29 11 11 11), likewise "
+              "Dimension, NumberOfChannels, VoxelSize, LayersMask, SubsetFeatures, PCA, "
+              "LayersWeight, Distance; FixedModelsPath/MovingModelsPath become "
+              "ImpactFixedModelsPath<L>/ImpactMovingModelsPath<L>; (Mode …) becomes (ImpactMode …) "
+              "and (GPU …)/(Device …) (ImpactGPU …)")
+        if key.startswith("Impact") and base:
+            old = base[len("Impact"):]
+            if old in parameter_map:
+                hints.append(f"for level {level} write "
+                             + _rewrite(parameter_map, old, key, level, old_syntax=True))
+    return hints
+
+
+def _format_hints(hints: Sequence[str]) -> str:
+    unique = list(dict.fromkeys(hints))
+    return (" (" + "; ".join(unique) + ")") if unique else ""
+
+
+def _hint_missing(parameter_map: Mapping, key: str, level: int, count=None) -> str:
+    """Explain near misses of a missing key (see :func:`_missing_hints`), as ``" (...)"`` or ``""``."""
+    return _format_hints(_missing_hints(parameter_map, key, level, count))
+
+
+def _warn_old_scalars(parameter_map: Mapping) -> None:
+    """Log ImpactLoss's old per-level scalar names that elastix ignores (the default is used)."""
+    for old, new in _OLD_SCALARS.items():
+        if old in parameter_map and new not in parameter_map:
+            logger.warning("(%s ...) is ImpactLoss's old name and is not read by elastix or by us; "
+                           "write (%s ...). The default is used.", old, new)
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,7 +439,7 @@ def _read_list(parameter_map, key, level, count, what, why, convert: Callable, c
     if vals is None:
         raise ImpactParameterError(
             f"Missing required parameter {key} (level {level}): expected {expected}"
-            + _hint_missing(parameter_map, key, level))
+            + _hint_missing(parameter_map, key, level, count))
     if len(vals) < count:
         raise ImpactParameterError(
             f"{key} (level {level}): expected {expected}, got {len(vals)}: {_show(vals)}")
@@ -512,6 +615,9 @@ def read_impact_level(parameter_map: Mapping, level: int, image_dimension: int,
                 f"{key} (level {level}, entry {entry}): invalid mode '{mode}'; supported modes "
                 f"are 'Jacobian' and 'Static' (case-sensitive)")
 
+    if level == 0:
+        _warn_old_scalars(pm)
+
     # 2. model sets (§2.2)
     has_shared = f"ImpactModelsPath{level}" in pm
     sets = {}
@@ -522,8 +628,8 @@ def read_impact_level(parameter_map: Mapping, level: int, image_dimension: int,
         elif has_shared:
             prefix = "Impact"
         else:
-            hint = _hint_missing(pm, own, level) or _hint_missing(pm, f"ImpactModelsPath{level}",
-                                                                  level)
+            hint = _format_hints(_missing_hints(pm, own, level)
+                                 + _missing_hints(pm, f"ImpactModelsPath{level}", level))
             raise ImpactParameterError(
                 f"Missing parameter for level {level}: {own} or the shared "
                 f"ImpactModelsPath{level} must be provided" + hint)

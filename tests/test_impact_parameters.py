@@ -324,3 +324,153 @@ def test_import_does_not_import_torch_or_itk():
             "assert 'torch' not in sys.modules and 'itk' not in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Maps copied from ImpactLoss's ParameterMaps folder (upstream elastix cannot read them either:
+# "Missing required parameter"); our error names the missing key and explains the near miss.
+# ---------------------------------------------------------------------------------------------
+
+# ParameterMap_Recommended style: the Impact names, but without level numbers (4 levels).
+IMPACTLOSS_UNNUMBERED = """
+(Metric "Impact")
+(ImpactModelsPath "/models/seg_2_layers.pt")
+(ImpactDimension 3)
+(ImpactNumberOfChannels 1)
+(ImpactPatchSize 11 11 11)
+(ImpactVoxelSize 6 6 6 3 3 3 1.5 1.5 1.5 1 1 1)
+(ImpactLayersMask "01")
+(ImpactPCA 0)
+(ImpactSubsetFeatures 64)
+(ImpactDistance "L2")
+(ImpactLayersWeight 1)
+(ImpactMode "Jacobian")
+(ImpactGPU 0)
+(NumberOfResolutions 4)
+"""
+
+# The old "Full_example" style: unprefixed names, one quoted string per level, '*'-separated sizes.
+IMPACTLOSS_OLD_SYNTAX = """
+(Metric "Impact")
+(ModelsPath "/models/seg_8_layers.pt" "/models/sam_2_layers.pt /models/seg_2_layers.pt")
+(Dimension "3" "2 3")
+(NumberOfChannels "1" "3 1")
+(PatchSize "11*11*11" "29*29 11*11*11")
+(VoxelSize "6*6*6" "3*3 3*3*3")
+(LayersMask "00000001" "01 01")
+(SubsetFeatures "30" "1000 64")
+(LayersWeight "1" "1 1")
+(Mode "Jacobian")
+(GPU 0)
+(PCA "0")
+(Distance "Dice" "L2 L1")
+(NumberOfResolutions 2)
+"""
+
+
+def _error(pm, level=None, levels=2):
+    with pytest.raises(ImpactParameterError) as info:
+        if level is None:
+            impact_levels(pm, levels, 3)
+        else:
+            read_impact_level(pm, level, 3)
+    return str(info.value)
+
+
+def test_impactloss_unnumbered_names_are_explained():
+    pm = parse_parameter_text(IMPACTLOSS_UNNUMBERED)
+    msg = _error(pm, levels=4)  # raised while parsing: the model file does not exist
+    assert msg.startswith("Missing parameter for level 0: ImpactFixedModelsPath0 or the shared "
+                          "ImpactModelsPath0 must be provided")
+    assert "found 'ImpactModelsPath' without a level number" in msg
+    assert "(ImpactModelsPath0 \"/models/seg_2_layers.pt\")" in msg
+    for other in ("ImpactPatchSize", "ImpactVoxelSize", "ImpactLayersMask", "ImpactDistance"):
+        assert f"'{other}'" in msg  # the other unnumbered options are listed too
+    assert "(ImpactVoxelSize0 6 6 6) (ImpactVoxelSize1 3 3 3)" in msg  # how a multi-level list splits
+
+
+def test_impactloss_unnumbered_voxel_sizes_split_per_level():
+    """Once the other keys are numbered, a 12-value ImpactVoxelSize is split: level 2 gets 1.5 mm."""
+    pm = parse_parameter_text(IMPACTLOSS_UNNUMBERED)
+    for name in ("ModelsPath", "Dimension", "NumberOfChannels", "PatchSize"):
+        for level in range(4):
+            pm[f"Impact{name}{level}"] = pm[f"Impact{name}"]
+        del pm[f"Impact{name}"]
+    msg = _error(pm, level=2)
+    assert msg.startswith("Missing required parameter ImpactVoxelSize2 (level 2): expected 3")
+    assert "found 'ImpactVoxelSize' without a level number" in msg
+    assert "here (ImpactVoxelSize2 1.5 1.5 1.5)" in msg
+
+
+def test_impactloss_old_syntax_is_explained():
+    pm = parse_parameter_text(IMPACTLOSS_OLD_SYNTAX)
+    msg = _error(pm)
+    assert "ImpactModelsPath0" in msg and "level 0" in msg
+    assert "ImpactLoss's old parameter syntax" in msg and "elastix does not read it" in msg
+    for old in ("ModelsPath", "Dimension", "PatchSize", "LayersMask", "Distance", "Mode", "GPU"):
+        assert f"'{old}'" in msg  # the old names found are listed
+    assert "sizes by '*'" in msg and "one level-numbered key per level" in msg
+    assert "(ImpactPatchSize0 11 11 11) (ImpactPatchSize1 29 29 11 11 11)" in msg
+    assert "(Mode …) becomes (ImpactMode …)" in msg
+    assert msg.endswith("for level 0 write (ImpactModelsPath0 \"/models/seg_8_layers.pt\"))")
+    # the level's own entry is rewritten: two models at level 1
+    assert _error(pm, level=1).endswith(
+        "for level 1 write (ImpactModelsPath1 \"/models/sam_2_layers.pt\" \"/models/seg_2_layers.pt\"))")
+
+
+def test_impactloss_old_syntax_fixed_and_moving_models():
+    pm = {"FixedModelsPath": ["/models/ct.pt"], "MovingModelsPath": ["/models/mr.pt"],
+          "FixedPatchSize": ["5*5*5"], "MovingPatchSize": ["7*7*7"], "Mode": ["Static"]}
+    msg = _error(pm, level=0)
+    assert "ImpactFixedModelsPath0" in msg and "old parameter syntax" in msg
+    assert "'FixedModelsPath', 'MovingModelsPath', 'FixedPatchSize', 'MovingPatchSize', 'Mode'" in msg
+    assert msg.endswith("for level 0 write (ImpactFixedModelsPath0 \"/models/ct.pt\"))")
+
+
+def test_old_scalar_names_are_warned_about(caplog):
+    """``(Mode "Static")`` is not ImpactMode: the default (Jacobian) is used, and the log says why."""
+    pm = base_map_3d()
+    pm["Mode"] = ["Static"]
+    with caplog.at_level("WARNING", logger="elastix_bridge.impact_parameters"):
+        assert read_impact_level(pm, 0, 3).mode == "Jacobian"
+    assert "(Mode ...) is ImpactLoss's old name" in caplog.text and "(ImpactMode ...)" in caplog.text
+
+
+# ParameterMap_Config_AllOptions structure: level 1 selects two layers but gives one PCA entry.
+IMPACTLOSS_ALL_OPTIONS = """
+(ImpactModelsPath0 "/models/seg_8_layers.pt")
+(ImpactDimension0 3)
+(ImpactNumberOfChannels0 1)
+(ImpactPatchSize0 11 11 11)
+(ImpactVoxelSize0 6 6 6)
+(ImpactLayersMask0 "00000001")
+(ImpactPCA0 0)
+(ImpactSubsetFeatures0 30)
+(ImpactDistance0 "Dice")
+(ImpactLayersWeight0 1)
+(ImpactModelsPath1 "/models/sam_2_layers.pt" "/models/seg_2_layers.pt")
+(ImpactDimension1 2 3)
+(ImpactNumberOfChannels1 3 1)
+(ImpactPatchSize1 29 29 11 11 11)
+(ImpactVoxelSize1 1.5 1.5 1.5 1.5 1.5)
+(ImpactLayersMask1 "01" "01")
+(ImpactPCA1 0)
+(ImpactSubsetFeatures1 1000 64)
+(ImpactDistance1 "L2" "L1")
+(ImpactLayersWeight1 1 1)
+(ImpactMode "Jacobian")
+(ImpactGPU 0)
+(NumberOfResolutions 2)
+"""
+
+
+def test_impactloss_all_options_short_pca_list():
+    """The docs' "first value is reused" does not hold in elastix: ImpactPCA1 needs Λ = 2 entries."""
+    pm = parse_parameter_text(IMPACTLOSS_ALL_OPTIONS)
+    assert read_impact_level(pm, 0, 3).n_selected_layers == 1  # level 0 is fine
+    msg = _error(pm)
+    assert msg.startswith("ImpactPCA1 (level 1): expected 2 unsigned integers (one per selected layer, "
+                          "Λ = 2 from ImpactLayersMask1), got 1: '0'")
+    pm["ImpactPCA1"] = ["0", "0"]  # the fix
+    levels = impact_levels(pm, 2, 3)
+    assert levels[1].pca == (0, 0) and levels[1].distances == ("L2", "L1") and levels[1].gpu == 0
