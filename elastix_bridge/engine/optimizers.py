@@ -65,6 +65,7 @@ class ASGDSettings:
     sigmoid_min: float = -0.8
     sigmoid_scale: float = 1e-8
     new_samples_every_iteration: bool = False
+    noise_compensation: bool = True
 
     @classmethod
     def from_parameter_map(cls, pmap, level: int, number_of_parameters: int,
@@ -106,6 +107,7 @@ class ASGDSettings:
             sigmoid_initial_time=g("SigmoidInitialTime", 0.0),
             maximum_number_of_sampling_attempts=g("MaximumNumberOfSamplingAttempts", 0, int),
             new_samples_every_iteration=g("NewSamplesEveryIteration", False, bool),
+            noise_compensation=pmap.get("NoiseCompensation", default=True, type=bool),
         )
         if s.estimation_method not in ("Original", "OriginalButSigmoidToDefault", "DisplacementDistribution"):
             raise ValueError(f'ASGDParameterEstimationMethod "{s.estimation_method}" is not supported; use '
@@ -127,6 +129,17 @@ class JacobianTerms:
     tr_cc: float
     max_jj: float
     max_jcj: float
+    values: Optional[np.ndarray] = None
+    indices: Optional[np.ndarray] = None
+
+    def displacement_distribution(self, gradient) -> float:
+        """``mean(d) + 2·std(d)`` of ``d_j = ‖J_j g‖`` over the points (population std).
+
+        Source: elastix ``Common/itkComputeDisplacementDistribution.hxx`` (elastix_spec §9.1).
+        """
+        g = np.asarray(gradient.detach().cpu() if hasattr(gradient, "detach") else gradient, dtype=np.float64)
+        d = np.linalg.norm(np.einsum("ndk,nk->nd", self.values, g[self.indices]), axis=1)
+        return float(d.mean() + 2.0 * d.std())
 
 
 def jacobian_terms(values, indices, number_of_parameters: int) -> JacobianTerms:
@@ -165,7 +178,7 @@ def jacobian_terms(values, indices, number_of_parameters: int) -> JacobianTerms:
     jc_at = np.asarray(jc[r, cc]).reshape(n, dim, nnz)
     jcj = np.einsum("nak,nbk->nab", jc_at, vals)
     max_jcj = float(np.max(np.trace(jcj, axis1=1, axis2=2) + 2 * math.sqrt(2) * np.linalg.norm(jcj, axis=(1, 2))))
-    return JacobianTerms(tr_c, tr_cc, max_jj, max_jcj)
+    return JacobianTerms(tr_c, tr_cc, max_jj, max_jcj, vals, idx)
 
 
 @dataclass
@@ -206,28 +219,58 @@ class AdaptiveStochasticGradientDescent:
 
     # -- automatic parameter estimation -------------------------------------------------------
     def estimate_parameters(self, cost: CostFunction, x0, terms: JacobianTerms) -> None:
-        """Set ``a``, ``alpha`` and the sigmoid from gradient measurements at ``x0`` ("Original").
+        """Set ``a``, ``alpha`` and the sigmoid from gradient measurements at ``x0`` (elastix_spec §9.1).
 
+        "Original" / "OriginalButSigmoidToDefault": from the gradient and noise moments over
+        perturbed positions. "DisplacementDistribution": from the distribution of the displacements
+        ``J_j g`` that the gradient ``g`` at ``x0`` causes at the Jacobian points, corrected for the
+        gradient noise when ``NoiseCompensation`` is on; the sigmoid is left unchanged.
         Draw order (elastix_spec §14): per measurement, P normals, the exact gradient, new samples,
         the stochastic gradient.
         """
-        import torch
-
         s = self.s
-        if s.estimation_method == "DisplacementDistribution":
-            raise NotImplementedError('ASGDParameterEstimationMethod "DisplacementDistribution" is not yet '
-                                      'supported by the bridge engine; use "Original"')
         delta = s.maximum_step_length
         tiny = 1e-14
-        if s.number_of_gradient_measurements > 0:
-            n_meas = s.number_of_gradient_measurements
-        elif terms.tr_c <= tiny or terms.tr_cc <= tiny:
-            n_meas = 2
-        else:
-            n_meas = max(2, math.ceil(8.0 * terms.tr_cc / terms.tr_c ** 2 / 0.25))
         sigma_p = delta / math.sqrt(terms.max_jj) if terms.max_jj > tiny else 0.0
-        stochastic = s.new_samples_every_iteration and cost.uses_random_sampler
+        if s.estimation_method == "DisplacementDistribution":
+            _, g0 = self._evaluate(cost, x0)
+            jacg = terms.displacement_distribution(g0)
+            self.a = delta * (s.sp_A + 1.0) / (jacg + tiny)
+            n_meas = 0
+            if s.noise_compensation:
+                n_meas = s.number_of_gradient_measurements if s.number_of_gradient_measurements > 0 else 2
+                gg, ee = self._gradient_moments(cost, x0, n_meas, sigma_p)
+                self.a *= gg / (gg + ee + tiny)
+            self.alpha = 1.0
+        else:
+            if s.number_of_gradient_measurements > 0:
+                n_meas = s.number_of_gradient_measurements
+            elif terms.tr_c <= tiny or terms.tr_cc <= tiny:
+                n_meas = 2
+            else:
+                n_meas = max(2, math.ceil(8.0 * terms.tr_cc / terms.tr_c ** 2 / 0.25))
+            gg, ee = self._gradient_moments(cost, x0, n_meas, sigma_p)
+            sigma1 = math.sqrt(gg / terms.tr_c) if gg > tiny and terms.tr_c > tiny else 0.0
+            sigma3 = math.sqrt(ee / terms.tr_c) if ee > tiny and terms.tr_c > tiny else 0.0
+            a_max = (s.sp_A * delta / (sigma1 * math.sqrt(terms.max_jcj))
+                     if sigma1 > tiny and terms.max_jcj > tiny else 0.0)
+            eta = sigma1 ** 2 / (sigma1 ** 2 + sigma3 ** 2 + 1e-14)
+            self.a = a_max * eta
+            self.alpha = 1.0
+            if s.estimation_method == "Original":
+                self.omega = max(1e-14, s.sigmoid_scale_factor * sigma3 ** 2 * math.sqrt(terms.tr_cc))
+                self.f_max = 1.0
+                self.f_min = -0.99 + 0.98 * eta
+        log.info("Automatic parameter estimation (%s): %d gradient measurements, perturbation %g.",
+                 s.estimation_method, n_meas, sigma_p)
+        log.info("( SP_a %f ) ( SP_A %f ) ( SP_alpha %f ) ( SigmoidMax %f ) ( SigmoidMin %f ) ( SigmoidScale %g )",
+                 self.a, s.sp_A, self.alpha, self.f_max, self.f_min, self.omega)
 
+    def _gradient_moments(self, cost: CostFunction, x0, n_meas: int, sigma_p: float):
+        """Mean ``‖g‖²`` and ``‖g − ĝ‖²`` over ``n_meas`` perturbed positions (exact g, stochastic ĝ)."""
+        import torch
+
+        stochastic = self.s.new_samples_every_iteration and cost.uses_random_sampler
         gg = ee = 0.0
         for _ in range(n_meas):
             z = torch.randn(x0.shape, generator=self.generator, dtype=torch.float64)
@@ -241,24 +284,7 @@ class AdaptiveStochasticGradientDescent:
             else:
                 _, g = self._evaluate(cost, xi)
                 gg += float(g.square().sum())
-        gg /= n_meas
-        ee /= n_meas
-
-        sigma1 = math.sqrt(gg / terms.tr_c) if gg > tiny and terms.tr_c > tiny else 0.0
-        sigma3 = math.sqrt(ee / terms.tr_c) if ee > tiny and terms.tr_c > tiny else 0.0
-        a_max = (s.sp_A * delta / (sigma1 * math.sqrt(terms.max_jcj))
-                 if sigma1 > tiny and terms.max_jcj > tiny else 0.0)
-        eta = sigma1 ** 2 / (sigma1 ** 2 + sigma3 ** 2 + 1e-14)
-        self.a = a_max * eta
-        self.alpha = 1.0
-        if s.estimation_method == "Original":
-            self.omega = max(1e-14, s.sigmoid_scale_factor * sigma3 ** 2 * math.sqrt(terms.tr_cc))
-            self.f_max = 1.0
-            self.f_min = -0.99 + 0.98 * eta
-        log.info("Automatic parameter estimation: %d gradient measurements, perturbation %g.",
-                 n_meas, sigma_p)
-        log.info("( SP_a %f ) ( SP_A %f ) ( SP_alpha %f ) ( SigmoidMax %f ) ( SigmoidMin %f ) ( SigmoidScale %g )",
-                 self.a, s.sp_A, self.alpha, self.f_max, self.f_min, self.omega)
+        return gg / n_meas, ee / n_meas
 
     def _sigmoid(self, u: float) -> float:
         beta = self.omega * math.log(-self.f_max / self.f_min) if self.f_min < 0 else 0.0

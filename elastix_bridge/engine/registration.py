@@ -21,7 +21,8 @@ log = logging.getLogger("elastix_bridge")
 
 # Components the bridge engine runs around an Impact metric; anything else is refused by name.
 SUPPORTED_COMPONENTS = {
-    "Registration": ("MultiResolutionRegistration",),
+    # MultiMetric with the single Impact metric is MultiResolutionRegistration (every ImpactLoss map uses it).
+    "Registration": ("MultiResolutionRegistration", "MultiMetricMultiResolutionRegistration"),
     "Transform": ("BSplineTransform", "RecursiveBSplineTransform", "TranslationTransform"),
     "Optimizer": ("AdaptiveStochasticGradientDescent",),
     "ImageSampler": ("RandomCoordinate", "Random", "Full", "Grid", "RandomSparseMask"),
@@ -93,8 +94,9 @@ class StageResult:
 class _ImpactCost:
     """Cost function for the optimizer: metric value and autograd derivative at the current samples."""
 
-    def __init__(self, metric, sampler, exact_sampler):
+    def __init__(self, metric, sampler, exact_sampler, weight: float = 1.0):
         self.metric = metric
+        self.weight = weight
         self.sampler = sampler
         self.exact_sampler = exact_sampler
         self._points = None
@@ -120,6 +122,7 @@ class _ImpactCost:
             points = self._points
         p = parameters.detach().clone().requires_grad_(True)
         value, _ = self.metric.value(p, points)
+        value = self.weight * value
         (grad,) = torch.autograd.grad(value, p)
         return float(value.detach()), grad.detach().to(torch.float64)
 
@@ -168,6 +171,19 @@ def _grid_settings(pmap, geometry, levels: int):
     else:
         schedule = np.array([[2.0 ** (levels - 1 - r)] * d for r in range(levels)])
     return final, schedule
+
+
+def _metric_weight(pmap, components, level: int) -> float:
+    """Weight of the single Impact metric under MultiMetricMultiResolutionRegistration (elastix_spec §7.6).
+
+    ``Metric0Weight`` (default 1 = 1/number of metrics); with ``UseRelativeWeights`` the weight is
+    ``Metric0RelativeWeight`` × ‖∇V₀‖/‖∇V₀‖, i.e. the relative weight. 1 under MultiResolutionRegistration.
+    """
+    if components["Registration"] != "MultiMetricMultiResolutionRegistration":
+        return 1.0
+    if pmap.get("UseRelativeWeights", default=False, type=bool):
+        return pmap.get("Metric0RelativeWeight", level=level, default=1.0, type=float)
+    return pmap.get("Metric0Weight", level=level, default=1.0, type=float)
 
 
 def _erosion_flag(pmap, which: str, level: int) -> bool:
@@ -279,7 +295,8 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
 
             if bspline:
                 transform = BSplineTransform(
-                    grid_for_level(fixed_full.geometry, final_spacing, grid_schedule[level], order), order=order)
+                    grid_for_level(fixed_full.geometry, final_spacing, grid_schedule[level], order), order=order,
+                    name=components["Transform"])
                 parameters = (transform.parameters if previous is None
                               else transform.upsample(parameters, previous.grid, transform.grid))
                 previous = transform
@@ -304,7 +321,7 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
                                   devices[level], generator, moving_interpolation_order=order_moving,
                                   required_ratio_of_valid_samples=ratio)
             metric.initialize(parameters)
-            cost = _ImpactCost(metric, sampler, exact_sampler)
+            cost = _ImpactCost(metric, sampler, exact_sampler, _metric_weight(pmap, components, level))
 
             terms = None
             if settings.automatic_parameter_estimation:

@@ -358,13 +358,18 @@ class BSplineTransform(Transform):
     Args:
         grid: the control-point grid.
         order: spline order 1, 2 or 3.
+        name: the elastix component, ``"BSplineTransform"`` or ``"RecursiveBSplineTransform"``
+            (numerically identical; the name is what TransformParameters maps record).
 
     Source: ``Common/Transforms/itkAdvancedBSplineDeformableTransform.hxx``; elastix_spec §6.4.
     """
 
     name = "BSplineTransform"
 
-    def __init__(self, grid: BSplineGrid, order: int = 3):
+    def __init__(self, grid: BSplineGrid, order: int = 3, name: str = "BSplineTransform"):
+        if name not in ("BSplineTransform", "RecursiveBSplineTransform"):
+            raise ValueError(f"a B-spline transform is named BSplineTransform or RecursiveBSplineTransform, not {name!r}")
+        self.name = name  # the elastix component written to TransformParameters maps
         if order not in (1, 2, 3):
             raise ValueError(f"BSplineTransformSplineOrder must be 1, 2 or 3, got {order}")
         self.grid = grid

@@ -106,3 +106,29 @@ def test_sampling_errors_retry_then_fail():
     with pytest.raises(SamplingError, match="Too many samples"):
         AdaptiveStochasticGradientDescent(s, torch.Generator()).optimize(
             _Quadratic(torch.ones(2, dtype=torch.float64), fail_first=3), torch.zeros(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("noise_compensation", [False, True])
+def test_displacement_distribution_estimation(noise_compensation):
+    """a = δ(A+1)/(mean + 2 std of ‖J_j g₀‖) [× gg/(gg+ee)], α = 1, sigmoid unchanged (elastix_spec §9.1)."""
+    rng = np.random.default_rng(2)
+    p, n = 6, 30
+    values = rng.normal(size=(n, 2, 3))
+    indices = np.stack([rng.choice(p, 3, replace=False) for _ in range(n)])
+    terms = jacobian_terms(values, indices, p)
+    target = torch.tensor(rng.normal(size=p), dtype=torch.float64)
+    s = ASGDSettings(maximum_number_of_iterations=1, estimation_method="DisplacementDistribution",
+                     new_samples_every_iteration=True, noise_compensation=noise_compensation,
+                     maximum_step_length=0.7)
+    opt = AdaptiveStochasticGradientDescent(s, torch.Generator().manual_seed(0))
+    cost = _Quadratic(target, noise=0.3 if noise_compensation else 0.0)
+    opt.estimate_parameters(cost, torch.zeros(p, dtype=torch.float64), terms)
+    g0 = -target.numpy()  # the gradient at 0 (noisy with noise compensation: only bounds are checked)
+    d = np.array([np.linalg.norm(values[j] @ g0[indices[j]]) for j in range(n)])
+    expected = 0.7 * (s.sp_A + 1) / (d.mean() + 2 * d.std())
+    if noise_compensation:
+        assert 0 < opt.a < 3 * expected  # noise reduces a by gg / (gg + ee)
+    else:
+        assert opt.a == pytest.approx(expected, rel=1e-12)
+    assert opt.alpha == 1.0
+    assert (opt.f_max, opt.f_min, opt.omega) == (s.sigmoid_max, s.sigmoid_min, s.sigmoid_scale)
