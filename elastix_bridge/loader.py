@@ -136,8 +136,16 @@ def _plugin_sources() -> list[Path]:
     return sorted(p for p in src.iterdir() if p.suffix in (".cpp", ".h") and p.is_file())
 
 
+# OpenMP (Linux: torch's own runtime is libgomp) lets at::parallel_for in the B-spline kernels use
+# torch's threads; without it they run on one thread, with the same results.
+_OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
+_CFLAGS = ["-O2", "-std=c++17"] + _OPENMP
+_LDFLAGS = list(_OPENMP)
+
+
 def _source_sha256() -> str:
-    digest = hashlib.sha256()
+    """Hash of the plugin sources and compiler flags (a change of either needs a new build)."""
+    digest = hashlib.sha256(" ".join(_CFLAGS + _LDFLAGS).encode() + b"\0")
     for path in _plugin_sources():
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -287,7 +295,8 @@ def build_plugin(output_dir: Path | None = None, verbose: bool = False) -> Path:
                     name=EXTENSION_NAME,
                     sources=[str(p) for p in _plugin_sources() if p.suffix == ".cpp"],
                     build_directory=str(tmp),
-                    extra_cflags=["-O2", "-std=c++17"],
+                    extra_cflags=_CFLAGS,
+                    extra_ldflags=_LDFLAGS,
                     verbose=verbose,
                     is_python_module=False,
                 )

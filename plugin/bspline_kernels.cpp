@@ -71,6 +71,7 @@ inline void weights(T t, int order, T* w, T* dw) {
 }
 
 inline int64_t mirror(int64_t i, int64_t n) {
+  if (i >= 0 && i < n) return i;  // the common case, without the division
   if (n == 1) return 0;
   const int64_t period = 2 * n - 2;
   int64_t m = (i < 0 ? -i : i) % period;

@@ -123,7 +123,8 @@ def test_reserved_name_cache(tmp_path, monkeypatch):
     assert set(mind.RESERVED_MODELS) == {"mind-ssc-2d", "mind-ssc-3d"}
     for name, (dim, desc) in mind.RESERVED_MODELS.items():
         p = mind.mind_model_path(name)
-        assert p == tmp_path / "cache" / "models" / torch.__version__ / f"{name}.pt"
+        assert p.parent == tmp_path / "cache" / "models" / torch.__version__
+        assert p.name.startswith(f"{name}-") and p.suffix == ".pt"  # <name>-<source hash>.pt
         assert p.is_file() and isinstance(desc, str)
         mtime = p.stat().st_mtime_ns
         assert mind.mind_model_path(name) == p and p.stat().st_mtime_ns == mtime  # cached
@@ -140,3 +141,16 @@ def test_import_does_not_import_torch():
             "assert 'itk' not in sys.modules; print(sorted(m.RESERVED_MODELS))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("dimension,radius", [(2, 1), (3, 1), (3, 2)])
+def test_box_mean_equals_average_pool_with_replicate_padding(dimension, radius):
+    """The separable box mean equals a (2r+1)^D average pool over the replicate-padded input."""
+    import torch.nn.functional as F
+
+    model = mind.MINDSSC(dimension, radius=radius)
+    t = torch.randn((2, 3) + (9, 10, 11)[:dimension], generator=torch.Generator().manual_seed(0))
+    padded = F.pad(t, [radius] * (2 * dimension), mode="replicate")
+    pool = F.avg_pool3d if dimension == 3 else F.avg_pool2d
+    expected = pool(padded, kernel_size=2 * radius + 1, stride=1)
+    torch.testing.assert_close(model._box(t), expected, rtol=1e-5, atol=1e-6)
