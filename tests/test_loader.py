@@ -199,7 +199,7 @@ def test_concurrent_builds_share_one_result(monkeypatch, tmp_path):
 
     def fake_load(name, sources, build_directory, **kwargs):
         calls.append(build_directory)
-        assert kwargs["extra_cflags"] == ["-O2", "-std=c++17"] and kwargs["is_python_module"] is False
+        assert kwargs["extra_cflags"][:2] == ["-O2", "-std=c++17"] and kwargs["is_python_module"] is False
         so = Path(build_directory) / f"{name}.so"
         so.write_bytes(b"half")
         time.sleep(0.3)  # the other builder must wait on the lock meanwhile
