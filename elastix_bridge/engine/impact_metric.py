@@ -222,6 +222,7 @@ class ImpactMetric:
         self.iteration = 0
         self.channels: list = []
         self.pca_bases: list = [None] * n_layers
+        self._fixed_cache = None  # Jacobian mode: (points, valid, fixed features) of the last evaluation
 
     # -- initialisation -------------------------------------------------------------------------
     def initialize(self, parameters) -> None:
@@ -541,10 +542,19 @@ class ImpactMetric:
         n_valid = int(valid.sum())
         self._check_samples(n_valid, n)
         subsets = self._subsets()
-        with torch.no_grad():
-            fixed_feats = self._patch_features(self.fixed_models, self.config.fixed_models, self.fixed_interp,
-                                               [p[valid] for p in fixed_pts], fixed_shapes, self.fixed_stats,
-                                               self.fixed_direction, "fixed")
+        # Fixed features depend only on the samples that count: reuse them while the sample set and
+        # its valid subset stay the same (samplers without new samples per iteration, the exact
+        # gradients of ASGD's parameter estimation). Random patch rotations always recompute.
+        cached = self._fixed_cache
+        if (cached is not None and cached[0] is points and all(r is None for r in rotations)
+                and torch.equal(cached[1], valid)):
+            fixed_feats = cached[2]
+        else:
+            with torch.no_grad():
+                fixed_feats = self._patch_features(self.fixed_models, self.config.fixed_models, self.fixed_interp,
+                                                   [p[valid] for p in fixed_pts], fixed_shapes, self.fixed_stats,
+                                                   self.fixed_direction, "fixed")
+            self._fixed_cache = (points, valid, fixed_feats)
         moving_feats = self._patch_features(self.moving_models, self.config.moving_models, self.moving_interp,
                                             [p[valid] for p in moved], moving_shapes, self.moving_stats,
                                             self.moving_direction, "moving")

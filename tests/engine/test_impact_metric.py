@@ -1141,3 +1141,25 @@ def test_static_moving_map_is_not_warped_twice(plugin, models):
     at_t0 = float(_metric(plugin, cfg, fixed, moving, [model], parameters=t0).value(t, pts)[0])
     upstream = float(_metric(plugin, cfg, fixed, moving, [model]).value(t + t0, pts)[0])
     assert abs(at_t0 - at_identity) < 0.05 * abs(upstream - at_identity)
+
+
+def test_jacobian_fixed_features_reused_only_for_the_same_valid_samples(plugin, models):
+    """Fixed features are recomputed unless the sample set and its valid subset are unchanged."""
+    fixed, moving = _pair(2, SHIFT[2])
+    path, model = models["conv2"]
+    fixed_rec, moving_rec = Recorder(model), Recorder(model)
+    cfg = _config("Jacobian", [_mc(path, 2, (3, 3), (1.0, 1.0))], distances=("NCC",))
+    metric = _metric(plugin, cfg, fixed, moving, [fixed_rec], [moving_rec], ratio=0.0)
+    pts = _ball_points(fixed.geometry, 60, 6.0)
+    t = torch.tensor([0.3, -0.2], dtype=F64)
+    first = float(metric.value(t, pts)[0])
+    calls = len(fixed_rec.calls)
+    assert float(metric.value(t + 0.1, pts)[0]) != first
+    assert len(fixed_rec.calls) == calls  # same samples, same valid subset: reused
+    fresh = _metric(plugin, cfg, fixed, moving, [model], ratio=0.0)
+    assert float(metric.value(t + 0.1, pts)[0]) == pytest.approx(float(fresh.value(t + 0.1, pts)[0]), rel=1e-12)
+    metric.value(t, pts.clone())
+    assert len(fixed_rec.calls) == calls + 1  # new sample set
+    far = t + torch.tensor([14.0, 0.0], dtype=F64)  # some patches leave the moving image
+    n_valid = metric.value(far, pts)[1]
+    assert n_valid < 60 and len(fixed_rec.calls) == calls + 2
