@@ -143,6 +143,41 @@ inline bool point_support(const T* x, const Layout& l, Axis<T> (&ax)[3]) {
   return true;
 }
 
+// One point with NC channels known at compile time: accumulates in registers, row by row along x
+// (the general loop of evaluate_impl reads and writes the output through memory at every tap).
+template <typename T, int NC>
+inline void small_point(const Axis<T> (&ax)[3], const T* coef, int dim, T* v, T* g) {
+  T acc[NC] = {}, gx[NC] = {}, gy[NC] = {}, gz[NC] = {};
+  for (int kz = 0; kz < ax[2].n; ++kz)
+    for (int ky = 0; ky < ax[1].n; ++ky) {
+      const int64_t base = ax[2].offset[kz] + ax[1].offset[ky];
+      T row[NC] = {}, drow[NC] = {};
+      for (int kx = 0; kx < ax[0].n; ++kx) {
+        const T* c = coef + (base + ax[0].offset[kx]) * NC;
+        for (int ch = 0; ch < NC; ++ch) {
+          row[ch] += ax[0].w[kx] * c[ch];
+          if (g) drow[ch] += ax[0].dw[kx] * c[ch];
+        }
+      }
+      const T wzy = ax[2].w[kz] * ax[1].w[ky];
+      for (int ch = 0; ch < NC; ++ch) {
+        acc[ch] += wzy * row[ch];
+        if (g) {
+          gx[ch] += wzy * drow[ch];
+          gy[ch] += ax[2].w[kz] * ax[1].dw[ky] * row[ch];
+          gz[ch] += ax[2].dw[kz] * ax[1].w[ky] * row[ch];
+        }
+      }
+    }
+  for (int ch = 0; ch < NC; ++ch) {
+    v[ch] = acc[ch];
+    if (g) {
+      const T d[3] = {gx[ch], gy[ch], gz[ch]};
+      for (int a = 0; a < dim; ++a) g[ch * dim + a] = d[a];
+    }
+  }
+}
+
 template <typename T>
 void evaluate_impl(const Layout& l, const T* coef, const T* index, T* values, T* grads) {
   const int64_t C = l.channels;
@@ -154,6 +189,12 @@ void evaluate_impl(const Layout& l, const T* coef, const T* index, T* values, T*
       std::fill(v, v + C, T(0));
       if (g) std::fill(g, g + C * l.dim, T(0));
       if (!point_support<T>(index + p * l.dim, l, ax)) continue;
+      switch (C) {  // scalar images and transforms (C = D): compile-time channel counts
+        case 1: small_point<T, 1>(ax, coef, l.dim, v, g); continue;
+        case 2: small_point<T, 2>(ax, coef, l.dim, v, g); continue;
+        case 3: small_point<T, 3>(ax, coef, l.dim, v, g); continue;
+        default: break;
+      }
       for (int kz = 0; kz < ax[2].n; ++kz) {
         for (int ky = 0; ky < ax[1].n; ++ky) {
           const T wzy = ax[2].w[kz] * ax[1].w[ky];
