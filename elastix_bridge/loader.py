@@ -295,8 +295,8 @@ def build_plugin(output_dir: Path | None = None, verbose: bool = False) -> Path:
                     name=EXTENSION_NAME,
                     sources=[str(p) for p in _plugin_sources() if p.suffix == ".cpp"],
                     build_directory=str(tmp),
-                    extra_cflags=_CFLAGS,
-                    extra_ldflags=_LDFLAGS,
+                    extra_cflags=list(_CFLAGS),  # copies: cpp_extension appends to them
+                    extra_ldflags=list(_LDFLAGS),
                     verbose=verbose,
                     is_python_module=False,
                 )
