@@ -142,7 +142,7 @@ class JacobianTerms:
         return float(d.mean() + 2.0 * d.std())
 
 
-def jacobian_terms(values, indices, number_of_parameters: int) -> JacobianTerms:
+def jacobian_terms(values, indices, number_of_parameters: int, scales=None) -> JacobianTerms:
     """Compute TrC, TrCC, maxJJ and maxJCJ from sparse transform Jacobians.
 
     ``C = (1/n) Σ_j J_jᵀ J_j``; ``maxJJ = max_j ‖J_j‖_F² + 2√2 ‖J_j J_jᵀ‖_F``;
@@ -153,6 +153,8 @@ def jacobian_terms(values, indices, number_of_parameters: int) -> JacobianTerms:
         values: ``(n, D, nnz)`` Jacobian values ∂T_d/∂μ at n points (numpy or torch).
         indices: ``(n, nnz)`` parameter index of each column.
         number_of_parameters: P.
+        scales: the transform's squared scales ``S`` ``(P,)`` or None; the columns are divided by
+            ``√S`` when they are not all 1.
 
     Source: elastix ``Common/itkComputeJacobianTerms.hxx`` (elastix_spec §9.1).
     """
@@ -160,6 +162,9 @@ def jacobian_terms(values, indices, number_of_parameters: int) -> JacobianTerms:
 
     vals = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
     idx = np.asarray(indices.detach().cpu() if hasattr(indices, "detach") else indices, dtype=np.int64)
+    root = _scale_roots(scales)
+    if root is not None:  # columns scaled by 1/√S (elastix_spec §9.1)
+        vals = vals / root.numpy()[idx][:, None, :]
     n, dim, nnz = vals.shape
     rows = np.repeat(np.arange(n * dim), nnz)
     cols = np.repeat(idx[:, None, :], dim, axis=1).reshape(-1)
@@ -179,6 +184,35 @@ def jacobian_terms(values, indices, number_of_parameters: int) -> JacobianTerms:
     jcj = np.einsum("nak,nbk->nab", jc_at, vals)
     max_jcj = float(np.max(np.trace(jcj, axis1=1, axis2=2) + 2 * math.sqrt(2) * np.linalg.norm(jcj, axis=(1, 2))))
     return JacobianTerms(tr_c, tr_cc, max_jj, max_jcj, vals, idx)
+
+
+def _scale_roots(scales):
+    """``√S`` as a float64 tensor, or None when there are no scales or all are 1 (elastix ignores them)."""
+    if scales is None:
+        return None
+    import torch
+
+    root = torch.as_tensor(scales, dtype=torch.float64).sqrt()
+    return None if bool((root == 1).all()) else root
+
+
+class _ScaledCost:
+    """The cost seen in elastix's scaled space ``y = √S·x``: value at ``x = y/√S``, gradient ``g/√S``."""
+
+    def __init__(self, cost, root):
+        self.cost = cost
+        self.root = root
+
+    @property
+    def uses_random_sampler(self) -> bool:
+        return self.cost.uses_random_sampler
+
+    def select_new_samples(self) -> None:
+        self.cost.select_new_samples()
+
+    def value_and_derivative(self, y, exact: bool = False):
+        value, g = self.cost.value_and_derivative(y / self.root, exact=exact)
+        return value, g / self.root
 
 
 @dataclass
@@ -307,12 +341,34 @@ class AdaptiveStochasticGradientDescent:
                 cost.select_new_samples()
 
     # -- iterations ------------------------------------------------------------------------------
-    def optimize(self, cost: CostFunction, x0, terms: Optional[JacobianTerms] = None):
+    def optimize(self, cost: CostFunction, x0, terms: Optional[JacobianTerms] = None, scales=None):
         """Run the level's iterations from ``x0`` (Tensor[P] float64); returns the final position.
+
+        Args:
+            cost: the cost function.
+            x0: initial parameters ``(P,)``.
+            terms: Jacobian terms for the automatic parameter estimation, computed with the same
+                ``scales`` (:func:`jacobian_terms`).
+            scales: the transform's squared scales ``S`` ``(P,)`` or None; when not all 1, the
+                optimisation runs on ``y = √S·x`` as in elastix (elastix_spec §6.3): the logged
+                gradient is ``g/√S`` and a step changes ``x`` by ``−γ·g/S``.
 
         Raises:
             SamplingError: too few valid samples after the allowed sampling attempts.
         """
+        root = _scale_roots(scales)
+        if root is not None:
+            cost = _ScaledCost(cost, root)
+            on_iteration = self.on_iteration
+            if on_iteration is not None:
+                self.on_iteration = lambda record, y: on_iteration(record, y / root)
+            try:
+                return self._optimize(cost, x0 * root, terms) / root
+            finally:
+                self.on_iteration = on_iteration
+        return self._optimize(cost, x0, terms)
+
+    def _optimize(self, cost: CostFunction, x0, terms):
         s = self.s
         x = x0.clone()
         if s.automatic_parameter_estimation:
