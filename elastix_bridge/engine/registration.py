@@ -19,12 +19,14 @@ import numpy as np
 
 log = logging.getLogger("elastix_bridge")
 
-# Components the bridge engine runs around an Impact metric; anything else is refused by name.
+# Components the bridge engine runs; anything else is refused by name.
+METRICS = ("Impact", "AdvancedMeanSquares", "AdvancedNormalizedCorrelation", "AdvancedMattesMutualInformation",
+           "TransformBendingEnergyPenalty")
+OPTIMIZERS = ("AdaptiveStochasticGradientDescent", "StandardGradientDescent", "RegularStepGradientDescent")
 SUPPORTED_COMPONENTS = {
-    # MultiMetric with the single Impact metric is MultiResolutionRegistration (every ImpactLoss map uses it).
     "Registration": ("MultiResolutionRegistration", "MultiMetricMultiResolutionRegistration"),
     "Transform": ("BSplineTransform", "RecursiveBSplineTransform", "TranslationTransform"),
-    "Optimizer": ("AdaptiveStochasticGradientDescent",),
+    "Optimizer": OPTIMIZERS,
     "ImageSampler": ("RandomCoordinate", "Random", "Full", "Grid", "RandomSparseMask"),
     "Interpolator": ("BSplineInterpolator", "LinearInterpolator"),
     "FixedImagePyramid": ("FixedSmoothingImagePyramid", "FixedRecursiveImagePyramid",
@@ -38,6 +40,8 @@ COMPONENT_DEFAULTS = {
     "FixedImagePyramid": "FixedSmoothingImagePyramid",
     "MovingImagePyramid": "MovingSmoothingImagePyramid",
 }
+# Components of which a multi-metric map may list one per metric (elastix_spec §7.6).
+PER_METRIC = ("ImageSampler",)
 
 
 class UnsupportedComponentError(ValueError):
@@ -45,18 +49,32 @@ class UnsupportedComponentError(ValueError):
 
 
 def check_components(pmap) -> dict:
-    """Return the component names of an Impact map, refusing unsupported ones by name.
+    """Return the component names of a map, refusing unsupported ones by name (elastix_spec §1.8).
+
+    Returns:
+        ``{key: name}`` for the single-valued components, plus ``"Metric"`` (list of metric names)
+        and ``"ImageSampler"`` (list: one sampler, or one per metric).
 
     Raises:
         UnsupportedComponentError: an unsupported or missing component, with the supported list.
     """
-    chosen = {}
     metrics = pmap.values("Metric")
-    if metrics != ["Impact"]:
+    if not metrics:
+        raise UnsupportedComponentError("the parameter map has no (Metric ...); elastix requires it")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
         raise UnsupportedComponentError(
-            f"(Metric {' '.join(repr(m) for m in metrics)}): the bridge engine runs a single Impact metric "
-            "per stage; combining Impact with other metrics (MultiMetricMultiResolutionRegistration) is not "
-            "supported yet. Use (Metric \"Impact\") alone.")
+            f"(Metric {' '.join(chr(34) + m + chr(34) for m in metrics)}): {', '.join(unknown)} not supported by "
+            f"the bridge engine. Supported metrics: {', '.join(METRICS)}.")
+    if metrics.count("Impact") > 1:
+        raise UnsupportedComponentError("the bridge engine runs at most one Impact metric per map; several layers "
+                                        "or models go into that one metric's Impact* options")
+    registration = pmap.get("Registration", default=COMPONENT_DEFAULTS["Registration"])
+    if len(metrics) > 1 and registration != "MultiMetricMultiResolutionRegistration":
+        raise UnsupportedComponentError(
+            f"{len(metrics)} metrics need (Registration \"MultiMetricMultiResolutionRegistration\"), as in "
+            f"elastix; the map has (Registration \"{registration}\")")
+    chosen = {"Metric": metrics}
     for key, allowed in SUPPORTED_COMPONENTS.items():
         values = pmap.values(key)
         if not values:
@@ -65,11 +83,12 @@ def check_components(pmap) -> dict:
             else:
                 raise UnsupportedComponentError(f"the parameter map has no ({key} ...); elastix requires it. "
                                                 f"Supported: {', '.join(allowed)}")
-        if len(values) != 1 or values[0] not in allowed:
+        count_ok = len(values) == 1 or (key in PER_METRIC and len(values) <= len(metrics))
+        if not count_ok or any(v not in allowed for v in values):
             raise UnsupportedComponentError(
-                f"({key} {' '.join(chr(34) + v + chr(34) for v in values)}) is not supported by the bridge engine "
-                f"for Impact stages. Supported: {', '.join(allowed)}.")
-        chosen[key] = values[0]
+                f"({key} {' '.join(chr(34) + v + chr(34) for v in values)}) is not supported by the bridge engine. "
+                f"Supported: {', '.join(allowed)}.")
+        chosen[key] = values if key in PER_METRIC else values[0]
     return chosen
 
 
@@ -91,40 +110,70 @@ class StageResult:
     seconds: float = 0.0
 
 
-class _ImpactCost:
-    """Cost function for the optimizer: metric value and autograd derivative at the current samples."""
+class _StageCost:
+    """Cost function for the optimizer: the weighted metrics and their autograd derivative.
 
-    def __init__(self, metric, sampler, exact_sampler, weight: float = 1.0):
-        self.metric = metric
-        self.weight = weight
-        self.sampler = sampler
+    ``V = Σ_i w_i V_i`` and ``∇V = Σ_i w_i ∇V_i`` over the metrics in use (elastix_spec §7.6); the
+    weights are ``Metric<i>Weight`` or, with ``UseRelativeWeights``, ``Metric<i>RelativeWeight ×
+    ‖∇V_0‖ / ‖∇V_i‖`` recomputed at every evaluation. Each metric has its own sampler or shares the
+    first; ``exact=True`` uses the dense grid of ASGD's parameter estimation for all of them.
+    ``parts`` keeps ``(value, ‖gradient‖, milliseconds)`` of every metric of the last evaluation for
+    elastix's per-metric iteration-table columns.
+    """
+
+    def __init__(self, metrics, samplers, exact_sampler, weights, use, relative_weights=None):
+        self.metrics = metrics
+        self.samplers = samplers
         self.exact_sampler = exact_sampler
-        self._points = None
+        self.weights = weights
+        self.use = use
+        self.relative_weights = relative_weights
+        self._points = [None] * len(samplers)
         self._exact_points = None
+        self.parts = []
 
     @property
     def uses_random_sampler(self) -> bool:
-        return type(self.sampler).__name__ in ("RandomCoordinateSampler", "RandomSampler", "RandomSparseMaskSampler")
+        return any(type(s).__name__ in ("RandomCoordinateSampler", "RandomSampler", "RandomSparseMaskSampler")
+                   for s in self.samplers)
 
     def select_new_samples(self) -> None:
-        self._points = None
+        self._points = [None] * len(self.samplers)
+
+    def _samples(self, i: int, exact: bool):
+        if exact:
+            if self._exact_points is None:
+                self._exact_points = self.exact_sampler.sample()
+            return self._exact_points
+        k = min(i, len(self.samplers) - 1) if len(self.samplers) > 1 else 0
+        if self._points[k] is None:
+            self._points[k] = self.samplers[k].sample()
+        return self._points[k]
 
     def value_and_derivative(self, parameters, exact: bool = False):
         import torch
 
-        if exact:
-            if self._exact_points is None:
-                self._exact_points = self.exact_sampler.sample()
-            points = self._exact_points
-        else:
-            if self._points is None:
-                self._points = self.sampler.sample()
-            points = self._points
-        p = parameters.detach().clone().requires_grad_(True)
-        value, _ = self.metric.value(p, points)
-        value = self.weight * value
-        (grad,) = torch.autograd.grad(value, p)
-        return float(value.detach()), grad.detach().to(torch.float64)
+        values, grads, self.parts = [], [], []
+        for i, metric in enumerate(self.metrics):
+            tic = time.perf_counter()
+            p = parameters.detach().clone().requires_grad_(True)
+            value, _ = metric.value(p, self._samples(i, exact))
+            (grad,) = torch.autograd.grad(value, p)
+            values.append(float(value.detach()))
+            grads.append(grad.detach().to(torch.float64))
+            self.parts.append((values[-1], float(grads[-1].norm()), 1000.0 * (time.perf_counter() - tic)))
+        weights = list(self.weights)
+        if self.relative_weights is not None:
+            reference = float(grads[0].norm())
+            weights = [r * reference / float(g.norm()) if float(g.norm()) > 1e-10 else w
+                       for r, g, w in zip(self.relative_weights, grads, weights)]
+        total = 0.0
+        derivative = torch.zeros_like(grads[0])
+        for w, u, v, g in zip(weights, self.use, values, grads):
+            if u:
+                total += w * v
+                derivative += w * g
+        return total, derivative
 
 
 def _schedule(pmap, names, count, typ):
@@ -173,17 +222,24 @@ def _grid_settings(pmap, geometry, levels: int):
     return final, schedule
 
 
-def _metric_weight(pmap, components, level: int) -> float:
-    """Weight of the single Impact metric under MultiMetricMultiResolutionRegistration (elastix_spec §7.6).
+def _metric_weights(pmap, components, level: int):
+    """``(weights, use, relative_weights)`` of the metrics at ``level`` (elastix_spec §7.6).
 
-    ``Metric0Weight`` (default 1 = 1/number of metrics); with ``UseRelativeWeights`` the weight is
-    ``Metric0RelativeWeight`` × ‖∇V₀‖/‖∇V₀‖, i.e. the relative weight. 1 under MultiResolutionRegistration.
+    MultiMetricMultiResolutionRegistration: ``Metric<i>Weight`` (default 1/number of metrics),
+    ``Metric<i>Use`` (default true: excluded metrics are still evaluated), and with
+    ``UseRelativeWeights`` (entry 0) ``Metric<i>RelativeWeight`` (default 1/number of metrics).
+    MultiResolutionRegistration: the single metric with weight 1.
     """
+    n = len(components["Metric"])
     if components["Registration"] != "MultiMetricMultiResolutionRegistration":
-        return 1.0
+        return [1.0], [True], None
+    weights = [pmap.get(f"Metric{i}Weight", level=level, default=1.0 / n, type=float) for i in range(n)]
+    use = [pmap.get(f"Metric{i}Use", level=level, default=True, type=bool) for i in range(n)]
+    relative = None
     if pmap.get("UseRelativeWeights", default=False, type=bool):
-        return pmap.get("Metric0RelativeWeight", level=level, default=1.0, type=float)
-    return pmap.get("Metric0Weight", level=level, default=1.0, type=float)
+        relative = [pmap.get(f"Metric{i}RelativeWeight", level=level, default=1.0 / n, type=float)
+                    for i in range(n)]
+    return weights, use, relative
 
 
 def _erosion_flag(pmap, which: str, level: int) -> bool:
@@ -221,6 +277,7 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
     from ..impact_parameters import impact_levels, resolve_model_path
     from ..transform_io import transform_parameter_map, write_transform_parameter_file
     from .images import LevelImage, Mask
+    from .classic_metrics import make_classic_metric
     from .impact_metric import ImpactMetric, check_level_models
     from .optimizers import AdaptiveStochasticGradientDescent, ASGDSettings, jacobian_terms
     from .pyramids import pyramid_level
@@ -237,11 +294,13 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
     levels = pmap.get("NumberOfResolutions", default=3, type=int)
     if levels < 1:
         raise ValueError("NumberOfResolutions must be at least 1")
-    configs = impact_levels(pmap.to_dict(), levels, dim)
+    impact_index = components["Metric"].index("Impact") if "Impact" in components["Metric"] else None
+    configs = ([] if impact_index is None
+               else impact_levels(pmap.to_dict(), levels, dim, metric_index=impact_index))
 
     # Torch, plugin, devices and every model are checked before any computation.
     torch = loader.require_torch()
-    plugin = loader.load_plugin()
+    plugin = loader.load_plugin()  # also holds the B-spline kernels every metric uses
     # TorchScript's runtime optimisation is off from before the models load until the stage ends
     # (impact_spec §3.6); the user's settings are restored afterwards.
     with loader.jit_optimization_disabled():
@@ -280,7 +339,6 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
         parameters = None
         previous = None
         history = []
-        sampler_name = components["ImageSampler"]
         for level in range(levels):
             log.info("Resolution: %d", level)
             fixed = LevelImage.from_itk(pyramid_level(fixed_image, components["FixedImagePyramid"],
@@ -305,8 +363,9 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
             parameters = parameters.to(torch.float64)
 
             n_samples = pmap.get("NumberOfSpatialSamples", level=level, default=5000, type=int)
-            sampler = make_sampler(sampler_name, fixed.geometry, fmask, number_of_samples=n_samples,
-                                   generator=generator, parameter_map=pmap, level=level)
+            samplers = [make_sampler(name, fixed.geometry, fmask, number_of_samples=n_samples,
+                                     generator=generator, parameter_map=pmap, level=level)
+                        for name in components["ImageSampler"]]
             settings = ASGDSettings.from_parameter_map(pmap, level, int(parameters.numel()),
                                                        fixed_full.geometry.spacing, moving_full.geometry.spacing)
             exact_sampler = GridSampler(fixed.geometry, fmask,
@@ -314,31 +373,44 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
             order_moving = (1 if pmap.get("Interpolator", default="BSplineInterpolator") == "LinearInterpolator"
                             else pmap.get("BSplineInterpolationOrder", level=level, default=1, type=int,
                                           prefix="Interpolator0"))
-            ratio = (pmap.get("RequiredRatioOfValidSamples", level=level, default=0.25, type=float, prefix="Metric0")
-                     if pmap.get("CheckNumberOfSamples", level=level, default=True, type=bool, prefix="Metric0")
-                     else 0.0)
-            metric = ImpactMetric(configs[level], fixed, moving, mmask, transform, plugin, models[level],
-                                  devices[level], generator, moving_interpolation_order=order_moving,
-                                  required_ratio_of_valid_samples=ratio)
-            metric.initialize(parameters)
-            cost = _ImpactCost(metric, sampler, exact_sampler, _metric_weight(pmap, components, level))
+            metrics = []
+            for i, name in enumerate(components["Metric"]):
+                ratio = (pmap.get("RequiredRatioOfValidSamples", level=level, default=0.25, type=float,
+                                  prefix=f"Metric{i}")
+                         if pmap.get("CheckNumberOfSamples", level=level, default=True, type=bool, prefix=f"Metric{i}")
+                         else 0.0)
+                if name == "Impact":
+                    metric = ImpactMetric(configs[level], fixed, moving, mmask, transform, plugin, models[level],
+                                          devices[level], generator, moving_interpolation_order=order_moving,
+                                          required_ratio_of_valid_samples=ratio)
+                else:
+                    metric = make_classic_metric(
+                        name, fixed, moving, mmask, transform, moving_interpolation_order=order_moving,
+                        required_ratio_of_valid_samples=ratio, parameter_map=pmap, level=level, prefix=f"Metric{i}",
+                        fixed_mask=fmask, fixed_interpolation_order=pmap.get(
+                            "FixedImageBSplineInterpolationOrder", level=level, default=1, type=int))
+                metric.initialize(parameters)
+                metrics.append(metric)
+            cost = _StageCost(metrics, samplers, exact_sampler, *_metric_weights(pmap, components, level))
 
             terms = None
-            if settings.automatic_parameter_estimation:
+            if components["Optimizer"] == "AdaptiveStochasticGradientDescent" and settings.automatic_parameter_estimation:
                 jac_points = GridSampler(fixed.geometry, fmask,
                                          number_of_samples=settings.number_of_jacobian_measurements).sample()
                 values, indices = transform.jacobian(jac_points)
                 terms = jacobian_terms(values, indices, int(parameters.numel()))
 
-            table = IterationTable(output_directory, elastix_level, level, pmap)
+            table = IterationTable(output_directory, elastix_level, level, pmap, components["Optimizer"],
+                                   len(metrics))
 
-            def after(record, position, _level=level, _metric=metric, _table=table):
-                _metric.after_iteration(position)
-                _table.add(record)
+            def after(record, position, _level=level, _metrics=metrics, _table=table, _cost=cost):
+                for m in _metrics:
+                    m.after_iteration(position)
+                _table.add(record, _cost.parts)
                 if on_iteration is not None:
                     on_iteration(_level, record)
 
-            optimizer = AdaptiveStochasticGradientDescent(settings, generator, on_iteration=after)
+            optimizer = _make_optimizer(components["Optimizer"], pmap, level, settings, generator, after)
             parameters = optimizer.optimize(cost, parameters, terms)
             table.close()
             log.info("Stopping condition: %s.", optimizer.stop_condition)
@@ -355,21 +427,51 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
         return StageResult(tp_map, transform, parameters, history, time.perf_counter() - tic)
 
 
+def _make_optimizer(name: str, pmap, level: int, asgd_settings, generator, on_iteration):
+    """The level's optimizer by elastix name (elastix_spec §9)."""
+    from .gradient_descent import (RegularStepGradientDescent, RegularStepGradientDescentSettings,
+                                   StandardGradientDescent, StandardGradientDescentSettings)
+    from .optimizers import AdaptiveStochasticGradientDescent
+
+    if name == "StandardGradientDescent":
+        return StandardGradientDescent(StandardGradientDescentSettings.from_parameter_map(pmap, level), on_iteration)
+    if name == "RegularStepGradientDescent":
+        return RegularStepGradientDescent(RegularStepGradientDescentSettings.from_parameter_map(pmap, level),
+                                          on_iteration)
+    return AdaptiveStochasticGradientDescent(asgd_settings, generator, on_iteration=on_iteration)
+
+
 class IterationTable:
-    """elastix's iteration table for ASGD: log lines and ``IterationInfo.<e>.R<r>.txt`` (elastix_spec §13)."""
+    """elastix's iteration table: log lines and ``IterationInfo.<e>.R<r>.txt`` (elastix_spec §13).
 
-    HEADER = "1:ItNr\t2:Metric\t3a:Time\t3b:StepSize\t4:||Gradient||\tTime[ms]"
+    Columns as elastix writes them: ASGD ``3a:Time 3b:StepSize``, the other gradient descents
+    ``3:StepSize``; with several metrics, each metric's value, gradient norm and time beside the totals.
+    """
 
-    def __init__(self, output_directory, elastix_level: int, level: int, pmap):
+    def __init__(self, output_directory, elastix_level: int, level: int, pmap,
+                 optimizer: str = "AdaptiveStochasticGradientDescent", number_of_metrics: int = 1):
+        self.asgd = optimizer == "AdaptiveStochasticGradientDescent"
+        self.multi = number_of_metrics > 1
+        n = range(number_of_metrics) if self.multi else range(0)
+        columns = (["1:ItNr", "2:Metric"] + [f"2:Metric{i}" for i in n]
+                   + (["3a:Time", "3b:StepSize"] if self.asgd else ["3:StepSize"])
+                   + [f"4:||Gradient{i}||" for i in n] + ["4:||Gradient||"]
+                   + [f"Time{i}[ms]" for i in n] + ["Time[ms]"])
+        self.header = "\t".join(columns)
         self.file = None
         if output_directory is not None and pmap.get("WriteIterationInfo", default=True, type=bool):
             self.file = open(Path(output_directory) / f"IterationInfo.{elastix_level}.R{level}.txt", "w")
-            self.file.write(self.HEADER + "\n")
-        log.debug(self.HEADER)
+            self.file.write(self.header + "\n")
+        log.debug(self.header)
 
-    def add(self, r) -> None:
-        row = (f"{r.iteration}\t{r.metric:.6f}\t{r.time:.6f}\t{r.step_size:.6f}\t{r.gradient_norm:.6f}"
-               f"\t{r.time_ms:.1f}")
+    def add(self, r, parts=()) -> None:
+        """One row from an iteration record and the cost's per-metric ``(value, ‖gradient‖, ms)``."""
+        parts = list(parts) if self.multi else []
+        cells = [str(r.iteration), f"{r.metric:.6f}"] + [f"{v:.6f}" for v, _, _ in parts]
+        cells += [f"{r.time:.6f}", f"{r.step_size:.6f}"] if self.asgd else [f"{r.step_size:.6f}"]
+        cells += [f"{g:.6f}" for _, g, _ in parts] + [f"{r.gradient_norm:.6f}"]
+        cells += [f"{ms:.1f}" for _, _, ms in parts] + [f"{r.time_ms:.1f}"]
+        row = "\t".join(cells)
         log.debug(row)
         if self.file is not None:
             self.file.write(row + "\n")
