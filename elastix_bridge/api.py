@@ -111,10 +111,10 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
     if out is not None and not out.is_dir():
         raise FileNotFoundError(f"output directory {out} does not exist; create it first (elastix requires it)")
     logfile = out / log_file_name if out is not None and log_to_file else None
-    from .engine.registration import run_impact_stage
+    from .engine.registration import run_stage
 
     with _logging_to(log_to_console, logfile), _threads(kwargs.get("number_of_threads")):
-        stage = run_impact_stage(fixed_image, moving_image, maps[0], fixed_mask, moving_mask,
+        stage = run_stage(fixed_image, moving_image, maps[0], fixed_mask, moving_mask,
                                  elastix_level=0, output_directory=out)
         log.info("Impact stage took %.1f s.", stage.seconds)
         tp_map = stage.transform_parameter_map

@@ -10,8 +10,8 @@
 //
 // Conventions (elastix_spec §6.4, §8.1): coefficients are (P, C) with P the grid flattened in
 // (z, y, x) order, x fastest; continuous indices are (N, D) in ITK (x, y, z) order. For order o,
-// half = (o-1)/2, start = floor(x - half), t = x - half - start in [0, 1) and the o+1 weights are
-// the centred B-spline at t + half - k. Two boundary modes:
+// half = (o-1)/2, start = floor(x - half) (images: of x rounded to float, as ITK), t = x - half -
+// start and the o+1 weights are the centred B-spline at t + half - k. Two boundary modes:
 //   image:     ITK BSplineInterpolateImageFunction, periodic mirror of the index (period 2n-2);
 //   transform: ITK AdvancedBSplineDeformableTransform, zero unless half <= x < n - 1 - half on
 //              every axis.
@@ -83,10 +83,16 @@ template <typename T>
 inline bool axis_support(T x, int order, int64_t n, int64_t stride, bool transform, Axis<T>& a) {
   const T half = T(order - 1) / 2;
   if (transform && !(x >= half && x < T(n - 1) - half)) return false;
-  const T shifted = x - half;
-  const T fl = std::floor(shifted);
-  const int64_t start = static_cast<int64_t>(fl);
-  weights<T>(shifted - fl, order, a.w, a.dw);
+  int64_t start;
+  if (transform) {
+    start = static_cast<int64_t>(std::floor(x - half));
+  } else {
+    // ITK's BSplineInterpolateImageFunction finds the support from the index cast to float
+    // (floor((float)x + halfOffset) - order/2), which decides the side of the derivative at knots.
+    const double half_offset = (order & 1) ? 0.0 : 0.5;
+    start = static_cast<int64_t>(std::floor(static_cast<double>(static_cast<float>(x)) + half_offset)) - order / 2;
+  }
+  weights<T>(x - half - T(start), order, a.w, a.dw);
   a.n = order + 1;
   for (int k = 0; k < a.n; ++k) a.offset[k] = (transform ? start + k : mirror(start + k, n)) * stride;
   return true;

@@ -210,13 +210,13 @@ def test_transformix_field_matches_engine_transform(plugin, pair, transform, tmp
     """transformix's deformation field equals the engine's own T(x) - x to 1e-3 mm everywhere."""
     torch = pytest.importorskip("torch")
     from elastix_bridge.engine.geometry import ImageGeometry
-    from elastix_bridge.engine.registration import run_impact_stage
+    from elastix_bridge.engine.registration import run_stage
     from elastix_bridge.parameters import ParameterMap
     from elastix_bridge.transform_io import to_parameter_object
 
     fixed, moving = pair
     pmap = impact_map(transform)
-    stage = run_impact_stage(fixed, moving, ParameterMap.from_dict(pmap))
+    stage = run_stage(fixed, moving, ParameterMap.from_dict(pmap))
     centres = torch.from_numpy(ImageGeometry.from_itk(fixed).voxel_centres())
     engine = (stage.transform.transform_points(stage.parameters, centres) - centres).numpy()
     assert np.abs(engine).max() > 0.1  # a real deformation, not the identity

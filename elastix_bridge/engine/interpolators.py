@@ -72,6 +72,10 @@ def bspline_coefficients(array, order: int, channel_axis: bool = False):
 def _support(x, order: int, with_derivative: bool):
     """First support index, weights and derivative weights along one axis.
 
+    The support is found from ``x`` rounded to float32, as ITK's ``BSplineInterpolateImageFunction``
+    does (``floor((float)x + halfOffset)``); it decides which side's derivative a linear spline takes
+    at a knot. The weights use ``x`` itself.
+
     Args:
         x: ``(n,)`` continuous indices along the axis.
         order: spline order 0..3.
@@ -82,25 +86,27 @@ def _support(x, order: int, with_derivative: bool):
     """
     import torch
 
+    xf = x.detach().to(torch.float32).to(x.dtype)
+
     if order == 0:
-        start = torch.floor(x.detach() + 0.5)
+        start = torch.floor(xf + 0.5)
         w = torch.ones_like(x)[:, None] + 0.0 * x[:, None]
         dw = torch.zeros_like(w) if with_derivative else None
         return start.to(torch.int64), w, dw
     if order == 1:
-        start = torch.floor(x.detach())
+        start = torch.floor(xf)
         t = x - start
         w = torch.stack([1.0 - t, t], dim=1)
         dw = torch.stack([-torch.ones_like(t), torch.ones_like(t)], dim=1) if with_derivative else None
         return start.to(torch.int64), w, dw
     if order == 2:
-        centre = torch.floor(x.detach() + 0.5)
+        centre = torch.floor(xf + 0.5)
         t = x - centre  # in [-0.5, 0.5)
         w = torch.stack([0.5 * (0.5 - t) ** 2, 0.75 - t * t, 0.5 * (t + 0.5) ** 2], dim=1)
         dw = torch.stack([t - 0.5, -2.0 * t, t + 0.5], dim=1) if with_derivative else None
         return (centre - 1).to(torch.int64), w, dw
     # order 3
-    base = torch.floor(x.detach())
+    base = torch.floor(xf)
     t = x - base  # in [0, 1)
     s = 1.0 - t
     t2, s2 = t * t, s * s

@@ -1,4 +1,4 @@
-"""One elastix registration (one parameter map) whose metric is Impact: the multi-resolution loop.
+"""One elastix registration (one parameter map) on the bridge engine: the multi-resolution loop.
 
 Order of operations follows elastix's ``MultiResolutionRegistration``
 (``Common/itkMultiResolutionImageRegistrationMethod2.hxx``; elastix_spec §2): validate everything,
@@ -25,7 +25,8 @@ METRICS = ("Impact", "AdvancedMeanSquares", "AdvancedNormalizedCorrelation", "Ad
 OPTIMIZERS = ("AdaptiveStochasticGradientDescent", "StandardGradientDescent", "RegularStepGradientDescent")
 SUPPORTED_COMPONENTS = {
     "Registration": ("MultiResolutionRegistration", "MultiMetricMultiResolutionRegistration"),
-    "Transform": ("BSplineTransform", "RecursiveBSplineTransform", "TranslationTransform"),
+    "Transform": ("BSplineTransform", "RecursiveBSplineTransform", "TranslationTransform", "EulerTransform",
+                  "SimilarityTransform", "AffineTransform"),
     "Optimizer": OPTIMIZERS,
     "ImageSampler": ("RandomCoordinate", "Random", "Full", "Grid", "RandomSparseMask"),
     "Interpolator": ("BSplineInterpolator", "LinearInterpolator"),
@@ -94,7 +95,7 @@ def check_components(pmap) -> dict:
 
 @dataclass
 class StageResult:
-    """Result of one Impact stage.
+    """Result of one bridge-engine stage.
 
     Attributes:
         transform_parameter_map: the elastix TransformParameters map (ParameterMap).
@@ -249,14 +250,15 @@ def _erosion_flag(pmap, which: str, level: int) -> bool:
     return flag
 
 
-def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None, *,
-                     elastix_level: int = 0, output_directory: Optional[Path] = None,
-                     on_iteration: Optional[Callable] = None) -> StageResult:
-    """Run one Impact parameter map like elastix would.
+def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None, *,
+              elastix_level: int = 0, output_directory: Optional[Path] = None,
+              on_iteration: Optional[Callable] = None) -> StageResult:
+    """Run one parameter map like elastix would (Impact and/or elastix's classic metrics).
 
     Args:
         fixed_image, moving_image: ``itk.Image`` (any scalar type; cast to float like elastix).
-        pmap: :class:`elastix_bridge.parameters.ParameterMap` with ``(Metric "Impact")``.
+        pmap: :class:`elastix_bridge.parameters.ParameterMap` with components of
+            :data:`SUPPORTED_COMPONENTS` and metrics of :data:`METRICS`.
         fixed_mask, moving_mask: ``itk.Image`` masks (non-zero = inside) or None.
         elastix_level: index of this map in the parameter object (file names ``*.<level>.*``).
         output_directory: where elastix would write per-resolution files, or None.
@@ -278,6 +280,7 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
     from ..transform_io import transform_parameter_map, write_transform_parameter_file
     from .images import LevelImage, Mask
     from .classic_metrics import make_classic_metric
+    from .linear_transforms import make_linear_transform
     from .impact_metric import ImpactMetric, check_level_models
     from .optimizers import AdaptiveStochasticGradientDescent, ASGDSettings, jacobian_terms
     from .pyramids import pyramid_level
@@ -330,12 +333,21 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
         moving_schedule = _pyramid_schedule(pmap, "Moving", components["MovingImagePyramid"], levels,
                                             moving_full.geometry)
 
-        bspline = components["Transform"] != "TranslationTransform"
+        bspline = components["Transform"] in ("BSplineTransform", "RecursiveBSplineTransform")
+        scales = None
         if bspline:
             final_spacing, grid_schedule = _grid_settings(pmap, fixed_full.geometry, levels)
             order = pmap.get("BSplineTransformSplineOrder", default=3, type=int)
-        else:
+        elif components["Transform"] == "TranslationTransform":
+            if pmap.get("AutomaticTransformInitialization", default=False, type=bool):
+                raise UnsupportedComponentError(
+                    "(AutomaticTransformInitialization \"true\") with TranslationTransform is not supported by the "
+                    "bridge engine yet; set it to \"false\" or use EulerTransform or AffineTransform")
             transform = TranslationTransform(dim)
+        else:
+            transform, parameters0, scales = make_linear_transform(
+                components["Transform"], pmap, fixed_full.geometry, moving_full.geometry, fixed_full, moving_full,
+                fmask_full, mmask_full)
         parameters = None
         previous = None
         history = []
@@ -359,7 +371,7 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
                               else transform.upsample(parameters, previous.grid, transform.grid))
                 previous = transform
             elif parameters is None:
-                parameters = transform.parameters
+                parameters = transform.parameters if scales is None else parameters0
             parameters = parameters.to(torch.float64)
 
             n_samples = pmap.get("NumberOfSpatialSamples", level=level, default=5000, type=int)
@@ -397,8 +409,9 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
             if components["Optimizer"] == "AdaptiveStochasticGradientDescent" and settings.automatic_parameter_estimation:
                 jac_points = GridSampler(fixed.geometry, fmask,
                                          number_of_samples=settings.number_of_jacobian_measurements).sample()
-                values, indices = transform.jacobian(jac_points)
-                terms = jacobian_terms(values, indices, int(parameters.numel()))
+                values, indices = (transform.jacobian(jac_points) if scales is None
+                                   else transform.jacobian(jac_points, parameters))
+                terms = jacobian_terms(values, indices, int(parameters.numel()), scales=scales)
 
             table = IterationTable(output_directory, elastix_level, level, pmap, components["Optimizer"],
                                    len(metrics))
@@ -411,7 +424,7 @@ def run_impact_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_ma
                     on_iteration(_level, record)
 
             optimizer = _make_optimizer(components["Optimizer"], pmap, level, settings, generator, after)
-            parameters = optimizer.optimize(cost, parameters, terms)
+            parameters = optimizer.optimize(cost, parameters, terms, scales=scales)
             table.close()
             log.info("Stopping condition: %s.", optimizer.stop_condition)
             history.append(optimizer.history)

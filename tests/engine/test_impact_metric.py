@@ -22,7 +22,7 @@ from elastix_bridge.engine.impact_metric import (ImpactMetric, _centre, _crop_pa
                                                  _patch_grid_offsets, _random_rotations)
 from elastix_bridge.engine.optimizers import (AdaptiveStochasticGradientDescent, ASGDSettings,  # noqa: E402
                                                SamplingError, jacobian_terms)
-from elastix_bridge.engine.registration import _ImpactCost  # noqa: E402
+from elastix_bridge.engine.registration import _StageCost  # noqa: E402
 from elastix_bridge.engine.samplers import GridSampler, RandomCoordinateSampler  # noqa: E402
 from elastix_bridge.engine.transforms import BSplineTransform, TranslationTransform, grid_for_level  # noqa: E402
 from elastix_bridge.impact_parameters import ImpactLevelConfig, ModelConfig  # noqa: E402
@@ -514,7 +514,7 @@ TRUE_SHIFT = {2: np.array([1.6, -1.2]), 3: np.array([1.3, -1.0, 1.1])}
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
 @pytest.mark.parametrize("dim", [2, 3])
 def test_asgd_recovers_translation(plugin, models, dim, mode):
-    """ASGD through ``_ImpactCost`` finds the physical shift between two oblique, differently sampled images."""
+    """ASGD through ``_StageCost`` finds the physical shift between two oblique, differently sampled images."""
     fixed, moving = _pair(dim, TRUE_SHIFT[dim], size=(24, 24, 24) if dim == 3 else None)
     path, model = models["identity" if mode == "Jacobian" else f"conv{dim}"]
     if mode == "Jacobian":
@@ -528,7 +528,7 @@ def test_asgd_recovers_translation(plugin, models, dim, mode):
     generator = torch.Generator().manual_seed(3)
     sampler = RandomCoordinateSampler(fixed.geometry, None, 300 if dim == 2 else 200, generator)
     exact = GridSampler(fixed.geometry, None, number_of_samples=400)
-    cost = _ImpactCost(metric, sampler, exact)
+    cost = _StageCost([metric], [sampler], exact, [1.0], [True])
     settings = ASGDSettings(maximum_number_of_iterations=120 if dim == 2 else 80, new_samples_every_iteration=True,
                             number_of_samples_for_exact_gradient=400, maximum_step_length=1.0)
     jac = transform.jacobian(exact.sample())
