@@ -1,8 +1,9 @@
 """The user-facing call: ``elastix_registration_method`` with itk-elastix's signature.
 
-Routing (one stage per parameter map): a parameter object without any ``(Metric "Impact")`` map
-goes unchanged to ``itk.elastix_registration_method`` (real elastix); Impact maps run on the bridge
-engine, and the result image is produced by itk-elastix's transformix from the written
+Routing (one stage per parameter map; ``engine="auto"``): a parameter object without any
+``(Metric "Impact")`` map goes unchanged to ``itk.elastix_registration_method`` (real elastix);
+Impact maps run on the bridge engine (``engine="bridge"`` / ``"elastix"`` send every map to one
+side). The result image of a bridge stage is produced by itk-elastix's transformix from the written
 TransformParameters map, so what users get is exactly what transformix applies.
 """
 from __future__ import annotations
@@ -55,9 +56,13 @@ def _as_float(image):
     return itk.cast_image_filter(image, ttype=(type(image), itk.Image[itk.F, dim]))
 
 
+ENGINES = ("auto", "elastix", "bridge")
+
+
 def elastix_registration_method(fixed_image, moving_image, parameter_object=None, fixed_mask=None,
                                 moving_mask=None, log_to_console: bool = False, output_directory=None,
-                                log_to_file: bool = False, log_file_name: str = "elastix.log", **kwargs):
+                                log_to_file: bool = False, log_file_name: str = "elastix.log",
+                                engine: str = "auto", **kwargs):
     """Register ``moving_image`` to ``fixed_image``; drop-in for ``itk.elastix_registration_method``.
 
     Args:
@@ -69,6 +74,9 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
         output_directory: existing folder for ``TransformParameters.<i>.txt``, ``result.<i>.<fmt>``,
             ``IterationInfo.<i>.R<r>.txt`` and the log, as elastix writes them.
         log_to_file, log_file_name: write the log into ``output_directory``.
+        engine: ``"auto"`` (maps with ``(Metric "Impact")`` on the bridge engine, the others on
+            elastix), ``"elastix"`` (everything on itk-elastix, e.g. with a native IMPACT plugin) or
+            ``"bridge"`` (everything on the bridge engine, to compare it with elastix).
         **kwargs: further itk-elastix keywords, passed on unchanged for elastix stages.
 
     Returns:
@@ -86,8 +94,13 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
     from .parameters import parameter_maps_from_object
     from .transform_io import to_parameter_object, write_transform_parameter_file
 
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     maps = [] if parameter_object is None else parameter_maps_from_object(parameter_object)
-    if not any(uses_impact(m) for m in maps):
+    if engine == "bridge" and not maps:
+        raise ValueError("engine='bridge' needs a parameter object: the bridge engine has no default maps")
+    on_bridge = engine == "bridge" or (engine == "auto" and any(uses_impact(m) for m in maps))
+    if not on_bridge:
         call = dict(kwargs, log_to_console=log_to_console)
         if parameter_object is not None:
             call["parameter_object"] = parameter_object if not maps else to_parameter_object(maps)
@@ -104,8 +117,8 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
         raise ValueError(f"elastix_registration_method: {', '.join(unsupported)} not supported yet for parameter "
                          "objects with an Impact map")
     if len(maps) != 1:
-        raise ValueError(f"the parameter object has {len(maps)} maps; chains that combine an Impact stage with "
-                         "other stages are not supported yet. Run the Impact map on its own.")
+        raise ValueError(f"the parameter object has {len(maps)} maps; sequences of several maps on the bridge "
+                         "engine (initial transforms) are not supported yet. Run each map on its own.")
 
     out = None if output_directory is None else Path(output_directory)
     if out is not None and not out.is_dir():
@@ -116,7 +129,7 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
     with _logging_to(log_to_console, logfile), _threads(kwargs.get("number_of_threads")):
         stage = run_stage(fixed_image, moving_image, maps[0], fixed_mask, moving_mask,
                                  elastix_level=0, output_directory=out)
-        log.info("Impact stage took %.1f s.", stage.seconds)
+        log.info("Bridge-engine stage took %.1f s.", stage.seconds)
         tp_map = stage.transform_parameter_map
         # itk-elastix reports the input pixel type as the result type.
         tp_map.set("ResultImagePixelType", ["float"])

@@ -31,6 +31,9 @@ def _registration_parser() -> argparse.ArgumentParser:
     p.add_argument("-mMask", metavar="MASK", help="moving mask (non-zero = inside)")
     p.add_argument("-threads", type=int, metavar="N", help="number of threads")
     p.add_argument("-loglevel", choices=["off", "error", "warning", "info"], default="info")
+    p.add_argument("--engine", choices=["auto", "elastix", "bridge"], default="auto",
+                   help="auto: Impact maps on the bridge engine, the others on elastix (default); "
+                        "elastix / bridge: every map on that engine")
     return p
 
 
@@ -58,7 +61,7 @@ def run_registration(argv) -> int:
     result, tp = elastix_registration_method(
         fixed, moving, parameter_object=parameter_object,
         fixed_mask=fixed_mask, moving_mask=moving_mask,
-        log_to_console=console, output_directory=str(out), log_to_file=True, **kwargs)
+        log_to_console=console, output_directory=str(out), log_to_file=True, engine=args.engine, **kwargs)
     print(f"elastix-bridge: wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} "
           f"to {out}")
     return 0
