@@ -112,36 +112,48 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
             call.update(log_to_file=True, log_file_name=log_file_name)
         return itk.elastix_registration_method(fixed_image, moving_image, **call)
 
-    unsupported = sorted(k for k in kwargs if k not in ("number_of_threads",))
+    unsupported = sorted(k for k in kwargs if k not in ("number_of_threads", "initial_transform_parameter_file_name"))
     if unsupported:
         raise ValueError(f"elastix_registration_method: {', '.join(unsupported)} not supported yet for parameter "
-                         "objects with an Impact map")
-    if len(maps) != 1:
-        raise ValueError(f"the parameter object has {len(maps)} maps; sequences of several maps on the bridge "
-                         "engine (initial transforms) are not supported yet. Run each map on its own.")
+                         "objects run on the bridge engine")
+    if engine == "auto" and not all(uses_impact(m) for m in maps):
+        raise ValueError("the parameter object mixes Impact maps with other maps; chains across the two engines are "
+                         "not supported yet. Run them with engine='bridge' (every map on the bridge engine) or one "
+                         "at a time.")
 
     out = None if output_directory is None else Path(output_directory)
     if out is not None and not out.is_dir():
         raise FileNotFoundError(f"output directory {out} does not exist; create it first (elastix requires it)")
     logfile = out / log_file_name if out is not None and log_to_file else None
+    from .engine.initial_transforms import TransformChain, chain_from_file
     from .engine.registration import run_stage
 
+    t0 = kwargs.get("initial_transform_parameter_file_name")
+    initial_maps = chain_from_file(t0) if t0 else []
+    stage_maps = []
     with _logging_to(log_to_console, logfile), _threads(kwargs.get("number_of_threads")):
-        stage = run_stage(fixed_image, moving_image, maps[0], fixed_mask, moving_mask,
-                                 elastix_level=0, output_directory=out)
-        log.info("Bridge-engine stage took %.1f s.", stage.seconds)
-        tp_map = stage.transform_parameter_map
-        # itk-elastix reports the input pixel type as the result type.
-        tp_map.set("ResultImagePixelType", ["float"])
-        # Result files are MetaImage .mha unless the map asks otherwise (one file, no .raw beside it).
-        fmt = maps[0].get("ResultImageFormat", default="mha")
-        tp_map.set("ResultImageFormat", [fmt])
-        tp_object = to_parameter_object([tp_map])
+        for k, pmap in enumerate(maps):
+            # Stage k starts from stages 0..k-1 (and -t0); on disk, its map names the previous file.
+            chain = TransformChain(initial_maps + stage_maps) if initial_maps or stage_maps else None
+            previous_file = (str(out / f"TransformParameters.{k - 1}.txt") if k and out is not None
+                             else (str(Path(t0).resolve()) if t0 and not k else None))
+            stage = run_stage(fixed_image, moving_image, pmap, fixed_mask, moving_mask, elastix_level=k,
+                              output_directory=out, initial_transform=chain, initial_transform_file=previous_file)
+            log.info("Bridge-engine stage %d took %.1f s.", k, stage.seconds)
+            tp_map = stage.transform_parameter_map
+            # itk-elastix reports the input pixel type as the result type.
+            tp_map.set("ResultImagePixelType", ["float"])
+            # Result files are MetaImage .mha unless the map asks otherwise (one file, no .raw beside it).
+            fmt = pmap.get("ResultImageFormat", default="mha")
+            tp_map.set("ResultImageFormat", [fmt])
+            stage_maps.append(tp_map)
+            if out is not None:
+                write_transform_parameter_file(tp_map, out / f"TransformParameters.{k}.txt")
+        # In memory, map i's initial transform is map i-1 (the file names are ignored, elastix_spec §1.7).
+        tp_object = to_parameter_object(initial_maps + stage_maps)
         result = itk.transformix_filter(_as_float(moving_image), tp_object)
-        if out is not None:
-            write_transform_parameter_file(tp_map, out / "TransformParameters.0.txt")
-            if maps[0].get("WriteResultImage", default=True, type=bool):
-                write_image(result, out / f"result.0.{fmt}")
+        if out is not None and maps[-1].get("WriteResultImage", default=True, type=bool):
+            write_image(result, out / f"result.{len(maps) - 1}.{fmt}")
     return result, tp_object
 
 

@@ -1,6 +1,7 @@
 """The ``elastix-bridge`` command: elastix's flags, plus a few bridge commands.
 
-    elastix-bridge -f fixed.mha -m moving.mha -p params.txt -out OUT [-fMask m.mha] [-mMask m.mha] [-threads N]
+    elastix-bridge -f fixed.mha -m moving.mha -p params.txt -out OUT [-fMask m.mha] [-mMask m.mha] [-t0 TP.txt]
+                   [-threads N] [--engine auto|elastix|bridge]
     elastix-bridge build-plugin          compile the IMPACT plugin for the installed torch
     elastix-bridge make-model NAME -o F  write a built-in TorchScript feature model (e.g. mind-ssc-3d)
     elastix-bridge demo --out DIR        register real anatomy (MNI152 from nilearn) with a known deformation
@@ -29,6 +30,8 @@ def _registration_parser() -> argparse.ArgumentParser:
     p.add_argument("-out", required=True, metavar="DIR", help="output directory (created if absent)")
     p.add_argument("-fMask", metavar="MASK", help="fixed mask (non-zero = inside)")
     p.add_argument("-mMask", metavar="MASK", help="moving mask (non-zero = inside)")
+    p.add_argument("-t0", metavar="TP", help="initial TransformParameters file (followed through its "
+                                             "InitialTransformParameterFileName chain)")
     p.add_argument("-threads", type=int, metavar="N", help="number of threads")
     p.add_argument("-loglevel", choices=["off", "error", "warning", "info"], default="info")
     p.add_argument("--engine", choices=["auto", "elastix", "bridge"], default="auto",
@@ -55,6 +58,10 @@ def run_registration(argv) -> int:
     moving_mask = read_mask(args.mMask, "moving mask (-mMask)") if args.mMask else None
     out.mkdir(parents=True, exist_ok=True)  # only once the inputs are readable
     kwargs = {}
+    if args.t0:
+        if not Path(args.t0).is_file():
+            raise FileNotFoundError(f"initial transform (-t0) {args.t0} does not exist; check the path")
+        kwargs["initial_transform_parameter_file_name"] = str(args.t0)
     if args.threads:
         kwargs["number_of_threads"] = args.threads
     console = args.loglevel != "off"

@@ -259,3 +259,26 @@ def test_torch_not_installed(inputs, tmp_path):
                           timeout=600, cwd=tmp_path)
     line = assert_one_line_error(proc.returncode, proc.stderr, "PyTorch", "cannot be imported", "pip install")
     assert "torch" in line.split("pip install", 1)[1]
+
+
+def test_missing_initial_transform_file(inputs, tmp_path, capsys):
+    failing_run(capsys, inputs, tmp_path, "initial transform (-t0)", "nothing.txt", "does not exist",
+                t0=tmp_path / "nothing.txt")
+
+
+def test_engine_bridge_runs_a_classic_map_then_t0_chains_on_it(inputs, tmp_path, capsys):
+    """--engine bridge runs a map without Impact on the bridge; -t0 starts the next run from its result."""
+    rigid = write_parameter_file(tmp_path / "rigid.txt", {
+        "Registration": ["MultiResolutionRegistration"], "Metric": ["AdvancedMeanSquares"],
+        "Transform": ["EulerTransform"], "Optimizer": ["AdaptiveStochasticGradientDescent"],
+        "MaximumNumberOfIterations": ["20"], "NumberOfResolutions": ["1"], "ImageSampler": ["Full"]})
+    code, out, err = run(capsys, *registration_args(inputs, tmp_path / "rigid", rigid), "--engine", "bridge")
+    assert code == 0, err
+    assert "Bridge-engine stage 0" in (tmp_path / "rigid" / "elastix.log").read_text()
+    t0 = tmp_path / "rigid" / "TransformParameters.0.txt"
+    code, out, err = run(capsys, *registration_args(inputs, tmp_path / "next"), "-t0", t0)
+    assert code == 0, err
+    from elastix_bridge.transform_io import read_transform_parameter_file
+
+    written = read_transform_parameter_file(tmp_path / "next" / "TransformParameters.0.txt")
+    assert written.get("InitialTransformParameterFileName") == str(t0.resolve())

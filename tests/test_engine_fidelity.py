@@ -81,6 +81,55 @@ def test_engine_switch_routes_every_map(plugin, pair, tmp_path, caplog):
     pmap["MaximumNumberOfIterations"] = ["5"]
     with caplog.at_level("INFO", logger="elastix_bridge"):
         elastix_registration_method(*pair, parameter_object=pmap, engine="bridge")
-    assert any("Bridge-engine stage took" in r.getMessage() for r in caplog.records)
+    assert any("Bridge-engine stage 0 took" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="engine must be one of"):
         elastix_registration_method(*pair, parameter_object=pmap, engine="native")
+
+
+def _field(moving, tp):
+    return itk.array_from_image(itk.transformix_deformation_field(moving, tp))
+
+
+def test_sequence_of_maps_starts_each_stage_from_the_previous(plugin, pair, tmp_path):
+    """A rigid map then a B-spline map (elastix_spec §1.7): the chain agrees with elastix's own."""
+    rigid, bspline = _map("EulerTransform", ("AdvancedMeanSquares",)), _map("BSplineTransform", ("AdvancedMeanSquares",))
+    (tmp_path / "e").mkdir()
+    (tmp_path / "b").mkdir()
+    _, elastix_tp = elastix_registration_method(*pair, parameter_object=[rigid, bspline], engine="elastix",
+                                                output_directory=str(tmp_path / "e"))
+    _, bridge_tp = elastix_registration_method(*pair, parameter_object=[rigid, bspline], engine="bridge",
+                                               output_directory=str(tmp_path / "b"))
+    assert bridge_tp.GetNumberOfParameterMaps() == 2
+    assert [bridge_tp.GetParameterMap(i)["Transform"][0] for i in range(2)] == ["EulerTransform", "BSplineTransform"]
+    for key in ("GridSize", "GridSpacing", "GridOrigin"):  # the grid is fitted to the rigidly moved domain
+        np.testing.assert_allclose(np.array(bridge_tp.GetParameterMap(1)[key], dtype=float),
+                                   np.array(elastix_tp.GetParameterMap(1)[key], dtype=float), rtol=0, atol=0.05)
+    difference = np.linalg.norm(_field(pair[1], bridge_tp) - _field(pair[1], elastix_tp), axis=-1).mean()
+    assert difference <= min(SPACING), f"mean |Δu| {difference:.3f} mm"
+    # on disk, the B-spline file names the rigid one, and transformix follows the link from the file alone
+    from elastix_bridge.transform_io import read_transform_parameter_file, to_parameter_object
+
+    second = read_transform_parameter_file(tmp_path / "b" / "TransformParameters.1.txt")
+    assert second.get("InitialTransformParameterFileName") == str(tmp_path / "b" / "TransformParameters.0.txt")
+    np.testing.assert_allclose(_field(pair[1], to_parameter_object([second])), _field(pair[1], bridge_tp), atol=1e-4)
+
+
+def test_initial_transform_file_t0(plugin, pair, tmp_path):
+    """``initial_transform_parameter_file_name`` (``-t0``): a bridge B-spline stage on top of an elastix affine."""
+    from elastix_bridge.engine.initial_transforms import chain_from_file
+
+    (tmp_path / "affine").mkdir()
+    elastix_registration_method(*pair, parameter_object=_map("AffineTransform", ("AdvancedMeanSquares",)),
+                                engine="elastix", output_directory=str(tmp_path / "affine"))
+    t0 = tmp_path / "affine" / "TransformParameters.0.txt"
+    assert len(chain_from_file(t0)) == 1
+    bspline = _map("BSplineTransform", ("AdvancedMattesMutualInformation",))
+    fields = []
+    for engine in ("elastix", "bridge"):
+        (tmp_path / engine).mkdir()
+        _, tp = elastix_registration_method(*pair, parameter_object=bspline, engine=engine,
+                                            output_directory=str(tmp_path / engine),
+                                            initial_transform_parameter_file_name=str(t0))
+        fields.append(_field(pair[1], tp))
+    difference = np.linalg.norm(fields[0] - fields[1], axis=-1).mean()
+    assert difference <= min(SPACING), f"mean |Δu| {difference:.3f} mm"

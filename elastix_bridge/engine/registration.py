@@ -243,6 +243,44 @@ def _metric_weights(pmap, components, level: int):
     return weights, use, relative
 
 
+def _combined(transform, initial_transform, how: str):
+    """The stage transform, combined with the earlier stages' transform when there is one."""
+    if initial_transform is None:
+        return transform
+    from .initial_transforms import ComposedTransform
+
+    return ComposedTransform(transform, initial_transform, how)
+
+
+def _grid_domain_under_initial(geometry, final_spacing, initial_transform):
+    """B-spline grid domain when composing with an initial transform (elastix_spec §6.4).
+
+    The fixed image's boundary voxels are mapped through the initial transform and bounded in the
+    image's rotated frame ``[m, M]``; the origin becomes ``Dir·m`` and, per axis with extent
+    ``L = S·(n−1) > 0``, the spacing and the final grid spacing are scaled by ``(M − m)/L``.
+
+    Returns:
+        ``(geometry, final_spacing)`` to build the grids from.
+    """
+    import torch
+
+    from .geometry import ImageGeometry
+
+    size = np.asarray(geometry.size)
+    axes = [np.arange(n) for n in size]
+    index = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(size))
+    boundary = index[np.any((index == 0) | (index == size - 1), axis=1)]
+    mapped = initial_transform(torch.from_numpy(geometry.index_to_physical(boundary.astype(np.float64)))).numpy()
+    rotated = mapped @ np.linalg.inv(geometry.direction).T
+    low, high = rotated.min(axis=0), rotated.max(axis=0)
+    spacing = np.asarray(geometry.spacing, dtype=np.float64).copy()
+    final = np.asarray(final_spacing, dtype=np.float64).copy()
+    extent = spacing * (size - 1)
+    scale = np.where(extent > 1e-12, (high - low) / np.where(extent > 1e-12, extent, 1.0), 1.0)
+    return (ImageGeometry(tuple(int(n) for n in size), spacing * scale, geometry.direction @ low, geometry.direction),
+            final * scale)
+
+
 def _erosion_flag(pmap, which: str, level: int) -> bool:
     flag = pmap.get("ErodeMask", level=level, default=True, type=bool)
     if pmap.has(f"Erode{which}Mask"):
@@ -252,7 +290,8 @@ def _erosion_flag(pmap, which: str, level: int) -> bool:
 
 def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None, *,
               elastix_level: int = 0, output_directory: Optional[Path] = None,
-              on_iteration: Optional[Callable] = None) -> StageResult:
+              on_iteration: Optional[Callable] = None, initial_transform=None,
+              initial_transform_file: Optional[str] = None) -> StageResult:
     """Run one parameter map like elastix would (Impact and/or elastix's classic metrics).
 
     Args:
@@ -263,6 +302,10 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
         elastix_level: index of this map in the parameter object (file names ``*.<level>.*``).
         output_directory: where elastix would write per-resolution files, or None.
         on_iteration: ``on_iteration(level, record)`` for progress reporting.
+        initial_transform: the earlier stages' transform, a callable on ``(N, D)`` physical points
+            (e.g. :class:`~elastix_bridge.engine.initial_transforms.TransformChain`), or None; combined
+            with this stage's transform by ``HowToCombineTransforms`` (elastix_spec §1.7).
+        initial_transform_file: ``InitialTransformParameterFileName`` written into the result map.
 
     Returns:
         :class:`StageResult`.
@@ -334,20 +377,26 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
                                             moving_full.geometry)
 
         bspline = components["Transform"] in ("BSplineTransform", "RecursiveBSplineTransform")
+        how = pmap.get("HowToCombineTransforms", default="Compose")
         scales = None
         if bspline:
+            grid_geometry = fixed_full.geometry
             final_spacing, grid_schedule = _grid_settings(pmap, fixed_full.geometry, levels)
+            if initial_transform is not None and how == "Compose":
+                grid_geometry, final_spacing = _grid_domain_under_initial(fixed_full.geometry, final_spacing,
+                                                                          initial_transform)
             order = pmap.get("BSplineTransformSplineOrder", default=3, type=int)
         elif components["Transform"] == "TranslationTransform":
-            if pmap.get("AutomaticTransformInitialization", default=False, type=bool):
+            if initial_transform is None and pmap.get("AutomaticTransformInitialization", default=False, type=bool):
                 raise UnsupportedComponentError(
                     "(AutomaticTransformInitialization \"true\") with TranslationTransform is not supported by the "
                     "bridge engine yet; set it to \"false\" or use EulerTransform or AffineTransform")
-            transform = TranslationTransform(dim)
+            transform = _combined(TranslationTransform(dim), initial_transform, how)
         else:
             transform, parameters0, scales = make_linear_transform(
                 components["Transform"], pmap, fixed_full.geometry, moving_full.geometry, fixed_full, moving_full,
-                fmask_full, mmask_full)
+                fmask_full, mmask_full, initial_transform=initial_transform, how_to_combine=how)
+            transform = _combined(transform, initial_transform, how)
         parameters = None
         previous = None
         history = []
@@ -364,9 +413,9 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
                 mmask = mmask.eroded(2 * moving_schedule.rescale[level] + 1)
 
             if bspline:
-                transform = BSplineTransform(
-                    grid_for_level(fixed_full.geometry, final_spacing, grid_schedule[level], order), order=order,
-                    name=components["Transform"])
+                transform = _combined(BSplineTransform(
+                    grid_for_level(grid_geometry, final_spacing, grid_schedule[level], order), order=order,
+                    name=components["Transform"]), initial_transform, how)
                 parameters = (transform.parameters if previous is None
                               else transform.upsample(parameters, previous.grid, transform.grid))
                 previous = transform
@@ -431,10 +480,12 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
             if output_directory is not None and pmap.get("WriteTransformParametersEachResolution",
                                                          default=False, type=bool):
                 write_transform_parameter_file(
-                    transform_parameter_map(transform, parameters, fixed_full.geometry, registration_map=pmap),
+                    transform_parameter_map(transform, parameters, fixed_full.geometry, registration_map=pmap,
+                                            initial_transform_file=initial_transform_file, how_to_combine=how),
                     Path(output_directory) / f"TransformParameters.{elastix_level}.R{level}.txt")
 
-        tp_map = transform_parameter_map(transform, parameters, fixed_full.geometry, registration_map=pmap)
+        tp_map = transform_parameter_map(transform, parameters, fixed_full.geometry, registration_map=pmap,
+                                         initial_transform_file=initial_transform_file, how_to_combine=how)
         if history and history[-1]:
             log.info("Final metric value  = %f", history[-1][-1].metric)
         return StageResult(tp_map, transform, parameters, history, time.perf_counter() - tic)

@@ -1,0 +1,202 @@
+"""Initial transforms: TransformParameters maps read back as transforms, chains, and composition.
+
+elastix runs a sequence of parameter maps as sequential registrations: stage k starts from the
+final transform of stages 0..k−1 (its *initial transform*), combined with its own transform by
+``HowToCombineTransforms`` (elastix_spec §1.7, ``Common/Transforms/itkAdvancedCombinationTransform.hxx``)::
+
+    Compose (default):  T(x) = T_cur(T_init(x))          parameter Jacobian of T_cur at T_init(x)
+    Add:                T(x) = T_cur(x) + T_init(x) − x   parameter Jacobian of T_cur at x
+
+All points are physical (mm, ITK x, y, z order); only the current transform's parameters are
+optimised, the initial transform is evaluated without gradients.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .transforms import BSplineGrid, BSplineTransform, Transform, TranslationTransform
+
+__all__ = ["ComposedTransform", "TransformChain", "chain_from_file", "transform_from_parameter_map"]
+
+
+def transform_from_parameter_map(pmap):
+    """The transform and parameters a TransformParameters map describes (what transformix applies).
+
+    Args:
+        pmap: :class:`elastix_bridge.parameters.ParameterMap` (or dict of string lists) with
+            ``Transform``, ``TransformParameters`` and the transform's own keys (``GridSize`` …,
+            ``CenterOfRotationPoint`` …).
+
+    Returns:
+        ``(transform, params)``: a transform of :mod:`elastix_bridge.engine.transforms` or
+        :mod:`elastix_bridge.engine.linear_transforms` and its ``Tensor[P]`` float64 parameters.
+
+    Raises:
+        ValueError: a transform the bridge engine does not know, or inconsistent keys.
+
+    Source: elastix_spec §10.1, §10.3.
+    """
+    import torch
+
+    from ..parameters import ParameterMap
+    from .linear_transforms import LINEAR_TRANSFORMS, linear_transform_from_parameter_map
+
+    pm = pmap if isinstance(pmap, ParameterMap) else ParameterMap.from_dict(dict(pmap))
+    name = pm.get("Transform", default="AffineTransform")  # elastix's default when absent (§1.7)
+    if name in LINEAR_TRANSFORMS:
+        return linear_transform_from_parameter_map(pm)
+    params = torch.tensor([float(v) for v in pm.values("TransformParameters")], dtype=torch.float64)
+    if name == "TranslationTransform":
+        transform = TranslationTransform(len(params))
+    elif name in ("BSplineTransform", "RecursiveBSplineTransform"):
+        size = [int(v) for v in pm.values("GridSize")]
+        d = len(size)
+        direction = np.array([float(v) for v in pm.values("GridDirection")] or np.eye(d).reshape(-1)).reshape(d, d).T
+        grid = BSplineGrid(tuple(size), [float(v) for v in pm.values("GridSpacing")],
+                           [float(v) for v in pm.values("GridOrigin")], direction)  # GridDirection is column-major
+        transform = BSplineTransform(grid, order=pm.get("BSplineTransformSplineOrder", default=3, type=int), name=name)
+    else:
+        raise ValueError(f"(Transform \"{name}\") in an initial TransformParameters map is not supported by the bridge "
+                         "engine; supported: TranslationTransform, EulerTransform, SimilarityTransform, "
+                         "AffineTransform, BSplineTransform, RecursiveBSplineTransform")
+    if len(params) != transform.number_of_parameters:
+        raise ValueError(f"the {name} map has {len(params)} TransformParameters; its grid/dimension needs "
+                         f"{transform.number_of_parameters}")
+    return transform, params
+
+
+def chain_from_file(path) -> list:
+    """The TransformParameters maps of a file and of the initial transforms it names, earliest first.
+
+    ``InitialTransformParameterFileName`` (or the deprecated ``InitialTransformParametersFileName``)
+    is followed recursively until ``NoInitialTransform``. A relative name is used as it is when it is
+    absolute, when the referencing file's own path has no folder part, or when it exists relative to
+    the working directory; otherwise it is taken relative to the referencing file's folder
+    (elastix_spec §1.7).
+
+    Args:
+        path: a TransformParameters file (``-t0``).
+
+    Returns:
+        list of :class:`~elastix_bridge.parameters.ParameterMap`.
+
+    Raises:
+        FileNotFoundError: a file of the chain is missing (the message names the referencing file).
+        ValueError: a file references itself or a chain loops.
+    """
+    from pathlib import Path
+
+    from ..transform_io import read_transform_parameter_file
+
+    maps, seen = [], set()
+    current, referrer = str(path), None
+    while True:
+        p = Path(current)
+        if not p.is_file():
+            where = f" (named by {referrer})" if referrer else ""
+            raise FileNotFoundError(f"initial TransformParameters file {current} does not exist{where}")
+        key = str(p.resolve())
+        if key in seen:
+            raise ValueError(f"the initial transform chain loops at {current}")
+        seen.add(key)
+        pm = read_transform_parameter_file(p)
+        maps.insert(0, pm)
+        name = pm.get("InitialTransformParameterFileName",
+                      default=pm.get("InitialTransformParametersFileName", default="NoInitialTransform"))
+        if not name or name == "NoInitialTransform":
+            return maps
+        nxt = Path(name)
+        if not (nxt.is_absolute() or ("/" not in current and "\\" not in current) or nxt.exists()):
+            nxt = p.parent / nxt
+        referrer, current = current, str(nxt)
+
+
+class TransformChain:
+    """The final transform of a sequence of TransformParameters maps, as a function of points.
+
+    Args:
+        maps: the maps in order (first = earliest stage); map i's initial transform is maps 0..i−1, and
+            its ``HowToCombineTransforms`` says how the two combine.
+
+    Raises:
+        ValueError: see :func:`transform_from_parameter_map`.
+    """
+
+    def __init__(self, maps: Sequence):
+        from ..parameters import ParameterMap
+
+        self.stages = []
+        for m in maps:
+            pm = m if isinstance(m, ParameterMap) else ParameterMap.from_dict(dict(m))
+            transform, params = transform_from_parameter_map(pm)
+            self.stages.append((transform, params, pm.get("HowToCombineTransforms", default="Compose")))
+        if not self.stages:
+            raise ValueError("an initial transform chain needs at least one TransformParameters map")
+        self.dimension = self.stages[0][0].dimension
+
+    def __call__(self, points):
+        """Map physical points ``(N, D)`` (mm) through the whole chain; no gradient."""
+        import torch
+
+        with torch.no_grad():
+            y = None
+            for transform, params, how in self.stages:
+                if y is None:
+                    y = transform.transform_points(params, points)
+                elif how == "Compose":
+                    y = transform.transform_points(params, y)
+                else:  # Add
+                    y = transform.transform_points(params, points) + y - points
+            return y
+
+
+class ComposedTransform(Transform):
+    """The current stage's transform combined with a fixed initial transform (elastix_spec §1.7).
+
+    Behaves as the current transform for the optimizer (same parameters, scales and
+    TransformParameters keys); points are mapped through the initial transform as
+    ``HowToCombineTransforms`` says.
+
+    Args:
+        current: the transform being optimised.
+        initial: callable ``(N, D) → (N, D)`` (e.g. a :class:`TransformChain`), evaluated without gradient.
+        how_to_combine: ``"Compose"`` or ``"Add"`` (anything else is Add, as elastix).
+    """
+
+    def __init__(self, current: Transform, initial, how_to_combine: str = "Compose"):
+        self.current = current
+        self.initial = initial
+        self.compose = how_to_combine == "Compose"
+        self.dimension = current.dimension
+        self.name = current.name
+
+    @property
+    def number_of_parameters(self) -> int:
+        return self.current.number_of_parameters
+
+    @property
+    def parameters(self):
+        return self.current.parameters
+
+    def transform_points(self, params, points):
+        """``T_cur(T_init(x))`` (Compose) or ``T_cur(x) + T_init(x) − x`` (Add); differentiable in ``params``."""
+        moved = self.initial(points.detach()).to(points.dtype)
+        if self.compose:
+            return self.current.transform_points(params, moved)
+        return self.current.transform_points(params, points) + moved - points.detach()
+
+    def jacobian(self, points, params=None):
+        """Parameter Jacobian of the current transform at ``T_init(x)`` (Compose) or ``x`` (Add)."""
+        at = self.initial(points).to(points.dtype) if self.compose else points
+        return self.current.jacobian(at) if params is None else self.current.jacobian(at, params)
+
+    def scales(self):
+        return self.current.scales()
+
+    def parameter_map(self, params=None):
+        return self.current.parameter_map(params)
+
+    def __getattr__(self, name):  # grid, upsample, center ... of the current transform
+        return getattr(self.__dict__["current"], name)
