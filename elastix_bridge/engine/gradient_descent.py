@@ -10,28 +10,20 @@ Sources: elastix_spec §9.2 (``Components/Optimizers/StandardGradientDescent``),
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .optimizers import IterationRecord, SamplingError, _scale_roots, _ScaledCost
+from .optimizers import IterationRecord, _scale_roots, _ScaledCost, evaluate_with_retries
 
-log = logging.getLogger("elastix_bridge")
+class _GradientDescent:
+    """Shared state of the two optimizers: settings, the per-iteration callback, history, stop condition."""
 
-
-def _evaluate(cost, x, attempts_allowed: int):
-    """Value and gradient with elastix's retry rule (``MaximumNumberOfSamplingAttempts``)."""
-    attempts = 0
-    while True:
-        try:
-            return cost.value_and_derivative(x)
-        except SamplingError:
-            attempts += 1
-            if attempts > attempts_allowed:
-                raise
-            log.warning("Sampling attempt %d: too few valid samples, drawing new samples.", attempts)
-            cost.select_new_samples()
+    def __init__(self, settings, on_iteration: Optional[Callable] = None):
+        self.s = settings
+        self.on_iteration = on_iteration
+        self.history: list = []
+        self.stop_condition = ""
 
 
 @dataclass
@@ -56,19 +48,13 @@ class StandardGradientDescentSettings:
                    new_samples_every_iteration=g("NewSamplesEveryIteration", False, bool))
 
 
-class StandardGradientDescent:
+class StandardGradientDescent(_GradientDescent):
     """``y_{k+1} = y_k − a/(A + k + 1)^α · ĝ_k`` in the scaled space ``y = √S·x`` (elastix_spec §9.2, §6.3).
 
     Args:
         settings: the level's :class:`StandardGradientDescentSettings`.
         on_iteration: called as ``on_iteration(record, position)`` after each iteration.
     """
-
-    def __init__(self, settings: StandardGradientDescentSettings, on_iteration: Optional[Callable] = None):
-        self.s = settings
-        self.on_iteration = on_iteration
-        self.history: list = []
-        self.stop_condition = ""
 
     def optimize(self, cost, x0, terms=None, scales=None):
         """Run the level's iterations from ``x0`` (Tensor[P] float64); returns the final position.
@@ -89,7 +75,7 @@ class StandardGradientDescent:
         self.history = []
         for k in range(s.maximum_number_of_iterations):
             tic = time.perf_counter()
-            value, g = _evaluate(scaled, y, s.maximum_number_of_sampling_attempts)
+            value, g = evaluate_with_retries(scaled, y, s.maximum_number_of_sampling_attempts)
             gamma = s.sp_a / (s.sp_A + k + 1.0) ** s.sp_alpha
             y = y - gamma * g
             record = IterationRecord(k, float(value), float(k), gamma, float(g.norm()),
@@ -136,7 +122,7 @@ class RegularStepGradientDescentSettings:
         return s
 
 
-class RegularStepGradientDescent:
+class RegularStepGradientDescent(_GradientDescent):
     """ITK's regular-step gradient descent (elastix_spec §9.3).
 
     With ``g̃ = g / S`` (scales divide once, they are not squared here): stop when ``‖g̃‖`` is below
@@ -147,12 +133,6 @@ class RegularStepGradientDescent:
         settings: the level's :class:`RegularStepGradientDescentSettings`.
         on_iteration: called as ``on_iteration(record, position)`` after each iteration.
     """
-
-    def __init__(self, settings: RegularStepGradientDescentSettings, on_iteration: Optional[Callable] = None):
-        self.s = settings
-        self.on_iteration = on_iteration
-        self.history: list = []
-        self.stop_condition = ""
 
     def optimize(self, cost, x0, terms=None, scales=None):
         """Run the level's iterations from ``x0`` (Tensor[P] float64); returns the final position.
@@ -174,7 +154,7 @@ class RegularStepGradientDescent:
         self.stop_condition = "Maximum number of iterations has been reached"
         for k in range(s.maximum_number_of_iterations):
             tic = time.perf_counter()
-            value, g = _evaluate(cost, x, s.maximum_number_of_sampling_attempts)
+            value, g = evaluate_with_retries(cost, x, s.maximum_number_of_sampling_attempts)
             gt = g if scales is None else g / scales.to(g.dtype)
             magnitude = float(gt.norm())
             if magnitude < s.minimum_gradient_magnitude:

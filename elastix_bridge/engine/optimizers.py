@@ -186,6 +186,24 @@ def jacobian_terms(values, indices, number_of_parameters: int, scales=None) -> J
     return JacobianTerms(tr_c, tr_cc, max_jj, max_jcj, vals, idx)
 
 
+def evaluate_with_retries(cost: CostFunction, x, attempts_allowed: int, exact: bool = False):
+    """Value and derivative with elastix's retry rule for sampling errors.
+
+    A :class:`SamplingError` draws new samples and retries, up to ``MaximumNumberOfSamplingAttempts``
+    times (exact evaluations on the dense grid never retry); then it propagates.
+    """
+    attempts = 0
+    while True:
+        try:
+            return cost.value_and_derivative(x, exact=exact)
+        except SamplingError:
+            attempts += 1
+            if exact or attempts > attempts_allowed:
+                raise
+            log.warning("Sampling attempt %d: too few valid samples, drawing new samples.", attempts)
+            cost.select_new_samples()
+
+
 def _scale_roots(scales):
     """``√S`` as a float64 tensor, or None when there are no scales or all are 1 (elastix ignores them)."""
     if scales is None:
@@ -328,17 +346,7 @@ class AdaptiveStochasticGradientDescent:
         return self.f_min + (self.f_max - self.f_min) / denom
 
     def _evaluate(self, cost: CostFunction, x, exact: bool = False):
-        """Evaluate with elastix's retry rule for sampling errors (MaximumNumberOfSamplingAttempts)."""
-        attempts = 0
-        while True:
-            try:
-                return cost.value_and_derivative(x, exact=exact)
-            except SamplingError:
-                attempts += 1
-                if exact or attempts > self.s.maximum_number_of_sampling_attempts:
-                    raise
-                log.warning("Sampling attempt %d: too few valid samples, drawing new samples.", attempts)
-                cost.select_new_samples()
+        return evaluate_with_retries(cost, x, self.s.maximum_number_of_sampling_attempts, exact)
 
     # -- iterations ------------------------------------------------------------------------------
     def optimize(self, cost: CostFunction, x0, terms: Optional[JacobianTerms] = None, scales=None):
