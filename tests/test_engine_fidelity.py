@@ -133,3 +133,38 @@ def test_initial_transform_file_t0(plugin, pair, tmp_path):
         fields.append(_field(pair[1], tp))
     difference = np.linalg.norm(fields[0] - fields[1], axis=-1).mean()
     assert difference <= min(SPACING), f"mean |Δu| {difference:.3f} mm"
+
+
+@pytest.mark.parametrize("method,masks", [("GeometricalCenter", False), ("GeometricalCenter", True),
+                                          ("CenterOfGravity", False)])
+def test_translation_initialization_matches_elastix(plugin, method, masks):
+    """TranslationTransform with AutomaticTransformInitialization: elastix's start + size/2 centres."""
+    from elastix_bridge.engine.registration import run_stage
+    from elastix_bridge.parameters import ParameterMap
+
+    def image(array, spacing, origin):
+        im = itk.image_from_array(np.ascontiguousarray(array, dtype=np.float32))
+        im.SetSpacing(spacing)
+        im.SetOrigin(origin)
+        return im
+
+    y, x = np.mgrid[:40, :50].astype(np.float32)
+    v, u = np.mgrid[:36, :45].astype(np.float32)
+    fixed = image(np.exp(-((x - 20) ** 2 + (y - 18) ** 2) / 50), [1.1, 0.8], [0.0, 0.0])
+    moving = image(2 * np.exp(-((u - 26) ** 2 + (v - 15) ** 2) / 50), [0.9, 1.2], [3.0, -1.0])
+    kw = {}
+    if masks:
+        kw = {"fixed_mask": image((x > 5) & (x < 30) & (y > 8) & (y < 33), [1.1, 0.8], [0.0, 0.0]),
+              "moving_mask": image((u > 2) & (u < 40) & (v > 10) & (v < 20), [0.9, 1.2], [3.0, -1.0])}
+        kw = {k: itk.cast_image_filter(m, ttype=(type(m), itk.Image[itk.UC, 2])) for k, m in kw.items()}
+    pmap = {"Registration": ["MultiResolutionRegistration"], "Metric": ["AdvancedMeanSquares"],
+            "Transform": ["TranslationTransform"], "Optimizer": ["AdaptiveStochasticGradientDescent"],
+            "MaximumNumberOfIterations": ["0"], "NumberOfResolutions": ["1"], "ImageSampler": ["Full"],
+            "AutomaticTransformInitialization": ["true"], "AutomaticTransformInitializationMethod": [method],
+            "AutomaticParameterEstimation": ["false"], "CheckNumberOfSamples": ["false"]}
+    po = itk.ParameterObject.New()
+    po.AddParameterMap(pmap)
+    _, tp = itk.elastix_registration_method(fixed, moving, parameter_object=po, **kw)
+    stage = run_stage(fixed, moving, ParameterMap.from_dict(pmap), kw.get("fixed_mask"), kw.get("moving_mask"))
+    np.testing.assert_allclose(stage.parameters.numpy(), np.array(tp.GetParameterMap(0)["TransformParameters"],
+                                                                  dtype=float), rtol=0, atol=1e-6)

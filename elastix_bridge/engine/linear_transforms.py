@@ -604,6 +604,41 @@ def _integer_index_points(geometry: ImageGeometry, index: np.ndarray) -> np.ndar
     return out
 
 
+def translation_initialization(method: str, fixed_geometry: ImageGeometry, moving_geometry: ImageGeometry,
+                               fixed_image=None, moving_image=None, fixed_mask: "Mask | None" = None,
+                               moving_mask: "Mask | None" = None) -> np.ndarray:
+    """Initial translation ``c_moving − c_fixed`` of elastix's TranslationTransform initializer (mm, ``(D,)``).
+
+    ``GeometricalCenter`` (and any other name but ``CenterOfGravity``): centres at the continuous index
+    ``start + size/2`` (not ``(size − 1)/2`` as for the other transforms) of each image, or of its mask's
+    index bounding box. ``CenterOfGravity``: intensity centroids over all voxels (without masks).
+
+    Raises:
+        ValueError: CenterOfGravity with masks (not supported yet), missing image values, zero mass.
+
+    Source: elastix ``itkTranslationTransformInitializer.hxx``; elastix_spec §6.2.
+    """
+    if method == "CenterOfGravity":
+        if fixed_mask is not None or moving_mask is not None:
+            raise ValueError("AutomaticTransformInitializationMethod CenterOfGravity with masks is not supported for "
+                             "TranslationTransform by the bridge engine yet; use GeometricalCenter or no masks")
+        arrays = [getattr(a, "array_zyx", a) for a in (fixed_image, moving_image)]
+        if any(a is None for a in arrays):
+            raise ValueError("CenterOfGravity needs the full-resolution image values")
+        return (_center_of_gravity_all_voxels(np.asarray(arrays[1], dtype=np.float32), moving_geometry)
+                - _center_of_gravity_all_voxels(np.asarray(arrays[0], dtype=np.float32), fixed_geometry))
+
+    def centre(geometry, mask):
+        if mask is None:
+            first, size = np.zeros(geometry.dimension), np.asarray(geometry.size, dtype=np.float64)
+        else:
+            lo, hi = mask.bounding_box_index()
+            first, size = lo.astype(np.float64), (hi - lo + 1).astype(np.float64)
+        return _index_to_point(geometry, first + size / 2.0)
+
+    return centre(moving_geometry, moving_mask) - centre(fixed_geometry, fixed_mask)
+
+
 def geometric_center(geometry: ImageGeometry, mask: "Mask | None" = None) -> np.ndarray:
     """Physical point (mm) of the continuous index ``start + (size − 1)/2`` of an image region.
 

@@ -323,7 +323,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
     from ..transform_io import transform_parameter_map, write_transform_parameter_file
     from .images import LevelImage, Mask
     from .classic_metrics import make_classic_metric
-    from .linear_transforms import make_linear_transform
+    from .linear_transforms import make_linear_transform, translation_initialization
     from .impact_metric import ImpactMetric, check_level_models
     from .optimizers import AdaptiveStochasticGradientDescent, ASGDSettings, jacobian_terms
     from .pyramids import pyramid_level
@@ -378,7 +378,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
 
         bspline = components["Transform"] in ("BSplineTransform", "RecursiveBSplineTransform")
         how = pmap.get("HowToCombineTransforms", default="Compose")
-        scales = None
+        scales = parameters0 = None
         if bspline:
             grid_geometry = fixed_full.geometry
             final_spacing, grid_schedule = _grid_settings(pmap, fixed_full.geometry, levels)
@@ -387,11 +387,12 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
                                                                           initial_transform)
             order = pmap.get("BSplineTransformSplineOrder", default=3, type=int)
         elif components["Transform"] == "TranslationTransform":
-            if initial_transform is None and pmap.get("AutomaticTransformInitialization", default=False, type=bool):
-                raise UnsupportedComponentError(
-                    "(AutomaticTransformInitialization \"true\") with TranslationTransform is not supported by the "
-                    "bridge engine yet; set it to \"false\" or use EulerTransform or AffineTransform")
             transform = _combined(TranslationTransform(dim), initial_transform, how)
+            if initial_transform is None and pmap.get("AutomaticTransformInitialization", default=False, type=bool):
+                # elastix_spec §6.2: only when asked, and never on top of an initial transform
+                parameters0 = torch.from_numpy(translation_initialization(
+                    pmap.get("AutomaticTransformInitializationMethod", default="GeometricalCenter"),
+                    fixed_full.geometry, moving_full.geometry, fixed_full, moving_full, fmask_full, mmask_full))
         else:
             transform, parameters0, scales = make_linear_transform(
                 components["Transform"], pmap, fixed_full.geometry, moving_full.geometry, fixed_full, moving_full,
@@ -420,7 +421,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
                               else transform.upsample(parameters, previous.grid, transform.grid))
                 previous = transform
             elif parameters is None:
-                parameters = transform.parameters if scales is None else parameters0
+                parameters = transform.parameters if parameters0 is None else parameters0
             parameters = parameters.to(torch.float64)
 
             n_samples = pmap.get("NumberOfSpatialSamples", level=level, default=5000, type=int)
