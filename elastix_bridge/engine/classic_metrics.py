@@ -451,10 +451,34 @@ def mattes_mutual_information(joint_pdf, low_memory: bool = True):
     return -torch.where(use, p * torch.log(ratio), torch.zeros_like(p)).sum()
 
 
-# ================================================================================================ base class
+# ================================================================================================ base classes
 
 
-class _SampledImageMetric:
+class _Metric:
+    """What every classic metric keeps: images, masks, transform, the valid-sample ratio, the options' label.
+
+    Args: as :class:`_SampledImageMetric`.
+    """
+
+    def __init__(self, fixed, moving, moving_mask, transform, moving_interpolation_order: int = 1,
+                 required_ratio_of_valid_samples: float = 0.25, parameter_map=None, level: int = 0, *,
+                 prefix: str = "Metric0", fixed_mask=None, fixed_interpolation_order: int = 1):
+        self.fixed, self.moving = fixed, moving
+        self.moving_mask, self.fixed_mask = moving_mask, fixed_mask
+        self.transform = transform
+        self.required_ratio = float(required_ratio_of_valid_samples)
+        self.level = int(level)
+        self.prefix = prefix
+
+    # -- per-level hooks --------------------------------------------------------------------------
+    def initialize(self, parameters) -> None:
+        """Per-level initialisation: nothing to do (extrema and factors are computed at construction)."""
+
+    def after_iteration(self, parameters) -> None:
+        """Called after every optimizer iteration: nothing to do for these metrics."""
+
+
+class _SampledImageMetric(_Metric):
     """Shared machinery of the image metrics: interpolators, sample validity, fixed values, options.
 
     Args:
@@ -485,12 +509,9 @@ class _SampledImageMetric:
 
         from .interpolators import ImageInterpolator
 
-        self.fixed, self.moving = fixed, moving
-        self.moving_mask, self.fixed_mask = moving_mask, fixed_mask
-        self.transform = transform
-        self.required_ratio = float(required_ratio_of_valid_samples)
-        self.level = int(level)
-        self.prefix = prefix
+        super().__init__(fixed, moving, moving_mask, transform, moving_interpolation_order,
+                         required_ratio_of_valid_samples, parameter_map, level, prefix=prefix, fixed_mask=fixed_mask,
+                         fixed_interpolation_order=fixed_interpolation_order)
         self.dim = fixed.geometry.dimension
         self.fixed_interp = ImageInterpolator(fixed, order=fixed_interpolation_order, dtype=torch.float64)
         self.moving_interp = ImageInterpolator(moving, order=moving_interpolation_order, dtype=torch.float64)
@@ -500,13 +521,6 @@ class _SampledImageMetric:
     # -- options ----------------------------------------------------------------------------------
     def _read_options(self, pmap, level: int, prefix: str) -> None:  # pragma: no cover - trivial default
         """Read the metric's own keys (``ReadParameter(value, key, label, level, 0)``)."""
-
-    # -- per-level hooks --------------------------------------------------------------------------
-    def initialize(self, parameters) -> None:
-        """Per-level initialisation: nothing to do (extrema and factors are computed at construction)."""
-
-    def after_iteration(self, parameters) -> None:
-        """Called after every optimizer iteration: nothing to do for these metrics."""
 
     # -- samples ----------------------------------------------------------------------------------
     def _inside_moving(self, points):
@@ -852,7 +866,7 @@ def bspline_spatial_hessian(transform, parameters, points):
     return hess * valid.to(dtype)[:, None, None, None]
 
 
-class TransformBendingEnergyPenalty:
+class TransformBendingEnergyPenalty(_Metric):
     """elastix ``TransformBendingEnergyPenalty``: ``V = 1/N · Σ_x Σ_k ‖H_k(x)‖_F²``.
 
     A sample counts when ``T(x)`` lies inside the moving mask (no moving-buffer check); ``N`` is their
@@ -868,21 +882,16 @@ class TransformBendingEnergyPenalty:
 
     name = "TransformBendingEnergyPenalty"
 
-    def __init__(self, fixed, moving, moving_mask, transform, moving_interpolation_order: int = 1,
-                 required_ratio_of_valid_samples: float = 0.25, parameter_map=None, level: int = 0, *,
-                 prefix: str = "Metric0", fixed_mask=None, fixed_interpolation_order: int = 1):
-        self.fixed, self.moving = fixed, moving
-        self.moving_mask, self.fixed_mask = moving_mask, fixed_mask
-        self.transform = transform
-        self.required_ratio = float(required_ratio_of_valid_samples)
-        self.level = int(level)
-        self.prefix = prefix
+    def __init__(self, fixed, moving, moving_mask, transform, *args, **kwargs):
+        from .initial_transforms import ComposedTransform
 
-    def initialize(self, parameters) -> None:
-        """Nothing to initialise."""
-
-    def after_iteration(self, parameters) -> None:
-        """Nothing to update."""
+        if isinstance(transform, ComposedTransform):
+            # The Hessian of T_cur∘T_init (elastix_spec §1.7) is not implemented; without this check the
+            # penalty would silently be 0 (the composed transform is not a BSplineTransform).
+            raise ValueError("TransformBendingEnergyPenalty on top of an initial transform (a sequence of maps or "
+                             "-t0) is not supported by the bridge engine yet; run that map without the penalty or "
+                             "with engine='elastix'")
+        super().__init__(fixed, moving, moving_mask, transform, *args, **kwargs)
 
     def value(self, parameters, points):
         """Mean bending energy at the samples.

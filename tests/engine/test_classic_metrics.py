@@ -514,3 +514,13 @@ def test_import_does_not_import_torch():
             "print('torch' in sys.modules, 'itk' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_bending_energy_refuses_an_initial_transform():
+    """Composed with an initial transform the penalty is not implemented: a clear error, not a silent 0."""
+    from elastix_bridge.engine.initial_transforms import ComposedTransform
+    from elastix_bridge.engine.transforms import TranslationTransform
+
+    composed = ComposedTransform(TranslationTransform(2), lambda p: p)
+    with pytest.raises(ValueError, match="initial transform.*not supported"):
+        TransformBendingEnergyPenalty(None, None, None, composed)
