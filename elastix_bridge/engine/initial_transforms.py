@@ -190,7 +190,7 @@ class ComposedTransform(Transform):
     def jacobian(self, points, params=None):
         """Parameter Jacobian of the current transform at ``T_init(x)`` (Compose) or ``x`` (Add)."""
         at = self.initial(points).to(points.dtype) if self.compose else points
-        return self.current.jacobian(at) if params is None else self.current.jacobian(at, params)
+        return self.current.jacobian(at, params)
 
     def scales(self):
         return self.current.scales()

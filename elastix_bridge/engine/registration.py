@@ -459,8 +459,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
             if components["Optimizer"] == "AdaptiveStochasticGradientDescent" and settings.automatic_parameter_estimation:
                 jac_points = GridSampler(fixed.geometry, fmask,
                                          number_of_samples=settings.number_of_jacobian_measurements).sample()
-                values, indices = (transform.jacobian(jac_points) if scales is None
-                                   else transform.jacobian(jac_points, parameters))
+                values, indices = transform.jacobian(jac_points, parameters)
                 terms = jacobian_terms(values, indices, int(parameters.numel()), scales=scales)
 
             table = IterationTable(output_directory, elastix_level, level, pmap, components["Optimizer"],

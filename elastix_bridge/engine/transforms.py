@@ -80,8 +80,9 @@ class Transform:
         """Map physical points: ``(P,)``, ``(N, D)`` mm → ``(N, D)`` mm (differentiable in both)."""
         raise NotImplementedError
 
-    def jacobian(self, points: "torch.Tensor"):
-        """Sparse parameter Jacobian ``(values (N, D, nnz), indices (N, nnz) int64)``."""
+    def jacobian(self, points: "torch.Tensor", params: "torch.Tensor | None" = None):
+        """Sparse parameter Jacobian ``(values (N, D, nnz), indices (N, nnz) int64)`` at ``params``
+        (None: the identity parameters; transforms linear in their parameters ignore it)."""
         raise NotImplementedError
 
     def scales(self) -> "torch.Tensor":
@@ -131,8 +132,8 @@ class TranslationTransform(Transform):
         self._check(params, points)
         return points + params.to(points.device)
 
-    def jacobian(self, points):
-        """``values (N, D, D)`` = identity, ``indices (N, D)`` = ``0..D−1``."""
+    def jacobian(self, points, params=None):
+        """``values (N, D, D)`` = identity, ``indices (N, D)`` = ``0..D−1`` (independent of ``params``)."""
         import torch
 
         n, d = points.shape
@@ -484,11 +485,12 @@ class BSplineTransform(Transform):
         disp = torch.bmm(w.unsqueeze(1), gathered).squeeze(1)  # (N, D)
         return pts + disp
 
-    def jacobian(self, points):
-        """Sparse ``∂T/∂μ`` in elastix's layout.
+    def jacobian(self, points, params=None):
+        """Sparse ``∂T/∂μ`` in elastix's layout (linear in the coefficients: ``params`` is not needed).
 
         Args:
             points: ``(N, D)`` physical points (mm).
+            params: ignored.
 
         Returns:
             ``values (N, D, D·S^D)`` and ``indices (N, D·S^D)`` int64 with
