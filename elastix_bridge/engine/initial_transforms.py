@@ -125,31 +125,27 @@ class TransformChain:
     """
 
     def __init__(self, maps: Sequence):
+        from functools import partial
+
         from ..parameters import ParameterMap
 
-        self.stages = []
+        self._last = None  # points -> points of the chain so far: each stage is composed onto it
         for m in maps:
             pm = m if isinstance(m, ParameterMap) else ParameterMap.from_dict(dict(m))
             transform, params = transform_from_parameter_map(pm)
-            self.stages.append((transform, params, pm.get("HowToCombineTransforms", default="Compose")))
-        if not self.stages:
+            if self._last is not None:
+                transform = ComposedTransform(transform, self._last,
+                                              pm.get("HowToCombineTransforms", default="Compose"))
+            self._last = partial(transform.transform_points, params)
+        if self._last is None:
             raise ValueError("an initial transform chain needs at least one TransformParameters map")
-        self.dimension = self.stages[0][0].dimension
 
     def __call__(self, points):
         """Map physical points ``(N, D)`` (mm) through the whole chain; no gradient."""
         import torch
 
         with torch.no_grad():
-            y = None
-            for transform, params, how in self.stages:
-                if y is None:
-                    y = transform.transform_points(params, points)
-                elif how == "Compose":
-                    y = transform.transform_points(params, y)
-                else:  # Add
-                    y = transform.transform_points(params, points) + y - points
-            return y
+            return self._last(points)
 
 
 class ComposedTransform(Transform):
