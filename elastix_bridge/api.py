@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -23,7 +26,7 @@ def uses_impact(parameter_map) -> bool:
 
 @contextlib.contextmanager
 def _logging_to(console: bool, file: Optional[Path]):
-    """Attach console/file handlers to the ``elastix_bridge`` logger for one call."""
+    """Attach console/file handlers to the ``elastix_bridge`` logger for one call; yields the file handler."""
     handlers = []
     if console:
         handlers.append(logging.StreamHandler())
@@ -37,7 +40,7 @@ def _logging_to(console: bool, file: Optional[Path]):
         log.setLevel(logging.INFO)
         log.propagate = False  # the handlers above print; the root logger must not print again
     try:
-        yield
+        yield handlers[-1] if file is not None else None
     finally:
         for h in handlers:
             log.removeHandler(h)
@@ -57,6 +60,31 @@ def _as_float(image):
 
 
 ENGINES = ("auto", "elastix", "bridge")
+# Keywords a chain run by the bridge understands; anything else is itk-elastix-only.
+_CHAIN_KEYWORDS = ("number_of_threads", "initial_transform_parameter_file_name", "initial_transform_parameter_object")
+
+
+def stage_engines(maps, engine: str = "auto") -> list:
+    """The engine that runs each parameter map: ``"bridge"`` or ``"elastix"``.
+
+    ``auto`` sends maps with ``(Metric "Impact")`` to the bridge engine and all others to elastix;
+    ``elastix`` / ``bridge`` send every map to that engine.
+
+    Raises:
+        ValueError: an unknown ``engine``.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    if engine != "auto":
+        return [engine] * len(maps)
+    return ["bridge" if uses_impact(m) else "elastix" for m in maps]
+
+
+def _itk_elastix():
+    """itk-elastix's own registration (never the drop-in replacement)."""
+    from .dropin import run_itk_elastix
+
+    return run_itk_elastix
 
 
 def elastix_registration_method(fixed_image, moving_image, parameter_object=None, fixed_mask=None,
@@ -65,6 +93,11 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
                                 engine: str = "auto", **kwargs):
     """Register ``moving_image`` to ``fixed_image``; drop-in for ``itk.elastix_registration_method``.
 
+    Each parameter map is one stage, run on its engine (:func:`stage_engines`) and started from the
+    stages before it (elastix_spec §1.7), so a chain may mix elastix stages (e.g. an affine
+    Mattes MI stage) with Impact stages. A parameter object without Impact maps goes unchanged to
+    itk-elastix in one call.
+
     Args:
         fixed_image, moving_image: ``itk.Image`` of equal dimension (any scalar pixel type).
         parameter_object: ``itk.ParameterObject``, a parameter map dict, or a list of them. None
@@ -72,35 +105,33 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
         fixed_mask, moving_mask: ``itk.Image`` masks (non-zero = inside), or None.
         log_to_console: print the registration log.
         output_directory: existing folder for ``TransformParameters.<i>.txt``, ``result.<i>.<fmt>``,
-            ``IterationInfo.<i>.R<r>.txt`` and the log, as elastix writes them.
+            ``IterationInfo.<i>.R<r>.txt`` and the log, numbered by stage as elastix numbers them.
         log_to_file, log_file_name: write the log into ``output_directory``.
         engine: ``"auto"`` (maps with ``(Metric "Impact")`` on the bridge engine, the others on
             elastix), ``"elastix"`` (everything on itk-elastix, e.g. with a native IMPACT plugin) or
             ``"bridge"`` (everything on the bridge engine, to compare it with elastix).
-        **kwargs: further itk-elastix keywords, passed on unchanged for elastix stages.
+        **kwargs: further itk-elastix keywords. With a bridge stage in the chain only
+            ``number_of_threads``, ``initial_transform_parameter_file_name`` and
+            ``initial_transform_parameter_object`` are understood.
 
     Returns:
         ``(result_image, transform_parameter_object)`` like itk-elastix: the moving image resampled
-        by transformix onto the fixed grid, and an ``itk.ParameterObject`` with one
-        TransformParameters map per stage.
+        by transformix onto the fixed grid, and an ``itk.ParameterObject`` with the initial maps
+        (if any) followed by one TransformParameters map per stage.
 
     Raises:
         elastix_bridge.loader.ImpactUnavailableError: torch, plugin or device problems.
         ValueError (and subclasses): invalid parameter maps, models or images, naming the cause.
+        FileNotFoundError: ``output_directory`` or an initial transform file does not exist.
     """
-    import itk
-
-    from .image_io import write_image
     from .parameters import parameter_maps_from_object
-    from .transform_io import to_parameter_object, write_transform_parameter_file
+    from .transform_io import to_parameter_object
 
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     maps = [] if parameter_object is None else parameter_maps_from_object(parameter_object)
     if engine == "bridge" and not maps:
         raise ValueError("engine='bridge' needs a parameter object: the bridge engine has no default maps")
-    on_bridge = engine == "bridge" or (engine == "auto" and any(uses_impact(m) for m in maps))
-    if not on_bridge:
+    engines = stage_engines(maps, engine)
+    if "bridge" not in engines:
         call = dict(kwargs, log_to_console=log_to_console)
         if parameter_object is not None:
             call["parameter_object"] = parameter_object if not maps else to_parameter_object(maps)
@@ -110,51 +141,136 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
                 call[key] = value
         if output_directory is not None and log_to_file:
             call.update(log_to_file=True, log_file_name=log_file_name)
-        return itk.elastix_registration_method(fixed_image, moving_image, **call)
+        return _itk_elastix()(fixed_image, moving_image, **call)
 
-    unsupported = sorted(k for k in kwargs if k not in ("number_of_threads", "initial_transform_parameter_file_name"))
+    unsupported = sorted(k for k in kwargs if k not in _CHAIN_KEYWORDS)
     if unsupported:
-        raise ValueError(f"elastix_registration_method: {', '.join(unsupported)} not supported yet for parameter "
-                         "objects run on the bridge engine")
-    if engine == "auto" and not all(uses_impact(m) for m in maps):
-        raise ValueError("the parameter object mixes Impact maps with other maps; chains across the two engines are "
-                         "not supported yet. Run them with engine='bridge' (every map on the bridge engine) or one "
-                         "at a time.")
-
+        raise ValueError(f"elastix_registration_method: {', '.join(unsupported)} not supported for parameter objects "
+                         f"with stages on the bridge engine (supported: {', '.join(_CHAIN_KEYWORDS)})")
     out = None if output_directory is None else Path(output_directory)
     if out is not None and not out.is_dir():
         raise FileNotFoundError(f"output directory {out} does not exist; create it first (elastix requires it)")
     logfile = out / log_file_name if out is not None and log_to_file else None
-    from .engine.initial_transforms import TransformChain, chain_from_file
-    from .engine.registration import run_stage
+    return _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask, out, log_to_console,
+                      logfile, **kwargs)
 
-    t0 = kwargs.get("initial_transform_parameter_file_name")
-    initial_maps = chain_from_file(t0) if t0 else []
+
+def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask, out, log_to_console, logfile,
+               number_of_threads=None, initial_transform_parameter_file_name=None,
+               initial_transform_parameter_object=None):
+    """Run the stages in order, each on its engine, each starting from the ones before it."""
+    import itk
+
+    from .engine.initial_transforms import chain_from_file
+    from .image_io import write_image
+    from .parameters import parameter_maps_from_object
+    from .transform_io import to_parameter_object, write_transform_parameter_file
+
+    t0 = initial_transform_parameter_file_name
+    if t0 and initial_transform_parameter_object is not None:
+        raise ValueError("give either initial_transform_parameter_file_name or initial_transform_parameter_object, "
+                         "not both (elastix would use only one)")
+    if t0:
+        if not Path(t0).is_file():
+            raise FileNotFoundError(f"initial transform file {t0} does not exist; check the path")
+        initial_maps = chain_from_file(t0)
+    elif initial_transform_parameter_object is not None:
+        initial_maps = parameter_maps_from_object(initial_transform_parameter_object)
+    else:
+        initial_maps = []
     stage_maps = []
-    with _logging_to(log_to_console, logfile), _threads(kwargs.get("number_of_threads")):
-        for k, pmap in enumerate(maps):
-            # Stage k starts from stages 0..k-1 (and -t0); on disk, its map names the previous file.
-            chain = TransformChain(initial_maps + stage_maps) if initial_maps or stage_maps else None
+    with _logging_to(log_to_console, logfile) as log_file, _threads(number_of_threads):
+        for k, (pmap, engine) in enumerate(zip(maps, engines)):
+            # On disk, stage k's map names the previous file (elastix's sequences and -t0).
             previous_file = (str(out / f"TransformParameters.{k - 1}.txt") if k and out is not None
                              else (str(Path(t0).resolve()) if t0 and not k else None))
-            stage = run_stage(fixed_image, moving_image, pmap, fixed_mask, moving_mask, elastix_level=k,
-                              output_directory=out, initial_transform=chain, initial_transform_file=previous_file)
-            log.info("Bridge-engine stage %d took %.1f s.", k, stage.seconds)
-            tp_map = stage.transform_parameter_map
-            # itk-elastix reports the input pixel type as the result type.
-            tp_map.set("ResultImagePixelType", ["float"])
-            # Result files are MetaImage .mha unless the map asks otherwise (one file, no .raw beside it).
-            fmt = pmap.get("ResultImageFormat", default="mha")
-            tp_map.set("ResultImageFormat", [fmt])
+            tic = time.perf_counter()
+            if engine == "bridge":
+                tp_map = _bridge_stage(fixed_image, moving_image, pmap, k, initial_maps + stage_maps, fixed_mask,
+                                       moving_mask, out, previous_file)
+            else:
+                tp_map = _elastix_stage(fixed_image, moving_image, pmap, k, initial_maps + stage_maps, fixed_mask,
+                                        moving_mask, out, previous_file, log_to_console, log_file,
+                                        number_of_threads)
+            log.info("Stage %d (%s engine) took %.1f s.", k, engine, time.perf_counter() - tic)
             stage_maps.append(tp_map)
-            if out is not None:
+            # In memory, map i's initial transform is map i-1 (file names are ignored, elastix_spec §1.7).
+            tp_object = to_parameter_object(initial_maps + stage_maps)
+            result = None
+            if out is not None and engine == "bridge":
                 write_transform_parameter_file(tp_map, out / f"TransformParameters.{k}.txt")
-        # In memory, map i's initial transform is map i-1 (the file names are ignored, elastix_spec §1.7).
-        tp_object = to_parameter_object(initial_maps + stage_maps)
-        result = itk.transformix_filter(_as_float(moving_image), tp_object)
-        if out is not None and maps[-1].get("WriteResultImage", default=True, type=bool):
-            write_image(result, out / f"result.{len(maps) - 1}.{fmt}")
+                if pmap.get("WriteResultImage", default=True, type=bool):  # elastix writes every stage's result
+                    result = itk.transformix_filter(_as_float(moving_image), tp_object)
+                    write_image(result, out / f"result.{k}.{tp_map.get('ResultImageFormat')}")
+        if result is None:
+            result = itk.transformix_filter(_as_float(moving_image), tp_object)
     return result, tp_object
+
+
+def _bridge_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, moving_mask, out, previous_file):
+    """One stage on the bridge engine; returns its TransformParameters map."""
+    from .engine.initial_transforms import TransformChain
+    from .engine.registration import run_stage
+
+    chain = TransformChain(chain_maps) if chain_maps else None
+    stage = run_stage(fixed_image, moving_image, pmap, fixed_mask, moving_mask, elastix_level=k,
+                      output_directory=out, initial_transform=chain, initial_transform_file=previous_file)
+    tp_map = stage.transform_parameter_map
+    # itk-elastix reports the input pixel type as the result type.
+    tp_map.set("ResultImagePixelType", ["float"])
+    # Result files are MetaImage .mha unless the map asks otherwise (one file, no .raw beside it).
+    tp_map.set("ResultImageFormat", [pmap.get("ResultImageFormat", default="mha")])
+    return tp_map
+
+
+def _elastix_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, moving_mask, out, previous_file,
+                   log_to_console, log_file, number_of_threads):
+    """One stage on itk-elastix, started from ``chain_maps`` in memory; returns its TransformParameters map.
+
+    elastix numbers its files 0 in a run of one map: they are written to a scratch folder inside
+    ``out`` and moved to stage ``k``'s names (``IterationInfo.<k>.R<r>.txt``, ``result.<k>.<fmt>``,
+    ``TransformParameters.<k>.txt`` as elastix wrote it, naming ``previous_file`` as its initial
+    transform); its log is appended to the chain's log.
+    """
+    import shutil
+    import tempfile
+
+    from .parameters import parameter_maps_from_object
+    from .transform_io import to_parameter_object
+
+    call = dict(parameter_object=to_parameter_object([pmap]), log_to_console=log_to_console)
+    if chain_maps:
+        first = chain_maps[0].copy()
+        first.set("InitialTransformParameterFileName", ["NoInitialTransform"])
+        call["initial_transform_parameter_object"] = to_parameter_object([first] + chain_maps[1:])
+    for key, value in (("fixed_mask", fixed_mask), ("moving_mask", moving_mask),
+                       ("number_of_threads", number_of_threads)):
+        if value is not None:
+            call[key] = value
+    if out is None:
+        _, tp = _itk_elastix()(fixed_image, moving_image, **call)
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix=f".stage{k}-", dir=out))
+        try:
+            _, tp = _itk_elastix()(fixed_image, moving_image, output_directory=str(scratch), log_to_file=True, **call)
+            for path in scratch.iterdir():
+                name = path.name
+                if name.startswith("IterationInfo.0.") or name.startswith("result.0."):
+                    os.replace(path, out / name.replace(".0.", f".{k}.", 1))
+                elif name == "TransformParameters.0.txt":
+                    text = re.sub(r'\(InitialTransformParameterFileName "[^"]*"\)',
+                                  f'(InitialTransformParameterFileName "{previous_file or "NoInitialTransform"}")',
+                                  path.read_text())
+                    path.write_text(text)
+                    os.replace(path, out / f"TransformParameters.{k}.txt")
+                elif name == "elastix.log" and log_file is not None:
+                    log_file.stream.write(path.read_text(errors="replace"))
+                    log_file.flush()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    tp_map = parameter_maps_from_object(tp)[-1]
+    tp_map.set("InitialTransformParameterFileName", [previous_file or "NoInitialTransform"])
+    return tp_map
 
 
 @contextlib.contextmanager

@@ -274,7 +274,7 @@ def test_engine_bridge_runs_a_classic_map_then_t0_chains_on_it(inputs, tmp_path,
         "MaximumNumberOfIterations": ["20"], "NumberOfResolutions": ["1"], "ImageSampler": ["Full"]})
     code, out, err = run(capsys, *registration_args(inputs, tmp_path / "rigid", rigid), "--engine", "bridge")
     assert code == 0, err
-    assert "Bridge-engine stage 0" in (tmp_path / "rigid" / "elastix.log").read_text()
+    assert "Stage 0 (bridge engine)" in (tmp_path / "rigid" / "elastix.log").read_text()
     t0 = tmp_path / "rigid" / "TransformParameters.0.txt"
     code, out, err = run(capsys, *registration_args(inputs, tmp_path / "next"), "-t0", t0)
     assert code == 0, err
@@ -282,3 +282,29 @@ def test_engine_bridge_runs_a_classic_map_then_t0_chains_on_it(inputs, tmp_path,
 
     written = read_transform_parameter_file(tmp_path / "next" / "TransformParameters.0.txt")
     assert written.get("InitialTransformParameterFileName") == str(t0.resolve())
+
+
+def test_two_p_files_mixed_chain_with_elastix_result_types(plugin, inputs, tmp_path, capsys):
+    """-p elastix map -p Impact map: one output folder numbered by stage, results in ResultImagePixelType.
+
+    Without ResultImageFormat / ResultImagePixelType the command writes ``mhd`` and ``short``, like
+    the elastix command; the values are the float resampling truncated toward zero.
+    """
+    translation = write_parameter_file(tmp_path / "translation.txt", {
+        "Registration": ["MultiResolutionRegistration"], "Metric": ["AdvancedMeanSquares"],
+        "Transform": ["TranslationTransform"], "Optimizer": ["AdaptiveStochasticGradientDescent"],
+        "MaximumNumberOfIterations": ["20"], "NumberOfResolutions": ["1"], "ImageSampler": ["Full"]})
+    impact = write_parameter_file(tmp_path / "impact.txt", impact_parameters(ResultImagePixelType=["float"]))
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "-f", inputs["fixed"], "-m", inputs["moving"], "-p", translation, "-p", impact,
+                       "-out", out, "-loglevel", "off")
+    assert code == 0, err
+    names = {p.name for p in out.iterdir()}
+    assert {"TransformParameters.0.txt", "TransformParameters.1.txt", "result.0.mhd", "result.1.mha"} <= names
+    short = itk.imread(str(out / "result.0.mhd"))
+    assert itk.template(short)[1][0] is itk.SS
+    po = itk.ParameterObject.New()
+    po.AddParameterFile(str(out / "TransformParameters.0.txt"))
+    expected = itk.array_from_image(itk.transformix_filter(itk.imread(str(inputs["moving"]), itk.F), po))
+    np.testing.assert_array_equal(itk.array_from_image(short), np.trunc(expected).astype(np.int16))
+    assert itk.template(itk.imread(str(out / "result.1.mha")))[1][0] is itk.F

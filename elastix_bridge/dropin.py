@@ -1,0 +1,192 @@
+"""Drop-in Impact support for itk-elastix scripts.
+
+After ``import elastix_bridge``, both itk-elastix call styles handle ``(Metric "Impact")`` maps:
+
+* ``itk.elastix_registration_method(fixed, moving, parameter_object=..., ...)``;
+* the object pattern ``itk.ElastixRegistrationMethod.New(...)`` (or ``[ImageType, ImageType].New()``)
+  with its setters, ``Update()``, ``GetOutput()`` and ``GetTransformParameterObject()``.
+
+A registration whose parameter object has no Impact map runs on itk-elastix's own filter, unchanged.
+One with an Impact map runs through :func:`elastix_bridge.api.elastix_registration_method`
+(``engine="auto"``: Impact stages on the bridge engine, the others on elastix).
+:func:`uninstall` restores plain itk-elastix; :func:`install` puts the bridge back.
+
+How: itk is a lazily loading module whose loader rewrites its attributes when the Elastix module is
+first used, so assigning replacements would be undone. Instead the ``itk`` module object gets a
+subclass of its own module type (``LazyITKModule``) that answers the two names with the bridge's
+versions. Nothing heavy is loaded by :func:`install`; itk's Elastix module loads on first use as
+before.
+"""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("elastix_bridge")
+
+_NAMES = ("elastix_registration_method", "ElastixRegistrationMethod")
+_original_module_class = None
+
+
+def _itk():
+    import itk
+
+    return itk
+
+
+def _original(name: str):
+    """itk's own attribute ``name``, whether or not the drop-in is installed."""
+    itk = _itk()
+    base = _original_module_class or type(itk)
+    return base.__getattribute__(itk, name)
+
+
+def installed() -> bool:
+    """Whether ``itk``'s registration names currently point at the bridge."""
+    return _original_module_class is not None
+
+
+def install() -> None:
+    """Make ``itk.elastix_registration_method`` and ``itk.ElastixRegistrationMethod`` handle Impact maps.
+
+    Idempotent. Called by ``import elastix_bridge``.
+    """
+    global _original_module_class
+    if installed():
+        return
+    itk = _itk()
+    original = type(itk)
+
+    class BridgedITKModule(original):
+        """itk's module type, answering the registration names with the bridge's versions."""
+
+        def __getattribute__(self, attr):
+            if attr == "elastix_registration_method":
+                return elastix_registration_method
+            if attr == "ElastixRegistrationMethod":
+                return RegistrationMethodTemplate(original.__getattribute__(self, attr))
+            return original.__getattribute__(self, attr)
+
+    itk.__class__ = BridgedITKModule
+    _original_module_class = original
+
+
+def uninstall() -> None:
+    """Restore plain itk-elastix (``itk.elastix_registration_method`` runs elastix only). Idempotent."""
+    global _original_module_class
+    if not installed():
+        return
+    _itk().__class__ = _original_module_class
+    _original_module_class = None
+
+
+def run_itk_elastix(*args, **kwargs):
+    """itk-elastix's registration on its own filter, bypassing the drop-in: ``(result, transform object)``."""
+    method = _original("ElastixRegistrationMethod").New(*args, **kwargs)
+    method.UpdateLargestPossibleRegion()
+    return method.GetOutput(), method.GetTransformParameterObject()
+
+
+def _as_parameter_object(value):
+    """A ParameterObject from an itk ParameterObject, a dict or a list of dicts (like itk-elastix)."""
+    if value is None or hasattr(value, "GetNumberOfParameterMaps"):
+        return value
+    from .parameters import parameter_maps_from_object
+    from .transform_io import to_parameter_object
+
+    return to_parameter_object(parameter_maps_from_object(value))
+
+
+def elastix_registration_method(*args, **kwargs):
+    """``itk.elastix_registration_method`` with Impact support; same arguments and results.
+
+    Returns:
+        ``(result_image, transform_parameter_object)``.
+    """
+    method = RegistrationMethodTemplate(_original("ElastixRegistrationMethod")).New(*args, **kwargs)
+    method.UpdateLargestPossibleRegion()
+    return method.GetOutput(), method.GetTransformParameterObject()
+
+
+class RegistrationMethodTemplate:
+    """Stands in for the ``itk.ElastixRegistrationMethod`` template: indexing and ``New`` as itk's."""
+
+    def __init__(self, template):
+        self._template = template
+
+    def __getitem__(self, key):
+        return RegistrationMethodTemplate(self._template[key])
+
+    def __getattr__(self, name):
+        return getattr(self._template, name)
+
+    def New(self, *args, **kwargs):
+        """Create the filter; keywords are applied through the setters, as in itk."""
+        own = {k: kwargs.pop(k) for k in ("parameter_object", "initial_transform_parameter_object") if k in kwargs}
+        method = BridgedRegistrationMethod(self._template.New(*args, **kwargs))
+        if "parameter_object" in own:
+            method.SetParameterObject(own["parameter_object"])
+        if "initial_transform_parameter_object" in own:
+            method.SetInitialTransformParameterObject(own["initial_transform_parameter_object"])
+        return method
+
+
+class BridgedRegistrationMethod:
+    """An ``itk.ElastixRegistrationMethod`` that runs Impact parameter objects through the bridge.
+
+    Every method not defined here is itk-elastix's own (setters, getters, masks, observers).
+    ``Update()`` runs itk-elastix's filter when no map uses Impact; otherwise
+    :func:`elastix_bridge.api.elastix_registration_method` with the filter's inputs and settings.
+    """
+
+    def __init__(self, method):
+        self._method = method
+        self._initial_object = None
+        self._result = None
+
+    def __getattr__(self, name):
+        return getattr(self._method, name)
+
+    def SetParameterObject(self, parameter_object):
+        self._result = None
+        self._method.SetParameterObject(_as_parameter_object(parameter_object))
+
+    def SetInitialTransformParameterObject(self, parameter_object):
+        self._result = None
+        self._initial_object = _as_parameter_object(parameter_object)
+        self._method.SetInitialTransformParameterObject(self._initial_object)
+
+    def _uses_impact(self) -> bool:
+        from .api import uses_impact
+        from .parameters import parameter_maps_from_object
+
+        po = self._method.GetParameterObject()
+        return po is not None and any(uses_impact(m) for m in parameter_maps_from_object(po))
+
+    def Update(self):
+        if not self._uses_impact():
+            self._result = None
+            return self._method.Update()
+        from .api import elastix_registration_method as bridged
+
+        m = self._method
+        kwargs = {}
+        if m.GetInitialTransformParameterFileName():
+            kwargs["initial_transform_parameter_file_name"] = m.GetInitialTransformParameterFileName()
+        if self._initial_object is not None:
+            kwargs["initial_transform_parameter_object"] = self._initial_object
+        if m.GetNumberOfThreads() > 0:
+            kwargs["number_of_threads"] = m.GetNumberOfThreads()
+        out = m.GetOutputDirectory() or None
+        self._result = bridged(m.GetFixedImage(), m.GetMovingImage(), parameter_object=m.GetParameterObject(),
+                               fixed_mask=m.GetFixedMask(), moving_mask=m.GetMovingMask(),
+                               log_to_console=bool(m.GetLogToConsole()), output_directory=out,
+                               log_to_file=bool(m.GetLogToFile()) and out is not None,
+                               log_file_name=m.GetLogFileName() or "elastix.log", **kwargs)
+
+    UpdateLargestPossibleRegion = Update
+
+    def GetOutput(self):
+        return self._method.GetOutput() if self._result is None else self._result[0]
+
+    def GetTransformParameterObject(self):
+        return self._method.GetTransformParameterObject() if self._result is None else self._result[1]
