@@ -18,6 +18,8 @@ from typing import Callable, Optional, Protocol
 
 import numpy as np
 
+from .random import as_elastix_random
+
 log = logging.getLogger("elastix_bridge")
 
 
@@ -250,7 +252,8 @@ class AdaptiveStochasticGradientDescent:
 
     Args:
         settings: the level's :class:`ASGDSettings`.
-        generator: ``torch.Generator`` for the perturbations of the parameter estimation.
+        generator: the stage's :class:`~elastix_bridge.engine.random.ElastixRandom` (or a seed) for the
+            perturbations of the parameter estimation (``GetNormalVariate``, elastix_spec §14).
         on_iteration: called as ``on_iteration(record, position)`` after each iteration
             (logging, progress, metric hooks such as the Static feature-map refresh).
 
@@ -259,7 +262,7 @@ class AdaptiveStochasticGradientDescent:
 
     def __init__(self, settings: ASGDSettings, generator, on_iteration: Optional[Callable] = None):
         self.s = settings
-        self.generator = generator
+        self.random = as_elastix_random(generator)
         self.on_iteration = on_iteration
         self.a = settings.sp_a
         self.alpha = settings.sp_alpha
@@ -325,7 +328,7 @@ class AdaptiveStochasticGradientDescent:
         stochastic = self.s.new_samples_every_iteration and cost.uses_random_sampler
         gg = ee = 0.0
         for _ in range(n_meas):
-            z = torch.randn(x0.shape, generator=self.generator, dtype=torch.float64)
+            z = torch.from_numpy(self.random.normal(x0.numel())).reshape(x0.shape)
             xi = x0 + sigma_p * z.to(x0.device)
             if stochastic:
                 _, g_exact = self._evaluate(cost, xi, exact=True)

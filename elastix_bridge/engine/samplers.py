@@ -5,9 +5,11 @@ level image) cropped to the fixed mask's bounding box (``Common/ImageSamplers/it
 ``CropInputImageRegion``); the fixed mask (already eroded by the caller if ``ErodeMask``) restricts
 the samples with the nearest-voxel rule of :meth:`Mask.contains`.
 
-Randomness only comes from the ``torch.Generator`` given to a sampler (CPU generator; draws are made on
-the CPU and moved to ``device``), never from global state. The draws are statistically, not
-bit-for-bit, faithful to elastix's Mersenne twister (spec §14).
+Randomness only comes from the stage's :class:`~elastix_bridge.engine.random.ElastixRandom` given to
+a sampler (draws are made on the CPU and moved to ``device``), never from global state. It is
+elastix's Mersenne Twister with elastix's variates and draw order (spec §14), so with the same
+``RandomSeed`` the samples are elastix's own (except the Random sampler with a mask, whose draws
+elastix does not make reproducible).
 
 All samplers return ``(N, D)`` physical points in mm, ITK ``(x, y, z)`` order, from ``sample()``.
 """
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .geometry import ImageGeometry
+from .random import ElastixRandom, as_elastix_random
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -222,12 +225,12 @@ def _not_enough(n: int, found: int, tried: int) -> RuntimeError:
 
 
 class _RejectionSampler(ImageSampler):
+    draws_per_candidate = 1  # raw random numbers one candidate consumes
+
     def __init__(self, image_geometry, mask, number_of_samples, generator, region=None, device=None, dtype=None):
         super().__init__(image_geometry, mask, region, device, dtype)
         self.number_of_samples = _check_n(number_of_samples)
-        if generator is None:
-            raise ValueError("a torch.Generator is required (randomness is never global)")
-        self.generator = generator
+        self.random = as_elastix_random(generator)
 
     def _draw(self, count: int) -> "torch.Tensor":  # pragma: no cover - abstract
         raise NotImplementedError
@@ -257,6 +260,8 @@ class _RejectionSampler(ImageSampler):
             need = n - found
             if int(cum[-1]) >= need:  # stop at the candidate that completes the set
                 last = int(torch.searchsorted(cum, torch.tensor(need)))
+                # elastix never drew the candidates after it: give their random numbers back.
+                self.random.rewind((batch - last - 1) * self.draws_per_candidate)
                 ok = ok[:last + 1]
                 cand = cand[:last + 1]
                 tried += last + 1
@@ -281,7 +286,9 @@ class RandomCoordinateSampler(_RejectionSampler):
     Args:
         image_geometry, mask, region, device, dtype: see :class:`ImageSampler`.
         number_of_samples: N (``NumberOfSpatialSamples``).
-        generator: ``torch.Generator`` (CPU).
+        generator: the stage's :class:`~elastix_bridge.engine.random.ElastixRandom` (or a seed); each
+            candidate draws its ``D`` coordinates in axis order with ``GetUniformVariate``, a random
+            region first draws its ``D`` corner coordinates (elastix_spec §14).
         sample_region_size_mm: optional ``D`` sizes in mm.
     """
 
@@ -290,6 +297,7 @@ class RandomCoordinateSampler(_RejectionSampler):
     def __init__(self, image_geometry, mask, number_of_samples, generator, region=None,
                  sample_region_size_mm=None, device=None, dtype=None):
         super().__init__(image_geometry, mask, number_of_samples, generator, region, device, dtype)
+        self.draws_per_candidate = image_geometry.dimension
         self.sample_region_size_mm = None if sample_region_size_mm is None else \
             np.asarray(sample_region_size_mm, dtype=np.float64).reshape(image_geometry.dimension)
         self._lo = self.region_start_xyz.astype(np.float64)
@@ -298,9 +306,7 @@ class RandomCoordinateSampler(_RejectionSampler):
     def _draw(self, count: int) -> "torch.Tensor":
         import torch
 
-        u = torch.rand((count, self.geometry.dimension), generator=self.generator, dtype=torch.float64)
-        lo = torch.as_tensor(self._box_lo)
-        return lo + u * torch.as_tensor(self._box_hi - self._box_lo)
+        return torch.from_numpy(self.random.uniform(self._box_lo, self._box_hi, count))
 
     def sample(self) -> "torch.Tensor":
         import torch
@@ -309,8 +315,7 @@ class RandomCoordinateSampler(_RejectionSampler):
         if self.sample_region_size_mm is not None:
             size = self.sample_region_size_mm / self.geometry.spacing
             upper = np.maximum(self._lo, self._hi - size)
-            u = torch.rand(self.geometry.dimension, generator=self.generator, dtype=torch.float64).numpy()
-            corner = self._lo + u * (upper - self._lo)
+            corner = self.random.uniform(self._lo, upper, 1)[0]
             self._box_lo, self._box_hi = corner, np.minimum(corner + size, self._hi)
         return super().sample()
 
@@ -319,16 +324,33 @@ class RandomSampler(_RejectionSampler):
     """Voxel centres drawn uniformly with replacement from the cropped region
     (``Common/ImageSamplers/itkImageRandomSampler.hxx``); mask by rejection (≤ 10·N candidates).
 
+    The linear index (x fastest) is ``⌊OpenRange(N_vox − ½)⌋``. Without a mask, as elastix's
+    multithreaded path, each sample set draws from a local generator seeded 121214, 121215, …
+    (one draw discarded first), so ``RandomSeed`` does not change it; with a mask elastix's draws
+    are not reproducible and the stage's generator is used (elastix_spec §14).
+
     Args: as :class:`RandomCoordinateSampler` (without ``sample_region_size_mm``).
     """
 
     name = "Random"
 
+    def sample(self) -> "torch.Tensor":
+        if self.mask is not None:
+            return super().sample()
+        stage = self.random
+        self.random = ElastixRandom(stage.random_sampler_seed)
+        stage.random_sampler_seed += 1
+        try:
+            self.random.raw(1)
+            return super().sample()
+        finally:
+            self.random = stage
+
     def _draw(self, count: int) -> "torch.Tensor":
         import torch
 
         total = int(np.prod(self.region_size_xyz))
-        lin = torch.randint(0, total, (count,), generator=self.generator, dtype=torch.int64)
+        lin = torch.from_numpy(np.floor(self.random.open_range(total - 0.5, count)).astype(np.int64))
         cols = []
         for start, size in zip(self.region_start_xyz, self.region_size_xyz):
             cols.append(lin % int(size) + int(start))
@@ -352,9 +374,7 @@ class RandomSparseMaskSampler(ImageSampler):
                              "use ImageSampler \"Random\" or \"RandomCoordinate\" without a mask")
         super().__init__(image_geometry, mask, region, device, dtype)
         self.number_of_samples = _check_n(number_of_samples)
-        if generator is None:
-            raise ValueError("a torch.Generator is required (randomness is never global)")
-        self.generator = generator
+        self.random = as_elastix_random(generator)
         self._valid = None
 
     def sample(self) -> "torch.Tensor":
@@ -366,7 +386,7 @@ class RandomSparseMaskSampler(ImageSampler):
         m = self._valid.shape[0]
         if m == 0:
             raise ValueError("no voxel of the sampling region lies inside the fixed mask")
-        pick = torch.randint(0, m, (self.number_of_samples,), generator=self.generator, dtype=torch.int64)
+        pick = torch.from_numpy(self.random.integer(m - 1, self.number_of_samples))
         return self._out(self._valid[pick])
 
 
@@ -399,7 +419,8 @@ def make_sampler(name: str, image_geometry: ImageGeometry, mask=None, number_of_
         image_geometry: level fixed image geometry.
         mask: optional (eroded) fixed mask.
         number_of_samples: ``NumberOfSpatialSamples`` (random samplers).
-        generator: ``torch.Generator`` (required by the random samplers).
+        generator: the stage's :class:`~elastix_bridge.engine.random.ElastixRandom`, a seed, or a
+            ``torch.Generator`` (its initial seed); required by the random samplers.
         grid_spacing_xyz: ``SampleGridSpacing`` of this level (Grid; default 2).
         region: optional level region ``(start_xyz, size_xyz)`` (spec §3.6).
         sample_region_size_mm: ``SampleRegionSize`` when ``UseRandomSampleRegion`` (RandomCoordinate).
