@@ -64,11 +64,12 @@ ENGINES = ("auto", "elastix", "bridge")
 _CHAIN_KEYWORDS = ("number_of_threads", "initial_transform_parameter_file_name", "initial_transform_parameter_object")
 
 
-def stage_engines(maps, engine: str = "auto") -> list:
+def stage_engines(maps, engine: str = "auto", native_plugin: bool = False) -> list:
     """The engine that runs each parameter map: ``"bridge"`` or ``"elastix"``.
 
-    ``auto`` sends maps with ``(Metric "Impact")`` to the bridge engine and all others to elastix;
-    ``elastix`` / ``bridge`` send every map to that engine.
+    ``auto`` sends maps with ``(Metric "Impact")`` to the bridge engine (to elastix when a native
+    IMPACT plugin is preloaded, ``native_plugin``) and all others to elastix; ``elastix`` /
+    ``bridge`` send every map to that engine.
 
     Raises:
         ValueError: an unknown ``engine``.
@@ -77,7 +78,7 @@ def stage_engines(maps, engine: str = "auto") -> list:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     if engine != "auto":
         return [engine] * len(maps)
-    return ["bridge" if uses_impact(m) else "elastix" for m in maps]
+    return ["bridge" if uses_impact(m) and not native_plugin else "elastix" for m in maps]
 
 
 def _itk_elastix():
@@ -90,7 +91,7 @@ def _itk_elastix():
 def elastix_registration_method(fixed_image, moving_image, parameter_object=None, fixed_mask=None,
                                 moving_mask=None, log_to_console: bool = False, output_directory=None,
                                 log_to_file: bool = False, log_file_name: str = "elastix.log",
-                                engine: str = "auto", **kwargs):
+                                engine: str = "auto", progress: bool = False, **kwargs):
     """Register ``moving_image`` to ``fixed_image``; drop-in for ``itk.elastix_registration_method``.
 
     Each parameter map is one stage, run on its engine (:func:`stage_engines`) and started from the
@@ -109,7 +110,12 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
         log_to_file, log_file_name: write the log into ``output_directory``.
         engine: ``"auto"`` (maps with ``(Metric "Impact")`` on the bridge engine, the others on
             elastix), ``"elastix"`` (everything on itk-elastix, e.g. with a native IMPACT plugin) or
-            ``"bridge"`` (everything on the bridge engine, to compare it with elastix).
+            ``"bridge"`` (everything on the bridge engine, to compare it with elastix). When
+            ``$ELASTIX_BRIDGE_NATIVE_PLUGIN`` names a native upstream plugin, it is preloaded before
+            an Impact map goes to elastix, and ``auto`` sends Impact maps to elastix
+            (:mod:`elastix_bridge.native_plugins`).
+        progress: show a progress bar per resolution level of each bridge stage (iteration, metric
+            value, elapsed time) and the elapsed time of each elastix stage, on stderr.
         **kwargs: further itk-elastix keywords. With a bridge stage in the chain only
             ``number_of_threads``, ``initial_transform_parameter_file_name`` and
             ``initial_transform_parameter_object`` are understood.
@@ -120,7 +126,8 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
         (if any) followed by one TransformParameters map per stage.
 
     Raises:
-        elastix_bridge.loader.ImpactUnavailableError: torch, plugin or device problems.
+        elastix_bridge.loader.ImpactUnavailableError: torch, plugin or device problems (including
+            elastix_bridge.native_plugins.NativePluginError for a native plugin that cannot load).
         ValueError (and subclasses): invalid parameter maps, models or images, naming the cause.
         FileNotFoundError: ``output_directory`` or an initial transform file does not exist.
     """
@@ -130,8 +137,14 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
     maps = [] if parameter_object is None else parameter_maps_from_object(parameter_object)
     if engine == "bridge" and not maps:
         raise ValueError("engine='bridge' needs a parameter object: the bridge engine has no default maps")
-    engines = stage_engines(maps, engine)
-    if "bridge" not in engines:
+    native = None
+    if engine != "bridge" and any(uses_impact(m) for m in maps):
+        from .native_plugins import preload_native_plugin
+
+        native = preload_native_plugin()  # None unless $ELASTIX_BRIDGE_NATIVE_PLUGIN is set
+    engines = stage_engines(maps, engine, native_plugin=native is not None)
+    # Without a bridge stage, one itk-elastix call (per-stage runs only to show progress bars).
+    if "bridge" not in engines and (not progress or not maps or set(kwargs) - set(_CHAIN_KEYWORDS)):
         call = dict(kwargs, log_to_console=log_to_console)
         if parameter_object is not None:
             call["parameter_object"] = parameter_object if not maps else to_parameter_object(maps)
@@ -152,11 +165,11 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
         raise FileNotFoundError(f"output directory {out} does not exist; create it first (elastix requires it)")
     logfile = out / log_file_name if out is not None and log_to_file else None
     return _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask, out, log_to_console,
-                      logfile, **kwargs)
+                      logfile, progress, **kwargs)
 
 
 def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask, out, log_to_console, logfile,
-               number_of_threads=None, initial_transform_parameter_file_name=None,
+               progress=False, number_of_threads=None, initial_transform_parameter_file_name=None,
                initial_transform_parameter_object=None):
     """Run the stages in order, each on its engine, each starting from the ones before it."""
     import itk
@@ -164,6 +177,7 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
     from .engine.initial_transforms import chain_from_file
     from .image_io import write_image
     from .parameters import parameter_maps_from_object
+    from .progress import StageProgress, elastix_stage_bar
     from .transform_io import to_parameter_object, write_transform_parameter_file
 
     t0 = initial_transform_parameter_file_name
@@ -186,12 +200,22 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
                              else (str(Path(t0).resolve()) if t0 and not k else None))
             tic = time.perf_counter()
             if engine == "bridge":
-                tp_map = _bridge_stage(fixed_image, moving_image, pmap, k, initial_maps + stage_maps, fixed_mask,
-                                       moving_mask, out, previous_file)
+                bars = StageProgress(k, pmap) if progress else None
+                try:
+                    tp_map = _bridge_stage(fixed_image, moving_image, pmap, k, initial_maps + stage_maps,
+                                           fixed_mask, moving_mask, out, previous_file, bars)
+                finally:
+                    if bars is not None:
+                        bars.close()
             else:
-                tp_map = _elastix_stage(fixed_image, moving_image, pmap, k, initial_maps + stage_maps, fixed_mask,
-                                        moving_mask, out, previous_file, log_to_console, log_file,
-                                        number_of_threads)
+                bar = elastix_stage_bar(k) if progress else None
+                try:
+                    tp_map = _elastix_stage(fixed_image, moving_image, pmap, k, initial_maps + stage_maps,
+                                            fixed_mask, moving_mask, out, previous_file, log_to_console, log_file,
+                                            number_of_threads)
+                finally:
+                    if bar is not None:
+                        bar.close()
             log.info("Stage %d (%s engine) took %.1f s.", k, engine, time.perf_counter() - tic)
             stage_maps.append(tp_map)
             # In memory, map i's initial transform is map i-1 (file names are ignored, elastix_spec §1.7).
@@ -207,14 +231,16 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
     return result, tp_object
 
 
-def _bridge_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, moving_mask, out, previous_file):
+def _bridge_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, moving_mask, out, previous_file,
+                  on_iteration=None):
     """One stage on the bridge engine; returns its TransformParameters map."""
     from .engine.initial_transforms import TransformChain
     from .engine.registration import run_stage
 
     chain = TransformChain(chain_maps) if chain_maps else None
     stage = run_stage(fixed_image, moving_image, pmap, fixed_mask, moving_mask, elastix_level=k,
-                      output_directory=out, initial_transform=chain, initial_transform_file=previous_file)
+                      output_directory=out, initial_transform=chain, initial_transform_file=previous_file,
+                      on_iteration=on_iteration)
     tp_map = stage.transform_parameter_map
     # itk-elastix reports the input pixel type as the result type.
     tp_map.set("ResultImagePixelType", ["float"])

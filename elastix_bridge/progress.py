@@ -1,0 +1,54 @@
+"""Progress bars for long registrations: one tqdm bar per resolution level of a bridge stage.
+
+A bar shows the level's iterations out of ``MaximumNumberOfIterations``, the last metric value
+and the elapsed time. Elastix stages report no iterations to Python; they get one bar that shows
+the stage's elapsed time. Library calls are quiet unless ``progress=True`` is passed; the command
+line shows the bars when its error stream is a terminal (``--progress`` / ``--no-progress``).
+"""
+from __future__ import annotations
+
+import sys
+
+
+class StageProgress:
+    """``on_iteration(level, record)`` callback of one bridge stage that drives its level bars.
+
+    Args:
+        stage: index of the parameter map (shown as ``stage k``).
+        parameter_map: the stage's :class:`~elastix_bridge.parameters.ParameterMap`, for the
+            per-level ``MaximumNumberOfIterations`` (the bar's total; open-ended when absent).
+        file: where the bars go (default ``sys.stderr``).
+    """
+
+    def __init__(self, stage: int, parameter_map, file=None):
+        self.stage = stage
+        self.pmap = parameter_map
+        self.file = file or sys.stderr
+        self.level = None
+        self.bar = None
+
+    def __call__(self, level: int, record) -> None:
+        if level != self.level:
+            self.close()
+            from tqdm.auto import tqdm
+
+            total = self.pmap.get("MaximumNumberOfIterations", level=level, type=int) \
+                if self.pmap.has("MaximumNumberOfIterations") else None
+            self.bar = tqdm(total=total, desc=f"stage {self.stage} level {level}", unit="it", file=self.file,
+                            dynamic_ncols=True, leave=True)
+            self.level = level
+        self.bar.set_postfix_str(f"metric {record.metric:.6f}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        """Close the open bar (at a level change and at the end of the stage)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def elastix_stage_bar(stage: int, file=None):
+    """A bar for a stage that runs on elastix: elapsed time only (elastix reports no iterations)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=None, desc=f"stage {stage} (elastix)", bar_format="{desc}: {elapsed}", file=file or sys.stderr)
