@@ -22,7 +22,8 @@ log = logging.getLogger("elastix_bridge")
 # Components the bridge engine runs; anything else is refused by name.
 METRICS = ("Impact", "AdvancedMeanSquares", "AdvancedNormalizedCorrelation", "AdvancedMattesMutualInformation",
            "TransformBendingEnergyPenalty")
-OPTIMIZERS = ("AdaptiveStochasticGradientDescent", "StandardGradientDescent", "RegularStepGradientDescent")
+OPTIMIZERS = ("AdaptiveStochasticGradientDescent", "StandardGradientDescent", "RegularStepGradientDescent",
+              "QuasiNewtonLBFGS")
 SUPPORTED_COMPONENTS = {
     "Registration": ("MultiResolutionRegistration", "MultiMetricMultiResolutionRegistration"),
     "Transform": ("BSplineTransform", "RecursiveBSplineTransform", "TranslationTransform", "EulerTransform",
@@ -327,6 +328,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
     from .impact_metric import ImpactMetric, check_level_models
     from .optimizers import AdaptiveStochasticGradientDescent, ASGDSettings, jacobian_terms
     from .pyramids import pyramid_level
+    from .random import ElastixRandom
     from .samplers import GridSampler, make_sampler
     from .transforms import BSplineTransform, TranslationTransform, grid_for_level
 
@@ -340,6 +342,11 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
     levels = pmap.get("NumberOfResolutions", default=3, type=int)
     if levels < 1:
         raise ValueError("NumberOfResolutions must be at least 1")
+    if components["Optimizer"] == "QuasiNewtonLBFGS":  # invalid line-search settings stop before any computation
+        from .quasi_newton import QuasiNewtonLBFGSSettings
+
+        for level in range(levels):
+            QuasiNewtonLBFGSSettings.from_parameter_map(pmap, level)
     impact_index = components["Metric"].index("Impact") if "Impact" in components["Metric"] else None
     configs = ([] if impact_index is None
                else impact_levels(pmap.to_dict(), levels, dim, metric_index=impact_index))
@@ -368,7 +375,10 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
             check_level_models(cfg, models[-1], dim, device)
 
         seed = pmap.get("RandomSeed", default=121212, type=int)
-        generator = torch.Generator().manual_seed(seed)
+        # elastix's one Mersenne Twister per run (samplers, ASGD perturbations); Impact's own
+        # random choices (feature subsets, patch rotations) use a torch generator with the same seed.
+        generator = ElastixRandom(seed)
+        impact_generator = torch.Generator().manual_seed(seed)
 
         fmask_full = Mask.from_itk(fixed_mask) if fixed_mask is not None else None
         mmask_full = Mask.from_itk(moving_mask) if moving_mask is not None else None
@@ -443,7 +453,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
                          else 0.0)
                 if name == "Impact":
                     metric = ImpactMetric(configs[level], fixed, moving, mmask, transform, plugin, models[level],
-                                          devices[level], generator, moving_interpolation_order=order_moving,
+                                          devices[level], impact_generator, moving_interpolation_order=order_moving,
                                           required_ratio_of_valid_samples=ratio)
                 else:
                     metric = make_classic_metric(
@@ -502,6 +512,10 @@ def _make_optimizer(name: str, pmap, level: int, asgd_settings, generator, on_it
     if name == "RegularStepGradientDescent":
         return RegularStepGradientDescent(RegularStepGradientDescentSettings.from_parameter_map(pmap, level),
                                           on_iteration)
+    if name == "QuasiNewtonLBFGS":
+        from .quasi_newton import QuasiNewtonLBFGS, QuasiNewtonLBFGSSettings
+
+        return QuasiNewtonLBFGS(QuasiNewtonLBFGSSettings.from_parameter_map(pmap, level), on_iteration)
     return AdaptiveStochasticGradientDescent(asgd_settings, generator, on_iteration=on_iteration)
 
 
@@ -509,33 +523,55 @@ class IterationTable:
     """elastix's iteration table: log lines and ``IterationInfo.<e>.R<r>.txt`` (elastix_spec §13).
 
     Columns as elastix writes them: ASGD ``3a:Time 3b:StepSize``, the other gradient descents
-    ``3:StepSize``; with several metrics, each metric's value, gradient norm and time beside the totals.
+    ``3:StepSize``, QuasiNewtonLBFGS ``1a:SrchDirNr 1b:LineItNr … 7:LinSrchStopCondition``
+    (``elxQuasiNewtonLBFGS.hxx``); with several metrics, each metric's value, gradient norm and time
+    beside the totals.
     """
 
     def __init__(self, output_directory, elastix_level: int, level: int, pmap,
                  optimizer: str = "AdaptiveStochasticGradientDescent", number_of_metrics: int = 1):
         self.asgd = optimizer == "AdaptiveStochasticGradientDescent"
+        self.lbfgs = optimizer == "QuasiNewtonLBFGS"
         self.multi = number_of_metrics > 1
         n = range(number_of_metrics) if self.multi else range(0)
-        columns = (["1:ItNr", "2:Metric"] + [f"2:Metric{i}" for i in n]
-                   + (["3a:Time", "3b:StepSize"] if self.asgd else ["3:StepSize"])
-                   + [f"4:||Gradient{i}||" for i in n] + ["4:||Gradient||"]
-                   + [f"Time{i}[ms]" for i in n] + ["Time[ms]"])
+        if self.lbfgs:
+            columns = (["1:ItNr", "1a:SrchDirNr", "1b:LineItNr", "2:Metric"] + [f"2:Metric{i}" for i in n]
+                       + ["3:StepLength"] + [f"4:||Gradient{i}||" for i in n]
+                       + ["4a:||Gradient||", "4b:||SearchDir||", "4c:DirGradient", "5:Phase", "6a:Wolfe1",
+                          "6b:Wolfe2", "7:LinSrchStopCondition"] + [f"Time{i}[ms]" for i in n] + ["Time[ms]"])
+        else:
+            columns = (["1:ItNr", "2:Metric"] + [f"2:Metric{i}" for i in n]
+                       + (["3a:Time", "3b:StepSize"] if self.asgd else ["3:StepSize"])
+                       + [f"4:||Gradient{i}||" for i in n] + ["4:||Gradient||"]
+                       + [f"Time{i}[ms]" for i in n] + ["Time[ms]"])
         self.header = "\t".join(columns)
         self.file = None
+        self._header_written = False  # elastix prints the header before the level's first row only
         if output_directory is not None and pmap.get("WriteIterationInfo", default=True, type=bool):
             self.file = open(Path(output_directory) / f"IterationInfo.{elastix_level}.R{level}.txt", "w")
-            self.file.write(self.header + "\n")
-        log.debug(self.header)
 
     def add(self, r, parts=()) -> None:
         """One row from an iteration record and the cost's per-metric ``(value, ‖gradient‖, ms)``."""
         parts = list(parts) if self.multi else []
+        if self.lbfgs:
+            cells = ([str(r.iteration), str(r.search_direction), str(r.line_iteration), f"{r.metric:.6f}"]
+                     + [f"{v:.6f}" for v, _, _ in parts] + [f"{r.step_size:.6f}"]
+                     + [f"{g:.6f}" for _, g, _ in parts]
+                     + [f"{r.gradient_norm:.6f}", f"{r.search_direction_norm:.6f}", f"{r.directional_derivative:.6f}",
+                        r.phase, "true" if r.wolfe1 else "false", "true" if r.wolfe2 else "false",
+                        r.line_search_stop] + [f"{ms:.1f}" for _, _, ms in parts] + [f"{r.time_ms:.1f}"])
+            self._write("\t".join(cells))
+            return
         cells = [str(r.iteration), f"{r.metric:.6f}"] + [f"{v:.6f}" for v, _, _ in parts]
         cells += [f"{r.time:.6f}", f"{r.step_size:.6f}"] if self.asgd else [f"{r.step_size:.6f}"]
         cells += [f"{g:.6f}" for _, g, _ in parts] + [f"{r.gradient_norm:.6f}"]
         cells += [f"{ms:.1f}" for _, _, ms in parts] + [f"{r.time_ms:.1f}"]
-        row = "\t".join(cells)
+        self._write("\t".join(cells))
+
+    def _write(self, row: str) -> None:
+        if not self._header_written:  # a level without iterations leaves an empty file, as elastix does
+            self._header_written = True
+            self._write(self.header)
         log.debug(row)
         if self.file is not None:
             self.file.write(row + "\n")
