@@ -29,7 +29,11 @@ _LEVELS = 2
 
 
 def _entries(dimension: int, mode: str) -> list:
-    """Sections ``(heading, [(key, [values], comment)])`` of the demo IMPACT map."""
+    """Sections ``(heading, [(key, [values], comment)])`` of the demo IMPACT map.
+
+    Every entry carries the reason for its value (units: mm, voxels, per level), so the rendered
+    parameter files (``parameter_files/impact_mind_*.txt``) are ready-to-use, commented presets.
+    """
     if dimension not in (2, 3):
         raise ValueError(f"dimension must be 2 or 3, got {dimension!r}")
     if mode not in ("Static", "Jacobian"):
@@ -37,78 +41,90 @@ def _entries(dimension: int, mode: str) -> list:
     d = dimension
     jac = mode == "Jacobian"
     rep = lambda v: [str(v)] * d  # noqa: E731 - one value per dimension
+    channels = "12" if d == 3 else "4"
     samples = "1000" if jac else "2000"
     iterations = "150"
     level_keys = []
     voxel = {0: 4, 1: 2}  # mm: features of the coarse level on a 4 mm grid, of the fine level at 2 mm
+    voxel_why = {0: "coarse anatomy, twice the finest", 1: "the images' own spacing in the demo (MNI at 2 mm)"}
     for level in range(_LEVELS):
+        first = level == 0
         level_keys += [
             (f"ImpactModelsPath{level}", [f"mind-ssc-{d}d"],
-             f"level {level}: built-in MIND-SSC descriptor ({'12' if d == 3 else '4'} channels), no download"
-             if level == 0 else None),
-            (f"ImpactDimension{level}", [str(d)], None),
-            (f"ImpactNumberOfChannels{level}", ["1"], "one input channel (the image intensity)" if level == 0 else None),
+             f"level {level}: built-in MIND-SSC descriptor ({channels} channels), no download" if first
+             else f"level {level}: the same model"),
+            (f"ImpactDimension{level}", [str(d)], f"a {d}D model" + (f" on {d}D images" if first else "")),
+            (f"ImpactNumberOfChannels{level}", ["1"],
+             "one input channel (the image intensity)" if first else "one input channel"),
             (f"ImpactPatchSize{level}", rep(7 if jac else 0),
-             ("7-voxel patch around every sample (Jacobian mode needs a real patch)" if jac
-              else "0 = feature maps of the whole image (Static mode)") if level == 0 else None),
-            (f"ImpactVoxelSize{level}", rep(voxel[level]), f"mm; model input grid of level {level}"),
-            (f"ImpactLayersMask{level}", ["1"], "MIND-SSC has one output layer" if level == 0 else None),
-            (f"ImpactSubsetFeatures{level}", ["12" if d == 3 else "4"],
-             "all channels at every iteration" if level == 0 else None),
-            (f"ImpactLayersWeight{level}", ["1"], None),
-            (f"ImpactPCA{level}", ["0"], "no PCA reduction" if level == 0 else None),
-            (f"ImpactDistance{level}", ["L2"], "squared difference of the descriptors" if level == 0 else None),
+             ("voxels; 7 = MIND-SSC's support (dilation 2 + box radius 1 on each side): the smallest "
+              "patch whose centre feature is exact" if jac else "0 = feature maps of the whole image (Static mode)")
+             if first else ("voxels; same patch" if jac else "whole image")),
+            (f"ImpactVoxelSize{level}", rep(voxel[level]),
+             f"mm; model input grid of level {level}: {voxel_why[level]}"),
+            (f"ImpactLayersMask{level}", ["1"], "MIND-SSC has one output layer" if first else "its one layer"),
+            (f"ImpactSubsetFeatures{level}", [channels],
+             f"all {channels} channels at every iteration (fewer: faster, noisier)" if first
+             else f"all {channels} channels"),
+            (f"ImpactLayersWeight{level}", ["1"], "one layer, weight 1"),
+            (f"ImpactPCA{level}", ["0"], "no PCA reduction (MIND has few channels)" if first else "no PCA"),
+            (f"ImpactDistance{level}", ["L2"],
+             "squared difference of the descriptors (MIND is already contrast-invariant)" if first
+             else "squared difference"),
         ]
     return [
         ("Components", [
-            ("Registration", ["MultiResolutionRegistration"], None),
-            ("FixedImagePyramid", ["FixedGenericImagePyramid"], None),
+            ("Registration", ["MultiResolutionRegistration"], "one metric, levels from coarse to fine"),
+            ("FixedImagePyramid", ["FixedGenericImagePyramid"], "separate rescale and smoothing schedules (below)"),
             ("MovingImagePyramid", ["MovingGenericImagePyramid"], None),
-            ("Interpolator", ["BSplineInterpolator"], None),
+            ("Interpolator", ["BSplineInterpolator"], "moving image during the registration (order below)"),
             ("Metric", ["Impact"], "runs on the elastix-bridge engine"),
-            ("Optimizer", ["AdaptiveStochasticGradientDescent"], None),
-            ("ResampleInterpolator", ["FinalBSplineInterpolator"], None),
+            ("Optimizer", ["AdaptiveStochasticGradientDescent"], "ASGD: elastix's standard for B-splines"),
+            ("ResampleInterpolator", ["FinalBSplineInterpolator"], "result image (order below)"),
             ("Resampler", ["DefaultResampler"], None),
-            ("Transform", ["BSplineTransform"], None),
-            ("ImageSampler", ["RandomCoordinate"], None),
+            ("Transform", ["BSplineTransform"], "cubic B-spline: smooth local deformation"),
+            ("ImageSampler", ["RandomCoordinate"], "random points off the voxel grid (no grid aliasing)"),
         ]),
         ("Pyramid: level 0 at half resolution, level 1 at full resolution", [
-            ("NumberOfResolutions", [str(_LEVELS)], None),
+            ("NumberOfResolutions", [str(_LEVELS)],
+             "coarse to fine; each level has its own Impact*<level> entries below"),
             ("ImagePyramidRescaleSchedule", rep(2) + rep(1), "shrink factors per level and axis"),
             ("ImagePyramidSmoothingSchedule", rep(2) + rep(1), "Gaussian sigma in mm (physical units) per level and axis"),
         ]),
         ("Transform: cubic B-spline, 32 mm control points at level 0, 16 mm at level 1", [
-            ("FinalGridSpacingInPhysicalUnits", rep(16), "mm"),
-            ("GridSpacingSchedule", ["2", "1"], None),
-            ("HowToCombineTransforms", ["Compose"], None),
+            ("FinalGridSpacingInPhysicalUnits", rep(16), "mm; control-point spacing of the last level"),
+            ("GridSpacingSchedule", ["2", "1"], "multiplies the final spacing per level: 32 mm, then 16 mm"),
+            ("HowToCombineTransforms", ["Compose"],
+             "on top of an earlier stage (-t0, or a previous -p such as affine_mi.txt)"),
         ]),
         ("Metric: IMPACT with the MIND-SSC model", [
             ("ImpactMode", [mode],
              "Jacobian: patches through the model at every sample" if jac
              else "Static: feature maps computed once per level, then interpolated"),
-            ("ImpactGPU", ["-1"], "CPU"),
+            ("ImpactGPU", ["-1"], "CPU; a CUDA device index (0, 1, ...) runs the model on that GPU"),
         ] + level_keys),
         ("Optimizer: adaptive stochastic gradient descent", [
             ("MaximumNumberOfIterations", [iterations], "per level"),
-            ("AutomaticParameterEstimation", ["true"], None),
-            ("UseAdaptiveStepSizes", ["true"], None),
+            ("AutomaticParameterEstimation", ["true"], "step sizes estimated from the images and the transform"),
+            ("UseAdaptiveStepSizes", ["true"], "steps shrink when successive gradients disagree"),
             ("NumberOfSamplesForExactGradient", ["10000"],
              "elastix default 100000; 10000 grid samples estimate the step size as well, much faster"),
             ("NumberOfJacobianMeasurements", ["2000"], "default max(1000, number of parameters)"),
         ]),
         ("Sampler: new random points (off the voxel grid) every iteration, inside the fixed mask", [
             ("NumberOfSpatialSamples", [samples],
-             "each sample carries a 7^D patch through the model" if jac else None),
-            ("NewSamplesEveryIteration", ["true"], None),
-            ("MaximumNumberOfSamplingAttempts", ["8"], None),
-            ("ErodeMask", ["false"], None),
-            ("RandomSeed", ["42"], None),
+             "per iteration; each sample carries a 7^D patch through the model" if jac
+             else "per iteration; features are only interpolated there, so samples are cheap"),
+            ("NewSamplesEveryIteration", ["true"], "fresh points every iteration: an unbiased stochastic gradient"),
+            ("MaximumNumberOfSamplingAttempts", ["8"], "redraws when too few points map inside the moving image"),
+            ("ErodeMask", ["false"], "masks used as given (elastix's default erodes them at coarse levels)"),
+            ("RandomSeed", ["42"], "reproducible runs"),
         ]),
         ("Interpolation and output", [
-            ("BSplineInterpolationOrder", ["1"], "moving image during the registration"),
-            ("FinalBSplineInterpolationOrder", ["3"], "result image"),
-            ("DefaultPixelValue", ["0"], None),
-            ("WriteResultImage", ["true"], None),
+            ("BSplineInterpolationOrder", ["1"], "moving image during the registration (linear: fast)"),
+            ("FinalBSplineInterpolationOrder", ["3"], "result image (cubic: smooth)"),
+            ("DefaultPixelValue", ["0"], "result intensity outside the moving image"),
+            ("WriteResultImage", ["true"], "result.<stage>.mha in the output folder"),
             ("ResultImageFormat", ["mha"], None),
             ("ResultImagePixelType", ["float"], None),
         ]),
@@ -138,11 +154,16 @@ def _format_value(value: str) -> str:
 
 def parameter_file_text(dimension: int, mode: str = "Static") -> str:
     """:func:`demo_parameter_map` as a commented elastix parameter file."""
+    name = next((f"parameter_files/{n}" for n, key in PARAMETER_FILES.items() if key == (dimension, mode)),
+                "<this file>")
+    purpose = _PURPOSE.get((dimension, mode), f"multimodal {dimension}D images, built-in MIND-SSC model, {mode} mode.")
     lines = [
         f"// IMPACT (MIND-SSC, {mode} mode) {dimension}D B-spline registration: the map of `elastix-bridge demo"
         f"{'' if dimension == 3 else ' --dimension 2'}{'' if mode == 'Static' else ' --mode Jacobian'}`.",
+        f"// Preset: {purpose}",
         "// Generated from elastix_bridge/demo.py (demo_parameter_map); keep the two identical.",
-        "// Run: elastix-bridge -f fixed.nii.gz -m moving.nii.gz -fMask fixed_mask.nii.gz -p <this file> -out OUT",
+        f"// Run: elastix-bridge -f fixed.nii.gz -m moving.nii.gz -fMask fixed_mask.nii.gz -p {name} -out OUT",
+        f"// After an affine: -p parameter_files/affine_mi.txt -p {name}   (see parameter_files/README.md)",
     ]
     for heading, entries in _entries(dimension, mode):
         lines += ["", f"// {heading}"]
@@ -151,6 +172,15 @@ def parameter_file_text(dimension: int, mode: str = "Static") -> str:
             lines.append(text if not comment else f"{text:<52} // {comment}")
     return "\n".join(lines) + "\n"
 
+
+_PURPOSE = {
+    (3, "Static"): "multimodal 3D MR (e.g. T1 <-> T2 brain), built-in MIND-SSC model (no download); Static mode: "
+                   "fast, features computed once per level.",
+    (2, "Static"): "multimodal 2D slices (e.g. T1 <-> T2 brain slices), built-in 2D MIND-SSC model (no download); "
+                   "Static mode.",
+    (3, "Jacobian"): "multimodal 3D MR like impact_mind_static_3d.txt, in Jacobian mode: the model runs on a patch "
+                     "at every sample and its gradient drives the registration (slower, exact derivative).",
+}
 
 PARAMETER_FILES = {
     "impact_mind_static_3d.txt": (3, "Static"),
