@@ -14,46 +14,74 @@ One with an Impact map runs through :func:`elastix_bridge.api.elastix_registrati
 How: itk is a lazily loading module whose loader rewrites its attributes when the Elastix module is
 first used, so assigning replacements would be undone. Instead the ``itk`` module object gets a
 subclass of its own module type (``LazyITKModule``) that answers the two names with the bridge's
-versions. Nothing heavy is loaded by :func:`install`; itk's Elastix module loads on first use as
-before.
+versions. :func:`install` does not import itk: when itk is not imported yet, an import hook applies
+the change right after ``import itk``, so ``import elastix_bridge`` stays cheap.
 """
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import logging
+import sys
 
 log = logging.getLogger("elastix_bridge")
 
-_NAMES = ("elastix_registration_method", "ElastixRegistrationMethod")
 _original_module_class = None
-
-
-def _itk():
-    import itk
-
-    return itk
 
 
 def _original(name: str):
     """itk's own attribute ``name``, whether or not the drop-in is installed."""
-    itk = _itk()
+    import itk
+
     base = _original_module_class or type(itk)
     return base.__getattribute__(itk, name)
 
 
+class _PatchAfterImport(importlib.abc.MetaPathFinder):
+    """Applies the drop-in to ``itk`` right after its first import."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "itk":
+            return None
+        sys.meta_path.remove(self)  # find itk with the other finders, once
+        spec = importlib.util.find_spec("itk")
+        if spec is None or spec.loader is None:
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            _patch(sys.modules["itk"])  # itk replaces its sys.modules entry by its lazy module
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+_hook = _PatchAfterImport()
+
+
 def installed() -> bool:
-    """Whether ``itk``'s registration names currently point at the bridge."""
-    return _original_module_class is not None
+    """Whether ``itk``'s registration names point at the bridge (or will, once itk is imported)."""
+    return _original_module_class is not None or _hook in sys.meta_path
 
 
 def install() -> None:
     """Make ``itk.elastix_registration_method`` and ``itk.ElastixRegistrationMethod`` handle Impact maps.
 
-    Idempotent. Called by ``import elastix_bridge``.
+    Idempotent. Called by ``import elastix_bridge``; imports nothing itself.
     """
-    global _original_module_class
     if installed():
         return
-    itk = _itk()
+    if "itk" in sys.modules:
+        _patch(sys.modules["itk"])
+    else:
+        sys.meta_path.insert(0, _hook)
+
+
+def _patch(itk) -> None:
+    global _original_module_class
+    if _original_module_class is not None:
+        return
     original = type(itk)
 
     class BridgedITKModule(original):
@@ -73,10 +101,11 @@ def install() -> None:
 def uninstall() -> None:
     """Restore plain itk-elastix (``itk.elastix_registration_method`` runs elastix only). Idempotent."""
     global _original_module_class
-    if not installed():
-        return
-    _itk().__class__ = _original_module_class
-    _original_module_class = None
+    if _hook in sys.meta_path:
+        sys.meta_path.remove(_hook)
+    if _original_module_class is not None:
+        sys.modules["itk"].__class__ = _original_module_class
+        _original_module_class = None
 
 
 def run_itk_elastix(*args, **kwargs):

@@ -46,7 +46,8 @@ def test_brain_2d_acceptance(plugin, tmp_path, capsys, mode):
     code = cli.main([str(a) for a in argv])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert (out / "TransformParameters.0.txt").is_file() and (out / "result.0.mha").is_file()
+    # the command writes ResultImageFormat, default mhd, like elastix
+    assert (out / "TransformParameters.0.txt").is_file() and (out / "result.0.mhd").is_file()
 
     fixed = itk.imread(str(data / "fixed.mhd"), itk.F)
     moving = itk.imread(str(data / "moving.mhd"), itk.F)

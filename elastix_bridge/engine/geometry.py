@@ -13,6 +13,7 @@ Source: ITK ``ImageBase::TransformContinuousIndexToPhysicalPoint``; elastix_spec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -49,15 +50,28 @@ class ImageGeometry:
         """Array shape in numpy (z, y, x) order."""
         return tuple(reversed(self.size))
 
-    @property
+    @cached_property
     def index_to_physical_matrix(self) -> np.ndarray:
         """``direction @ diag(spacing)``, shape ``(D, D)``."""
         return self.direction @ np.diag(self.spacing)
 
-    @property
+    @cached_property
     def physical_to_index_matrix(self) -> np.ndarray:
         """Inverse of :attr:`index_to_physical_matrix`, shape ``(D, D)``."""
         return np.linalg.inv(self.index_to_physical_matrix)
+
+    def _tensors(self, like) -> tuple:
+        """``(M, M⁻¹, origin, size)`` as tensors of ``like``'s dtype and device, made once per kind.
+
+        The geometry is immutable, and registrations convert points every iteration.
+        """
+        cache = self.__dict__.setdefault("_tensor_cache", {})
+        key = (like.dtype, like.device)
+        if key not in cache:
+            cache[key] = tuple(like.new_tensor(a) for a in (self.index_to_physical_matrix,
+                                                             self.physical_to_index_matrix, self.origin,
+                                                             np.asarray(self.size, dtype=np.float64)))
+        return cache[key]
 
     @classmethod
     def from_itk(cls, image) -> "ImageGeometry":
@@ -96,16 +110,16 @@ class ImageGeometry:
         m, o = self.index_to_physical_matrix, self.origin
         if isinstance(index_xyz, np.ndarray):
             return index_xyz @ m.T + o
-        t = index_xyz
-        return t @ t.new_tensor(m).T + t.new_tensor(o)
+        m, _, o, _ = self._tensors(index_xyz)
+        return index_xyz @ m.T + o
 
     def physical_to_index(self, points):
         """Physical point (mm) -> continuous index (ITK order). ``(N, D)`` -> ``(N, D)``."""
         m, o = self.physical_to_index_matrix, self.origin
         if isinstance(points, np.ndarray):
             return (points - o) @ m.T
-        t = points
-        return (t - t.new_tensor(o)) @ t.new_tensor(m).T
+        _, m, o, _ = self._tensors(points)
+        return (points - o) @ m.T
 
     def inside_buffer(self, index_xyz):
         """ITK ``IsInsideBuffer`` for continuous indices: ``-0.5 <= i_k < n_k - 0.5`` on every axis.
@@ -119,7 +133,7 @@ class ImageGeometry:
         size = np.asarray(self.size, dtype=np.float64)
         if isinstance(index_xyz, np.ndarray):
             return np.all((index_xyz >= -0.5) & (index_xyz < size - 0.5), axis=1)
-        s = index_xyz.new_tensor(size)
+        s = self._tensors(index_xyz)[3]
         return ((index_xyz >= -0.5) & (index_xyz < s - 0.5)).all(dim=1)
 
     def voxel_centres(self):

@@ -153,12 +153,21 @@ class Mask:
             raise ValueError(f"points must have shape (N, {self.geometry.dimension}); got {tuple(points.shape)}")
         p = points if points.dtype == torch.float64 else points.to(torch.float64)
         index = torch.floor(self.geometry.physical_to_index(p) + 0.5)
-        size = index.new_tensor(self.geometry.size)
+        size = self.geometry._tensors(index)[3]
         inside = ((index >= 0) & (index <= size - 1)).all(dim=1)
-        idx = torch.where(inside[:, None], index, torch.zeros_like(index)).to(torch.int64)
-        strides = np.cumprod((1,) + self.geometry.size[:-1])
-        linear = (idx * torch.as_tensor(strides, device=idx.device, dtype=torch.int64)).sum(dim=1)
+        idx = torch.where(inside[:, None], index, 0.0).to(torch.int64)
+        linear = idx @ self._strides(points.device)
         return inside & self._flat_tensor(points.device)[linear]
+
+    def _strides(self, device) -> "torch.Tensor":
+        """Linear-index strides ``(D,)`` int64 of the mask buffer (x fastest), cached per device."""
+        import torch
+
+        key = ("strides", str(device))
+        if key not in self._tensor_cache:
+            strides = np.cumprod((1,) + self.geometry.size[:-1])
+            self._tensor_cache[key] = torch.as_tensor(strides, device=device, dtype=torch.int64)
+        return self._tensor_cache[key]
 
     def bounding_box_index(self):
         """Inclusive index box of the non-zero voxels, ITK order.

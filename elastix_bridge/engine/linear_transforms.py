@@ -31,6 +31,8 @@ Sources (elastix_spec §6.1–6.3, §10.1): ``Components/Transforms/EulerTransfo
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
@@ -107,6 +109,23 @@ def _euler3_factors(angles):
     ryd = m([[-s[1], zero, c[1]], [zero, zero, zero], [-c[1], zero, -s[1]]])
     rzd = m([[-s[2], -c[2], zero], [c[2], -s[2], zero], [zero, zero, zero]])
     return rx, ry, rz, rxd, ryd, rzd
+
+
+_ITK_ORDER = contextvars.ContextVar("itk_order", default=False)
+
+
+@contextlib.contextmanager
+def itk_point_arithmetic():
+    """Within this block linear transforms map points with ITK's exact operation order.
+
+    For decisions elastix takes on transformed points, where one rounding step can flip the
+    outcome (the B-spline grid size fitted to a domain moved by an initial transform).
+    """
+    token = _ITK_ORDER.set(True)
+    try:
+        yield
+    finally:
+        _ITK_ORDER.reset(token)
 
 
 class CenteredLinearTransform(Transform):
@@ -191,7 +210,24 @@ class CenteredLinearTransform(Transform):
     def _map(self, params, points):
         c = points.new_tensor(self.center)
         m = self.matrix(params)
-        return (points - c) @ m.T + c + self.translation(params)
+        if not _ITK_ORDER.get():
+            # elastix's analytic Jacobian is dM/dμ·(x − c): this form's autograd derivative matches it
+            return (points - c) @ m.T + c + self.translation(params)
+        # ITK's TransformPoint arithmetic (MatrixOffsetTransformBase): offset_i = t_i + c_i − Σ_j M_ij c_j,
+        # T(x)_i = (Σ_j M_ij x_j) + offset_i, summed left to right without fused multiply-adds.
+        import torch
+
+        t = self.translation(params)
+        d = m.shape[0]
+        columns = []
+        for i in range(d):
+            offset, acc = t[i] + c[i], m[i, 0] * points[:, 0]
+            for j in range(d):
+                offset = offset - m[i, j] * c[j]
+                if j:
+                    acc = acc + m[i, j] * points[:, j]
+            columns.append(acc + offset)
+        return torch.stack(columns, dim=1)
 
     def transform_points(self, params: "torch.Tensor", points: "torch.Tensor") -> "torch.Tensor":
         """``T(x) = M·(x − c) + c + t``.

@@ -266,20 +266,50 @@ def _grid_domain_under_initial(geometry, final_spacing, initial_transform):
     import torch
 
     from .geometry import ImageGeometry
+    from .linear_transforms import itk_point_arithmetic
 
     size = np.asarray(geometry.size)
     axes = [np.arange(n) for n in size]
     index = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(size))
     boundary = index[np.any((index == 0) | (index == size - 1), axis=1)]
-    mapped = initial_transform(torch.from_numpy(geometry.index_to_physical(boundary.astype(np.float64)))).numpy()
-    rotated = mapped @ np.linalg.inv(geometry.direction).T
+    with itk_point_arithmetic():  # a rounding step can change the grid size, as it does in elastix
+        mapped = initial_transform(torch.from_numpy(geometry.index_to_physical(boundary.astype(np.float64)))).numpy()
+    # ITK's arithmetic: vnl's closed-form inverse, matrix × point summed left to right.
+    rotated = _matrix_times_points(_vnl_inverse(geometry.direction), mapped)
     low, high = rotated.min(axis=0), rotated.max(axis=0)
     spacing = np.asarray(geometry.spacing, dtype=np.float64).copy()
     final = np.asarray(final_spacing, dtype=np.float64).copy()
     extent = spacing * (size - 1)
-    scale = np.where(extent > 1e-12, (high - low) / np.where(extent > 1e-12, extent, 1.0), 1.0)
-    return (ImageGeometry(tuple(int(n) for n in size), spacing * scale, geometry.direction @ low, geometry.direction),
-            final * scale)
+    ratio = (high - low) / np.where(extent > 1e-12, extent, 1.0)
+    scaled = lambda v: np.where(extent > 1e-12, v * ratio, v)  # S·(new/old), in elastix's order
+    origin = _matrix_times_points(geometry.direction, low[None, :])[0]
+    return ImageGeometry(tuple(int(n) for n in size), scaled(spacing), origin, geometry.direction), scaled(final)
+
+
+def _matrix_times_points(matrix, points):
+    """``matrix @ p`` for each row ``p`` of ``points`` ``(N, D)``, summed left to right as ITK does."""
+    out = np.zeros_like(points)
+    for j in range(points.shape[1]):
+        out += points[:, j:j + 1] * matrix[:, j][None, :]
+    return out
+
+
+def _vnl_inverse(m):
+    """vnl_inverse's closed form for 2×2 and 3×3 matrices (``1/det`` times the adjugate)."""
+    if m.shape == (2, 2):
+        det = 1.0 / (m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0])
+        return np.array([[m[1, 1] * det, -m[0, 1] * det], [-m[1, 0] * det, m[0, 0] * det]])
+    if m.shape == (3, 3):
+        det = 1.0 / (m[0, 0] * m[1, 1] * m[2, 2] - m[0, 0] * m[2, 1] * m[1, 2] - m[1, 0] * m[0, 1] * m[2, 2]
+                     + m[1, 0] * m[2, 1] * m[0, 2] + m[2, 0] * m[0, 1] * m[1, 2] - m[2, 0] * m[1, 1] * m[0, 2])
+        adj = np.array([[m[1, 1] * m[2, 2] - m[1, 2] * m[2, 1], m[0, 2] * m[2, 1] - m[0, 1] * m[2, 2],
+                         m[0, 1] * m[1, 2] - m[0, 2] * m[1, 1]],
+                        [m[1, 2] * m[2, 0] - m[1, 0] * m[2, 2], m[0, 0] * m[2, 2] - m[0, 2] * m[2, 0],
+                         m[0, 2] * m[1, 0] - m[0, 0] * m[1, 2]],
+                        [m[1, 0] * m[2, 1] - m[1, 1] * m[2, 0], m[0, 1] * m[2, 0] - m[0, 0] * m[2, 1],
+                         m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]]])
+        return adj * det
+    return np.linalg.inv(m)
 
 
 def _erosion_flag(pmap, which: str, level: int) -> bool:
