@@ -136,7 +136,7 @@ def test_initial_transform_file_t0(plugin, pair, tmp_path):
 
 
 @pytest.mark.parametrize("method,masks", [("GeometricalCenter", False), ("GeometricalCenter", True),
-                                          ("CenterOfGravity", False)])
+                                          ("CenterOfGravity", False), ("CenterOfGravity", True)])
 def test_translation_initialization_matches_elastix(plugin, method, masks):
     """TranslationTransform with AutomaticTransformInitialization: elastix's start + size/2 centres."""
     from elastix_bridge.engine.registration import run_stage

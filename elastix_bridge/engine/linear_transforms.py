@@ -647,22 +647,20 @@ def translation_initialization(method: str, fixed_geometry: ImageGeometry, movin
 
     ``GeometricalCenter`` (and any other name but ``CenterOfGravity``): centres at the continuous index
     ``start + size/2`` (not ``(size − 1)/2`` as for the other transforms) of each image, or of its mask's
-    index bounding box. ``CenterOfGravity``: intensity centroids over all voxels (without masks).
+    index bounding box. ``CenterOfGravity``: intensity centroids over all voxels, or over the voxels
+    inside each image's mask (ITK ``ImageMomentsCalculator`` with a spatial-object mask).
 
     Raises:
-        ValueError: CenterOfGravity with masks (not supported yet), missing image values, zero mass.
+        ValueError: missing image values, zero mass.
 
     Source: elastix ``itkTranslationTransformInitializer.hxx``; elastix_spec §6.2.
     """
     if method == "CenterOfGravity":
-        if fixed_mask is not None or moving_mask is not None:
-            raise ValueError("AutomaticTransformInitializationMethod CenterOfGravity with masks is not supported for "
-                             "TranslationTransform by the bridge engine yet; use GeometricalCenter or no masks")
         arrays = [getattr(a, "array_zyx", a) for a in (fixed_image, moving_image)]
         if any(a is None for a in arrays):
             raise ValueError("CenterOfGravity needs the full-resolution image values")
-        return (_center_of_gravity_all_voxels(np.asarray(arrays[1], dtype=np.float32), moving_geometry)
-                - _center_of_gravity_all_voxels(np.asarray(arrays[0], dtype=np.float32), fixed_geometry))
+        return (_center_of_gravity_all_voxels(np.asarray(arrays[1], dtype=np.float32), moving_geometry, moving_mask)
+                - _center_of_gravity_all_voxels(np.asarray(arrays[0], dtype=np.float32), fixed_geometry, fixed_mask))
 
     def centre(geometry, mask):
         if mask is None:
@@ -703,9 +701,11 @@ def _sequential_sum(values: np.ndarray, start: float = 0.0) -> float:
     return float(np.cumsum(np.concatenate(([start], values)))[-1])
 
 
-def _center_of_gravity_all_voxels(array: np.ndarray, geometry: ImageGeometry, chunk: int = 1 << 20) -> np.ndarray:
+def _center_of_gravity_all_voxels(array: np.ndarray, geometry: ImageGeometry, mask: "Mask | None" = None,
+                                  chunk: int = 1 << 20) -> np.ndarray:
     """Intensity-weighted centroid over all voxels, mm, as ITK ``ImageMomentsCalculator`` (one thread, voxels in
-    memory order, positions from ``TransformIndexToPhysicalPoint``, ``Cg = Σ v·p / Σ v`` summed sequentially)."""
+    memory order, positions from ``TransformIndexToPhysicalPoint``, ``Cg = Σ v·p / Σ v`` summed sequentially);
+    with a mask (``SetSpatialObjectMask``) only the voxels whose physical point lies inside it count."""
     d = geometry.dimension
     flat = array.reshape(-1)
     size = np.asarray(geometry.size, dtype=np.int64)
@@ -717,6 +717,11 @@ def _center_of_gravity_all_voxels(array: np.ndarray, geometry: ImageGeometry, ch
         idx = np.stack([(k // strides[c]) % size[c] for c in range(d)], axis=1)
         pts = _integer_index_points(geometry, idx)
         v = flat[a:a + k.size]
+        if mask is not None:
+            import torch
+
+            inside = mask.contains(torch.from_numpy(np.ascontiguousarray(pts, dtype=np.float64))).numpy()
+            pts, v = pts[inside], v[inside]
         m0 = _sequential_sum(v, m0)
         for r in range(d):
             cg[r] = _sequential_sum(pts[:, r] * v, cg[r])

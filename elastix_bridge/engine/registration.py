@@ -76,6 +76,11 @@ def check_components(pmap) -> dict:
         raise UnsupportedComponentError(
             f"{len(metrics)} metrics need (Registration \"MultiMetricMultiResolutionRegistration\"), as in "
             f"elastix; the map has (Registration \"{registration}\")")
+    scales = pmap.values("MovingImageDerivativeScales")
+    if scales and any(float(v) != 1.0 for v in scales):
+        raise UnsupportedComponentError(
+            f"(MovingImageDerivativeScales {' '.join(scales)}) is not supported by the bridge engine; remove it "
+            "(all 1) or run this map on elastix (engine='elastix', --engine elastix)")
     chosen = {"Metric": metrics}
     for key, allowed in SUPPORTED_COMPONENTS.items():
         values = pmap.values(key)
