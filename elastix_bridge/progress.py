@@ -35,7 +35,7 @@ class StageProgress:
             total = self.pmap.get("MaximumNumberOfIterations", level=level, type=int) \
                 if self.pmap.has("MaximumNumberOfIterations") else None
             self.bar = tqdm(total=total, desc=f"stage {self.stage} level {level}", unit="it", file=self.file,
-                            dynamic_ncols=True, leave=True)
+                            ncols=_columns(), leave=True)
             self.level = level
         self.bar.set_postfix_str(f"metric {record.metric:.6f}", refresh=False)
         self.bar.update(1)
@@ -47,8 +47,16 @@ class StageProgress:
             self.bar = None
 
 
+def _columns() -> int:
+    """Terminal width, 100 where the terminal reports none (tqdm would then draw an empty bar)."""
+    import shutil
+
+    return min(shutil.get_terminal_size(fallback=(100, 24)).columns, 120)
+
+
 def elastix_stage_bar(stage: int, file=None):
     """A bar for a stage that runs on elastix: elapsed time only (elastix reports no iterations)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=None, desc=f"stage {stage} (elastix)", bar_format="{desc}: {elapsed}", file=file or sys.stderr)
+    return tqdm(total=None, desc=f"stage {stage} (elastix)", bar_format="{desc}: {elapsed}", file=file or sys.stderr,
+                ncols=_columns())
