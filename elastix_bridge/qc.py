@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -561,16 +560,7 @@ def _draw_histories(fig, cell, histories, maps) -> None:
 
 def _save_atomically(fig, path: Path, dpi: int, stats: dict) -> None:
     """Save as PNG under a temporary name beside ``path``, then rename it into place."""
-    # Not tempfile.mkstemp: its files are private (0600); this one gets the user's usual permissions.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as file:
-            fig.savefig(file, format="png", dpi=dpi,
-                        metadata={"Software": "elastix-bridge", "elastix-bridge-qc": json.dumps(stats)})
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .files import write_atomically
+
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata={
+        "Software": "elastix-bridge", "elastix-bridge-qc": json.dumps(stats)}), binary=True)

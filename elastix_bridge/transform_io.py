@@ -12,12 +12,11 @@ Sources: elastix_spec §10, §1.5, §8.2 — ``Core/ComponentBaseClasses/elxTran
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from elastix_bridge.files import write_atomically
 from elastix_bridge.parameters import (
     ParameterError,
     ParameterMap,
@@ -193,21 +192,7 @@ def write_transform_parameter_file(parameter_map, path) -> Path:
     if p.suffix != ".txt":
         raise ValueError(f"elastix parameter files must end with '.txt': {p}")
     text = transform_parameter_file_text(parameter_map)
-    directory = p.parent if str(p.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return p
+    return write_atomically(p, lambda f: f.write(text))
 
 
 def read_transform_parameter_file(path) -> ParameterMap:

@@ -285,7 +285,9 @@ register("preloaded, returns 0")
 """
 
 
-def test_elastix_lazy_loader_calls_the_preloaded_plugin(cc, tmp_path):
+def run_with_stand_in(cc, tmp_path, script):
+    """Run ``script`` in a fresh interpreter with a stand-in libImpactMetric.so folder in
+    $ELASTIX_BRIDGE_NATIVE_PLUGIN; returns (its output, the plugin folder, the marker file)."""
     pytest.importorskip("torch")
     pytest.importorskip("itk")
     if not native_plugins.lazy_impact_loader():
@@ -297,10 +299,15 @@ def test_elastix_lazy_loader_calls_the_preloaded_plugin(cc, tmp_path):
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     env.pop("STANDIN_RETURN", None)
     env.pop("LD_LIBRARY_PATH", None)  # the plugin folder must not be on the loader's search path
-    proc = subprocess.run([sys.executable, "-c", ELASTIX_SCRIPT], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                           timeout=600, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
+    return out, folder, marker
+
+
+def test_elastix_lazy_loader_calls_the_preloaded_plugin(cc, tmp_path):
+    out, folder, marker = run_with_stand_in(cc, tmp_path, ELASTIX_SCRIPT)
     sections = dict(part.split("\n", 1) for part in out.split("=== ")[1:] if "\n" in part)
     header = next(line for line in out.splitlines() if line.startswith("=== log header"))
     assert header.endswith(f"Git revision SHA: {native_plugins.elastix_git_revision()}")
@@ -371,18 +378,6 @@ except RuntimeError as exc:
 
 def test_with_a_native_plugin_auto_sends_impact_maps_to_elastix(cc, tmp_path):
     """$ELASTIX_BRIDGE_NATIVE_PLUGIN set: an Impact map goes to elastix, whose loader calls the plugin."""
-    pytest.importorskip("torch")
-    if not native_plugins.lazy_impact_loader():
-        pytest.skip("the installed itk-elastix has no lazy IMPACT loader (itk-elastix < 0.25.2)")
-    folder = tmp_path / "plugin"
-    compile_library(cc, folder, "libImpactMetric.so", soname="libImpactMetric.so")
-    marker = tmp_path / "marker.txt"
-    env = dict(os.environ, STANDIN_MARKER=str(marker), ELASTIX_BRIDGE_NATIVE_PLUGIN=str(folder),
-               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
-    env.pop("STANDIN_RETURN", None)
-    proc = subprocess.run([sys.executable, "-c", ROUTING_SCRIPT], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=tmp_path)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    out, _, marker = run_with_stand_in(cc, tmp_path, ROUTING_SCRIPT)
     assert "InstallComponent returned non-zero (7) for libImpactMetric.so" in out
     assert marker.read_text().startswith("called with 0x")

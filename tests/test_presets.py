@@ -249,26 +249,26 @@ def test_ct_preset_follows_upstream_recommendation_for_totalsegmentator_models()
 # ------------------------------------------------------------------------------------------------
 
 
+def assert_bspline_registers(pair, pm, folder, name):
+    """A B-spline result with < 0.3× the identity's mean error and < 0.1× its squared image difference."""
+    result, tp, error, ratio = register(pair, pm, folder)
+    assert transforms(tp) == ["BSplineTransform"]
+    before = pair.error()
+    assert error < 0.3 * before, f"{name}: mean error {error:.2f} mm, identity {before:.2f} mm"
+    assert ratio < 0.1, f"{name}: result/moving squared-difference ratio {ratio:.3f}"
+
+
 @pytest.mark.parametrize("name, iterations, samples", [
     ("impact_mind_static_3d.txt", 15, 300),
     ("impact_mind_jacobian_3d.txt", 8, 100),
 ])
 def test_mind_3d_presets_register_a_multimodal_pair(plugin, pair3d, tmp_path, name, iterations, samples):
-    pm = smaller(preset(name), iterations, samples)
-    result, tp, error, ratio = register(pair3d, pm, tmp_path / "out")
-    assert transforms(tp) == ["BSplineTransform"]
-    before = pair3d.error()
-    assert error < 0.3 * before, f"{name}: mean error {error:.2f} mm, identity {before:.2f} mm"
-    assert ratio < 0.1, f"{name}: result/moving squared-difference ratio {ratio:.3f}"
+    assert_bspline_registers(pair3d, smaller(preset(name), iterations, samples), tmp_path / "out", name)
 
 
 def test_mind_2d_preset_registers_a_multimodal_pair(plugin, pair2d, tmp_path):
-    pm = smaller(preset("impact_mind_static_2d.txt"), 30, 500)
-    result, tp, error, ratio = register(pair2d, pm, tmp_path / "out")
-    assert transforms(tp) == ["BSplineTransform"]
-    before = pair2d.error()
-    assert error < 0.3 * before, f"mean error {error:.2f} mm, identity {before:.2f} mm"
-    assert ratio < 0.1, f"result/moving squared-difference ratio {ratio:.3f}"
+    name = "impact_mind_static_2d.txt"
+    assert_bspline_registers(pair2d, smaller(preset(name), 30, 500), tmp_path / "out", name)
 
 
 def test_ct_preset_as_shipped_stops_with_model_file_not_found(plugin, tmp_path, capsys):

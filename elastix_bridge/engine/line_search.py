@@ -61,6 +61,22 @@ def _sqrt(a: float) -> float:
     return math.sqrt(a) if a >= 0.0 else math.nan
 
 
+def _cubic_step(stp, fp, dp, st, f, d):
+    """Minimiser of the cubic through ``(stp, fp, dp)`` and ``(st, f, d)`` (Moré–Thuente dcstep).
+
+    ``(f − fp)·3/(stp − st)`` equals the dcstep's ``(fp − f)·3/(st − stp)`` bit for bit (IEEE
+    negation is exact), so one helper serves both of its cubic cases.
+    """
+    theta = _div((f - fp) * 3.0, stp - st) + d + dp
+    s = max(abs(theta), abs(d), abs(dp))
+    gamma = s * _sqrt(_div(theta, s) ** 2 - _div(d, s) * _div(dp, s))
+    if stp > st:
+        gamma = -gamma
+    p = gamma - dp + theta
+    q = gamma - dp + gamma + d
+    return stp + _div(p, q) * (st - stp)
+
+
 def safeguarded_step(stx: float, fx: float, dx: float, sty: float, fy: float, dy: float,
                      stp: float, fp: float, dp: float, brackt: bool, stpmin: float, stpmax: float):
     """One safeguarded step of the More–Thuente search and the update of the interval of uncertainty.
@@ -112,14 +128,7 @@ def safeguarded_step(stx: float, fx: float, dx: float, sty: float, fy: float, dy
         # Case 2: lower value, derivatives of opposite sign: bracketed. The step farther from stp
         # (cubic or secant) is taken.
         info, bound = 2, False
-        theta = _div((fx - fp) * 3.0, stp - stx) + dx + dp
-        s = max(abs(theta), abs(dx), abs(dp))
-        gamma = s * _sqrt(_div(theta, s) ** 2 - _div(dx, s) * _div(dp, s))
-        if stp > stx:
-            gamma = -gamma
-        p = gamma - dp + theta
-        q = gamma - dp + gamma + dx
-        stpc = stp + _div(p, q) * (stx - stp)
+        stpc = _cubic_step(stp, fp, dp, stx, fx, dx)
         stpq = stp + _div(dp, dp - dx) * (stx - stp)
         stpf = stpc if abs(stpc - stp) > abs(stpq - stp) else stpq
         brackt = True
@@ -152,14 +161,7 @@ def safeguarded_step(stx: float, fx: float, dx: float, sty: float, fy: float, dy
         # cubic step between stp and sty; else stpmin/stpmax.
         info, bound = 4, False
         if brackt:
-            theta = _div((fp - fy) * 3.0, sty - stp) + dy + dp
-            s = max(abs(theta), abs(dy), abs(dp))
-            gamma = s * _sqrt(_div(theta, s) ** 2 - _div(dy, s) * _div(dp, s))
-            if stp > sty:
-                gamma = -gamma
-            p = gamma - dp + theta
-            q = gamma - dp + gamma + dy
-            stpf = stp + _div(p, q) * (sty - stp)
+            stpf = _cubic_step(stp, fp, dp, sty, fy, dy)
         elif stp > stx:
             stpf = stpmax
         else:
