@@ -38,7 +38,8 @@ class StageProgress:
                             ncols=_columns(), leave=True)
             self.level = level
         self.bar.set_postfix_str(f"metric {record.metric:.6f}", refresh=False)
-        self.bar.update(1)
+        # L-BFGS line-search rows (GenerateLineSearchIterations) are not iterations
+        self.bar.update(0 if getattr(record, "phase", "Main") != "Main" else 1)
 
     def close(self) -> None:
         """Close the open bar (at a level change and at the end of the stage)."""
