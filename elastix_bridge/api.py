@@ -64,6 +64,11 @@ ENGINES = ("auto", "elastix", "bridge")
 _CHAIN_KEYWORDS = ("number_of_threads", "initial_transform_parameter_file_name", "initial_transform_parameter_object")
 
 
+def _given(**keywords) -> dict:
+    """The keywords whose value is not None (itk-elastix keywords are set only when given)."""
+    return {key: value for key, value in keywords.items() if value is not None}
+
+
 def stage_engines(maps, engine: str = "auto", native_plugin: bool = False) -> list:
     """The engine that runs each parameter map: ``"bridge"`` or ``"elastix"``.
 
@@ -148,10 +153,8 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
         call = dict(kwargs, log_to_console=log_to_console)
         if parameter_object is not None:
             call["parameter_object"] = parameter_object if not maps else to_parameter_object(maps)
-        for key, value in (("fixed_mask", fixed_mask), ("moving_mask", moving_mask),
-                           ("output_directory", None if output_directory is None else str(output_directory))):
-            if value is not None:
-                call[key] = value
+        call.update(_given(fixed_mask=fixed_mask, moving_mask=moving_mask,
+                           output_directory=None if output_directory is None else str(output_directory)))
         if output_directory is not None and log_to_file:
             call.update(log_to_file=True, log_file_name=log_file_name)
         return _itk_elastix()(fixed_image, moving_image, **call)
@@ -269,10 +272,7 @@ def _elastix_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, m
         first = chain_maps[0].copy()
         first.set("InitialTransformParameterFileName", ["NoInitialTransform"])
         call["initial_transform_parameter_object"] = to_parameter_object([first] + chain_maps[1:])
-    for key, value in (("fixed_mask", fixed_mask), ("moving_mask", moving_mask),
-                       ("number_of_threads", number_of_threads)):
-        if value is not None:
-            call[key] = value
+    call.update(_given(fixed_mask=fixed_mask, moving_mask=moving_mask, number_of_threads=number_of_threads))
     if out is None:
         _, tp = _itk_elastix()(fixed_image, moving_image, **call)
     else:

@@ -200,34 +200,28 @@ class CenteredLinearTransform(Transform):
         raise NotImplementedError
 
     def offset(self, params) -> np.ndarray:
-        """ITK offset ``t + c − M·c`` (mm, ``np.float64[D]``), so that ``T(x) = M·x + offset``."""
+        """ITK offset ``t + c − M·c`` (mm, ``np.float64[D]``), so that ``T(x) = M·x + offset``.
+
+        Computed in ITK's order (``ComputeOffset``): ``o_i = t_i + c_i``, then ``o_i −= M_ij·c_j`` for each ``j``.
+        """
         import torch
 
         p = torch.as_tensor(params, dtype=torch.float64).detach().cpu()
         m = self.matrix(p).numpy()
-        return self.translation(p).numpy() + self.center - m @ self.center
+        out = self.translation(p).numpy() + self.center
+        for j in range(m.shape[1]):
+            out = out - m[:, j] * self.center[j]
+        return out
 
     def _map(self, params, points):
+        if _ITK_ORDER.get():
+            # ITK's TransformPoint arithmetic (MatrixOffsetTransformBase): M·x summed left to right, then the
+            # offset; no gradient (used only for decisions elastix takes on transformed points).
+            m = self.matrix(params).detach().cpu().numpy()
+            return points.new_tensor(matrix_times_points(m, points.detach().cpu().numpy()) + self.offset(params))
+        # elastix's analytic Jacobian is dM/dμ·(x − c): this form's autograd derivative matches it
         c = points.new_tensor(self.center)
-        m = self.matrix(params)
-        if not _ITK_ORDER.get():
-            # elastix's analytic Jacobian is dM/dμ·(x − c): this form's autograd derivative matches it
-            return (points - c) @ m.T + c + self.translation(params)
-        # ITK's TransformPoint arithmetic (MatrixOffsetTransformBase): offset_i = t_i + c_i − Σ_j M_ij c_j,
-        # T(x)_i = (Σ_j M_ij x_j) + offset_i, summed left to right without fused multiply-adds.
-        import torch
-
-        t = self.translation(params)
-        d = m.shape[0]
-        columns = []
-        for i in range(d):
-            offset, acc = t[i] + c[i], m[i, 0] * points[:, 0]
-            for j in range(d):
-                offset = offset - m[i, j] * c[j]
-                if j:
-                    acc = acc + m[i, j] * points[:, j]
-            columns.append(acc + offset)
-        return torch.stack(columns, dim=1)
+        return (points - c) @ self.matrix(params).T + c + self.translation(params)
 
     def transform_points(self, params: "torch.Tensor", points: "torch.Tensor") -> "torch.Tensor":
         """``T(x) = M·(x − c) + c + t``.
@@ -623,6 +617,15 @@ def _index_to_point(geometry: ImageGeometry, index) -> np.ndarray:
         for c in range(d):
             acc += float(geometry.direction[r, c]) * float(geometry.spacing[c]) * index[c]
         out[r] = acc + float(geometry.origin[r])
+    return out
+
+
+def matrix_times_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``matrix @ p`` for each row ``p`` of ``points`` ``(N, D)``, summed left to right without fused
+    multiply-adds, as ITK's ``Matrix * Point``."""
+    out = np.zeros_like(points, dtype=np.float64)
+    for j in range(points.shape[1]):
+        out += points[:, j:j + 1] * matrix[:, j][None, :]
     return out
 
 

@@ -271,32 +271,25 @@ def _grid_domain_under_initial(geometry, final_spacing, initial_transform):
     import torch
 
     from .geometry import ImageGeometry
-    from .linear_transforms import itk_point_arithmetic
+    from .linear_transforms import _integer_index_points, itk_point_arithmetic, matrix_times_points
 
     size = np.asarray(geometry.size)
     axes = [np.arange(n) for n in size]
     index = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(size))
     boundary = index[np.any((index == 0) | (index == size - 1), axis=1)]
-    with itk_point_arithmetic():  # a rounding step can change the grid size, as it does in elastix
-        mapped = initial_transform(torch.from_numpy(geometry.index_to_physical(boundary.astype(np.float64)))).numpy()
-    # ITK's arithmetic: vnl's closed-form inverse, matrix × point summed left to right.
-    rotated = _matrix_times_points(_vnl_inverse(geometry.direction), mapped)
+    # ITK's arithmetic throughout (TransformIndexToPhysicalPoint, TransformPoint, vnl's closed-form
+    # inverse, matrix × point summed left to right): a rounding step can change the grid size.
+    with itk_point_arithmetic():
+        mapped = initial_transform(torch.from_numpy(_integer_index_points(geometry, boundary))).numpy()
+    rotated = matrix_times_points(_vnl_inverse(geometry.direction), mapped)
     low, high = rotated.min(axis=0), rotated.max(axis=0)
     spacing = np.asarray(geometry.spacing, dtype=np.float64).copy()
     final = np.asarray(final_spacing, dtype=np.float64).copy()
     extent = spacing * (size - 1)
     ratio = (high - low) / np.where(extent > 1e-12, extent, 1.0)
     scaled = lambda v: np.where(extent > 1e-12, v * ratio, v)  # S·(new/old), in elastix's order
-    origin = _matrix_times_points(geometry.direction, low[None, :])[0]
+    origin = matrix_times_points(geometry.direction, low[None, :])[0]
     return ImageGeometry(tuple(int(n) for n in size), scaled(spacing), origin, geometry.direction), scaled(final)
-
-
-def _matrix_times_points(matrix, points):
-    """``matrix @ p`` for each row ``p`` of ``points`` ``(N, D)``, summed left to right as ITK does."""
-    out = np.zeros_like(points)
-    for j in range(points.shape[1]):
-        out += points[:, j:j + 1] * matrix[:, j][None, :]
-    return out
 
 
 def _vnl_inverse(m):

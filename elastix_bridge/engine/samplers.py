@@ -232,10 +232,14 @@ class _RejectionSampler(ImageSampler):
         self.number_of_samples = _check_n(number_of_samples)
         self.random = as_elastix_random(generator)
 
-    def _draw(self, count: int) -> "torch.Tensor":  # pragma: no cover - abstract
+    def _draw(self, random: ElastixRandom, count: int) -> "torch.Tensor":  # pragma: no cover - abstract
         raise NotImplementedError
 
     def sample(self) -> "torch.Tensor":
+        """Draw ``N`` samples from the stage's generator; see :meth:`_sample_from`."""
+        return self._sample_from(self.random)
+
+    def _sample_from(self, random: ElastixRandom) -> "torch.Tensor":
         """Draw ``N`` samples; with a mask, reject candidates outside it (≤ 10·N candidates in total).
 
         Returns:
@@ -249,19 +253,19 @@ class _RejectionSampler(ImageSampler):
 
         n = self.number_of_samples
         if self.mask is None:
-            return self._out(self._draw(n))
+            return self._out(self._draw(random, n))
         budget = 10 * n
         accepted, found, tried = [], 0, 0
         while found < n and tried < budget:
             batch = min(budget - tried, max(2 * (n - found), 1024))
-            cand = self._draw(batch)
+            cand = self._draw(random, batch)
             ok = self._inside_mask(cand)
             cum = torch.cumsum(ok.to(torch.int64), dim=0)
             need = n - found
             if int(cum[-1]) >= need:  # stop at the candidate that completes the set
                 last = int(torch.searchsorted(cum, torch.tensor(need)))
                 # elastix never drew the candidates after it: give their random numbers back.
-                self.random.rewind((batch - last - 1) * self.draws_per_candidate)
+                random.rewind((batch - last - 1) * self.draws_per_candidate)
                 ok = ok[:last + 1]
                 cand = cand[:last + 1]
                 tried += last + 1
@@ -303,10 +307,10 @@ class RandomCoordinateSampler(_RejectionSampler):
         self._lo = self.region_start_xyz.astype(np.float64)
         self._hi = (self.region_start_xyz + self.region_size_xyz - 1).astype(np.float64)
 
-    def _draw(self, count: int) -> "torch.Tensor":
+    def _draw(self, random, count: int) -> "torch.Tensor":
         import torch
 
-        return torch.from_numpy(self.random.uniform(self._box_lo, self._box_hi, count))
+        return torch.from_numpy(random.uniform(self._box_lo, self._box_hi, count))
 
     def sample(self) -> "torch.Tensor":
         import torch
@@ -336,21 +340,17 @@ class RandomSampler(_RejectionSampler):
 
     def sample(self) -> "torch.Tensor":
         if self.mask is not None:
-            return super().sample()
-        stage = self.random
-        self.random = ElastixRandom(stage.random_sampler_seed)
-        stage.random_sampler_seed += 1
-        try:
-            self.random.raw(1)
-            return super().sample()
-        finally:
-            self.random = stage
+            return self._sample_from(self.random)
+        local = ElastixRandom(self.random.random_sampler_seed)
+        self.random.random_sampler_seed += 1
+        local.raw(1)
+        return self._sample_from(local)
 
-    def _draw(self, count: int) -> "torch.Tensor":
+    def _draw(self, random, count: int) -> "torch.Tensor":
         import torch
 
         total = int(np.prod(self.region_size_xyz))
-        lin = torch.from_numpy(np.floor(self.random.open_range(total - 0.5, count)).astype(np.int64))
+        lin = torch.from_numpy(np.floor(random.open_range(total - 0.5, count)).astype(np.int64))
         cols = []
         for start, size in zip(self.region_start_xyz, self.region_size_xyz):
             cols.append(lin % int(size) + int(start))
