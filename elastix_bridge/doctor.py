@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from . import loader, native_plugins
+from . import build_checks, loader, native_plugins
 
 __all__ = ["collect_report", "format_report", "print_report"]
 
@@ -97,6 +97,8 @@ def _torch_section(report: dict):
     section.update(
         installed=True,
         version=torch.__version__,
+        supported_range=loader.supported_torch_range(),
+        supported=loader.torch_supported(str(torch.__version__)),
         location=str(Path(torch.__file__).parent),
         libtorch_dir=str(Path(torch.__file__).parent / "lib"),
         cxx11_abi=bool(torch._C._GLIBCXX_USE_CXX11_ABI),
@@ -113,16 +115,23 @@ def _torch_section(report: dict):
     except Exception as exc:  # a driver problem shows here
         section["cuda_error"] = f"{type(exc).__name__}: {exc}"
     section["nvidia_smi"] = _nvidia_smi()
+    if not section["supported"]:
+        why = f"the IMPACT plugin is built and run in CI with torch {loader.supported_torch_range()} only"
+        if os.environ.get(loader.UNTESTED_TORCH_ENV, "").strip() not in ("", "0"):
+            report["notes"].append(f"torch {torch.__version__}: {why}; ${loader.UNTESTED_TORCH_ENV} is set, so it "
+                                   "is used anyway")
+        else:
+            _problem(report, f"torch {torch.__version__} is outside the tested range", why,
+                     f'pip install "torch{loader.supported_torch_range()}" (or set {loader.UNTESTED_TORCH_ENV}=1 to '
+                     "try this torch anyway)")
     return section, torch
 
 
 def _build_tools() -> dict:
-    compiler = os.environ.get("CXX", "c++")
+    compiler = (build_checks.compiler_command() or ["c++"])[0]
     tools = {"compiler": compiler, "compiler_path": shutil.which(compiler), "ninja": False}
     try:
-        from torch.utils import cpp_extension
-
-        tools["ninja"] = bool(cpp_extension.is_ninja_available())
+        tools["ninja"] = bool(loader.import_cpp_extension().is_ninja_available())
     except Exception:  # torch missing or broken: reported elsewhere
         tools["ninja"] = shutil.which("ninja") is not None
     return tools
@@ -163,6 +172,9 @@ def _plugin_section(report: dict, torch, build: bool) -> dict:
                 section["built_now"] = True
             except loader.ImpactUnavailableError as exc:
                 section["build_error"] = str(exc)
+                diagnosis = getattr(exc, "diagnosis", None)
+                section["build_failure_kind"] = diagnosis.kind if diagnosis else None
+                section["build_fix"] = diagnosis.fix if diagnosis else None
             inspect()
     tools = section["build_tools"]
     buildable = bool(tools["compiler_path"]) and tools["ninja"]
@@ -189,8 +201,7 @@ def _plugin_section(report: dict, torch, build: bool) -> dict:
     elif section.get("build_error"):
         section["state"] = "build failed"
         _problem(report, "building the IMPACT plugin failed", section["build_error"],
-                 "install a C++17 compiler (g++ >= 9) and ninja (`pip install ninja`), then "
-                 "`elastix-bridge build-plugin`")
+                 section.get("build_fix") or "see the message; then `elastix-bridge build-plugin`")
     elif buildable:
         section["state"] = "not built (built automatically on first use)"
         report["notes"].append(
@@ -202,8 +213,9 @@ def _plugin_section(report: dict, torch, build: bool) -> dict:
                                          ("ninja", tools["ninja"])) if not ok]
         _problem(report, "the IMPACT plugin is not built and cannot be built here",
                  f"building it needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} missing",
-                 "install a C++17 compiler (g++ >= 9, e.g. `apt-get install g++`) and ninja (`pip install ninja`), "
-                 "then run `elastix-bridge build-plugin`")
+                 "install a C++ compiler for the C++ standard torch's headers need (C++20 for the supported "
+                 "torch: g++ >= 10, e.g. `apt-get install g++`) and ninja (`pip install ninja`), then run "
+                 "`elastix-bridge build-plugin`")
     return section
 
 
@@ -319,6 +331,7 @@ def format_report(report: dict) -> str:
                 else "none visible to torch" + (f" ({t['cuda_error']})" if t.get("cuda_error") else ""))
         lines += _rows("torch", [
             ("version", f"{t['version']}  ({'cxx11' if t['cxx11_abi'] else 'pre-cxx11'} C++ ABI)"),
+            ("tested range", f"{t['supported_range']}: " + ("yes" if t["supported"] else "NO, outside")),
             ("location", t["location"]),
             ("LibTorch", t["libtorch_dir"]),
             ("CUDA build", t["cuda"] or "none (CPU-only build)"),
@@ -336,6 +349,7 @@ def format_report(report: dict) -> str:
         ("build record", (f"torch {record.get('torch_version')}, "
                           f"{'cxx11' if record.get('cxx11_abi') else 'pre-cxx11'} ABI, "
                           f"{'CUDA ' + record['cuda'] if record.get('cuda') else 'CPU'}"
+                          + (f", {record['cxx_standard']}" if record.get("cxx_standard") else "")
                           + ("" if p["matches"] else f"  -- {p['mismatch']}")) if record else
          (p["mismatch"] if p["built"] else None)),
         ("built now", "yes (--build)" if p["built_now"] else None),

@@ -7,7 +7,9 @@ without torch; torch and the plugin are loaded only when a stage asks for ``(Met
 The plugin (``plugin/impact_plugin.cpp``) is compiled on first use against the *installed* torch
 and cached under ``$ELASTIX_BRIDGE_CACHE`` (default ``~/.cache/elastix-bridge``) in a directory
 named after the torch version, C++ ABI, CUDA version and source hash, with a JSON build record
-next to the ``.so``. A prebuilt plugin can be forced with ``$ELASTIX_BRIDGE_PLUGIN``.
+next to the ``.so``. A prebuilt plugin can be forced with ``$ELASTIX_BRIDGE_PLUGIN``. Only a torch of
+:data:`SUPPORTED_TORCH` (the range CI builds and runs) is accepted; a failed build is explained by
+:mod:`elastix_bridge.build_checks`.
 
 Errors form one hierarchy rooted at :class:`ImpactError`:
 :class:`ImpactUnavailableError` (``RuntimeError``: Impact cannot be loaded/run here) and
@@ -20,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -27,17 +30,22 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from . import build_checks
+
 if TYPE_CHECKING:  # pragma: no cover - typing only, never imported at run time
     import torch
 
 __all__ = [
     "CACHE_ENV",
+    "SUPPORTED_TORCH",
+    "UNTESTED_TORCH_ENV",
     "EXTENSION_NAME",
     "ImpactError",
     "ImpactModelError",
     "ImpactUnavailableError",
     "PLUGIN_ENV",
     "build_plugin",
+    "check_torch_supported",
     "cache_dir",
     "expected_build_record",
     "jit_optimization_disabled",
@@ -46,6 +54,8 @@ __all__ = [
     "plugin_source_dir",
     "require_torch",
     "resolve_device",
+    "supported_torch_range",
+    "torch_supported",
     "validate_model_output",
 ]
 
@@ -102,6 +112,51 @@ def require_torch():
     return torch
 
 
+# The torch releases CI builds the plugin against and runs registrations with (.ci/run): the lowest
+# and the newest that install here. pyproject.toml's `impact` extra declares the same range; the
+# upper bound moves up when a newer torch passes that check.
+SUPPORTED_TORCH = ("2.13", "2.15")  # >= first, < second
+UNTESTED_TORCH_ENV = "ELASTIX_BRIDGE_ALLOW_UNTESTED_TORCH"
+
+
+def supported_torch_range() -> str:
+    """The supported torch versions as a pip specifier, e.g. ``">=2.13,<2.15"``."""
+    return f">={SUPPORTED_TORCH[0]},<{SUPPORTED_TORCH[1]}"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``"2.14.1+cu130"`` -> ``(2, 14, 1)``; pre-release and local parts are ignored."""
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def torch_supported(version: str) -> bool:
+    """Whether a torch version lies in :data:`SUPPORTED_TORCH` (``2.15.0.dev`` counts as 2.15)."""
+    return _release(SUPPORTED_TORCH[0]) <= _release(version) < _release(SUPPORTED_TORCH[1])
+
+
+def check_torch_supported(torch) -> None:
+    """Refuse a torch outside the tested range, unless ``$ELASTIX_BRIDGE_ALLOW_UNTESTED_TORCH=1``.
+
+    Args:
+        torch: the imported torch module.
+
+    Raises:
+        ImpactUnavailableError: naming the installed version, the supported range and the two fixes.
+    """
+    version = str(torch.__version__)
+    if torch_supported(version):
+        return
+    if os.environ.get(UNTESTED_TORCH_ENV, "").strip() not in ("", "0"):
+        log.warning("torch %s is outside the tested range %s; building the IMPACT plugin anyway because $%s is set",
+                    version, supported_torch_range(), UNTESTED_TORCH_ENV)
+        return
+    raise ImpactUnavailableError(
+        f"torch {version} is installed, but the IMPACT plugin is tested with torch {supported_torch_range()} only. "
+        f"Install a supported torch (`pip install \"torch{supported_torch_range()}\"`), or set "
+        f"{UNTESTED_TORCH_ENV}=1 to build and run it with torch {version} at your own risk."
+    )
+
+
 def plugin_source_dir() -> Path:
     """Directory holding the plugin's C++ sources.
 
@@ -139,7 +194,7 @@ def _plugin_sources() -> list[Path]:
 # OpenMP (Linux: torch's own runtime is libgomp) lets at::parallel_for in the B-spline kernels use
 # torch's threads; without it they run on one thread, with the same results.
 _OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
-_CFLAGS = ["-O2", "-std=c++17"] + _OPENMP
+_CFLAGS = ["-O2"] + _OPENMP
 _LDFLAGS = list(_OPENMP)
 
 
@@ -248,37 +303,65 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def import_cpp_extension():
+    """``torch.utils.cpp_extension``, imported without its "No CUDA runtime is found" warning.
+
+    A CUDA build of torch on a machine without a GPU logs that warning on import; the plugin has no
+    CUDA sources, so it is noise here.
+    """
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_logger.level
+    cpp_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        cpp_logger.setLevel(level)
+    return cpp_extension
+
+
 def build_plugin(output_dir: Path | None = None, verbose: bool = False) -> Path:
     """Compile the plugin against the installed torch and write its build record.
 
-    The build runs in a temporary sibling directory that is renamed into place only when the
-    library and record are complete, under an exclusive file lock; so a half-built cache is never
-    used and concurrent builders wait for each other (the second one reuses the first's result
-    when it fits).
+    The compiler flags are the ones torch's own ``cpp_extension`` chooses for that torch (its C++
+    standard, its ``_GLIBCXX_USE_CXX11_ABI``), plus ``-O2`` and OpenMP. The build runs in a temporary
+    sibling directory that is renamed into place only when the library and record are complete,
+    under an exclusive file lock; so a half-built cache is never used and concurrent builders wait
+    for each other (the second one reuses the first's result when it fits).
 
     Args:
         output_dir: Destination directory; defaults to :func:`cache_dir`.
         verbose: Show the compiler command lines and output.
 
     Returns:
-        Path of the built ``elastix_bridge_impact.so``; ``<that path>.json`` is its build record.
+        Path of the built ``elastix_bridge_impact.so``; ``<that path>.json`` is its build record
+        (``torch_version``, ``cxx11_abi``, ``cuda`` = ``torch.version.cuda``, ``source_sha256``,
+        ``cxx_standard``, ``extension``, ``python``).
 
     Raises:
-        ImpactUnavailableError: torch missing, ninja missing, or the compiler failed (the message
-            holds the end of the compiler output).
+        ImpactUnavailableError: torch missing or outside :data:`SUPPORTED_TORCH`; ninja missing; or the
+            build cannot start or failed. The message names the cause found by
+            :mod:`elastix_bridge.build_checks` (no compiler, a compiler that rejects torch's C++
+            standard, another standard forced, torch's or Python's headers missing, cache not
+            writable, out of disk or memory, link error), its fix, and the file holding the whole
+            compiler output.
     """
     torch = require_torch()
-    from torch.utils import cpp_extension
+    check_torch_supported(torch)
+    cpp_extension = import_cpp_extension()
 
     expected = expected_build_record()
     output_dir = Path(output_dir) if output_dir is not None else cache_dir()
     output_dir = output_dir.expanduser().resolve()
     so_path = _so_path(output_dir)
-    fix = "install a C++17 compiler (g++ >= 9) and ninja (`pip install ninja`), then run " f"`{_REBUILD_CMD}`"
+    what = f"cannot build the IMPACT plugin against torch {torch.__version__}"
     try:
         cpp_extension.verify_ninja_availability()
     except RuntimeError as exc:
-        raise ImpactUnavailableError(f"cannot build the IMPACT plugin: ninja is not available ({exc}); {fix}.") from exc
+        raise ImpactUnavailableError(
+            f"{what}: ninja is not available ({exc}).\nFix: `pip install ninja`, then run `{_REBUILD_CMD}`.") from exc
+    problem = build_checks.preflight_problem(output_dir.parent)
+    if problem is not None:
+        raise ImpactUnavailableError(f"{what}: {problem.cause}.\nFix: {problem.fix}.")
 
     with _file_lock(output_dir.parent / f".{output_dir.name}.lock"):
         if so_path.is_file() and _record_mismatch(_read_record(so_path), expected, True) is None:
@@ -301,16 +384,12 @@ def build_plugin(output_dir: Path | None = None, verbose: bool = False) -> Path:
                     is_python_module=False,
                 )
             except Exception as exc:  # ninja/compiler/linker failures surface as several types
-                compiler = os.environ.get("CXX", "c++")
-                raise ImpactUnavailableError(
-                    f"building the IMPACT plugin against torch {torch.__version__} with compiler {compiler!r} "
-                    f"failed:\n"
-                    f"{_tail(str(exc))}\nFix: {fix}."
-                ) from exc
+                raise _build_failure(what, str(exc), tmp, output_dir) from exc
             built = Path(built)
             if built != _so_path(tmp):
                 built.replace(_so_path(tmp))
-            record = dict(expected, extension=EXTENSION_NAME, python=sys.version.split()[0])
+            record = dict(expected, extension=EXTENSION_NAME, python=sys.version.split()[0],
+                          cxx_standard=build_checks.cxx_standard_of(_ninja_cflags(tmp)))
             _record_path(_so_path(tmp)).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
             if output_dir.exists():  # stale or mismatched build: move it aside, then swap in
                 stale = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.stale-", dir=output_dir.parent))
@@ -318,9 +397,38 @@ def build_plugin(output_dir: Path | None = None, verbose: bool = False) -> Path:
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.chmod(0o755)  # mkdtemp creates 0700; the cache may be shared
             tmp.replace(output_dir)
+            (output_dir.parent / f"{output_dir.name}.build.log").unlink(missing_ok=True)  # an earlier failure's
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return so_path
+
+
+def _ninja_cflags(build_dir: Path) -> str:
+    """The compiler flags cpp_extension chose (``cflags =`` of its ``build.ninja``; "" if absent)."""
+    try:
+        text = (build_dir / "build.ninja").read_text()
+    except OSError:
+        return ""
+    return next((line.split("=", 1)[1].strip() for line in text.splitlines() if line.startswith("cflags =")), "")
+
+
+def _build_failure(what: str, output: str, build_dir: Path, output_dir: Path) -> ImpactUnavailableError:
+    """The error for a failed compile: its diagnosed cause and fix, and the log file with everything."""
+    torch = require_torch()
+    cflags = _ninja_cflags(build_dir)
+    diagnosis = build_checks.diagnose_build_log(output, build_checks.cxx_standard_of(cflags), torch.__version__,
+                                                build_checks.compiler_cplusplus(cflags))
+    text = (f"{what}\ncause: {diagnosis.cause}\nfix: {diagnosis.fix}\ncompiler: {build_checks.compiler_command()}\n"
+            f"compiler flags chosen by torch's cpp_extension: {cflags or '(none written)'}\n"
+            f"\n=== compiler output ===\n{output}\n")
+    try:
+        log_file = f"full compiler output: {build_checks.write_build_log(text, output_dir.parent, output_dir.name + '.build.log')}"
+    except OSError as exc:
+        log_file = f"the compiler output could not be saved ({exc}); its end:\n{_tail(output)}"
+    first = f"\nfirst compiler error: {diagnosis.first_error}" if diagnosis.first_error else ""
+    error = ImpactUnavailableError(f"{what}: {diagnosis.cause}.\nFix: {diagnosis.fix}.{first}\n{log_file}")
+    error.diagnosis = diagnosis
+    return error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +469,8 @@ def load_plugin():
         The ``elastix_bridge_impact`` extension module.
 
     Raises:
-        ImpactUnavailableError: torch missing, plugin file missing, record mismatch, build failure.
+        ImpactUnavailableError: torch missing or outside :data:`SUPPORTED_TORCH`, plugin file
+            missing, record mismatch, build failure.
     """
     env = os.environ.get(PLUGIN_ENV) or None
     key = (env, str(_cache_root()))
@@ -369,6 +478,7 @@ def load_plugin():
         module = _loaded.get(key)
         if module is not None:
             return module
+        check_torch_supported(require_torch())
         expected = expected_build_record()
         if env is not None:
             so_path = Path(env).expanduser()

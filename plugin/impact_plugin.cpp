@@ -20,14 +20,6 @@
 #include <torch/csrc/jit/python/update_graph_executor_opt.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 
-// CUDA-enabled torch installs ship ATen/cuda/CUDAConfig.h; CPU wheels do not.
-#if defined(__has_include)
-#if __has_include(<ATen/cuda/CUDAConfig.h>)
-#include <ATen/cuda/CUDAConfig.h>
-#define EB_HAS_CUDA_CONFIG 1
-#endif
-#endif
-
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -311,12 +303,6 @@ py::dict build_info() {
 #else
   d["cxx11_abi"] = false;
 #endif
-  d["cuda"] = false;
-#if defined(EB_HAS_CUDA_CONFIG)
-#if AT_CUDA_ENABLED()
-  d["cuda"] = true;  // headers of a CUDA-enabled torch build
-#endif
-#endif
   return d;
 }
 
@@ -384,5 +370,5 @@ Raises:
   m.def("set_jit_state", &set_jit_state, py::arg("state"),
         "Set any subset of the switches returned by get_jit_state(); unknown keys raise ValueError.");
   register_bspline_kernels(m);
-  m.def("build_info", &build_info, "torch_version, cxx11_abi and cuda of the torch this plugin was compiled against.");
+  m.def("build_info", &build_info, "torch_version and cxx11_abi of the torch headers this plugin was compiled against.");
 }

@@ -1,8 +1,7 @@
 """Tests of elastix_bridge.loader: lazy torch import, plugin build/cache/records, devices, models.
 
-The plugin is compiled once per test session (the ``plugin`` fixture of conftest.py). The
-unbuildable-plugin test runs in a subprocess
-with CXX=/bin/false, which fails at once instead of compiling.
+The plugin is compiled once per test session (the ``plugin`` fixture of conftest.py); failed builds
+and the torch range are tested in test_plugin_build.py.
 """
 import json
 import os
@@ -199,7 +198,8 @@ def test_concurrent_builds_share_one_result(monkeypatch, tmp_path):
 
     def fake_load(name, sources, build_directory, **kwargs):
         calls.append(build_directory)
-        assert kwargs["extra_cflags"][:2] == ["-O2", "-std=c++17"] and kwargs["is_python_module"] is False
+        # no -std=: the C++ standard is the one cpp_extension chooses for this torch
+        assert not any(f.startswith("-std=") for f in kwargs["extra_cflags"]) and kwargs["is_python_module"] is False
         so = Path(build_directory) / f"{name}.so"
         so.write_bytes(b"half")
         time.sleep(0.3)  # the other builder must wait on the lock meanwhile
@@ -231,38 +231,19 @@ def test_concurrent_builds_share_one_result(monkeypatch, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == [".torch-x.lock", "torch-x"]
 
     def failing_load(**kwargs):
-        raise RuntimeError("Error building extension 'elastix_bridge_impact': impact_plugin.cpp:1: error: boom")
+        raise RuntimeError("Error building extension 'elastix_bridge_impact': [1/3] c++ -c impact_plugin.cpp\n"
+                           "FAILED: impact_plugin.o\nc++ -c impact_plugin.cpp\nimpact_plugin.cpp:1:1: error: boom\n")
 
     monkeypatch.setattr(cpp_extension, "load", failing_load)
     other = tmp_path / "plugin" / "torch-y"
-    with pytest.raises(loader.ImpactUnavailableError, match=r"(?s)failed:.*error: boom.*g\+\+ >= 9.*pip install ninja"):
+    with pytest.raises(loader.ImpactUnavailableError,
+                       match=r"(?s)the compiler reported errors.*first compiler error: impact_plugin.cpp:1:1: error: boom"
+                             r".*full compiler output: .*torch-y.build.log"):
         loader.build_plugin(other)
     assert not other.exists()
-    assert sorted(p.name for p in out.parent.iterdir()) == [".torch-x.lock", ".torch-y.lock", "torch-x"]
-
-
-def test_unbuildable_plugin(tmp_path):
-    pytest.importorskip("torch")
-    cache = tmp_path / "cache"
-    proc = run_python(
-        """
-        from elastix_bridge import loader
-        try:
-            loader.load_plugin()
-        except loader.ImpactUnavailableError as exc:
-            print("ERR", exc)
-        """,
-        CXX="/bin/false",
-        ELASTIX_BRIDGE_CACHE=str(cache),
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("ERR building the IMPACT plugin against torch"), proc.stdout + proc.stderr
-    assert "'/bin/false'" in proc.stdout
-    assert "g++ >= 9" in proc.stdout and "pip install ninja" in proc.stdout
-    # Nothing half-built is left where load_plugin would look.
-    plugin_dir = cache / "plugin"
-    assert not list(plugin_dir.glob("**/*.so"))
-    assert [p.name for p in plugin_dir.iterdir() if not p.name.endswith(".lock")] == []
+    assert "error: boom" in (out.parent / "torch-y.build.log").read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == [".torch-x.lock", ".torch-y.lock", "torch-x",
+                                                            "torch-y.build.log"]
 
 
 # ---------------------------------------------------------------------------------------------

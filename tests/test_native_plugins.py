@@ -186,6 +186,22 @@ def test_cuda_plugin_needs_a_cuda_torch(cc, tmp_path):
         native_plugins.preload_native_plugin(so)
 
 
+def test_cuda_plugin_is_accepted_by_a_cuda_torch(cc, tmp_path):
+    """The other side of the test above: a CUDA build of torch provides the CUDA LibTorch libraries."""
+    torch = pytest.importorskip("torch")
+    if not torch.version.cuda:
+        pytest.skip("the installed torch is a CPU-only build (tested by test_cuda_plugin_needs_a_cuda_torch)")
+    so = compile_library(cc, tmp_path, "libImpactMetricCuda.so", soname="libImpactMetricCuda.so",
+                         needed=["libtorch_cuda.so", "libc10_cuda.so", "libc10.so"])
+    check = native_plugins.inspect_native_plugin(so, torch)
+    assert check.ok, check.problems
+    assert check.kind == "cuda"
+    lib = Path(torch.__file__).parent / "lib"
+    assert check.torch_libraries == {name: lib / name for name in ("libtorch_cuda.so", "libc10_cuda.so", "libc10.so")}
+    no_gpu = [w for w in check.warnings if "no usable GPU" in w]
+    assert bool(no_gpu) is (not torch.cuda.is_available())
+
+
 def test_library_without_the_install_symbol_is_refused(cc, tmp_path):
     pytest.importorskip("torch")
     so = compile_library(cc, tmp_path, "libImpactMetric.so", soname="libImpactMetric.so", source=NO_SYMBOL_C)

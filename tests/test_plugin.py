@@ -370,4 +370,6 @@ def test_build_info(plugin):
     info = plugin.build_info()
     assert info["torch_version"] == torch.__version__.split("+")[0]
     assert info["cxx11_abi"] is bool(torch._C._GLIBCXX_USE_CXX11_ABI)
-    assert info["cuda"] is (torch.version.cuda is not None)
+    # CUDA is a fact of the installed torch (torch.version.cuda, kept in the build record), not of
+    # its headers: header macros for it changed between torch releases.
+    assert set(info) == {"torch_version", "cxx11_abi"}
