@@ -63,6 +63,7 @@ PLUGIN_ENV = "ELASTIX_BRIDGE_PLUGIN"
 CACHE_ENV = "ELASTIX_BRIDGE_CACHE"
 EXTENSION_NAME = "elastix_bridge_impact"
 _RECORD_KEYS = ("torch_version", "cxx11_abi", "cuda")
+_RECORD_FORMAT = 2  # 2: the record holds cxx_standard; a new format gets a new cache folder
 _REBUILD_CMD = "elastix-bridge build-plugin"
 _INSTALL_CMD = 'pip install "elastix-bridge[impact]"'
 
@@ -199,8 +200,8 @@ _LDFLAGS = list(_OPENMP)
 
 
 def _source_sha256() -> str:
-    """Hash of the plugin sources and compiler flags (a change of either needs a new build)."""
-    digest = hashlib.sha256(" ".join(_CFLAGS + _LDFLAGS).encode() + b"\0")
+    """Hash of the plugin sources, compiler flags and record format (a change of any needs a new build)."""
+    digest = hashlib.sha256(f"record {_RECORD_FORMAT}\0".encode() + " ".join(_CFLAGS + _LDFLAGS).encode() + b"\0")
     for path in _plugin_sources():
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
