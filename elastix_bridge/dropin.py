@@ -130,7 +130,17 @@ def elastix_registration_method(*args, **kwargs):
 
     Returns:
         ``(result_image, transform_parameter_object)``.
+
+    Raises:
+        TypeError: the fixed or moving image is not an ``itk.Image`` (a path, a numpy array), with
+            what to pass instead.
     """
+    from .validation import check_image_argument
+
+    for value, what in zip(args[:2], ("fixed_image", "moving_image")):
+        check_image_argument(value, what)
+    for what in ("fixed_image", "moving_image", "fixed_mask", "moving_mask"):
+        check_image_argument(kwargs.get(what), what)
     method = RegistrationMethodTemplate(_original("ElastixRegistrationMethod")).New(*args, **kwargs)
     method.UpdateLargestPossibleRegion()
     return method.GetOutput(), method.GetTransformParameterObject()
@@ -205,6 +215,11 @@ class BridgedRegistrationMethod:
             kwargs["initial_transform_parameter_object"] = self._initial_object
         if m.GetNumberOfThreads() > 0:
             kwargs["number_of_threads"] = m.GetNumberOfThreads()
+        # Settings the bridge cannot honour are passed on, so that they are refused by name, not ignored.
+        for name in ("fixed_point_set_file_name", "moving_point_set_file_name"):
+            value = getattr(m, "Get" + name.title().replace("_", ""))()
+            if value:
+                kwargs[name] = value
         out = m.GetOutputDirectory() or None
         self._result = bridged(m.GetFixedImage(), m.GetMovingImage(), parameter_object=m.GetParameterObject(),
                                fixed_mask=m.GetFixedMask(), moving_mask=m.GetMovingMask(),

@@ -17,6 +17,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..parameters import UInt
+
 log = logging.getLogger("elastix_bridge")
 
 # Components the bridge engine runs; anything else is refused by name.
@@ -367,7 +369,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
     if moving_full.geometry.dimension != dim:
         raise ValueError(f"the fixed image is {dim}D but the moving image is "
                          f"{moving_full.geometry.dimension}D; elastix needs equal dimensions")
-    levels = pmap.get("NumberOfResolutions", default=3, type=int)
+    levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
     if levels < 1:
         raise ValueError("NumberOfResolutions must be at least 1")
     if components["Optimizer"] == "QuasiNewtonLBFGS":  # invalid line-search settings stop before any computation
@@ -462,7 +464,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
                 parameters = transform.parameters if parameters0 is None else parameters0
             parameters = parameters.to(torch.float64)
 
-            n_samples = pmap.get("NumberOfSpatialSamples", level=level, default=5000, type=int)
+            n_samples = pmap.get("NumberOfSpatialSamples", level=level, default=5000, type=UInt)
             samplers = [make_sampler(name, fixed.geometry, fmask, number_of_samples=n_samples,
                                      generator=generator, parameter_map=pmap, level=level)
                         for name in components["ImageSampler"]]
