@@ -30,7 +30,9 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import os
 import re
+from pathlib import Path
 from typing import Optional, Sequence
 
 from .parameters import ParameterError, UInt
@@ -69,6 +71,8 @@ def _one_of(*names):
 VALUE_TYPES = {
     # counts (unsigned in elastix: a leading "-" is a conversion error)
     "NumberOfResolutions": (UInt, _at_least(1)),
+    "FixedImageDimension": (UInt, None),
+    "MovingImageDimension": (UInt, None),
     "MaximumNumberOfIterations": (UInt, None),
     "NumberOfSpatialSamples": (UInt, _at_least(1)),
     "NumberOfHistogramBins": (UInt, None),
@@ -151,16 +155,16 @@ def _where(k: int, names) -> str:
     return f"parameter map {k}" + (f" ({names[k]})" if names and k < len(names) and names[k] else "")
 
 
-def _did_you_mean(name: str, candidates, suffix: str = "") -> str:
-    """`` Did you mean 'X' or 'Y'?`` for the close matches of ``name`` (``suffix`` appended to each), or ``""``."""
+def _did_you_mean(name: str, candidates) -> str:
+    """`` Did you mean 'X' or 'Y'?`` for the close matches of ``name`` (or a case-insensitive match), or ``""``."""
     close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
     if not close:
         lowered = {c.lower(): c for c in candidates}
         close = [lowered[name.lower()]] if name.lower() in lowered else []
-    return f" Did you mean {' or '.join(repr(c + suffix) for c in close)}?" if close else ""
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
-def _check_component_names(pmap, where: str) -> None:
+def _check_component_names(pmap) -> None:
     """Every component name is one of elastix's (``Internal elastix error`` otherwise)."""
     from .elastix_names import COMPONENTS
     from .engine.registration import UnsupportedComponentError
@@ -169,11 +173,11 @@ def _check_component_names(pmap, where: str) -> None:
         for value in pmap.values(key):
             if value not in known:
                 raise UnsupportedComponentError(
-                    f"{where}: ({key} \"{value}\"): {value!r} is not an elastix {key} component."
+                    f"({key} \"{value}\"): {value!r} is not an elastix {key} component."
                     f"{_did_you_mean(value, known)} Known: {', '.join(known)}.")
 
 
-def _check_values(pmap, where: str) -> None:
+def _check_values(pmap) -> None:
     """Type and range of every entry of the keys in :data:`VALUE_TYPES`."""
     for key in pmap.keys():
         spec = VALUE_TYPES.get(_unlabelled(key))
@@ -181,22 +185,19 @@ def _check_values(pmap, where: str) -> None:
             continue
         typ, check = spec
         for i in range(len(pmap.values(key))):
-            try:
-                value = pmap.get_entry(key, i, type=typ)
-            except ParameterError as error:
-                raise ParameterError(f"{where}: {error}") from None
+            value = pmap.get_entry(key, i, type=typ)
             problem = check(value) if check is not None else None
             if problem:
-                raise ParameterError(f"{where}: parameter {key!r}, entry {i}: {pmap.values(key)[i]!r} {problem}")
+                raise ParameterError(f"parameter {key!r}, entry {i}: {pmap.values(key)[i]!r} {problem}")
 
 
-def _check_result_keys(pmap, where: str) -> None:
+def _check_result_keys(pmap) -> None:
     """``ResultImagePixelType``, ``WriteResultImage`` and ``ResultImageFormat`` before any result is written."""
     from .cli import _PIXEL_TYPES
 
     pixel = pmap.get("ResultImagePixelType", default="short")
     if pixel not in _PIXEL_TYPES:
-        raise ParameterError(f"{where}: (ResultImagePixelType \"{pixel}\") is not an elastix pixel type."
+        raise ParameterError(f"(ResultImagePixelType \"{pixel}\") is not an elastix pixel type."
                              f"{_did_you_mean(pixel, _PIXEL_TYPES)} Use one of {', '.join(sorted(_PIXEL_TYPES))}.")
     if pmap.has("ResultImageFormat") and pmap.get("WriteResultImage", default=True, type=bool):
         fmt = pmap.get("ResultImageFormat")
@@ -205,7 +206,7 @@ def _check_result_keys(pmap, where: str) -> None:
         io = itk.ImageIOFactory.CreateImageIO(f"result.{fmt}", itk.CommonEnums.IOFileMode_WriteMode)
         if io is None or not fmt:
             raise ParameterError(
-                f"{where}: (ResultImageFormat \"{fmt}\"): ITK cannot write 'result.{fmt}'; use a file extension "
+                f"(ResultImageFormat \"{fmt}\"): ITK cannot write 'result.{fmt}'; use a file extension "
                 f"ITK writes, e.g. \"mhd\", \"mha\", \"nii\", \"nii.gz\" or \"nrrd\" (or (WriteResultImage \"false\"))")
 
 
@@ -215,12 +216,12 @@ _KNOWN_IMPACT_KEYS = ("Impact[Fixed|Moving]{ModelsPath, Dimension, NumberOfChann
                       "FeaturesMapUpdateInterval, FeatureMapOutputDirectory, WriteFeatureMaps}")
 
 
-def _check_impact_keys(pmap, where: str, levels: int, uses_impact: bool, include_unnumbered: bool) -> None:
+def _check_impact_keys(pmap, where: str, levels: int, uses_impact: bool, full: bool) -> None:
     """IMPACT keys against the known set (error, with suggestions); other unknown keys are logged as warnings.
 
-    ``include_unnumbered``: also refuse unnumbered list options (``ImpactPatchSize``); before the image
-    dimension is known they are left to :func:`~elastix_bridge.impact_parameters.impact_levels`, which
-    explains the rewrite they need.
+    ``full`` (the check with images): also refuse unnumbered list options (``ImpactPatchSize``; before,
+    they are left to :func:`~elastix_bridge.impact_parameters.impact_levels`, which explains the rewrite
+    they need) and log the warnings (once per request, although the command checks its maps twice).
     """
     from .elastix_names import COMPONENTS, PARAMETERS
     from .impact_parameters import IMPACT_LIST_OPTIONS, IMPACT_SCALAR_OPTIONS
@@ -228,7 +229,7 @@ def _check_impact_keys(pmap, where: str, levels: int, uses_impact: bool, include
     for key in pmap.keys():
         plain = _unlabelled(key)
         if not plain.startswith("Impact"):
-            if plain not in PARAMETERS and plain not in COMPONENTS:
+            if full and plain not in PARAMETERS and plain not in COMPONENTS:
                 log.warning("%s: (%s ...) is not a parameter that elastix or elastix-bridge reads; it is ignored, as "
                             "elastix ignores it.%s", where, key, _did_you_mean(plain, PARAMETERS))
             continue
@@ -242,12 +243,12 @@ def _check_impact_keys(pmap, where: str, levels: int, uses_impact: bool, include
         elif option in IMPACT_LIST_OPTIONS and key != plain:
             problem = f"level-indexed IMPACT options take no component-label prefix: write ({plain} ...)"
         elif option in IMPACT_LIST_OPTIONS and number:
-            if int(number) >= levels:
+            if full and int(number) >= levels:
                 log.warning("%s: (%s ...) is for level %s but the map has NumberOfResolutions %d; it is ignored, as "
                             "elastix ignores it", where, key, number, levels)
             continue
         elif option in IMPACT_LIST_OPTIONS:
-            if not include_unnumbered:
+            if not full:
                 continue
             problem = f"a level-indexed option needs its level number (e.g. '{base}0'); elastix never reads it"
         else:
@@ -260,27 +261,58 @@ def _check_impact_keys(pmap, where: str, levels: int, uses_impact: bool, include
         message = f"{where}: ({key} ...): {problem}.{hint} Known IMPACT keys: {_KNOWN_IMPACT_KEYS}."
         if uses_impact:
             raise ParameterError(message)
-        log.warning("%s (The map does not use (Metric \"Impact\"), so it is ignored.)", message)
+        if full:
+            log.warning("%s (The map does not use (Metric \"Impact\"), so it is ignored.)", message)
 
 
-def _check_schedules(pmap, where: str, levels: int, dimension: int) -> None:
-    """Pyramid schedules: levels × dimension entries; GridSpacingSchedule: levels or levels × dimension."""
+def _check_against_dimension(pmap, where: str, levels: int, dimension: int) -> None:
+    """``Fixed/MovingImageDimension`` equal the images' dimension; pyramid schedules have levels × dimension entries.
+
+    Fewer: an error (elastix would silently use its default schedule instead). More: a warning; elastix
+    reads the first levels × dimension entries (upstream's own 2D IMPACT test file has six for 2 × 2).
+    """
+    for key in ("FixedImageDimension", "MovingImageDimension"):
+        if pmap.has(key) and pmap.get(key, type=UInt) != dimension:
+            raise ParameterError(f"({key} {pmap.get(key)}) but the images are {dimension}D; the map was written for "
+                                 f"other images: change {key} to {dimension} (or remove it)")
     n = levels * dimension
     for key in pmap.keys():
-        plain = _unlabelled(key)
-        if re.fullmatch(r"((Fixed|Moving)?ImagePyramid(Rescale|Smoothing)?)?Schedule", plain):
+        if re.fullmatch(r"((Fixed|Moving)?ImagePyramid(Rescale|Smoothing)?)?Schedule", _unlabelled(key)):
             count = len(pmap.values(key))
-            if count != n:
+            if count < n:
                 raise ParameterError(
-                    f"{where}: ({key} ...) has {count} values; it needs one per resolution level and image "
-                    f"axis: NumberOfResolutions {levels} × dimension {dimension} = {n} (elastix would silently "
-                    f"replace a schedule of the wrong length by its default one)")
-    if pmap.has("GridSpacingSchedule"):
-        count = len(pmap.values("GridSpacingSchedule"))
-        if count not in (levels, n):
-            raise ParameterError(
-                f"{where}: (GridSpacingSchedule ...) has {count} values; elastix expects one per resolution level "
-                f"({levels}) or one per level and image axis ({n})")
+                    f"({key} ...) has {count} values; it needs one per resolution level and image axis: "
+                    f"NumberOfResolutions {levels} × dimension {dimension} = {n} (elastix would silently replace a "
+                    f"schedule of the wrong length by its default one)")
+            if count > n:
+                log.warning("%s: (%s ...) has %d values; only the first %d (NumberOfResolutions %d × dimension %d) "
+                            "are used, as in elastix", where, key, count, n, levels, dimension)
+
+
+def _check_model_files(pmap, configs) -> None:
+    """Every model file of every level exists (built-in model names are written on first use)."""
+    from .impact_parameters import resolve_model_path
+    from .loader import ImpactModelError
+    from .models.mind import RESERVED_MODELS
+
+    for cfg in configs:
+        for side, models in (("Fixed", cfg.fixed_models), ("Moving", cfg.moving_models)):
+            key = (f"Impact{side}ModelsPath{cfg.level}" if pmap.has(f"Impact{side}ModelsPath{cfg.level}")
+                   else f"ImpactModelsPath{cfg.level}")
+            for model in models:
+                if model.path in RESERVED_MODELS or resolve_model_path(model.path).is_file():
+                    continue
+                where = f"{key} {model.path!r}"
+                if not Path(model.path).expanduser().is_absolute():
+                    where += f" (relative to the current working directory {os.getcwd()})"
+                raise ImpactModelError(f"{where}: model file not found; give an existing TorchScript file (an "
+                                       f"absolute path avoids working-directory surprises) or a built-in model name "
+                                       f"({', '.join(RESERVED_MODELS)})")
+
+
+def _in_map(error: Exception, where: str) -> Exception:
+    """``error`` again, of the same type, with the map named in front of its message."""
+    return type(error)(f"{where}: {error}")
 
 
 def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Optional[int] = None,
@@ -303,30 +335,30 @@ def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Opti
         ImpactParameterError: a missing or malformed IMPACT option at some level.
     """
     from .api import uses_impact
-    from .engine.registration import check_components
-    from .impact_parameters import ImpactParameterError, impact_levels
+    from .engine.registration import check_components, check_stage_settings
+    from .impact_parameters import impact_levels
 
     for k, pmap in enumerate(maps):
         where = _where(k, names)
-        _check_component_names(pmap, where)
-        _check_values(pmap, where)
-        _check_result_keys(pmap, where)
-        levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
         impact = uses_impact(pmap)
-        if engines is not None and engines[k] == "bridge":
-            try:
-                check_components(pmap)
-            except ValueError as error:
-                raise type(error)(f"{where}: {error}") from None
-        if dimension is not None:
-            _check_schedules(pmap, where, levels, dimension)
-            if impact:
-                metrics = pmap.values("Metric")
-                try:
-                    impact_levels(pmap.to_dict(), levels, dimension, metric_index=metrics.index("Impact"))
-                except ImpactParameterError as error:
-                    raise ImpactParameterError(f"{where}: {error}") from None
-        _check_impact_keys(pmap, where, levels, impact, include_unnumbered=dimension is not None)
+        bridge = engines is not None and engines[k] == "bridge"
+        try:
+            _check_component_names(pmap)
+            _check_values(pmap)
+            _check_result_keys(pmap)
+            levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
+            components = check_components(pmap) if bridge else None
+            if dimension is not None:
+                _check_against_dimension(pmap, where, levels, dimension)
+                if bridge:
+                    check_stage_settings(pmap, components, levels, dimension)
+                if impact:
+                    configs = impact_levels(pmap.to_dict(), levels, dimension,
+                                            metric_index=pmap.values("Metric").index("Impact"))
+                    _check_model_files(pmap, configs)
+        except ValueError as error:  # the same error, naming the map
+            raise _in_map(error, where) from None
+        _check_impact_keys(pmap, where, levels, impact, full=dimension is not None)
 
 
 # ----------------------------------------------------------------------------------------------------------------

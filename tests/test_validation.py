@@ -97,11 +97,25 @@ def test_subset_features_zero_is_an_error_not_clamped(pair, tmp_path, no_work):
             [impact_parameters(ImpactSubsetFeatures0=0)], tmp_path)
 
 
-@pytest.mark.parametrize("key, values", [("ImagePyramidSchedule", ["2", "2"]),  # 2 levels × 2D need 4
-                                         ("FixedImagePyramidSmoothingSchedule", ["1", "1", "0", "0", "0", "0"])])
-def test_pyramid_schedule_of_the_wrong_length_is_an_error(pair, tmp_path, no_work, key, values):
-    refused(ParameterError, rf"\({key} \.\.\.\) has {len(values)} values.*NumberOfResolutions 2 × dimension 2 = 4",
-            pair, [two_level_impact_map(**{key: values})], tmp_path)
+@pytest.mark.parametrize("key", ["ImagePyramidSchedule", "FixedImagePyramidSmoothingSchedule"])
+def test_too_short_pyramid_schedule_is_an_error(pair, tmp_path, no_work, key):
+    # 2 levels × 2D need 4 entries; elastix would warn and use its default schedule.
+    refused(ParameterError, rf"\({key} \.\.\.\) has 2 values.*NumberOfResolutions 2 × dimension 2 = 4", pair,
+            [two_level_impact_map(**{key: ["2", "1"]})], tmp_path)
+
+
+def test_too_long_pyramid_schedule_is_a_warning(pair, caplog):
+    from elastix_bridge.parameters import ParameterMap
+    from elastix_bridge.validation import validate_request
+
+    with caplog.at_level(logging.WARNING, logger="elastix_bridge"):
+        validate_request([ParameterMap(two_level_impact_map(ImagePyramidSchedule=["2"] * 6))], ["bridge"], *pair)
+    assert "(ImagePyramidSchedule ...) has 6 values; only the first 4" in caplog.text
+
+
+def test_image_dimension_in_the_map_must_match_the_images(pair, tmp_path, no_work):
+    refused(ParameterError, r"\(FixedImageDimension 3\) but the images are 2D", pair,
+            [impact_parameters(FixedImageDimension=3)], tmp_path)
 
 
 def test_negative_threads_are_refused_in_the_api(pair, tmp_path, no_work):
@@ -284,5 +298,10 @@ def test_shipped_parameter_files_pass_validation_without_warnings(caplog):
     with caplog.at_level(logging.WARNING, logger="elastix_bridge"):
         for path in sorted(folder.glob("*.txt")):
             maps = read_parameter_file(path)
-            validate_maps(maps, dimension=3 if "3d" in path.name or "affine" in path.name else 2)
+            dimension = 3 if "3d" in path.name or "affine" in path.name else 2
+            if "totalseg" in path.name:  # shipped with a placeholder model path, to be replaced by the user's
+                with pytest.raises(elastix_bridge.loader.ImpactModelError, match="model file not found"):
+                    validate_maps(maps, dimension=dimension)
+            else:
+                validate_maps(maps, dimension=dimension)
     assert caplog.text == ""
