@@ -136,11 +136,8 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
     """
     from .parameters import parameter_maps_from_object
     from .transform_io import to_parameter_object
-    from .validation import CHAIN_KEYWORDS, check_image_argument, validate_request
+    from .validation import CHAIN_KEYWORDS, validate_request
 
-    for value, what in ((fixed_image, "fixed_image"), (moving_image, "moving_image"), (fixed_mask, "fixed_mask"),
-                        (moving_mask, "moving_mask")):
-        check_image_argument(value, what)
     maps = [] if parameter_object is None else parameter_maps_from_object(parameter_object)
     if engine == "bridge" and not maps:
         raise ValueError("engine='bridge' needs a parameter object: the bridge engine has no default maps")

@@ -55,7 +55,7 @@ def run_registration(argv) -> int:
     from .api import elastix_registration_method
     from .image_io import read_image, read_mask
     from .parameters import read_parameter_file
-    from .validation import check_threads, validate_request
+    from .validation import check_threads, validate_maps
 
     args = _registration_parser().parse_args(argv)
     if args.qc:  # before a long registration, not after it
@@ -72,7 +72,7 @@ def run_registration(argv) -> int:
     for pmap in parameter_object:  # elastix's command-line default; itk-elastix's Python default differs
         if not pmap.has("ResultImageFormat"):
             pmap.set("ResultImageFormat", ["mhd"])
-    validate_request(parameter_object, names=[f"-p {path}" for path, _ in maps_by_file])  # before any image is read
+    validate_maps(parameter_object, names=[f"-p {path}" for path, _ in maps_by_file])  # before any image is read
     fixed, moving = read_image(args.f, "fixed image (-f)"), read_image(args.m, "moving image (-m)")
     fixed_mask = read_mask(args.fMask, "fixed mask (-fMask)") if args.fMask else None
     moving_mask = read_mask(args.mMask, "moving mask (-mMask)") if args.mMask else None

@@ -140,7 +140,8 @@ def elastix_registration_method(*args, **kwargs):
     for value, what in zip(args[:2], ("fixed_image", "moving_image")):
         check_image_argument(value, what)
     for what in ("fixed_image", "moving_image", "fixed_mask", "moving_mask"):
-        check_image_argument(kwargs.get(what), what)
+        if what in kwargs:
+            check_image_argument(kwargs[what], what)
     method = RegistrationMethodTemplate(_original("ElastixRegistrationMethod")).New(*args, **kwargs)
     method.UpdateLargestPossibleRegion()
     return method.GetOutput(), method.GetTransformParameterObject()
@@ -216,7 +217,8 @@ class BridgedRegistrationMethod:
         if m.GetNumberOfThreads() > 0:
             kwargs["number_of_threads"] = m.GetNumberOfThreads()
         # Settings the bridge cannot honour are passed on, so that they are refused by name, not ignored.
-        for name in ("fixed_point_set_file_name", "moving_point_set_file_name"):
+        for name in ("fixed_point_set_file_name", "moving_point_set_file_name", "initial_transform",
+                     "external_initial_transform"):
             value = getattr(m, "Get" + name.title().replace("_", ""))()
             if value:
                 kwargs[name] = value

@@ -1,8 +1,9 @@
 """Everything about a registration request checked before any work: one pass, before any stage runs.
 
 :func:`validate_request` is the one entry point; :func:`elastix_bridge.api.elastix_registration_method`
-calls it before the first stage (so the drop-in and the command get it too), and the command calls it
-once more on the maps alone before it reads the images. It checks, for every map of the chain:
+calls it before the first stage (so the drop-in and the command get it too), and the command calls
+:func:`validate_maps` once more on the maps alone before it reads the images. It checks, for every map
+of the chain:
 
 * component names against elastix's (``(Metric "Impakt")`` → "did you mean 'Impact'?"), and, for
   maps that run on the bridge engine, against the components the bridge runs;
@@ -70,7 +71,7 @@ def _one_of(*names):
 #: prefixes (``Metric0``, ``Optimizer0``, ...) are stripped before the lookup.
 VALUE_TYPES = {
     # counts (unsigned in elastix: a leading "-" is a conversion error)
-    "NumberOfResolutions": (UInt, _at_least(1)),
+    "NumberOfResolutions": (UInt, _between(1, 32)),  # more levels would shrink the coarsest image by 2**32
     "FixedImageDimension": (UInt, None),
     "MovingImageDimension": (UInt, None),
     "MaximumNumberOfIterations": (UInt, None),
@@ -323,8 +324,9 @@ def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Opti
         maps: :class:`~elastix_bridge.parameters.ParameterMap` per stage.
         engines: ``"bridge"`` / ``"elastix"`` per map (:func:`elastix_bridge.api.stage_engines`), or None
             when not known yet (then the bridge's own component list is not checked).
-        dimension: image dimension D (2 or 3), or None before the images are read (then schedule lengths
-            and the IMPACT options per level, which depend on D, are not checked).
+        dimension: image dimension D (2 or 3), or None before the images are read (then what depends on D
+            is not checked: schedule lengths, the bridge's optimizer and grid settings, the IMPACT options
+            per level and the model files; nor are warnings logged, which the check with images does).
         names: how messages name each map, e.g. ``"-p affine.txt"``; default ``"parameter map <k>"``.
 
     Raises:
@@ -366,12 +368,12 @@ def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Opti
 
 
 def check_image_argument(value, what: str) -> None:
-    """Raise a TypeError saying what to pass when ``value`` is not an ``itk.Image`` (or None for a mask).
+    """Raise a TypeError saying what to pass when ``value`` is not an ``itk.Image`` (None is a mask left out).
 
     Numpy arrays are refused rather than guessed: an array has no spacing, origin or direction, and
     numpy's axis order is (z, y, x) where ITK's is (x, y, z).
     """
-    if value is None or hasattr(value, "GetImageDimension"):
+    if hasattr(value, "GetImageDimension") or (value is None and "mask" in what):
         return
     import os
 
@@ -430,8 +432,8 @@ def validate_images(fixed_image, moving_image, fixed_mask=None, moving_mask=None
     import itk
     import numpy as np
 
-    for value, what in ((fixed_image, "fixed image"), (moving_image, "moving image"), (fixed_mask, "fixed mask"),
-                        (moving_mask, "moving mask")):
+    for value, what in ((fixed_image, "fixed_image"), (moving_image, "moving_image"), (fixed_mask, "fixed_mask"),
+                        (moving_mask, "moving_mask")):
         check_image_argument(value, what)
     dimension = fixed_image.GetImageDimension()
     if moving_image.GetImageDimension() != dimension:
@@ -456,15 +458,16 @@ def validate_images(fixed_image, moving_image, fixed_mask=None, moving_mask=None
 CHAIN_KEYWORDS = ("number_of_threads", "initial_transform_parameter_file_name", "initial_transform_parameter_object")
 
 
-def validate_request(maps, engines=None, fixed_image=None, moving_image=None, fixed_mask=None, moving_mask=None,
+def validate_request(maps, engines, fixed_image, moving_image, fixed_mask=None, moving_mask=None,
                      keywords: Optional[dict] = None, names: Optional[Sequence[str]] = None) -> None:
     """The one check of a registration request before any work (no file written, no stage run).
 
+    The command also calls :func:`validate_maps` on its maps alone, before it reads the images.
+
     Args:
         maps: the chain's :class:`~elastix_bridge.parameters.ParameterMap` list.
-        engines: engine per map (``"bridge"`` / ``"elastix"``) or None.
-        fixed_image, moving_image, fixed_mask, moving_mask: ``itk.Image`` (masks may be None); with no
-            images (the command, before it reads them) only the maps are checked.
+        engines: engine per map (``"bridge"`` / ``"elastix"``, :func:`elastix_bridge.api.stage_engines`).
+        fixed_image, moving_image, fixed_mask, moving_mask: ``itk.Image`` (masks may be None).
         keywords: further keyword arguments of the call (itk-elastix's).
         names: how messages name each map (see :func:`validate_maps`).
 
@@ -481,8 +484,6 @@ def validate_request(maps, engines=None, fixed_image=None, moving_image=None, fi
                 f"{', '.join(unsupported)}: not supported when a stage runs on the bridge engine (maps with "
                 f"(Metric \"Impact\")); supported: {', '.join(CHAIN_KEYWORDS)}. Remove it, or run every map on "
                 f"elastix with a native IMPACT plugin (engine='elastix')")
-    dimension = None
-    if fixed_image is not None or moving_image is not None:
-        dimension = validate_images(fixed_image, moving_image, fixed_mask, moving_mask)
+    dimension = validate_images(fixed_image, moving_image, fixed_mask, moving_mask)
     validate_maps(maps, engines, dimension, names)
     # The resource estimate (memory per stage and level, issue 11) belongs here, once maps and images are valid.

@@ -2,6 +2,8 @@
 
 A seeded generator (reproducible) mutates valid elastix parameter files: random bytes, truncated
 lines, unbalanced brackets and quotes, unicode, huge and odd numbers, NUL bytes, CR/LF endings.
+Every map that parses then goes through the validation pass, which may only refuse it with a
+ValueError (never crash, hang on a huge level count, or raise another kind of error).
 """
 import random
 import re
@@ -9,6 +11,7 @@ import re
 import pytest
 
 from elastix_bridge.parameters import ParameterError, ParameterMap, read_parameter_file
+from elastix_bridge.validation import validate_maps
 
 pytest.importorskip("itk")
 
@@ -16,6 +19,8 @@ VALID = [
     '(Metric "Impact")', "(MaximumNumberOfIterations 5 7)", '(ImpactLayersMask0 "0001")',
     "(FinalGridSpacingInPhysicalUnits 8.0 8.0)", '(ResultImageFormat "nii") // comment', "// only a comment", "",
     '(ImpactDistance0 "L2" "NCC")', "(NumberOfResolutions 3)", '(Transform "BSplineTransform")',
+    "(NumberOfResolutions 99999999999999)", "(MaximumNumberOfIterations 1e999999)", "(SP_a -Infinity)",
+    '(Optimizer "QuasiNewtonLBFGS")', "(ImagePyramidSchedule 4 4 2 2)", '(ImpactModelsPath0 "mind-ssc-2d")',
 ]
 PIECES = ["(", ")", '"', "//", " ", "\t", "\r", "1e999999", "-0", "99999999999999999999999999", "NaN", "é",
           "Δ", "😀", "\u2028", "\x00", "Impact", "0.5.5", "(A", "B)", '"x y"', "\\"]
@@ -62,4 +67,9 @@ def test_every_input_parses_or_names_its_line(tmp_path):
             for key in maps[0]:
                 assert isinstance(key, str) and all(isinstance(v, str) for v in maps[0].values(key))
             outcomes["valid"] += 1
+            for engines in (["elastix"], ["bridge"]):
+                try:
+                    validate_maps(maps, engines, dimension=2)
+                except ValueError as error:
+                    assert str(error).startswith("parameter map 0"), error
     assert outcomes["valid"] > 20 and outcomes["error"] > 20, outcomes  # both branches exercised
