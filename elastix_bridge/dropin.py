@@ -195,15 +195,19 @@ class BridgedRegistrationMethod:
         self._initial_object = _as_parameter_object(parameter_object)
         self._method.SetInitialTransformParameterObject(self._initial_object)
 
-    def _uses_impact(self) -> bool:
-        from .api import uses_impact
+    def _maps(self) -> list:
         from .parameters import parameter_maps_from_object
 
         po = self._method.GetParameterObject()
-        return po is not None and any(uses_impact(m) for m in parameter_maps_from_object(po))
+        return [] if po is None else parameter_maps_from_object(po)
 
     def Update(self):
-        if not self._uses_impact():
+        from .api import uses_impact
+        from .validation import check_component_names
+
+        maps = self._maps()
+        if not any(uses_impact(pmap) for pmap in maps):
+            check_component_names(maps)  # a misspelt "Impact" would otherwise be elastix's "Internal error"
             self._result = None
             return self._method.Update()
         from .api import elastix_registration_method as bridged

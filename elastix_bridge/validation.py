@@ -40,7 +40,7 @@ from .parameters import ParameterError, UInt
 
 log = logging.getLogger("elastix_bridge")
 
-__all__ = ["InputImageError", "check_image_argument", "check_threads", "validate_images", "validate_maps",
+__all__ = ["InputImageError", "check_component_names", "check_image_argument", "check_threads", "validate_images", "validate_maps",
            "validate_request"]
 
 
@@ -165,8 +165,22 @@ def _did_you_mean(name: str, candidates) -> str:
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
+def check_component_names(maps, names: Optional[Sequence[str]] = None) -> None:
+    """Every component name of every map is one of elastix's (elastix says only ``Internal elastix error``).
+
+    Used by the drop-in for parameter objects that go to itk-elastix unchanged.
+
+    Raises:
+        UnsupportedComponentError: the map, the key, the name, the close matches and the known names.
+    """
+    for k, pmap in enumerate(maps):
+        try:
+            _check_component_names(pmap)
+        except ValueError as error:
+            raise _in_map(error, _where(k, names)) from None
+
+
 def _check_component_names(pmap) -> None:
-    """Every component name is one of elastix's (``Internal elastix error`` otherwise)."""
     from .elastix_names import COMPONENTS
     from .engine.registration import UnsupportedComponentError
 

@@ -181,6 +181,14 @@ def test_misspelled_component_is_named_with_did_you_mean(pair, tmp_path, no_work
             tmp_path)
 
 
+def test_misspelled_component_through_the_dropin_is_named(pair, no_work):
+    parameter_object = itk.ParameterObject.New()
+    parameter_object.AddParameterMap(dict(elastix_map(), Metric=["AdvancedMeanSqares"]))
+    with pytest.raises(UnsupportedComponentError, match=r"parameter map 0: \(Metric \"AdvancedMeanSqares\"\).*Did you "
+                                                        r"mean 'AdvancedMeanSquares'"):
+        itk.elastix_registration_method(*pair, parameter_object=parameter_object)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Why 5: images and masks
 
