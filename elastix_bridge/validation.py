@@ -129,6 +129,7 @@ VALUE_TYPES = {
         "AutomaticScalesEstimation", "UseRandomSampleRegion", "NewSamplesEveryIteration", "CheckNumberOfSamples",
         "UseRelativeWeights", "SubtractMean", "UseNormalization", "UseAdaptiveStepSizes", "UseCruzAcceleration",
         "NoiseCompensation", "UseConstantStep", "CenterOfGravityUsesLowerThreshold", "UseFastAndLowMemoryVersion",
+        "UseJacobianPreconditioning", "FiniteDifferenceDerivative",
         "Use")},  # Metric<i>Use
     # names
     "HowToCombineTransforms": (str, _one_of("Compose", "Add")),
