@@ -131,7 +131,11 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
     Raises:
         elastix_bridge.loader.ImpactUnavailableError: torch, plugin or device problems (including
             elastix_bridge.native_plugins.NativePluginError for a native plugin that cannot load).
-        ValueError (and subclasses): invalid parameter maps, models or images, naming the cause.
+        ValueError (and subclasses): invalid parameter maps, models or images, naming the cause; every
+            map of the chain and the images are checked before the first stage runs
+            (:func:`elastix_bridge.validation.validate_request`, ``docs/bad_input.md``).
+        TypeError: an image or mask that is not an ``itk.Image`` (a path, a numpy array), saying what
+            to pass.
         FileNotFoundError: ``output_directory`` or an initial transform file does not exist.
     """
     from .parameters import parameter_maps_from_object
