@@ -60,8 +60,6 @@ def _as_float(image):
 
 
 ENGINES = ("auto", "elastix", "bridge")
-# Keywords a chain run by the bridge understands; anything else is itk-elastix-only.
-_CHAIN_KEYWORDS = ("number_of_threads", "initial_transform_parameter_file_name", "initial_transform_parameter_object")
 
 
 def _given(**keywords) -> dict:
@@ -133,11 +131,16 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
     Raises:
         elastix_bridge.loader.ImpactUnavailableError: torch, plugin or device problems (including
             elastix_bridge.native_plugins.NativePluginError for a native plugin that cannot load).
-        ValueError (and subclasses): invalid parameter maps, models or images, naming the cause.
+        ValueError (and subclasses): invalid parameter maps, models or images, naming the cause; every
+            map of the chain and the images are checked before the first stage runs
+            (:func:`elastix_bridge.validation.validate_request`, ``docs/bad_input.md``).
+        TypeError: an image or mask that is not an ``itk.Image`` (a path, a numpy array), saying what
+            to pass.
         FileNotFoundError: ``output_directory`` or an initial transform file does not exist.
     """
     from .parameters import parameter_maps_from_object
     from .transform_io import to_parameter_object
+    from .validation import CHAIN_KEYWORDS, validate_request
 
     maps = [] if parameter_object is None else parameter_maps_from_object(parameter_object)
     if engine == "bridge" and not maps:
@@ -148,8 +151,9 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
 
         native = preload_native_plugin()  # None unless $ELASTIX_BRIDGE_NATIVE_PLUGIN is set
     engines = stage_engines(maps, engine, native_plugin=native is not None)
+    validate_request(maps, engines, fixed_image, moving_image, fixed_mask, moving_mask, kwargs)
     # Without a bridge stage, one itk-elastix call (per-stage runs only to show progress bars).
-    if "bridge" not in engines and (not progress or not maps or set(kwargs) - set(_CHAIN_KEYWORDS)):
+    if "bridge" not in engines and (not progress or not maps or set(kwargs) - set(CHAIN_KEYWORDS)):
         call = dict(kwargs, log_to_console=log_to_console)
         if parameter_object is not None:
             call["parameter_object"] = parameter_object if not maps else to_parameter_object(maps)
@@ -159,10 +163,6 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
             call.update(log_to_file=True, log_file_name=log_file_name)
         return _itk_elastix()(fixed_image, moving_image, **call)
 
-    unsupported = sorted(k for k in kwargs if k not in _CHAIN_KEYWORDS)
-    if unsupported:
-        raise ValueError(f"elastix_registration_method: {', '.join(unsupported)} not supported for parameter objects "
-                         f"with stages on the bridge engine (supported: {', '.join(_CHAIN_KEYWORDS)})")
     out = None if output_directory is None else Path(output_directory)
     if out is not None and not out.is_dir():
         raise FileNotFoundError(f"output directory {out} does not exist; create it first (elastix requires it)")

@@ -55,6 +55,7 @@ def run_registration(argv) -> int:
     from .api import elastix_registration_method
     from .image_io import read_image, read_mask
     from .parameters import read_parameter_file
+    from .validation import check_threads, validate_maps
 
     args = _registration_parser().parse_args(argv)
     if args.qc:  # before a long registration, not after it
@@ -65,10 +66,13 @@ def run_registration(argv) -> int:
     for path in args.p:
         if not Path(path).is_file():
             raise FileNotFoundError(f"parameter file (-p) {path} does not exist; check the path")
-    parameter_object = [m for path in args.p for m in read_parameter_file(path)]
+    check_threads(args.threads, "-threads")
+    maps_by_file = [(path, m) for path in args.p for m in read_parameter_file(path)]
+    parameter_object = [m for _, m in maps_by_file]
     for pmap in parameter_object:  # elastix's command-line default; itk-elastix's Python default differs
         if not pmap.has("ResultImageFormat"):
             pmap.set("ResultImageFormat", ["mhd"])
+    validate_maps(parameter_object, names=[f"-p {path}" for path, _ in maps_by_file])  # before any image is read
     fixed, moving = read_image(args.f, "fixed image (-f)"), read_image(args.m, "moving image (-m)")
     fixed_mask = read_mask(args.fMask, "fixed mask (-fMask)") if args.fMask else None
     moving_mask = read_mask(args.mMask, "moving mask (-mMask)") if args.mMask else None
@@ -78,7 +82,7 @@ def run_registration(argv) -> int:
         if not Path(args.t0).is_file():
             raise FileNotFoundError(f"initial transform (-t0) {args.t0} does not exist; check the path")
         kwargs["initial_transform_parameter_file_name"] = str(args.t0)
-    if args.threads:
+    if args.threads is not None:
         kwargs["number_of_threads"] = args.threads
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     console = args.loglevel not in ("off", None) or (args.loglevel is None and not progress)

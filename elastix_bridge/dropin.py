@@ -130,7 +130,18 @@ def elastix_registration_method(*args, **kwargs):
 
     Returns:
         ``(result_image, transform_parameter_object)``.
+
+    Raises:
+        TypeError: the fixed or moving image is not an ``itk.Image`` (a path, a numpy array), with
+            what to pass instead.
     """
+    from .validation import check_image_argument
+
+    for value, what in zip(args[:2], ("fixed_image", "moving_image")):
+        check_image_argument(value, what)
+    for what in ("fixed_image", "moving_image", "fixed_mask", "moving_mask"):
+        if what in kwargs:
+            check_image_argument(kwargs[what], what)
     method = RegistrationMethodTemplate(_original("ElastixRegistrationMethod")).New(*args, **kwargs)
     method.UpdateLargestPossibleRegion()
     return method.GetOutput(), method.GetTransformParameterObject()
@@ -184,15 +195,19 @@ class BridgedRegistrationMethod:
         self._initial_object = _as_parameter_object(parameter_object)
         self._method.SetInitialTransformParameterObject(self._initial_object)
 
-    def _uses_impact(self) -> bool:
-        from .api import uses_impact
+    def _maps(self) -> list:
         from .parameters import parameter_maps_from_object
 
         po = self._method.GetParameterObject()
-        return po is not None and any(uses_impact(m) for m in parameter_maps_from_object(po))
+        return [] if po is None else parameter_maps_from_object(po)
 
     def Update(self):
-        if not self._uses_impact():
+        from .api import uses_impact
+        from .validation import check_component_names
+
+        maps = self._maps()
+        if not any(uses_impact(pmap) for pmap in maps):
+            check_component_names(maps)  # a misspelt "Impact" would otherwise be elastix's "Internal error"
             self._result = None
             return self._method.Update()
         from .api import elastix_registration_method as bridged
@@ -205,6 +220,12 @@ class BridgedRegistrationMethod:
             kwargs["initial_transform_parameter_object"] = self._initial_object
         if m.GetNumberOfThreads() > 0:
             kwargs["number_of_threads"] = m.GetNumberOfThreads()
+        # Settings the bridge cannot honour are passed on, so that they are refused by name, not ignored.
+        for name in ("fixed_point_set_file_name", "moving_point_set_file_name", "initial_transform",
+                     "external_initial_transform"):
+            value = getattr(m, "Get" + name.title().replace("_", ""))()
+            if value:
+                kwargs[name] = value
         out = m.GetOutputDirectory() or None
         self._result = bridged(m.GetFixedImage(), m.GetMovingImage(), parameter_object=m.GetParameterObject(),
                                fixed_mask=m.GetFixedMask(), moving_mask=m.GetMovingMask(),

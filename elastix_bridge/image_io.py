@@ -7,6 +7,7 @@ leaves a half-written file behind.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -18,14 +19,33 @@ def read_image(path, what: str = "image"):
         what: how error messages name it, e.g. ``"fixed image (-f)"``.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist (the message names ``what`` and the path).
+        FileNotFoundError: ``path`` does not exist, or it is a MetaImage header whose data file
+            (``ElementDataFile``, e.g. the ``.raw`` beside a ``.mhd``) does not (the message names
+            ``what`` and the missing file).
     """
     import itk
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist; check the path")
+    _check_metaimage_data_file(path, what)
     return itk.imread(str(path), itk.F)
+
+
+def _check_metaimage_data_file(path: Path, what: str) -> None:
+    """A ``.mhd`` header names its pixel data file (``ElementDataFile``); ITK's error would blame the header."""
+    if path.suffix.lower() != ".mhd":
+        return
+    with open(path, "rb") as f:
+        header = f.read(65536).decode("latin-1")
+    m = re.search(r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", header, re.M)
+    if not m or m.group(1) == "LOCAL" or m.group(1).startswith("LIST") or "%" in m.group(1):
+        return  # data inside the header, or a list / pattern of slice files
+    data = path.parent / m.group(1)
+    if not data.is_file():
+        raise FileNotFoundError(
+            f"{what} {path}: its pixel data file {data} (ElementDataFile in the header) does not exist; a .mhd "
+            f"header needs its data file beside it: copy both files, or use one .mha file")
 
 
 def read_mask(path, what: str = "mask"):

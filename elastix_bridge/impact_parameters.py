@@ -27,7 +27,7 @@ impact_spec §2.7, §13):
 * ``ImpactPatchSize`` 0 (= whole extent) is accepted only in Static mode; in Jacobian mode the
   patch must be a real patch (e.g. ``5 5 5``);
 * a model dimension must be 2 or 3 and ≤ the image dimension, ``ImpactNumberOfChannels`` ≥ 1,
-  voxel sizes > 0;
+  ``ImpactSubsetFeatures`` ≥ 1 (upstream clamps 0 to 1), voxel sizes > 0;
 * the class documentation's ``FixedModelsPath<L>`` (Q2) is *not* accepted — only the code names
   ``ImpactFixedModelsPath<L>`` etc. — but when such a name (or a wrong-case / unnumbered /
   ``Metric<i>``-prefixed variant of a required list key) is present, the error says so; maps
@@ -49,6 +49,8 @@ from typing import Callable, Mapping, Optional, Sequence
 
 __all__ = [
     "DISTANCES",
+    "IMPACT_LIST_OPTIONS",
+    "IMPACT_SCALAR_OPTIONS",
     "MODES",
     "ImpactLevelConfig",
     "ImpactParameterError",
@@ -121,8 +123,9 @@ class ImpactLevelConfig:
         mode: ``"Jacobian"`` or ``"Static"``.
         fixed_models: tuple of :class:`ModelConfig` applied to the fixed image.
         moving_models: tuple of :class:`ModelConfig` applied to the moving image.
-        subset_features: Λ ints, channels compared per selected layer (clamped later to
-            ``[1, channels]`` at Initialize, §2.4).
+        subset_features: Λ ints >= 1, channels compared per selected layer (0 is refused here,
+            where upstream clamps it to 1; a value above the layer's channel count means all
+            channels, §2.4).
         pca: Λ ints, PCA components per layer (0 = off; used in Static mode only).
         layers_weight: Λ floats, weight of each layer.
         distances: Λ names from :data:`DISTANCES`.
@@ -249,6 +252,11 @@ _PER_LAYER_LISTS = ("SubsetFeatures", "PCA", "LayersWeight", "Distance")
 #: Lists whose entries are strings (quoted when a rewrite is suggested).
 _STRING_LISTS = ("ModelsPath", "LayersMask", "Distance")
 #: ImpactLoss's old per-level scalar names (ParameterMaps/README.md) and what elastix reads instead.
+#: Every IMPACT option name without its ``Impact`` prefix: level-indexed lists (written with the level
+#: number, ``ImpactPatchSize0``) and per-level scalars (mechanism A, optionally ``Metric<i>``-prefixed).
+IMPACT_LIST_OPTIONS = tuple(side + n for n in _PER_MODEL_LISTS for side in ("", "Fixed", "Moving")) + _PER_LAYER_LISTS
+IMPACT_SCALAR_OPTIONS = ("Mode", "GPU", "UseMixedPrecision", "FeaturesMapUpdateInterval",
+                         "FeatureMapOutputDirectory", "WriteFeatureMaps")
 _OLD_SCALARS = {"Mode": "ImpactMode", "GPU": "ImpactGPU", "Device": "ImpactGPU",
                 "UseMixedPrecision": "ImpactUseMixedPrecision",
                 "FeaturesMapUpdateInterval": "ImpactFeaturesMapUpdateInterval",
@@ -664,7 +672,8 @@ def read_impact_level(parameter_map: Mapping, level: int, image_dimension: int,
 
     # 7. per-layer lists
     subset = _read_list(pm, f"ImpactSubsetFeatures{level}", level, lam, "unsigned integers",
-                        why_layers, _to_uint)
+                        why_layers, _to_uint,
+                        check=lambda k: None if k >= 1 else "must be >= 1 (channels compared per layer)")
     pca = _read_list(pm, f"ImpactPCA{level}", level, lam, "unsigned integers", why_layers,
                      _to_uint)
     weights = _read_list(pm, f"ImpactLayersWeight{level}", level, lam, "numbers", why_layers,

@@ -414,8 +414,34 @@ def parameter_maps_from_object(parameter_object) -> list[ParameterMap]:
     return [ParameterMap.from_itk(parameter_object.GetParameterMap(i)) for i in range(n)]
 
 
+def _offending_line(text: str, message: str) -> tuple:
+    """``(line number or None, elastix's reason)`` from a parse error of elastix's parser.
+
+    elastix quotes the offending line but not its number (``itkParameterFileParser.cxx``
+    ``ThrowException``): the number is found by matching the quoted text against the file's lines (for
+    a parameter given twice, its second occurrence).
+    """
+    m = re.search(r'invalid: \n"(.*)"\n(.*?)\nPlease correct', message, re.S)
+    if not m:
+        d = re.search(r"Description:\s*(.*)", message)
+        return None, (d.group(1).strip() if d else message.strip())
+    quoted, reason = m.group(1), m.group(2).strip()
+    lines = text.split("\n")
+    matches = [i + 1 for i, line in enumerate(lines) if line.rstrip("\r") == quoted.rstrip("\r")]
+    matches = matches or [i + 1 for i, line in enumerate(lines) if line.strip() and line.strip() == quoted.strip()]
+    if "more than once" in reason:
+        name = re.search(r'parameter "(.*)" is specified', reason)
+        again = [i + 1 for i, line in enumerate(lines)
+                 if name and re.match(r"\s*\(\s*" + re.escape(name.group(1)) + r"[\s)]", line)]
+        matches = again[1:2] or matches
+    return (matches[0] if matches else None), f"{reason} The line: {quoted.strip()!r}."
+
+
 def read_parameter_file(path) -> list[ParameterMap]:
     """Parse an elastix parameter file (``.txt`` or ``.toml``) with itk-elastix's own parser.
+
+    The file must be UTF-8 text (ASCII is); a binary or otherwise encoded file is refused naming the line
+    and byte before elastix's parser sees it.
 
     Args:
         path: file name (str or Path).
@@ -425,20 +451,34 @@ def read_parameter_file(path) -> list[ParameterMap]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ParameterError: elastix's parser rejected the file (its message is included).
+        ParameterError: the file is not UTF-8 text, or elastix's parser rejected it; the message names the
+            file, the line number and elastix's reason.
 
     Source: ``Common/ParameterFileParser/itkParameterFileParser.cxx``; elastix_spec §1.1.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"parameter file not found: {p}")
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8")
+        bad = text.find("\x00")
+        if bad >= 0:
+            raise UnicodeDecodeError("utf-8", data, len(text[:bad].encode()), len(text[:bad].encode()) + 1,
+                                     "NUL byte")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ParameterError(
+            f"cannot parse parameter file {p}, line {line}: byte 0x{data[exc.start]:02x} at offset {exc.start} is not "
+            f"UTF-8 text (a binary file, or another encoding?); a parameter file is plain text of (Name value ...) "
+            f"lines: save it as UTF-8") from None
     import itk
 
     po = itk.ParameterObject.New()
     try:
         po.ReadParameterFile(str(p))
     except RuntimeError as exc:  # elastix's parser raises itk::ExceptionObject
-        msg = str(exc)
-        m = re.search(r"Description:\s*(.*)", msg)
-        raise ParameterError(f"cannot parse parameter file {p}: {m.group(1).strip() if m else msg}") from exc
+        line, reason = _offending_line(text, str(exc))
+        where = f"{p}, line {line}" if line else str(p)
+        raise ParameterError(f"cannot parse parameter file {where}: {reason}") from exc
     return parameter_maps_from_object(po)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from ..parameters import UInt
 from .optimizers import IterationRecord, _scale_roots, _ScaledCost, evaluate_with_retries
 
 class _GradientDescent:
@@ -42,7 +43,7 @@ class StandardGradientDescentSettings:
         """Read ``level``'s settings (elastix lookup rules, ``Optimizer0`` prefix)."""
         g = lambda name, default, typ=float: pmap.get(name, level=level, default=default, type=typ,
                                                      prefix="Optimizer0")
-        return cls(maximum_number_of_iterations=g("MaximumNumberOfIterations", 500, int),
+        return cls(maximum_number_of_iterations=g("MaximumNumberOfIterations", 500, UInt),
                    sp_a=g("SP_a", 400.0), sp_A=g("SP_A", 50.0), sp_alpha=g("SP_alpha", 0.602),
                    maximum_number_of_sampling_attempts=g("MaximumNumberOfSamplingAttempts", 0, int),
                    new_samples_every_iteration=g("NewSamplesEveryIteration", False, bool))
@@ -110,7 +111,7 @@ class RegularStepGradientDescentSettings:
         """
         g = lambda name, default, typ=float: pmap.get(name, level=level, default=default, type=typ,
                                                      prefix="Optimizer0")
-        s = cls(maximum_number_of_iterations=g("MaximumNumberOfIterations", 500, int),
+        s = cls(maximum_number_of_iterations=g("MaximumNumberOfIterations", 500, UInt),
                 maximum_step_length=g("MaximumStepLength", 16.0 / 2 ** level),
                 minimum_step_length=g("MinimumStepLength", 0.5 / 2 ** level),
                 minimum_gradient_magnitude=g("MinimumGradientMagnitude", 1e-8),

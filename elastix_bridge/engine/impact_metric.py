@@ -94,8 +94,12 @@ def _random_rotations(n: int, generator, dtype):
     return rz @ ry @ rx
 
 
-def _call_model(model, cfg, x, stats, direction, which: str, level: int):
-    """One model call with upstream's argument convention (impact_spec §3.2); checks the list output."""
+def _call_model(model, cfg, x, stats, direction, which: str, level: int, finite: bool = True):
+    """One model call with upstream's argument convention (impact_spec §3.2); checks the list output.
+
+    With ``finite`` (every call on image data; not the dry runs on zero input, where a model that
+    normalises its patch may divide by zero), a selected layer holding NaN or Inf is refused by name.
+    """
     from ..loader import ImpactModelError, validate_model_output
 
     try:
@@ -104,7 +108,30 @@ def _call_model(model, cfg, x, stats, direction, which: str, level: int):
         # The plugin names the file and the torch error; say which option and level it came from.
         raise ImpactModelError(f"level {level}, {which} model ({cfg.path}): {exc}") from exc
     validate_model_output(out, len(cfg.layers_mask), f"{which} model {cfg.path}")
+    if finite:
+        for layer in cfg.selected_layers:
+            _check_finite_features(out[layer], cfg, layer, which, level)
     return out
+
+
+def _check_finite_features(features, cfg, layer: int, which: str, level: int) -> None:
+    """Name a model output layer holding NaN/Inf (a NaN would otherwise end as a sampling failure)."""
+    import torch
+
+    values = features.detach()
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return
+    from ..loader import ImpactModelError
+
+    first = [int(i) for i in (~finite).nonzero()[0]]
+    kind = "NaN" if bool(torch.isnan(values[tuple(first)])) else "Inf"
+    raise ImpactModelError(
+        f"level {level}, {which} model ({cfg.path}): output layer {layer} contains {kind} (first at element "
+        f"{first} of shape {list(values.shape)}, axes (batch, channel, z, y, x)) although its input was finite "
+        f"(the images are checked before registration); check the model (e.g. a division by zero in a "
+        f"normalisation)" + (", or turn off ImpactUseMixedPrecision (float16 overflows above 65504)"
+                             if values.dtype == torch.float16 else ""))
 
 
 def _dummy_channels(models, configs, stats, direction, device, which: str, level: int) -> list:
@@ -115,7 +142,7 @@ def _dummy_channels(models, configs, stats, direction, device, which: str, level
     for model, cfg in zip(models, configs):
         x = torch.zeros((1, cfg.channels) + tuple(reversed(cfg.patch_size)), device=device)
         with torch.no_grad():
-            out = _call_model(model, cfg, x, stats, direction, which, level)
+            out = _call_model(model, cfg, x, stats, direction, which, level, finite=False)
         found += [out[j].shape[1] for j, on in enumerate(cfg.layers_mask) if on]
     return found
 

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Protocol
 
 import numpy as np
 
+from ..parameters import UInt
 from .random import as_elastix_random
 
 log = logging.getLogger("elastix_bridge")
@@ -92,7 +93,7 @@ class ASGDSettings:
                                                      np.asarray(moving_spacing)[:nd]])))
         ratio = g("MaximumStepLengthRatio", 1.0)
         s = cls(
-            maximum_number_of_iterations=g("MaximumNumberOfIterations", 500, int),
+            maximum_number_of_iterations=g("MaximumNumberOfIterations", 500, UInt),
             sp_A=g("SP_A", 20.0),
             automatic_parameter_estimation=g("AutomaticParameterEstimation", True, bool),
             estimation_method=pmap.get("ASGDParameterEstimationMethod", default="Original"),

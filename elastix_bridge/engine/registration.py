@@ -17,6 +17,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..parameters import UInt
+
 log = logging.getLogger("elastix_bridge")
 
 # Components the bridge engine runs; anything else is refused by name.
@@ -367,14 +369,10 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
     if moving_full.geometry.dimension != dim:
         raise ValueError(f"the fixed image is {dim}D but the moving image is "
                          f"{moving_full.geometry.dimension}D; elastix needs equal dimensions")
-    levels = pmap.get("NumberOfResolutions", default=3, type=int)
+    levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
     if levels < 1:
         raise ValueError("NumberOfResolutions must be at least 1")
-    if components["Optimizer"] == "QuasiNewtonLBFGS":  # invalid line-search settings stop before any computation
-        from .quasi_newton import QuasiNewtonLBFGSSettings
-
-        for level in range(levels):
-            QuasiNewtonLBFGSSettings.from_parameter_map(pmap, level)
+    check_stage_settings(pmap, components, levels, dim)
     impact_index = components["Metric"].index("Impact") if "Impact" in components["Metric"] else None
     configs = ([] if impact_index is None
                else impact_levels(pmap.to_dict(), levels, dim, metric_index=impact_index))
@@ -462,7 +460,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
                 parameters = transform.parameters if parameters0 is None else parameters0
             parameters = parameters.to(torch.float64)
 
-            n_samples = pmap.get("NumberOfSpatialSamples", level=level, default=5000, type=int)
+            n_samples = pmap.get("NumberOfSpatialSamples", level=level, default=5000, type=UInt)
             samplers = [make_sampler(name, fixed.geometry, fmask, number_of_samples=n_samples,
                                      generator=generator, parameter_map=pmap, level=level)
                         for name in components["ImageSampler"]]
@@ -529,22 +527,57 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
         return StageResult(tp_map, transform, parameters, history, time.perf_counter() - tic)
 
 
+def _optimizer_settings(name: str, pmap, level: int):
+    """The level's settings of a non-ASGD optimizer, read with elastix's rules (elastix_spec §9)."""
+    from .gradient_descent import RegularStepGradientDescentSettings, StandardGradientDescentSettings
+    from .quasi_newton import QuasiNewtonLBFGSSettings
+
+    settings = {"StandardGradientDescent": StandardGradientDescentSettings,
+                "RegularStepGradientDescent": RegularStepGradientDescentSettings,
+                "QuasiNewtonLBFGS": QuasiNewtonLBFGSSettings}[name]
+    return settings.from_parameter_map(pmap, level)
+
+
+def check_stage_settings(pmap, components, levels: int, dimension: int) -> None:
+    """Read every level's optimizer settings and the B-spline grid schedule once, before any computation.
+
+    Called at the start of :func:`run_stage` and by :mod:`elastix_bridge.validation` for every bridge map
+    of a chain, so that a bad value in a later map stops the chain before its first stage. Settings whose
+    defaults depend on the images (ASGD's step length, the grid spacing in voxels) are read on a unit
+    grid: only the values written in the map are checked.
+
+    Raises:
+        elastix_bridge.parameters.ParameterError, ValueError: a value of the wrong form or an invalid
+            combination, naming the key.
+    """
+    from .geometry import ImageGeometry
+    from .optimizers import ASGDSettings
+
+    unit = np.ones(dimension)
+    for level in range(levels):
+        if components["Optimizer"] == "AdaptiveStochasticGradientDescent":
+            ASGDSettings.from_parameter_map(pmap, level, 1, unit, unit)
+        else:
+            _optimizer_settings(components["Optimizer"], pmap, level)
+    if components["Transform"] in ("BSplineTransform", "RecursiveBSplineTransform"):
+        _grid_settings(pmap, ImageGeometry((2,) * dimension, unit, 0 * unit, np.eye(dimension)), levels)
+
+
 def _make_optimizer(name: str, pmap, level: int, asgd_settings, generator, on_iteration):
     """The level's optimizer by elastix name (elastix_spec §9)."""
-    from .gradient_descent import (RegularStepGradientDescent, RegularStepGradientDescentSettings,
-                                   StandardGradientDescent, StandardGradientDescentSettings)
+    from .gradient_descent import RegularStepGradientDescent, StandardGradientDescent
     from .optimizers import AdaptiveStochasticGradientDescent
 
-    if name == "StandardGradientDescent":
-        return StandardGradientDescent(StandardGradientDescentSettings.from_parameter_map(pmap, level), on_iteration)
-    if name == "RegularStepGradientDescent":
-        return RegularStepGradientDescent(RegularStepGradientDescentSettings.from_parameter_map(pmap, level),
-                                          on_iteration)
+    if name == "AdaptiveStochasticGradientDescent":
+        return AdaptiveStochasticGradientDescent(asgd_settings, generator, on_iteration=on_iteration)
+    settings = _optimizer_settings(name, pmap, level)
     if name == "QuasiNewtonLBFGS":
-        from .quasi_newton import QuasiNewtonLBFGS, QuasiNewtonLBFGSSettings
+        from .quasi_newton import QuasiNewtonLBFGS
 
-        return QuasiNewtonLBFGS(QuasiNewtonLBFGSSettings.from_parameter_map(pmap, level), on_iteration)
-    return AdaptiveStochasticGradientDescent(asgd_settings, generator, on_iteration=on_iteration)
+        return QuasiNewtonLBFGS(settings, on_iteration)
+    optimizer = {"StandardGradientDescent": StandardGradientDescent,
+                 "RegularStepGradientDescent": RegularStepGradientDescent}[name]
+    return optimizer(settings, on_iteration)
 
 
 class IterationTable:

@@ -1,0 +1,504 @@
+"""Everything about a registration request checked before any work: one pass, before any stage runs.
+
+:func:`validate_request` is the one entry point; :func:`elastix_bridge.api.elastix_registration_method`
+calls it before the first stage (so the drop-in and the command get it too), and the command calls
+:func:`validate_maps` once more on the maps alone before it reads the images. It checks, for every map
+of the chain:
+
+* component names against elastix's (``(Metric "Impakt")`` → "did you mean 'Impact'?"), and, for
+  maps that run on the bridge engine, against the components the bridge runs;
+* the type and range of every value the bridge engine reads, with elastix's conversion rules
+  (:meth:`elastix_bridge.parameters.ParameterMap.get_entry`): ``(MaximumNumberOfIterations -3)`` is an
+  error, as in elastix;
+* pyramid and grid schedules of the right length (elastix warns and silently uses its default
+  schedule; here that is an error, since the schedule the user wrote is then not the one used);
+* the result-writing keys (``ResultImagePixelType``, ``WriteResultImage``, ``ResultImageFormat``);
+* IMPACT keys against the known set (an unknown ``Impact…`` key is an error with suggestions; an
+  unknown non-IMPACT key is a warning, elastix ignores it) and every level's IMPACT options
+  (:func:`elastix_bridge.impact_parameters.impact_levels`);
+
+and for the call: the images and masks (itk images, equal dimensions, non-empty masks, finite
+pixels), ``number_of_threads``, and keywords a chain with bridge stages does not support.
+
+Errors are :class:`~elastix_bridge.parameters.ParameterError`,
+:class:`~elastix_bridge.impact_parameters.ImpactParameterError`,
+:class:`~elastix_bridge.engine.registration.UnsupportedComponentError` (all ``ValueError``),
+:class:`InputImageError` (``ValueError``) and ``TypeError`` for arguments of the wrong kind.
+Nothing here imports torch; itk is imported only to check ``ResultImageFormat``.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .parameters import ParameterError, UInt
+
+log = logging.getLogger("elastix_bridge")
+
+__all__ = ["InputImageError", "check_component_names", "check_image_argument", "check_threads", "validate_images", "validate_maps",
+           "validate_request"]
+
+
+class InputImageError(ValueError):
+    """An input image or mask cannot be registered as given (dimension, empty mask, NaN/Inf pixels)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# value types and ranges of the keys the bridge engine reads (elastix's types: elastix_spec §1.3)
+
+def _at_least(low):
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _between(low, high):
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}"
+
+
+def _positive(v):
+    return None if v > 0 else "must be > 0"
+
+
+def _one_of(*names):
+    return lambda v: None if v in names else "must be one of " + ", ".join(f'"{n}"' for n in names)
+
+
+#: key → (type, check or None); every entry of the key is converted and checked. Component-label
+#: prefixes (``Metric0``, ``Optimizer0``, ...) are stripped before the lookup.
+VALUE_TYPES = {
+    # counts (unsigned in elastix: a leading "-" is a conversion error)
+    "NumberOfResolutions": (UInt, _between(1, 32)),  # more levels would shrink the coarsest image by 2**32
+    "FixedImageDimension": (UInt, None),
+    "MovingImageDimension": (UInt, None),
+    "MaximumNumberOfIterations": (UInt, None),
+    "NumberOfSpatialSamples": (UInt, _at_least(1)),
+    "NumberOfHistogramBins": (UInt, None),
+    "NumberOfFixedHistogramBins": (UInt, None),
+    "NumberOfMovingHistogramBins": (UInt, None),
+    "NumberOfJacobianMeasurements": (UInt, None),
+    "NumberOfGradientMeasurements": (UInt, None),
+    "NumberOfSamplesForExactGradient": (UInt, None),
+    "NumberOfSamplesForCenteredTransformInitialization": (UInt, None),
+    "MaximumNumberOfSamplingAttempts": (UInt, None),
+    "MaximumNumberOfLineSearchIterations": (UInt, None),
+    "LBFGSUpdateAccuracy": (UInt, None),
+    "RandomSeed": (UInt, None),
+    "SampleGridSpacing": (int, _at_least(1)),
+    # orders
+    "BSplineTransformSplineOrder": (UInt, _between(1, 3)),
+    "BSplineInterpolationOrder": (UInt, _between(0, 5)),
+    "FinalBSplineInterpolationOrder": (UInt, _between(0, 5)),
+    "FixedImageBSplineInterpolationOrder": (UInt, _between(0, 5)),
+    "FixedKernelBSplineOrder": (UInt, _between(0, 3)),
+    "MovingKernelBSplineOrder": (UInt, _between(0, 3)),
+    # schedules (lengths are checked in _check_schedules)
+    "ImagePyramidSchedule": (UInt, _at_least(1)),
+    "FixedImagePyramidSchedule": (UInt, _at_least(1)),
+    "MovingImagePyramidSchedule": (UInt, _at_least(1)),
+    "ImagePyramidRescaleSchedule": (UInt, _at_least(1)),
+    "FixedImagePyramidRescaleSchedule": (UInt, _at_least(1)),
+    "MovingImagePyramidRescaleSchedule": (UInt, _at_least(1)),
+    "ImagePyramidSmoothingSchedule": (float, _at_least(0)),
+    "FixedImagePyramidSmoothingSchedule": (float, _at_least(0)),
+    "MovingImagePyramidSmoothingSchedule": (float, _at_least(0)),
+    "GridSpacingSchedule": (float, _positive),
+    "FinalGridSpacingInPhysicalUnits": (float, _positive),
+    "FinalGridSpacingInVoxels": (float, _positive),
+    # real numbers
+    "SP_a": (float, None), "SP_A": (float, None), "SP_alpha": (float, None),
+    "MaximumStepLength": (float, _positive), "MaximumStepLengthRatio": (float, _positive),
+    "MinimumStepLength": (float, None), "MinimumGradientMagnitude": (float, None), "RelaxationFactor": (float, None),
+    "SigmoidMax": (float, None), "SigmoidMin": (float, None), "SigmoidScale": (float, None),
+    "SigmoidScaleFactor": (float, None), "SigmoidInitialTime": (float, None),
+    "StepLength": (float, None), "LineSearchValueTolerance": (float, None),
+    "LineSearchGradientTolerance": (float, None), "GradientMagnitudeTolerance": (float, None),
+    "RequiredRatioOfValidSamples": (float, _between(0, 1)),
+    "FixedLimitRangeRatio": (float, None), "MovingLimitRangeRatio": (float, None),
+    "SampleRegionSize": (float, _positive), "DefaultPixelValue": (float, None),
+    "Scales": (float, None), "CenterOfRotationPoint": (float, None), "LowerThresholdForCenterGravity": (float, None),
+    "MovingImageDerivativeScales": (float, None),
+    "Weight": (float, None), "RelativeWeight": (float, None),  # Metric<i>Weight, Metric<i>RelativeWeight
+    # booleans ("true" / "false", exactly)
+    **{key: (bool, None) for key in (
+        "ErodeMask", "ErodeFixedMask", "ErodeMovingMask", "WriteResultImage", "WriteIterationInfo",
+        "WriteTransformParametersEachResolution", "AutomaticParameterEstimation", "AutomaticTransformInitialization",
+        "AutomaticScalesEstimation", "UseRandomSampleRegion", "NewSamplesEveryIteration", "CheckNumberOfSamples",
+        "UseRelativeWeights", "SubtractMean", "UseNormalization", "UseAdaptiveStepSizes", "UseCruzAcceleration",
+        "NoiseCompensation", "UseConstantStep", "CenterOfGravityUsesLowerThreshold", "UseFastAndLowMemoryVersion",
+        "UseJacobianPreconditioning", "FiniteDifferenceDerivative",
+        "Use")},  # Metric<i>Use
+    # names
+    "HowToCombineTransforms": (str, _one_of("Compose", "Add")),
+    "ASGDParameterEstimationMethod": (str, _one_of("Original", "DisplacementDistribution")),
+    "AutomaticTransformInitializationMethod": (str, _one_of("GeometricalCenter", "CenterOfGravity", "Origins",
+                                                            "GeometryTop")),
+}
+
+# Component-label prefixes elastix puts before a key (``ReadParameter(..., prefix, ...)``).
+_LABEL = re.compile(r"(Metric|Optimizer|Transform|Interpolator|ImageSampler|ResampleInterpolator|Resampler|"
+                    r"FixedImagePyramid|MovingImagePyramid|Registration)\d+(?=[A-Z])")
+
+
+def _unlabelled(key: str) -> str:
+    """``key`` without a leading component label: ``Optimizer0MaximumNumberOfIterations`` → the plain name."""
+    m = _LABEL.match(key)
+    return key[m.end():] if m else key
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# parameter maps
+
+
+def _where(k: int, names) -> str:
+    return f"parameter map {k}" + (f" ({names[k]})" if names and k < len(names) and names[k] else "")
+
+
+def _did_you_mean(name: str, candidates) -> str:
+    """`` Did you mean 'X' or 'Y'?`` for the close matches of ``name`` (or a case-insensitive match), or ``""``."""
+    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in candidates}
+        close = [lowered[name.lower()]] if name.lower() in lowered else []
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def check_component_names(maps, names: Optional[Sequence[str]] = None) -> None:
+    """Every component name of every map is one of elastix's (elastix says only ``Internal elastix error``).
+
+    Used by the drop-in for parameter objects that go to itk-elastix unchanged.
+
+    Raises:
+        UnsupportedComponentError: the map, the key, the name, the close matches and the known names.
+    """
+    for k, pmap in enumerate(maps):
+        try:
+            _check_component_names(pmap)
+        except ValueError as error:
+            raise _in_map(error, _where(k, names)) from None
+
+
+def _check_component_names(pmap) -> None:
+    from .elastix_names import COMPONENTS
+    from .engine.registration import UnsupportedComponentError
+
+    for key, known in COMPONENTS.items():
+        for value in pmap.values(key):
+            if value not in known:
+                raise UnsupportedComponentError(
+                    f"({key} \"{value}\"): {value!r} is not an elastix {key} component."
+                    f"{_did_you_mean(value, known)} Known: {', '.join(known)}.")
+
+
+def _check_values(pmap) -> None:
+    """Type and range of every entry of the keys in :data:`VALUE_TYPES`."""
+    for key in pmap.keys():
+        spec = VALUE_TYPES.get(_unlabelled(key))
+        if spec is None:
+            continue
+        typ, check = spec
+        for i in range(len(pmap.values(key))):
+            value = pmap.get_entry(key, i, type=typ)
+            problem = check(value) if check is not None else None
+            if problem:
+                raise ParameterError(f"parameter {key!r}, entry {i}: {pmap.values(key)[i]!r} {problem}")
+
+
+def _check_result_keys(pmap) -> None:
+    """``ResultImagePixelType``, ``WriteResultImage`` and ``ResultImageFormat`` before any result is written."""
+    from .cli import _PIXEL_TYPES
+
+    pixel = pmap.get("ResultImagePixelType", default="short")
+    if pixel not in _PIXEL_TYPES:
+        raise ParameterError(f"(ResultImagePixelType \"{pixel}\") is not an elastix pixel type."
+                             f"{_did_you_mean(pixel, _PIXEL_TYPES)} Use one of {', '.join(sorted(_PIXEL_TYPES))}.")
+    if pmap.has("ResultImageFormat") and pmap.get("WriteResultImage", default=True, type=bool):
+        fmt = pmap.get("ResultImageFormat")
+        import itk
+
+        io = itk.ImageIOFactory.CreateImageIO(f"result.{fmt}", itk.CommonEnums.IOFileMode_WriteMode)
+        if io is None or not fmt:
+            raise ParameterError(
+                f"(ResultImageFormat \"{fmt}\"): ITK cannot write 'result.{fmt}'; use a file extension "
+                f"ITK writes, e.g. \"mhd\", \"mha\", \"nii\", \"nii.gz\" or \"nrrd\" (or (WriteResultImage \"false\"))")
+
+
+_KNOWN_IMPACT_KEYS = ("Impact[Fixed|Moving]{ModelsPath, Dimension, NumberOfChannels, PatchSize, VoxelSize, "
+                      "LayersMask}<level>, Impact{SubsetFeatures, PCA, LayersWeight, Distance}<level> (e.g. "
+                      "ImpactPatchSize0) and [Metric<i>]Impact{Mode, GPU, UseMixedPrecision, "
+                      "FeaturesMapUpdateInterval, FeatureMapOutputDirectory, WriteFeatureMaps}")
+
+
+def _check_impact_keys(pmap, where: str, levels: int, uses_impact: bool, full: bool) -> None:
+    """IMPACT keys against the known set (error, with suggestions); other unknown keys are logged as warnings.
+
+    ``full`` (the check with images): also refuse unnumbered list options (``ImpactPatchSize``; before,
+    they are left to :func:`~elastix_bridge.impact_parameters.impact_levels`, which explains the rewrite
+    they need) and log the warnings (once per request, although the command checks its maps twice).
+    """
+    from .elastix_names import COMPONENTS, PARAMETERS
+    from .impact_parameters import IMPACT_LIST_OPTIONS, IMPACT_SCALAR_OPTIONS
+
+    for key in pmap.keys():
+        plain = _unlabelled(key)
+        if not plain.startswith("Impact"):
+            if full and plain not in PARAMETERS and plain not in COMPONENTS:
+                log.warning("%s: (%s ...) is not a parameter that elastix or elastix-bridge reads; it is ignored, as "
+                            "elastix ignores it.%s", where, key, _did_you_mean(plain, PARAMETERS))
+            continue
+        base, number = re.fullmatch(r"(.*?)(\d*)", plain).groups()
+        option = base[len("Impact"):]
+        hint = ""
+        if option in IMPACT_SCALAR_OPTIONS:
+            if not number:
+                continue
+            problem = f"per-level scalar options take no level number: write ({base} <level 0> <level 1> ...)"
+        elif option in IMPACT_LIST_OPTIONS and key != plain:
+            problem = f"level-indexed IMPACT options take no component-label prefix: write ({plain} ...)"
+        elif option in IMPACT_LIST_OPTIONS and number:
+            if full and int(number) >= levels:
+                log.warning("%s: (%s ...) is for level %s but the map has NumberOfResolutions %d; it is ignored, as "
+                            "elastix ignores it", where, key, number, levels)
+            continue
+        elif option in IMPACT_LIST_OPTIONS:
+            if not full:
+                continue
+            problem = f"a level-indexed option needs its level number (e.g. '{base}0'); elastix never reads it"
+        else:
+            problem = "it is not an IMPACT parameter"
+            # Compared without the common "Impact" prefix, which would make every name look close.
+            close = difflib.get_close_matches(option, IMPACT_LIST_OPTIONS + IMPACT_SCALAR_OPTIONS, n=2, cutoff=0.6)
+            if close:
+                names = [f"Impact{c}" + (number if c in IMPACT_LIST_OPTIONS else "") for c in close]
+                hint = f" Did you mean {' or '.join(repr(n) for n in names)}?"
+        message = f"{where}: ({key} ...): {problem}.{hint} Known IMPACT keys: {_KNOWN_IMPACT_KEYS}."
+        if uses_impact:
+            raise ParameterError(message)
+        if full:
+            log.warning("%s (The map does not use (Metric \"Impact\"), so it is ignored.)", message)
+
+
+def _check_against_dimension(pmap, where: str, levels: int, dimension: int) -> None:
+    """``Fixed/MovingImageDimension`` equal the images' dimension; pyramid schedules have levels × dimension entries.
+
+    Fewer: an error (elastix would silently use its default schedule instead). More: a warning; elastix
+    reads the first levels × dimension entries (upstream's own 2D IMPACT test file has six for 2 × 2).
+    """
+    for key in ("FixedImageDimension", "MovingImageDimension"):
+        if pmap.has(key) and pmap.get(key, type=UInt) != dimension:
+            raise ParameterError(f"({key} {pmap.get(key)}) but the images are {dimension}D; the map was written for "
+                                 f"other images: change {key} to {dimension} (or remove it)")
+    n = levels * dimension
+    for key in pmap.keys():
+        if re.fullmatch(r"((Fixed|Moving)?ImagePyramid(Rescale|Smoothing)?)?Schedule", _unlabelled(key)):
+            count = len(pmap.values(key))
+            if count < n:
+                raise ParameterError(
+                    f"({key} ...) has {count} values; it needs one per resolution level and image axis: "
+                    f"NumberOfResolutions {levels} × dimension {dimension} = {n} (elastix would silently replace a "
+                    f"schedule of the wrong length by its default one)")
+            if count > n:
+                log.warning("%s: (%s ...) has %d values; only the first %d (NumberOfResolutions %d × dimension %d) "
+                            "are used, as in elastix", where, key, count, n, levels, dimension)
+
+
+def _check_model_files(pmap, configs) -> None:
+    """Every model file of every level exists (built-in model names are written on first use)."""
+    from .impact_parameters import resolve_model_path
+    from .loader import ImpactModelError
+    from .models.mind import RESERVED_MODELS
+
+    for cfg in configs:
+        for side, models in (("Fixed", cfg.fixed_models), ("Moving", cfg.moving_models)):
+            key = (f"Impact{side}ModelsPath{cfg.level}" if pmap.has(f"Impact{side}ModelsPath{cfg.level}")
+                   else f"ImpactModelsPath{cfg.level}")
+            for model in models:
+                if model.path in RESERVED_MODELS or resolve_model_path(model.path).is_file():
+                    continue
+                where = f"{key} {model.path!r}"
+                if not Path(model.path).expanduser().is_absolute():
+                    where += f" (relative to the current working directory {os.getcwd()})"
+                raise ImpactModelError(f"{where}: model file not found; give an existing TorchScript file (an "
+                                       f"absolute path avoids working-directory surprises) or a built-in model name "
+                                       f"({', '.join(RESERVED_MODELS)})")
+
+
+def _in_map(error: Exception, where: str) -> Exception:
+    """``error`` again, of the same type, with the map named in front of its message."""
+    return type(error)(f"{where}: {error}")
+
+
+def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Optional[int] = None,
+                  names: Optional[Sequence[str]] = None) -> None:
+    """Check every parameter map of a chain before any stage runs.
+
+    Args:
+        maps: :class:`~elastix_bridge.parameters.ParameterMap` per stage.
+        engines: ``"bridge"`` / ``"elastix"`` per map (:func:`elastix_bridge.api.stage_engines`), or None
+            when not known yet (then the bridge's own component list is not checked).
+        dimension: image dimension D (2 or 3), or None before the images are read (then what depends on D
+            is not checked: schedule lengths, the bridge's optimizer and grid settings, the IMPACT options
+            per level and the model files; nor are warnings logged, which the check with images does).
+        names: how messages name each map, e.g. ``"-p affine.txt"``; default ``"parameter map <k>"``.
+
+    Raises:
+        UnsupportedComponentError: an unknown component name (with "did you mean"), or one the bridge
+            engine does not run for a map it runs.
+        ParameterError: a value of the wrong type or range, a schedule of the wrong length, a result key
+            that cannot be written, an unknown ``Impact…`` key in an Impact map.
+        ImpactParameterError: a missing or malformed IMPACT option at some level.
+    """
+    from .api import uses_impact
+    from .engine.registration import check_components, check_stage_settings
+    from .impact_parameters import impact_levels
+
+    for k, pmap in enumerate(maps):
+        where = _where(k, names)
+        impact = uses_impact(pmap)
+        bridge = engines is not None and engines[k] == "bridge"
+        try:
+            _check_component_names(pmap)
+            _check_values(pmap)
+            _check_result_keys(pmap)
+            levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
+            components = check_components(pmap) if bridge else None
+            if dimension is not None:
+                _check_against_dimension(pmap, where, levels, dimension)
+                if bridge:
+                    check_stage_settings(pmap, components, levels, dimension)
+                if impact:
+                    configs = impact_levels(pmap.to_dict(), levels, dimension,
+                                            metric_index=pmap.values("Metric").index("Impact"))
+                    _check_model_files(pmap, configs)
+        except ValueError as error:  # the same error, naming the map
+            raise _in_map(error, where) from None
+        _check_impact_keys(pmap, where, levels, impact, full=dimension is not None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# images and call arguments
+
+
+def check_image_argument(value, what: str) -> None:
+    """Raise a TypeError saying what to pass when ``value`` is not an ``itk.Image`` (None is a mask left out).
+
+    Numpy arrays are refused rather than guessed: an array has no spacing, origin or direction, and
+    numpy's axis order is (z, y, x) where ITK's is (x, y, z).
+    """
+    if hasattr(value, "GetImageDimension") or (value is None and "mask" in what):
+        return
+    import os
+
+    if isinstance(value, (str, bytes, os.PathLike)):
+        path = os.fsdecode(value)
+        raise TypeError(f"{what} is a path ({path!r}), not an image; read it first: itk.imread({path!r}, itk.F)"
+                        + (" (a mask: itk.imread(path, itk.UC))" if "mask" in what else ""))
+    if hasattr(value, "__array__") and hasattr(value, "shape"):
+        raise TypeError(
+            f"{what} is an array of shape {tuple(value.shape)}, not an itk.Image: elastix needs the image's spacing, "
+            f"origin and direction. Use itk.image_from_array(array) (numpy axis order (z, y, x) becomes ITK's "
+            f"(x, y, z)) and set its geometry with SetSpacing / SetOrigin / SetDirection, or read the file with "
+            f"itk.imread(path, itk.F)")
+    raise TypeError(f"{what} is a {type(value).__name__}, not an itk.Image; pass an image read with "
+                    f"itk.imread(path, itk.F) or made with itk.image_from_array(array)")
+
+
+def check_threads(number_of_threads, what: str = "number_of_threads") -> None:
+    """``number_of_threads`` is None or an integer >= 1 (elastix ``-threads``)."""
+    if number_of_threads is None:
+        return
+    if isinstance(number_of_threads, bool) or not isinstance(number_of_threads, int) or number_of_threads < 1:
+        raise ValueError(f"{what} {number_of_threads!r}: the number of threads must be an integer >= 1; "
+                         f"leave it out to use all cores")
+
+
+def _first_non_finite(image, what: str) -> None:
+    """Raise naming the first NaN/Inf voxel (ITK index order x, y, z, and its physical point in mm)."""
+    import itk
+    import numpy as np
+
+    array = itk.array_view_from_image(image)
+    if array.dtype.kind not in "fc" or math.isfinite(float(np.sum(array, dtype=np.float64))):
+        return  # a float32 sum in float64 cannot overflow: it is finite exactly when every pixel is
+    flat = array.reshape(-1)
+    position = int(np.argmax(~np.isfinite(flat)))
+    count = int(np.count_nonzero(~np.isfinite(flat)))
+    index = tuple(int(i) for i in reversed(np.unravel_index(position, array.shape)))
+    point = tuple(float(x) for x in image.TransformIndexToPhysicalPoint(index))
+    value = flat[position]
+    raise InputImageError(
+        f"{what} has {count} non-finite pixel(s) ({'NaN' if np.isnan(value) else 'Inf'} first at index "
+        f"{list(index)} (x, y, z), physical point {[round(p, 4) for p in point]} mm); elastix cannot register "
+        f"NaN or Inf: replace them (e.g. numpy.nan_to_num on itk.array_view_from_image(image)) or mask them out "
+        f"and set them to a finite value")
+
+
+def validate_images(fixed_image, moving_image, fixed_mask=None, moving_mask=None) -> int:
+    """Check the images and masks of a registration; returns the image dimension.
+
+    Raises:
+        TypeError: an argument is not an ``itk.Image`` (see :func:`check_image_argument`).
+        InputImageError: fixed and moving dimensions differ, a mask's dimension differs from its image's,
+            a mask has no non-zero pixel, or an image has NaN/Inf pixels (first offending voxel named).
+    """
+    import itk
+    import numpy as np
+
+    for value, what in ((fixed_image, "fixed_image"), (moving_image, "moving_image"), (fixed_mask, "fixed_mask"),
+                        (moving_mask, "moving_mask")):
+        check_image_argument(value, what)
+    dimension = fixed_image.GetImageDimension()
+    if moving_image.GetImageDimension() != dimension:
+        raise InputImageError(f"the fixed image is {dimension}D but the moving image is "
+                              f"{moving_image.GetImageDimension()}D; elastix registers images of equal dimension")
+    for mask, which in ((fixed_mask, "fixed"), (moving_mask, "moving")):
+        if mask is None:
+            continue
+        if mask.GetImageDimension() != dimension:
+            raise InputImageError(f"the {which} mask is {mask.GetImageDimension()}D but the {which} image is "
+                                  f"{dimension}D; give a mask of the image's dimension")
+        if not np.any(itk.array_view_from_image(mask)):
+            raise InputImageError(f"the {which} mask is empty (no non-zero pixel): no sample could be drawn "
+                                  f"{'in the fixed image' if which == 'fixed' else 'inside the moving image'}; "
+                                  f"check the mask file, or leave the mask out")
+    _first_non_finite(fixed_image, "the fixed image")
+    _first_non_finite(moving_image, "the moving image")
+    return dimension
+
+
+#: Keywords of ``elastix_registration_method`` that a chain with bridge stages understands.
+CHAIN_KEYWORDS = ("number_of_threads", "initial_transform_parameter_file_name", "initial_transform_parameter_object")
+
+
+def validate_request(maps, engines, fixed_image, moving_image, fixed_mask=None, moving_mask=None,
+                     keywords: Optional[dict] = None, names: Optional[Sequence[str]] = None) -> None:
+    """The one check of a registration request before any work (no file written, no stage run).
+
+    The command also calls :func:`validate_maps` on its maps alone, before it reads the images.
+
+    Args:
+        maps: the chain's :class:`~elastix_bridge.parameters.ParameterMap` list.
+        engines: engine per map (``"bridge"`` / ``"elastix"``, :func:`elastix_bridge.api.stage_engines`).
+        fixed_image, moving_image, fixed_mask, moving_mask: ``itk.Image`` (masks may be None).
+        keywords: further keyword arguments of the call (itk-elastix's).
+        names: how messages name each map (see :func:`validate_maps`).
+
+    Raises:
+        see :func:`validate_maps` and :func:`validate_images`; ``ValueError`` for a keyword that a chain
+        with bridge stages does not support, or a bad ``number_of_threads``.
+    """
+    keywords = keywords or {}
+    check_threads(keywords.get("number_of_threads"))
+    if engines is not None and "bridge" in engines:
+        unsupported = sorted(k for k in keywords if k not in CHAIN_KEYWORDS)
+        if unsupported:
+            raise ValueError(
+                f"{', '.join(unsupported)}: not supported when a stage runs on the bridge engine (maps with "
+                f"(Metric \"Impact\")); supported: {', '.join(CHAIN_KEYWORDS)}. Remove it, or run every map on "
+                f"elastix with a native IMPACT plugin (engine='elastix')")
+    dimension = validate_images(fixed_image, moving_image, fixed_mask, moving_mask)
+    validate_maps(maps, engines, dimension, names)
+    # The resource estimate (memory per stage and level, issue 11) belongs here, once maps and images are valid.
