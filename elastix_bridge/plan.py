@@ -202,9 +202,15 @@ def _geometry(image):
         return ImageGeometry.from_itk(image)
     import itk
 
-    reader = itk.ImageFileReader.New(FileName=str(image))
-    reader.UpdateOutputInformation()
-    return ImageGeometry.from_itk(reader.GetOutput())
+    io = itk.ImageIOFactory.CreateImageIO(str(image), itk.CommonEnums.IOFileMode_ReadMode)
+    if io is None:
+        raise ValueError(f"{image}: no ITK image reader recognises this file; give an image ITK reads "
+                         "(.mha, .mhd, .nii, .nrrd, ...)")
+    io.SetFileName(str(image))
+    io.ReadImageInformation()  # the header only, any pixel type
+    n = io.GetNumberOfDimensions()
+    return ImageGeometry([io.GetDimensions(i) for i in range(n)], [io.GetSpacing(i) for i in range(n)],
+                         [io.GetOrigin(i) for i in range(n)], np.column_stack([io.GetDirection(i) for i in range(n)]))
 
 
 def _level_sizes(pmap, which: str, levels: int, geometry) -> list:
@@ -517,7 +523,8 @@ def memory_error(error: BaseException, stage: int, engine: str, level: Optional[
             ``level`` None for elastix stages (elastix.log names it) or before the first level.
         plan: the run's :class:`RegistrationPlan` for the estimate and the keys, or None.
     """
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    first = next((line for line in lines if any(t in line.lower() for t in _MEMORY_TEXTS)), lines[0])[:200]
     where = (f"stage {stage} ({engine} engine)" if stage is not None else "the elastix run (every stage)")
     where += f", resolution level {level}" if level is not None else ""
     text = f"{where} ran out of memory ({first})"
