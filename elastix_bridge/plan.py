@@ -55,9 +55,8 @@ _KEYS = {
     "model outputs": ("NumberOfSpatialSamples", "ImpactPatchSize{L}", "ImpactLayersMask{L}"),
     "model activations": ("NumberOfSpatialSamples", "ImpactPatchSize{L}"),
     "samples": ("NumberOfSpatialSamples",),
-    "pyramid images": ("NumberOfResolutions", "ImagePyramidSchedule"),
-    "image coefficients": ("NumberOfResolutions", "ImagePyramidSchedule"),
 }
+_VERDICTS = {"fits": "fits", "close": "close (above 80%: a run warns)", "too large": "too large (a run is refused)"}
 
 
 class InsufficientMemoryError(MemoryError):
@@ -147,6 +146,10 @@ class StagePlan:
     @property
     def peak_bytes(self) -> int:
         return int(sum(self.base.values())) + self.peak_level.bytes
+
+    def keys(self, level: LevelPlan) -> list:
+        """Keys that make ``level`` of this stage smaller (elastix keeps every level's pyramid images)."""
+        return level.keys() + (["NumberOfResolutions"] if self.engine == "elastix" else [])
 
 
 @dataclass
@@ -504,17 +507,17 @@ def check_resources(fixed_image, moving_image, parameter_object, fixed_mask=None
     stage = plan.peak_stage
     level = stage.peak_level
     need = f"{'at least ' if plan.lower_bound else ''}{format_bytes(plan.peak_bytes)}"
-    where = (f"stage {stage.stage} ({stage.engine} engine), resolution level {level.level}: "
+    where = (f"most at stage {stage.stage} ({stage.engine} engine), resolution level {level.level}: "
              f"{_largest_parts(level.parts)}")
     if plan.verdict == "close":
         log.warning("elastix-bridge: the registration needs an estimated %s of the %s available (%s; %s); "
                     "it may run out of memory. To need less, change %s", need,
-                    format_bytes(plan.available.bytes), plan.available.source, where, ", ".join(level.keys()))
+                    format_bytes(plan.available.bytes), plan.available.source, where, ", ".join(stage.keys(level)))
         return plan
     raise InsufficientMemoryError(
         f"the registration needs an estimated {need} ({where}) but only {format_bytes(plan.available.bytes)} is "
-        f"available ({plan.available.source}); to need less, change {', '.join(level.keys())} (or use smaller "
-        "images); `elastix-bridge plan` shows every stage and level")
+        f"available ({plan.available.source}); to need less, change {', '.join(stage.keys(level))} (or use "
+        "smaller images); `elastix-bridge plan` shows every stage and level")
 
 
 _MEMORY_TEXTS = ("unable to allocate", "failed to allocate memory", "out of memory", "can't allocate memory",
@@ -553,7 +556,7 @@ def memory_error(error: BaseException, stage: int, engine: str, level: Optional[
                  f"({_largest_parts(lv.parts)})")
         if plan.available is not None:
             text += f" of {format_bytes(plan.available.bytes)} available ({plan.available.source})"
-        text += f". To need less, change {', '.join(lv.keys())} (or use smaller images)"
+        text += f". To need less, change {', '.join(stage_plan.keys(lv))} (or use smaller images)"
     else:
         text += ". To need less, use fewer samples (NumberOfSpatialSamples), larger ImpactVoxelSize or smaller images"
     return InsufficientMemoryError(text + "; `elastix-bridge plan` shows the estimate per level")
@@ -586,7 +589,7 @@ def format_plan(plan: RegistrationPlan) -> str:
         lines.append(f"estimated peak memory {need}; available memory unknown on this system")
     else:
         lines.append(f"estimated peak memory {need} of {format_bytes(plan.available.bytes)} available "
-                     f"({plan.available.source}): {plan.verdict}")
+                     f"({plan.available.source}): {_VERDICTS[plan.verdict]}")
     if plan.lower_bound:
         lines.append("(a lower bound: some models were not probed; see `elastix-bridge plan --probe-models`)")
     return "\n".join(lines)

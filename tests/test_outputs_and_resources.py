@@ -226,6 +226,28 @@ def _model_config():
     return ModelConfig("mind-ssc-2d", 2, 1, (5, 5), (1.0, 1.0), (True,))
 
 
+def test_real_allocation_failures_are_recognised_and_named():
+    """numpy's and torch's own out-of-memory errors (1 PiB requests fail on any machine)."""
+    torch = pytest.importorskip("torch")
+    failures = []
+    for allocate in (lambda: np.empty(2 ** 50, dtype=np.uint8), lambda: torch.empty(2 ** 50, dtype=torch.uint8)):
+        with pytest.raises(Exception) as caught:
+            allocate()
+        failures.append(caught.value)
+    assert all(plan.is_memory_error(e) for e in failures)
+    assert not plan.is_memory_error(ValueError("ImpactDistance0 'L3' is not a known distance"))
+    fixed = geometry((36, 36), (1.0, 1.0))
+    result = plan.plan_registration(fixed, fixed, [ParameterMap.from_dict(impact_parameters())],
+                                    available=memory.MemoryBudget(2 ** 30, "test"))
+    named = plan.memory_error(failures[0], 0, "bridge", 0, result)
+    assert isinstance(named, plan.InsufficientMemoryError)
+    text = str(named)
+    assert text.startswith("stage 0 (bridge engine), resolution level 0 ran out of memory (Unable to allocate")
+    assert "the estimate for it was" in text and "of 1.0 GiB available (test)" in text and "ImpactVoxelSize0" in text
+    assert str(plan.memory_error(failures[1], None, "elastix", None, None)).startswith(
+        "the elastix run (every stage) ran out of memory")
+
+
 def test_run_refused_when_the_estimate_exceeds_the_limit(inputs, tmp_path, capsys, monkeypatch, translation):
     out = tmp_path / "out"
     code, _, err = run_into(capsys, inputs, out, translation)
@@ -234,8 +256,8 @@ def test_run_refused_when_the_estimate_exceeds_the_limit(inputs, tmp_path, capsy
     fine = write_parameter_file(tmp_path / "fine.txt", impact_parameters(ImpactVoxelSize0=[0.1, 0.1]))
     monkeypatch.setenv(memory.MEMORY_LIMIT_ENV, "2M")
     code, _, err = run_into(capsys, inputs, out, fine)
-    assert_one_line_error(code, err, "the registration needs an estimated", "stage 0 (bridge engine), resolution "
-                          "level 0: feature maps", "but only 2.0 MiB is available ($ELASTIX_BRIDGE_MEMORY_LIMIT)",
+    assert_one_line_error(code, err, "the registration needs an estimated", "most at stage 0 (bridge engine), "
+                          "resolution level 0: feature maps", "but only 2.0 MiB is available ($ELASTIX_BRIDGE_MEMORY_LIMIT)",
                           "change ImpactVoxelSize0", "elastix-bridge plan")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # refused before the folder was touched
 
@@ -246,7 +268,7 @@ def test_warning_when_close_and_the_limit_from_the_environment(monkeypatch, capl
     need = plan.plan_registration(fixed, fixed, [pmap]).peak_bytes
     with caplog.at_level("WARNING", logger="elastix_bridge"):
         plan.check_resources(fixed, fixed, [pmap], available=memory.MemoryBudget(int(need / 0.9), "test"))
-    assert "may run out of memory" in caplog.text and "NumberOfResolutions" in caplog.text
+    assert "may run out of memory" in caplog.text and "NumberOfResolutions" in caplog.text  # elastix keeps every level
     with pytest.raises(plan.InsufficientMemoryError, match="needs an estimated"):
         plan.check_resources(fixed, fixed, [pmap], available=memory.MemoryBudget(need - 1, "test"))
     monkeypatch.setenv(memory.MEMORY_LIMIT_ENV, "1.5G")
