@@ -10,7 +10,8 @@ run leaves its error there). What differs here, and why (docs/outputs_and_resour
   time, command, which the lock file records). Two runs into one folder otherwise interleave:
   run B's ``TransformParameters.1.txt`` would chain onto run A's ``.0``.
 * **Stale outputs removed.** Before anything is written, every file a run of this command writes
-  (:data:`OUTPUT_PATTERNS`) is removed; other files are never touched. Per-name overwriting
+  (:data:`OUTPUT_PATTERNS`: ``TransformParameters.<k>.*``, ``IterationInfo.<k>.*``,
+  ``result.<k>.*``, the log, ``qc.png``) is removed; other files are never touched. Per-name overwriting
   would leave a 2-stage run's ``TransformParameters.1.txt`` beside a new 1-stage run's ``.0``,
   chained onto a transform it was not fitted on.
 * **Failure.** The outputs the failed run wrote are removed (a stage-0 TransformParameters beside
@@ -32,10 +33,12 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 LOCK_NAME = ".elastix-bridge.lock"
-#: Names a run of elastix-bridge (or elastix) writes into its output folder; ``{log}`` is the log's name.
-OUTPUT_PATTERNS = ("TransformParameters.*", "IterationInfo.*", "result.*", "{log}", "qc.png",
-                   ".stage*-*",  # scratch folders of elastix stages (api._elastix_stage)
-                   ".TransformParameters.*.tmp", ".result.*.tmp", ".qc.png.*.tmp")  # write_atomically leftovers
+#: Names a run of elastix-bridge (or elastix) writes into its output folder, numbered by stage as
+#: elastix numbers them (``result.0.mha``, ``IterationInfo.1.R2.txt``, ``TransformParameters.0.R1.txt``),
+#: so that a user's ``result.xlsx`` is not one of them; ``{log}`` is the log's name.
+OUTPUT_PATTERNS = ("TransformParameters.[0-9]*", "IterationInfo.[0-9]*", "result.[0-9]*", "{log}", "qc.png",
+                   ".stage[0-9]*-*",  # scratch folders of elastix stages (api._elastix_stage)
+                   ".TransformParameters.[0-9]*.tmp", ".result.[0-9]*.tmp", ".qc.png.*.tmp")  # write_atomically
 
 
 class OutputFolderError(ValueError):
