@@ -159,8 +159,9 @@ def owned_output_folder(path, log_name: str = "elastix.log", command: Optional[s
 
     The folder is created if absent (:func:`prepare_output_folder`). The lock is
     ``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``path/.elastix-bridge.lock``, which records the
-    holder's PID, host, start time and command; the kernel releases it when the process ends, so a
-    killed run never leaves the folder locked. A nested call from the same thread (the command
+    holder's PID, host, start time and command and is removed when the run ends; the kernel
+    releases the lock when the process ends, so a killed run never leaves the folder locked (its
+    lock file stays, harmless, until the next run). A nested call from the same thread (the command
     calling :func:`elastix_bridge.api.elastix_registration_method`) re-enters without clearing.
     flock is advisory and per host on most network file systems: it guards against runs of
     elastix-bridge, not against other programs writing into the folder.
@@ -186,16 +187,8 @@ def owned_output_folder(path, log_name: str = "elastix.log", command: Optional[s
     if held is not None:
         yield held
         return
-    handle = open(folder / LOCK_NAME, "a+", encoding="utf-8")
+    handle = _lock(folder / LOCK_NAME, path, flag)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = _describe_holder(handle.read())
-            raise OutputFolderBusyError(
-                f"output folder ({flag}) {path} is in use by {holder}; two runs into one folder would mix their "
-                "files. Wait for it to finish, or give another folder") from None
         handle.seek(0)
         handle.truncate()
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -215,4 +208,31 @@ def owned_output_folder(path, log_name: str = "elastix.log", command: Optional[s
             with _HELD_LOCK:
                 _HELD.pop(key, None)
     finally:
+        with contextlib.suppress(OSError):
+            os.unlink(folder / LOCK_NAME)  # while still locked: a waiting opener then sees a new file
         handle.close()  # releases the flock
+
+
+def _lock(lock_file: Path, path, flag: str):
+    """Open and flock ``lock_file``; the open file, or OutputFolderBusyError naming the holder.
+
+    The file is removed when a run ends, so a file opened just before that removal is locked but
+    no longer in the folder: locking is retried on the file now at that name.
+    """
+    while True:
+        handle = open(lock_file, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = _describe_holder(handle.read())
+            handle.close()
+            raise OutputFolderBusyError(
+                f"output folder ({flag}) {path} is in use by {holder}; two runs into one folder would mix their "
+                "files. Wait for it to finish, or give another folder") from None
+        try:
+            if os.stat(lock_file).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()

@@ -66,7 +66,7 @@ def test_one_stage_run_removes_a_two_stage_runs_outputs_and_lists_only_its_own(i
 
     code, stdout, err = run_into(capsys, inputs, out, write_parameter_file(tmp_path / "one.txt", translation_map()))
     assert code == 0, err
-    names = set(os.listdir(out)) - {LOCK_NAME}
+    names = set(os.listdir(out))  # the lock file went with the run
     new = {"TransformParameters.0.txt", "result.0.mha", "IterationInfo.0.R0.txt", "elastix.log"}
     assert names == new | {"notes.txt", "result.xlsx"}
     assert wrote(stdout) == new
@@ -90,7 +90,7 @@ def test_a_failing_run_into_an_earlier_result_removes_its_outputs_and_keeps_the_
     impact = write_parameter_file(tmp_path / "impact.txt", impact_parameters(ImpactModelsPath0=str(model)))
     code, _, err = run_into(capsys, inputs, out, translation, impact)
     line = assert_one_line_error(code, err, "fails.pt", "returned 2")
-    assert sorted(set(os.listdir(out)) - {LOCK_NAME}) == ["elastix.log"]
+    assert os.listdir(out) == ["elastix.log"]
     log = (out / "elastix.log").read_text()
     assert "Stage 0 (elastix engine)" in log  # the log of this run, not emptied
     assert log.rstrip().splitlines()[-2] == line  # ends with the error ...
@@ -137,11 +137,38 @@ def test_a_second_run_into_a_held_folder_fails_at_once_naming_the_first(inputs, 
         assert_one_line_error(code, err, f"output folder (-out) {out} is in use by run PID {holder.pid}",
                               f"on host {socket.gethostname()}", "the first run", "give another folder")
         assert (out / "TransformParameters.0.txt").read_text() == "run A"  # the first run's files untouched
+        assert (out / LOCK_NAME).is_file()
     finally:
         holder.communicate("\n", timeout=60)
     code, stdout, err = run_into(capsys, inputs, out, translation)  # released: the folder is free again
     assert code == 0, err
     assert "TransformParameters.0.txt" in wrote(stdout)
+
+
+def test_lock_reentered_by_the_same_thread_refused_to_another_and_left_by_a_killed_run(tmp_path):
+    import threading
+
+    from elastix_bridge.output_folder import OutputFolderBusyError, owned_output_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).write_text("pid=1\nhost=gone\nstarted=earlier\ncommand=a killed run\n")  # no flock held
+    errors = []
+    with owned_output_folder(out, command="outer") as outer:
+        with owned_output_folder(out) as inner:  # the command calling the API
+            assert inner is outer
+        thread = threading.Thread(target=lambda: errors.append(pytest.raises(OutputFolderBusyError, _enter, out)))
+        thread.start()
+        thread.join()
+    assert "in use by run PID" in str(errors[0].value) and "outer" in str(errors[0].value)
+    assert not (out / LOCK_NAME).exists()
+
+
+def _enter(out):
+    from elastix_bridge.output_folder import owned_output_folder
+
+    with owned_output_folder(out):
+        pass
 
 
 def test_out_that_is_a_file_is_named(inputs, tmp_path, capsys, translation):
