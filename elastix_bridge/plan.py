@@ -10,8 +10,9 @@ and keys when a real allocation still fails.
 images and feature maps, float64 coordinates and B-spline coefficients):
 
 * the input images and masks; per level the pyramid images (bridge engine: the current level;
-  elastix stages: every level, as elastix's pyramid filters keep them all) and the images'
-  B-spline coefficients; the samples;
+  elastix stages: every level, as elastix's pyramid filters keep them all, unless its Generic
+  pyramids have ``ComputePyramidImagesPerResolution``) and the images' B-spline coefficients;
+  the samples;
 * Impact **Static** mode: per model and side, the grid resampled at ``ImpactVoxelSize`` (points,
   values) and each selected layer's feature map (float32, its float64 copy and coefficients);
 * Impact **Jacobian** mode: per sample the patch points and values, the model inputs
@@ -128,6 +129,8 @@ class StagePlan:
         levels: one :class:`LevelPlan` per resolution level.
         base: bytes held for the whole stage (input images, masks, elastix's pyramids, result image).
         lower_bound: some model's channels or activations were unknown (not probed).
+        all_pyramid_levels: elastix keeps every level's pyramid images (all but its Generic
+            pyramids with ``ComputePyramidImagesPerResolution``).
     """
 
     stage: int
@@ -138,6 +141,7 @@ class StagePlan:
     levels: list
     base: dict
     lower_bound: bool = False
+    all_pyramid_levels: bool = False
 
     @property
     def peak_level(self) -> LevelPlan:
@@ -148,8 +152,11 @@ class StagePlan:
         return int(sum(self.base.values())) + self.peak_level.bytes
 
     def keys(self, level: LevelPlan) -> list:
-        """Keys that make ``level`` of this stage smaller (elastix keeps every level's pyramid images)."""
-        return level.keys() + (["NumberOfResolutions"] if self.engine == "elastix" else [])
+        """Keys that make ``level`` of this stage smaller, and elastix's for its pyramids of every level."""
+        if not self.all_pyramid_levels:
+            return level.keys()
+        return level.keys() + ["NumberOfResolutions", "ComputePyramidImagesPerResolution \"true\" (with "
+                               "FixedGenericImagePyramid and MovingGenericImagePyramid)"]
 
 
 @dataclass
@@ -206,9 +213,11 @@ def _geometry(image):
 
     if image is None or isinstance(image, ImageGeometry):
         return image
-    if hasattr(image, "GetLargestPossibleRegion"):
-        return ImageGeometry.from_itk(image)
     import itk
+
+    if hasattr(image, "GetLargestPossibleRegion"):  # sizes only: elastix accepts any start index
+        return ImageGeometry(tuple(image.GetLargestPossibleRegion().GetSize()), tuple(image.GetSpacing()),
+                             tuple(image.GetOrigin()), itk.array_from_matrix(image.GetDirection()))
 
     io = itk.ImageIOFactory.CreateImageIO(str(image), itk.CommonEnums.IOFileMode_ReadMode)
     if io is None:
@@ -398,7 +407,8 @@ def plan_stage(k: int, pmap, engine: str, fixed, moving, fixed_mask=None, moving
     masks = sum(int(np.prod(g.size)) for g in (fixed_mask, moving_mask) if g is not None)
     if masks:
         base["masks"] = masks
-    if engine == "elastix":  # elastix's pyramid filters keep every level
+    all_levels = engine == "elastix" and not _pyramids_per_resolution(pmap)
+    if all_levels:  # elastix's pyramid filters compute and keep every level at once
         base["pyramid images"] = sum(int(np.prod(f)) + int(np.prod(m)) for f, m in zip(fixed_sizes, moving_sizes)) * F32
     configs = (impact_levels(pmap.to_dict(), levels, dim, metric_index=metrics.index("Impact"))
                if "Impact" in metrics else [])
@@ -414,6 +424,8 @@ def plan_stage(k: int, pmap, engine: str, fixed, moving, fixed_mask=None, moving
                 parts["masks"] = masks  # the eroded copies
         else:
             parts["image coefficients"] = lm * F64
+            if not all_levels:
+                parts["pyramid images"] = (lf + lm) * F32
         maps = []
         if configs:
             level_spacing = fixed.spacing * np.asarray(fixed.size) / np.asarray(fixed_sizes[r])
@@ -423,7 +435,13 @@ def plan_stage(k: int, pmap, engine: str, fixed, moving, fixed_mask=None, moving
             lower |= missing
         plans.append(LevelPlan(r, fixed_sizes[r], moving_sizes[r], samples, maps, parts))
     return StagePlan(k, engine, metrics, pmap.get("Transform", default="?"),
-                     configs[0].mode if configs else None, plans, base, lower)
+                     configs[0].mode if configs else None, plans, base, lower, all_levels)
+
+
+def _pyramids_per_resolution(pmap) -> bool:
+    """elastix's Generic pyramids with ``ComputePyramidImagesPerResolution``: one level in memory at a time."""
+    generic = all(pmap.get(f"{w}ImagePyramid", default="") == f"{w}GenericImagePyramid" for w in ("Fixed", "Moving"))
+    return generic and pmap.get("ComputePyramidImagesPerResolution", default=False, type=bool)
 
 
 def plan_registration(fixed_image, moving_image, parameter_object, fixed_mask=None, moving_mask=None,

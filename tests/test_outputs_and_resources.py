@@ -210,6 +210,14 @@ def test_estimate_of_a_static_mind_level_and_an_elastix_stage():
     assert stage0.engine == "elastix" and stage1.engine == "bridge" and stage1.impact_mode == "Static"
     assert stage0.base == {"input images": 2 * v * 4, "result image": v * 4, "pyramid images": 3 * 2 * v * 4}
     assert [lv.samples for lv in stage0.levels] == [100, 100, 100]
+    per_resolution = ParameterMap.from_dict(translation_map(
+        levels=3, FixedImagePyramid="FixedGenericImagePyramid", MovingImagePyramid="MovingGenericImagePyramid",
+        ComputePyramidImagesPerResolution="true"))
+    generic = plan.plan_registration(fixed, fixed, [per_resolution]).stages[0]
+    assert "pyramid images" not in generic.base  # elastix computes one level at a time then
+    sizes = [(10, 9), (20, 18), (40, 36)]  # elastix's default schedule: factors 4, 2, 1
+    assert [lv.fixed_size for lv in generic.levels] == sizes
+    assert [lv.parts["pyramid images"] for lv in generic.levels] == [2 * x * y * 4 for x, y in sizes]
 
     level = stage1.levels[0]
     grid = (96, 72)  # the fixed extent, 48 × 36 mm, at ImpactVoxelSize 0.5 mm
