@@ -20,9 +20,11 @@ images and feature maps, float64 coordinates and B-spline coefficients):
   interpolation per moving patch point (B-spline weights: (order+1)^D float64 for the transform,
   twice (order+1)^D for the interpolator; approximate) and each selected layer's output.
 
-Checked against the peak resident memory of real runs (3D MIND-SSC, one level, CPU): Static mode
-on 128³ voxels estimated 1.21 GiB for a measured rise of 1.17 GiB; Jacobian mode on 64³ voxels with
-2000 samples and 7³ patches (probed) estimated 0.70 GiB for 0.72 GiB (docs/outputs_and_resources.md).
+Checked against the rise of the peak resident memory of real runs once the input images existed
+(CPU; the estimate includes the inputs): 3D MIND-SSC Static mode on 128³ voxels, one level,
+estimated 1.21 GiB for 1.17 GiB measured; Jacobian mode on 64³ voxels, 2000 samples, 7³ patches
+(probed) 0.70 GiB for 0.72 GiB; elastix's affine Mattes MI preset on 160³ voxels 203 MiB for 185 MiB
+(docs/outputs_and_resources.md).
 
 Feature channels and output sizes are known without running a model only for the built-in
 MIND-SSC models; for other models, unless they are probed (``probe_models=True``: each model runs
