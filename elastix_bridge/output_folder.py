@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 LOCK_NAME = ".elastix-bridge.lock"
+SCRATCH_PATTERN = ".stage[0-9]*-*"  # scratch folders of elastix stages (api._elastix_stage), left by a killed run
 #: Names a run of elastix-bridge (or elastix) writes into its output folder, numbered by stage as
 #: elastix numbers them (``result.0.mha``, ``IterationInfo.1.R2.txt``, ``TransformParameters.0.R1.txt``),
 #: so that a user's ``result.xlsx`` is not one of them; ``{log}`` is the log's name.
 OUTPUT_PATTERNS = ("TransformParameters.[0-9]*", "IterationInfo.[0-9]*", "result.[0-9]*", "{log}", "qc.png",
-                   ".stage[0-9]*-*",  # scratch folders of elastix stages (api._elastix_stage)
+                   ".stage[0-9]*-*",  # SCRATCH_PATTERN
                    ".TransformParameters.[0-9]*.tmp", ".result.[0-9]*.tmp", ".qc.png.*.tmp")  # write_atomically
 
 
@@ -102,6 +103,8 @@ class OutputRun:
             if entry.name == LOCK_NAME or not _is_output(entry.name, self.log_name):
                 continue
             if entry.is_dir() and not entry.is_symlink():
+                if not fnmatch.fnmatchcase(entry.name, SCRATCH_PATTERN):
+                    continue  # a folder named like an output is the user's: outputs are files
                 shutil.rmtree(entry)
             else:
                 entry.unlink()

@@ -62,13 +62,15 @@ def test_one_stage_run_removes_a_two_stage_runs_outputs_and_lists_only_its_own(i
     assert {"TransformParameters.1.txt", "result.1.mha", "IterationInfo.1.R1.txt"} <= set(os.listdir(out))
     for mine in ("notes.txt", "result.xlsx"):  # not outputs of this command: never touched
         (out / mine).write_text("mine")
+    (out / "result.2024").mkdir()  # a folder named like an output is the user's too
+    (out / ".stage1-x7").mkdir()  # a scratch folder left by a killed run
     (out / "qc.png").write_bytes(b"stale picture")  # an output of this command from an earlier run
 
     code, stdout, err = run_into(capsys, inputs, out, write_parameter_file(tmp_path / "one.txt", translation_map()))
     assert code == 0, err
     names = set(os.listdir(out))  # the lock file went with the run
     new = {"TransformParameters.0.txt", "result.0.mha", "IterationInfo.0.R0.txt", "elastix.log"}
-    assert names == new | {"notes.txt", "result.xlsx"}
+    assert names == new | {"notes.txt", "result.xlsx", "result.2024"}
     assert wrote(stdout) == new
     assert (out / "notes.txt").read_text() == (out / "result.xlsx").read_text() == "mine"
     assert "removed" in stdout  # says that an earlier run's files went
