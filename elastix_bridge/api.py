@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .output_folder import is_held, owned_output_folder, prepare_output_folder
+
 log = logging.getLogger("elastix_bridge")
 
 
@@ -110,6 +112,9 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
         log_to_console: print the registration log.
         output_directory: existing folder for ``TransformParameters.<i>.txt``, ``result.<i>.<fmt>``,
             ``IterationInfo.<i>.R<r>.txt`` and the log, numbered by stage as elastix numbers them.
+            The call owns it (:func:`elastix_bridge.output_folder.owned_output_folder`): a lock
+            against a second run, the outputs of an earlier run removed first (other files are
+            kept), and after a failure this call's outputs removed and the error appended to the log.
         log_to_file, log_file_name: write the log into ``output_directory``.
         engine: ``"auto"`` (maps with ``(Metric "Impact")`` on the bridge engine, the others on
             elastix), ``"elastix"`` (everything on itk-elastix, e.g. with a native IMPACT plugin) or
@@ -137,9 +142,12 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
         TypeError: an image or mask that is not an ``itk.Image`` (a path, a numpy array), saying what
             to pass.
         FileNotFoundError: ``output_directory`` or an initial transform file does not exist.
+        elastix_bridge.output_folder.OutputFolderError: ``output_directory`` is a file.
+        elastix_bridge.output_folder.OutputFolderBusyError: another run holds ``output_directory``.
+        elastix_bridge.plan.InsufficientMemoryError: the estimate exceeds the available memory (before
+            any work), or an allocation failed (naming the stage, level, estimate and keys).
     """
     from .parameters import parameter_maps_from_object
-    from .transform_io import to_parameter_object
     from .validation import CHAIN_KEYWORDS, validate_request
 
     maps = [] if parameter_object is None else parameter_maps_from_object(parameter_object)
@@ -152,27 +160,57 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
         native = preload_native_plugin()  # None unless $ELASTIX_BRIDGE_NATIVE_PLUGIN is set
     engines = stage_engines(maps, engine, native_plugin=native is not None)
     validate_request(maps, engines, fixed_image, moving_image, fixed_mask, moving_mask, kwargs)
-    # Without a bridge stage, one itk-elastix call (per-stage runs only to show progress bars).
-    if "bridge" not in engines and (not progress or not maps or set(kwargs) - set(CHAIN_KEYWORDS)):
-        call = dict(kwargs, log_to_console=log_to_console)
-        if parameter_object is not None:
-            call["parameter_object"] = parameter_object if not maps else to_parameter_object(maps)
-        call.update(_given(fixed_mask=fixed_mask, moving_mask=moving_mask,
-                           output_directory=None if output_directory is None else str(output_directory)))
-        if output_directory is not None and log_to_file:
-            call.update(log_to_file=True, log_file_name=log_file_name)
-        return _itk_elastix()(fixed_image, moving_image, **call)
-
     out = None if output_directory is None else Path(output_directory)
     if out is not None and not out.is_dir():
+        prepare_output_folder(out, "output_directory", create=False)  # a file: a named error
         raise FileNotFoundError(f"output directory {out} does not exist; create it first (elastix requires it)")
-    logfile = out / log_file_name if out is not None and log_to_file else None
-    return _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask, out, log_to_console,
-                      logfile, progress, **kwargs)
+    # Without a bridge stage, one itk-elastix call (per-stage runs only to show progress bars).
+    one_call = "bridge" not in engines and (not progress or not maps or set(kwargs) - set(CHAIN_KEYWORDS))
+    plan = _resource_plan(fixed_image, moving_image, maps, fixed_mask, moving_mask, engine, out)
+    owner = (contextlib.nullcontext() if out is None else
+             owned_output_folder(out, log_file_name, flag="output_directory", error_to_log=log_to_file))
+    with owner:
+        if one_call:
+            return _one_itk_elastix_call(fixed_image, moving_image, parameter_object, maps, fixed_mask, moving_mask,
+                                         log_to_console, out, log_to_file, log_file_name, plan, kwargs)
+        logfile = out / log_file_name if out is not None and log_to_file else None
+        return _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask, out, log_to_console,
+                          logfile, progress, plan, **kwargs)
+
+
+def _resource_plan(fixed_image, moving_image, maps, fixed_mask, moving_mask, engine, out):
+    """The memory plan of the run, refusing one that cannot fit (unless the command, owning ``out``, checked)."""
+    from .plan import check_resources, plan_registration
+
+    if not maps or not all(hasattr(i, "GetLargestPossibleRegion") for i in (fixed_image, moving_image)):
+        return None  # itk-elastix's defaults, or arguments the registration itself refuses
+    if out is not None and is_held(out):
+        return plan_registration(fixed_image, moving_image, maps, fixed_mask, moving_mask, engine)
+    return check_resources(fixed_image, moving_image, maps, fixed_mask, moving_mask, engine)
+
+
+def _one_itk_elastix_call(fixed_image, moving_image, parameter_object, maps, fixed_mask, moving_mask, log_to_console,
+                          out, log_to_file, log_file_name, plan, kwargs):
+    """Every map in one itk-elastix call (no bridge stage)."""
+    from .plan import is_memory_error, memory_error
+    from .transform_io import to_parameter_object
+
+    call = dict(kwargs, log_to_console=log_to_console)
+    if parameter_object is not None:
+        call["parameter_object"] = parameter_object if not maps else to_parameter_object(maps)
+    call.update(_given(fixed_mask=fixed_mask, moving_mask=moving_mask, output_directory=None if out is None else str(out)))
+    if out is not None and log_to_file:
+        call.update(log_to_file=True, log_file_name=log_file_name)
+    try:
+        return _itk_elastix()(fixed_image, moving_image, **call)
+    except Exception as error:
+        if is_memory_error(error):
+            raise memory_error(error, 0 if len(maps) == 1 else None, "elastix", None, plan) from error
+        raise
 
 
 def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask, out, log_to_console, logfile,
-               progress=False, number_of_threads=None, initial_transform_parameter_file_name=None,
+               progress=False, plan=None, number_of_threads=None, initial_transform_parameter_file_name=None,
                initial_transform_parameter_object=None):
     """Run the stages in order, each on its engine, each starting from the ones before it."""
     import itk
@@ -180,6 +218,7 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
     from .engine.initial_transforms import chain_from_file
     from .image_io import write_image
     from .parameters import parameter_maps_from_object
+    from .plan import is_memory_error, memory_error
     from .progress import StageProgress, elastix_stage_bar
     from .transform_io import to_parameter_object, write_transform_parameter_file
 
@@ -202,23 +241,29 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
             previous_file = (str(out / f"TransformParameters.{k - 1}.txt") if k and out is not None
                              else (str(Path(t0).resolve()) if t0 and not k else None))
             tic = time.perf_counter()
-            if engine == "bridge":
-                bars = StageProgress(k, pmap) if progress else None
-                try:
-                    tp_map = _bridge_stage(fixed_image, moving_image, pmap, k, initial_maps + stage_maps,
-                                           fixed_mask, moving_mask, out, previous_file, bars)
-                finally:
-                    if bars is not None:
-                        bars.close()
-            else:
-                bar = elastix_stage_bar(k) if progress else None
-                try:
-                    tp_map = _elastix_stage(fixed_image, moving_image, pmap, k, initial_maps + stage_maps,
-                                            fixed_mask, moving_mask, out, previous_file, log_to_console, log_file,
-                                            number_of_threads)
-                finally:
-                    if bar is not None:
-                        bar.close()
+            level = []  # the resolution level the bridge engine is at, to name it in a memory error
+            try:
+                if engine == "bridge":
+                    bars = StageProgress(k, pmap) if progress else None
+                    try:
+                        tp_map = _bridge_stage(fixed_image, moving_image, pmap, k, initial_maps + stage_maps,
+                                               fixed_mask, moving_mask, out, previous_file, bars, level.append)
+                    finally:
+                        if bars is not None:
+                            bars.close()
+                else:
+                    bar = elastix_stage_bar(k) if progress else None
+                    try:
+                        tp_map = _elastix_stage(fixed_image, moving_image, pmap, k, initial_maps + stage_maps,
+                                                fixed_mask, moving_mask, out, previous_file, log_to_console,
+                                                log_file, number_of_threads)
+                    finally:
+                        if bar is not None:
+                            bar.close()
+            except Exception as error:
+                if is_memory_error(error):
+                    raise memory_error(error, k, engine, level[-1] if level else None, plan) from error
+                raise
             log.info("Stage %d (%s engine) took %.1f s.", k, engine, time.perf_counter() - tic)
             stage_maps.append(tp_map)
             # In memory, map i's initial transform is map i-1 (file names are ignored, elastix_spec §1.7).
@@ -235,7 +280,7 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
 
 
 def _bridge_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, moving_mask, out, previous_file,
-                  on_iteration=None):
+                  on_iteration=None, on_level=None):
     """One stage on the bridge engine; returns its TransformParameters map."""
     from .engine.initial_transforms import TransformChain
     from .engine.registration import run_stage
@@ -243,7 +288,7 @@ def _bridge_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, mo
     chain = TransformChain(chain_maps) if chain_maps else None
     stage = run_stage(fixed_image, moving_image, pmap, fixed_mask, moving_mask, elastix_level=k,
                       output_directory=out, initial_transform=chain, initial_transform_file=previous_file,
-                      on_iteration=on_iteration)
+                      on_iteration=on_iteration, on_level=on_level)
     tp_map = stage.transform_parameter_map
     # itk-elastix reports the input pixel type as the result type.
     tp_map.set("ResultImagePixelType", ["float"])

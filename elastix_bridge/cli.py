@@ -6,6 +6,7 @@
     elastix-bridge doctor [--json] [--build]  can Impact run here? (exit 1 when not, with the fix)
     elastix-bridge make-model NAME -o F  write a built-in TorchScript feature model (e.g. mind-ssc-3d)
     elastix-bridge demo --out DIR        register real anatomy (MNI152 from nilearn) with a known deformation
+    elastix-bridge plan -f F -m M -p P   per stage and level: engine, sizes, samples, memory estimate
 
 Errors print one message (what failed, why, what to do) without a Python traceback and exit 1.
 """
@@ -23,12 +24,16 @@ def _registration_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="elastix-bridge",
         description="Run an elastix registration; stages with (Metric \"Impact\") run on the bridge engine, "
-                    "all others on elastix (itk-elastix). Other commands: build-plugin, make-model, demo.")
+                    "all others on elastix (itk-elastix). Other commands: build-plugin, doctor, make-model, "
+                    "demo, plan.")
     p.add_argument("-f", required=True, metavar="FIXED", help="fixed image")
     p.add_argument("-m", required=True, metavar="MOVING", help="moving image")
     p.add_argument("-p", required=True, action="append", metavar="PARAMS",
                    help="parameter file (.txt or .toml); repeat for a sequence of registrations")
-    p.add_argument("-out", required=True, metavar="DIR", help="output directory (created if absent)")
+    p.add_argument("-out", required=True, metavar="DIR",
+                   help="output directory (created if absent); the run locks it, first removes the outputs of an "
+                        "earlier run (TransformParameters.*, IterationInfo.*, result.*, elastix.log, qc.png; other "
+                        "files are kept), and after a failure removes its own, keeping elastix.log with the error")
     p.add_argument("-fMask", metavar="MASK", help="fixed mask (non-zero = inside)")
     p.add_argument("-mMask", metavar="MASK", help="moving mask (non-zero = inside)")
     p.add_argument("-t0", metavar="TP", help="initial TransformParameters file (followed through its "
@@ -50,19 +55,19 @@ def _registration_parser() -> argparse.ArgumentParser:
 
 
 def run_registration(argv) -> int:
-    import itk
-
     from .api import elastix_registration_method
-    from .image_io import read_image, read_mask
+    from .image_io import read_image, read_image_geometry, read_mask
+    from .output_folder import owned_output_folder, prepare_output_folder
     from .parameters import read_parameter_file
-    from .validation import check_threads, validate_maps
+    from .plan import check_resources
+    from .validation import check_threads, validate_images, validate_maps
 
     args = _registration_parser().parse_args(argv)
     if args.qc:  # before a long registration, not after it
         from .qc import _require_matplotlib
 
         _require_matplotlib()
-    out = Path(args.out)
+    out = prepare_output_folder(args.out, "-out", create=False)  # a file: a named error, before any reading
     for path in args.p:
         if not Path(path).is_file():
             raise FileNotFoundError(f"parameter file (-p) {path} does not exist; check the path")
@@ -72,11 +77,14 @@ def run_registration(argv) -> int:
     for pmap in parameter_object:  # elastix's command-line default; itk-elastix's Python default differs
         if not pmap.has("ResultImageFormat"):
             pmap.set("ResultImageFormat", ["mhd"])
-    validate_maps(parameter_object, names=[f"-p {path}" for path, _ in maps_by_file])  # before any image is read
+    # Every map of the chain, before any pixel is read: the fixed image's header gives the dimension.
+    dimension = read_image_geometry(args.f, "fixed image (-f)").dimension
+    validate_maps(parameter_object, dimension=dimension, names=[f"-p {path}" for path, _ in maps_by_file])
     fixed, moving = read_image(args.f, "fixed image (-f)"), read_image(args.m, "moving image (-m)")
     fixed_mask = read_mask(args.fMask, "fixed mask (-fMask)") if args.fMask else None
     moving_mask = read_mask(args.mMask, "moving mask (-mMask)") if args.mMask else None
-    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are readable
+    validate_images(fixed, moving, fixed_mask, moving_mask)  # named causes before the memory estimate reads them
+    check_resources(fixed, moving, parameter_object, fixed_mask, moving_mask, args.engine)
     kwargs = {}
     if args.t0:
         if not Path(args.t0).is_file():
@@ -86,19 +94,21 @@ def run_registration(argv) -> int:
         kwargs["number_of_threads"] = args.threads
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     console = args.loglevel not in ("off", None) or (args.loglevel is None and not progress)
-    result, tp = elastix_registration_method(
-        fixed, moving, parameter_object=parameter_object,
-        fixed_mask=fixed_mask, moving_mask=moving_mask,
-        log_to_console=console, output_directory=str(out), log_to_file=True, engine=args.engine,
-        progress=progress, **kwargs)
-    if out.is_dir():
+    # The folder is created only once the inputs are readable, and owned until the QC picture is written.
+    with owned_output_folder(out, command=" ".join(["elastix-bridge", *map(str, argv)])) as run:
+        result, tp = elastix_registration_method(
+            fixed, moving, parameter_object=parameter_object,
+            fixed_mask=fixed_mask, moving_mask=moving_mask,
+            log_to_console=console, output_directory=str(out), log_to_file=True, engine=args.engine,
+            progress=progress, **kwargs)
         cast_results_to_pixel_type(out, parameter_object)
-    if args.qc:
-        from .qc import write_qc_figure
+        if args.qc:
+            from .qc import write_qc_figure
 
-        write_qc_figure(fixed, moving, tp, out / "qc.png", output_directory=out)
-    print(f"elastix-bridge: wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} "
-          f"to {out}")
+            write_qc_figure(fixed, moving, tp, out / "qc.png", output_directory=out)
+        written = run.written()
+    removed = f" (first removed {len(run.removed)} file(s) of an earlier run)" if run.removed else ""
+    print(f"elastix-bridge: wrote {', '.join(written)} to {out}{removed}")
     return 0
 
 
@@ -191,6 +201,34 @@ def run_demo(argv) -> int:
     return 0
 
 
+def run_plan(argv) -> int:
+    from .parameters import read_parameter_file
+    from .plan import plan_registration
+
+    p = argparse.ArgumentParser(prog="elastix-bridge plan",
+                                description="Print, per stage and resolution level, the engine, image sizes, feature "
+                                            "maps, samples and the memory estimate, against this machine's available "
+                                            "memory; runs nothing (only the images' headers are read).")
+    p.add_argument("-f", required=True, metavar="FIXED", help="fixed image")
+    p.add_argument("-m", required=True, metavar="MOVING", help="moving image")
+    p.add_argument("-p", required=True, action="append", metavar="PARAMS", help="parameter file; repeat for a chain")
+    p.add_argument("-fMask", metavar="MASK", help="fixed mask")
+    p.add_argument("-mMask", metavar="MASK", help="moving mask")
+    p.add_argument("--engine", choices=["auto", "elastix", "bridge"], default="auto")
+    p.add_argument("--probe-models", action="store_true",
+                   help="run each Impact model once on zero patches (needs torch and the plugin) for exact feature "
+                        "channels and Jacobian-mode activations; without it only MIND-SSC is known (a lower bound)")
+    args = p.parse_args(argv)
+    for path, what in ((args.f, "fixed image (-f)"), (args.m, "moving image (-m)"), (args.fMask, "fixed mask (-fMask)"),
+                       (args.mMask, "moving mask (-mMask)"), *((q, "parameter file (-p)") for q in args.p)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{what} {path} does not exist; check the path")
+    maps = [m for path in args.p for m in read_parameter_file(path)]
+    plan = plan_registration(args.f, args.m, maps, args.fMask, args.mMask, args.engine, probe_models=args.probe_models)
+    print(plan.format())
+    return 0
+
+
 def run_doctor(argv) -> int:
     from .doctor import collect_report, print_report
 
@@ -207,7 +245,8 @@ def run_doctor(argv) -> int:
     return 0 if report["ok"] else 1
 
 
-COMMANDS = {"build-plugin": run_build_plugin, "make-model": run_make_model, "demo": run_demo, "doctor": run_doctor}
+COMMANDS = {"build-plugin": run_build_plugin, "make-model": run_make_model, "demo": run_demo, "doctor": run_doctor,
+            "plan": run_plan}
 
 
 def main(argv=None) -> int:

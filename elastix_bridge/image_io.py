@@ -32,6 +32,36 @@ def read_image(path, what: str = "image"):
     return itk.imread(str(path), itk.F)
 
 
+def read_image_geometry(path, what: str = "image"):
+    """Read an image file's header only: size, spacing, origin and direction (no pixel data).
+
+    Returns:
+        :class:`~elastix_bridge.engine.geometry.ImageGeometry` (ITK (x, y, z) order, mm).
+
+    Raises:
+        FileNotFoundError: as :func:`read_image`.
+        ValueError: no ITK reader recognises the file.
+    """
+    import itk
+    import numpy as np
+
+    from .engine.geometry import ImageGeometry
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist; check the path")
+    _check_metaimage_data_file(path, what)
+    io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
+    if io is None:
+        raise ValueError(f"{what} {path}: no ITK image reader recognises this file; give an image ITK reads "
+                         "(.mha, .mhd, .nii, .nrrd, ...)")
+    io.SetFileName(str(path))
+    io.ReadImageInformation()  # the header only, any pixel type
+    n = io.GetNumberOfDimensions()
+    return ImageGeometry([io.GetDimensions(i) for i in range(n)], [io.GetSpacing(i) for i in range(n)],
+                         [io.GetOrigin(i) for i in range(n)], np.column_stack([io.GetDirection(i) for i in range(n)]))
+
+
 def _check_metaimage_data_file(path: Path, what: str) -> None:
     """A ``.mhd`` header names its pixel data file (``ElementDataFile``); ITK's error would blame the header."""
     if path.suffix.lower() != ".mhd":

@@ -501,4 +501,3 @@ def validate_request(maps, engines, fixed_image, moving_image, fixed_mask=None, 
                 f"elastix with a native IMPACT plugin (engine='elastix')")
     dimension = validate_images(fixed_image, moving_image, fixed_mask, moving_mask)
     validate_maps(maps, engines, dimension, names)
-    # The resource estimate (memory per stage and level, issue 11) belongs here, once maps and images are valid.

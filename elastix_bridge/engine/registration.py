@@ -322,7 +322,7 @@ def _erosion_flag(pmap, which: str, level: int) -> bool:
 def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None, *,
               elastix_level: int = 0, output_directory: Optional[Path] = None,
               on_iteration: Optional[Callable] = None, initial_transform=None,
-              initial_transform_file: Optional[str] = None) -> StageResult:
+              initial_transform_file: Optional[str] = None, on_level: Optional[Callable] = None) -> StageResult:
     """Run one parameter map like elastix would (Impact and/or elastix's classic metrics).
 
     Args:
@@ -333,6 +333,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
         elastix_level: index of this map in the parameter object (file names ``*.<level>.*``).
         output_directory: where elastix would write per-resolution files, or None.
         on_iteration: ``on_iteration(level, record)`` for progress reporting.
+        on_level: ``on_level(level)`` when a resolution level starts (to name it in errors).
         initial_transform: the earlier stages' transform, a callable on ``(N, D)`` physical points
             (e.g. :class:`~elastix_bridge.engine.initial_transforms.TransformChain`), or None; combined
             with this stage's transform by ``HowToCombineTransforms`` (elastix_spec §1.7).
@@ -439,6 +440,8 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
         history = []
         for level in range(levels):
             log.info("Resolution: %d", level)
+            if on_level is not None:
+                on_level(level)
             fixed = LevelImage.from_itk(pyramid_level(fixed_image, components["FixedImagePyramid"],
                                                       fixed_schedule, level))
             moving = LevelImage.from_itk(pyramid_level(moving_image, components["MovingImagePyramid"],
