@@ -10,7 +10,7 @@ MNI152 T1/T2-like 3D pair of the demo (2 mm, brain mask; Mattes MI). Maps: 3 res
 automatic parameter estimation, RandomCoordinate with 2,000 samples, automatic transform
 initialisation and scales; rigid (Euler), affine and B-spline. QuasiNewtonLBFGS cases (2D pair, rigid
 NCC and affine Mattes MI) use a Full sampler instead, so nothing is random: their final metric is the
-last row's value, and the two engines should follow the same path (elastix_spec §9.4).
+last row's value, and the two engines should follow the same path (docs/design.md §E9.4).
 
     python benchmarks/engine_fidelity.py [--shared ../shared] [--iterations 250] [--only 2D|3D]
                                          [--optimizer AdaptiveStochasticGradientDescent|QuasiNewtonLBFGS]

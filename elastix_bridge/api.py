@@ -100,7 +100,7 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
     """Register ``moving_image`` to ``fixed_image``; drop-in for ``itk.elastix_registration_method``.
 
     Each parameter map is one stage, run on its engine (:func:`stage_engines`) and started from the
-    stages before it (elastix_spec §1.7), so a chain may mix elastix stages (e.g. an affine
+    stages before it (docs/design.md §E1.7), so a chain may mix elastix stages (e.g. an affine
     Mattes MI stage) with Impact stages. A parameter object without Impact maps goes unchanged to
     itk-elastix in one call.
 
@@ -266,7 +266,7 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
                 raise
             log.info("Stage %d (%s engine) took %.1f s.", k, engine, time.perf_counter() - tic)
             stage_maps.append(tp_map)
-            # In memory, map i's initial transform is map i-1 (file names are ignored, elastix_spec §1.7).
+            # In memory, map i's initial transform is map i-1 (file names are ignored, docs/design.md §E1.7).
             tp_object = to_parameter_object(initial_maps + stage_maps)
             result = None
             if out is not None and engine == "bridge":

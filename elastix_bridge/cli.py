@@ -112,7 +112,7 @@ def run_registration(argv) -> int:
     return 0
 
 
-# elastix's ResultImagePixelType names (elastix_spec §8.2) as numpy types.
+# elastix's ResultImagePixelType names (docs/design.md §E8.2) as numpy types.
 _PIXEL_TYPES = {"char": "int8", "int8": "int8", "unsigned char": "uint8", "uint8": "uint8", "short": "int16",
                 "int16": "int16", "ushort": "uint16", "unsigned short": "uint16", "uint16": "uint16",
                 "int": "int32", "int32": "int32", "unsigned int": "uint32", "uint32": "uint32", "long": "int64",
@@ -125,7 +125,7 @@ def cast_results_to_pixel_type(out: Path, maps) -> None:
 
     itk-elastix writes results in the input's pixel type (float here); the elastix command writes
     ``ResultImagePixelType`` (default ``short``) by a C cast: truncation toward zero, here after
-    clipping to the type's range (elastix_spec §8.2).
+    clipping to the type's range (docs/design.md §E8.2).
 
     Raises:
         ValueError: an unknown ``ResultImagePixelType``.

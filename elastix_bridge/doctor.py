@@ -14,7 +14,7 @@ renders it as plain text. Nothing is built, installed or changed unless ``build=
 * **the bridge's plugin**: the file :func:`elastix_bridge.loader.load_plugin` would use, its JSON
   build record against the installed torch, and whether it imports; if it is not built, whether it
   can be (C++ compiler, ninja), since ``load_plugin`` builds it on first use.
-* **TorchScript JIT switches** (impact_spec §3.6).
+* **TorchScript JIT switches** (docs/design.md §I3.6).
 * **a native upstream plugin** named by ``$ELASTIX_BRIDGE_NATIVE_PLUGIN``: the static checks of
   :func:`elastix_bridge.native_plugins.inspect_native_plugin`, then a trial preload in a child
   process (so nothing is loaded into this one); also plugin files that elastix would find on its own

@@ -2,17 +2,17 @@
 
 Input is a plain elastix parameter map, ``dict[str, list[str]]`` (what ``itk.ParameterObject``
 or a parameter-file parser produces: every value is a list of strings). This module implements
-impact_spec §2 in full:
+docs/design.md §I2 in full:
 
-* **Mechanism A** (§2.1, §2.6) — per-level scalars ``ImpactMode``, ``ImpactGPU``,
+* **Mechanism A** (§I2.1, §I2.6) — per-level scalars ``ImpactMode``, ``ImpactGPU``,
   ``ImpactUseMixedPrecision``, ``ImpactFeaturesMapUpdateInterval``,
   ``ImpactFeatureMapOutputDirectory`` / ``ImpactWriteFeatureMaps``: take entry 0 if present, then
   entry ``L`` if present; then the same with the component-label prefix ``Metric<i>`` (e.g.
   ``Metric0ImpactGPU``), which wins. Absent → code default.
-* **Mechanism B** (§2.1, §2.3, §2.4) — level-indexed lists (``ImpactPatchSize1``): mandatory at
+* **Mechanism B** (§I2.1, §I2.3, §I2.4) — level-indexed lists (``ImpactPatchSize1``): mandatory at
   every level, exact minimum count (fewer entries → error; extra entries are ignored, as upstream,
   with a logged warning), no component-label prefix.
-* Shared / fixed-specific / moving-specific model sets (§2.2), layers masks (§2.5), the count
+* Shared / fixed-specific / moving-specific model sets (§I2.2), layers masks (§I2.5), the count
   rules (PatchSize Σd_m; VoxelSize Σd_m in Jacobian mode, M·D in Static mode; per-layer lists Λ
   entries, Λ counted on the fixed models), accepted distances and modes, ``RandomSeed`` (entry 0).
 
@@ -21,7 +21,7 @@ computation starts; the message names the offending key, the level, what was fou
 expected form.
 
 Deliberate deviations from upstream elastix (we validate where upstream fails late or silently;
-impact_spec §2.7, §13):
+docs/design.md §I2.7, §I13):
 
 * unknown ``ImpactDistance`` names are rejected while parsing (upstream: at metric Initialize);
 * ``ImpactPatchSize`` 0 (= whole extent) is accepted only in Static mode; in Jacobian mode the
@@ -64,9 +64,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Accepted ``ImpactDistance`` names (case-sensitive, impact_spec §2.4).
+#: Accepted ``ImpactDistance`` names (case-sensitive, docs/design.md §I2.4).
 DISTANCES = ("L1", "L2", "NCC", "Cosine", "L1Cosine", "DotProduct", "Dice")
-#: Accepted ``ImpactMode`` values (case-sensitive, impact_spec §2.6).
+#: Accepted ``ImpactMode`` values (case-sensitive, docs/design.md §I2.6).
 MODES = ("Jacobian", "Static")
 
 
@@ -76,7 +76,7 @@ class ImpactParameterError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One feature model of a fixed or moving model set (impact_spec §2.3).
+    """One feature model of a fixed or moving model set (docs/design.md §I2.3).
 
     Attributes:
         path: ``ModelsPath`` entry as written (a file path, possibly relative, or a reserved name;
@@ -87,7 +87,7 @@ class ModelConfig:
             (Static mode only).
         voxel_size: mm; ``d_m`` values in Jacobian mode (model space), ``D`` values in Static mode
             (image space).
-        layers_mask: one bool per model output layer (§2.5); its length is passed to the model as
+        layers_mask: one bool per model output layer (§I2.5); its length is passed to the model as
             ``nLayers``.
     """
 
@@ -116,7 +116,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ImpactLevelConfig:
-    """All IMPACT options of one resolution level (impact_spec §2).
+    """All IMPACT options of one resolution level (docs/design.md §I2).
 
     Attributes:
         level: resolution level L (0-based).
@@ -125,7 +125,7 @@ class ImpactLevelConfig:
         moving_models: tuple of :class:`ModelConfig` applied to the moving image.
         subset_features: Λ ints >= 1, channels compared per selected layer (0 is refused here,
             where upstream clamps it to 1; a value above the layer's channel count means all
-            channels, §2.4).
+            channels, §I2.4).
         pca: Λ ints, PCA components per layer (0 = off; used in Static mode only).
         layers_weight: Λ floats, weight of each layer.
         distances: Λ names from :data:`DISTANCES`.
@@ -163,7 +163,7 @@ class ImpactLevelConfig:
 
 
 def parse_layers_mask(text: str) -> tuple:
-    """Parse a layers-mask string (impact_spec §2.5).
+    """Parse a layers-mask string (docs/design.md §I2.5).
 
     Whitespace is skipped; every other character is one layer, selected iff it is ``'1'``.
     An empty result is a single unselected layer.
@@ -181,7 +181,7 @@ def parse_layers_mask(text: str) -> tuple:
 def group_by_dimensions(values: Sequence, dimensions: Sequence[int]) -> list:
     """Split a flat per-model list into groups of ``d_m`` values (upstream ``GroupByDimensions``).
 
-    Programmatic-API semantics of the upstream helper (impact_spec §2.1, §11.2): when the flat
+    Programmatic-API semantics of the upstream helper (docs/design.md §I2.1, §I11.2): when the flat
     list runs out, the **last** value is repeated; surplus values are dropped. (Parameter maps
     never reach the padding branch: :func:`read_impact_level` requires the full count.)
 
@@ -210,7 +210,7 @@ def resolve_model_path(path, base_dir=None) -> Path:
     RESERVED_MODELS`) resolve to the cached TorchScript file of
     :func:`elastix_bridge.models.mind.mind_model_path` (written on first use; imports torch).
     A relative path is taken relative to ``base_dir`` or, when None, to the current working
-    directory (upstream semantics, impact_spec §2.3). Existence is not checked here.
+    directory (upstream semantics, docs/design.md §I2.3). Existence is not checked here.
 
     Args:
         path: entry as written in the parameter map.
@@ -246,7 +246,7 @@ def _show(values: Sequence[str]) -> str:
     return "'" + " ".join(values) + "'"
 
 
-#: Level-indexed list options (impact_spec §2.3, §2.4), without the ``Impact`` prefix and level.
+#: Level-indexed list options (docs/design.md §I2.3, §I2.4), without the ``Impact`` prefix and level.
 _PER_MODEL_LISTS = ("ModelsPath", "Dimension", "NumberOfChannels", "PatchSize", "VoxelSize", "LayersMask")
 _PER_LAYER_LISTS = ("SubsetFeatures", "PCA", "LayersWeight", "Distance")
 #: Lists whose entries are strings (quoted when a rewrite is suggested).
@@ -379,7 +379,7 @@ def _warn_old_scalars(parameter_map: Mapping) -> None:
 
 
 def _read_scalar(parameter_map, name, level, metric_index):
-    """Mechanism A lookup: returns ``(raw, key, entry)`` or None (impact_spec §2.1 A)."""
+    """Mechanism A lookup: returns ``(raw, key, entry)`` or None (docs/design.md §I2.1 A)."""
     found = None
     for key in (name, f"Metric{metric_index}{name}"):
         vals = _values(parameter_map, key)
@@ -430,7 +430,7 @@ def _scalar_str(parameter_map, name, level, metric_index, default):
 
 
 def _read_list(parameter_map, key, level, count, what, why, convert: Callable, check=None):
-    """Mechanism B: exactly ``count`` leading entries of ``key``, converted (impact_spec §2.1 B).
+    """Mechanism B: exactly ``count`` leading entries of ``key``, converted (docs/design.md §I2.1 B).
 
     Args:
         what: plural noun of the expected entries ("unsigned integers").
@@ -495,7 +495,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def _read_model_set(parameter_map, prefix, level, mode, image_dimension):
-    """Read the six per-model lists of one model set (impact_spec §2.3)."""
+    """Read the six per-model lists of one model set (docs/design.md §I2.3)."""
     from elastix_bridge.models.mind import RESERVED_MODELS  # no torch import
 
     paths_key = f"{prefix}ModelsPath{level}"
@@ -573,9 +573,9 @@ def _read_model_set(parameter_map, prefix, level, mode, image_dimension):
 
 def read_impact_level(parameter_map: Mapping, level: int, image_dimension: int,
                       metric_index: int = 0) -> ImpactLevelConfig:
-    """Parse and validate the IMPACT options of one resolution level (impact_spec §2).
+    """Parse and validate the IMPACT options of one resolution level (docs/design.md §I2).
 
-    Validation follows the upstream order of §2.7 (RandomSeed, GPU, mixed precision, mode, fixed
+    Validation follows the upstream order of §I2.7 (RandomSeed, GPU, mixed precision, mode, fixed
     models, moving models, model-count rule, layer counts, per-layer lists, feature-map
     directory, distances), but everything is checked here, before any model is loaded.
 
@@ -626,7 +626,7 @@ def read_impact_level(parameter_map: Mapping, level: int, image_dimension: int,
     if level == 0:
         _warn_old_scalars(pm)
 
-    # 2. model sets (§2.2)
+    # 2. model sets (§I2.2)
     has_shared = f"ImpactModelsPath{level}" in pm
     sets = {}
     for side in ("Fixed", "Moving"):

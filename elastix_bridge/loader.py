@@ -1,6 +1,6 @@
 """Lazy loading of torch, the compiled IMPACT plugin and TorchScript feature models.
 
-This is the Python counterpart of upstream elastix's lazy plugin loader (impact_spec §10): nothing
+This is the Python counterpart of upstream elastix's lazy plugin loader (docs/design.md §I10): nothing
 here imports torch at module import time, so ``import elastix_bridge`` stays cheap and works
 without torch; torch and the plugin are loaded only when a stage asks for ``(Metric "Impact")``.
 
@@ -86,7 +86,7 @@ class ImpactUnavailableError(ImpactError, RuntimeError):
 
 
 class ImpactModelError(ImpactError, ValueError):
-    """A TorchScript model path, file, signature or output is not usable (impact_spec §3)."""
+    """A TorchScript model path, file, signature or output is not usable (docs/design.md §I3)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,7 +519,7 @@ def load_plugin():
 
 
 def resolve_device(gpu: int) -> "torch.device":
-    """Map ``ImpactGPU`` to a torch device (impact_spec §2.6), checking the GPU really works.
+    """Map ``ImpactGPU`` to a torch device (docs/design.md §I2.6), checking the GPU really works.
 
     Args:
         gpu: ``ImpactGPU``; < 0 selects the CPU, >= 0 a CUDA device index.
@@ -557,7 +557,7 @@ def resolve_device(gpu: int) -> "torch.device":
 
 @contextlib.contextmanager
 def jit_optimization_disabled() -> Iterator[None]:
-    """Switch the four TorchScript optimisation switches off for the block (impact_spec §3.6).
+    """Switch the four TorchScript optimisation switches off for the block (docs/design.md §I3.6).
 
     On exit, even on an exception, the exact previous state is restored (upstream leaves them off
     for the rest of the process; we do not, so other torch users in the process are unaffected).
@@ -575,7 +575,7 @@ def jit_optimization_disabled() -> Iterator[None]:
 
 
 def load_feature_model(path, device, half: bool = False, *, parameter: str = "ImpactModelsPath"):
-    """Load a TorchScript feature model with upstream's conventions (impact_spec §3.1-§3.5).
+    """Load a TorchScript feature model with upstream's conventions (docs/design.md §I3.1–§I3.5).
 
     Args:
         path: TorchScript file (``str`` or ``Path``); relative paths are relative to the current
@@ -609,7 +609,7 @@ def load_feature_model(path, device, half: bool = False, *, parameter: str = "Im
 
 
 def validate_model_output(outputs, n_layers: int, where: str) -> None:
-    """Check a model result against impact_spec §3.3.
+    """Check a model result against docs/design.md §I3.3.
 
     Args:
         outputs: what ``FeatureModel.forward`` (or a model) returned.

@@ -2,7 +2,7 @@
 
 The elastix inside the itk-elastix wheel (0.25.2 and later) has upstream's lazy IMPACT loader
 (elastix ``Core/Kernel/elxMainBase.cxx``, ``MainBase::TryLoadComponentPlugin``, PR #1396;
-impact_spec §10) but ships no plugin. When a parameter map asks for ``(Metric "Impact")`` and the
+docs/design.md §I10) but ships no plugin. When a parameter map asks for ``(Metric "Impact")`` and the
 component database has no ``Impact``, the loader tries, in this order::
 
     dlopen("libImpactMetricCuda.so", RTLD_NOW | RTLD_LOCAL)
@@ -384,12 +384,12 @@ def plugins_on_loader_path() -> list:
 
 
 # ---------------------------------------------------------------------------------------------
-# TorchScript switches (impact_spec §3.6)
+# TorchScript switches (docs/design.md §I3.6)
 # ---------------------------------------------------------------------------------------------
 
 
 def jit_state() -> dict:
-    """The four process-global TorchScript switches that upstream IMPACT turns off (impact_spec §3.6).
+    """The four process-global TorchScript switches that upstream IMPACT turns off (docs/design.md §I3.6).
 
     Read through ``torch._C`` (the same LibTorch globals a native plugin sees). The profiling
     switches have no getter, so they are read by setting and restoring them.
@@ -443,7 +443,7 @@ def disable_jit_optimization() -> dict:
     A native plugin runs its models inside elastix, outside any Python ``with`` block, so the
     switches are left off (upstream's ``BeforeRegistration`` sets the same four switches and never
     restores them). The profiling executor would otherwise re-optimise graphs after a few calls,
-    which on GPU can start TensorExpr/NVRTC code generation (impact_spec §3.6).
+    which on GPU can start TensorExpr/NVRTC code generation (docs/design.md §I3.6).
 
     Returns:
         The previous state, for :func:`set_jit_state` to restore.

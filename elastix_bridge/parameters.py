@@ -3,11 +3,11 @@
 A parameter map is elastix's ``std::map<std::string, std::vector<std::string>>``: every key maps to an
 ordered list of *string* values.  This module wraps such a map (:class:`ParameterMap`), reproduces the
 lookup rules elastix components use when they read a key (entry 0, then entry ``level``, then the
-component-prefixed key; elastix_spec §1.4), the value conversions and their failures (§1.3), and the
-shortest round-trip number formatting elastix uses when it writes numbers (§1.5).
+component-prefixed key; docs/design.md §E1.4), the value conversions and their failures (§E1.3), and the
+shortest round-trip number formatting elastix uses when it writes numbers (§E1.5).
 
 Parsing of parameter *files* is delegated to itk-elastix's own parser so that syntax errors are exactly
-elastix's (§1.1).  Nothing here imports torch; ``itk`` is imported only inside the functions that need it.
+elastix's (§E1.1).  Nothing here imports torch; ``itk`` is imported only inside the functions that need it.
 
 Sources: ``Common/ParameterFileParser/itkParameterMapInterface.{h,cxx}``,
 ``Common/ParameterFileParser/itkParameterFileParser.cxx``, ``Core/Install/elxConversion.{h,cxx}``.
@@ -38,12 +38,12 @@ class ParameterError(ValueError):
 class UInt(int):
     """Marker type for :meth:`ParameterMap.get`: an *unsigned* integer (elastix ``unsigned int``).
 
-    Conversion yields a plain Python ``int``; a leading ``-`` is rejected (elastix_spec §1.3).
+    Conversion yields a plain Python ``int``; a leading ``-`` is rejected (docs/design.md §E1.3).
     """
 
 
 # --------------------------------------------------------------------------------------------------------------
-# value conversion (elastix_spec §1.3, Core/Install/elxConversion.h StringToValue)
+# value conversion (docs/design.md §E1.3, Core/Install/elxConversion.h StringToValue)
 
 _FLOAT_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
 _INT_RE = re.compile(r"[+-]?\d+(?:\.0*)?\Z")
@@ -91,7 +91,7 @@ def _convert(value: str, typ):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# number formatting (elastix_spec §1.5, itk::NumberToString = double-conversion ECMAScript shortest)
+# number formatting (docs/design.md §E1.5, itk::NumberToString = double-conversion ECMAScript shortest)
 
 
 def _js_format(negative: bool, digits: str, n: int) -> str:
@@ -125,7 +125,7 @@ def format_number(x: float, float32: bool = False) -> str:
     Returns:
         The formatted string.
 
-    Source: elastix_spec §1.5; ``Core/Install/elxConversion.cxx`` ``ToString``; ITK ``itkNumberToString.cxx``.
+    Source: docs/design.md §E1.5; ``Core/Install/elxConversion.cxx`` ``ToString``; ITK ``itkNumberToString.cxx``.
     """
     x = float(x)
     if float32:
@@ -162,7 +162,7 @@ def is_number(value: str) -> bool:
     Optional leading ``-``; must start and end with a digit; all digits, or digits with one ``.``, or
     ``d[.ddd]e[+-]dd``.  ``"true"``, ``"NaN"``, ``"Infinity"``, ``"1e5"`` are *not* numbers.
 
-    Source: ``Core/Install/elxConversion.cxx`` ``IsNumber``; elastix_spec §1.5.
+    Source: ``Core/Install/elxConversion.cxx`` ``IsNumber``; docs/design.md §E1.5.
     """
     s = value[1:] if value.startswith("-") else value
     if not s or not (s[0].isdigit() and s[-1].isdigit()) or not s.isascii():
@@ -210,7 +210,7 @@ class ParameterMap:
     Construct with :meth:`from_dict`, :meth:`from_itk`, or :func:`read_parameter_file`.  Values are stored
     exactly as elastix stores them (strings, no quotes).
 
-    Source: ``Common/ParameterFileParser/itkParameterMapInterface.{h,cxx}``; elastix_spec §1.3–1.4.
+    Source: ``Common/ParameterFileParser/itkParameterMapInterface.{h,cxx}``; docs/design.md §E1.3–§E1.4.
     """
 
     __slots__ = ("_data",)
@@ -324,7 +324,7 @@ class ParameterMap:
         Args:
             name: key.
             index: 0-based entry number.
-            type: ``str``, ``bool``, ``int``, :class:`UInt`, ``float`` (elastix_spec §1.3).
+            type: ``str``, ``bool``, ``int``, :class:`UInt`, ``float`` (docs/design.md §E1.3).
             default: returned when the key or the entry is absent.
 
         Raises:
@@ -352,7 +352,7 @@ class ParameterMap:
         Raises:
             ParameterError: a value that is read cannot be converted.
 
-        Source: ``itkParameterMapInterface.h`` ``ReadParameter``; elastix_spec §1.4.
+        Source: ``itkParameterMapInterface.h`` ``ReadParameter``; docs/design.md §E1.4.
         """
         found = False
         result = default
@@ -399,7 +399,7 @@ class ParameterMap:
 def parameter_maps_from_object(parameter_object) -> list[ParameterMap]:
     """All maps of an itk-elastix ``ParameterObject`` (or a list of dict-like maps) as :class:`ParameterMap`.
 
-    Source: ``Core/Main/elxParameterObject.h`` ``GetParameterMap``; elastix_spec §1.6.
+    Source: ``Core/Main/elxParameterObject.h`` ``GetParameterMap``; docs/design.md §E1.6.
     """
     if isinstance(parameter_object, ParameterMap):
         return [parameter_object.copy()]
@@ -454,7 +454,7 @@ def read_parameter_file(path) -> list[ParameterMap]:
         ParameterError: the file is not UTF-8 text, or elastix's parser rejected it; the message names the
             file, the line number and elastix's reason.
 
-    Source: ``Common/ParameterFileParser/itkParameterFileParser.cxx``; elastix_spec §1.1.
+    Source: ``Common/ParameterFileParser/itkParameterFileParser.cxx``; docs/design.md §E1.1.
     """
     p = Path(path)
     if not p.is_file():

@@ -6,7 +6,7 @@ elastix's text layout (sorted keys, numbers unquoted, other values quoted; atomi
 :func:`read_transform_parameter_file` reads one back with itk-elastix's parser; :func:`to_parameter_object`
 builds an ``itk.ParameterObject`` for transformix.
 
-Sources: elastix_spec §10, §1.5, §8.2 — ``Core/ComponentBaseClasses/elxTransformBase.hxx``
+Sources: docs/design.md §E10, §E1.5, §E8.2 — ``Core/ComponentBaseClasses/elxTransformBase.hxx``
 (``CreateTransformParameterMap``, ``WriteToFile``), ``elxResampleInterpolatorBase.hxx``,
 ``elxResamplerBase.hxx``, ``Core/Install/elxConversion.cxx`` (``ParameterMapToString``).
 """
@@ -75,7 +75,7 @@ def transform_parameter_map(
         registration_map: the registration's parameter map; supplies ``ResampleInterpolator``,
             ``FinalBSplineInterpolationOrder``, ``Resampler``, ``DefaultPixelValue``, ``ResultImageFormat``,
             ``CompressResultImage``, ``UseDirectionCosines`` and the internal pixel types (entry 0; defaults of
-            elastix_spec §8.2/§1.8 when absent).
+            docs/design.md §E8.2/§E1.8 when absent).
         result_pixel_type: ``ResultImagePixelType`` (itk-elastix writes the input image's type).
 
     Returns:
@@ -84,7 +84,7 @@ def transform_parameter_map(
     Raises:
         ParameterError: a registration-map value cannot be converted.
 
-    Source: ``elxTransformBase.hxx`` ``CreateTransformParameterMap``; elastix_spec §10.1–10.2.
+    Source: ``elxTransformBase.hxx`` ``CreateTransformParameterMap``; docs/design.md §E10.1–§E10.2.
     """
     reg = registration_map if registration_map is not None else ParameterMap()
     dim = fixed_geometry.dimension
@@ -186,7 +186,7 @@ def write_transform_parameter_file(parameter_map, path) -> Path:
         ParameterError: see :func:`transform_parameter_file_text`.
         OSError: the directory is not writable.
 
-    Source: ``elxTransformBase.hxx`` ``WriteToFile``; elastix_spec §10.1, §1.5.
+    Source: ``elxTransformBase.hxx`` ``WriteToFile``; docs/design.md §E10.1, §E1.5.
     """
     p = Path(path)
     if p.suffix != ".txt":

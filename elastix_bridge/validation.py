@@ -49,7 +49,7 @@ class InputImageError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# value types and ranges of the keys the bridge engine reads (elastix's types: elastix_spec §1.3)
+# value types and ranges of the keys the bridge engine reads (elastix's types: docs/design.md §E1.3)
 
 def _at_least(low):
     return lambda v: None if v >= low else f"must be >= {low}"

@@ -8,7 +8,7 @@
 // value once and keep nothing. The torch implementations in elastix_bridge/engine stay the
 // reference (and the path for non-CPU tensors); tests compare the two.
 //
-// Conventions (elastix_spec §6.4, §8.1): coefficients are (P, C) with P the grid flattened in
+// Conventions (docs/design.md §E6.4, §E8.1): coefficients are (P, C) with P the grid flattened in
 // (z, y, x) order, x fastest; continuous indices are (N, D) in ITK (x, y, z) order. For order o,
 // half = (o-1)/2, start = floor(x - half) (images: of x rounded to float, as ITK), t = x - half -
 // start and the o+1 weights are the centred B-spline at t + half - k. Two boundary modes:
@@ -301,7 +301,7 @@ Args:
     index: (N, D) continuous indices, ITK order, same dtype.
     order: spline order 0..3.
     transform: False = image interpolation with mirror boundary (ITK BSplineInterpolateImageFunction);
-        True = B-spline transform support, zero outside the valid region (elastix_spec §6.4).
+        True = B-spline transform support, zero outside the valid region (docs/design.md §E6.4).
     with_gradient: also return d value / d index.
 
 Returns:

@@ -6,10 +6,10 @@
 // no torch type leaks into a header, and two copies of the library loaded in one process do not clash in
 // pybind11's type registry (classes are also `py::module_local`).
 //
-// Semantics follow /work/shared/specs/impact_spec.md:
-//   §3.1 loading, §3.2 calling convention, §3.3 list output, §3.5 dtype, §3.6 JIT switches,
-//   §7 distances (values only; gradients come from autograd, which also makes NCC's Jacobian-mode
-//   gradient exact instead of upstream's batch-local one, §7.8).
+// Semantics follow docs/design.md Part I (§I0–§I13):
+//   §I3.1 loading, §I3.2 calling convention, §I3.3 list output, §I3.5 dtype, §I3.6 JIT switches,
+//   §I7 distances (values only; gradients come from autograd, which also makes NCC's Jacobian-mode
+//   gradient exact instead of upstream's batch-local one, §I7.8).
 
 #include "bspline_kernels.h"
 
@@ -31,7 +31,7 @@ namespace py = pybind11;
 namespace {
 
 const std::vector<std::string>& distance_names() {
-  // Factory names of upstream's losses, case-sensitive (impact_spec §7.1).
+  // Factory names of upstream's losses, case-sensitive (docs/design.md §I7.1).
   static const std::vector<std::string> names = {"L1",     "L2",         "Dice", "L1Cosine",
                                                  "Cosine", "DotProduct", "NCC"};
   return names;
@@ -66,7 +66,7 @@ c10::Device parse_device(const std::string& device) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// FeatureModel (impact_spec §3.1-§3.5)
+// FeatureModel (docs/design.md §I3.1–§I3.5)
 // ---------------------------------------------------------------------------------------------
 
 class FeatureModel {
@@ -77,7 +77,7 @@ class FeatureModel {
       throw std::invalid_argument("TorchScript model file '" + path + "' does not exist or cannot be read");
     }
     try {
-      module_ = torch::jit::load(path, c10::Device(c10::kCPU));  // §3.1: always onto the CPU first
+      module_ = torch::jit::load(path, c10::Device(c10::kCPU));  // §I3.1: always onto the CPU first
     } catch (const std::exception& e) {
       throw std::invalid_argument("cannot load '" + path + "' as a TorchScript model: " + torch_message(e) +
                                   " (save models with torch.jit.script(model).save(path))");
@@ -86,7 +86,7 @@ class FeatureModel {
     if (!method) {
       throw std::invalid_argument("TorchScript model '" + path + "' has no forward method");
     }
-    // §3.2: schema arguments minus `self`.
+    // §I3.2: schema arguments minus `self`.
     num_args_ = static_cast<int64_t>(method->function().getSchema().arguments().size()) - 1;
     if (num_args_ <= 0) {
       throw std::invalid_argument("TorchScript model '" + path +
@@ -95,7 +95,7 @@ class FeatureModel {
                                   "forward(x, n_layers, stats, direction))");
     }
     module_.eval();
-    // §3.1/§3.5: only floating parameters/buffers change dtype (integer buffers such as
+    // §I3.1/§I3.5: only floating parameters/buffers change dtype (integer buffers such as
     // BatchNorm's num_batches_tracked must stay integral). Module::to(dtype) would cast all.
     {
       torch::NoGradGuard no_grad;
@@ -108,7 +108,7 @@ class FeatureModel {
     }
     try {
       module_.to(device_);
-      // Only gradients with respect to the input patch are ever taken (§3.4): frozen weights keep
+      // Only gradients with respect to the input patch are ever taken (§I3.4): frozen weights keep
       // autograd from recording weight-gradient paths in Jacobian mode.
       for (at::Tensor p : module_.parameters()) p.requires_grad_(false);
     } catch (const std::exception& e) {
@@ -122,7 +122,7 @@ class FeatureModel {
   std::string device() const { return device_.str(); }
   bool half() const { return dtype_ == at::kHalf; }
 
-  // Runs forward with upstream's positional convention (§3.2) and returns float32 maps (§3.5).
+  // Runs forward with upstream's positional convention (§I3.2) and returns float32 maps (§I3.5).
   // No NoGradGuard here: autograd flows back to `x` whenever the caller has grad mode on.
   std::vector<at::Tensor> forward(const at::Tensor& x, int64_t n_layers, const at::Tensor& stats,
                                   const at::Tensor& direction) {
@@ -145,7 +145,7 @@ class FeatureModel {
       }
       // Extra tensors stay on the CPU even when the model runs on CUDA (upstream behaviour).
       inputs.emplace_back(stats.detach().reshape({4}).to(at::kCPU, at::kFloat).contiguous());
-      // Floating direction cosines are rounded half away from zero (§3.2); at::round would
+      // Floating direction cosines are rounded half away from zero (§I3.2); at::round would
       // round half to even and a plain cast would truncate.
       at::Tensor dir = direction.detach().to(at::kCPU);
       if (dir.is_floating_point()) dir = dir.sign() * (dir.abs() + 0.5).floor();
@@ -194,11 +194,11 @@ class FeatureModel {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Distances (impact_spec §7). f, m: [N, K]; every per-sample quantity is a row reduction.
+// Distances (docs/design.md §I7). f, m: [N, K]; every per-sample quantity is a row reduction.
 // ---------------------------------------------------------------------------------------------
 
 at::Tensor cosine_rows(const at::Tensor& f, const at::Tensor& m) {
-  // No epsilon, as upstream (§7.5): zero vectors give NaN/Inf.
+  // No epsilon, as upstream (§I7.5): zero vectors give NaN/Inf.
   return (f * m).sum(1) / (f.norm(2, {1}) * m.norm(2, {1}));
 }
 
@@ -226,7 +226,7 @@ at::Tensor layer_value(const std::string& distance, const at::Tensor& fixed, con
   if (distance == "L2") return (f - m).square().mean();
   if (distance == "Cosine") return -cosine_rows(f, m).mean();
   if (distance == "L1Cosine") {
-    const double lambda = 0.1;  // §7.6
+    const double lambda = 0.1;  // §I7.6
     auto e = at::exp(-lambda * (f - m).abs());
     return -(cosine_rows(f, m).unsqueeze(1) * e).mean();
   }
@@ -235,13 +235,13 @@ at::Tensor layer_value(const std::string& distance, const at::Tensor& fixed, con
     auto inter = (f * m).sum(1);
     auto uni = (f + m).sum(1);
     // Empty/empty (U == 0 exactly) -> dice = 1 with zero gradient; the denominator is replaced
-    // first so no NaN is formed even in the masked-out branch (§7.4).
+    // first so no NaN is formed even in the masked-out branch (§I7.4).
     auto empty = uni.eq(0);
     auto safe = at::where(empty, at::ones_like(uni), uni);
     auto dice = at::where(empty, at::ones_like(uni), 2 * inter / safe);
     return -dice.mean();
   }
-  // NCC (§7.8): global per-channel statistics over all N samples. Centred sums are algebraically
+  // NCC (§I7.8): global per-channel statistics over all N samples. Centred sums are algebraically
   // identical to upstream's S_fm - S_f S_m / N form but avoid float32 cancellation.
   const int64_t n = f.size(0);
   if (n <= 0) return at::zeros({}, f.options());
@@ -253,7 +253,7 @@ at::Tensor layer_value(const std::string& distance, const at::Tensor& fixed, con
 }
 
 // ---------------------------------------------------------------------------------------------
-// TorchScript runtime switches (§3.6), process-global.
+// TorchScript runtime switches (§I3.6), process-global.
 // ---------------------------------------------------------------------------------------------
 
 const std::vector<std::string>& jit_keys() {
@@ -309,15 +309,15 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "elastix-bridge IMPACT plugin: TorchScript feature models and IMPACT distances (impact_spec §3, §7)";
+  m.doc() = "elastix-bridge IMPACT plugin: TorchScript feature models and IMPACT distances (docs/design.md §I3, §I7)";
 
   py::class_<FeatureModel>(m, "FeatureModel", py::module_local(), R"doc(
-TorchScript feature extractor called with upstream's convention (impact_spec §3.1-§3.5).
+TorchScript feature extractor called with upstream's convention (docs/design.md §I3.1–§I3.5).
 
 Args:
     path: TorchScript archive; loaded on the CPU, eval(), floating weights cast, then moved.
     device: "cpu" or "cuda:<index>".
-    half: cast floating weights and inputs to float16 ("mixed precision", §3.5).
+    half: cast floating weights and inputs to float16 ("mixed precision", §I3.5).
 
 Raises:
     ValueError: missing/unloadable file, no forward, forward without arguments, bad device.
@@ -326,7 +326,7 @@ Raises:
       .def(py::init<const std::string&, const std::string&, bool>(), py::arg("path"), py::arg("device") = "cpu",
            py::arg("half") = false)
       .def_property_readonly("num_arguments", &FeatureModel::num_arguments,
-                             "Number of forward schema arguments minus self (§3.2).")
+                             "Number of forward schema arguments minus self (§I3.2).")
       .def_property_readonly("path", &FeatureModel::path)
       .def_property_readonly("device", &FeatureModel::device)
       .def_property_readonly("half", &FeatureModel::half)
@@ -351,21 +351,21 @@ Raises:
 
   m.def("layer_value", &layer_value, py::arg("distance"), py::arg("fixed"), py::arg("moving"),
         py::call_guard<py::gil_scoped_release>(), R"doc(
-Value of one IMPACT distance for one layer (impact_spec §7), differentiable with autograd.
+Value of one IMPACT distance for one layer (docs/design.md §I7), differentiable with autograd.
 
 Args:
     distance: one of distances() (case-sensitive).
     fixed, moving: features [N, K] (samples x channels), any floating dtype, same device.
 
 Returns:
-    0-d tensor (dtype of the promoted inputs). L1/L2 are *not* normalised by α here (§7.9).
+    0-d tensor (dtype of the promoted inputs). L1/L2 are *not* normalised by α here (§I7.9).
 
 Raises:
     ValueError: unknown distance or mismatched shapes/devices.
 )doc");
-  m.def("distances", []() { return distance_names(); }, "Valid distance names (impact_spec §7.1).");
+  m.def("distances", []() { return distance_names(); }, "Valid distance names (docs/design.md §I7.1).");
   m.def("get_jit_state", &get_jit_state,
-        "Process-global TorchScript switches (§3.6): texpr_fuser_enabled, profiling_mode, "
+        "Process-global TorchScript switches (§I3.6): texpr_fuser_enabled, profiling_mode, "
         "profiling_executor, graph_executor_optimize.");
   m.def("set_jit_state", &set_jit_state, py::arg("state"),
         "Set any subset of the switches returned by get_jit_state(); unknown keys raise ValueError.");

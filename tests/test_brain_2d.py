@@ -69,8 +69,8 @@ def test_brain_2d_acceptance(plugin, tmp_path, capsys, mode):
         # Measured 0.965: the Static-mode objective (R1D2 MIND normalised over the whole image, L2)
         # is lower at this result than at identity or at elastix's MI result, and part of the gain
         # comes from samples leaving the moving mask (elastix's valid-sample rule). Upstream's own
-        # result overlaps better only through its double application of the transform (impact_spec
-        # Q12): reproducing that quirk gives upstream's NMI (1.1605 vs 1.161) and Dice 0.977, also
+        # result overlaps better only through its double application of the transform (docs/design.md
+        # §I13 Q12): reproducing that quirk gives upstream's NMI (1.1605 vs 1.161) and Dice 0.977, also
         # below target. See the README, "Results".
         pytest.xfail(f"Static Dice {measured_dice:.4f} <= {DICE_TARGET}: the objective's optimum, see comment")
     if mode == "Jacobian" and measured_dice <= DICE_TARGET:

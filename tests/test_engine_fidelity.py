@@ -91,7 +91,7 @@ def _field(moving, tp):
 
 
 def test_sequence_of_maps_starts_each_stage_from_the_previous(plugin, pair, tmp_path):
-    """A rigid map then a B-spline map (elastix_spec §1.7): the chain agrees with elastix's own."""
+    """A rigid map then a B-spline map (docs/design.md §E1.7): the chain agrees with elastix's own."""
     rigid, bspline = _map("EulerTransform", ("AdvancedMeanSquares",)), _map("BSplineTransform", ("AdvancedMeanSquares",))
     (tmp_path / "e").mkdir()
     (tmp_path / "b").mkdir()
@@ -245,7 +245,7 @@ def _mask(image, radius_mm=26.0):
 ])
 def test_first_iterations_agree_to_printed_precision(plugin, pair, tmp_path, sampler, transform, metric,
                                                      new_samples, masks):
-    """Same RandomSeed, same draws (elastix_spec §14): elastix's first IterationInfo rows, digit for digit.
+    """Same RandomSeed, same draws (docs/design.md §E14): elastix's first IterationInfo rows, digit for digit.
 
     Covers the seeded Mersenne Twister of the stage (ASGD perturbation normals, RandomCoordinate
     uniforms, RandomSparseMask integers) and the Random sampler's own per-set generator.

@@ -1,4 +1,4 @@
-"""Tests of IMPACT parameter parsing/validation (impact_spec §2)."""
+"""Tests of IMPACT parameter parsing/validation (docs/design.md §I2)."""
 from __future__ import annotations
 
 import shlex

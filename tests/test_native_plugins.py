@@ -384,6 +384,12 @@ image = itk.image_from_array(np.random.default_rng(0).random((16, 16)).astype(np
 parameters = itk.ParameterObject.New()
 pmap = parameters.GetDefaultParameterMap("translation", 1)
 pmap["Metric"] = ["Impact"]
+# A complete Impact map: the bridge checks it before any stage, whichever engine runs it.
+open("model.pt", "wb").close()  # never loaded: the stand-in plugin stops elastix before models are read
+pmap.update({"ImpactModelsPath0": ["model.pt"], "ImpactDimension0": ["2"], "ImpactNumberOfChannels0": ["1"],
+             "ImpactPatchSize0": ["5", "5"], "ImpactVoxelSize0": ["1", "1"], "ImpactLayersMask0": ["1"],
+             "ImpactSubsetFeatures0": ["1"], "ImpactLayersWeight0": ["1"], "ImpactPCA0": ["0"],
+             "ImpactDistance0": ["L2"], "ImpactMode": ["Jacobian"], "ImpactGPU": ["-1"]})
 parameters.AddParameterMap(pmap)
 try:
     itk.elastix_registration_method(image, image, parameter_object=parameters, log_to_console=True)

@@ -16,7 +16,7 @@ from elastix_bridge import loader  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
-# Distances (impact_spec §7): independent numpy references
+# Distances (docs/design.md §I7): independent numpy references
 # ---------------------------------------------------------------------------------------------
 
 
@@ -93,7 +93,7 @@ def test_dice_empty_empty_is_one_without_gradient(plugin):
     gf, gm = torch.autograd.grad(value, (f, m))
     assert torch.isfinite(gf).all() and torch.isfinite(gm).all()
     assert (gm[1] == 0).all() and (gm[2] == 0).all() and (gf[1] == 0).all()
-    # Non-empty rows: analytic modulator of §7.4 divided by N (value is a mean over samples).
+    # Non-empty rows: analytic modulator of §I7.4 divided by N (value is a mean over samples).
     for s in (0, 3):
         fs, ms = f[s].detach(), m[s].detach()
         inter, uni = (fs * ms).sum(), (fs + ms).sum()
@@ -113,7 +113,7 @@ def test_ncc_is_global_over_samples(plugin):
     halves = 0.5 * (plugin.layer_value("NCC", f[:6], m[:6]) + plugin.layer_value("NCC", f[6:], m[6:])).item()
     assert whole == pytest.approx(_ref_value("NCC", f.numpy(), m.numpy()), rel=1e-12)
     assert whole != pytest.approx(halves, rel=1e-6)
-    assert plugin.layer_value("NCC", f[:0], m[:0]).item() == 0.0  # N <= 0 -> 0 (§7.8)
+    assert plugin.layer_value("NCC", f[:0], m[:0]).item() == 0.0  # N <= 0 -> 0 (§I7.8)
 
 
 def test_cosine_gradient_is_exact_not_upstream_quirk(plugin):
@@ -137,7 +137,7 @@ def test_layer_value_errors(plugin):
 
 
 # ---------------------------------------------------------------------------------------------
-# FeatureModel (impact_spec §3)
+# FeatureModel (docs/design.md §I3)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -323,7 +323,7 @@ def test_half_casts_float_weights_and_inputs_only(plugin, tmp_path):
     assert half.half and not full.half
     y32, count32, xsize32 = full.forward(x, 3, STATS, DIRECTION)
     y16, count16, xsize16 = half.forward(x, 3, STATS, DIRECTION)
-    assert y16.dtype == torch.float32  # outputs always cast back (§3.5)
+    assert y16.dtype == torch.float32  # outputs always cast back (§I3.5)
     assert y32.unique().item() == pytest.approx(1.0, abs=1e-7)
     assert y16.unique().item() == (torch.tensor(3.0, dtype=torch.float16) * torch.tensor(1 / 3, dtype=torch.float16)).item()
     assert count32.unique().tolist() == count16.unique().tolist() == [8.0]  # int64 buffer kept

@@ -280,7 +280,8 @@ def test_ct_preset_as_shipped_stops_with_model_file_not_found(plugin, tmp_path, 
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert err.strip().splitlines() == [
-        f"elastix-bridge: error: parameter map 0: ImpactModelsPath0 '{PLACEHOLDER}': model file not found; give an existing "
+        f"elastix-bridge: error: parameter map 0 (-p {PRESETS / CT_PRESET}): ImpactModelsPath0 '{PLACEHOLDER}': model "
+        "file not found; give an existing "
         "TorchScript file (an absolute path avoids working-directory surprises) or a built-in model name "
         "(mind-ssc-2d, mind-ssc-3d)"]
 

@@ -6,7 +6,7 @@ commit proves the plugin compiles with each torch of :data:`elastix_bridge.loade
 tested ends and that a Static and a Jacobian Impact registration recover a known shift with it.
 
 The feature model is a toy written here: two layers with upstream's four-argument calling
-convention ``forward(x, n_layers, stats, direction)`` (impact_spec §3.2 in the docs), normalising its
+convention ``forward(x, n_layers, stats, direction)`` (docs/design.md §I3.2 in the docs), normalising its
 input with the statistics argument, so every argument the plugin passes crosses the torch boundary.
 """
 import json

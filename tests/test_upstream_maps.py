@@ -1,8 +1,8 @@
 """Every kind of upstream IMPACT parameter map runs end to end through ``elastix_registration_method``.
 
-The maps are written here, in our own words, after the structures described in impact_spec §11.1
+The maps are written here, in our own words, after the structures described in docs/design.md §I11.1
 (upstream elastix's three IMPACT test files: 3D Jacobian and 3D Static with ``M730_1_Layers.pt``,
-2D Static with ``R1D2_2D.pt``) and §2 (per-level modes, several models per level, fixed- and
+2D Static with ``R1D2_2D.pt``) and §I2 (per-level modes, several models per level, fixed- and
 moving-specific model sets, 2D models on 3D images, the reserved ``mind-ssc-*`` models). Iteration
 counts, sample counts and images are tiny so that every run takes a few seconds on a CPU.
 
@@ -213,7 +213,7 @@ def pair2d():
 
 
 def upstream_map(dim: int, levels: int = 2, iterations: int = 4, samples: int = 200, **impact) -> dict:
-    """The common part of upstream's three IMPACT test files (impact_spec §11.1), made small.
+    """The common part of upstream's three IMPACT test files (docs/design.md §I11.1), made small.
 
     ``impact`` holds the Impact keys (values as lists of strings or a single string).
     """
@@ -225,7 +225,7 @@ def upstream_map(dim: int, levels: int = 2, iterations: int = 4, samples: int = 
         "FixedImagePyramid": ["FixedGenericImagePyramid"],
         "MovingImagePyramid": ["MovingGenericImagePyramid"],
         "NumberOfResolutions": [str(levels)],
-        "ImagePyramidSchedule": ["2"] * (dim * levels),  # overridden by the two lines below (§11.1)
+        "ImagePyramidSchedule": ["2"] * (dim * levels),  # overridden by the two lines below (§I11.1)
         "ImagePyramidRescaleSchedule": ["1"] * (dim * levels),
         "ImagePyramidSmoothingSchedule": ["1"] * (dim * levels),
         "Metric": ["Impact"],
@@ -276,7 +276,7 @@ def level_keys(level: int, models, dimension, channels, patch, voxel, mask, subs
 
 def elastix_test_map(dim: int, mode: str, model: str, channels_subset: int, samples: int,
                      voxel_levels, patch, write_feature_maps: str = "false", iterations: int = 4) -> dict:
-    """One of upstream's three test maps (§11.1) with ``model`` at both levels."""
+    """One of upstream's three test maps (§I11.1) with ``model`` at both levels."""
     keys = {"ImpactMode": mode, "ImpactWriteFeatureMaps": write_feature_maps,
             "ImpactUseMixedPrecision": "false"}
     for level, vox in enumerate(voxel_levels):
@@ -377,10 +377,10 @@ def check_level(info: dict, mode: str, channels, subset, distances) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Upstream's three elastix test maps (impact_spec §11.1): toy models, and the real ones if present
+# Upstream's three elastix test maps (docs/design.md §I11.1): toy models, and the real ones if present
 # ------------------------------------------------------------------------------------------------
 
-#: real upstream test model and its channel count, per toy stand-in (impact_spec §11.1)
+#: real upstream test model and its channel count, per toy stand-in (docs/design.md §I11.1)
 REAL = {"seg3d": ("M730_1_Layers.pt", 32), "mind2d": ("R1D2_2D.pt", 4)}
 TOY_CHANNELS = {"seg3d": 8, "mind2d": 4}
 
@@ -425,7 +425,7 @@ def test_3d_static_map(kind, toy, pair3d, tmp_path):
 
 
 def check_feature_maps(folder: Path, voxel_levels, channels: int, fixed) -> None:
-    """impact_spec §6.7 file names; the maps cover the fixed image's physical extent."""
+    """docs/design.md §I6.7 file names; the maps cover the fixed image's physical extent."""
     extent = np.asarray(fixed.GetLargestPossibleRegion().GetSize()) * np.asarray(fixed.GetSpacing())
     for level, vox in enumerate(voxel_levels):
         sizes = "_".join(f"{v:.2f}" for v in vox)
@@ -444,7 +444,7 @@ def check_feature_maps(folder: Path, voxel_levels, channels: int, fixed) -> None
 @pytest.mark.parametrize("kind", KINDS)
 def test_2d_static_map_writes_feature_maps(kind, toy, pair2d, tmp_path):
     """parameters.2D.IMPACT.bspline.ASGD.002 structure: Static, patch 0 0, voxel 3 then 1.5 mm,
-    SubsetFeatures 4, ``ImpactWriteFeatureMaps`` a folder (files named as in impact_spec §6.7)."""
+    SubsetFeatures 4, ``ImpactWriteFeatureMaps`` a folder (files named as in docs/design.md §I6.7)."""
     features = tmp_path / "Features"
     voxels = [[3, 3], [1.5, 1.5]]
     model, channels = model_for(kind, toy, "mind2d")
@@ -458,7 +458,7 @@ def test_2d_static_map_writes_feature_maps(kind, toy, pair2d, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# The other kinds of maps (impact_spec §2; ImpactLoss's example maps, written for elastix)
+# The other kinds of maps (docs/design.md §I2; ImpactLoss's example maps, written for elastix)
 # ------------------------------------------------------------------------------------------------
 
 

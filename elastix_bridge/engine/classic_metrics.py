@@ -5,10 +5,10 @@
 with respect to the transform parameters comes from autograd (every step below is differentiable where
 elastix's analytic derivative is defined, so the two agree).
 
-Common sample evaluation (elastix_spec §7.1, ``Common/CostFunctions/itkAdvancedImageToImageMetric.hxx``)::
+Common sample evaluation (docs/design.md §E7.1, ``Common/CostFunctions/itkAdvancedImageToImageMetric.hxx``)::
 
     y = T(μ, x)                                   fixed sample x (physical mm), y mapped point
-    valid  ⇔  y inside the moving mask (if any)   nearest-voxel rule, spec §4
+    valid  ⇔  y inside the moving mask (if any)   nearest-voxel rule, docs/design.md §E4
            ∧  −0.5 ≤ i_M(y)_d < n_d − 0.5         ITK IsInsideBuffer of the moving level image
     f = F(x)   (voxel value; the fixed image interpolated with FixedImageBSplineInterpolationOrder)
     m = M(y)   (BSplineInterpolator of order BSplineInterpolationOrder, mirror boundary)
@@ -18,17 +18,17 @@ Common sample evaluation (elastix_spec §7.1, ``Common/CostFunctions/itkAdvanced
 
 Metric values (``N = N_valid``):
 
-* MeanSquares: ``κ/N · Σ (m − f)²``; ``κ = 100/d²`` with ``UseNormalization`` (§7.2).
+* MeanSquares: ``κ/N · Σ (m − f)²``; ``κ = 100/d²`` with ``UseNormalization`` (§E7.2).
 * NormalizedCorrelation: ``s_fm / −√(s_ff·s_mm)`` (means subtracted), 0 if the denominator is
-  ``≥ −1e-14`` (§7.3).
-* Mattes MI: Parzen-window joint histogram, ``−Σ p·log(p / (p_f·p_m))`` (§7.4); the gradient uses
+  ``≥ −1e-14`` (§E7.3).
+* Mattes MI: Parzen-window joint histogram, ``−Σ p·log(p / (p_f·p_m))`` (§E7.4); the gradient uses
   elastix's derivative Parzen kernel (exact for the default cubic kernel, not for orders 1–2).
 * Bending energy: ``1/N · Σ_x Σ_k ‖H_k(x)‖_F²`` over samples whose ``T(x)`` lies in the moving mask
-  (no buffer check), ``H_k`` the physical spatial Hessian of component k of a B-spline transform (§7.5).
+  (no buffer check), ``H_k`` the physical spatial Hessian of component k of a B-spline transform (§E7.5).
 
 torch is imported inside the functions: importing this module imports neither torch nor itk.
 
-Sources: elastix_spec §4, §5, §7, §8.1; elastix
+Sources: docs/design.md §E4, §E5, §E7, §E8.1; elastix
 ``Components/Metrics/AdvancedMeanSquares/itkAdvancedMeanSquaresImageToImageMetric.hxx``,
 ``Components/Metrics/AdvancedNormalizedCorrelation/itkAdvancedNormalizedCorrelationImageToImageMetric.hxx``,
 ``Components/Metrics/AdvancedMattesMutualInformation/itkParzenWindowMutualInformationImageToImageMetric.hxx``,
@@ -102,7 +102,7 @@ def _zero_like_parameters(parameters):
 
 
 def check_samples(n_valid: int, n_total: int, required_ratio: float) -> None:
-    """elastix's ``CheckNumberOfSamples`` (spec §7.1), plus: no valid sample at all is always an error.
+    """elastix's ``CheckNumberOfSamples`` (docs/design.md §E7.1), plus: no valid sample at all is always an error.
 
     Raises:
         SamplingError: ``n_valid == 0`` or ``n_valid < required_ratio · n_total``.
@@ -115,7 +115,7 @@ def image_extrema(image: "LevelImage", mask: "Mask | None" = None) -> tuple[floa
     """Minimum and maximum voxel value of a level image, restricted to a mask.
 
     elastix's ``ComputeImageExtremaFilter``: every voxel of the image whose physical centre is inside
-    the mask (nearest-mask-voxel rule, spec §4) counts; the mask may have another geometry.
+    the mask (nearest-mask-voxel rule, docs/design.md §E4) counts; the mask may have another geometry.
 
     Args:
         image: the level image (float32 values).
@@ -524,7 +524,7 @@ class _SampledImageMetric(_Metric):
 
     # -- samples ----------------------------------------------------------------------------------
     def _inside_moving(self, points):
-        """``(N,)`` validity of mapped points: moving mask (if any) and moving buffer (spec §7.1)."""
+        """``(N,)`` validity of mapped points: moving mask (if any) and moving buffer (docs/design.md §E7.1)."""
         geometry = self.moving.geometry
         ok = geometry.inside_buffer(geometry.physical_to_index(points))
         if self.moving_mask is not None:
@@ -587,7 +587,7 @@ class AdvancedMeanSquares(_SampledImageMetric):
         use_normalization (bool), normalization_factor (float κ).
 
     Source: ``Components/Metrics/AdvancedMeanSquares/itkAdvancedMeanSquaresImageToImageMetric.hxx``
-    (``Initialize``, ``GetValue``); elastix_spec §7.2.
+    (``Initialize``, ``GetValue``); docs/design.md §E7.2.
     """
 
     name = "AdvancedMeanSquares"
@@ -626,13 +626,13 @@ class AdvancedNormalizedCorrelation(_SampledImageMetric):
 
     With ``S_*`` sums over the valid samples: ``s_ff = S_ff − S_f²/N``, ``s_mm = S_mm − S_m²/N``,
     ``s_fm = S_fm − S_f·S_m/N``. ``V = 0`` if the denominator is not below ``−1e-14``. The means are always
-    subtracted: the ``SubtractMean`` key of older elastix versions is ignored (elastix_spec §7.3; checked
+    subtracted: the ``SubtractMean`` key of older elastix versions is ignored (docs/design.md §E7.3; checked
     against itk-elastix 0.25.4, where ``(SubtractMean "false")`` gives the same value).
 
     Args: see :class:`_SampledImageMetric`.
 
     Source: ``Components/Metrics/AdvancedNormalizedCorrelation/itkAdvancedNormalizedCorrelationImageToImageMetric.hxx``;
-    elastix_spec §7.3.
+    docs/design.md §E7.3.
     """
 
     name = "AdvancedNormalizedCorrelation"
@@ -703,7 +703,7 @@ class AdvancedMattesMutualInformation(_SampledImageMetric):
     Source: ``Common/CostFunctions/itkParzenWindowHistogramImageToImageMetric.hxx``,
     ``Components/Metrics/AdvancedMattesMutualInformation/itkParzenWindowMutualInformationImageToImageMetric.hxx``,
     ``elxAdvancedMattesMutualInformationMetric.hxx``, ``Common/CostFunctions/itkAdvancedImageToImageMetric.hxx``
-    (``InitializeLimiters``); elastix_spec §7.4.
+    (``InitializeLimiters``); docs/design.md §E7.4.
     """
 
     name = "AdvancedMattesMutualInformation"
@@ -821,7 +821,7 @@ def bspline_spatial_hessian(transform, parameters, points):
     """Physical spatial Hessian of every displacement component of a B-spline transform.
 
     ``H_k = Pᵀ·(Σ_m c_k[k0+m]·∂²w_m/∂ξ∂ξᵀ)·P`` with ``P = (Dir_g·diag(G))⁻¹``; zero outside the valid
-    region (elastix_spec §6.4).
+    region (docs/design.md §E6.4).
 
     Args:
         transform: :class:`~elastix_bridge.engine.transforms.BSplineTransform`.
@@ -877,7 +877,7 @@ class TransformBendingEnergyPenalty(_Metric):
         image geometry is irrelevant).
 
     Source: ``Components/Metrics/BendingEnergyPenalty/itkTransformBendingEnergyPenaltyTerm.hxx``;
-    elastix_spec §7.5.
+    docs/design.md §E7.5.
     """
 
     name = "TransformBendingEnergyPenalty"
@@ -886,7 +886,7 @@ class TransformBendingEnergyPenalty(_Metric):
         from .initial_transforms import ComposedTransform
 
         if isinstance(transform, ComposedTransform):
-            # The Hessian of T_cur∘T_init (elastix_spec §1.7) is not implemented; without this check the
+            # The Hessian of T_cur∘T_init (docs/design.md §E1.7) is not implemented; without this check the
             # penalty would silently be 0 (the composed transform is not a BSplineTransform).
             raise ValueError("TransformBendingEnergyPenalty on top of an initial transform (a sequence of maps or "
                              "-t0) is not supported by the bridge engine yet; run that map without the penalty or "

@@ -8,7 +8,7 @@ An ITK image maps a continuous index ``i`` (ITK order) to a physical point ``p``
 so ``direction[:, k]`` is the physical direction of index axis ``k``.  numpy arrays
 obtained from ITK are reversed: ``array_zyx[z, y, x]``.
 
-Source: ITK ``ImageBase::TransformContinuousIndexToPhysicalPoint``; elastix_spec §0.
+Source: ITK ``ImageBase::TransformContinuousIndexToPhysicalPoint``; docs/design.md §E0.
 """
 from __future__ import annotations
 

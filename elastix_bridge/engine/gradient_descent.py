@@ -4,9 +4,9 @@ Both share the interface of :class:`elastix_bridge.engine.optimizers.AdaptiveSto
 ``optimize(cost, x0, terms=None, scales=None)`` returns the final position and fills ``history`` with
 one :class:`~elastix_bridge.engine.optimizers.IterationRecord` per iteration.
 
-Sources: elastix_spec §9.2 (``Components/Optimizers/StandardGradientDescent``), §9.3
+Sources: docs/design.md §E9.2 (``Components/Optimizers/StandardGradientDescent``), §E9.3
 (``Components/Optimizers/RegularStepGradientDescent``, ITK
-``itkRegularStepGradientDescentBaseOptimizer.cxx``), §6.3 (scales).
+``itkRegularStepGradientDescentBaseOptimizer.cxx``), §E6.3 (scales).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class _GradientDescent:
 
 @dataclass
 class StandardGradientDescentSettings:
-    """Per-level settings with elastix's defaults (elastix_spec §9.2)."""
+    """Per-level settings with elastix's defaults (docs/design.md §E9.2)."""
 
     maximum_number_of_iterations: int = 500
     sp_a: float = 400.0
@@ -50,7 +50,7 @@ class StandardGradientDescentSettings:
 
 
 class StandardGradientDescent(_GradientDescent):
-    """``y_{k+1} = y_k − a/(A + k + 1)^α · ĝ_k`` in the scaled space ``y = √S·x`` (elastix_spec §9.2, §6.3).
+    """``y_{k+1} = y_k − a/(A + k + 1)^α · ĝ_k`` in the scaled space ``y = √S·x`` (docs/design.md §E9.2, §E6.3).
 
     Args:
         settings: the level's :class:`StandardGradientDescentSettings`.
@@ -92,7 +92,7 @@ class StandardGradientDescent(_GradientDescent):
 
 @dataclass
 class RegularStepGradientDescentSettings:
-    """Per-level settings with elastix's defaults (elastix_spec §9.3); step lengths in parameter units."""
+    """Per-level settings with elastix's defaults (docs/design.md §E9.3); step lengths in parameter units."""
 
     maximum_number_of_iterations: int = 500
     maximum_step_length: float = 16.0
@@ -124,7 +124,7 @@ class RegularStepGradientDescentSettings:
 
 
 class RegularStepGradientDescent(_GradientDescent):
-    """ITK's regular-step gradient descent (elastix_spec §9.3).
+    """ITK's regular-step gradient descent (docs/design.md §E9.3).
 
     With ``g̃ = g / S`` (scales divide once, they are not squared here): stop when ``‖g̃‖`` is below
     ``MinimumGradientMagnitude``; halve the step (× ``RelaxationFactor``) when ``g̃`` turns against the

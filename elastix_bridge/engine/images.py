@@ -3,7 +3,7 @@
 Arrays are stored in numpy ``(z, y, x)`` order (``array_zyx``); everything geometric
 (indices, sizes, radii) is in ITK ``(x, y, z)`` order (``*_xyz``).
 
-Sources: elastix_spec §0 (conventions), §4 (masks, erosion);
+Sources: docs/design.md §E0 (conventions), §E4 (masks, erosion);
 ITK ``ImageMaskSpatialObject::IsInsideInObjectSpace`` and ``StatisticsImageFilter``;
 elastix ``Common/itkErodeMaskImageFilter.hxx``.
 """
@@ -92,7 +92,7 @@ class Mask:
     """A binary mask: geometry plus a ``bool`` array in ``(z, y, x)`` order.
 
     Attributes:
-        geometry: grid of the mask (ITK order); masks are used at full resolution (spec §4).
+        geometry: grid of the mask (ITK order); masks are used at full resolution (docs/design.md §E4).
         array_zyx: ``True`` = inside, shape ``geometry.shape_zyx``. Treat as immutable: a per-device
             torch copy is cached for :meth:`contains`.
 
@@ -136,7 +136,7 @@ class Mask:
         return t
 
     def contains(self, points: "torch.Tensor") -> "torch.Tensor":
-        """Which physical points lie inside the mask (ITK ``ImageMaskSpatialObject`` rule, spec §4).
+        """Which physical points lie inside the mask (ITK ``ImageMaskSpatialObject`` rule, docs/design.md §E4).
 
         The nearest mask voxel ``floor(i + 0.5)`` of the continuous index ``i`` must lie inside the
         mask buffer and be non-zero.
@@ -188,7 +188,7 @@ class Mask:
     def eroded(self, radius_xyz) -> "Mask":
         """Box erosion of half-width ``radius_xyz[d]`` voxels per axis; the image border does not erode.
 
-        Equivalent to elastix's parabolic erosion of a 0/1 mask (spec §4,
+        Equivalent to elastix's parabolic erosion of a 0/1 mask (docs/design.md §E4,
         ``Common/itkErodeMaskImageFilter.hxx``): a voxel survives iff no zero voxel lies within
         ``|Δ_d| <= radius_xyz[d]`` on every axis (outside the image counts as inside the mask).
 

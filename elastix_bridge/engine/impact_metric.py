@@ -5,9 +5,9 @@ their inputs (patches, resampled images), reads their outputs at the sample poin
 them with the plugin's distances. Derivatives with respect to the transform parameters come from
 autograd through the whole chain (distance → features → model → moving-image interpolation →
 transform), which is the exact derivative; upstream elastix assembles an approximation by hand
-(impact_spec §5.5 Q8, §7.5 Q13, §7.8 Q14).
+(docs/design.md §I5.5 Q8, §I7.5 Q13, §I7.8 Q14).
 
-Deliberate differences from upstream elastix (impact_spec §13), each the "fixed" alternative:
+Deliberate differences from upstream elastix (docs/design.md §I13), each the "fixed" alternative:
   * patch offsets (Jacobian mode) and Static resampling grids follow the fixed image's direction
     cosines and cover the image's physical extent exactly (Q10); feature maps of strided layers are
     spaced by their stride (tile / output size) and centred on the voxels each feature summarises;
@@ -18,7 +18,7 @@ Deliberate differences from upstream elastix (impact_spec §13), each the "fixed
     statistics are global (Q14, Q15) and the result does not depend on the thread count;
   * PCA counts and bases are indexed by the global layer index (Q11).
 
-Source: impact_spec §4–§8; Boussot et al., "IMPACT: A Generic Semantic Loss for Multimodal
+Source: docs/design.md §I4–§I8; Boussot et al., "IMPACT: A Generic Semantic Loss for Multimodal
 Medical Image Registration", arXiv:2503.24121, §2.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ log = logging.getLogger("elastix_bridge")
 
 
 def _direction_tensor(geometry: ImageGeometry):
-    """int16 [D, D] direction cosines rounded half away from zero (impact_spec §3.2)."""
+    """int16 [D, D] direction cosines rounded half away from zero (docs/design.md §I3.2)."""
     import torch
 
     d = geometry.direction
@@ -54,7 +54,7 @@ def _patch_grid_offsets(model, geometry: ImageGeometry, image_dimension: int):
     """Patch offsets in mm, ``(Q, D)``, ordered (z, y, x) with x fastest, along the fixed image axes.
 
     For a model of the image's dimension the offsets of patch index ``i`` are
-    ``(i_a − ⌊P_a/2⌋)·v_a`` along image axis ``a``, rotated by the fixed direction (impact_spec §5.2,
+    ``(i_a − ⌊P_a/2⌋)·v_a`` along image axis ``a``, rotated by the fixed direction (docs/design.md §I5.2,
     fixed variant of Q6/Q10). Returns the offsets and the tensor shape ``(P_z, P_y, P_x)``.
     """
     p = list(model.patch_size)
@@ -82,7 +82,7 @@ def _crop_padding(feature, tile):
 
 
 def _random_rotations(n: int, generator, dtype):
-    """Random rotations R = Rz(γ)·Ry(β)·Rx(α), angles uniform in [0, 2π), ``(n, 3, 3)`` (impact_spec §5.2)."""
+    """Random rotations R = Rz(γ)·Ry(β)·Rx(α), angles uniform in [0, 2π), ``(n, 3, 3)`` (docs/design.md §I5.2)."""
     import torch
 
     a, b, c = (2 * math.pi * torch.rand(3, n, generator=generator, dtype=torch.float64)).to(dtype)
@@ -95,7 +95,7 @@ def _random_rotations(n: int, generator, dtype):
 
 
 def _call_model(model, cfg, x, stats, direction, which: str, level: int, finite: bool = True):
-    """One model call with upstream's argument convention (impact_spec §3.2); checks the list output.
+    """One model call with upstream's argument convention (docs/design.md §I3.2); checks the list output.
 
     With ``finite`` (every call on image data; not the dry runs on zero input, where a model that
     normalises its patch may divide by zero), a selected layer holding NaN or Inf is refused by name.
@@ -148,7 +148,7 @@ def _dummy_channels(models, configs, stats, direction, device, which: str, level
 
 
 def _check_paired(level: int, fixed: list, moving: list) -> None:
-    """Paired fixed/moving layers must have equal channel counts (impact_spec §5.1, §6.8; Q9 fixed)."""
+    """Paired fixed/moving layers must have equal channel counts (docs/design.md §I5.1, §I6.8; Q9 fixed)."""
     from ..loader import ImpactModelError
 
     if fixed != moving:
@@ -171,7 +171,7 @@ def check_level_models(config, models, image_dimension: int, device) -> None:
     """Dry-run the models of one level on zero inputs, before any registration work.
 
     Where the model input shape is known in advance (Jacobian mode: one patch, as upstream's
-    Initialize does, impact_spec §5.1; Static mode with a non-zero ``ImpactPatchSize``: one tile),
+    Initialize does, docs/design.md §I5.1; Static mode with a non-zero ``ImpactPatchSize``: one tile),
     checks that every model runs, returns a list as long as its layers mask, and that paired fixed
     and moving layers have equal channel counts; in Static mode also that ``ImpactPCA`` does not ask
     for more components than its layer has channels. Static whole-image models (patch 0) are
@@ -218,7 +218,7 @@ class ImpactMetric:
         moving_interpolation_order: elastix ``BSplineInterpolationOrder`` of the moving image.
         required_ratio_of_valid_samples: elastix ``RequiredRatioOfValidSamples`` (0 disables).
 
-    Source: impact_spec §5 (Jacobian), §6 (Static), §7 (distances), §8 (aggregation).
+    Source: docs/design.md §I5 (Jacobian), §I6 (Static), §I7 (distances), §I8 (aggregation).
     """
 
     def __init__(self, config, fixed, moving, moving_mask, transform, plugin, models, device, generator,
@@ -253,7 +253,7 @@ class ImpactMetric:
 
     # -- initialisation -------------------------------------------------------------------------
     def initialize(self, parameters) -> None:
-        """Per-level initialisation (impact_spec §5.1 / §6): feature maps or output shapes."""
+        """Per-level initialisation (docs/design.md §I5.1 / §I6): feature maps or output shapes."""
         tic = time.perf_counter()
         if self.config.mode == "Static":
             import torch
@@ -275,7 +275,7 @@ class ImpactMetric:
                  self.device, len(self.channels), self.channels, self.subset_sizes, list(self.config.distances))
 
     def _jacobian_dummy_forward(self) -> list:
-        """Run every model once on a zero patch to learn the selected layers' channel counts (§5.1)."""
+        """Run every model once on a zero patch to learn the selected layers' channel counts (§I5.1)."""
         level = self.config.level
         fixed = _dummy_channels(self.fixed_models, self.config.fixed_models, self.fixed_stats, self.fixed_direction,
                                 self.device, "fixed", level)
@@ -303,7 +303,7 @@ class ImpactMetric:
 
         ``displacement`` maps fixed grid points to the points where the image is read (None = identity).
         With ``ImpactFeatureMapOutputDirectory`` (or ``ImpactWriteFeatureMaps``) the resampled model
-        inputs and the final maps are written there (impact_spec §6.7). ``which`` is ``"Fixed"`` (PCA
+        inputs and the final maps are written there (docs/design.md §I6.7). ``which`` is ``"Fixed"`` (PCA
         bases are fitted) or ``"Moving"`` (the fixed bases are reused).
         """
         import torch
@@ -348,7 +348,7 @@ class ImpactMetric:
         write_image(image, Path(directory) / name)
 
     def _tiled_forward(self, model, cfg, img, stats, direction):
-        """Model outputs for the whole resampled image (impact_spec §6.2), batch axis removed.
+        """Model outputs for the whole resampled image (docs/design.md §I6.2), batch axis removed.
 
         Tiles of ``ImpactPatchSize`` (0 = whole axis) along the model axes, zero-padded at the high
         end, written side by side and cropped; a 2D model on a 3D image runs slice by slice.
@@ -400,7 +400,7 @@ class ImpactMetric:
         and the first one starts at the grid's low edge, so feature ``i`` is centred on grid
         voxels ``[s·i, s·(i+1))``. When the tiles divide the extent (or the whole image is one tile)
         the map covers the grid's extent exactly; with a partial last tile, whose features are
-        cropped (§6.2), it covers ``size·s`` grid voxels instead of being stretched over the whole
+        cropped (§I6.2), it covers ``size·s`` grid voxels instead of being stretched over the whole
         extent (which would misplace the features progressively).
         """
         size = np.asarray(tuple(reversed(tuple(shape_zyx))), dtype=np.float64)
@@ -409,7 +409,7 @@ class ImpactMetric:
         return ImageGeometry(tuple(int(s) for s in size), spacing, origin, grid.direction)
 
     def _pca(self, layer: int, fmap, fit: bool):
-        """PCA of a feature map (impact_spec §6.4): basis fitted on the fixed map, reused for the moving."""
+        """PCA of a feature map (docs/design.md §I6.4): basis fitted on the fixed map, reused for the moving."""
         import torch
 
         f = fmap.shape[0]
@@ -428,7 +428,7 @@ class ImpactMetric:
         return (basis.T @ xc).to(fmap.dtype).reshape((basis.shape[1],) + tuple(fmap.shape[1:]))
 
     def _refresh_moving_maps(self, parameters) -> None:
-        """(Re)compute ``Φ(M∘T)`` on the fixed grids with the current transform (impact_spec §6.6)."""
+        """(Re)compute ``Φ(M∘T)`` on the fixed grids with the current transform (docs/design.md §I6.6)."""
         import torch
 
         from .interpolators import ImageInterpolator
@@ -444,7 +444,7 @@ class ImpactMetric:
 
     # -- evaluation ----------------------------------------------------------------------------
     def _subsets(self):
-        """One channel subset per layer for this evaluation (impact_spec §4.5)."""
+        """One channel subset per layer for this evaluation (docs/design.md §I4.5)."""
         import torch
 
         subsets = []
@@ -460,7 +460,7 @@ class ImpactMetric:
             raise SamplingError(f"Too many samples map outside moving image buffer: {n_valid} / {n_total}")
 
     def _inside_moving(self, points):
-        """Validity of moving points ``(..., D)``: inside the moving buffer and mask (elastix_spec §7.1)."""
+        """Validity of moving points ``(..., D)``: inside the moving buffer and mask (docs/design.md §E7.1)."""
         flat = points.reshape(-1, self.dim)
         ok = self.moving.geometry.inside_buffer(self.moving.geometry.physical_to_index(flat))
         if self.moving_mask is not None:
@@ -475,7 +475,7 @@ class ImpactMetric:
             points: fixed sample points, physical mm, ``Tensor[N, D]`` (float64, CPU).
 
         Returns:
-            ``(value, n_valid)``: 0-d tensor (weighted sum over layers, impact_spec §8) and the
+            ``(value, n_valid)``: 0-d tensor (weighted sum over layers, docs/design.md §I8) and the
             number of valid samples.
 
         Raises:
@@ -489,7 +489,7 @@ class ImpactMetric:
         total = 0.0
         for l, v in enumerate(per_layer):
             if self.config.distances[l] in ("L1", "L2"):
-                # Upstream normalises L1/L2 by the first value of the level (impact_spec §7.9).
+                # Upstream normalises L1/L2 by the first value of the level (docs/design.md §I7.9).
                 if self.alpha[l] is None:
                     first = float(v.detach())
                     self.alpha[l] = 1.0 / first if first != 0 else 1.0
@@ -549,7 +549,7 @@ class ImpactMetric:
         return feats
 
     def _jacobian_values(self, parameters, points):
-        """Jacobian mode (impact_spec §5): patches around each sample through the models, centre features."""
+        """Jacobian mode (docs/design.md §I5): patches around each sample through the models, centre features."""
         import torch
 
         n = points.shape[0]

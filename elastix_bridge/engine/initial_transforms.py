@@ -2,7 +2,7 @@
 
 elastix runs a sequence of parameter maps as sequential registrations: stage k starts from the
 final transform of stages 0..k−1 (its *initial transform*), combined with its own transform by
-``HowToCombineTransforms`` (elastix_spec §1.7, ``Common/Transforms/itkAdvancedCombinationTransform.hxx``)::
+``HowToCombineTransforms`` (docs/design.md §E1.7, ``Common/Transforms/itkAdvancedCombinationTransform.hxx``)::
 
     Compose (default):  T(x) = T_cur(T_init(x))          parameter Jacobian of T_cur at T_init(x)
     Add:                T(x) = T_cur(x) + T_init(x) − x   parameter Jacobian of T_cur at x
@@ -36,7 +36,7 @@ def transform_from_parameter_map(pmap):
     Raises:
         ValueError: a transform the bridge engine does not know, or inconsistent keys.
 
-    Source: elastix_spec §10.1, §10.3.
+    Source: docs/design.md §E10.1, §E10.3.
     """
     import torch
 
@@ -44,7 +44,7 @@ def transform_from_parameter_map(pmap):
     from .linear_transforms import LINEAR_TRANSFORMS, linear_transform_from_parameter_map
 
     pm = pmap if isinstance(pmap, ParameterMap) else ParameterMap.from_dict(dict(pmap))
-    name = pm.get("Transform", default="AffineTransform")  # elastix's default when absent (§1.7)
+    name = pm.get("Transform", default="AffineTransform")  # elastix's default when absent (§E1.7)
     if name in LINEAR_TRANSFORMS:
         return linear_transform_from_parameter_map(pm)
     params = torch.tensor([float(v) for v in pm.values("TransformParameters")], dtype=torch.float64)
@@ -74,7 +74,7 @@ def chain_from_file(path) -> list:
     is followed recursively until ``NoInitialTransform``. A relative name is used as it is when it is
     absolute, when the referencing file's own path has no folder part, or when it exists relative to
     the working directory; otherwise it is taken relative to the referencing file's folder
-    (elastix_spec §1.7).
+    (docs/design.md §E1.7).
 
     Args:
         path: a TransformParameters file (``-t0``).
@@ -149,7 +149,7 @@ class TransformChain:
 
 
 class ComposedTransform(Transform):
-    """The current stage's transform combined with a fixed initial transform (elastix_spec §1.7).
+    """The current stage's transform combined with a fixed initial transform (docs/design.md §E1.7).
 
     Behaves as the current transform for the optimizer (same parameters, scales and
     TransformParameters keys); points are mapped through the initial transform as

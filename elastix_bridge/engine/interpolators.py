@@ -9,7 +9,7 @@ Value at continuous index ``i`` (ITK order) for channel ``c``::
 
     f_c(i) = Σ_k coef_c[mirror(k)] · Π_d β_order(i_d − k_d)
 
-Sources: elastix_spec §8.1; elastix ``Components/Interpolators/BSplineInterpolator/elxBSplineInterpolator.hxx``;
+Sources: docs/design.md §E8.1; elastix ``Components/Interpolators/BSplineInterpolator/elxBSplineInterpolator.hxx``;
 ITK ``Modules/Core/ImageFunction/include/itkBSplineInterpolateImageFunction.hxx``.
 """
 from __future__ import annotations
@@ -270,7 +270,7 @@ def bspline_interpolate(coefficients: "torch.Tensor", index_xyz: "torch.Tensor",
 
     Mirror index extension as in ITK (index −k ↦ k, n−1+k ↦ n−1−k, periodic with period 2n−2, so
     points far outside the image are handled too; a size-1 axis always uses index 0). No buffer
-    check is made: validity (``−0.5 <= i < n − 0.5``) is the caller's business (spec §7.1).
+    check is made: validity (``−0.5 <= i < n − 0.5``) is the caller's business (docs/design.md §E7.1).
 
     Differentiable w.r.t. ``index_xyz`` by autograd (first order; order 0 has zero derivative).
     If ``coefficients.requires_grad`` a plain autograd graph is built instead (also differentiable
@@ -329,7 +329,7 @@ class ImageInterpolator:
     """B-spline interpolator of a scalar image or a multi-channel feature volume in physical space.
 
     Used for elastix ``BSplineInterpolator`` (moving image, ``BSplineInterpolationOrder``), the fixed
-    image B-spline and Static-mode IMPACT feature maps (cubic, per channel). Spec §8.1.
+    image B-spline and Static-mode IMPACT feature maps (cubic, per channel). docs/design.md §E8.1.
 
     Args:
         image: a :class:`~elastix_bridge.engine.images.LevelImage`, or a numpy array / torch tensor
@@ -389,7 +389,7 @@ class ImageInterpolator:
         return self.geometry.physical_to_index(points)
 
     def inside_buffer(self, points: "torch.Tensor") -> "torch.Tensor":
-        """``(N,)`` bool: ITK ``IsInsideBuffer`` of the points' continuous indices (spec §7.1)."""
+        """``(N,)`` bool: ITK ``IsInsideBuffer`` of the points' continuous indices (docs/design.md §E7.1)."""
         return self.geometry.inside_buffer(self.index(points.detach()))
 
     def __call__(self, points: "torch.Tensor") -> "torch.Tensor":

@@ -14,7 +14,7 @@ caller evaluates ``φ`` (one cost ``value_and_derivative`` per trial) and does t
 Sources: elastix ``Common/LineSearchOptimizers/itkMoreThuenteLineSearchOptimizer.cxx`` and
 ``itkLineSearchOptimizer.cxx`` (the netlib ``mcsrch``/``mcstep`` routines in reverse communication);
 J. J. Moré and D. J. Thuente, "Line search algorithms with guaranteed sufficient decrease",
-ACM TOMS 20(3), 1994. elastix_spec §9.4.
+ACM TOMS 20(3), 1994. docs/design.md §E9.4.
 
 elastix's details that this module keeps: the trial step is clamped to ``[1e-20, 1e20]``; before an
 evaluation that is expected to be the last one (bracket collapsed, iteration budget spent, failed

@@ -2,7 +2,7 @@
 
 All transforms are *centred*: ``T(x) = M·(x − c) + c + t`` (offset ``t + c − M·c``) with the centre of rotation
 ``c`` (a fixed parameter, mm) and the translation ``t`` (mm) part of the parameters.  Points are physical (mm), ITK
-``(x, y[, z])`` order; angles in radians.  Parameter layouts (elastix order, elastix_spec §6.1):
+``(x, y[, z])`` order; angles in radians.  Parameter layouts (elastix order, docs/design.md §E6.1):
 
 * ``EulerTransform`` 2-D: ``[θ, t_x, t_y]``, ``M = R(θ)``;
 * ``EulerTransform`` 3-D: ``[θ_x, θ_y, θ_z, t_x, t_y, t_z]``, ``M = R_z·R_x·R_y`` (``R_z·R_y·R_x`` with
@@ -20,7 +20,7 @@ Initialisation (elastix ``BeforeRegistration``: ``InitializeTransform`` then ``S
 
 torch is imported inside the functions (importing this module imports neither torch nor itk).
 
-Sources (elastix_spec §6.1–6.3, §10.1): ``Components/Transforms/EulerTransform/elxEulerTransform.hxx``,
+Sources (docs/design.md §E6.1–§E6.3, §E10.1): ``Components/Transforms/EulerTransform/elxEulerTransform.hxx``,
 ``Components/Transforms/SimilarityTransform/elxSimilarityTransform.hxx``,
 ``Components/Transforms/AdvancedAffineTransform/elxAdvancedAffineTransform.hxx``,
 ``Components/Transforms/AdvancedAffineTransform/itkCenteredTransformInitializer2.hxx``,
@@ -258,7 +258,7 @@ class CenteredLinearTransform(Transform):
             ``values (N, D, P)`` (mm per parameter unit) and ``indices (N, P)`` int64 = ``0 … P−1``.
 
         Source: ``GetJacobian`` of ``itkAdvanced{Rigid2D,Euler3D,Similarity2D,Similarity3D,MatrixOffsetTransformBase}``
-        ``Transform.hxx``; elastix_spec §6.1.
+        ``Transform.hxx``; docs/design.md §E6.1.
         """
         import torch
 
@@ -280,7 +280,7 @@ class CenteredLinearTransform(Transform):
 
     # ------------------------------------------------------------------ scales / maps
     def scales(self) -> "torch.Tensor":
-        """elastix's default optimizer (squared) scales, ``Tensor[P]`` float64 (elastix_spec §6.3)."""
+        """elastix's default optimizer (squared) scales, ``Tensor[P]`` float64 (docs/design.md §E6.3)."""
         import torch
 
         s = torch.ones(self.number_of_parameters, dtype=torch.float64)
@@ -292,7 +292,7 @@ class CenteredLinearTransform(Transform):
         ``CenterOfRotationPoint`` (shortest round-trip numbers).
 
         Source: ``CreateDerivedTransformParameterMap`` of ``elxEulerTransform.hxx``, ``elxSimilarityTransform.hxx``,
-        ``elxAdvancedAffineTransform.hxx``; elastix_spec §10.1.
+        ``elxAdvancedAffineTransform.hxx``; docs/design.md §E10.1.
         """
         out = super().parameter_map(params)
         out["CenterOfRotationPoint"] = _fmt_list(self.center)
@@ -450,7 +450,7 @@ class SimilarityTransform(CenteredLinearTransform):
         return [1.0, 0.0, 0.0, 0.0] if self.dimension == 2 else [0.0] * 6 + [1.0]
 
     def scales(self):
-        """Defaults: 2-D ``[10000, 100000, 1, 1]``; 3-D ``[100000 ×3, 1 ×3, 10000]`` (elastix_spec §6.3)."""
+        """Defaults: 2-D ``[10000, 100000, 1, 1]``; 3-D ``[100000 ×3, 1 ×3, 10000]`` (docs/design.md §E6.3)."""
         import torch
 
         if self.dimension == 2:
@@ -656,7 +656,7 @@ def translation_initialization(method: str, fixed_geometry: ImageGeometry, movin
     Raises:
         ValueError: missing image values, zero mass.
 
-    Source: elastix ``itkTranslationTransformInitializer.hxx``; elastix_spec §6.2.
+    Source: elastix ``itkTranslationTransformInitializer.hxx``; docs/design.md §E6.2.
     """
     if method == "CenterOfGravity":
         arrays = [getattr(a, "array_zyx", a) for a in (fixed_image, moving_image)]
@@ -830,7 +830,7 @@ def initializer_center_and_translation(
 
     Source: ITK ``Modules/Registration/Common/include/itkCenteredTransformInitializer.hxx``,
     ``itkImageMomentsCalculator.hxx``; elastix ``itkCenteredTransformInitializer2.hxx``,
-    ``itkAdvancedImageMomentsCalculator.hxx``; elastix_spec §6.2.
+    ``itkAdvancedImageMomentsCalculator.hxx``; docs/design.md §E6.2.
     """
     if transform_name not in LINEAR_TRANSFORMS:
         raise ValueError(f"not a linear transform handled here: {transform_name!r}")
@@ -949,7 +949,7 @@ def initialize_linear_transform(
         ValueError: see :func:`initializer_center_and_translation`.
 
     Source: ``InitializeTransform`` in ``elxEulerTransform.hxx``, ``elxSimilarityTransform.hxx``,
-    ``elxAdvancedAffineTransform.hxx``; elastix_spec §6.2.
+    ``elxAdvancedAffineTransform.hxx``; docs/design.md §E6.2.
     """
     pm = _as_parameter_map(pmap)
     d = transform.dimension
@@ -1016,7 +1016,7 @@ def automatic_scales_estimation(
     Returns:
         ``Tensor[P]`` float64 scales.
 
-    Source: ``Core/ComponentBaseClasses/elxTransformBase.hxx`` ``AutomaticScalesEstimation``; elastix_spec §6.3.
+    Source: ``Core/ComponentBaseClasses/elxTransformBase.hxx`` ``AutomaticScalesEstimation``; docs/design.md §E6.3.
     """
     import torch
 
@@ -1065,7 +1065,7 @@ def transform_scales(
         ParameterError: ``Scales`` with a wrong number of values (Euler/Affine) or unconvertible values.
 
     Source: ``SetScales`` in ``elxEulerTransform.hxx``, ``elxSimilarityTransform.hxx``,
-    ``elxAdvancedAffineTransform.hxx``; elastix_spec §6.3.
+    ``elxAdvancedAffineTransform.hxx``; docs/design.md §E6.3.
     """
     pm = _as_parameter_map(pmap)
     if pm.get_entry("AutomaticScalesEstimation", 0, type=bool, default=False):
@@ -1146,7 +1146,7 @@ def make_linear_transform(
             GeometryTop in 2-D.
         ParameterError: bad parameter values.
 
-    Source: elastix_spec §6.1–6.3; the elastix files listed in the module docstring.
+    Source: docs/design.md §E6.1–§E6.3; the elastix files listed in the module docstring.
     """
     pm = _as_parameter_map(pmap)
     if how_to_combine is None:
@@ -1179,7 +1179,7 @@ def linear_transform_from_parameter_map(pmap, dimension: int | None = None):
         ValueError: not a linear transform.
 
     Source: ``ReadFromFile`` of ``elxEulerTransform.hxx``, ``elxSimilarityTransform.hxx``,
-    ``elxAdvancedAffineTransform.hxx``; elastix_spec §10.3.
+    ``elxAdvancedAffineTransform.hxx``; docs/design.md §E10.3.
     """
     import torch
 

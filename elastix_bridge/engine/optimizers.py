@@ -2,7 +2,7 @@
 
 Source: elastix ``Components/Optimizers/AdaptiveStochasticGradientDescent`` and
 ``Common/itkComputeJacobianTerms.hxx``; Klein et al., "Adaptive stochastic gradient descent
-optimisation for image registration", IJCV 81(3), 2009. Spec: elastix_spec §9.1, §14.
+optimisation for image registration", IJCV 81(3), 2009. Spec: docs/design.md §E9.1, §E14.
 
 The optimizer works on the transform parameters ``μ`` (float64, length P). Transform scales are
 all 1 for the transforms supported here (B-spline, translation), so the scaled position equals
@@ -47,7 +47,7 @@ class CostFunction(Protocol):
 
 @dataclass
 class ASGDSettings:
-    """Per-level ASGD settings with elastix's defaults (elastix_spec §9.1)."""
+    """Per-level ASGD settings with elastix's defaults (docs/design.md §E9.1)."""
 
     maximum_number_of_iterations: int = 500
     sp_A: float = 20.0
@@ -126,7 +126,7 @@ class ASGDSettings:
 
 @dataclass
 class JacobianTerms:
-    """Statistics of the transform Jacobian over a grid of fixed points (elastix_spec §9.1)."""
+    """Statistics of the transform Jacobian over a grid of fixed points (docs/design.md §E9.1)."""
 
     tr_c: float
     tr_cc: float
@@ -138,7 +138,7 @@ class JacobianTerms:
     def displacement_distribution(self, gradient) -> float:
         """``mean(d) + 2·std(d)`` of ``d_j = ‖J_j g‖`` over the points (population std).
 
-        Source: elastix ``Common/itkComputeDisplacementDistribution.hxx`` (elastix_spec §9.1).
+        Source: elastix ``Common/itkComputeDisplacementDistribution.hxx`` (docs/design.md §E9.1).
         """
         g = np.asarray(gradient.detach().cpu() if hasattr(gradient, "detach") else gradient, dtype=np.float64)
         d = np.linalg.norm(np.einsum("ndk,nk->nd", self.values, g[self.indices]), axis=1)
@@ -159,14 +159,14 @@ def jacobian_terms(values, indices, number_of_parameters: int, scales=None) -> J
         scales: the transform's squared scales ``S`` ``(P,)`` or None; the columns are divided by
             ``√S`` when they are not all 1.
 
-    Source: elastix ``Common/itkComputeJacobianTerms.hxx`` (elastix_spec §9.1).
+    Source: elastix ``Common/itkComputeJacobianTerms.hxx`` (docs/design.md §E9.1).
     """
     import scipy.sparse as sp
 
     vals = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
     idx = np.asarray(indices.detach().cpu() if hasattr(indices, "detach") else indices, dtype=np.int64)
     root = _scale_roots(scales)
-    if root is not None:  # columns scaled by 1/√S (elastix_spec §9.1)
+    if root is not None:  # columns scaled by 1/√S (docs/design.md §E9.1)
         vals = vals / root.numpy()[idx][:, None, :]
     n, dim, nnz = vals.shape
     rows = np.repeat(np.arange(n * dim), nnz)
@@ -254,11 +254,11 @@ class AdaptiveStochasticGradientDescent:
     Args:
         settings: the level's :class:`ASGDSettings`.
         generator: the stage's :class:`~elastix_bridge.engine.random.ElastixRandom` (or a seed) for the
-            perturbations of the parameter estimation (``GetNormalVariate``, elastix_spec §14).
+            perturbations of the parameter estimation (``GetNormalVariate``, docs/design.md §E14).
         on_iteration: called as ``on_iteration(record, position)`` after each iteration
             (logging, progress, metric hooks such as the Static feature-map refresh).
 
-    Source: elastix_spec §9.1 (iteration, time update, automatic parameter estimation).
+    Source: docs/design.md §E9.1 (iteration, time update, automatic parameter estimation).
     """
 
     def __init__(self, settings: ASGDSettings, generator, on_iteration: Optional[Callable] = None):
@@ -275,13 +275,13 @@ class AdaptiveStochasticGradientDescent:
 
     # -- automatic parameter estimation -------------------------------------------------------
     def estimate_parameters(self, cost: CostFunction, x0, terms: JacobianTerms) -> None:
-        """Set ``a``, ``alpha`` and the sigmoid from gradient measurements at ``x0`` (elastix_spec §9.1).
+        """Set ``a``, ``alpha`` and the sigmoid from gradient measurements at ``x0`` (docs/design.md §E9.1).
 
         "Original" / "OriginalButSigmoidToDefault": from the gradient and noise moments over
         perturbed positions. "DisplacementDistribution": from the distribution of the displacements
         ``J_j g`` that the gradient ``g`` at ``x0`` causes at the Jacobian points, corrected for the
         gradient noise when ``NoiseCompensation`` is on; the sigmoid is left unchanged.
-        Draw order (elastix_spec §14): per measurement, P normals, the exact gradient, new samples,
+        Draw order (docs/design.md §E14): per measurement, P normals, the exact gradient, new samples,
         the stochastic gradient.
         """
         s = self.s
@@ -362,7 +362,7 @@ class AdaptiveStochasticGradientDescent:
             terms: Jacobian terms for the automatic parameter estimation, computed with the same
                 ``scales`` (:func:`jacobian_terms`).
             scales: the transform's squared scales ``S`` ``(P,)`` or None; when not all 1, the
-                optimisation runs on ``y = √S·x`` as in elastix (elastix_spec §6.3): the logged
+                optimisation runs on ``y = √S·x`` as in elastix (docs/design.md §E6.3): the logged
                 gradient is ``g/√S`` and a step changes ``x`` by ``−γ·g/S``.
 
         Raises:

@@ -1,15 +1,15 @@
-"""Image pyramids exactly as elastix computes them (spec §3), built from ITK filters.
+"""Image pyramids exactly as elastix computes them (docs/design.md §E3), built from ITK filters.
 
 Kinds (either prefix, ``Fixed`` or ``Moving``):
 
 * ``SmoothingImagePyramid`` (elastix default): recursive Gaussian per axis, σ_d = 0.5·f_d·S_d (mm),
-  no down-sampling, the finest level is smoothed too (§3.1,
+  no down-sampling, the finest level is smoothed too (§E3.1,
   ``Common/itkMultiResolutionGaussianSmoothingPyramidImageFilter.hxx``).
-* ``RecursiveImagePyramid``: ITK ``RecursiveMultiResolutionPyramidImageFilter`` (§3.2).
-* ``ShrinkingImagePyramid``: ``ShrinkImageFilter`` only (§3.3,
+* ``RecursiveImagePyramid``: ITK ``RecursiveMultiResolutionPyramidImageFilter`` (§E3.2).
+* ``ShrinkingImagePyramid``: ``ShrinkImageFilter`` only (§E3.3,
   ``Common/itkMultiResolutionShrinkPyramidImageFilter.hxx``).
 * ``GenericImagePyramid``: ``SmoothingRecursiveGaussianImageFilter`` (physical σ) then linear
-  resampling (or shrinking) (§3.5, ``Common/itkGenericMultiResolutionPyramidImageFilter.hxx``).
+  resampling (or shrinking) (§E3.5, ``Common/itkGenericMultiResolutionPyramidImageFilter.hxx``).
 
 Schedules are ``(R, D)`` arrays, level 0 = coarsest, columns in ITK ``(x, y, z)`` order.
 """
@@ -81,7 +81,7 @@ def _itk_schedule_rules(f: np.ndarray) -> np.ndarray:
 
 def pyramid_schedule(kind: str, number_of_resolutions: int, image_geometry: ImageGeometry,
                      rescale=None, smoothing=None) -> PyramidSchedule:
-    """Schedule of a pyramid with elastix's defaults and rules (spec §3).
+    """Schedule of a pyramid with elastix's defaults and rules (docs/design.md §E3).
 
     Args:
         kind: e.g. ``"FixedSmoothingImagePyramid"`` or ``"MovingGenericImagePyramid"``.
@@ -138,7 +138,7 @@ def pyramid_schedule(kind: str, number_of_resolutions: int, image_geometry: Imag
 
 
 def downsampled_geometry(geometry: ImageGeometry, factors, use_shrink_image_filter: bool = False) -> ImageGeometry:
-    """Geometry of a down-sampled level (spec §3.4), start index 0.
+    """Geometry of a down-sampled level (docs/design.md §E3.4), start index 0.
 
     Args:
         geometry: input geometry.
@@ -162,7 +162,7 @@ def downsampled_geometry(geometry: ImageGeometry, factors, use_shrink_image_filt
 
 
 def fixed_level_region(full_geometry: ImageGeometry, level_geometry: ImageGeometry):
-    """Fixed region of a level (spec §3.6, ``MultiResolutionImageRegistrationMethod2::PreparePyramids``).
+    """Fixed region of a level (docs/design.md §E3.6, ``MultiResolutionImageRegistrationMethod2::PreparePyramids``).
 
     The first and last voxel of the full-resolution image are mapped into the level image's
     continuous index; ``start = ceil(c_first)``, ``size = max(1, floor(c_last) − start + 1)``.
@@ -239,7 +239,7 @@ def pyramid_level(image_itk, kind: str, schedule: PyramidSchedule, level: int,
             Recursive pyramid always shrinks, as elastix does).
 
     Returns:
-        ``itk.Image[itk.F, D]``; geometry per spec §3.4.
+        ``itk.Image[itk.F, D]``; geometry per docs/design.md §E3.4.
 
     Raises:
         ValueError: bad level / kind; ITK errors (e.g. fewer than 4 voxels along a smoothed axis,
@@ -286,7 +286,7 @@ def pyramid_level(image_itk, kind: str, schedule: PyramidSchedule, level: int,
             for k in range(d):
                 sched.put(r, k, int(schedule.rescale[r, k]))
         pyr.SetSchedule(sched)
-        pyr.SetUseShrinkImageFilter(True)  # elastix: shrink geometry (spec §3.2) [verified]
+        pyr.SetUseShrinkImageFilter(True)  # elastix: shrink geometry (docs/design.md §E3.2) [verified]
         pyr.Update()
         return pyr.GetOutput(level)
 

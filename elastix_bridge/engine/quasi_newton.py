@@ -1,6 +1,6 @@
 """elastix's QuasiNewtonLBFGS optimizer for one resolution level: L-BFGS with a More–Thuente line search.
 
-Per iteration k (elastix's "search direction" k), in the scaled space ``y = √S·x`` (elastix_spec §6.3):
+Per iteration k (elastix's "search direction" k), in the scaled space ``y = √S·x`` (docs/design.md §E6.3):
 
 1. search direction ``d_k = −H_k ĝ_k`` by the L-BFGS two-loop recursion over the last ``m``
    (``LBFGSUpdateAccuracy``) pairs ``s_i = α_i d_i``, ``t_i = ĝ_{i+1} − ĝ_i``, with the initial inverse
@@ -28,7 +28,7 @@ Sources: elastix ``Components/Optimizers/QuasiNewtonLBFGS/itkQuasiNewtonLBFGSOpt
 ``StoreCurrentPoint``, ``TestConvergence``), ``…/elxQuasiNewtonLBFGS.hxx`` (parameters, Wolfe stop,
 line-search error handling, iteration-table cells, ``GenerateLineSearchIterations``,
 ``NewSamplesEveryIteration``), ``Common/itkScaledSingleValuedNonLinearOptimizer.cxx`` (scales).
-elastix_spec §9.4, §13.
+docs/design.md §E9.4, §E13.
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ class LBFGSIterationRecord(IterationRecord):
 
 @dataclass
 class QuasiNewtonLBFGSSettings:
-    """Per-level QuasiNewtonLBFGS settings with elastix's defaults (elastix_spec §9.4)."""
+    """Per-level QuasiNewtonLBFGS settings with elastix's defaults (docs/design.md §E9.4)."""
 
     maximum_number_of_iterations: int = 100
     maximum_number_of_line_search_iterations: int = 20
@@ -184,7 +184,7 @@ def two_loop_direction(gradient, pairs, h0: float = 1.0):
 
 
 class QuasiNewtonLBFGS:
-    """elastix's QuasiNewtonLBFGS for one resolution level (module docstring; elastix_spec §9.4).
+    """elastix's QuasiNewtonLBFGS for one resolution level (module docstring; docs/design.md §E9.4).
 
     Args:
         settings: the level's :class:`QuasiNewtonLBFGSSettings`.
@@ -223,7 +223,7 @@ class QuasiNewtonLBFGS:
             x0: initial parameters ``(P,)``.
             terms: unused (no parameter estimation).
             scales: squared transform scales ``S`` ``(P,)`` or None; when not all 1 the optimizer works
-                on ``y = √S·x`` and sees ``ĝ = g/√S`` (elastix_spec §6.3).
+                on ``y = √S·x`` and sees ``ĝ = g/√S`` (docs/design.md §E6.3).
 
         Raises:
             SamplingError: too few valid samples at the level's first evaluation, or when re-evaluating

@@ -3,7 +3,7 @@
 ITK's ``MersenneTwisterRandomVariateGenerator`` is the standard MT19937 with ``init_genrand(seed)``
 seeding; elastix keeps one per run, seeded with ``RandomSeed`` (default 121212) before the
 registration, and its random samplers and ASGD's perturbations draw from it in a fixed order
-(elastix_spec §14). Reproducing the stream and the variate formulas makes the bridge draw the same
+(docs/design.md §E14). Reproducing the stream and the variate formulas makes the bridge draw the same
 samples and perturbations as elastix, so the first iterations of a run can be compared digit by
 digit. numpy's ``MT19937`` supplies the raw 32-bit stream (its state is set through its public
 ``state`` property); the variates are computed here, vectorised.
@@ -38,7 +38,7 @@ class ElastixRandom:
         seed: ``RandomSeed`` (unsigned 32-bit).
 
     Attributes:
-        random_sampler_seed: the seed of the next ``Random`` sampler sample set (elastix_spec §14).
+        random_sampler_seed: the seed of the next ``Random`` sampler sample set (docs/design.md §E14).
     """
 
     def __init__(self, seed: int = DEFAULT_SEED):

@@ -1,7 +1,7 @@
 """One elastix registration (one parameter map) on the bridge engine: the multi-resolution loop.
 
 Order of operations follows elastix's ``MultiResolutionRegistration``
-(``Common/itkMultiResolutionImageRegistrationMethod2.hxx``; elastix_spec §2): validate everything,
+(``Common/itkMultiResolutionImageRegistrationMethod2.hxx``; docs/design.md §E2): validate everything,
 seed the generator with ``RandomSeed``, then per resolution level build the pyramid images and the
 (eroded) masks, define or upsample the B-spline grid, initialise the metric, run the optimizer's
 automatic parameter estimation and its iterations, and finally express the result as an elastix
@@ -44,7 +44,7 @@ COMPONENT_DEFAULTS = {
     "FixedImagePyramid": "FixedSmoothingImagePyramid",
     "MovingImagePyramid": "MovingSmoothingImagePyramid",
 }
-# Components of which a multi-metric map may list one per metric (elastix_spec §7.6).
+# Components of which a multi-metric map may list one per metric (docs/design.md §E7.6).
 PER_METRIC = ("ImageSampler",)
 
 
@@ -53,7 +53,7 @@ class UnsupportedComponentError(ValueError):
 
 
 def check_components(pmap) -> dict:
-    """Return the component names of a map, refusing unsupported ones by name (elastix_spec §1.8).
+    """Return the component names of a map, refusing unsupported ones by name (docs/design.md §E1.8).
 
     Returns:
         ``{key: name}`` for the single-valued components, plus ``"Metric"`` (list of metric names)
@@ -122,7 +122,7 @@ class StageResult:
 class _StageCost:
     """Cost function for the optimizer: the weighted metrics and their autograd derivative.
 
-    ``V = Σ_i w_i V_i`` and ``∇V = Σ_i w_i ∇V_i`` over the metrics in use (elastix_spec §7.6); the
+    ``V = Σ_i w_i V_i`` and ``∇V = Σ_i w_i ∇V_i`` over the metrics in use (docs/design.md §E7.6); the
     weights are ``Metric<i>Weight`` or, with ``UseRelativeWeights``, ``Metric<i>RelativeWeight ×
     ‖∇V_0‖ / ‖∇V_i‖`` recomputed at every evaluation. Each metric has its own sampler or shares the
     first; ``exact=True`` uses the dense grid of ASGD's parameter estimation for all of them.
@@ -207,7 +207,7 @@ def _pyramid_schedule(pmap, which: str, kind: str, levels: int, geometry):
 
 
 def _grid_settings(pmap, geometry, levels: int):
-    """Final B-spline grid spacing (mm, ITK order) and the per-level schedule (elastix_spec §6.4)."""
+    """Final B-spline grid spacing (mm, ITK order) and the per-level schedule (docs/design.md §E6.4)."""
     d = geometry.dimension
     if pmap.has("FinalGridSpacingInPhysicalUnits") and pmap.has("FinalGridSpacingInVoxels"):
         raise ValueError("give either FinalGridSpacingInPhysicalUnits or FinalGridSpacingInVoxels, not both")
@@ -232,7 +232,7 @@ def _grid_settings(pmap, geometry, levels: int):
 
 
 def _metric_weights(pmap, components, level: int):
-    """``(weights, use, relative_weights)`` of the metrics at ``level`` (elastix_spec §7.6).
+    """``(weights, use, relative_weights)`` of the metrics at ``level`` (docs/design.md §E7.6).
 
     MultiMetricMultiResolutionRegistration: ``Metric<i>Weight`` (default 1/number of metrics),
     ``Metric<i>Use`` (default true: excluded metrics are still evaluated), and with
@@ -261,7 +261,7 @@ def _combined(transform, initial_transform, how: str):
 
 
 def _grid_domain_under_initial(geometry, final_spacing, initial_transform):
-    """B-spline grid domain when composing with an initial transform (elastix_spec §6.4).
+    """B-spline grid domain when composing with an initial transform (docs/design.md §E6.4).
 
     The fixed image's boundary voxels are mapped through the initial transform and bounded in the
     image's rotated frame ``[m, M]``; the origin becomes ``Dir·m`` and, per axis with extent
@@ -336,7 +336,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
         on_level: ``on_level(level)`` when a resolution level starts (to name it in errors).
         initial_transform: the earlier stages' transform, a callable on ``(N, D)`` physical points
             (e.g. :class:`~elastix_bridge.engine.initial_transforms.TransformChain`), or None; combined
-            with this stage's transform by ``HowToCombineTransforms`` (elastix_spec §1.7).
+            with this stage's transform by ``HowToCombineTransforms`` (docs/design.md §E1.7).
         initial_transform_file: ``InitialTransformParameterFileName`` written into the result map.
 
     Returns:
@@ -382,7 +382,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
     torch = loader.require_torch()
     plugin = loader.load_plugin()  # also holds the B-spline kernels every metric uses
     # TorchScript's runtime optimisation is off from before the models load until the stage ends
-    # (impact_spec §3.6); the user's settings are restored afterwards.
+    # (docs/design.md §I3.6); the user's settings are restored afterwards.
     with loader.jit_optimization_disabled():
         models, devices = [], []
         for cfg in configs:
@@ -426,7 +426,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
         elif components["Transform"] == "TranslationTransform":
             transform = _combined(TranslationTransform(dim), initial_transform, how)
             if initial_transform is None and pmap.get("AutomaticTransformInitialization", default=False, type=bool):
-                # elastix_spec §6.2: only when asked, and never on top of an initial transform
+                # docs/design.md §E6.2: only when asked, and never on top of an initial transform
                 parameters0 = torch.from_numpy(translation_initialization(
                     pmap.get("AutomaticTransformInitializationMethod", default="GeometricalCenter"),
                     fixed_full.geometry, moving_full.geometry, fixed_full, moving_full, fmask_full, mmask_full))
@@ -531,7 +531,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
 
 
 def _optimizer_settings(name: str, pmap, level: int):
-    """The level's settings of a non-ASGD optimizer, read with elastix's rules (elastix_spec §9)."""
+    """The level's settings of a non-ASGD optimizer, read with elastix's rules (docs/design.md §E9)."""
     from .gradient_descent import RegularStepGradientDescentSettings, StandardGradientDescentSettings
     from .quasi_newton import QuasiNewtonLBFGSSettings
 
@@ -567,7 +567,7 @@ def check_stage_settings(pmap, components, levels: int, dimension: int) -> None:
 
 
 def _make_optimizer(name: str, pmap, level: int, asgd_settings, generator, on_iteration):
-    """The level's optimizer by elastix name (elastix_spec §9)."""
+    """The level's optimizer by elastix name (docs/design.md §E9)."""
     from .gradient_descent import RegularStepGradientDescent, StandardGradientDescent
     from .optimizers import AdaptiveStochasticGradientDescent
 
@@ -584,7 +584,7 @@ def _make_optimizer(name: str, pmap, level: int, asgd_settings, generator, on_it
 
 
 class IterationTable:
-    """elastix's iteration table: log lines and ``IterationInfo.<e>.R<r>.txt`` (elastix_spec §13).
+    """elastix's iteration table: log lines and ``IterationInfo.<e>.R<r>.txt`` (docs/design.md §E13).
 
     Columns as elastix writes them: ASGD ``3a:Time 3b:StepSize``, the other gradient descents
     ``3:StepSize``, QuasiNewtonLBFGS ``1a:SrchDirNr 1b:LineItNr … 7:LinSrchStopCondition``

@@ -1,13 +1,13 @@
-"""Image samplers (spec §5): physical sample points of the fixed level image.
+"""Image samplers (docs/design.md §E5): physical sample points of the fixed level image.
 
-Every sampler works on the *sampling region* = the level fixed region (spec §3.6; default the whole
+Every sampler works on the *sampling region* = the level fixed region (docs/design.md §E3.6; default the whole
 level image) cropped to the fixed mask's bounding box (``Common/ImageSamplers/itkImageSamplerBase.hxx``
 ``CropInputImageRegion``); the fixed mask (already eroded by the caller if ``ErodeMask``) restricts
 the samples with the nearest-voxel rule of :meth:`Mask.contains`.
 
 Randomness only comes from the stage's :class:`~elastix_bridge.engine.random.ElastixRandom` given to
 a sampler (draws are made on the CPU and moved to ``device``), never from global state. It is
-elastix's Mersenne Twister with elastix's variates and draw order (spec §14), so with the same
+elastix's Mersenne Twister with elastix's variates and draw order (docs/design.md §E14), so with the same
 ``RandomSeed`` the samples are elastix's own (except the Random sampler with a mask, whose draws
 elastix does not make reproducible).
 
@@ -35,7 +35,7 @@ NOT_ENOUGH_SAMPLES = ("Could not find enough image samples within reasonable tim
 
 
 def sampling_region(image_geometry: ImageGeometry, mask: "Mask | None" = None, region=None):
-    """Sampling region: level region cropped to the mask bounding box (spec §5).
+    """Sampling region: level region cropped to the mask bounding box (docs/design.md §E5).
 
     The mask's index bounding box ``[a, b]`` is widened to ``[a − 0.5, b + 0.5]``; its 2^D corners are
     mapped to physical space and their axis-aligned physical bounding box is taken (ITK
@@ -46,7 +46,7 @@ def sampling_region(image_geometry: ImageGeometry, mask: "Mask | None" = None, r
     Args:
         image_geometry: level fixed image geometry.
         mask: optional fixed mask (its own, full-resolution geometry).
-        region: optional ``(start_xyz, size_xyz)`` level region (spec §3.6); default: whole image.
+        region: optional ``(start_xyz, size_xyz)`` level region (docs/design.md §E3.6); default: whole image.
 
     Returns:
         ``(start_xyz, size_xyz)`` as ``np.int64[D]`` arrays.
@@ -96,7 +96,7 @@ class ImageSampler:
     Args:
         image_geometry: level fixed image geometry.
         mask: optional fixed :class:`~elastix_bridge.engine.images.Mask`.
-        region: optional level region ``(start_xyz, size_xyz)`` (spec §3.6).
+        region: optional level region ``(start_xyz, size_xyz)`` (docs/design.md §E3.6).
         device: torch device of the returned points (default CPU).
         dtype: torch dtype of the returned points (default float64).
 
@@ -292,7 +292,7 @@ class RandomCoordinateSampler(_RejectionSampler):
         number_of_samples: N (``NumberOfSpatialSamples``).
         generator: the stage's :class:`~elastix_bridge.engine.random.ElastixRandom` (or a seed); each
             candidate draws its ``D`` coordinates in axis order with ``GetUniformVariate``, a random
-            region first draws its ``D`` corner coordinates (elastix_spec §14).
+            region first draws its ``D`` corner coordinates (docs/design.md §E14).
         sample_region_size_mm: optional ``D`` sizes in mm.
     """
 
@@ -331,7 +331,7 @@ class RandomSampler(_RejectionSampler):
     The linear index (x fastest) is ``⌊OpenRange(N_vox − ½)⌋``. Without a mask, as elastix's
     multithreaded path, each sample set draws from a local generator seeded 121214, 121215, …
     (one draw discarded first), so ``RandomSeed`` does not change it; with a mask elastix's draws
-    are not reproducible and the stage's generator is used (elastix_spec §14).
+    are not reproducible and the stage's generator is used (docs/design.md §E14).
 
     Args: as :class:`RandomCoordinateSampler` (without ``sample_region_size_mm``).
     """
@@ -391,7 +391,7 @@ class RandomSparseMaskSampler(ImageSampler):
 
 
 def _sampler_keys(name, geometry, pmap, level, grid_spacing_xyz, sample_region_size_mm):
-    """Read the sampler's own keys from a parameter map (spec §5 table)."""
+    """Read the sampler's own keys from a parameter map (docs/design.md §E5 table)."""
     d = geometry.dimension
     if name == "Grid" and grid_spacing_xyz is None:
         grid_spacing_xyz = [pmap.get_entry("SampleGridSpacing", level * d + k, type=int, default=2)
@@ -422,7 +422,7 @@ def make_sampler(name: str, image_geometry: ImageGeometry, mask=None, number_of_
         generator: the stage's :class:`~elastix_bridge.engine.random.ElastixRandom`, a seed, or a
             ``torch.Generator`` (its initial seed); required by the random samplers.
         grid_spacing_xyz: ``SampleGridSpacing`` of this level (Grid; default 2).
-        region: optional level region ``(start_xyz, size_xyz)`` (spec §3.6).
+        region: optional level region ``(start_xyz, size_xyz)`` (docs/design.md §E3.6).
         sample_region_size_mm: ``SampleRegionSize`` when ``UseRandomSampleRegion`` (RandomCoordinate).
         device, dtype: of the returned points (default CPU, float64).
         parameter_map: optional :class:`elastix_bridge.parameters.ParameterMap`; when given, the

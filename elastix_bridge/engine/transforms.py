@@ -10,7 +10,7 @@ with elastix's grid schedule (:func:`grid_for_level`) and grid upsampling (:func
 
 torch is imported inside the functions (importing this module imports neither torch nor itk).
 
-Sources: elastix_spec §6 — ``Components/Transforms/TranslationTransform/elxTranslationTransform.hxx``,
+Sources: docs/design.md §E6 — ``Components/Transforms/TranslationTransform/elxTranslationTransform.hxx``,
 ``Components/Transforms/AdvancedBSplineTransform/elxAdvancedBSplineTransform.hxx``,
 ``Common/Transforms/itkGridScheduleComputer.hxx``, ``Common/Transforms/itkAdvancedBSplineDeformableTransform.hxx``,
 ``Common/Transforms/itkBSplineInterpolationWeightFunctionBase.hxx``,
@@ -86,13 +86,13 @@ class Transform:
         raise NotImplementedError
 
     def scales(self) -> "torch.Tensor":
-        """Default optimizer (squared) scales, ``Tensor[P]`` float64 (elastix_spec §6.3): all ones."""
+        """Default optimizer (squared) scales, ``Tensor[P]`` float64 (docs/design.md §E6.3): all ones."""
         import torch
 
         return torch.ones(self.number_of_parameters, dtype=torch.float64)
 
     def parameter_map(self, params=None) -> dict[str, list[str]]:
-        """Transform-specific TransformParameters keys (elastix_spec §10.1)."""
+        """Transform-specific TransformParameters keys (docs/design.md §E10.1)."""
         if params is None:
             params = self.parameters
         return {
@@ -113,7 +113,7 @@ class Transform:
 class TranslationTransform(Transform):
     """``T(x) = x + t``; parameters ``t_0 … t_{D−1}`` (mm).
 
-    Source: ``Components/Transforms/TranslationTransform/elxTranslationTransform.hxx``; elastix_spec §6.1.
+    Source: ``Components/Transforms/TranslationTransform/elxTranslationTransform.hxx``; docs/design.md §E6.1.
     """
 
     name = "TranslationTransform"
@@ -191,7 +191,7 @@ class BSplineGrid:
 
 
 def default_grid_schedule(number_of_resolutions: int, dimension: int) -> list[list[float]]:
-    """elastix's default grid spacing schedule ``φ[r][d] = 2^(R−1−r)`` (elastix_spec §6.4)."""
+    """elastix's default grid spacing schedule ``φ[r][d] = 2^(R−1−r)`` (docs/design.md §E6.4)."""
     return [[float(2 ** (number_of_resolutions - 1 - r))] * dimension for r in range(number_of_resolutions)]
 
 
@@ -208,7 +208,7 @@ def grid_for_level(
 
     Args:
         fixed_geometry_full_resolution: full-resolution fixed image geometry (size n, spacing S, origin O, Dir),
-            possibly already replaced by the initial-transform bounding box (elastix_spec §6.4).
+            possibly already replaced by the initial-transform bounding box (docs/design.md §E6.4).
         final_grid_spacing_xyz: final grid spacing ``g`` in mm, ``(D,)`` (``FinalGridSpacingInVoxels·S`` or
             ``FinalGridSpacingInPhysicalUnits``).
         schedule_factors_xyz: this level's factors ``φ[r]``, ``(D,)`` or a scalar.
@@ -220,7 +220,7 @@ def grid_for_level(
     Raises:
         ValueError: bad order or shapes, non-positive spacing.
 
-    Source: ``Common/Transforms/itkGridScheduleComputer.hxx`` ``ComputeBSplineGrid``; elastix_spec §6.4.
+    Source: ``Common/Transforms/itkGridScheduleComputer.hxx`` ``ComputeBSplineGrid``; docs/design.md §E6.4.
     """
     if order not in (1, 2, 3):
         raise ValueError(f"BSplineTransformSplineOrder must be 1, 2 or 3, got {order}")
@@ -254,7 +254,7 @@ def grid_for_level(
 def bspline_kernel(u: "torch.Tensor", order: int) -> "torch.Tensor":
     """Centred B-spline kernel ``β^order(u)`` (order 0–3), elementwise, differentiable.
 
-    Source: ``Common/Transforms/itkBSplineKernelFunction2.h``; elastix_spec §6.4.
+    Source: ``Common/Transforms/itkBSplineKernelFunction2.h``; docs/design.md §E6.4.
     """
     import torch
 
@@ -362,7 +362,7 @@ class BSplineTransform(Transform):
         name: the elastix component, ``"BSplineTransform"`` or ``"RecursiveBSplineTransform"``
             (numerically identical; the name is what TransformParameters maps record).
 
-    Source: ``Common/Transforms/itkAdvancedBSplineDeformableTransform.hxx``; elastix_spec §6.4.
+    Source: ``Common/Transforms/itkAdvancedBSplineDeformableTransform.hxx``; docs/design.md §E6.4.
     """
 
     name = "BSplineTransform"
@@ -498,7 +498,7 @@ class BSplineTransform(Transform):
             ``d`` outer, ``m`` inner (x-fastest).  Points outside the valid region: zero values, indices
             ``0..nnz−1`` (as elastix).
 
-        Source: ``itkAdvancedBSplineDeformableTransform.hxx`` ``GetJacobian``; elastix_spec §6.4.
+        Source: ``itkAdvancedBSplineDeformableTransform.hxx`` ``GetJacobian``; docs/design.md §E6.4.
         """
         import torch
 
@@ -521,7 +521,7 @@ class BSplineTransform(Transform):
         """Transform block keys: Transform, NumberOfParameters, TransformParameters, GridSize, GridIndex,
         GridSpacing, GridOrigin, GridDirection (column-major), BSplineTransformSplineOrder, UseCyclicTransform.
 
-        Source: ``elxAdvancedBSplineTransform.hxx`` ``CreateDerivedTransformParameterMap``; elastix_spec §10.1.
+        Source: ``elxAdvancedBSplineTransform.hxx`` ``CreateDerivedTransformParameterMap``; docs/design.md §E10.1.
         """
         out = super().parameter_map(params)
         g = self.grid
@@ -563,7 +563,7 @@ def upsample(params_old, old_grid: BSplineGrid, new_grid: BSplineGrid, order: in
     Raises:
         ValueError: dimension or length mismatch.
 
-    Source: ``Common/Transforms/itkUpsampleBSplineParametersFilter.hxx``; elastix_spec §6.4.
+    Source: ``Common/Transforms/itkUpsampleBSplineParametersFilter.hxx``; docs/design.md §E6.4.
     """
     from scipy import ndimage
 

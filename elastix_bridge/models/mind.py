@@ -22,14 +22,14 @@ For an image ``I`` (tensor axes ``(z, y, x)`` / ``(y, x)``, dilation ``δ``, pat
 
 The per-voxel max normalisation is computed as ``exp(−(SSD_c − min_c' SSD_c') / V)``, which is
 algebraically identical and cannot underflow. Differences from Heinrich's public PyTorch snippet
-(and from the upstream elastix test model ``R1D2_2D.pt``, impact_spec §11.1): there ``V`` is the
+(and from the upstream elastix test model ``R1D2_2D.pt``, docs/design.md §I11.1): there ``V`` is the
 channel mean of the *min-subtracted* SSD and the clamp uses the mean over the whole tensor
 including the batch axis; here ``V`` follows the papers (mean of the SSD itself) and ``m`` is taken
 per batch element, so a sample's descriptor does not depend on what else is in the batch (IMPACT
-Jacobian mode batches the patches of many samples, impact_spec §4.2). A tiny absolute floor on
+Jacobian mode batches the patches of many samples, docs/design.md §I4.2). A tiny absolute floor on
 ``V`` keeps constant images finite (descriptor = 1 everywhere).
 
-The module follows the IMPACT model calling convention (impact_spec §3.2/§3.3): ``forward(x,
+The module follows the IMPACT model calling convention (docs/design.md §I3.2/§I3.3): ``forward(x,
 n_layers, stats, direction)`` returning a list with one feature tensor. Reserved model names
 (:data:`RESERVED_MODELS`) can be written in a parameter file instead of a path, e.g.
 ``(ImpactModelsPath0 "mind-ssc-3d")``; :func:`mind_model_path` writes the TorchScript file into a
@@ -149,7 +149,7 @@ def _module_class():
                     neighbours.append(tuple(off))
             pairs = mind_pairs(dimension)
             self.n_channels = len(pairs)
-            # Integer buffers are not cast by module.to(float16) (mixed precision, spec §3.5).
+            # Integer buffers are not cast by module.to(float16) (mixed precision, docs/design.md §I3.5).
             self.offsets = [
                 [o * self.dilation for o in off] for off in neighbours]
             self.register_buffer(
@@ -199,7 +199,7 @@ def _module_class():
             stats: Tensor = torch.zeros(4),
             direction: Tensor = torch.zeros(1, 1, dtype=torch.int16),
         ) -> List[Tensor]:
-            """IMPACT 4-argument forward (impact_spec §3.2).
+            """IMPACT 4-argument forward (docs/design.md §I3.2).
 
             Args:
                 x: ``[B, C, *spatial]`` input patch/tile; only channel 0 is used.

@@ -106,7 +106,7 @@ COMMON_MAP = {
     "MaximumNumberOfIterations": ["1"],
     "ImageSampler": ["Full"],
     "NumberOfResolutions": ["1"],
-    # Generic pyramids with one level: no smoothing and no resampling, the raw images (elastix_spec §3.5)
+    # Generic pyramids with one level: no smoothing and no resampling, the raw images (docs/design.md §E3.5)
     "FixedImagePyramid": ["FixedGenericImagePyramid"], "MovingImagePyramid": ["MovingGenericImagePyramid"],
     "Interpolator": ["BSplineInterpolator"],
     "ResampleInterpolator": ["FinalBSplineInterpolator"], "Resampler": ["DefaultResampler"],

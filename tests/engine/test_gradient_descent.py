@@ -1,4 +1,4 @@
-"""StandardGradientDescent and RegularStepGradientDescent (elastix_spec §9.2, §9.3)."""
+"""StandardGradientDescent and RegularStepGradientDescent (docs/design.md §E9.2, §E9.3)."""
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -35,7 +35,7 @@ def test_standard_gradient_descent_gains_and_steps():
     opt = StandardGradientDescent(s)
     x0 = torch.zeros(2, dtype=torch.float64)
     x = opt.optimize(_Quadratic([1.0, -2.0]), x0)
-    assert opt.history[0].step_size == pytest.approx(0.009377, abs=5e-7)  # elastix_spec §9.2 [verified]
+    assert opt.history[0].step_size == pytest.approx(0.009377, abs=5e-7)  # docs/design.md §E9.2 [verified]
     expected = x0.clone()
     for k, r in enumerate(opt.history):
         gamma = 0.1 / (50 + k + 1) ** 0.602

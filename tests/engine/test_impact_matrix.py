@@ -2,7 +2,7 @@
 
 Every cell checks (1) the value against an independent computation — patches / resampled grids
 interpolated with scipy (cubic B-spline, mirror), the toy model's formula in numpy, the distance of
-impact_spec §7 in numpy, L1/L2 normalised by the first value of the level (§7.9) — and (2) the
+docs/design.md §I7 in numpy, L1/L2 normalised by the first value of the level (§I7.9) — and (2) the
 autograd gradient w.r.t. B-spline transform parameters against finite differences of the value
 (our engine fixes Q8/Q13/Q14, so the gradient must be the derivative of the value).
 
@@ -36,7 +36,7 @@ assert _single_thread  # re-exported fixture (autouse in this module too)
 F64 = torch.float64
 DISTANCES = ("L1", "L2", "Cosine", "L1Cosine", "DotProduct", "Dice", "NCC")
 CHANNELS = 4
-WEIGHT = 1.5  # layer weight (impact_spec §8)
+WEIGHT = 1.5  # layer weight (docs/design.md §I8)
 SHIFT = {2: np.array([0.8, -0.5]), 3: np.array([0.6, -0.4, 0.5])}  # moving = fixed content shifted by SHIFT
 PATCH = {2: (3, 3), 3: (3, 3, 3)}
 PATCH_VOXEL = {2: (0.9, 1.2), 3: (0.9, 1.2, 1.05)}

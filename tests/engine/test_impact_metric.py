@@ -371,7 +371,7 @@ def test_static_value_matches_resampled_feature_maps(plugin, models, dim):
 
 
 def _numpy_distance(name, f, m):
-    """Direct formulas of impact_spec §7 (L1/L2 before the α normalisation)."""
+    """Direct formulas of docs/design.md §I7 (L1/L2 before the α normalisation)."""
     f, m = np.asarray(f, dtype=np.float64), np.asarray(m, dtype=np.float64)
     cos = (f * m).sum(1) / (np.linalg.norm(f, axis=1) * np.linalg.norm(m, axis=1))
     if name == "L1":
@@ -1113,7 +1113,7 @@ def test_check_level_models_before_any_computation(plugin, models, mode):
     if mode == "Static":
         with pytest.raises(ImpactParameterError, match="ImpactPCA0 .*2 principal components.*only 1 channels"):
             check_level_models(pca, ([model], [model]), 2, cpu)
-    else:  # ImpactPCA is a Static-mode option (impact_spec §2.4)
+    else:  # ImpactPCA is a Static-mode option (docs/design.md §I2.4)
         check_level_models(pca, ([model], [model]), 2, cpu)
 
 

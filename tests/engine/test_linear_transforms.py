@@ -268,8 +268,8 @@ def test_scales_rules():
         transform_scales(e, {"AutomaticScalesEstimation": ["True"]}, geo)
 
 
-def test_automatic_scales_spec_example():
-    """elastix_spec §6.3 [verified]: Euler-2D on an 80×64 image with spacing (0.8, 1.1) → [754.1925, 1, 1]."""
+def test_automatic_scales_design_example():
+    """docs/design.md §E6.3 [verified]: Euler-2D on an 80×64 image with spacing (0.8, 1.1) → [754.1925, 1, 1]."""
     geo = ImageGeometry((80, 64), (0.8, 1.1), (3.0, -2.0), np.eye(2))
     setup = make_linear_transform("EulerTransform", {"AutomaticScalesEstimation": ["true"]}, geo, geo)
     np.testing.assert_allclose(setup.scales.numpy(), [754.1925, 1, 1], rtol=1e-12)
@@ -503,7 +503,7 @@ def test_initialisation_and_scales_match_elastix(itk, tmp_path, case):
         assert np.all(t.translation(params).numpy() == 0)
 
 
-def test_spec_scales_example_matches_elastix(itk, tmp_path):
+def test_design_scales_example_matches_elastix(itk, tmp_path):
     geo = ImageGeometry((80, 64), (0.8, 1.1), (3.0, -2.0), np.eye(2))
     arr = _blob(geo, [1.0, 2.0])
     data = dict(fixed=geo, moving=geo, farr=arr, marr=arr)

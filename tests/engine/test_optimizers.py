@@ -42,7 +42,7 @@ def test_translation_terms_are_elastix_values():
     t = jacobian_terms(values, indices, d)
     assert t.tr_c == pytest.approx(2) and t.tr_cc == pytest.approx(2)
     assert t.max_jj == pytest.approx(2 + 2 * math.sqrt(2) * math.sqrt(2))
-    assert math.ceil(32 * t.tr_cc / t.tr_c ** 2) == 16  # elastix_spec §9.1 [verified: translation -> 16]
+    assert math.ceil(32 * t.tr_cc / t.tr_c ** 2) == 16  # docs/design.md §E9.1 [verified: translation -> 16]
 
 
 class _Quadratic:
@@ -110,7 +110,7 @@ def test_sampling_errors_retry_then_fail():
 
 @pytest.mark.parametrize("noise_compensation", [False, True])
 def test_displacement_distribution_estimation(noise_compensation):
-    """a = δ(A+1)/(mean + 2 std of ‖J_j g₀‖) [× gg/(gg+ee)], α = 1, sigmoid unchanged (elastix_spec §9.1)."""
+    """a = δ(A+1)/(mean + 2 std of ‖J_j g₀‖) [× gg/(gg+ee)], α = 1, sigmoid unchanged (docs/design.md §E9.1)."""
     rng = np.random.default_rng(2)
     p, n = 6, 30
     values = rng.normal(size=(n, 2, 3))
@@ -135,7 +135,7 @@ def test_displacement_distribution_estimation(noise_compensation):
 
 
 def test_scaled_optimisation_follows_elastix_scaled_space():
-    """With squared scales S, a step moves x by −γ·g/S and the log shows ‖g/√S‖ (elastix_spec §6.3)."""
+    """With squared scales S, a step moves x by −γ·g/S and the log shows ‖g/√S‖ (docs/design.md §E6.3)."""
     target = torch.tensor([2.0, -1.0], dtype=torch.float64)
     scales = torch.tensor([100.0, 1.0], dtype=torch.float64)
     s = ASGDSettings(maximum_number_of_iterations=2, automatic_parameter_estimation=False, sp_a=1.0,

@@ -66,7 +66,7 @@ def test_schedules():
         pyramid_schedule("FixedRecursiveImagePyramid", 2, GEO, rescale=[1.5, 1, 1, 1])
 
 
-def test_geometry_example_spec_3_4():
+def test_geometry_example_design_E3_4():
     import itk
 
     geo = ImageGeometry((80, 64), (0.8, 1.1), (3.0, -2.0), np.eye(2))

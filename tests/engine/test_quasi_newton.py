@@ -1,4 +1,4 @@
-"""QuasiNewtonLBFGS and its More–Thuente line search (elastix_spec §9.4; elastix QuasiNewtonLBFGS component).
+"""QuasiNewtonLBFGS and its More–Thuente line search (docs/design.md §E9.4; elastix QuasiNewtonLBFGS component).
 
 The line search is checked on analytic 1-D functions (the strong Wolfe conditions at the returned step,
 exact interpolation of a quadratic, elastix's edge cases), the two-loop recursion against an explicit

@@ -1,4 +1,4 @@
-"""elastix's Mersenne Twister stream and ITK's variates (elastix_spec §14)."""
+"""elastix's Mersenne Twister stream and ITK's variates (docs/design.md §E14)."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Samplers (spec §5): counts, mask and region membership, reproducibility, grid layout, cropping."""
+"""Samplers (docs/design.md §E5): counts, mask and region membership, reproducibility, grid layout, cropping."""
 import numpy as np
 import pytest
 import torch

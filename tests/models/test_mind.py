@@ -52,7 +52,7 @@ def test_script_round_trip(tmp_path, dimension, shape):
     path = mind.write_mind_ssc(tmp_path / "sub" / f"m{dimension}.pt", dimension)
     assert path.is_file() and not list(path.parent.glob("*.tmp"))
     loaded = torch.jit.load(str(path), map_location="cpu").eval()
-    # IMPACT counts forward arguments minus self (impact_spec §3.2): 4
+    # IMPACT counts forward arguments minus self (docs/design.md §I3.2): 4
     assert len(loaded.forward.schema.arguments) - 1 == 4
     x = _blobs(shape)
     stats = _stats(x)
