@@ -57,7 +57,7 @@ def _registration_parser() -> argparse.ArgumentParser:
 def run_registration(argv) -> int:
     from .api import elastix_registration_method
     from .image_io import read_image, read_image_geometry, read_mask
-    from .output_folder import owned_output_folder, prepare_output_folder
+    from .output_folder import check_inputs_outside_outputs, owned_output_folder, prepare_output_folder
     from .parameters import read_parameter_file
     from .plan import check_resources
     from .validation import check_threads, validate_images, validate_maps
@@ -72,6 +72,11 @@ def run_registration(argv) -> int:
         if not Path(path).is_file():
             raise FileNotFoundError(f"parameter file (-p) {path} does not exist; check the path")
     check_threads(args.threads, "-threads")
+    inputs = {"fixed image (-f)": args.f, "moving image (-m)": args.m, "fixed mask (-fMask)": args.fMask,
+              "moving mask (-mMask)": args.mMask}
+    if args.t0:
+        inputs.update(_initial_transform_files(args.t0))
+    check_inputs_outside_outputs(out, inputs)
     maps_by_file = [(path, m) for path in args.p for m in read_parameter_file(path)]
     parameter_object = [m for _, m in maps_by_file]
     for pmap in parameter_object:  # elastix's command-line default; itk-elastix's Python default differs
@@ -87,8 +92,6 @@ def run_registration(argv) -> int:
     check_resources(fixed, moving, parameter_object, fixed_mask, moving_mask, args.engine)
     kwargs = {}
     if args.t0:
-        if not Path(args.t0).is_file():
-            raise FileNotFoundError(f"initial transform (-t0) {args.t0} does not exist; check the path")
         kwargs["initial_transform_parameter_file_name"] = str(args.t0)
     if args.threads is not None:
         kwargs["number_of_threads"] = args.threads
@@ -110,6 +113,33 @@ def run_registration(argv) -> int:
     removed = f" (first removed {len(run.removed)} file(s) of an earlier run)" if run.removed else ""
     print(f"elastix-bridge: wrote {', '.join(written)} to {out}{removed}")
     return 0
+
+
+def _initial_transform_files(t0) -> dict:
+    """``-t0`` and the files of its chain (``{"initial transform (-t0)": path, ...}``), checked to be
+    TransformParameters files before any work.
+
+    Raises:
+        FileNotFoundError: ``-t0`` or a file of its chain is missing.
+        ValueError: a file of the chain is not a TransformParameters file (e.g. a parameter file).
+    """
+    from .engine.initial_transforms import chain_from_file
+
+    if not Path(t0).is_file():
+        raise FileNotFoundError(f"initial transform (-t0) {t0} does not exist; check the path")
+    maps = chain_from_file(t0)
+    files = {"initial transform (-t0)": t0}
+    for pmap in maps:
+        if not pmap.has("TransformParameters") or not pmap.has("Transform"):
+            raise ValueError(
+                f"initial transform (-t0) {t0}: a file of its chain has no (Transform ...) and (TransformParameters "
+                "...) lines, so it is not a TransformParameters file; give a TransformParameters.<k>.txt that "
+                "elastix or elastix-bridge wrote (a parameter file for a new registration goes to -p)")
+        name = pmap.get("InitialTransformParameterFileName", default="NoInitialTransform")
+        if name != "NoInitialTransform":  # earlier files of the chain: inputs too
+            named = Path(name) if Path(name).is_absolute() else Path(t0).parent / name
+            files[f"initial transform {name} (named by the -t0 chain)"] = named
+    return files
 
 
 # elastix's ResultImagePixelType names (docs/design.md §E8.2) as numpy types.

@@ -29,7 +29,20 @@ def read_image(path, what: str = "image"):
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist; check the path")
     _check_metaimage_data_file(path, what)
-    return itk.imread(str(path), itk.F)
+    try:
+        return itk.imread(str(path), itk.F)
+    except RuntimeError as error:
+        raise ValueError(f"{what} {path} cannot be read: {_itk_reason(error)}") from None
+
+
+def _itk_reason(error: Exception) -> str:
+    """ITK's own words without its source path and object address, plus the fix for known causes."""
+    text = " ".join(line.strip() for line in str(error).splitlines()
+                    if line.strip() and not re.match(r"^\S+\.(hxx|cxx|h):\d+:?$", line.strip()))
+    text = re.sub(r"ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", text)
+    if "Zero-valued spacing" in text:
+        text += " (the header gives a voxel size of 0 mm: set the spacing, e.g. ElementSpacing in a .mhd, pixdim in a .nii)"
+    return text
 
 
 def read_image_geometry(path, what: str = "image"):

@@ -23,8 +23,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
-import fnmatch
 import os
+import re
 import shutil
 import socket
 import sys
@@ -33,13 +33,17 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 LOCK_NAME = ".elastix-bridge.lock"
-SCRATCH_PATTERN = ".stage[0-9]*-*"  # scratch folders of elastix stages (api._elastix_stage), left by a killed run
-#: Names a run of elastix-bridge (or elastix) writes into its output folder, numbered by stage as
-#: elastix numbers them (``result.0.mha``, ``IterationInfo.1.R2.txt``, ``TransformParameters.0.R1.txt``),
-#: so that a user's ``result.xlsx`` is not one of them; ``{log}`` is the log's name.
-OUTPUT_PATTERNS = ("TransformParameters.[0-9]*", "IterationInfo.[0-9]*", "result.[0-9]*", "{log}", "qc.png",
-                   ".stage[0-9]*-*",  # SCRATCH_PATTERN
-                   ".TransformParameters.[0-9]*.tmp", ".result.[0-9]*.tmp", ".qc.png.*.tmp")  # write_atomically
+SCRATCH_PATTERN = r"\.stage\d+-.*"  # scratch folders of elastix stages (api._elastix_stage), left by a killed run
+# The image formats elastix writes results in (ResultImageFormat), with MetaImage's data files.
+_IMAGE_EXTENSIONS = r"(mha|mhd|raw|zraw|nii|nii\.gz|hdr|img|img\.gz|nrrd|nhdr|vtk|png|tif|tiff|jpg|jpeg|bmp|gipl|mnc)"
+#: The exact names a run of elastix-bridge (or elastix) writes into its output folder, numbered by
+#: stage as elastix numbers them (``result.0.mha``, ``IterationInfo.1.R2.txt``,
+#: ``TransformParameters.0.R1.txt``): a user's ``result.xlsx`` or ``TransformParameters.1.txt.bak`` is
+#: not one of them; ``{log}`` is the log's name. Regular expressions matched against whole names.
+OUTPUT_PATTERNS = (r"TransformParameters\.\d+(\.R\d+(\.It\d+)?)?\.txt", r"IterationInfo\.\d+\.R\d+\.txt",
+                   rf"result\.\d+(\.R\d+(\.It\d+)?)?\.{_IMAGE_EXTENSIONS}", "{log}", r"qc\.png",
+                   r"\.stage\d+-.*",  # SCRATCH_PATTERN
+                   r"\.(TransformParameters|result)\.\d+.*\.tmp", r"\.qc\.png\..*\.tmp")  # write_atomically
 
 
 class OutputFolderError(ValueError):
@@ -51,7 +55,7 @@ class OutputFolderBusyError(RuntimeError):
 
 
 def _is_output(name: str, log_name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, p.format(log=log_name)) for p in OUTPUT_PATTERNS)
+    return any(re.fullmatch(re.escape(log_name) if p == "{log}" else p, name) for p in OUTPUT_PATTERNS)
 
 
 def prepare_output_folder(path, flag: str = "-out", create: bool = True) -> Path:
@@ -103,7 +107,7 @@ class OutputRun:
             if entry.name == LOCK_NAME or not _is_output(entry.name, self.log_name):
                 continue
             if entry.is_dir() and not entry.is_symlink():
-                if not fnmatch.fnmatchcase(entry.name, SCRATCH_PATTERN):
+                if not re.fullmatch(SCRATCH_PATTERN, entry.name):
                     continue  # a folder named like an output is the user's: outputs are files
                 shutil.rmtree(entry)
             else:
@@ -153,6 +157,31 @@ def _describe_holder(text: str) -> str:
         return "another run (its lock file is empty: it has only just started)"
     return (f"run PID {fields.get('pid', '?')} on host {fields.get('host', '?')}, started "
             f"{fields.get('started', '?')}: {fields.get('command', '?')}")
+
+
+def check_inputs_outside_outputs(path, inputs: dict, log_name: str = "elastix.log", flag: str = "-out") -> None:
+    """Refuse a run whose input lies in its output folder under a name the run writes or removes.
+
+    elastix would overwrite such a file (``-m OUT/result.0.mha``, ``-t0 OUT/TransformParameters.0.txt``)
+    and elastix-bridge would remove it as an earlier run's output: either way the input is lost.
+
+    Args:
+        path: the output folder.
+        inputs: how each input is named in messages (``"moving image (-m)"``) -> its path (None: absent).
+
+    Raises:
+        OutputFolderError: names the input, the clash and the fix.
+    """
+    folder = Path(path).resolve()
+    for what, file in inputs.items():
+        if file is None:
+            continue
+        resolved = Path(file).resolve()
+        if resolved.parent == folder and _is_output(resolved.name, log_name):
+            raise OutputFolderError(
+                f"{what} {file} lies in the output folder ({flag}) {path} under a name this run writes "
+                f"({resolved.name}): it would be overwritten or removed. Move it out of the folder, or give another "
+                f"{flag}; elastix-bridge never overwrites an input")
 
 
 @contextlib.contextmanager

@@ -193,6 +193,9 @@ def _check_component_names(pmap) -> None:
                     f"{_did_you_mean(value, known)} Known: {', '.join(known)}.")
 
 
+_UINT_MAX = 2**64 - 1
+
+
 def _check_values(pmap) -> None:
     """Type and range of every entry of the keys in :data:`VALUE_TYPES`."""
     for key in pmap.keys():
@@ -203,6 +206,8 @@ def _check_values(pmap) -> None:
         for i in range(len(pmap.values(key))):
             value = pmap.get_entry(key, i, type=typ)
             problem = check(value) if check is not None else None
+            if typ is UInt and value > _UINT_MAX:  # elastix reads counts into 64-bit unsigned integers
+                problem = f"is out of range: elastix's unsigned integers go up to {_UINT_MAX}"
             if problem:
                 raise ParameterError(f"parameter {key!r}, entry {i}: {pmap.values(key)[i]!r} {problem}")
 
@@ -360,6 +365,12 @@ def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Opti
         impact = uses_impact(pmap)
         bridge = engines is not None and engines[k] == "bridge"
         try:
+            missing = [key for key in ("Metric", "Optimizer", "Transform") if not pmap.has(key)]
+            if missing:  # elastix stops with "Internal elastix error" after it has started
+                raise ParameterError(
+                    f"no ({' ...), ('.join(missing)} ...) line: elastix needs a Metric, an Optimizer and a Transform in "
+                    "every parameter map" + (" (this one is empty: is it the right file?)" if not pmap.keys() else "")
+                    + "; start from a file in parameter_files/ or from elastix's documentation")
             _check_component_names(pmap)
             _check_values(pmap)
             _check_result_keys(pmap)
@@ -442,7 +453,8 @@ def validate_images(fixed_image, moving_image, fixed_mask=None, moving_mask=None
     Raises:
         TypeError: an argument is not an ``itk.Image`` (see :func:`check_image_argument`).
         InputImageError: fixed and moving dimensions differ, a mask's dimension differs from its image's,
-            a mask has no non-zero pixel, or an image has NaN/Inf pixels (first offending voxel named).
+            a mask has no non-zero pixel or none inside its image's extent, or an image has NaN/Inf pixels
+            (first offending voxel named).
     """
     import itk
     import numpy as np
@@ -464,9 +476,37 @@ def validate_images(fixed_image, moving_image, fixed_mask=None, moving_mask=None
             raise InputImageError(f"the {which} mask is empty (no non-zero pixel): no sample could be drawn "
                                   f"{'in the fixed image' if which == 'fixed' else 'inside the moving image'}; "
                                   f"check the mask file, or leave the mask out")
+        image = fixed_image if which == "fixed" else moving_image
+        inside, box = _physical_box(mask, itk.array_view_from_image(mask) != 0), _physical_box(image)
+        if np.any(inside[1] < box[0]) or np.any(inside[0] > box[1]):
+            raise InputImageError(
+                f"the {which} mask's non-zero region (physical {', '.join('xyz'[:dimension])} from {np.round(inside[0], 2).tolist()} to "
+                f"{np.round(inside[1], 2).tolist()} mm) lies entirely outside the {which} image ({np.round(box[0], 2).tolist()}"
+                f" to {np.round(box[1], 2).tolist()} mm): check the mask's origin, spacing and direction against the "
+                f"image's, or that the right mask was given")
     _first_non_finite(fixed_image, "the fixed image")
     _first_non_finite(moving_image, "the moving image")
     return dimension
+
+
+def _physical_box(image, zyx_selected=None):
+    """Axis-aligned physical bounding box ``(low, high)``, ITK (x, y, z) order in mm, of the selected voxels
+    (a numpy (z, y, x) boolean array, not all False) or of the whole image; voxels count with their
+    half-voxel extent."""
+    import itk
+    import numpy as np
+
+    size = np.array(image.GetLargestPossibleRegion().GetSize())
+    low_index, high_index = np.zeros(len(size)), size - 1.0
+    if zyx_selected is not None:
+        for axis in range(len(size)):  # x is the last numpy axis
+            hits = np.flatnonzero(zyx_selected.any(axis=tuple(a for a in range(len(size)) if a != len(size) - 1 - axis)))
+            low_index[axis], high_index[axis] = hits[0], hits[-1]
+    corners = np.array(np.meshgrid(*[(lo - 0.5, hi + 0.5) for lo, hi in zip(low_index, high_index)],
+                                   indexing="ij")).reshape(len(size), -1).T
+    matrix = itk.array_from_matrix(image.GetDirection()) * np.array(image.GetSpacing())  # columns scaled by spacing
+    points = np.array(image.GetOrigin()) + corners @ matrix.T
+    return points.min(axis=0), points.max(axis=0)
 
 
 #: Keywords of ``elastix_registration_method`` that a chain with bridge stages understands.

@@ -342,3 +342,42 @@ def test_plan_prints_every_stage_and_level(inputs, tmp_path, capsys, monkeypatch
         "of 1.0 GiB available ($ELASTIX_BRIDGE_MEMORY_LIMIT): fits")
     code, _, err = run(capsys, "plan", "-f", inputs["fixed"], "-m", tmp_path / "none.mha", "-p", impact)
     assert_one_line_error(code, err, "moving image (-m)", "none.mha", "does not exist")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs are never overwritten or removed (found by re-trying the bad inputs)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_users_file_named_like_an_output_but_not_one_is_kept(inputs, tmp_path, capsys, translation):
+    out = tmp_path / "out"
+    out.mkdir()
+    kept = ["TransformParameters.1.txt.bak", "result.0.xlsx", "IterationInfo.notes.txt", "result.1.mha.orig"]
+    for name in kept:
+        (out / name).write_text("mine")
+    code, _, err = run_into(capsys, inputs, out, translation)
+    assert code == 0, err
+    assert all((out / name).read_text() == "mine" for name in kept)
+
+
+@pytest.mark.parametrize("flag", ["-m", "-f", "-fMask", "-t0"])
+def test_an_input_inside_out_under_an_output_name_is_refused_before_any_work(inputs, tmp_path, capsys, translation,
+                                                                             flag):
+    out = tmp_path / "out"
+    code, _, err = run_into(capsys, inputs, out, translation)  # an earlier run: out/TransformParameters.0.txt etc.
+    assert code == 0, err
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    given = {"-f": inputs["fixed"], "-m": inputs["moving"], "-p": translation}
+    given[flag] = out / ("TransformParameters.0.txt" if flag == "-t0" else "result.0.mha")  # an earlier output
+    argv = [arg for key, value in given.items() for arg in (key, value)] + ["-out", out, "-loglevel", "off"]
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, f"lies in the output folder (-out) {out} under a name this run writes",
+                          "never overwrites")
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before  # nothing touched
+
+
+def test_a_parameter_file_given_as_t0_is_named(inputs, tmp_path, capsys, translation):
+    code, _, err = run(capsys, "-f", inputs["fixed"], "-m", inputs["moving"], "-out", tmp_path / "out",
+                       "-loglevel", "off", "-p", translation, "-t0", translation)
+    assert_one_line_error(code, err, "is not a TransformParameters file", "goes to -p")
+    assert not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@ and itk-elastix are replaced by functions that fail the test) and the output fol
 Images are tiny synthetic 2D blobs; no registration runs, except the one model that returns NaN.
 """
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from conftest import MIND_SSC_2D_STATIC
 itk = pytest.importorskip("itk")
 
 import elastix_bridge  # noqa: E402,F401  (installs the drop-in)
-from elastix_bridge import api, cli  # noqa: E402
+from elastix_bridge import api, cli, validation  # noqa: E402
 from elastix_bridge.engine import registration  # noqa: E402
 from elastix_bridge.engine.registration import UnsupportedComponentError  # noqa: E402
 from elastix_bridge.impact_parameters import ImpactParameterError  # noqa: E402
@@ -313,3 +314,66 @@ def test_shipped_parameter_files_pass_validation_without_warnings(caplog):
             else:
                 validate_maps(maps, dimension=dimension)
     assert caplog.text == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by re-trying the issue's bad inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_count_beyond_elastixs_unsigned_integers_is_refused():
+    from elastix_bridge.parameters import ParameterMap
+
+    pmap = ParameterMap({"Metric": ["AdvancedMeanSquares"], "Optimizer": ["AdaptiveStochasticGradientDescent"],
+                         "Transform": ["TranslationTransform"],
+                         "MaximumNumberOfIterations": ["99999999999999999999999"]})
+    with pytest.raises(ValueError, match=r"MaximumNumberOfIterations.*out of range.*18446744073709551615"):
+        validation.validate_maps([pmap])
+
+
+@pytest.mark.parametrize("text", ["", "// only a comment\n\n// and another\n"])
+def test_an_empty_parameter_file_is_named_before_any_work(text, tmp_path, capsys):
+    from elastix_bridge import cli
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text(text)
+    image = itk.image_from_array(np.ones((8, 8), np.float32))
+    itk.imwrite(image, str(tmp_path / "f.mha"))
+    code = cli.main(["-f", str(tmp_path / "f.mha"), "-m", str(tmp_path / "f.mha"), "-p", str(empty),
+                     "-out", str(tmp_path / "out"), "-loglevel", "off"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "no (Metric ...), (Optimizer ...), (Transform ...) line" in err and str(empty) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_mask_outside_its_image_is_named_with_both_extents():
+    angle = np.deg2rad(25.0)
+    direction = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    image = itk.image_from_array(np.random.default_rng(1).random((20, 30)).astype(np.float32))
+    image.SetSpacing([2.0, 1.0])
+    image.SetDirection(itk.matrix_from_array(direction))
+    inside = np.zeros((20, 30), np.uint8)
+    inside[4:9, 12:15] = 1
+    mask = itk.image_from_array(inside)
+    mask.CopyInformation(image)
+    assert validation.validate_images(image, image, mask, mask) == 2
+    far = itk.image_from_array(inside)
+    far.CopyInformation(image)
+    far.SetOrigin([400.0, -300.0])
+    with pytest.raises(validation.InputImageError, match=r"the moving mask's non-zero region \(physical x, y from .* "
+                                                         r"lies entirely outside the moving image"):
+        validation.validate_images(image, image, mask, far)
+
+
+def test_an_image_with_zero_spacing_is_named(tmp_path):
+    from elastix_bridge.image_io import read_image
+
+    itk.imwrite(itk.image_from_array(np.ones((4, 5), np.float32)), str(tmp_path / "a.mhd"))
+    header = (tmp_path / "a.mhd").read_text()
+    (tmp_path / "a.mhd").write_text(re.sub(r"ElementSpacing = .*", "ElementSpacing = 0 2", header))
+    with pytest.raises(ValueError) as error:
+        read_image(tmp_path / "a.mhd", "fixed image (-f)")
+    message = str(error.value)
+    assert message.startswith(f"fixed image (-f) {tmp_path / 'a.mhd'} cannot be read: Zero-valued spacing")
+    assert "voxel size of 0 mm" in message and ".hxx" not in message
