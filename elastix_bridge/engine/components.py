@@ -24,14 +24,23 @@ FAMILIES: Mapping[str, str] = MappingProxyType({
     "Metric": "the metric class; classic metrics take ``(fixed, moving, moving_mask, transform, **options)``",
     "Transform": "the transform class; trait ``kind`` (``linear``, ``translation``, ``bspline``) says how the "
                  "stage sets it up, ``read(TransformParameters map) -> (transform, parameters)`` reads it back",
-    "Optimizer": "``factory(pmap, level, asgd_settings, generator, on_iteration)`` -> optimizer; trait "
-                 "``settings(pmap, level, dimension)`` reads and checks the level's settings",
+    "Optimizer": "``factory(pmap, level, asgd_settings, generator, on_iteration)`` -> optimizer; traits "
+                 "``settings(pmap, level, dimension)`` (reads and checks the level's settings), "
+                 "``automatic_parameter_estimation``, ``iteration_columns`` (``asgd``, ``lbfgs``, ``gradient_descent``)",
     "ImageSampler": "a sampler class whose ``name`` is its elastix name; ``cls.from_parameter_map(geometry, "
                     "mask, parameter_map=, level=, number_of_samples=, generator=, region=, device=, dtype=)``; "
                     "trait ``random`` (new samples each iteration when ``NewSamplesEveryIteration``)",
     "Interpolator": "``factory(pmap, level)`` -> B-spline order of the moving image interpolation",
     "FixedImagePyramid": "nothing to build: the kind given to :mod:`elastix_bridge.engine.pyramids`",
     "MovingImagePyramid": "nothing to build: the kind given to :mod:`elastix_bridge.engine.pyramids`",
+})
+
+#: elastix's default of the families a map may leave out (docs/design.md §E1.8).
+DEFAULTS: Mapping[str, str] = MappingProxyType({
+    "Registration": "MultiResolutionRegistration",
+    "Interpolator": "BSplineInterpolator",
+    "FixedImagePyramid": "FixedSmoothingImagePyramid",
+    "MovingImagePyramid": "MovingSmoothingImagePyramid",
 })
 
 # Modules holding the registrations, imported on first look-up (torch-free at import).
@@ -120,13 +129,13 @@ def _registry() -> dict[str, dict[str, Component]]:
 
 
 def names(family: str) -> tuple[str, ...]:
-    """The supported names of a family, in registration order."""
-    return tuple(_registry()[family])
+    """The supported names of a family, sorted (registration order depends on which module is imported first)."""
+    return tuple(sorted(_registry()[family]))
 
 
 def components(family: str) -> tuple[Component, ...]:
-    """The registered components of a family, in registration order."""
-    return tuple(_registry()[family].values())
+    """The registered components of a family, sorted by name."""
+    return tuple(_registry()[family][name] for name in names(family))
 
 
 def component(family: str, name: str) -> Component:
@@ -149,9 +158,9 @@ def component_table() -> str:
     for family in FAMILIES:
         cells = []
         for c in components(family):
-            text = f"`{c.name}`"
-            if c.notes:
-                text += f" ({c.notes})"
+            notes = ["default"] if DEFAULTS.get(family) == c.name else []
+            notes += [c.notes] if c.notes else []
+            text = f"`{c.name}`" + (f" ({'; '.join(notes)})" if notes else "")
             cells.append(text)
         rows.append(f"| {family} | {', '.join(cells)} |")
     return "\n".join(rows) + "\n"

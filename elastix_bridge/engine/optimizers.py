@@ -423,12 +423,13 @@ def _asgd_settings_on_unit_grid(pmap, level: int, dimension: int) -> ASGDSetting
 register("Optimizer", "AdaptiveStochasticGradientDescent",
          lambda pmap, level, asgd_settings, generator, on_iteration:
          AdaptiveStochasticGradientDescent(asgd_settings, generator, on_iteration=on_iteration),
-         settings=_asgd_settings_on_unit_grid, automatic_parameter_estimation=True,
+         settings=_asgd_settings_on_unit_grid, automatic_parameter_estimation=True, iteration_columns="asgd",
          notes="Original and DisplacementDistribution estimation, adaptive steps, scaled space",
          source="Components/Optimizers/AdaptiveStochasticGradientDescent")
 
 
-def register_optimizer(name: str, optimizer: Callable, settings, *, notes: str = "", source: str = "") -> None:
+def register_optimizer(name: str, optimizer: Callable, settings, *, notes: str = "", source: str = "",
+                       iteration_columns: str = "gradient_descent") -> None:
     """Register an optimizer built as ``optimizer(settings.from_parameter_map(pmap, level), on_iteration)``.
 
     Args:
@@ -436,9 +437,10 @@ def register_optimizer(name: str, optimizer: Callable, settings, *, notes: str =
         optimizer: its class, called with the level's settings and the iteration callback.
         settings: its settings class, with ``from_parameter_map(pmap, level)`` (raises on a bad value).
         notes, source: for docs/engine.md's component table.
+        iteration_columns: its IterationInfo columns: ``"gradient_descent"`` (``3:StepSize``) or ``"lbfgs"``.
     """
     register("Optimizer", name,
              lambda pmap, level, asgd_settings, generator, on_iteration:
              optimizer(settings.from_parameter_map(pmap, level), on_iteration),
              settings=lambda pmap, level, dimension: settings.from_parameter_map(pmap, level),
-             automatic_parameter_estimation=False, notes=notes, source=source)
+             automatic_parameter_estimation=False, iteration_columns=iteration_columns, notes=notes, source=source)

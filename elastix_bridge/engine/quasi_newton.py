@@ -334,4 +334,5 @@ class QuasiNewtonLBFGS:
 
 
 register_optimizer("QuasiNewtonLBFGS", QuasiNewtonLBFGS, QuasiNewtonLBFGSSettings,
-                   notes="More–Thuente line search; see below", source="Components/Optimizers/QuasiNewtonLBFGS")
+                   notes="More–Thuente line search; see below", source="Components/Optimizers/QuasiNewtonLBFGS",
+                   iteration_columns="lbfgs")

@@ -18,17 +18,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..parameters import UInt
-from .components import FAMILIES, UnsupportedComponentError, component, names, register
+from .components import DEFAULTS, FAMILIES, UnsupportedComponentError, component, names, register
 
 log = logging.getLogger("elastix_bridge")
 
-# elastix's defaults for components a map may leave out (docs/design.md §E1.8).
-COMPONENT_DEFAULTS = {
-    "Registration": "MultiResolutionRegistration",
-    "Interpolator": "BSplineInterpolator",
-    "FixedImagePyramid": "FixedSmoothingImagePyramid",
-    "MovingImagePyramid": "MovingSmoothingImagePyramid",
-}
 # Components of which a multi-metric map may list one per metric (docs/design.md §E7.6).
 PER_METRIC = ("ImageSampler",)
 
@@ -61,7 +54,7 @@ def check_components(pmap) -> dict:
     if metrics.count("Impact") > 1:
         raise UnsupportedComponentError("the bridge engine runs at most one Impact metric per map; several layers "
                                         "or models go into that one metric's Impact* options")
-    registration = pmap.get("Registration", default=COMPONENT_DEFAULTS["Registration"])
+    registration = pmap.get("Registration", default=DEFAULTS["Registration"])
     if len(metrics) > 1 and registration != "MultiMetricMultiResolutionRegistration":
         raise UnsupportedComponentError(
             f"{len(metrics)} metrics need (Registration \"MultiMetricMultiResolutionRegistration\"), as in "
@@ -78,8 +71,8 @@ def check_components(pmap) -> dict:
         allowed = names(key)
         values = pmap.values(key)
         if not values:
-            if key in COMPONENT_DEFAULTS:
-                values = [COMPONENT_DEFAULTS[key]]
+            if key in DEFAULTS:
+                values = [DEFAULTS[key]]
             else:
                 raise UnsupportedComponentError(f"the parameter map has no ({key} ...); elastix requires it. "
                                                 f"Supported: {', '.join(allowed)}")
@@ -553,8 +546,9 @@ class IterationTable:
 
     def __init__(self, output_directory, elastix_level: int, level: int, pmap,
                  optimizer: str = "AdaptiveStochasticGradientDescent", number_of_metrics: int = 1):
-        self.asgd = optimizer == "AdaptiveStochasticGradientDescent"
-        self.lbfgs = optimizer == "QuasiNewtonLBFGS"
+        columns = component("Optimizer", optimizer).trait("iteration_columns", "gradient_descent")
+        self.asgd = columns == "asgd"
+        self.lbfgs = columns == "lbfgs"
         self.multi = number_of_metrics > 1
         n = range(number_of_metrics) if self.multi else range(0)
         if self.lbfgs:

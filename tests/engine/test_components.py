@@ -48,7 +48,8 @@ def test_an_unregistered_name_fails_with_the_supported_list():
     with pytest.raises(UnsupportedComponentError) as info:
         component("Optimizer", "Powell")
     assert "(Optimizer \"Powell\")" in str(info.value)
-    assert "Supported: AdaptiveStochasticGradientDescent, StandardGradientDescent" in str(info.value)
+    assert ("Supported: AdaptiveStochasticGradientDescent, QuasiNewtonLBFGS, RegularStepGradientDescent, "
+            "StandardGradientDescent." in str(info.value))
 
 
 def test_moving_image_derivative_scales_are_refused_unless_all_one():
