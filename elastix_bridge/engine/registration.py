@@ -344,7 +344,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
     from .pyramids import pyramid_level
     from .random import ElastixRandom
     from .samplers import GridSampler, make_sampler
-    from .transforms import BSplineTransform, TranslationTransform, grid_for_level
+    from .transforms import grid_for_level
 
     components = check_components(pmap)
     fixed_full = LevelImage.from_itk(fixed_image)
@@ -396,7 +396,8 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
         moving_schedule = _pyramid_schedule(pmap, "Moving", components["MovingImagePyramid"], levels,
                                             moving_full.geometry)
 
-        kind = component("Transform", components["Transform"]).trait("kind")
+        transform_component = component("Transform", components["Transform"])
+        kind = transform_component.trait("kind")
         bspline = kind == "bspline"
         how = pmap.get("HowToCombineTransforms", default="Compose")
         scales = parameters0 = None
@@ -408,7 +409,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
                                                                           initial_transform)
             order = pmap.get("BSplineTransformSplineOrder", default=3, type=int)
         elif kind == "translation":
-            transform = _combined(TranslationTransform(dim), initial_transform, how)
+            transform = _combined(transform_component.factory(dim), initial_transform, how)
             if initial_transform is None and pmap.get("AutomaticTransformInitialization", default=False, type=bool):
                 # docs/design.md §E6.2: only when asked, and never on top of an initial transform
                 parameters0 = torch.from_numpy(translation_initialization(
@@ -437,7 +438,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
                 mmask = mmask.eroded(2 * moving_schedule.rescale[level] + 1)
 
             if bspline:
-                transform = _combined(BSplineTransform(
+                transform = _combined(transform_component.factory(
                     grid_for_level(grid_geometry, final_spacing, grid_schedule[level], order), order=order,
                     name=components["Transform"]), initial_transform, how)
                 parameters = (transform.parameters if previous is None
