@@ -183,7 +183,7 @@ def check_component_names(maps, names: Optional[Sequence[str]] = None) -> None:
 
 def _check_component_names(pmap) -> None:
     from .elastix_names import COMPONENTS
-    from .engine.registration import UnsupportedComponentError
+    from .engine.components import UnsupportedComponentError
 
     for key, known in COMPONENTS.items():
         for value in pmap.values(key):

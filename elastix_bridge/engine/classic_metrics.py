@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .components import UnsupportedComponentError, component, names, register
 from .optimizers import SamplingError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,7 +59,6 @@ __all__ = [
     "AdvancedNormalizedCorrelation",
     "AdvancedMattesMutualInformation",
     "TransformBendingEnergyPenalty",
-    "CLASSIC_METRICS",
     "make_classic_metric",
     "check_samples",
     "HistogramAxis",
@@ -573,6 +573,8 @@ class _SampledImageMetric(_Metric):
 # ================================================================================================ metrics
 
 
+@register("Metric", "AdvancedMeanSquares", notes="`UseNormalization`",
+          source="Components/Metrics/AdvancedMeanSquares")
 class AdvancedMeanSquares(_SampledImageMetric):
     """elastix ``AdvancedMeanSquares``: ``V = κ/N · Σ (M(T(x)) − F(x))²``.
 
@@ -621,6 +623,7 @@ class AdvancedMeanSquares(_SampledImageMetric):
         return (diff * diff).sum() * (self.normalization_factor / n), n
 
 
+@register("Metric", "AdvancedNormalizedCorrelation", source="Components/Metrics/AdvancedNormalizedCorrelation")
 class AdvancedNormalizedCorrelation(_SampledImageMetric):
     """elastix ``AdvancedNormalizedCorrelation``: ``V = s_fm / −√(s_ff·s_mm)`` ∈ [−1, 1] (−1 = perfect).
 
@@ -668,6 +671,8 @@ class AdvancedNormalizedCorrelation(_SampledImageMetric):
         return sfm / denominator, n
 
 
+@register("Metric", "AdvancedMattesMutualInformation", notes="histogram bins, kernel orders, limit-range ratios",
+          source="Components/Metrics/AdvancedMattesMutualInformation")
 class AdvancedMattesMutualInformation(_SampledImageMetric):
     """elastix ``AdvancedMattesMutualInformation`` (Parzen-window mutual information), value ``−MI``.
 
@@ -866,6 +871,7 @@ def bspline_spatial_hessian(transform, parameters, points):
     return hess * valid.to(dtype)[:, None, None, None]
 
 
+@register("Metric", "TransformBendingEnergyPenalty", source="Components/Metrics/TransformBendingEnergyPenalty")
 class TransformBendingEnergyPenalty(_Metric):
     """elastix ``TransformBendingEnergyPenalty``: ``V = 1/N · Σ_x Σ_k ‖H_k(x)‖_F²``.
 
@@ -923,24 +929,19 @@ class TransformBendingEnergyPenalty(_Metric):
         return (hess * hess).sum() / n, n
 
 
-CLASSIC_METRICS = {
-    cls.name: cls for cls in (AdvancedMeanSquares, AdvancedNormalizedCorrelation, AdvancedMattesMutualInformation,
-                              TransformBendingEnergyPenalty)
-}
-
-
 def make_classic_metric(name: str, fixed, moving, moving_mask, transform, **kwargs):
-    """Build a classic metric from its elastix ``Metric`` name.
+    """Build a classic metric from its elastix ``Metric`` name (registered in :mod:`.components`).
 
     Args:
-        name: one of :data:`CLASSIC_METRICS`.
+        name: a registered ``Metric`` without feature models (not ``Impact``).
         fixed, moving, moving_mask, transform, **kwargs: the class's constructor arguments.
 
     Raises:
-        ValueError: unknown name.
+        UnsupportedComponentError: unknown name, or a metric that needs feature models (with the supported list).
     """
-    try:
-        cls = CLASSIC_METRICS[name]
-    except KeyError:
-        raise ValueError(f"unsupported metric {name!r}; supported: {', '.join(CLASSIC_METRICS)}") from None
-    return cls(fixed, moving, moving_mask, transform, **kwargs)
+    metric = component("Metric", name)
+    if metric.trait("feature_models"):
+        classic = [n for n in names("Metric") if not component("Metric", n).trait("feature_models")]
+        raise UnsupportedComponentError(f"(Metric \"{name}\") needs feature models and is built by the stage; "
+                                        f"classic metrics: {', '.join(classic)}")
+    return metric.factory(fixed, moving, moving_mask, transform, **kwargs)

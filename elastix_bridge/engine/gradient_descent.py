@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..parameters import UInt
-from .optimizers import IterationRecord, _scale_roots, _ScaledCost, evaluate_with_retries
+from .optimizers import IterationRecord, _scale_roots, _ScaledCost, evaluate_with_retries, register_optimizer
 
 class _GradientDescent:
     """Shared state of the two optimizers: settings, the per-iteration callback, history, stop condition."""
@@ -175,3 +175,9 @@ class RegularStepGradientDescent(_GradientDescent):
             if s.new_samples_every_iteration:
                 cost.select_new_samples()
         return x
+
+
+register_optimizer("StandardGradientDescent", StandardGradientDescent, StandardGradientDescentSettings,
+                   source="Components/Optimizers/StandardGradientDescent")
+register_optimizer("RegularStepGradientDescent", RegularStepGradientDescent, RegularStepGradientDescentSettings,
+                   source="Components/Optimizers/RegularStepGradientDescent")

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .geometry import ImageGeometry
+from .components import register
 from .optimizers import SamplingError
 
 log = logging.getLogger("elastix_bridge")
@@ -203,6 +204,7 @@ def check_level_models(config, models, image_dimension: int, device) -> None:
             _check_pca(config.level, l, k, c)
 
 
+@register("Metric", "Impact", feature_models=True, notes="see [impact.md](impact.md)")
 class ImpactMetric:
     """IMPACT for one resolution level.
 

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .components import register
 from .transforms import BSplineGrid, BSplineTransform, Transform, TranslationTransform
 
 __all__ = ["ComposedTransform", "TransformChain", "chain_from_file", "transform_from_parameter_map"]
@@ -34,37 +35,60 @@ def transform_from_parameter_map(pmap):
         :mod:`elastix_bridge.engine.linear_transforms` and its ``Tensor[P]`` float64 parameters.
 
     Raises:
-        ValueError: a transform the bridge engine does not know, or inconsistent keys.
+        UnsupportedComponentError: a transform the bridge engine does not know (with the supported list).
+        ValueError: inconsistent keys.
 
     Source: docs/design.md §E10.1, §E10.3.
     """
-    import torch
-
     from ..parameters import ParameterMap
-    from .linear_transforms import LINEAR_TRANSFORMS, linear_transform_from_parameter_map
+    from .components import UnsupportedComponentError, component
 
     pm = pmap if isinstance(pmap, ParameterMap) else ParameterMap.from_dict(dict(pmap))
     name = pm.get("Transform", default="AffineTransform")  # elastix's default when absent (§E1.7)
-    if name in LINEAR_TRANSFORMS:
-        return linear_transform_from_parameter_map(pm)
+    try:
+        read = component("Transform", name).trait("read")
+    except UnsupportedComponentError as error:
+        raise UnsupportedComponentError(f"in an initial TransformParameters map: {error}") from None
+    return read(pm)
+
+
+def _parameters(pm, transform, name: str):
+    """``TransformParameters`` as ``Tensor[P]`` float64, checked against the transform's count."""
+    import torch
+
     params = torch.tensor([float(v) for v in pm.values("TransformParameters")], dtype=torch.float64)
-    if name == "TranslationTransform":
-        transform = TranslationTransform(len(params))
-    elif name in ("BSplineTransform", "RecursiveBSplineTransform"):
-        size = [int(v) for v in pm.values("GridSize")]
-        d = len(size)
-        direction = np.array([float(v) for v in pm.values("GridDirection")] or np.eye(d).reshape(-1)).reshape(d, d).T
-        grid = BSplineGrid(tuple(size), [float(v) for v in pm.values("GridSpacing")],
-                           [float(v) for v in pm.values("GridOrigin")], direction)  # GridDirection is column-major
-        transform = BSplineTransform(grid, order=pm.get("BSplineTransformSplineOrder", default=3, type=int), name=name)
-    else:
-        raise ValueError(f"(Transform \"{name}\") in an initial TransformParameters map is not supported by the bridge "
-                         "engine; supported: TranslationTransform, EulerTransform, SimilarityTransform, "
-                         "AffineTransform, BSplineTransform, RecursiveBSplineTransform")
     if len(params) != transform.number_of_parameters:
         raise ValueError(f"the {name} map has {len(params)} TransformParameters; its grid/dimension needs "
                          f"{transform.number_of_parameters}")
-    return transform, params
+    return params
+
+
+def _translation_from_parameter_map(pm):
+    """``TranslationTransform`` of a TransformParameters map: D parameters (mm)."""
+    transform = TranslationTransform(len(pm.values("TransformParameters")))
+    return transform, _parameters(pm, transform, "TranslationTransform")
+
+
+def _bspline_from_parameter_map(pm):
+    """B-spline transform of a TransformParameters map: ``GridSize``, ``GridSpacing``, ``GridOrigin``,
+    ``GridDirection`` (column-major) and ``BSplineTransformSplineOrder`` (docs/design.md §E10.3)."""
+    name = pm.get("Transform")
+    size = [int(v) for v in pm.values("GridSize")]
+    d = len(size)
+    direction = np.array([float(v) for v in pm.values("GridDirection")] or np.eye(d).reshape(-1)).reshape(d, d).T
+    grid = BSplineGrid(tuple(size), [float(v) for v in pm.values("GridSpacing")],
+                       [float(v) for v in pm.values("GridOrigin")], direction)
+    transform = BSplineTransform(grid, order=pm.get("BSplineTransformSplineOrder", default=3, type=int), name=name)
+    return transform, _parameters(pm, transform, name)
+
+
+# The transforms of engine/transforms.py, registered here beside their readers.
+register("Transform", "TranslationTransform", TranslationTransform, kind="translation",
+         read=_translation_from_parameter_map, source="Components/Transforms/TranslationTransform")
+register("Transform", "BSplineTransform", BSplineTransform, kind="bspline", read=_bspline_from_parameter_map,
+         source="Components/Transforms/BSplineTransform")
+register("Transform", "RecursiveBSplineTransform", BSplineTransform, kind="bspline",
+         read=_bspline_from_parameter_map, source="Components/Transforms/RecursiveBSplineTransform")
 
 
 def chain_from_file(path) -> list:

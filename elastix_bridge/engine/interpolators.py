@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .components import register
 from .geometry import ImageGeometry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -417,3 +418,12 @@ class ImageInterpolator:
         m = torch.as_tensor(self.geometry.physical_to_index_matrix, dtype=grad_index.dtype,
                             device=grad_index.device)
         return values, grad_index @ m
+
+
+# The moving image's interpolation order of a level, read as elastix's interpolator components do.
+register("Interpolator", "BSplineInterpolator",
+         lambda pmap, level: pmap.get("BSplineInterpolationOrder", level=level, default=1, type=int,
+                                      prefix="Interpolator0"),
+         notes="orders 0–3", source="Components/Interpolators/BSplineInterpolator")
+register("Interpolator", "LinearInterpolator", lambda pmap, level: 1,
+         source="Components/Interpolators/LinearInterpolator")

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 
+from elastix_bridge.engine.components import component, names, register
 from elastix_bridge.engine.geometry import ImageGeometry
 from elastix_bridge.engine.transforms import Transform, _fmt_list
 from elastix_bridge.parameters import ParameterError, ParameterMap
@@ -47,7 +48,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from elastix_bridge.engine.images import Mask
 
 __all__ = [
-    "LINEAR_TRANSFORMS",
     "INITIALIZATION_METHODS",
     "CenteredLinearTransform",
     "EulerTransform",
@@ -66,8 +66,6 @@ __all__ = [
     "linear_transform_from_parameter_map",
 ]
 
-#: elastix ``Transform`` names handled here.
-LINEAR_TRANSFORMS = ("EulerTransform", "SimilarityTransform", "AffineTransform")
 #: ``AutomaticTransformInitializationMethod`` values elastix knows (Euler/Similarity only distinguish
 #: ``CenterOfGravity``; every other value means ``GeometricalCenter`` there).
 INITIALIZATION_METHODS = ("GeometricalCenter", "CenterOfGravity", "Origins", "GeometryTop")
@@ -571,13 +569,23 @@ def new_linear_transform(name: str, dimension: int, center=None, *, compute_zyx:
     Raises:
         ValueError: unknown name or unsupported dimension.
     """
-    if name == "EulerTransform":
-        return EulerTransform(dimension, center, compute_zyx=compute_zyx and dimension == 3)
-    if name == "SimilarityTransform":
-        return SimilarityTransform(dimension, center)
-    if name == "AffineTransform":
-        return AffineTransform(dimension, center)
-    raise ValueError(f"not a linear transform handled here: {name!r}; expected one of {LINEAR_TRANSFORMS}")
+    linear = _linear(name)
+    if linear.trait("compute_zyx"):
+        return linear.factory(dimension, center, compute_zyx=compute_zyx and dimension == 3)
+    return linear.factory(dimension, center)
+
+
+def _linear(name: str):
+    """The registered linear transform ``name`` (docs/design.md §E6).
+
+    Raises:
+        ValueError: not a registered linear transform (the message lists them).
+    """
+    found = component("Transform", name)
+    if found.trait("kind") != "linear":
+        linear = [n for n in names("Transform") if component("Transform", n).trait("kind") == "linear"]
+        raise ValueError(f"not a linear transform handled here: {name!r}; expected one of {', '.join(linear)}")
+    return found
 
 
 # ============================================================================================ initialisation
@@ -832,11 +840,10 @@ def initializer_center_and_translation(
     ``itkImageMomentsCalculator.hxx``; elastix ``itkCenteredTransformInitializer2.hxx``,
     ``itkAdvancedImageMomentsCalculator.hxx``; docs/design.md §E6.2.
     """
-    if transform_name not in LINEAR_TRANSFORMS:
-        raise ValueError(f"not a linear transform handled here: {transform_name!r}")
+    initializer = _linear(transform_name).trait("initializer")
     if fixed_geometry.dimension != moving_geometry.dimension:
         raise ValueError("fixed and moving images have different dimensions")
-    if transform_name in ("EulerTransform", "SimilarityTransform"):
+    if initializer == "CenteredTransformInitializer":
         if method == "CenterOfGravity":
             cf = _center_of_gravity_all_voxels(_image_array(fixed_image, fixed_geometry, "fixed"), fixed_geometry)
             cm = _center_of_gravity_all_voxels(_image_array(moving_image, moving_geometry, "moving"),
@@ -844,7 +851,7 @@ def initializer_center_and_translation(
         else:
             cf, cm = geometric_center(fixed_geometry), geometric_center(moving_geometry)
         return cf, cm - cf
-    # AffineTransform
+    # CenteredTransformInitializer2 (AffineTransform)
     if method == "CenterOfGravity":
         cf = _center_of_gravity_grid(_image_array(fixed_image, fixed_geometry, "fixed"), fixed_geometry,
                                      fixed_mask, number_of_samples, lower_threshold)
@@ -963,7 +970,8 @@ def initialize_linear_transform(
     if user_center is None or automatic:
         method = pm.get_entry("AutomaticTransformInitializationMethod", 0, default="GeometricalCenter")
         kwargs = {}
-        if transform.name == "AffineTransform" and method == "CenterOfGravity":
+        if _linear(transform.name).trait("initializer") == "CenteredTransformInitializer2" and \
+                method == "CenterOfGravity":
             if pm.get("CenterOfGravityUsesLowerThreshold", 0, default=False, type=bool, prefix=component_label):
                 kwargs["lower_threshold"] = pm.get_entry("LowerThresholdForCenterGravity", 0, type=float,
                                                          default=500.0)
@@ -1073,7 +1081,7 @@ def transform_scales(
                                            initial_transform=initial_transform, how_to_combine=how_to_combine)
     scales = transform.scales()
     p = transform.number_of_parameters
-    if transform.name == "SimilarityTransform":
+    if _linear(transform.name).trait("labelled_scales"):
         for i in range(p):
             for key in ("Scales", component_label + "Scales"):
                 v = pm.get_entry(key, i, type=float)
@@ -1185,15 +1193,14 @@ def linear_transform_from_parameter_map(pmap, dimension: int | None = None):
 
     pm = _as_parameter_map(pmap)
     name = pm.get_entry("Transform", 0)
-    if name not in LINEAR_TRANSFORMS:
-        raise ValueError(f"not a linear transform handled here: {name!r}")
+    _linear(name)
     if dimension is None:
         dimension = pm.get_entry("FixedImageDimension", 0, type=int) or len(pm.values("CenterOfRotationPoint"))
     center = [pm.get_entry("CenterOfRotationPoint", i, type=float) for i in range(dimension)]
     if not dimension or any(c is None for c in center):
         raise ParameterError("ERROR: No center of rotation is specified in the transform parameter file; "
                              "Transform parameter file is corrupt.")
-    zyx = dimension == 3 and name == "EulerTransform" and pm.get_entry("ComputeZYX", 0) == "true"
+    zyx = dimension == 3 and pm.get_entry("ComputeZYX", 0) == "true"
     transform = new_linear_transform(name, dimension, center, compute_zyx=zyx)
     p = transform.number_of_parameters
     n = pm.get_entry("NumberOfParameters", 0, type=int, default=p)
@@ -1204,3 +1211,17 @@ def linear_transform_from_parameter_map(pmap, dimension: int | None = None):
     params = torch.tensor([pm.get_entry("TransformParameters", i, type=float) for i in range(p)],
                           dtype=torch.float64)
     return transform, params
+
+
+# ``initializer``: ITK's CenteredTransformInitializer (no masks) or elastix's CenteredTransformInitializer2
+# (masks, grid centre of gravity, Origins, GeometryTop); ``labelled_scales``: ``Scales`` read entry by entry,
+# also with the component label (docs/design.md §E6.2, §E6.3).
+register("Transform", "EulerTransform", EulerTransform, kind="linear", read=linear_transform_from_parameter_map,
+         initializer="CenteredTransformInitializer", compute_zyx=True, labelled_scales=False,
+         source="Components/Transforms/EulerTransform/elxEulerTransform.hxx")
+register("Transform", "SimilarityTransform", SimilarityTransform, kind="linear",
+         read=linear_transform_from_parameter_map, initializer="CenteredTransformInitializer", compute_zyx=False,
+         labelled_scales=True, source="Components/Transforms/SimilarityTransform/elxSimilarityTransform.hxx")
+register("Transform", "AffineTransform", AffineTransform, kind="linear", read=linear_transform_from_parameter_map,
+         initializer="CenteredTransformInitializer2", compute_zyx=False, labelled_scales=False,
+         source="Components/Transforms/AffineTransform/elxAdvancedAffineTransform.hxx")

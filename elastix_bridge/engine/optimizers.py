@@ -19,6 +19,7 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 
 from ..parameters import UInt
+from .components import register
 from .random import as_elastix_random
 
 log = logging.getLogger("elastix_bridge")
@@ -411,3 +412,35 @@ class AdaptiveStochasticGradientDescent:
             g_prev = g
         self.stop_condition = "Maximum number of iterations has been reached"
         return x
+
+
+def _asgd_settings_on_unit_grid(pmap, level: int, dimension: int) -> ASGDSettings:
+    """The level's ASGD settings with unit spacings: checks the values written in the map."""
+    unit = np.ones(dimension)
+    return ASGDSettings.from_parameter_map(pmap, level, 1, unit, unit)
+
+
+register("Optimizer", "AdaptiveStochasticGradientDescent",
+         lambda pmap, level, asgd_settings, generator, on_iteration:
+         AdaptiveStochasticGradientDescent(asgd_settings, generator, on_iteration=on_iteration),
+         settings=_asgd_settings_on_unit_grid, automatic_parameter_estimation=True, iteration_columns="asgd",
+         notes="Original and DisplacementDistribution estimation, adaptive steps, scaled space",
+         source="Components/Optimizers/AdaptiveStochasticGradientDescent")
+
+
+def register_optimizer(name: str, optimizer: Callable, settings, *, notes: str = "", source: str = "",
+                       iteration_columns: str = "gradient_descent") -> None:
+    """Register an optimizer built as ``optimizer(settings.from_parameter_map(pmap, level), on_iteration)``.
+
+    Args:
+        name: the elastix ``Optimizer`` name.
+        optimizer: its class, called with the level's settings and the iteration callback.
+        settings: its settings class, with ``from_parameter_map(pmap, level)`` (raises on a bad value).
+        notes, source: for docs/engine.md's component table.
+        iteration_columns: its IterationInfo columns: ``"gradient_descent"`` (``3:StepSize``) or ``"lbfgs"``.
+    """
+    register("Optimizer", name,
+             lambda pmap, level, asgd_settings, generator, on_iteration:
+             optimizer(settings.from_parameter_map(pmap, level), on_iteration),
+             settings=lambda pmap, level, dimension: settings.from_parameter_map(pmap, level),
+             automatic_parameter_estimation=False, iteration_columns=iteration_columns, notes=notes, source=source)

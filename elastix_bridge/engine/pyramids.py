@@ -19,10 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .components import register
 from .geometry import ImageGeometry
 
 SUPPORTED_PYRAMIDS = ("SmoothingImagePyramid", "RecursiveImagePyramid",
                       "ShrinkingImagePyramid", "GenericImagePyramid")
+for _side in ("Fixed", "Moving"):
+    for _base in SUPPORTED_PYRAMIDS:
+        register(f"{_side}ImagePyramid", _side + _base, base=_base,
+                 source=f"Components/{_side}ImagePyramids/{_side}{_base}")
 
 
 @dataclass

@@ -40,7 +40,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from .line_search import MoreThuenteLineSearch, LineSearchState
-from .optimizers import IterationRecord, SamplingError, _scale_roots, _ScaledCost
+from .optimizers import IterationRecord, SamplingError, _scale_roots, _ScaledCost, register_optimizer
 
 log = logging.getLogger("elastix_bridge")
 
@@ -331,3 +331,8 @@ class QuasiNewtonLBFGS:
         if float(g.norm()) / max(1.0, float(y.norm())) <= self.s.gradient_magnitude_tolerance:
             return "GradientMagnitudeTolerance"
         return ""
+
+
+register_optimizer("QuasiNewtonLBFGS", QuasiNewtonLBFGS, QuasiNewtonLBFGSSettings,
+                   notes="More–Thuente line search; see below", source="Components/Optimizers/QuasiNewtonLBFGS",
+                   iteration_columns="lbfgs")

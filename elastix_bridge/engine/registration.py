@@ -18,38 +18,19 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..parameters import UInt
+from .components import DEFAULTS, FAMILIES, UnsupportedComponentError, component, names, register
 
 log = logging.getLogger("elastix_bridge")
 
-# Components the bridge engine runs; anything else is refused by name.
-METRICS = ("Impact", "AdvancedMeanSquares", "AdvancedNormalizedCorrelation", "AdvancedMattesMutualInformation",
-           "TransformBendingEnergyPenalty")
-OPTIMIZERS = ("AdaptiveStochasticGradientDescent", "StandardGradientDescent", "RegularStepGradientDescent",
-              "QuasiNewtonLBFGS")
-SUPPORTED_COMPONENTS = {
-    "Registration": ("MultiResolutionRegistration", "MultiMetricMultiResolutionRegistration"),
-    "Transform": ("BSplineTransform", "RecursiveBSplineTransform", "TranslationTransform", "EulerTransform",
-                  "SimilarityTransform", "AffineTransform"),
-    "Optimizer": OPTIMIZERS,
-    "ImageSampler": ("RandomCoordinate", "Random", "Full", "Grid", "RandomSparseMask"),
-    "Interpolator": ("BSplineInterpolator", "LinearInterpolator"),
-    "FixedImagePyramid": ("FixedSmoothingImagePyramid", "FixedRecursiveImagePyramid",
-                          "FixedShrinkingImagePyramid", "FixedGenericImagePyramid"),
-    "MovingImagePyramid": ("MovingSmoothingImagePyramid", "MovingRecursiveImagePyramid",
-                           "MovingShrinkingImagePyramid", "MovingGenericImagePyramid"),
-}
-COMPONENT_DEFAULTS = {
-    "Registration": "MultiResolutionRegistration",
-    "Interpolator": "BSplineInterpolator",
-    "FixedImagePyramid": "FixedSmoothingImagePyramid",
-    "MovingImagePyramid": "MovingSmoothingImagePyramid",
-}
 # Components of which a multi-metric map may list one per metric (docs/design.md §E7.6).
 PER_METRIC = ("ImageSampler",)
 
-
-class UnsupportedComponentError(ValueError):
-    """A parameter map names a component the bridge engine does not run."""
+register("Registration", "MultiResolutionRegistration", multi_metric=False,
+         source="Components/Registrations/MultiResolutionRegistration")
+register("Registration", "MultiMetricMultiResolutionRegistration", multi_metric=True,
+         notes="`Metric<i>Weight`, `Metric<i>Use`, `UseRelativeWeights`/`Metric<i>RelativeWeight`, one "
+               "`ImageSampler` per metric or a shared one",
+         source="Components/Registrations/MultiMetricMultiResolutionRegistration")
 
 
 def check_components(pmap) -> dict:
@@ -65,15 +46,15 @@ def check_components(pmap) -> dict:
     metrics = pmap.values("Metric")
     if not metrics:
         raise UnsupportedComponentError("the parameter map has no (Metric ...); elastix requires it")
-    unknown = [m for m in metrics if m not in METRICS]
+    unknown = [m for m in metrics if m not in names("Metric")]
     if unknown:
         raise UnsupportedComponentError(
             f"(Metric {' '.join(chr(34) + m + chr(34) for m in metrics)}): {', '.join(unknown)} not supported by "
-            f"the bridge engine. Supported metrics: {', '.join(METRICS)}.")
+            f"the bridge engine. Supported metrics: {', '.join(names('Metric'))}.")
     if metrics.count("Impact") > 1:
         raise UnsupportedComponentError("the bridge engine runs at most one Impact metric per map; several layers "
                                         "or models go into that one metric's Impact* options")
-    registration = pmap.get("Registration", default=COMPONENT_DEFAULTS["Registration"])
+    registration = pmap.get("Registration", default=DEFAULTS["Registration"])
     if len(metrics) > 1 and registration != "MultiMetricMultiResolutionRegistration":
         raise UnsupportedComponentError(
             f"{len(metrics)} metrics need (Registration \"MultiMetricMultiResolutionRegistration\"), as in "
@@ -84,11 +65,14 @@ def check_components(pmap) -> dict:
             f"(MovingImageDerivativeScales {' '.join(scales)}) is not supported by the bridge engine; remove it "
             "(all 1) or run this map on elastix (engine='elastix', --engine elastix)")
     chosen = {"Metric": metrics}
-    for key, allowed in SUPPORTED_COMPONENTS.items():
+    for key in FAMILIES:
+        if key == "Metric":
+            continue
+        allowed = names(key)
         values = pmap.values(key)
         if not values:
-            if key in COMPONENT_DEFAULTS:
-                values = [COMPONENT_DEFAULTS[key]]
+            if key in DEFAULTS:
+                values = [DEFAULTS[key]]
             else:
                 raise UnsupportedComponentError(f"the parameter map has no ({key} ...); elastix requires it. "
                                                 f"Supported: {', '.join(allowed)}")
@@ -143,8 +127,7 @@ class _StageCost:
 
     @property
     def uses_random_sampler(self) -> bool:
-        return any(type(s).__name__ in ("RandomCoordinateSampler", "RandomSampler", "RandomSparseMaskSampler")
-                   for s in self.samplers)
+        return any(component("ImageSampler", s.name).trait("random") for s in self.samplers)
 
     def select_new_samples(self) -> None:
         self._points = [None] * len(self.samplers)
@@ -240,7 +223,7 @@ def _metric_weights(pmap, components, level: int):
     MultiResolutionRegistration: the single metric with weight 1.
     """
     n = len(components["Metric"])
-    if components["Registration"] != "MultiMetricMultiResolutionRegistration":
+    if not component("Registration", components["Registration"]).trait("multi_metric"):
         return [1.0], [True], None
     weights = [pmap.get(f"Metric{i}Weight", level=level, default=1.0 / n, type=float) for i in range(n)]
     use = [pmap.get(f"Metric{i}Use", level=level, default=True, type=bool) for i in range(n)]
@@ -327,8 +310,8 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
 
     Args:
         fixed_image, moving_image: ``itk.Image`` (any scalar type; cast to float like elastix).
-        pmap: :class:`elastix_bridge.parameters.ParameterMap` with components of
-            :data:`SUPPORTED_COMPONENTS` and metrics of :data:`METRICS`.
+        pmap: :class:`elastix_bridge.parameters.ParameterMap` with components registered in
+            :mod:`elastix_bridge.engine.components`.
         fixed_mask, moving_mask: ``itk.Image`` masks (non-zero = inside) or None.
         elastix_level: index of this map in the parameter object (file names ``*.<level>.*``).
         output_directory: where elastix would write per-resolution files, or None.
@@ -357,11 +340,11 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
     from .classic_metrics import make_classic_metric
     from .linear_transforms import make_linear_transform, translation_initialization
     from .impact_metric import ImpactMetric, check_level_models
-    from .optimizers import AdaptiveStochasticGradientDescent, ASGDSettings, jacobian_terms
+    from .optimizers import ASGDSettings, jacobian_terms
     from .pyramids import pyramid_level
     from .random import ElastixRandom
     from .samplers import GridSampler, make_sampler
-    from .transforms import BSplineTransform, TranslationTransform, grid_for_level
+    from .transforms import grid_for_level
 
     components = check_components(pmap)
     fixed_full = LevelImage.from_itk(fixed_image)
@@ -413,7 +396,9 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
         moving_schedule = _pyramid_schedule(pmap, "Moving", components["MovingImagePyramid"], levels,
                                             moving_full.geometry)
 
-        bspline = components["Transform"] in ("BSplineTransform", "RecursiveBSplineTransform")
+        transform_component = component("Transform", components["Transform"])
+        kind = transform_component.trait("kind")
+        bspline = kind == "bspline"
         how = pmap.get("HowToCombineTransforms", default="Compose")
         scales = parameters0 = None
         if bspline:
@@ -423,8 +408,8 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
                 grid_geometry, final_spacing = _grid_domain_under_initial(fixed_full.geometry, final_spacing,
                                                                           initial_transform)
             order = pmap.get("BSplineTransformSplineOrder", default=3, type=int)
-        elif components["Transform"] == "TranslationTransform":
-            transform = _combined(TranslationTransform(dim), initial_transform, how)
+        elif kind == "translation":
+            transform = _combined(transform_component.factory(dim), initial_transform, how)
             if initial_transform is None and pmap.get("AutomaticTransformInitialization", default=False, type=bool):
                 # docs/design.md §E6.2: only when asked, and never on top of an initial transform
                 parameters0 = torch.from_numpy(translation_initialization(
@@ -453,7 +438,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
                 mmask = mmask.eroded(2 * moving_schedule.rescale[level] + 1)
 
             if bspline:
-                transform = _combined(BSplineTransform(
+                transform = _combined(transform_component.factory(
                     grid_for_level(grid_geometry, final_spacing, grid_schedule[level], order), order=order,
                     name=components["Transform"]), initial_transform, how)
                 parameters = (transform.parameters if previous is None
@@ -471,16 +456,14 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
                                                        fixed_full.geometry.spacing, moving_full.geometry.spacing)
             exact_sampler = GridSampler(fixed.geometry, fmask,
                                         number_of_samples=settings.number_of_samples_for_exact_gradient)
-            order_moving = (1 if pmap.get("Interpolator", default="BSplineInterpolator") == "LinearInterpolator"
-                            else pmap.get("BSplineInterpolationOrder", level=level, default=1, type=int,
-                                          prefix="Interpolator0"))
+            order_moving = component("Interpolator", components["Interpolator"]).factory(pmap, level)
             metrics = []
             for i, name in enumerate(components["Metric"]):
                 ratio = (pmap.get("RequiredRatioOfValidSamples", level=level, default=0.25, type=float,
                                   prefix=f"Metric{i}")
                          if pmap.get("CheckNumberOfSamples", level=level, default=True, type=bool, prefix=f"Metric{i}")
                          else 0.0)
-                if name == "Impact":
+                if component("Metric", name).trait("feature_models"):
                     metric = ImpactMetric(configs[level], fixed, moving, mmask, transform, plugin, models[level],
                                           devices[level], impact_generator, moving_interpolation_order=order_moving,
                                           required_ratio_of_valid_samples=ratio)
@@ -495,7 +478,8 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
             cost = _StageCost(metrics, samplers, exact_sampler, *_metric_weights(pmap, components, level))
 
             terms = None
-            if components["Optimizer"] == "AdaptiveStochasticGradientDescent" and settings.automatic_parameter_estimation:
+            optimizer_component = component("Optimizer", components["Optimizer"])
+            if optimizer_component.trait("automatic_parameter_estimation") and settings.automatic_parameter_estimation:
                 jac_points = GridSampler(fixed.geometry, fmask,
                                          number_of_samples=settings.number_of_jacobian_measurements).sample()
                 values, indices = transform.jacobian(jac_points, parameters)
@@ -511,7 +495,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
                 if on_iteration is not None:
                     on_iteration(_level, record)
 
-            optimizer = _make_optimizer(components["Optimizer"], pmap, level, settings, generator, after)
+            optimizer = optimizer_component.factory(pmap, level, settings, generator, after)
             parameters = optimizer.optimize(cost, parameters, terms, scales=scales)
             table.close()
             log.info("Stopping condition: %s.", optimizer.stop_condition)
@@ -530,17 +514,6 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
         return StageResult(tp_map, transform, parameters, history, time.perf_counter() - tic)
 
 
-def _optimizer_settings(name: str, pmap, level: int):
-    """The level's settings of a non-ASGD optimizer, read with elastix's rules (docs/design.md §E9)."""
-    from .gradient_descent import RegularStepGradientDescentSettings, StandardGradientDescentSettings
-    from .quasi_newton import QuasiNewtonLBFGSSettings
-
-    settings = {"StandardGradientDescent": StandardGradientDescentSettings,
-                "RegularStepGradientDescent": RegularStepGradientDescentSettings,
-                "QuasiNewtonLBFGS": QuasiNewtonLBFGSSettings}[name]
-    return settings.from_parameter_map(pmap, level)
-
-
 def check_stage_settings(pmap, components, levels: int, dimension: int) -> None:
     """Read every level's optimizer settings and the B-spline grid schedule once, before any computation.
 
@@ -554,33 +527,13 @@ def check_stage_settings(pmap, components, levels: int, dimension: int) -> None:
             combination, naming the key.
     """
     from .geometry import ImageGeometry
-    from .optimizers import ASGDSettings
 
     unit = np.ones(dimension)
+    read_settings = component("Optimizer", components["Optimizer"]).trait("settings")
     for level in range(levels):
-        if components["Optimizer"] == "AdaptiveStochasticGradientDescent":
-            ASGDSettings.from_parameter_map(pmap, level, 1, unit, unit)
-        else:
-            _optimizer_settings(components["Optimizer"], pmap, level)
-    if components["Transform"] in ("BSplineTransform", "RecursiveBSplineTransform"):
+        read_settings(pmap, level, dimension)
+    if component("Transform", components["Transform"]).trait("kind") == "bspline":
         _grid_settings(pmap, ImageGeometry((2,) * dimension, unit, 0 * unit, np.eye(dimension)), levels)
-
-
-def _make_optimizer(name: str, pmap, level: int, asgd_settings, generator, on_iteration):
-    """The level's optimizer by elastix name (docs/design.md §E9)."""
-    from .gradient_descent import RegularStepGradientDescent, StandardGradientDescent
-    from .optimizers import AdaptiveStochasticGradientDescent
-
-    if name == "AdaptiveStochasticGradientDescent":
-        return AdaptiveStochasticGradientDescent(asgd_settings, generator, on_iteration=on_iteration)
-    settings = _optimizer_settings(name, pmap, level)
-    if name == "QuasiNewtonLBFGS":
-        from .quasi_newton import QuasiNewtonLBFGS
-
-        return QuasiNewtonLBFGS(settings, on_iteration)
-    optimizer = {"StandardGradientDescent": StandardGradientDescent,
-                 "RegularStepGradientDescent": RegularStepGradientDescent}[name]
-    return optimizer(settings, on_iteration)
 
 
 class IterationTable:
@@ -594,8 +547,9 @@ class IterationTable:
 
     def __init__(self, output_directory, elastix_level: int, level: int, pmap,
                  optimizer: str = "AdaptiveStochasticGradientDescent", number_of_metrics: int = 1):
-        self.asgd = optimizer == "AdaptiveStochasticGradientDescent"
-        self.lbfgs = optimizer == "QuasiNewtonLBFGS"
+        columns = component("Optimizer", optimizer).trait("iteration_columns", "gradient_descent")
+        self.asgd = columns == "asgd"
+        self.lbfgs = columns == "lbfgs"
         self.multi = number_of_metrics > 1
         n = range(number_of_metrics) if self.multi else range(0)
         if self.lbfgs:

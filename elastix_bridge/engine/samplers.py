@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .components import component, register
 from .geometry import ImageGeometry
 from .random import ElastixRandom, as_elastix_random
 
@@ -27,8 +28,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from .images import Mask
-
-SUPPORTED_SAMPLERS = ("Full", "Grid", "Random", "RandomCoordinate", "RandomSparseMask")
 
 NOT_ENOUGH_SAMPLES = ("Could not find enough image samples within reasonable time. "
                       "Probably the mask is too small")
@@ -136,10 +135,31 @@ class ImageSampler:
             idx = idx[self._inside_mask(idx)]
         return idx
 
+    @classmethod
+    def from_parameter_map(cls, image_geometry: ImageGeometry, mask=None, *, parameter_map=None, level: int = 0,
+                           number_of_samples: int = 5000, generator=None, region=None, device=None, dtype=None,
+                           **options) -> "ImageSampler":
+        """Build the sampler of a resolution level; the registry's factory (see :func:`make_sampler`).
+
+        Every sampler takes the same arguments; each uses those it needs and reads its own keys of
+        ``parameter_map`` for ``level`` unless ``options`` give them explicitly. This base version builds
+        a sampler that draws nothing at random: ``cls(image_geometry, mask, region=, device=, dtype=, **options)``.
+        """
+        return cls(image_geometry, mask, region=region, device=device, dtype=dtype, **options)
+
     def sample(self) -> "torch.Tensor":  # pragma: no cover - abstract
         raise NotImplementedError
 
 
+def _random_from_parameter_map(cls, image_geometry, mask=None, *, parameter_map=None, level=0,
+                               number_of_samples=5000, generator=None, region=None, device=None, dtype=None,
+                               **options):
+    """:meth:`ImageSampler.from_parameter_map` of the random samplers: ``N`` samples from ``generator``."""
+    return cls(image_geometry, mask, number_of_samples, generator, region=region, device=device, dtype=dtype,
+               **options)
+
+
+@register("ImageSampler", "Full", random=False, source="Common/ImageSamplers/itkImageFullSampler.hxx")
 class FullSampler(ImageSampler):
     """Every voxel of the cropped region inside the mask, in memory order (x fastest).
 
@@ -153,6 +173,8 @@ class FullSampler(ImageSampler):
         return self._out(self._full_indices())
 
 
+@register("ImageSampler", "Grid", random=False, notes="`SampleGridSpacing`",
+          source="Common/ImageSamplers/itkImageGridSampler.hxx")
 class GridSampler(ImageSampler):
     """Regular grid centred in the cropped region (``Common/ImageSamplers/itkImageGridSampler.hxx``).
 
@@ -192,6 +214,16 @@ class GridSampler(ImageSampler):
             spacing = raw.astype(np.int64)
         self.spacing_xyz = spacing
 
+    @classmethod
+    def from_parameter_map(cls, image_geometry, mask=None, *, parameter_map=None, level=0, spacing_xyz=None,
+                           **common) -> "GridSampler":
+        """``SampleGridSpacing`` entries ``level·D + d`` (default 2, no fallback to earlier levels)."""
+        d = image_geometry.dimension
+        if spacing_xyz is None and parameter_map is not None:
+            spacing_xyz = [parameter_map.get_entry("SampleGridSpacing", level * d + k, type=int, default=2)
+                           for k in range(d)]
+        return super().from_parameter_map(image_geometry, mask, spacing_xyz=spacing_xyz, **common)
+
     def grid_indices(self) -> "torch.Tensor":
         """All grid indices before masking, ``(K, D)`` float64, x fastest."""
         import torch
@@ -226,6 +258,7 @@ def _not_enough(n: int, found: int, tried: int) -> RuntimeError:
 
 class _RejectionSampler(ImageSampler):
     draws_per_candidate = 1  # raw random numbers one candidate consumes
+    from_parameter_map = classmethod(_random_from_parameter_map)
 
     def __init__(self, image_geometry, mask, number_of_samples, generator, region=None, device=None, dtype=None):
         super().__init__(image_geometry, mask, region, device, dtype)
@@ -278,6 +311,8 @@ class _RejectionSampler(ImageSampler):
         return self._out(torch.cat(accepted)[:n])
 
 
+@register("ImageSampler", "RandomCoordinate", random=True, notes="`UseRandomSampleRegion`, `SampleRegionSize`",
+          source="Common/ImageSamplers/itkImageRandomCoordinateSampler.hxx")
 class RandomCoordinateSampler(_RejectionSampler):
     """Continuous random positions (``Common/ImageSamplers/itkImageRandomCoordinateSampler.hxx``).
 
@@ -307,6 +342,29 @@ class RandomCoordinateSampler(_RejectionSampler):
         self._lo = self.region_start_xyz.astype(np.float64)
         self._hi = (self.region_start_xyz + self.region_size_xyz - 1).astype(np.float64)
 
+    @classmethod
+    def from_parameter_map(cls, image_geometry, mask=None, *, parameter_map=None, level=0,
+                           sample_region_size_mm=None, **common) -> "RandomCoordinateSampler":
+        """``UseRandomSampleRegion`` and ``SampleRegionSize`` (entries ``level·D + d``, mm; default
+        ``min(ext_d, max(ext)/3)`` with ``ext_d = (n_d − 1)·S_d``).
+
+        Raises:
+            ValueError: a ``SampleRegionSize`` larger than the image extent.
+        """
+        d = image_geometry.dimension
+        if sample_region_size_mm is None and parameter_map is not None and \
+                parameter_map.get("UseRandomSampleRegion", level=level, default=False, type=bool):
+            ext = (np.asarray(image_geometry.size, dtype=np.float64) - 1) * image_geometry.spacing
+            default = np.minimum(ext, ext.max() / 3.0)
+            size = np.array([parameter_map.get_entry("SampleRegionSize", level * d + k, type=float, default=default[k])
+                             for k in range(d)])
+            if np.any(size > ext + 1e-12):
+                raise ValueError(f"SampleRegionSize {size.tolist()} mm is larger than the image extent "
+                                 f"{ext.tolist()} mm")
+            sample_region_size_mm = size
+        return _random_from_parameter_map(cls, image_geometry, mask, sample_region_size_mm=sample_region_size_mm,
+                                          **common)
+
     def _draw(self, random, count: int) -> "torch.Tensor":
         import torch
 
@@ -324,6 +382,7 @@ class RandomCoordinateSampler(_RejectionSampler):
         return super().sample()
 
 
+@register("ImageSampler", "Random", random=True, source="Common/ImageSamplers/itkImageRandomSampler.hxx")
 class RandomSampler(_RejectionSampler):
     """Voxel centres drawn uniformly with replacement from the cropped region
     (``Common/ImageSamplers/itkImageRandomSampler.hxx``); mask by rejection (≤ 10·N candidates).
@@ -358,6 +417,8 @@ class RandomSampler(_RejectionSampler):
         return torch.stack(cols, dim=1).to(torch.float64)
 
 
+@register("ImageSampler", "RandomSparseMask", random=True,
+          source="Common/ImageSamplers/itkImageRandomSamplerSparseMask.hxx")
 class RandomSparseMaskSampler(ImageSampler):
     """N voxels picked uniformly with replacement from the Full sample list
     (``Common/ImageSamplers/itkImageRandomSamplerSparseMask.hxx``).
@@ -367,6 +428,7 @@ class RandomSparseMaskSampler(ImageSampler):
     """
 
     name = "RandomSparseMask"
+    from_parameter_map = classmethod(_random_from_parameter_map)
 
     def __init__(self, image_geometry, mask, number_of_samples, generator, region=None, device=None, dtype=None):
         if mask is None:
@@ -390,32 +452,13 @@ class RandomSparseMaskSampler(ImageSampler):
         return self._out(self._valid[pick])
 
 
-def _sampler_keys(name, geometry, pmap, level, grid_spacing_xyz, sample_region_size_mm):
-    """Read the sampler's own keys from a parameter map (docs/design.md §E5 table)."""
-    d = geometry.dimension
-    if name == "Grid" and grid_spacing_xyz is None:
-        grid_spacing_xyz = [pmap.get_entry("SampleGridSpacing", level * d + k, type=int, default=2)
-                            for k in range(d)]
-    if name == "RandomCoordinate" and sample_region_size_mm is None and \
-            pmap.get("UseRandomSampleRegion", level=level, default=False, type=bool):
-        ext = (np.asarray(geometry.size, dtype=np.float64) - 1) * geometry.spacing
-        default = np.minimum(ext, ext.max() / 3.0)
-        size = np.array([pmap.get_entry("SampleRegionSize", level * d + k, type=float, default=default[k])
-                         for k in range(d)])
-        if np.any(size > ext + 1e-12):
-            raise ValueError(f"SampleRegionSize {size.tolist()} mm is larger than the image extent "
-                             f"{ext.tolist()} mm")
-        sample_region_size_mm = size
-    return grid_spacing_xyz, sample_region_size_mm
-
-
 def make_sampler(name: str, image_geometry: ImageGeometry, mask=None, number_of_samples: int = 5000,
                  generator=None, grid_spacing_xyz=None, region=None, sample_region_size_mm=None,
                  device=None, dtype=None, parameter_map=None, level: int = 0) -> ImageSampler:
-    """Build a sampler from its elastix ``ImageSampler`` name.
+    """Build a sampler from its elastix ``ImageSampler`` name (registered in :mod:`.components`).
 
     Args:
-        name: one of :data:`SUPPORTED_SAMPLERS`.
+        name: a registered ``ImageSampler`` name.
         image_geometry: level fixed image geometry.
         mask: optional (eroded) fixed mask.
         number_of_samples: ``NumberOfSpatialSamples`` (random samplers).
@@ -426,29 +469,18 @@ def make_sampler(name: str, image_geometry: ImageGeometry, mask=None, number_of_
         sample_region_size_mm: ``SampleRegionSize`` when ``UseRandomSampleRegion`` (RandomCoordinate).
         device, dtype: of the returned points (default CPU, float64).
         parameter_map: optional :class:`elastix_bridge.parameters.ParameterMap`; when given, the
-            sampler-specific keys not passed explicitly are read for ``level``: ``SampleGridSpacing``
-            (entry ``level·D + d``, default 2, no fallback) for Grid; ``UseRandomSampleRegion`` and
-            ``SampleRegionSize`` (entry ``level·D + d``, mm; default ``min(ext_d, max(ext)/3)`` with
-            ``ext_d = (n_d − 1)·S_d`` of ``image_geometry``) for RandomCoordinate.
+            sampler reads its own keys not passed explicitly for ``level`` (its ``from_parameter_map``).
         level: resolution level for ``parameter_map`` look-ups.
 
     Raises:
-        ValueError: unknown name (lists the supported ones) or invalid arguments (e.g. a
-            ``SampleRegionSize`` larger than the image extent).
+        UnsupportedComponentError: unknown name (lists the supported ones).
+        ValueError: invalid arguments (e.g. a ``SampleRegionSize`` larger than the image extent).
     """
-    if parameter_map is not None:
-        grid_spacing_xyz, sample_region_size_mm = _sampler_keys(
-            name, image_geometry, parameter_map, int(level), grid_spacing_xyz, sample_region_size_mm)
-    common = dict(region=region, device=device, dtype=dtype)
-    if name == "Full":
-        return FullSampler(image_geometry, mask, **common)
-    if name == "Grid":
-        return GridSampler(image_geometry, mask, spacing_xyz=grid_spacing_xyz, **common)
-    if name == "Random":
-        return RandomSampler(image_geometry, mask, number_of_samples, generator, **common)
-    if name == "RandomCoordinate":
-        return RandomCoordinateSampler(image_geometry, mask, number_of_samples, generator,
-                                       sample_region_size_mm=sample_region_size_mm, **common)
-    if name == "RandomSparseMask":
-        return RandomSparseMaskSampler(image_geometry, mask, number_of_samples, generator, **common)
-    raise ValueError(f"unsupported ImageSampler {name!r}; supported: {', '.join(SUPPORTED_SAMPLERS)}")
+    options = {}
+    if grid_spacing_xyz is not None:
+        options["spacing_xyz"] = grid_spacing_xyz
+    if sample_region_size_mm is not None:
+        options["sample_region_size_mm"] = sample_region_size_mm
+    return component("ImageSampler", name).factory.from_parameter_map(
+        image_geometry, mask, parameter_map=parameter_map, level=int(level), number_of_samples=number_of_samples,
+        generator=generator, region=region, device=device, dtype=dtype, **options)

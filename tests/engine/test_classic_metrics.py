@@ -496,8 +496,10 @@ def test_elastix_derivative_kernel_is_exact_for_order_3():
 
 def test_options_and_factory(images):
     args = (images["fixed"], images["moving"], None, TranslationTransform(2))
-    with pytest.raises(ValueError, match="unsupported metric"):
+    with pytest.raises(ValueError, match=r"\(Metric \"AdvancedKappaStatistic\"\) is not supported.*AdvancedMeanSquares"):
         make_classic_metric("AdvancedKappaStatistic", *args)
+    with pytest.raises(ValueError, match="needs feature models"):
+        make_classic_metric("Impact", *args)
     with pytest.raises(ValueError, match="UseJacobianPreconditioning"):
         AdvancedMattesMutualInformation(*args, parameter_map={"UseJacobianPreconditioning": ["true"]})
     mi = AdvancedMattesMutualInformation(*args, parameter_map={"NumberOfHistogramBins": ["16", "24"],

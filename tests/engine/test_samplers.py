@@ -5,8 +5,9 @@ import torch
 
 from elastix_bridge.engine.geometry import ImageGeometry
 from elastix_bridge.engine.images import Mask
-from elastix_bridge.engine.samplers import (SUPPORTED_SAMPLERS, FullSampler, GridSampler, RandomCoordinateSampler,
-                                            RandomSampler, RandomSparseMaskSampler, make_sampler, sampling_region)
+from elastix_bridge.engine.components import names
+from elastix_bridge.engine.samplers import (FullSampler, GridSampler, RandomCoordinateSampler, RandomSampler,
+                                            RandomSparseMaskSampler, make_sampler, sampling_region)
 
 
 def _rot(angle):
@@ -155,7 +156,7 @@ def test_factory_and_errors():
     assert isinstance(make_sampler("Grid", GEO, grid_spacing_xyz=[2, 3]), GridSampler)
     s = make_sampler("RandomCoordinate", GEO, number_of_samples=10, generator=_gen(), dtype=torch.float32)
     assert s.sample().dtype == torch.float32
-    for name in SUPPORTED_SAMPLERS:
+    for name in names("ImageSampler"):
         kwargs = dict(mask=_mask(), number_of_samples=5, generator=_gen())
         assert make_sampler(name, GEO, **kwargs).sample().shape[1] == 2
     with pytest.raises(ValueError, match="RandomCoordinate"):
