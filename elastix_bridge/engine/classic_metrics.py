@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .optimizers import SamplingError
+from .errors import SamplingError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import SamplingError
 from .geometry import ImageGeometry
-from .optimizers import SamplingError
 
 log = logging.getLogger("elastix_bridge")
 

@@ -19,15 +19,10 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 
 from ..parameters import UInt
+from .errors import SamplingError
 from .random import as_elastix_random
 
 log = logging.getLogger("elastix_bridge")
-
-
-class SamplingError(RuntimeError):
-    """Too few valid samples in one metric evaluation (elastix: "Too many samples map outside
-    moving image buffer"). The optimizer may retry with new samples
-    (``MaximumNumberOfSamplingAttempts``)."""
 
 
 class CostFunction(Protocol):
