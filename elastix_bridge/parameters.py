@@ -25,6 +25,7 @@ __all__ = [
     "ParameterMap",
     "UInt",
     "format_number",
+    "format_numbers",
     "is_number",
     "read_parameter_file",
     "parameter_maps_from_object",
@@ -154,6 +155,24 @@ def format_number(x: float, float32: bool = False) -> str:
     digits = stripped.lstrip("0") or "0"
     n = len(digits) + exponent
     return _js_format(bool(sign), digits, n)
+
+
+def format_numbers(values) -> list[str]:
+    """:func:`format_number` of every value of an array-like, flattened in C order.
+
+    Args:
+        values: a number, a sequence, a numpy array or a torch tensor (any device); ``(D,)`` vectors in
+            ITK order, a ``(D, D)`` matrix row by row (transpose first for elastix's column-major
+            ``Direction``/``GridDirection``).
+
+    Returns:
+        One string per value, as elastix writes it (docs/design.md §E1.5).
+    """
+    import numpy as np
+
+    if hasattr(values, "detach"):  # a torch tensor, without importing torch here
+        values = values.detach().to("cpu").double().numpy()
+    return [format_number(v) for v in np.asarray(values, dtype=np.float64).reshape(-1).tolist()]
 
 
 def is_number(value: str) -> bool:

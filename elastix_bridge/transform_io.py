@@ -21,6 +21,7 @@ from elastix_bridge.parameters import (
     ParameterError,
     ParameterMap,
     format_number,
+    format_numbers,
     is_number,
     parameter_maps_from_object,
     read_parameter_file,
@@ -47,10 +48,6 @@ _BSPLINE_RESAMPLE_INTERPOLATORS = (
     "FinalBSplineInterpolatorFloat",
     "FinalReducedDimensionBSplineInterpolator",
 )
-
-
-def _fmt(values) -> list[str]:
-    return [format_number(float(v)) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
 
 
 def transform_parameter_map(
@@ -101,9 +98,9 @@ def transform_parameter_map(
     pm.set("MovingInternalImagePixelType", [reg.get("MovingInternalImagePixelType", default="float")])
     pm.set("Size", [str(int(s)) for s in fixed_geometry.size])
     pm.set("Index", ["0"] * dim)
-    pm.set("Spacing", _fmt(fixed_geometry.spacing))
-    pm.set("Origin", _fmt(fixed_geometry.origin))
-    pm.set("Direction", _fmt(np.asarray(fixed_geometry.direction).T.reshape(-1)))  # column-major
+    pm.set("Spacing", format_numbers(fixed_geometry.spacing))
+    pm.set("Origin", format_numbers(fixed_geometry.origin))
+    pm.set("Direction", format_numbers(np.asarray(fixed_geometry.direction).T.reshape(-1)))  # column-major
     use_dc = reg.get("UseDirectionCosines", default=True, type=bool)
     pm.set("UseDirectionCosines", ["true" if use_dc else "false"])
     # ResampleInterpolator block

@@ -11,6 +11,7 @@ from elastix_bridge.parameters import (
     ParameterMap,
     UInt,
     format_number,
+    format_numbers,
     is_number,
     parameter_maps_from_object,
     read_parameter_file,
@@ -185,6 +186,18 @@ def test_format_number_float32():
     assert format_number(-0.0, float32=True) == "0"
     assert format_number(1e-7, float32=True) == "1e-7"
     assert format_number(3.4028234663852886e38, float32=True) == "3.4028235e+38"
+
+
+def test_format_numbers_flattens_arrays_and_tensors_in_c_order():
+    """One formatter for vectors, matrices and tensors (TransformParameters, Spacing, Direction)."""
+    matrix = np.array([[1.0, 0.1 + 0.2], [-0.0, 1e-7]])
+    assert format_numbers(matrix) == ["1", "0.30000000000000004", "0", "1e-7"]
+    assert format_numbers(matrix.T) == ["1", "0", "0.30000000000000004", "1e-7"]
+    assert format_numbers(2.5) == ["2.5"]
+    assert format_numbers([3, 32.650000000000006]) == ["3", "32.650000000000006"]
+    torch = pytest.importorskip("torch")
+    assert format_numbers(torch.tensor(matrix, dtype=torch.float32, requires_grad=True)) == \
+        [format_number(float(np.float32(v))) for v in matrix.reshape(-1)]
 
 
 def test_is_number():

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 import numpy as np
 
 from elastix_bridge.engine.geometry import ImageGeometry
-from elastix_bridge.engine.transforms import Transform, _fmt_list
-from elastix_bridge.parameters import ParameterError, ParameterMap
+from elastix_bridge.engine.transforms import Transform
+from elastix_bridge.parameters import ParameterError, ParameterMap, format_numbers
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -295,7 +295,7 @@ class CenteredLinearTransform(Transform):
         ``elxAdvancedAffineTransform.hxx``; docs/design.md §E10.1.
         """
         out = super().parameter_map(params)
-        out["CenterOfRotationPoint"] = _fmt_list(self.center)
+        out["CenterOfRotationPoint"] = format_numbers(self.center)
         return out
 
     def __repr__(self) -> str:
