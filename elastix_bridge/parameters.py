@@ -24,6 +24,7 @@ __all__ = [
     "ParameterError",
     "ParameterMap",
     "UInt",
+    "as_parameter_map",
     "format_number",
     "format_numbers",
     "is_number",
@@ -413,6 +414,24 @@ class ParameterMap:
 
 
 # --------------------------------------------------------------------------------------------------------------
+
+
+def as_parameter_map(value) -> ParameterMap:
+    """The one conversion of a caller's map to a :class:`ParameterMap`.
+
+    Args:
+        value: a :class:`ParameterMap` (returned as is, not copied), a mapping of key -> value(s)
+            (values converted as in :meth:`ParameterMap.from_dict`; an itk-elastix
+            ``mapstringvectorstring`` too), or None (an empty map).
+
+    Raises:
+        TypeError: a value that cannot be stored in a parameter map.
+    """
+    if isinstance(value, ParameterMap):
+        return value
+    if value is None:
+        return ParameterMap()
+    return ParameterMap.from_dict(dict(value))
 
 
 def parameter_maps_from_object(parameter_object) -> list[ParameterMap]:

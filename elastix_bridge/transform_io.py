@@ -20,6 +20,7 @@ from elastix_bridge.files import write_atomically
 from elastix_bridge.parameters import (
     ParameterError,
     ParameterMap,
+    as_parameter_map,
     format_number,
     format_numbers,
     is_number,
@@ -144,7 +145,7 @@ def transform_parameter_file_text(parameter_map) -> str:
         ParameterError: a key without values (elastix's parser would reject ``(Key)``), or a value containing
             ``"``, ``//`` or a line break (unrepresentable in the text format).
     """
-    pm = parameter_map if isinstance(parameter_map, ParameterMap) else ParameterMap(parameter_map)
+    pm = as_parameter_map(parameter_map)
     for key, values in pm.items():
         if not values:
             raise ParameterError(f"parameter {key!r} has no values; elastix cannot read '({key})' back")

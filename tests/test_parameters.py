@@ -10,6 +10,7 @@ from elastix_bridge.parameters import (
     ParameterError,
     ParameterMap,
     UInt,
+    as_parameter_map,
     format_number,
     format_numbers,
     is_number,
@@ -198,6 +199,18 @@ def test_format_numbers_flattens_arrays_and_tensors_in_c_order():
     torch = pytest.importorskip("torch")
     assert format_numbers(torch.tensor(matrix, dtype=torch.float32, requires_grad=True)) == \
         [format_number(float(np.float32(v))) for v in matrix.reshape(-1)]
+
+
+def test_as_parameter_map_converts_dicts_and_keeps_maps():
+    pm = ParameterMap({"Metric": ["AdvancedMeanSquares"]})
+    assert as_parameter_map(pm) is pm  # no copy: callers read it
+    assert len(as_parameter_map(None)) == 0
+    converted = as_parameter_map({"Transform": "EulerTransform", "NumberOfResolutions": 2,
+                                  "Spacing": (0.5, 1e-7), "UseDirectionCosines": True})
+    assert converted.to_dict() == {"Transform": ["EulerTransform"], "NumberOfResolutions": ["2"],
+                                   "Spacing": ["0.5", "1e-7"], "UseDirectionCosines": ["true"]}
+    with pytest.raises(TypeError, match="cannot store a value of type object"):
+        as_parameter_map({"Key": object()})
 
 
 def test_is_number():
