@@ -374,16 +374,26 @@ class ParameterMap:
 
         Source: ``itkParameterMapInterface.h`` ``ReadParameter``; docs/design.md §E1.4.
         """
-        found = False
         result = default
-        names = [name] + ([prefix + name] if prefix else [])
-        for key in names:
-            for idx in (0, level) if level != 0 else (0,):
-                vals = self._data.get(key)
-                if vals and 0 <= idx < len(vals):
-                    result = self._convert_entry(key, idx, type)
-                    found = True
-        return result if found else default
+        for key, index in self.reads(name, level, prefix):
+            result = self._convert_entry(key, index, type)  # every read converts, as elastix's does
+        return result
+
+    def reads(self, name: str, level: int = 0, prefix: str | None = None) -> list[tuple[str, int]]:
+        """The ``(key, entry)`` pairs elastix's ``ReadParameter`` reads for :meth:`get`, in order; the last wins.
+
+        ``name[0]``, ``name[level]``, ``(prefix+name)[0]``, ``(prefix+name)[level]``, each only when
+        present. Empty when nothing is found (the default applies).
+
+        Source: ``itkParameterMapInterface.h`` ``ReadParameter``; docs/design.md §E1.4.
+        """
+        found = []
+        for key in [name] + ([prefix + name] if prefix else []):
+            vals = self._data.get(key)
+            for index in (0, level) if level != 0 else (0,):
+                if vals and 0 <= index < len(vals):
+                    found.append((key, index))
+        return found
 
     def get_list(self, name: str, count: int | None = None, type=str, default=None) -> list:
         """All entries of ``name`` converted to ``type``, or exactly the first ``count`` entries.

@@ -44,6 +44,20 @@ def test_empty_value_list_counts_as_absent():
     assert "A" in pm and pm["A"] == ["1"] and pm.values("A") == ["1"] and pm.values("B") == []
 
 
+def test_reads_lists_elastix_lookup_order_and_impact_uses_it():
+    """One lookup rule: ``get`` and IMPACT's per-level scalars (Mechanism A) read the same entry."""
+    from elastix_bridge.impact_parameters import _read_scalar
+
+    pm = ParameterMap({"ImpactGPU": ["0", "1"], "Metric1ImpactGPU": ["3"]})
+    assert pm.reads("ImpactGPU", 1, "Metric1") == [("ImpactGPU", 0), ("ImpactGPU", 1), ("Metric1ImpactGPU", 0)]
+    assert pm.reads("ImpactGPU", 2) == [("ImpactGPU", 0)]
+    assert pm.reads("Absent", 1, "Metric1") == []
+    for level in (0, 1, 2):
+        for index in (0, 1):
+            raw = _read_scalar(pm.to_dict(), "ImpactGPU", level, index)
+            assert raw[0] == pm.get("ImpactGPU", level, prefix=f"Metric{index}")
+
+
 def test_get_entry_has_no_fallback():
     pm = ParameterMap.from_dict({"SampleGridSpacing": [2, 3]})
     assert pm.get_entry("SampleGridSpacing", 1, int) == 3
