@@ -227,7 +227,9 @@ def _grid_settings(pmap, geometry, levels: int):
             raise ValueError(f"GridSpacingSchedule has {values.size} values; elastix expects one per resolution "
                              f"({levels}) or one per resolution and dimension ({levels * d})")
     else:
-        schedule = np.array([[2.0 ** (levels - 1 - r)] * d for r in range(levels)])
+        from .transforms import default_grid_schedule
+
+        schedule = np.array(default_grid_schedule(levels, d))
     return final, schedule
 
 
