@@ -129,7 +129,7 @@ def write_qc_figure(fixed_image, moving_image, transform_parameter_object, path,
         RuntimeError: transformix failed (its message is included).
     """
     start = time.perf_counter()
-    _require_matplotlib()
+    require_matplotlib()
     if stages not in ("all", "last"):
         raise ValueError(f"stages must be 'all' or 'last'; got {stages!r}")
     path = Path(path)
@@ -179,7 +179,7 @@ def write_qc_figure(fixed_image, moving_image, transform_parameter_object, path,
 # ---------------------------------------------------------------------------------------------
 
 
-def _require_matplotlib() -> None:
+def require_matplotlib() -> None:
     """Raise ImportError with the fix when matplotlib is missing (checked before any work)."""
     try:
         import matplotlib  # noqa: F401
