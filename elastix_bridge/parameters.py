@@ -133,22 +133,14 @@ def format_number(x: float, float32: bool = False) -> str:
     if float32:
         import numpy as np
 
-        x32 = np.float32(x)
-        if math.isnan(x32):
-            return "NaN"
-        if math.isinf(x32):
-            return "Infinity" if x32 > 0 else "-Infinity"
-        if x32 == 0:
-            return "0"
-        text = np.format_float_scientific(x32, unique=True, trim="-")
-    else:
-        if math.isnan(x):
-            return "NaN"
-        if math.isinf(x):
-            return "Infinity" if x > 0 else "-Infinity"
-        if x == 0:
-            return "0"
-        text = repr(x)
+        x = float(np.float32(x))  # exact: every float32 is a double
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    if x == 0:
+        return "0"
+    text = np.format_float_scientific(np.float32(x), unique=True, trim="-") if float32 else repr(x)
     sign, digit_tuple, exponent = Decimal(text).as_tuple()
     digits = "".join(str(d) for d in digit_tuple)
     stripped = digits.rstrip("0")
