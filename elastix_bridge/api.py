@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from . import itk_elastix
+from .itk_elastix import as_float_image, given_keywords
 from .output_folder import is_held, owned_output_folder, prepare_output_folder
 
 log = logging.getLogger("elastix_bridge")
@@ -51,22 +53,7 @@ def _logging_to(console: bool, file: Optional[Path]):
         log.propagate = propagate
 
 
-def _as_float(image):
-    """Cast an itk.Image to float pixels (elastix's internal pixel type)."""
-    import itk
-
-    dim = image.GetImageDimension()
-    if itk.template(image)[1][0] is itk.F:
-        return image
-    return itk.cast_image_filter(image, ttype=(type(image), itk.Image[itk.F, dim]))
-
-
 ENGINES = ("auto", "elastix", "bridge")
-
-
-def _given(**keywords) -> dict:
-    """The keywords whose value is not None (itk-elastix keywords are set only when given)."""
-    return {key: value for key, value in keywords.items() if value is not None}
 
 
 def stage_engines(maps, engine: str = "auto", native_plugin: bool = False) -> list:
@@ -84,13 +71,6 @@ def stage_engines(maps, engine: str = "auto", native_plugin: bool = False) -> li
     if engine != "auto":
         return [engine] * len(maps)
     return ["bridge" if uses_impact(m) and not native_plugin else "elastix" for m in maps]
-
-
-def _itk_elastix():
-    """itk-elastix's own registration (never the drop-in replacement)."""
-    from .dropin import run_itk_elastix
-
-    return run_itk_elastix
 
 
 def elastix_registration_method(fixed_image, moving_image, parameter_object=None, fixed_mask=None,
@@ -198,11 +178,12 @@ def _one_itk_elastix_call(fixed_image, moving_image, parameter_object, maps, fix
     call = dict(kwargs, log_to_console=log_to_console)
     if parameter_object is not None:
         call["parameter_object"] = parameter_object if not maps else to_parameter_object(maps)
-    call.update(_given(fixed_mask=fixed_mask, moving_mask=moving_mask, output_directory=None if out is None else str(out)))
+    call.update(given_keywords(fixed_mask=fixed_mask, moving_mask=moving_mask,
+                               output_directory=None if out is None else str(out)))
     if out is not None and log_to_file:
         call.update(log_to_file=True, log_file_name=log_file_name)
     try:
-        return _itk_elastix()(fixed_image, moving_image, **call)
+        return itk_elastix.run_itk_elastix(fixed_image, moving_image, **call)
     except Exception as error:
         if is_memory_error(error):
             raise memory_error(error, 0 if len(maps) == 1 else None, "elastix", None, plan) from error
@@ -272,10 +253,10 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
             if out is not None and engine == "bridge":
                 write_transform_parameter_file(tp_map, out / f"TransformParameters.{k}.txt")
                 if pmap.get("WriteResultImage", default=True, type=bool):  # elastix writes every stage's result
-                    result = itk.transformix_filter(_as_float(moving_image), tp_object)
+                    result = itk.transformix_filter(as_float_image(moving_image), tp_object)
                     write_image(result, out / f"result.{k}.{tp_map.get('ResultImageFormat')}")
         if result is None:
-            result = itk.transformix_filter(_as_float(moving_image), tp_object)
+            result = itk.transformix_filter(as_float_image(moving_image), tp_object)
     return result, tp_object
 
 
@@ -317,13 +298,14 @@ def _elastix_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, m
         first = chain_maps[0].copy()
         first.set("InitialTransformParameterFileName", ["NoInitialTransform"])
         call["initial_transform_parameter_object"] = to_parameter_object([first] + chain_maps[1:])
-    call.update(_given(fixed_mask=fixed_mask, moving_mask=moving_mask, number_of_threads=number_of_threads))
+    call.update(given_keywords(fixed_mask=fixed_mask, moving_mask=moving_mask, number_of_threads=number_of_threads))
     if out is None:
-        _, tp = _itk_elastix()(fixed_image, moving_image, **call)
+        _, tp = itk_elastix.run_itk_elastix(fixed_image, moving_image, **call)
     else:
         scratch = Path(tempfile.mkdtemp(prefix=f".stage{k}-", dir=out))
         try:
-            _, tp = _itk_elastix()(fixed_image, moving_image, output_directory=str(scratch), log_to_file=True, **call)
+            _, tp = itk_elastix.run_itk_elastix(fixed_image, moving_image, output_directory=str(scratch),
+                                                log_to_file=True, **call)
             for path in scratch.iterdir():
                 name = path.name
                 if name.startswith("IterationInfo.0.") or name.startswith("result.0."):

@@ -64,9 +64,9 @@ def run_registration(argv) -> int:
 
     args = _registration_parser().parse_args(argv)
     if args.qc:  # before a long registration, not after it
-        from .qc import _require_matplotlib
+        from .qc import require_matplotlib
 
-        _require_matplotlib()
+        require_matplotlib()
     out = prepare_output_folder(args.out, "-out", create=False)  # a file: a named error, before any reading
     for path in args.p:
         if not Path(path).is_file():
@@ -142,14 +142,6 @@ def _initial_transform_files(t0) -> dict:
     return files
 
 
-# elastix's ResultImagePixelType names (docs/design.md §E8.2) as numpy types.
-_PIXEL_TYPES = {"char": "int8", "int8": "int8", "unsigned char": "uint8", "uint8": "uint8", "short": "int16",
-                "int16": "int16", "ushort": "uint16", "unsigned short": "uint16", "uint16": "uint16",
-                "int": "int32", "int32": "int32", "unsigned int": "uint32", "uint32": "uint32", "long": "int64",
-                "int64": "int64", "unsigned long": "uint64", "uint64": "uint64", "float": "float32",
-                "float32": "float32", "double": "float64", "float64": "float64"}
-
-
 def cast_results_to_pixel_type(out: Path, maps) -> None:
     """Give every ``result.<k>.<fmt>`` the pixel type its map asks, as the elastix command does.
 
@@ -163,15 +155,16 @@ def cast_results_to_pixel_type(out: Path, maps) -> None:
     import itk
     import numpy as np
 
+    from .elastix_names import RESULT_PIXEL_TYPES
     from .image_io import write_image
 
     for k, pmap in enumerate(maps):
         name = pmap.get("ResultImagePixelType", default="short")
-        if name not in _PIXEL_TYPES:
+        if name not in RESULT_PIXEL_TYPES:
             raise ValueError(f"(ResultImagePixelType \"{name}\") in parameter map {k} is not an elastix pixel type; "
-                             f"use one of {', '.join(sorted(_PIXEL_TYPES))}")
+                             f"use one of {', '.join(sorted(RESULT_PIXEL_TYPES))}")
         path = out / f"result.{k}.{pmap.get('ResultImageFormat')}"
-        dtype = np.dtype(_PIXEL_TYPES[name])
+        dtype = np.dtype(RESULT_PIXEL_TYPES[name])
         if not path.is_file() or dtype == np.float32:
             continue
         image = itk.imread(str(path))

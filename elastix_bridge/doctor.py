@@ -225,7 +225,7 @@ def _jit_section(torch) -> dict:
                                 "restores them afterwards; preloading a native plugin switches them off for the "
                                 "process (upstream elastix does the same in BeforeRegistration)"}
     if torch is not None:
-        section["now"] = native_plugins.jit_state()
+        section["now"] = loader.jit_state()
     return section
 
 

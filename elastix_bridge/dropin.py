@@ -24,17 +24,11 @@ import importlib.util
 import logging
 import sys
 
+from .itk_elastix import as_parameter_object, itk_attribute
+
 log = logging.getLogger("elastix_bridge")
 
 _original_module_class = None
-
-
-def _original(name: str):
-    """itk's own attribute ``name``, whether or not the drop-in is installed."""
-    import itk
-
-    base = _original_module_class or type(itk)
-    return base.__getattribute__(itk, name)
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder):
@@ -87,9 +81,11 @@ def _patch(itk) -> None:
     class BridgedITKModule(original):
         """itk's module type, answering the registration names with the bridge's versions."""
 
+        itk_module_type = original  # how itk_elastix.itk_attribute reaches itk's own names
+
         def __getattribute__(self, attr):
             if attr == "elastix_registration_method":
-                return elastix_registration_method
+                return bridged_elastix_registration_method
             if attr == "ElastixRegistrationMethod":
                 return RegistrationMethodTemplate(original.__getattribute__(self, attr))
             return original.__getattribute__(self, attr)
@@ -108,25 +104,14 @@ def uninstall() -> None:
         _original_module_class = None
 
 
-def run_itk_elastix(*args, **kwargs):
-    """itk-elastix's registration on its own filter, bypassing the drop-in: ``(result, transform object)``."""
-    method = _original("ElastixRegistrationMethod").New(*args, **kwargs)
-    method.UpdateLargestPossibleRegion()
-    return method.GetOutput(), method.GetTransformParameterObject()
+def bridged_elastix_registration_method(*args, **kwargs):
+    """What ``itk.elastix_registration_method`` answers once the drop-in is installed.
 
-
-def _as_parameter_object(value):
-    """A ParameterObject from an itk ParameterObject, a dict or a list of dicts (like itk-elastix)."""
-    if value is None or hasattr(value, "GetNumberOfParameterMaps"):
-        return value
-    from .parameters import parameter_maps_from_object
-    from .transform_io import to_parameter_object
-
-    return to_parameter_object(parameter_maps_from_object(value))
-
-
-def elastix_registration_method(*args, **kwargs):
-    """``itk.elastix_registration_method`` with Impact support; same arguments and results.
+    A thin alias, not a second implementation: itk-elastix's functional form over
+    :class:`BridgedRegistrationMethod` (``New(*args, **kwargs)``, ``Update()``), so that a parameter
+    object without Impact maps runs on itk-elastix's own filter exactly as before, and one with an
+    Impact map runs through :func:`elastix_bridge.elastix_registration_method` (the one public
+    implementation, which adds ``engine=`` and ``progress=``).
 
     Returns:
         ``(result_image, transform_parameter_object)``.
@@ -142,7 +127,7 @@ def elastix_registration_method(*args, **kwargs):
     for what in ("fixed_image", "moving_image", "fixed_mask", "moving_mask"):
         if what in kwargs:
             check_image_argument(kwargs[what], what)
-    method = RegistrationMethodTemplate(_original("ElastixRegistrationMethod")).New(*args, **kwargs)
+    method = RegistrationMethodTemplate(itk_attribute("ElastixRegistrationMethod")).New(*args, **kwargs)
     method.UpdateLargestPossibleRegion()
     return method.GetOutput(), method.GetTransformParameterObject()
 
@@ -188,11 +173,11 @@ class BridgedRegistrationMethod:
 
     def SetParameterObject(self, parameter_object):
         self._result = None
-        self._method.SetParameterObject(_as_parameter_object(parameter_object))
+        self._method.SetParameterObject(as_parameter_object(parameter_object))
 
     def SetInitialTransformParameterObject(self, parameter_object):
         self._result = None
-        self._initial_object = _as_parameter_object(parameter_object)
+        self._initial_object = as_parameter_object(parameter_object)
         self._method.SetInitialTransformParameterObject(self._initial_object)
 
     def _maps(self) -> list:
@@ -202,7 +187,7 @@ class BridgedRegistrationMethod:
         return [] if po is None else parameter_maps_from_object(po)
 
     def Update(self):
-        from .api import uses_impact
+        from .api import elastix_registration_method, uses_impact
         from .validation import check_component_names
 
         maps = self._maps()
@@ -210,8 +195,6 @@ class BridgedRegistrationMethod:
             check_component_names(maps)  # a misspelt "Impact" would otherwise be elastix's "Internal error"
             self._result = None
             return self._method.Update()
-        from .api import elastix_registration_method as bridged
-
         m = self._method
         kwargs = {}
         if m.GetInitialTransformParameterFileName():
@@ -227,7 +210,7 @@ class BridgedRegistrationMethod:
             if value:
                 kwargs[name] = value
         out = m.GetOutputDirectory() or None
-        self._result = bridged(m.GetFixedImage(), m.GetMovingImage(), parameter_object=m.GetParameterObject(),
+        self._result = elastix_registration_method(m.GetFixedImage(), m.GetMovingImage(), parameter_object=m.GetParameterObject(),
                                fixed_mask=m.GetFixedMask(), moving_mask=m.GetMovingMask(),
                                log_to_console=bool(m.GetLogToConsole()), output_directory=out,
                                log_to_file=bool(m.GetLogToFile()) and out is not None,

@@ -123,3 +123,13 @@ PARAMETERS = frozenset((
     "WriteResultMeshAfterEachResolution", "WriteTransformParametersEachIteration",
     "WriteTransformParametersEachResolution",
 ))
+
+#: elastix's ``ResultImagePixelType`` names (docs/design.md §E8.2) as numpy types: the command casts
+#: each result to it, and the validation refuses any other name.
+RESULT_PIXEL_TYPES = {
+    "char": "int8", "int8": "int8", "unsigned char": "uint8", "uint8": "uint8",
+    "short": "int16", "int16": "int16", "ushort": "uint16", "unsigned short": "uint16", "uint16": "uint16",
+    "int": "int32", "int32": "int32", "unsigned int": "uint32", "uint32": "uint32",
+    "long": "int64", "int64": "int64", "unsigned long": "uint64", "uint64": "uint64",
+    "float": "float32", "float32": "float32", "double": "float64", "float64": "float64",
+}

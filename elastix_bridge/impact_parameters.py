@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
+from .parameters import ParameterMap
+
 __all__ = [
     "DISTANCES",
     "IMPACT_LIST_OPTIONS",
@@ -379,15 +381,18 @@ def _warn_old_scalars(parameter_map: Mapping) -> None:
 
 
 def _read_scalar(parameter_map, name, level, metric_index):
-    """Mechanism A lookup: returns ``(raw, key, entry)`` or None (docs/design.md §I2.1 A)."""
-    found = None
-    for key in (name, f"Metric{metric_index}{name}"):
-        vals = _values(parameter_map, key)
-        if vals:
-            found = (vals[0], key, 0)
-            if len(vals) > level:
-                found = (vals[level], key, level)
-    return found
+    """Mechanism A lookup: returns ``(raw, key, entry)`` or None (docs/design.md §I2.1 A).
+
+    Mechanism A is elastix's ``ReadParameter`` with the component prefix ``Metric<i>``
+    (:meth:`ParameterMap.reads`); the raw text is returned so that the messages stay IMPACT's.
+    """
+    prefix = f"Metric{metric_index}"
+    keys = {key: _values(parameter_map, key) or [] for key in (name, prefix + name)}
+    reads = ParameterMap(keys).reads(name, level, prefix)
+    if not reads:
+        return None
+    key, entry = reads[-1]
+    return keys[key][entry], key, entry
 
 
 def _scalar_int(parameter_map, name, level, metric_index, default, minimum=None):

@@ -40,6 +40,7 @@ __all__ = [
     "SUPPORTED_TORCH",
     "UNTESTED_TORCH_ENV",
     "EXTENSION_NAME",
+    "JIT_SWITCHES",
     "ImpactError",
     "ImpactModelError",
     "ImpactUnavailableError",
@@ -49,11 +50,13 @@ __all__ = [
     "cache_dir",
     "expected_build_record",
     "jit_optimization_disabled",
+    "jit_state",
     "load_feature_model",
     "load_plugin",
     "plugin_source_dir",
     "require_torch",
     "resolve_device",
+    "set_jit_state",
     "supported_torch_range",
     "torch_supported",
     "validate_model_output",
@@ -555,6 +558,60 @@ def resolve_device(gpu: int) -> "torch.device":
     return device
 
 
+#: The process-global TorchScript switches upstream IMPACT turns off (docs/design.md §I3.6).
+JIT_SWITCHES = ("texpr_fuser_enabled", "profiling_mode", "profiling_executor", "graph_executor_optimize")
+
+
+def jit_state() -> dict:
+    """The four process-global TorchScript switches that upstream IMPACT turns off (docs/design.md §I3.6).
+
+    Read through ``torch._C`` (the same LibTorch globals the bridge's plugin and a native plugin
+    see), so that no plugin needs to be built to read or set them. The profiling switches have no
+    getter, so they are read by setting and restoring them.
+
+    Returns:
+        ``{"texpr_fuser_enabled", "profiling_mode", "profiling_executor", "graph_executor_optimize"}``
+        -> bool; a switch this torch does not expose is left out.
+
+    Raises:
+        ImpactUnavailableError: torch missing.
+    """
+    c = require_torch()._C
+    state = {}
+    if hasattr(c, "_jit_texpr_fuser_enabled"):
+        state["texpr_fuser_enabled"] = bool(c._jit_texpr_fuser_enabled())
+    for key, setter in (("profiling_mode", "_jit_set_profiling_mode"),
+                        ("profiling_executor", "_jit_set_profiling_executor")):
+        if hasattr(c, setter):
+            old = getattr(c, setter)(True)
+            getattr(c, setter)(old)
+            state[key] = bool(old)
+    if hasattr(c, "_get_graph_executor_optimize"):
+        state["graph_executor_optimize"] = bool(c._get_graph_executor_optimize())
+    return state
+
+
+def set_jit_state(state: dict) -> dict:
+    """Set any of the :data:`JIT_SWITCHES`; returns their previous values (pass it back to restore).
+
+    Raises:
+        ValueError: an unknown switch name (nothing is changed then).
+        ImpactUnavailableError: torch missing.
+    """
+    unknown = sorted(set(state) - set(JIT_SWITCHES))
+    if unknown:
+        raise ValueError(f"unknown JIT switch(es) {', '.join(unknown)}; valid: {', '.join(JIT_SWITCHES)}")
+    c = require_torch()._C
+    previous = jit_state()
+    setters = {"texpr_fuser_enabled": "_jit_set_texpr_fuser_enabled", "profiling_mode": "_jit_set_profiling_mode",
+               "profiling_executor": "_jit_set_profiling_executor",
+               "graph_executor_optimize": "_set_graph_executor_optimize"}
+    for key, value in state.items():
+        if hasattr(c, setters[key]):
+            getattr(c, setters[key])(bool(value))
+    return {key: previous[key] for key in state if key in previous}
+
+
 @contextlib.contextmanager
 def jit_optimization_disabled() -> Iterator[None]:
     """Switch the four TorchScript optimisation switches off for the block (docs/design.md §I3.6).
@@ -563,15 +620,13 @@ def jit_optimization_disabled() -> Iterator[None]:
     for the rest of the process; we do not, so other torch users in the process are unaffected).
 
     Raises:
-        ImpactUnavailableError: the plugin cannot be loaded.
+        ImpactUnavailableError: torch missing.
     """
-    plugin = load_plugin()
-    previous = dict(plugin.get_jit_state())
-    plugin.set_jit_state({key: False for key in previous})
+    previous = set_jit_state({key: False for key in JIT_SWITCHES})
     try:
         yield
     finally:
-        plugin.set_jit_state(previous)
+        set_jit_state(previous)
 
 
 def load_feature_model(path, device, half: bool = False, *, parameter: str = "ImpactModelsPath"):

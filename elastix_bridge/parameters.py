@@ -24,7 +24,9 @@ __all__ = [
     "ParameterError",
     "ParameterMap",
     "UInt",
+    "as_parameter_map",
     "format_number",
+    "format_numbers",
     "is_number",
     "read_parameter_file",
     "parameter_maps_from_object",
@@ -131,22 +133,14 @@ def format_number(x: float, float32: bool = False) -> str:
     if float32:
         import numpy as np
 
-        x32 = np.float32(x)
-        if math.isnan(x32):
-            return "NaN"
-        if math.isinf(x32):
-            return "Infinity" if x32 > 0 else "-Infinity"
-        if x32 == 0:
-            return "0"
-        text = np.format_float_scientific(x32, unique=True, trim="-")
-    else:
-        if math.isnan(x):
-            return "NaN"
-        if math.isinf(x):
-            return "Infinity" if x > 0 else "-Infinity"
-        if x == 0:
-            return "0"
-        text = repr(x)
+        x = float(np.float32(x))  # exact: every float32 is a double
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    if x == 0:
+        return "0"
+    text = np.format_float_scientific(np.float32(x), unique=True, trim="-") if float32 else repr(x)
     sign, digit_tuple, exponent = Decimal(text).as_tuple()
     digits = "".join(str(d) for d in digit_tuple)
     stripped = digits.rstrip("0")
@@ -154,6 +148,24 @@ def format_number(x: float, float32: bool = False) -> str:
     digits = stripped.lstrip("0") or "0"
     n = len(digits) + exponent
     return _js_format(bool(sign), digits, n)
+
+
+def format_numbers(values) -> list[str]:
+    """:func:`format_number` of every value of an array-like, flattened in C order.
+
+    Args:
+        values: a number, a sequence, a numpy array or a torch tensor (any device); ``(D,)`` vectors in
+            ITK order, a ``(D, D)`` matrix row by row (transpose first for elastix's column-major
+            ``Direction``/``GridDirection``).
+
+    Returns:
+        One string per value, as elastix writes it (docs/design.md §E1.5).
+    """
+    import numpy as np
+
+    if hasattr(values, "detach"):  # a torch tensor, without importing torch here
+        values = values.detach().to("cpu").double().numpy()
+    return [format_number(v) for v in np.asarray(values, dtype=np.float64).reshape(-1).tolist()]
 
 
 def is_number(value: str) -> bool:
@@ -354,16 +366,26 @@ class ParameterMap:
 
         Source: ``itkParameterMapInterface.h`` ``ReadParameter``; docs/design.md §E1.4.
         """
-        found = False
         result = default
-        names = [name] + ([prefix + name] if prefix else [])
-        for key in names:
-            for idx in (0, level) if level != 0 else (0,):
-                vals = self._data.get(key)
-                if vals and 0 <= idx < len(vals):
-                    result = self._convert_entry(key, idx, type)
-                    found = True
-        return result if found else default
+        for key, index in self.reads(name, level, prefix):
+            result = self._convert_entry(key, index, type)  # every read converts, as elastix's does
+        return result
+
+    def reads(self, name: str, level: int = 0, prefix: str | None = None) -> list[tuple[str, int]]:
+        """The ``(key, entry)`` pairs elastix's ``ReadParameter`` reads for :meth:`get`, in order; the last wins.
+
+        ``name[0]``, ``name[level]``, ``(prefix+name)[0]``, ``(prefix+name)[level]``, each only when
+        present. Empty when nothing is found (the default applies).
+
+        Source: ``itkParameterMapInterface.h`` ``ReadParameter``; docs/design.md §E1.4.
+        """
+        found = []
+        for key in [name] + ([prefix + name] if prefix else []):
+            vals = self._data.get(key)
+            for index in (0, level) if level != 0 else (0,):
+                if vals and 0 <= index < len(vals):
+                    found.append((key, index))
+        return found
 
     def get_list(self, name: str, count: int | None = None, type=str, default=None) -> list:
         """All entries of ``name`` converted to ``type``, or exactly the first ``count`` entries.
@@ -394,6 +416,24 @@ class ParameterMap:
 
 
 # --------------------------------------------------------------------------------------------------------------
+
+
+def as_parameter_map(value) -> ParameterMap:
+    """The one conversion of a caller's map to a :class:`ParameterMap`.
+
+    Args:
+        value: a :class:`ParameterMap` (returned as is, not copied), a mapping of key -> value(s)
+            (values converted as in :meth:`ParameterMap.from_dict`; an itk-elastix
+            ``mapstringvectorstring`` too), or None (an empty map).
+
+    Raises:
+        TypeError: a value that cannot be stored in a parameter map.
+    """
+    if isinstance(value, ParameterMap):
+        return value
+    if value is None:
+        return ParameterMap()
+    return ParameterMap.from_dict(dict(value))
 
 
 def parameter_maps_from_object(parameter_object) -> list[ParameterMap]:

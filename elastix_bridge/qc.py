@@ -129,7 +129,7 @@ def write_qc_figure(fixed_image, moving_image, transform_parameter_object, path,
         RuntimeError: transformix failed (its message is included).
     """
     start = time.perf_counter()
-    _require_matplotlib()
+    require_matplotlib()
     if stages not in ("all", "last"):
         raise ValueError(f"stages must be 'all' or 'last'; got {stages!r}")
     path = Path(path)
@@ -179,7 +179,7 @@ def write_qc_figure(fixed_image, moving_image, transform_parameter_object, path,
 # ---------------------------------------------------------------------------------------------
 
 
-def _require_matplotlib() -> None:
+def require_matplotlib() -> None:
     """Raise ImportError with the fix when matplotlib is missing (checked before any work)."""
     try:
         import matplotlib  # noqa: F401
@@ -190,7 +190,7 @@ def _require_matplotlib() -> None:
 
 def _load_image(image, what: str):
     """An ``itk.Image`` with float pixels from an image or a file name."""
-    from .api import _as_float
+    from .itk_elastix import as_float_image
     from .image_io import read_image
 
     if isinstance(image, (str, os.PathLike)):
@@ -198,7 +198,7 @@ def _load_image(image, what: str):
     if not hasattr(image, "GetImageDimension"):
         raise ValueError(f"the {what} must be an itk.Image or an image file name; got {type(image).__name__}")
     try:
-        return _as_float(image)
+        return as_float_image(image)
     except Exception as error:  # itk raises for vector/RGB pixels
         raise ValueError(f"the {what} must have scalar pixels ({error})") from error
 

@@ -20,7 +20,9 @@ from elastix_bridge.files import write_atomically
 from elastix_bridge.parameters import (
     ParameterError,
     ParameterMap,
+    as_parameter_map,
     format_number,
+    format_numbers,
     is_number,
     parameter_maps_from_object,
     read_parameter_file,
@@ -47,10 +49,6 @@ _BSPLINE_RESAMPLE_INTERPOLATORS = (
     "FinalBSplineInterpolatorFloat",
     "FinalReducedDimensionBSplineInterpolator",
 )
-
-
-def _fmt(values) -> list[str]:
-    return [format_number(float(v)) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
 
 
 def transform_parameter_map(
@@ -101,9 +99,9 @@ def transform_parameter_map(
     pm.set("MovingInternalImagePixelType", [reg.get("MovingInternalImagePixelType", default="float")])
     pm.set("Size", [str(int(s)) for s in fixed_geometry.size])
     pm.set("Index", ["0"] * dim)
-    pm.set("Spacing", _fmt(fixed_geometry.spacing))
-    pm.set("Origin", _fmt(fixed_geometry.origin))
-    pm.set("Direction", _fmt(np.asarray(fixed_geometry.direction).T.reshape(-1)))  # column-major
+    pm.set("Spacing", format_numbers(fixed_geometry.spacing))
+    pm.set("Origin", format_numbers(fixed_geometry.origin))
+    pm.set("Direction", format_numbers(np.asarray(fixed_geometry.direction).T.reshape(-1)))  # column-major
     use_dc = reg.get("UseDirectionCosines", default=True, type=bool)
     pm.set("UseDirectionCosines", ["true" if use_dc else "false"])
     # ResampleInterpolator block
@@ -147,7 +145,7 @@ def transform_parameter_file_text(parameter_map) -> str:
         ParameterError: a key without values (elastix's parser would reject ``(Key)``), or a value containing
             ``"``, ``//`` or a line break (unrepresentable in the text format).
     """
-    pm = parameter_map if isinstance(parameter_map, ParameterMap) else ParameterMap(parameter_map)
+    pm = as_parameter_map(parameter_map)
     for key, values in pm.items():
         if not values:
             raise ParameterError(f"parameter {key!r} has no values; elastix cannot read '({key})' back")

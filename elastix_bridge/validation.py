@@ -214,12 +214,13 @@ def _check_values(pmap) -> None:
 
 def _check_result_keys(pmap) -> None:
     """``ResultImagePixelType``, ``WriteResultImage`` and ``ResultImageFormat`` before any result is written."""
-    from .cli import _PIXEL_TYPES
+    from .elastix_names import RESULT_PIXEL_TYPES
 
     pixel = pmap.get("ResultImagePixelType", default="short")
-    if pixel not in _PIXEL_TYPES:
+    if pixel not in RESULT_PIXEL_TYPES:
         raise ParameterError(f"(ResultImagePixelType \"{pixel}\") is not an elastix pixel type."
-                             f"{_did_you_mean(pixel, _PIXEL_TYPES)} Use one of {', '.join(sorted(_PIXEL_TYPES))}.")
+                             f"{_did_you_mean(pixel, RESULT_PIXEL_TYPES)} "
+                             f"Use one of {', '.join(sorted(RESULT_PIXEL_TYPES))}.")
     if pmap.has("ResultImageFormat") and pmap.get("WriteResultImage", default=True, type=bool):
         fmt = pmap.get("ResultImageFormat")
         import itk

@@ -7,7 +7,7 @@
 // pybind11's type registry (classes are also `py::module_local`).
 //
 // Semantics follow docs/design.md Part I (§I0–§I13):
-//   §I3.1 loading, §I3.2 calling convention, §I3.3 list output, §I3.5 dtype, §I3.6 JIT switches,
+//   §I3.1 loading, §I3.2 calling convention, §I3.3 list output, §I3.5 dtype,
 //   §I7 distances (values only; gradients come from autograd, which also makes NCC's Jacobian-mode
 //   gradient exact instead of upstream's batch-local one, §I7.8).
 
@@ -16,9 +16,6 @@
 #include <torch/extension.h>
 #include <torch/script.h>
 #include <torch/version.h>
-#include <torch/csrc/jit/passes/tensorexpr_fuser.h>
-#include <torch/csrc/jit/python/update_graph_executor_opt.h>
-#include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include <fstream>
 #include <sstream>
@@ -252,49 +249,6 @@ at::Tensor layer_value(const std::string& distance, const at::Tensor& fixed, con
   return -(u / v).mean();
 }
 
-// ---------------------------------------------------------------------------------------------
-// TorchScript runtime switches (§I3.6), process-global.
-// ---------------------------------------------------------------------------------------------
-
-const std::vector<std::string>& jit_keys() {
-  static const std::vector<std::string> keys = {"texpr_fuser_enabled", "profiling_mode", "profiling_executor",
-                                                "graph_executor_optimize"};
-  return keys;
-}
-
-py::dict get_jit_state() {
-  py::dict d;
-  d["texpr_fuser_enabled"] = torch::jit::tensorExprFuserEnabled();
-  d["profiling_mode"] = torch::jit::getProfilingMode().load();
-  d["profiling_executor"] = torch::jit::getExecutorMode().load();
-  d["graph_executor_optimize"] = torch::jit::getGraphExecutorOptimize();
-  return d;
-}
-
-void set_jit_state(const py::dict& state) {
-  // Validate every key before changing anything, so a typo leaves the state untouched.
-  for (auto item : state) {
-    const auto key = py::cast<std::string>(item.first);
-    const auto& keys = jit_keys();
-    if (std::find(keys.begin(), keys.end(), key) == keys.end()) {
-      throw std::invalid_argument("unknown JIT switch '" + key + "'; valid keys: " + join(keys, ", "));
-    }
-  }
-  for (auto item : state) {
-    const auto key = py::cast<std::string>(item.first);
-    const bool value = py::cast<bool>(item.second);
-    if (key == "texpr_fuser_enabled") {
-      torch::jit::setTensorExprFuserEnabled(value);
-    } else if (key == "profiling_mode") {
-      torch::jit::getProfilingMode() = value;
-    } else if (key == "profiling_executor") {
-      torch::jit::getExecutorMode() = value;
-    } else {
-      torch::jit::setGraphExecutorOptimize(value);
-    }
-  }
-}
-
 py::dict build_info() {
   py::dict d;
   d["torch_version"] = std::string(TORCH_VERSION);
@@ -364,11 +318,6 @@ Raises:
     ValueError: unknown distance or mismatched shapes/devices.
 )doc");
   m.def("distances", []() { return distance_names(); }, "Valid distance names (docs/design.md §I7.1).");
-  m.def("get_jit_state", &get_jit_state,
-        "Process-global TorchScript switches (§I3.6): texpr_fuser_enabled, profiling_mode, "
-        "profiling_executor, graph_executor_optimize.");
-  m.def("set_jit_state", &set_jit_state, py::arg("state"),
-        "Set any subset of the switches returned by get_jit_state(); unknown keys raise ValueError.");
   register_bspline_kernels(m);
   m.def("build_info", &build_info, "torch_version and cxx11_abi of the torch headers this plugin was compiled against.");
 }

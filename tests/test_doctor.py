@@ -63,7 +63,7 @@ def test_report_is_truthful_for_this_machine(no_native_plugin):
     if p["built"]:
         assert p["state"] == "ready" and p["matches"] and p["imports"]
 
-    assert set(report["jit"]["now"]) == set(native_plugins.JIT_SWITCHES)
+    assert set(report["jit"]["now"]) == set(loader.JIT_SWITCHES)
     assert report["native_plugin"]["value"] is None and report["native_plugin"]["candidates"] == []
     assert report["ok"] is (not report["problems"])
     text = doctor.format_report(report)

@@ -88,6 +88,32 @@ def test_uninstall_restores_plain_itk_elastix(pair, dropin_installed):
     assert elastix_bridge.dropin.installed()
 
 
+def test_itk_attribute_reaches_itk_elastix_under_the_dropin(dropin_installed):
+    """The adapter's door to itk-elastix bypasses the drop-in; ``itk``'s own name answers the bridge."""
+    from elastix_bridge import dropin
+    from elastix_bridge.itk_elastix import itk_attribute
+
+    own = itk_attribute("elastix_registration_method")
+    assert itk.elastix_registration_method is dropin.bridged_elastix_registration_method
+    assert own is not dropin.bridged_elastix_registration_method
+    assert own.__module__.startswith("itk")
+    elastix_bridge.uninstall_dropin()
+    assert itk.elastix_registration_method is own
+
+
+def test_api_and_dropin_do_not_import_each_other_in_a_cycle():
+    """``api`` reaches itk-elastix through ``itk_elastix``, never through ``dropin`` (no import cycle)."""
+    import ast
+    import inspect
+
+    from elastix_bridge import api, itk_elastix
+
+    for module, forbidden in ((api, "dropin"), (itk_elastix, "dropin"), (itk_elastix, "api")):
+        imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(module)))
+                    if isinstance(node, ast.ImportFrom) and node.module}
+        assert forbidden not in imported, f"{module.__name__} imports .{forbidden}"
+
+
 def _mixed_chain_files_and_memory(fixed, moving, maps, folder):
     """Run a chain; return (tp, transformix result from memory, from the last written file)."""
     result, tp = itk.elastix_registration_method(fixed, moving, parameter_object=parameter_object(*maps),

@@ -276,25 +276,60 @@ def test_resolve_device_out_of_range(monkeypatch):
             loader.resolve_device(0)
 
 
-def test_jit_optimization_disabled_restores_previous_state(plugin):
+def _torch_jit_state():
+    """The four switches read straight from ``torch._C`` (profiling switches: set and restore)."""
     torch = pytest.importorskip("torch")
-    original = plugin.get_jit_state()
+    profiling_mode = torch._C._jit_set_profiling_mode(True)  # returns the previous value
+    torch._C._jit_set_profiling_mode(profiling_mode)
+    profiling_executor = torch._C._jit_set_profiling_executor(True)
+    torch._C._jit_set_profiling_executor(profiling_executor)
+    return {
+        "texpr_fuser_enabled": torch._C._jit_texpr_fuser_enabled(),
+        "profiling_mode": profiling_mode,
+        "profiling_executor": profiling_executor,
+        "graph_executor_optimize": torch._C._get_graph_executor_optimize(),
+    }
+
+
+def test_jit_state_roundtrip_matches_torch_getters():
+    """No plugin needed: the switches are torch's process globals, read and set through ``torch._C``."""
+    torch = pytest.importorskip("torch")
+    before = loader.jit_state()
+    assert set(before) == set(loader.JIT_SWITCHES)
+    assert before == _torch_jit_state()
+    try:
+        assert loader.set_jit_state({k: False for k in before}) == before
+        assert _torch_jit_state() == {k: False for k in before}
+        loader.set_jit_state({"graph_executor_optimize": True})
+        assert loader.jit_state()["graph_executor_optimize"] is True
+        assert torch._C._get_graph_executor_optimize() is True
+        with pytest.raises(ValueError, match="unknown JIT switch.*fuser"):
+            loader.set_jit_state({"fuser": False, "profiling_mode": True})
+        assert loader.jit_state()["profiling_mode"] is False  # nothing changed on error
+    finally:
+        loader.set_jit_state(before)
+    assert _torch_jit_state() == before
+
+
+def test_jit_optimization_disabled_restores_previous_state():
+    torch = pytest.importorskip("torch")
+    original = loader.jit_state()
     try:
         # A non-default starting point, to prove the exact previous state comes back.
         start = dict(original, texpr_fuser_enabled=False, graph_executor_optimize=True)
-        plugin.set_jit_state(start)
+        loader.set_jit_state(start)
         with loader.jit_optimization_disabled():
-            assert plugin.get_jit_state() == {k: False for k in original}
+            assert _torch_jit_state() == {k: False for k in original}
             assert torch._C._jit_texpr_fuser_enabled() is False
             assert torch._C._get_graph_executor_optimize() is False
-        assert plugin.get_jit_state() == start
+        assert _torch_jit_state() == start
         assert torch._C._get_graph_executor_optimize() is True
         with pytest.raises(KeyError):
             with loader.jit_optimization_disabled():
                 raise KeyError("boom")
-        assert plugin.get_jit_state() == start
+        assert _torch_jit_state() == start
     finally:
-        plugin.set_jit_state(original)
+        loader.set_jit_state(original)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -219,12 +219,12 @@ def test_libtorch_symbol_mismatch_is_explained(cc, tmp_path):
     torch = pytest.importorskip("torch")
     so = compile_library(cc, tmp_path, "libImpactMetric.so", soname="libImpactMetric.so", needed=["libc10.so"],
                          source=UNDEFINED_LIBTORCH_SYMBOL_C)
-    state = native_plugins.jit_state()
+    state = loader.jit_state()
     try:
         with pytest.raises(NativePluginError) as raised:
             native_plugins.preload_native_plugin(so)
     finally:
-        native_plugins.set_jit_state(state)  # the preload switched them off before dlopen failed
+        loader.set_jit_state(state)  # the preload switched them off before dlopen failed
     message = str(raised.value)
     assert "undefined symbol: _ZN3c1020symbol_of_other_buildEv" in message
     assert "belongs to LibTorch" in message and torch.__version__ in message and "Rebuild it" in message
@@ -257,7 +257,7 @@ import os, sys
 import numpy as np
 import itk
 import elastix_bridge
-from elastix_bridge import native_plugins
+from elastix_bridge import loader, native_plugins
 
 # `import elastix_bridge` may route Impact maps of itk.elastix_registration_method to the bridge
 # engine (its drop-in); this test is about itk-elastix's own elastix, so put plain itk-elastix back.
@@ -294,7 +294,7 @@ register("without preload")
 path = native_plugins.preload_native_plugin()   # from $ELASTIX_BRIDGE_NATIVE_PLUGIN (a folder)
 assert native_plugins.preload_native_plugin() == path   # once per process; a second call is a no-op
 print("=== preloaded", path, native_plugins.preloaded_native_plugins(), flush=True)
-print("=== jit", native_plugins.jit_state(), flush=True)
+print("=== jit", loader.jit_state(), flush=True)
 register("preloaded, returns 7")
 os.environ["STANDIN_RETURN"] = "0"
 register("preloaded, returns 0")

@@ -10,7 +10,9 @@ from elastix_bridge.parameters import (
     ParameterError,
     ParameterMap,
     UInt,
+    as_parameter_map,
     format_number,
+    format_numbers,
     is_number,
     parameter_maps_from_object,
     read_parameter_file,
@@ -40,6 +42,20 @@ def test_empty_value_list_counts_as_absent():
     assert not pm.has("DefaultPixelValue") and "DefaultPixelValue" not in pm
     assert pm.get("DefaultPixelValue", default=0.0, type=float) == 0.0
     assert "A" in pm and pm["A"] == ["1"] and pm.values("A") == ["1"] and pm.values("B") == []
+
+
+def test_reads_lists_elastix_lookup_order_and_impact_uses_it():
+    """One lookup rule: ``get`` and IMPACT's per-level scalars (Mechanism A) read the same entry."""
+    from elastix_bridge.impact_parameters import _read_scalar
+
+    pm = ParameterMap({"ImpactGPU": ["0", "1"], "Metric1ImpactGPU": ["3"]})
+    assert pm.reads("ImpactGPU", 1, "Metric1") == [("ImpactGPU", 0), ("ImpactGPU", 1), ("Metric1ImpactGPU", 0)]
+    assert pm.reads("ImpactGPU", 2) == [("ImpactGPU", 0)]
+    assert pm.reads("Absent", 1, "Metric1") == []
+    for level in (0, 1, 2):
+        for index in (0, 1):
+            raw = _read_scalar(pm.to_dict(), "ImpactGPU", level, index)
+            assert raw[0] == pm.get("ImpactGPU", level, prefix=f"Metric{index}")
 
 
 def test_get_entry_has_no_fallback():
@@ -185,6 +201,30 @@ def test_format_number_float32():
     assert format_number(-0.0, float32=True) == "0"
     assert format_number(1e-7, float32=True) == "1e-7"
     assert format_number(3.4028234663852886e38, float32=True) == "3.4028235e+38"
+
+
+def test_format_numbers_flattens_arrays_and_tensors_in_c_order():
+    """One formatter for vectors, matrices and tensors (TransformParameters, Spacing, Direction)."""
+    matrix = np.array([[1.0, 0.1 + 0.2], [-0.0, 1e-7]])
+    assert format_numbers(matrix) == ["1", "0.30000000000000004", "0", "1e-7"]
+    assert format_numbers(matrix.T) == ["1", "0", "0.30000000000000004", "1e-7"]
+    assert format_numbers(2.5) == ["2.5"]
+    assert format_numbers([3, 32.650000000000006]) == ["3", "32.650000000000006"]
+    torch = pytest.importorskip("torch")
+    assert format_numbers(torch.tensor(matrix, dtype=torch.float32, requires_grad=True)) == \
+        [format_number(float(np.float32(v))) for v in matrix.reshape(-1)]
+
+
+def test_as_parameter_map_converts_dicts_and_keeps_maps():
+    pm = ParameterMap({"Metric": ["AdvancedMeanSquares"]})
+    assert as_parameter_map(pm) is pm  # no copy: callers read it
+    assert len(as_parameter_map(None)) == 0
+    converted = as_parameter_map({"Transform": "EulerTransform", "NumberOfResolutions": 2,
+                                  "Spacing": (0.5, 1e-7), "UseDirectionCosines": True})
+    assert converted.to_dict() == {"Transform": ["EulerTransform"], "NumberOfResolutions": ["2"],
+                                   "Spacing": ["0.5", "1e-7"], "UseDirectionCosines": ["true"]}
+    with pytest.raises(TypeError, match="cannot store a value of type object"):
+        as_parameter_map({"Key": object()})
 
 
 def test_is_number():

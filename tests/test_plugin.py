@@ -331,39 +331,8 @@ def test_half_casts_float_weights_and_inputs_only(plugin, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# JIT switches and build info
+# build info
 # ---------------------------------------------------------------------------------------------
-
-
-def _python_jit_state():
-    profiling_mode = torch._C._jit_set_profiling_mode(True)  # returns the previous value
-    torch._C._jit_set_profiling_mode(profiling_mode)
-    profiling_executor = torch._C._jit_set_profiling_executor(True)
-    torch._C._jit_set_profiling_executor(profiling_executor)
-    return {
-        "texpr_fuser_enabled": torch._C._jit_texpr_fuser_enabled(),
-        "profiling_mode": profiling_mode,
-        "profiling_executor": profiling_executor,
-        "graph_executor_optimize": torch._C._get_graph_executor_optimize(),
-    }
-
-
-def test_jit_state_roundtrip_matches_python_getters(plugin):
-    before = plugin.get_jit_state()
-    assert set(before) == {"texpr_fuser_enabled", "profiling_mode", "profiling_executor", "graph_executor_optimize"}
-    assert before == _python_jit_state()
-    try:
-        plugin.set_jit_state({k: False for k in before})
-        assert _python_jit_state() == {k: False for k in before}
-        plugin.set_jit_state({"graph_executor_optimize": True})
-        assert plugin.get_jit_state()["graph_executor_optimize"] is True
-        assert torch._C._get_graph_executor_optimize() is True
-        with pytest.raises(ValueError, match="unknown JIT switch 'fuser'"):
-            plugin.set_jit_state({"fuser": False, "profiling_mode": True})
-        assert plugin.get_jit_state()["profiling_mode"] is False  # nothing changed on error
-    finally:
-        plugin.set_jit_state(before)
-    assert _python_jit_state() == before
 
 
 def test_build_info(plugin):

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from elastix_bridge.engine.geometry import ImageGeometry  # noqa: E402
+from helpers import GEO2, GEO3  # noqa: E402
 from elastix_bridge.engine.transforms import BSplineTransform, TranslationTransform, grid_for_level  # noqa: E402
 from elastix_bridge.parameters import ParameterError, ParameterMap  # noqa: E402
 from elastix_bridge.transform_io import (  # noqa: E402
@@ -18,21 +18,6 @@ from elastix_bridge.transform_io import (  # noqa: E402
     transform_parameter_map,
     write_transform_parameter_file,
 )
-
-
-def _rot2(a):
-    return np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-
-
-def _rot3(a, b, c):
-    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
-    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
-    return rz @ rx @ ry
-
-
-GEO2 = ImageGeometry((37, 29), (0.8, 1.3), (3.0, -2.0), _rot2(0.4))
-GEO3 = ImageGeometry((21, 17, 13), (0.9, 1.3, 2.1), (3.0, -2.0, 5.0), _rot3(0.2, -0.3, 0.5))
 
 
 @pytest.fixture(scope="module")

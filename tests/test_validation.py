@@ -15,7 +15,7 @@ from conftest import MIND_SSC_2D_STATIC
 itk = pytest.importorskip("itk")
 
 import elastix_bridge  # noqa: E402,F401  (installs the drop-in)
-from elastix_bridge import api, cli, validation  # noqa: E402
+from elastix_bridge import api, cli, itk_elastix, validation  # noqa: E402
 from elastix_bridge.engine import registration  # noqa: E402
 from elastix_bridge.engine.registration import UnsupportedComponentError  # noqa: E402
 from elastix_bridge.impact_parameters import ImpactParameterError  # noqa: E402
@@ -66,7 +66,7 @@ def no_work(monkeypatch):
         raise AssertionError("a stage ran although the request is invalid")
 
     monkeypatch.setattr(registration, "run_stage", refuse)
-    monkeypatch.setattr(api, "_itk_elastix", lambda: refuse)
+    monkeypatch.setattr(itk_elastix, "run_itk_elastix", refuse)
 
 
 def refused(error, match, pair, maps, tmp_path, **keywords):

@@ -46,8 +46,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..parameters import as_parameter_map
 from .components import UnsupportedComponentError, component, names, register
-from .optimizers import SamplingError
+from .errors import SamplingError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -83,17 +84,6 @@ _MIN_HISTOGRAM_BINS = 4                # itkSetClampMacro(NumberOf*HistogramBins
 
 
 # ================================================================================================ helpers
-
-
-def _options(parameter_map):
-    """A :class:`~elastix_bridge.parameters.ParameterMap` from a map, a dict of lists, or None (empty)."""
-    from ..parameters import ParameterMap
-
-    if parameter_map is None:
-        return ParameterMap()
-    if isinstance(parameter_map, ParameterMap):
-        return parameter_map
-    return ParameterMap.from_dict(parameter_map)
 
 
 def _zero_like_parameters(parameters):
@@ -516,7 +506,7 @@ class _SampledImageMetric(_Metric):
         self.fixed_interp = ImageInterpolator(fixed, order=fixed_interpolation_order, dtype=torch.float64)
         self.moving_interp = ImageInterpolator(moving, order=moving_interpolation_order, dtype=torch.float64)
         self._fixed_cache = None  # (points, values): fixed values of the last sample set
-        self._read_options(_options(parameter_map), self.level, prefix)
+        self._read_options(as_parameter_map(parameter_map), self.level, prefix)
 
     # -- options ----------------------------------------------------------------------------------
     def _read_options(self, pmap, level: int, prefix: str) -> None:  # pragma: no cover - trivial default

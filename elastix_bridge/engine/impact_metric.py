@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import SamplingError
 from .geometry import ImageGeometry
 from .components import register
-from .optimizers import SamplingError
 
 log = logging.getLogger("elastix_bridge")
 

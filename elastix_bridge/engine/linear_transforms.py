@@ -39,8 +39,8 @@ import numpy as np
 
 from elastix_bridge.engine.components import component, names, register
 from elastix_bridge.engine.geometry import ImageGeometry
-from elastix_bridge.engine.transforms import Transform, _fmt_list
-from elastix_bridge.parameters import ParameterError, ParameterMap
+from elastix_bridge.engine.transforms import Transform
+from elastix_bridge.parameters import ParameterError, ParameterMap, format_numbers
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -293,7 +293,7 @@ class CenteredLinearTransform(Transform):
         ``elxAdvancedAffineTransform.hxx``; docs/design.md §E10.1.
         """
         out = super().parameter_map(params)
-        out["CenterOfRotationPoint"] = _fmt_list(self.center)
+        out["CenterOfRotationPoint"] = format_numbers(self.center)
         return out
 
     def __repr__(self) -> str:
@@ -614,40 +614,12 @@ def _image_array(image, geometry: ImageGeometry, which: str) -> np.ndarray:
     return arr.astype(np.float32).astype(np.float64)
 
 
-def _index_to_point(geometry: ImageGeometry, index) -> np.ndarray:
-    """ITK ``TransformContinuousIndexToPhysicalPoint`` with ITK's rounding: ``p_r = (Σ_c (Dir_rc·S_c)·i_c) + O_r``
-    (sum over ``c`` in order, then the origin), so that centres come out bit-identical to elastix's."""
-    index = [float(v) for v in np.asarray(index, dtype=np.float64).reshape(-1)]
-    d = geometry.dimension
-    out = np.empty(d)
-    for r in range(d):
-        acc = 0.0
-        for c in range(d):
-            acc += float(geometry.direction[r, c]) * float(geometry.spacing[c]) * index[c]
-        out[r] = acc + float(geometry.origin[r])
-    return out
-
-
 def matrix_times_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """``matrix @ p`` for each row ``p`` of ``points`` ``(N, D)``, summed left to right without fused
     multiply-adds, as ITK's ``Matrix * Point``."""
     out = np.zeros_like(points, dtype=np.float64)
     for j in range(points.shape[1]):
         out += points[:, j:j + 1] * matrix[:, j][None, :]
-    return out
-
-
-def _integer_index_points(geometry: ImageGeometry, index: np.ndarray) -> np.ndarray:
-    """ITK ``TransformIndexToPhysicalPoint`` (integer index) with ITK's rounding: ``p_r = O_r``, then
-    ``p_r += (Dir_rc·S_c)·i_c`` for each ``c`` in order.  ``(N, D)`` → ``(N, D)`` float64."""
-    index = np.asarray(index, dtype=np.float64).reshape(-1, geometry.dimension)
-    m = geometry.direction * geometry.spacing[None, :]
-    out = np.empty_like(index)
-    for r in range(geometry.dimension):
-        acc = np.full(index.shape[0], float(geometry.origin[r]))
-        for c in range(geometry.dimension):
-            acc = acc + m[r, c] * index[:, c]
-        out[:, r] = acc
     return out
 
 
@@ -679,7 +651,7 @@ def translation_initialization(method: str, fixed_geometry: ImageGeometry, movin
         else:
             lo, hi = mask.bounding_box_index()
             first, size = lo.astype(np.float64), (hi - lo + 1).astype(np.float64)
-        return _index_to_point(geometry, first + size / 2.0)
+        return geometry.itk_continuous_index_to_point(first + size / 2.0)
 
     return centre(moving_geometry, moving_mask) - centre(fixed_geometry, fixed_mask)
 
@@ -702,7 +674,7 @@ def geometric_center(geometry: ImageGeometry, mask: "Mask | None" = None) -> np.
         first, last = mask.bounding_box_index()
         size = (last - first + 1).astype(np.float64)
         index = first.astype(np.float64) + (size - 1.0) / 2.0
-    return _index_to_point(geometry, index)
+    return geometry.itk_continuous_index_to_point(index)
 
 
 def _sequential_sum(values: np.ndarray, start: float = 0.0) -> float:
@@ -726,7 +698,7 @@ def _center_of_gravity_all_voxels(array: np.ndarray, geometry: ImageGeometry, ma
     for a in range(0, flat.size, chunk):
         k = np.arange(a, min(a + chunk, flat.size), dtype=np.int64)
         idx = np.stack([(k // strides[c]) % size[c] for c in range(d)], axis=1)
-        pts = _integer_index_points(geometry, idx)
+        pts = geometry.itk_index_to_points(idx)
         v = flat[a:a + k.size]
         if mask is not None:
             import torch
@@ -754,7 +726,7 @@ def _center_of_gravity_grid(array: np.ndarray, geometry: ImageGeometry, mask, nu
     if idx.shape[0] == 0:
         raise ValueError(f"No valid voxels (0/{number_of_samples}) found to estimate the "
                          "AutomaticTransformInitialization parameters.")
-    pts = _integer_index_points(geometry, idx)
+    pts = geometry.itk_index_to_points(idx)
     lin = idx.astype(np.int64)
     values = array[tuple(lin[:, k] for k in reversed(range(geometry.dimension)))]
     if mask is not None:  # ImageMaskSpatialObject::IsInsideInWorldSpace (nearest mask voxel non-zero)
@@ -780,8 +752,8 @@ def _geometry_top(fixed_geometry, moving_geometry, fixed_mask, moving_mask):
             first, last = mask.bounding_box_index()
             start = first.astype(np.float64)
             size = (last - first + 1).astype(np.float64)
-        world = np.array([_index_to_point(geometry, [start[0] + x * size[0], start[1] + y * size[1],
-                                                     start[2] + z * size[2]])
+        world = np.array([geometry.itk_continuous_index_to_point([start[0] + x * size[0], start[1] + y * size[1],
+                                                                   start[2] + z * size[2]])
                           for z in (0, 1) for y in (0, 1) for x in (0, 1)])
         return world.min(axis=0), world.max(axis=0)
 
@@ -859,8 +831,8 @@ def initializer_center_and_translation(
                                      moving_mask, number_of_samples, lower_threshold)
         return cf, cm - cf
     if method == "Origins":  # physical points of index 0 (= the origins)
-        t = _integer_index_points(moving_geometry, np.zeros(moving_geometry.dimension))[0] - \
-            _integer_index_points(fixed_geometry, np.zeros(fixed_geometry.dimension))[0]
+        t = moving_geometry.itk_index_to_points(np.zeros(moving_geometry.dimension))[0] - \
+            fixed_geometry.itk_index_to_points(np.zeros(fixed_geometry.dimension))[0]
         return geometric_center(moving_geometry) - t, t
     if method == "GeometryTop":
         if fixed_geometry.dimension < 3:
@@ -890,7 +862,7 @@ def read_center_of_rotation(pmap, fixed_geometry: ImageGeometry) -> np.ndarray |
     d = fixed_geometry.dimension
     index = [pm.get_entry("CenterOfRotation", i, type=int) for i in range(d)]
     if all(v is not None for v in index):
-        return _integer_index_points(fixed_geometry, np.asarray(index, dtype=np.float64))[0]
+        return fixed_geometry.itk_index_to_points(np.asarray(index, dtype=np.float64))[0]
     point = [pm.get_entry("CenterOfRotationPoint", i, type=float) for i in range(d)]
     if all(v is not None for v in point):
         return np.asarray(point, dtype=np.float64)

@@ -20,15 +20,10 @@ import numpy as np
 
 from ..parameters import UInt
 from .components import register
+from .errors import SamplingError
 from .random import as_elastix_random
 
 log = logging.getLogger("elastix_bridge")
-
-
-class SamplingError(RuntimeError):
-    """Too few valid samples in one metric evaluation (elastix: "Too many samples map outside
-    moving image buffer"). The optimizer may retry with new samples
-    (``MaximumNumberOfSamplingAttempts``)."""
 
 
 class CostFunction(Protocol):

@@ -210,7 +210,9 @@ def _grid_settings(pmap, geometry, levels: int):
             raise ValueError(f"GridSpacingSchedule has {values.size} values; elastix expects one per resolution "
                              f"({levels}) or one per resolution and dimension ({levels * d})")
     else:
-        schedule = np.array([[2.0 ** (levels - 1 - r)] * d for r in range(levels)])
+        from .transforms import default_grid_schedule
+
+        schedule = np.array(default_grid_schedule(levels, d))
     return final, schedule
 
 
@@ -256,7 +258,7 @@ def _grid_domain_under_initial(geometry, final_spacing, initial_transform):
     import torch
 
     from .geometry import ImageGeometry
-    from .linear_transforms import _integer_index_points, itk_point_arithmetic, matrix_times_points
+    from .linear_transforms import itk_point_arithmetic, matrix_times_points
 
     size = np.asarray(geometry.size)
     axes = [np.arange(n) for n in size]
@@ -265,7 +267,7 @@ def _grid_domain_under_initial(geometry, final_spacing, initial_transform):
     # ITK's arithmetic throughout (TransformIndexToPhysicalPoint, TransformPoint, vnl's closed-form
     # inverse, matrix × point summed left to right): a rounding step can change the grid size.
     with itk_point_arithmetic():
-        mapped = initial_transform(torch.from_numpy(_integer_index_points(geometry, boundary))).numpy()
+        mapped = initial_transform(torch.from_numpy(geometry.itk_index_to_points(boundary))).numpy()
     rotated = matrix_times_points(_vnl_inverse(geometry.direction), mapped)
     low, high = rotated.min(axis=0), rotated.max(axis=0)
     spacing = np.asarray(geometry.spacing, dtype=np.float64).copy()

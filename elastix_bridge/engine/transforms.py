@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from elastix_bridge.engine.geometry import ImageGeometry
-from elastix_bridge.parameters import format_number
+from elastix_bridge.parameters import format_numbers
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -40,18 +40,6 @@ __all__ = [
     "upsample",
     "bspline_kernel",
 ]
-
-
-def _fmt_list(values) -> list[str]:
-    return [format_number(float(v)) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
-
-
-def _params_to_strings(params) -> list[str]:
-    if hasattr(params, "detach"):
-        arr = params.detach().to("cpu").double().numpy()
-    else:
-        arr = np.asarray(params, dtype=np.float64)
-    return [format_number(v) for v in arr.reshape(-1).tolist()]
 
 
 class Transform:
@@ -98,7 +86,7 @@ class Transform:
         return {
             "Transform": [self.name],
             "NumberOfParameters": [str(self.number_of_parameters)],
-            "TransformParameters": _params_to_strings(params),
+            "TransformParameters": format_numbers(params),
         }
 
     def _check(self, params, points):
@@ -529,9 +517,9 @@ class BSplineTransform(Transform):
             {
                 "GridSize": [str(s) for s in g.size_xyz],
                 "GridIndex": ["0"] * self.dimension,
-                "GridSpacing": _fmt_list(g.spacing),
-                "GridOrigin": _fmt_list(g.origin),
-                "GridDirection": _fmt_list(g.direction.T.reshape(-1)),  # column-major
+                "GridSpacing": format_numbers(g.spacing),
+                "GridOrigin": format_numbers(g.origin),
+                "GridDirection": format_numbers(g.direction.T.reshape(-1)),  # column-major
                 "BSplineTransformSplineOrder": [str(self.order)],
                 "UseCyclicTransform": ["false"],
             }

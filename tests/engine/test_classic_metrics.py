@@ -33,7 +33,7 @@ from elastix_bridge.engine.classic_metrics import (AdvancedMattesMutualInformati
                                                    moving_parzen_window, parzen_window)
 from elastix_bridge.engine.geometry import ImageGeometry  # noqa: E402
 from elastix_bridge.engine.images import LevelImage, Mask  # noqa: E402
-from elastix_bridge.engine.optimizers import SamplingError  # noqa: E402
+from elastix_bridge.engine.errors import SamplingError  # noqa: E402
 from elastix_bridge.engine.samplers import FullSampler  # noqa: E402
 from elastix_bridge.engine.transforms import (BSplineTransform, TranslationTransform,  # noqa: E402
                                               bspline_kernel, grid_for_level)

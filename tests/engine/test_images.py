@@ -101,3 +101,22 @@ def test_erosion_box_border_does_not_erode():
     np.testing.assert_array_equal(m.eroded(0).array_zyx, a)
     with pytest.raises(ValueError):
         m.eroded([1, 2])
+
+
+def test_itk_index_to_point_is_bit_identical_to_itk():
+    """ImageGeometry's ITK-order conversions give ITK's own doubles, to the last bit."""
+    itk = pytest.importorskip("itk")
+    image = LevelImage(GEO3, np.zeros(GEO3.shape_zyx, np.float32)).to_itk()
+    geometry = ImageGeometry.from_itk(image)
+    rng = np.random.default_rng(7)
+    index = rng.integers(0, 5, size=(20, 3))
+    points = geometry.itk_index_to_points(index)
+    for i, p in zip(index, points):
+        expected = image.TransformIndexToPhysicalPoint([int(v) for v in i])
+        assert list(p) == [float(v) for v in expected]
+    for c in rng.uniform(-0.5, 4.5, size=(20, 3)):
+        continuous = itk.ContinuousIndex[itk.D, 3]()
+        for k, v in enumerate(c.tolist()):
+            continuous.SetElement(k, v)
+        expected = image.TransformContinuousIndexToPhysicalPoint(continuous)
+        assert list(geometry.itk_continuous_index_to_point(c)) == [float(v) for v in expected]

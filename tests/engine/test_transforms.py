@@ -8,6 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from helpers import GEO2, GEO3, rotation_2d  # noqa: E402
 from elastix_bridge.engine.geometry import ImageGeometry  # noqa: E402
 from elastix_bridge.engine.transforms import (  # noqa: E402
     BSplineGrid,
@@ -18,21 +19,6 @@ from elastix_bridge.engine.transforms import (  # noqa: E402
     grid_for_level,
     upsample,
 )
-
-
-def _rot2(a):
-    return np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-
-
-def _rot3(a, b, c):
-    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
-    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
-    return rz @ rx @ ry
-
-
-GEO2 = ImageGeometry((37, 29), (0.8, 1.3), (3.0, -2.0), _rot2(0.4))
-GEO3 = ImageGeometry((21, 17, 13), (0.9, 1.3, 2.1), (3.0, -2.0, 5.0), _rot3(0.2, -0.3, 0.5))
 
 
 def _random_bspline(geo, spacing, order=3, seed=0, scale=2.0, factor=1.0):
@@ -64,10 +50,10 @@ def test_grid_for_level_verified_example():
 
 
 def test_grid_origin_rotated_about_image_origin():
-    geo = ImageGeometry((80, 64), (0.8, 1.1), (3.0, -2.0), _rot2(0.3))
+    geo = ImageGeometry((80, 64), (0.8, 1.1), (3.0, -2.0), rotation_2d(0.3))
     g = grid_for_level(geo, [5.6, 5.5], 1)
     unrotated = np.array([-4.6, -8.6])
-    np.testing.assert_allclose(g.origin, geo.origin + _rot2(0.3) @ (unrotated - geo.origin), atol=1e-12)
+    np.testing.assert_allclose(g.origin, geo.origin + rotation_2d(0.3) @ (unrotated - geo.origin), atol=1e-12)
     np.testing.assert_array_equal(g.direction, geo.direction)
 
 
@@ -252,8 +238,8 @@ def test_upsample_preserves_displacement(geo, spacing, order, rel_tol):
 
 def test_upsample_exact_for_cubic_refinement():
     """Dyadic refinement of a cubic spline with aligned grids is exact in the interior."""
-    grid_c = BSplineGrid((12, 11), (4.0, 4.0), (0.0, 0.0), _rot2(0.2))
-    grid_f = BSplineGrid((23, 21), (2.0, 2.0), (0.0, 0.0), _rot2(0.2))
+    grid_c = BSplineGrid((12, 11), (4.0, 4.0), (0.0, 0.0), rotation_2d(0.2))
+    grid_f = BSplineGrid((23, 21), (2.0, 2.0), (0.0, 0.0), rotation_2d(0.2))
     t_c, t_f = BSplineTransform(grid_c), BSplineTransform(grid_f)
     p_c = torch.randn(t_c.number_of_parameters, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     p_f = upsample(p_c, grid_c, grid_f)
