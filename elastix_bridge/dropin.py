@@ -117,16 +117,22 @@ def bridged_elastix_registration_method(*args, **kwargs):
         ``(result_image, transform_parameter_object)``.
 
     Raises:
-        TypeError: the fixed or moving image is not an ``itk.Image`` (a path, a numpy array), with
-            what to pass instead.
+        TypeError: an image or mask is not an ``itk.Image`` (a path, a numpy array), with what to pass
+            instead.
+        elastix_bridge.validation.InputImageError: a mask of another dimension than the images.
+        ValueError: ``number_of_threads`` below 1.
     """
-    from .validation import check_image_argument
+    from .validation import check_image_argument, check_mask_dimension, check_threads
 
-    for value, what in zip(args[:2], ("fixed_image", "moving_image")):
+    images = dict(zip(("fixed_image", "moving_image"), args[:2]))
+    images.update({k: kwargs[k] for k in ("fixed_image", "moving_image", "fixed_mask", "moving_mask") if k in kwargs})
+    for what, value in images.items():
         check_image_argument(value, what)
-    for what in ("fixed_image", "moving_image", "fixed_mask", "moving_mask"):
-        if what in kwargs:
-            check_image_argument(kwargs[what], what)
+    if "fixed_image" in images:  # itk's New would raise SWIG's type error for a mask of another dimension
+        for which in ("fixed", "moving"):
+            check_mask_dimension(images.get(f"{which}_mask"), images["fixed_image"].GetImageDimension(), which)
+    if kwargs.get("number_of_threads") != 0:  # 0 is itk-elastix's "all threads"
+        check_threads(kwargs.get("number_of_threads"))
     method = RegistrationMethodTemplate(itk_attribute("ElastixRegistrationMethod")).New(*args, **kwargs)
     method.UpdateLargestPossibleRegion()
     return method.GetOutput(), method.GetTransformParameterObject()
@@ -201,7 +207,7 @@ class BridgedRegistrationMethod:
             kwargs["initial_transform_parameter_file_name"] = m.GetInitialTransformParameterFileName()
         if self._initial_object is not None:
             kwargs["initial_transform_parameter_object"] = self._initial_object
-        if m.GetNumberOfThreads() > 0:
+        if m.GetNumberOfThreads() != 0:  # 0: itk-elastix's default (all threads); a negative count is refused
             kwargs["number_of_threads"] = m.GetNumberOfThreads()
         # Settings the bridge cannot honour are passed on, so that they are refused by name, not ignored.
         for name in ("fixed_point_set_file_name", "moving_point_set_file_name", "initial_transform",

@@ -70,7 +70,9 @@ def prepare_output_folder(path, flag: str = "-out", create: bool = True) -> Path
         if parent.exists() and not parent.is_dir():
             what = "is" if parent == path else f"is inside {parent}, which is"
             raise OutputFolderError(f"output folder ({flag}) {path} {what} an existing file, not a folder; "
-                                    f"give a folder path (it is created if absent)")
+                                    # the command creates a missing -out; in Python it must exist, as in itk-elastix
+                                    + ("give a folder path (it is created if absent)" if flag == "-out" else
+                                       "give an existing folder"))
     if not create:
         return path
     try:

@@ -40,7 +40,7 @@ from .parameters import ParameterError, UInt
 
 log = logging.getLogger("elastix_bridge")
 
-__all__ = ["InputImageError", "check_component_names", "check_image_argument", "check_threads", "validate_images", "validate_maps",
+__all__ = ["InputImageError", "check_component_names", "check_image_argument", "check_mask_dimension", "check_threads", "validate_images", "validate_maps",
            "validate_request"]
 
 
@@ -448,6 +448,17 @@ def _first_non_finite(image, what: str) -> None:
         f"and set them to a finite value")
 
 
+def check_mask_dimension(mask, dimension: int, which: str) -> None:
+    """A mask has its image's dimension (itk-elastix's own check is a SWIG type error).
+
+    Raises:
+        InputImageError: naming the mask (``which`` is ``"fixed"`` or ``"moving"``) and both dimensions.
+    """
+    if mask is not None and mask.GetImageDimension() != dimension:
+        raise InputImageError(f"the {which} mask is {mask.GetImageDimension()}D but the {which} image is "
+                              f"{dimension}D; give a mask of the image's dimension")
+
+
 def validate_images(fixed_image, moving_image, fixed_mask=None, moving_mask=None) -> int:
     """Check the images and masks of a registration; returns the image dimension.
 
@@ -470,9 +481,7 @@ def validate_images(fixed_image, moving_image, fixed_mask=None, moving_mask=None
     for mask, which in ((fixed_mask, "fixed"), (moving_mask, "moving")):
         if mask is None:
             continue
-        if mask.GetImageDimension() != dimension:
-            raise InputImageError(f"the {which} mask is {mask.GetImageDimension()}D but the {which} image is "
-                                  f"{dimension}D; give a mask of the image's dimension")
+        check_mask_dimension(mask, dimension, which)
         if not np.any(itk.array_view_from_image(mask)):
             raise InputImageError(f"the {which} mask is empty (no non-zero pixel): no sample could be drawn "
                                   f"{'in the fixed image' if which == 'fixed' else 'inside the moving image'}; "

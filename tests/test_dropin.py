@@ -173,3 +173,21 @@ def elastix_bridge_root():
     from pathlib import Path
 
     return Path(__file__).resolve().parents[1]
+
+
+# Found by re-trying issue 11's bad inputs through the drop-in.
+
+
+def test_dropin_refuses_negative_threads_and_a_mask_of_another_dimension(tmp_path):
+    import numpy as np
+
+    from elastix_bridge.validation import InputImageError
+
+    image = itk.image_from_array(np.random.default_rng(0).random((16, 16)).astype(np.float32))
+    mask3d = itk.image_from_array(np.ones((4, 16, 16), np.uint8))
+    parameters = itk.ParameterObject.New()
+    parameters.AddParameterMap(parameters.GetDefaultParameterMap("translation", 1))
+    with pytest.raises(ValueError, match=r"number_of_threads -1: the number of threads must be an integer >= 1"):
+        itk.elastix_registration_method(image, image, parameter_object=parameters, number_of_threads=-1)
+    with pytest.raises(InputImageError, match="the fixed mask is 3D but the fixed image is 2D"):
+        itk.elastix_registration_method(image, image, parameter_object=parameters, fixed_mask=mask3d)
