@@ -84,7 +84,8 @@ def run_registration(argv) -> int:
             pmap.set("ResultImageFormat", ["mhd"])
     # Every map of the chain, before any pixel is read: the fixed image's header gives the dimension.
     dimension = read_image_geometry(args.f, "fixed image (-f)").dimension
-    validate_maps(parameter_object, dimension=dimension, names=[f"-p {path}" for path, _ in maps_by_file])
+    validate_maps(parameter_object, dimension=dimension, names=[f"-p {path}" for path, _ in maps_by_file],
+                  warn=False)  # the request's check logs the warnings, once
     fixed, moving = read_image(args.f, "fixed image (-f)"), read_image(args.m, "moving image (-m)")
     fixed_mask = read_mask(args.fMask, "fixed mask (-fMask)") if args.fMask else None
     moving_mask = read_mask(args.mMask, "moving mask (-mMask)") if args.mMask else None

@@ -238,7 +238,7 @@ _KNOWN_IMPACT_KEYS = ("Impact[Fixed|Moving]{ModelsPath, Dimension, NumberOfChann
                       "FeaturesMapUpdateInterval, FeatureMapOutputDirectory, WriteFeatureMaps}")
 
 
-def _check_impact_keys(pmap, where: str, levels: int, uses_impact: bool, full: bool) -> None:
+def _check_impact_keys(pmap, where: str, levels: int, uses_impact: bool, full: bool, warn: bool = True) -> None:
     """IMPACT keys against the known set (error, with suggestions); other unknown keys are logged as warnings.
 
     ``full`` (the check with images): also refuse unnumbered list options (``ImpactPatchSize``; before,
@@ -251,7 +251,7 @@ def _check_impact_keys(pmap, where: str, levels: int, uses_impact: bool, full: b
     for key in pmap.keys():
         plain = _unlabelled(key)
         if not plain.startswith("Impact"):
-            if full and plain not in PARAMETERS and plain not in COMPONENTS:
+            if full and warn and plain not in PARAMETERS and plain not in COMPONENTS:
                 log.warning("%s: (%s ...) is not a parameter that elastix or elastix-bridge reads; it is ignored, as "
                             "elastix ignores it.%s", where, key, _did_you_mean(plain, PARAMETERS))
             continue
@@ -265,7 +265,7 @@ def _check_impact_keys(pmap, where: str, levels: int, uses_impact: bool, full: b
         elif option in IMPACT_LIST_OPTIONS and key != plain:
             problem = f"level-indexed IMPACT options take no component-label prefix: write ({plain} ...)"
         elif option in IMPACT_LIST_OPTIONS and number:
-            if full and int(number) >= levels:
+            if full and warn and int(number) >= levels:
                 log.warning("%s: (%s ...) is for level %s but the map has NumberOfResolutions %d; it is ignored, as "
                             "elastix ignores it", where, key, number, levels)
             continue
@@ -283,11 +283,11 @@ def _check_impact_keys(pmap, where: str, levels: int, uses_impact: bool, full: b
         message = f"{where}: ({key} ...): {problem}.{hint} Known IMPACT keys: {_KNOWN_IMPACT_KEYS}."
         if uses_impact:
             raise ParameterError(message)
-        if full:
+        if full and warn:
             log.warning("%s (The map does not use (Metric \"Impact\"), so it is ignored.)", message)
 
 
-def _check_against_dimension(pmap, where: str, levels: int, dimension: int) -> None:
+def _check_against_dimension(pmap, where: str, levels: int, dimension: int, warn: bool = True) -> None:
     """``Fixed/MovingImageDimension`` equal the images' dimension; pyramid schedules have levels × dimension entries.
 
     Fewer: an error (elastix would silently use its default schedule instead). More: a warning; elastix
@@ -306,7 +306,7 @@ def _check_against_dimension(pmap, where: str, levels: int, dimension: int) -> N
                     f"({key} ...) has {count} values; it needs one per resolution level and image axis: "
                     f"NumberOfResolutions {levels} × dimension {dimension} = {n} (elastix would silently replace a "
                     f"schedule of the wrong length by its default one)")
-            if count > n:
+            if count > n and warn:
                 log.warning("%s: (%s ...) has %d values; only the first %d (NumberOfResolutions %d × dimension %d) "
                             "are used, as in elastix", where, key, count, n, levels, dimension)
 
@@ -338,7 +338,7 @@ def _in_map(error: Exception, where: str) -> Exception:
 
 
 def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Optional[int] = None,
-                  names: Optional[Sequence[str]] = None) -> None:
+                  names: Optional[Sequence[str]] = None, warn: bool = True) -> None:
     """Check every parameter map of a chain before any stage runs.
 
     Args:
@@ -349,6 +349,8 @@ def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Opti
             is not checked: schedule lengths, the bridge's optimizer and grid settings, the IMPACT options
             per level and the model files; nor are warnings logged, which the check with images does).
         names: how messages name each map, e.g. ``"-p affine.txt"``; default ``"parameter map <k>"``.
+        warn: log the warnings (unknown keys, schedules longer than needed); the command's early check
+            leaves them to the request's check, so that each is logged once.
 
     Raises:
         UnsupportedComponentError: an unknown component name (with "did you mean"), or one the bridge
@@ -378,7 +380,7 @@ def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Opti
             levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
             components = check_components(pmap) if bridge else None
             if dimension is not None:
-                _check_against_dimension(pmap, where, levels, dimension)
+                _check_against_dimension(pmap, where, levels, dimension, warn)
                 if bridge:
                     check_stage_settings(pmap, components, levels, dimension)
                 if impact:
@@ -387,7 +389,7 @@ def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Opti
                     _check_model_files(pmap, configs)
         except ValueError as error:  # the same error, naming the map
             raise _in_map(error, where) from None
-        _check_impact_keys(pmap, where, levels, impact, full=dimension is not None)
+        _check_impact_keys(pmap, where, levels, impact, full=dimension is not None, warn=warn)
 
 
 # ----------------------------------------------------------------------------------------------------------------

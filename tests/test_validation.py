@@ -377,3 +377,17 @@ def test_an_image_with_zero_spacing_is_named(tmp_path):
     message = str(error.value)
     assert message.startswith(f"fixed image (-f) {tmp_path / 'a.mhd'} cannot be read: Zero-valued spacing")
     assert "voxel size of 0 mm" in message and ".hxx" not in message
+
+
+def test_the_command_logs_an_unknown_key_warning_once(tmp_path, capsys, caplog):
+    image = itk.image_from_array(np.random.default_rng(2).random((24, 24)).astype(np.float32))
+    itk.imwrite(image, str(tmp_path / "f.mha"))
+    params = write_parameter_file(tmp_path / "p.txt", {
+        "Metric": ["AdvancedMeanSquares"], "Optimizer": ["AdaptiveStochasticGradientDescent"],
+        "Transform": ["TranslationTransform"], "MaximumNumberOfIterations": ["2"], "NumberOfResolutions": ["1"],
+        "ImageSampler": ["Full"], "MaximumNumberOfIteration": ["5"]})
+    with caplog.at_level(logging.WARNING, logger="elastix_bridge"):
+        code = cli.main(["-f", str(tmp_path / "f.mha"), "-m", str(tmp_path / "f.mha"), "-p", str(params),
+                         "-out", str(tmp_path / "out"), "-loglevel", "off"])
+    assert code == 0, capsys.readouterr().err
+    assert caplog.text.count("(MaximumNumberOfIteration ...) is not a parameter") == 1
