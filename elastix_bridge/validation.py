@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -322,14 +323,36 @@ def _check_model_files(pmap, configs) -> None:
             key = (f"Impact{side}ModelsPath{cfg.level}" if pmap.has(f"Impact{side}ModelsPath{cfg.level}")
                    else f"ImpactModelsPath{cfg.level}")
             for model in models:
-                if model.path in RESERVED_MODELS or resolve_model_path(model.path).is_file():
+                if model.path in RESERVED_MODELS:
                     continue
+                path = resolve_model_path(model.path)
                 where = f"{key} {model.path!r}"
                 if not Path(model.path).expanduser().is_absolute():
                     where += f" (relative to the current working directory {os.getcwd()})"
-                raise ImpactModelError(f"{where}: model file not found; give an existing TorchScript file (an "
-                                       f"absolute path avoids working-directory surprises) or a built-in model name "
-                                       f"({', '.join(RESERVED_MODELS)})")
+                if not path.is_file():
+                    raise ImpactModelError(f"{where}: model file not found; give an existing TorchScript file (an "
+                                           f"absolute path avoids working-directory surprises) or a built-in model "
+                                           f"name ({', '.join(RESERVED_MODELS)})")
+                if not zipfile.is_zipfile(path):  # a TorchScript archive is a zip file; checked without torch
+                    raise ImpactModelError(f"{where}: not a TorchScript model (a TorchScript file is a zip archive, "
+                                           "this one is not); save the model with torch.jit.script(model).save(path)")
+
+
+def _check_devices(configs) -> None:
+    """A level with ``ImpactGPU`` >= 0 has a usable CUDA device (this imports torch: only for Impact stages
+    on the bridge engine, which need it anyway).
+
+    Raises:
+        elastix_bridge.loader.ImpactUnavailableError: naming the level, the device and the fix.
+    """
+    from .loader import ImpactUnavailableError, resolve_device
+
+    for cfg in configs:
+        if cfg.gpu >= 0:
+            try:
+                resolve_device(cfg.gpu)
+            except ImpactUnavailableError as error:
+                raise ImpactUnavailableError(f"resolution level {cfg.level}: {error}") from None
 
 
 def _in_map(error: Exception, where: str) -> Exception:
@@ -387,6 +410,8 @@ def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Opti
                     configs = impact_levels(pmap.to_dict(), levels, dimension,
                                             metric_index=pmap.values("Metric").index("Impact"))
                     _check_model_files(pmap, configs)
+                    if bridge:
+                        _check_devices(configs)
         except ValueError as error:  # the same error, naming the map
             raise _in_map(error, where) from None
         _check_impact_keys(pmap, where, levels, impact, full=dimension is not None, warn=warn)

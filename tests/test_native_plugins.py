@@ -385,7 +385,8 @@ parameters = itk.ParameterObject.New()
 pmap = parameters.GetDefaultParameterMap("translation", 1)
 pmap["Metric"] = ["Impact"]
 # A complete Impact map: the bridge checks it before any stage, whichever engine runs it.
-open("model.pt", "wb").close()  # never loaded: the stand-in plugin stops elastix before models are read
+import zipfile
+zipfile.ZipFile("model.pt", "w").close()  # never loaded: the stand-in plugin stops elastix before models are read
 pmap.update({"ImpactModelsPath0": ["model.pt"], "ImpactDimension0": ["2"], "ImpactNumberOfChannels0": ["1"],
              "ImpactPatchSize0": ["5", "5"], "ImpactVoxelSize0": ["1", "1"], "ImpactLayersMask0": ["1"],
              "ImpactSubsetFeatures0": ["1"], "ImpactLayersWeight0": ["1"], "ImpactPCA0": ["0"],

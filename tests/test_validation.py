@@ -391,3 +391,19 @@ def test_the_command_logs_an_unknown_key_warning_once(tmp_path, capsys, caplog):
                          "-out", str(tmp_path / "out"), "-loglevel", "off"])
     assert code == 0, capsys.readouterr().err
     assert caplog.text.count("(MaximumNumberOfIteration ...) is not a parameter") == 1
+
+
+def test_a_model_file_that_is_not_torchscript_is_named_before_any_work(pair, tmp_path, no_work):
+    text = tmp_path / "model.pt"
+    text.write_text("not a model\n")
+    refused(elastix_bridge.loader.ImpactModelError, r"ImpactModelsPath0 '.*model.pt'.*: not a TorchScript model \(a TorchScript file is a "
+                              r"zip archive", pair, [impact_parameters(ImpactModelsPath0=str(text))], tmp_path)
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_named_before_any_work(pair, tmp_path, no_work):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is usable here")
+    refused(elastix_bridge.loader.ImpactUnavailableError, r"resolution level 0: ImpactGPU 0 asks for a GPU but CUDA is "
+                                                          r"not available", pair, [impact_parameters(ImpactGPU=0)],
+            tmp_path)
