@@ -19,6 +19,7 @@ import numpy as np
 
 from ..parameters import UInt
 from .components import DEFAULTS, FAMILIES, UnsupportedComponentError, component, names, register
+from .geometry import grid_domain_under_initial
 
 log = logging.getLogger("elastix_bridge")
 
@@ -245,58 +246,6 @@ def _combined(transform, initial_transform, how: str):
     return ComposedTransform(transform, initial_transform, how)
 
 
-def _grid_domain_under_initial(geometry, final_spacing, initial_transform):
-    """B-spline grid domain when composing with an initial transform (docs/design.md §E6.4).
-
-    The fixed image's boundary voxels are mapped through the initial transform and bounded in the
-    image's rotated frame ``[m, M]``; the origin becomes ``Dir·m`` and, per axis with extent
-    ``L = S·(n−1) > 0``, the spacing and the final grid spacing are scaled by ``(M − m)/L``.
-
-    Returns:
-        ``(geometry, final_spacing)`` to build the grids from.
-    """
-    import torch
-
-    from .geometry import ImageGeometry
-    from .linear_transforms import itk_point_arithmetic, matrix_times_points
-
-    size = np.asarray(geometry.size)
-    axes = [np.arange(n) for n in size]
-    index = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(size))
-    boundary = index[np.any((index == 0) | (index == size - 1), axis=1)]
-    # ITK's arithmetic throughout (TransformIndexToPhysicalPoint, TransformPoint, vnl's closed-form
-    # inverse, matrix × point summed left to right): a rounding step can change the grid size.
-    with itk_point_arithmetic():
-        mapped = initial_transform(torch.from_numpy(geometry.itk_index_to_points(boundary))).numpy()
-    rotated = matrix_times_points(_vnl_inverse(geometry.direction), mapped)
-    low, high = rotated.min(axis=0), rotated.max(axis=0)
-    spacing = np.asarray(geometry.spacing, dtype=np.float64).copy()
-    final = np.asarray(final_spacing, dtype=np.float64).copy()
-    extent = spacing * (size - 1)
-    ratio = (high - low) / np.where(extent > 1e-12, extent, 1.0)
-    scaled = lambda v: np.where(extent > 1e-12, v * ratio, v)  # S·(new/old), in elastix's order
-    origin = matrix_times_points(geometry.direction, low[None, :])[0]
-    return ImageGeometry(tuple(int(n) for n in size), scaled(spacing), origin, geometry.direction), scaled(final)
-
-
-def _vnl_inverse(m):
-    """vnl_inverse's closed form for 2×2 and 3×3 matrices (``1/det`` times the adjugate)."""
-    if m.shape == (2, 2):
-        det = 1.0 / (m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0])
-        return np.array([[m[1, 1] * det, -m[0, 1] * det], [-m[1, 0] * det, m[0, 0] * det]])
-    if m.shape == (3, 3):
-        det = 1.0 / (m[0, 0] * m[1, 1] * m[2, 2] - m[0, 0] * m[2, 1] * m[1, 2] - m[1, 0] * m[0, 1] * m[2, 2]
-                     + m[1, 0] * m[2, 1] * m[0, 2] + m[2, 0] * m[0, 1] * m[1, 2] - m[2, 0] * m[1, 1] * m[0, 2])
-        adj = np.array([[m[1, 1] * m[2, 2] - m[1, 2] * m[2, 1], m[0, 2] * m[2, 1] - m[0, 1] * m[2, 2],
-                         m[0, 1] * m[1, 2] - m[0, 2] * m[1, 1]],
-                        [m[1, 2] * m[2, 0] - m[1, 0] * m[2, 2], m[0, 0] * m[2, 2] - m[0, 2] * m[2, 0],
-                         m[0, 2] * m[1, 0] - m[0, 0] * m[1, 2]],
-                        [m[1, 0] * m[2, 1] - m[1, 1] * m[2, 0], m[0, 1] * m[2, 0] - m[0, 0] * m[2, 1],
-                         m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]]])
-        return adj * det
-    return np.linalg.inv(m)
-
-
 def _erosion_flag(pmap, which: str, level: int) -> bool:
     flag = pmap.get("ErodeMask", level=level, default=True, type=bool)
     if pmap.has(f"Erode{which}Mask"):
@@ -407,7 +356,7 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
             grid_geometry = fixed_full.geometry
             final_spacing, grid_schedule = _grid_settings(pmap, fixed_full.geometry, levels)
             if initial_transform is not None and how == "Compose":
-                grid_geometry, final_spacing = _grid_domain_under_initial(fixed_full.geometry, final_spacing,
+                grid_geometry, final_spacing = grid_domain_under_initial(fixed_full.geometry, final_spacing,
                                                                           initial_transform)
             order = pmap.get("BSplineTransformSplineOrder", default=3, type=int)
         elif kind == "translation":
