@@ -8,7 +8,10 @@ An ITK image maps a continuous index ``i`` (ITK order) to a physical point ``p``
 so ``direction[:, k]`` is the physical direction of index axis ``k``.  numpy arrays
 obtained from ITK are reversed: ``array_zyx[z, y, x]``.
 
-Source: ITK ``ImageBase::TransformContinuousIndexToPhysicalPoint``; docs/design.md §E0.
+Besides :class:`ImageGeometry`, the ITK-order arithmetic the B-spline grid needs to match elastix to
+the last bit: :func:`vnl_inverse` and :func:`grid_domain_under_initial`.
+
+Source: ITK ``ImageBase::TransformContinuousIndexToPhysicalPoint``; docs/design.md §E0, §E6.4.
 """
 from __future__ import annotations
 
@@ -185,3 +188,74 @@ class ImageGeometry:
         grids = np.meshgrid(*axes, indexing="ij")  # grids[k] indexed [x, y, z]
         idx = np.stack([g.transpose(tuple(reversed(range(self.dimension)))).reshape(-1) for g in grids], axis=1)
         return self.index_to_physical(idx)
+
+
+def vnl_inverse(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a direction matrix with vnl's closed form, bit-identical to elastix's.
+
+    vnl ``vnl_inverse`` (``vnl/vnl_inverse.h``) computes ``1/det`` once and multiplies it into the
+    adjugate for 2×2 and 3×3 matrices; ``np.linalg.inv`` (LU) rounds differently in the last bit,
+    which can change a B-spline grid size. Other sizes fall back to ``np.linalg.inv``.
+
+    Args:
+        matrix: ``(D, D)`` float64 matrix, ITK order.
+
+    Returns:
+        ``(D, D)`` float64 inverse.
+    """
+    m = matrix
+    if m.shape == (2, 2):
+        det = 1.0 / (m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0])
+        return np.array([[m[1, 1] * det, -m[0, 1] * det], [-m[1, 0] * det, m[0, 0] * det]])
+    if m.shape == (3, 3):
+        det = 1.0 / (m[0, 0] * m[1, 1] * m[2, 2] - m[0, 0] * m[2, 1] * m[1, 2] - m[1, 0] * m[0, 1] * m[2, 2]
+                     + m[1, 0] * m[2, 1] * m[0, 2] + m[2, 0] * m[0, 1] * m[1, 2] - m[2, 0] * m[1, 1] * m[0, 2])
+        adj = np.array([[m[1, 1] * m[2, 2] - m[1, 2] * m[2, 1], m[0, 2] * m[2, 1] - m[0, 1] * m[2, 2],
+                         m[0, 1] * m[1, 2] - m[0, 2] * m[1, 1]],
+                        [m[1, 2] * m[2, 0] - m[1, 0] * m[2, 2], m[0, 0] * m[2, 2] - m[0, 2] * m[2, 0],
+                         m[0, 2] * m[1, 0] - m[0, 0] * m[1, 2]],
+                        [m[1, 0] * m[2, 1] - m[1, 1] * m[2, 0], m[0, 1] * m[2, 0] - m[0, 0] * m[2, 1],
+                         m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]]])
+        return adj * det
+    return np.linalg.inv(m)
+
+
+def grid_domain_under_initial(geometry: ImageGeometry, final_spacing, initial_transform):
+    """B-spline grid domain when composing with an initial transform (docs/design.md §E6.4).
+
+    The fixed image's boundary voxels are mapped through the initial transform and bounded in the
+    image's rotated frame ``[m, M]``; the origin becomes ``Dir·m`` and, per axis with extent
+    ``L = S·(n−1) > 0``, the spacing and the final grid spacing are scaled by ``(M − m)/L``
+    (elastix ``Common/Transforms/itkGridScheduleComputer.hxx``, ``ApplyInitialTransform``).
+
+    Args:
+        geometry: the full-resolution fixed image's geometry.
+        final_spacing: ``(D,)`` final B-spline grid spacing, mm, ITK order.
+        initial_transform: the earlier stages' transform, a callable on ``(N, D)`` float64 torch
+            tensors of physical points (mm) returning the same shape.
+
+    Returns:
+        ``(geometry, final_spacing)`` to build the grids from: an :class:`ImageGeometry` of the same
+        size and direction, and the scaled ``(D,)`` final spacing (mm).
+    """
+    import torch
+
+    from .linear_transforms import itk_point_arithmetic, matrix_times_points
+
+    size = np.asarray(geometry.size)
+    axes = [np.arange(n) for n in size]
+    index = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(size))
+    boundary = index[np.any((index == 0) | (index == size - 1), axis=1)]
+    # ITK's arithmetic throughout (TransformIndexToPhysicalPoint, TransformPoint, vnl's closed-form
+    # inverse, matrix × point summed left to right): a rounding step can change the grid size.
+    with itk_point_arithmetic():
+        mapped = initial_transform(torch.from_numpy(geometry.itk_index_to_points(boundary))).numpy()
+    rotated = matrix_times_points(vnl_inverse(geometry.direction), mapped)
+    low, high = rotated.min(axis=0), rotated.max(axis=0)
+    spacing = np.asarray(geometry.spacing, dtype=np.float64).copy()
+    final = np.asarray(final_spacing, dtype=np.float64).copy()
+    extent = spacing * (size - 1)
+    ratio = (high - low) / np.where(extent > 1e-12, extent, 1.0)
+    scaled = lambda v: np.where(extent > 1e-12, v * ratio, v)  # S·(new/old), in elastix's order
+    origin = matrix_times_points(geometry.direction, low[None, :])[0]
+    return ImageGeometry(tuple(int(n) for n in size), scaled(spacing), origin, geometry.direction), scaled(final)

@@ -1,24 +1,44 @@
 """One elastix registration (one parameter map) on the bridge engine: the multi-resolution loop.
 
 Order of operations follows elastix's ``MultiResolutionRegistration``
-(``Common/itkMultiResolutionImageRegistrationMethod2.hxx``; docs/design.md §E2): validate everything,
-seed the generator with ``RandomSeed``, then per resolution level build the pyramid images and the
-(eroded) masks, define or upsample the B-spline grid, initialise the metric, run the optimizer's
-automatic parameter estimation and its iterations, and finally express the result as an elastix
-TransformParameters map.
+(``Common/itkMultiResolutionImageRegistrationMethod2.hxx``; docs/design.md §1.5, §E2), in four steps
+that :func:`run_stage` calls in turn:
+
+1. :func:`setup_stage`, once per stage: validate the map and the images, load torch, the plugin and
+   every level's models, seed the generator with ``RandomSeed``, read the pyramid schedules and set up
+   the transform (B-spline grid plan, or the linear transform and its start) -> :class:`StageSetup`.
+2. :class:`LevelContext`, per resolution level: pyramid images, (eroded) masks, the level's transform,
+   samplers, metrics and their weighted cost, the iteration table and the optimizer.
+3. :func:`optimize_level`: the optimizer's iterations on that level.
+4. :func:`stage_output`: the result as an elastix TransformParameters map (:class:`StageResult`).
+
+Why this module is longer than ~600 lines: the steps are kept together, in the order they run, because
+that order decides every draw of elastix's random generator (samplers, ASGD) and so the result to the
+last digit; splitting them over modules would hide it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import numpy as np
 
 from ..parameters import UInt
 from .components import DEFAULTS, FAMILIES, UnsupportedComponentError, component, names, register
+from .geometry import grid_domain_under_initial
+
+if TYPE_CHECKING:  # names for annotations only: importing this module must not import torch or itk
+    from ..impact_parameters import ImpactLevelConfig
+    from ..parameters import ParameterMap
+    from .components import Component
+    from .geometry import ImageGeometry
+    from .images import LevelImage, Mask
+    from .pyramids import PyramidSchedule
+    from .random import ElastixRandom
 
 log = logging.getLogger("elastix_bridge")
 
@@ -245,58 +265,6 @@ def _combined(transform, initial_transform, how: str):
     return ComposedTransform(transform, initial_transform, how)
 
 
-def _grid_domain_under_initial(geometry, final_spacing, initial_transform):
-    """B-spline grid domain when composing with an initial transform (docs/design.md §E6.4).
-
-    The fixed image's boundary voxels are mapped through the initial transform and bounded in the
-    image's rotated frame ``[m, M]``; the origin becomes ``Dir·m`` and, per axis with extent
-    ``L = S·(n−1) > 0``, the spacing and the final grid spacing are scaled by ``(M − m)/L``.
-
-    Returns:
-        ``(geometry, final_spacing)`` to build the grids from.
-    """
-    import torch
-
-    from .geometry import ImageGeometry
-    from .linear_transforms import itk_point_arithmetic, matrix_times_points
-
-    size = np.asarray(geometry.size)
-    axes = [np.arange(n) for n in size]
-    index = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(size))
-    boundary = index[np.any((index == 0) | (index == size - 1), axis=1)]
-    # ITK's arithmetic throughout (TransformIndexToPhysicalPoint, TransformPoint, vnl's closed-form
-    # inverse, matrix × point summed left to right): a rounding step can change the grid size.
-    with itk_point_arithmetic():
-        mapped = initial_transform(torch.from_numpy(geometry.itk_index_to_points(boundary))).numpy()
-    rotated = matrix_times_points(_vnl_inverse(geometry.direction), mapped)
-    low, high = rotated.min(axis=0), rotated.max(axis=0)
-    spacing = np.asarray(geometry.spacing, dtype=np.float64).copy()
-    final = np.asarray(final_spacing, dtype=np.float64).copy()
-    extent = spacing * (size - 1)
-    ratio = (high - low) / np.where(extent > 1e-12, extent, 1.0)
-    scaled = lambda v: np.where(extent > 1e-12, v * ratio, v)  # S·(new/old), in elastix's order
-    origin = matrix_times_points(geometry.direction, low[None, :])[0]
-    return ImageGeometry(tuple(int(n) for n in size), scaled(spacing), origin, geometry.direction), scaled(final)
-
-
-def _vnl_inverse(m):
-    """vnl_inverse's closed form for 2×2 and 3×3 matrices (``1/det`` times the adjugate)."""
-    if m.shape == (2, 2):
-        det = 1.0 / (m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0])
-        return np.array([[m[1, 1] * det, -m[0, 1] * det], [-m[1, 0] * det, m[0, 0] * det]])
-    if m.shape == (3, 3):
-        det = 1.0 / (m[0, 0] * m[1, 1] * m[2, 2] - m[0, 0] * m[2, 1] * m[1, 2] - m[1, 0] * m[0, 1] * m[2, 2]
-                     + m[1, 0] * m[2, 1] * m[0, 2] + m[2, 0] * m[0, 1] * m[1, 2] - m[2, 0] * m[1, 1] * m[0, 2])
-        adj = np.array([[m[1, 1] * m[2, 2] - m[1, 2] * m[2, 1], m[0, 2] * m[2, 1] - m[0, 1] * m[2, 2],
-                         m[0, 1] * m[1, 2] - m[0, 2] * m[1, 1]],
-                        [m[1, 2] * m[2, 0] - m[1, 0] * m[2, 2], m[0, 0] * m[2, 2] - m[0, 2] * m[2, 0],
-                         m[0, 2] * m[1, 0] - m[0, 0] * m[1, 2]],
-                        [m[1, 0] * m[2, 1] - m[1, 1] * m[2, 0], m[0, 1] * m[2, 0] - m[0, 0] * m[2, 1],
-                         m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]]])
-        return adj * det
-    return np.linalg.inv(m)
-
-
 def _erosion_flag(pmap, which: str, level: int) -> bool:
     flag = pmap.get("ErodeMask", level=level, default=True, type=bool)
     if pmap.has(f"Erode{which}Mask"):
@@ -304,7 +272,405 @@ def _erosion_flag(pmap, which: str, level: int) -> bool:
     return flag
 
 
-def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None, *,
+@dataclass
+class BSplineGridPlan:
+    """Where a B-spline stage defines its grids (docs/design.md §E6.4).
+
+    Attributes:
+        geometry: the domain the grids cover: the full fixed image's geometry, or the one moved by the
+            initial transform (:func:`~elastix_bridge.engine.geometry.grid_domain_under_initial`).
+        final_spacing: ``(D,)`` final grid spacing, mm, ITK order.
+        schedule: ``(levels, D)`` factors of the final spacing per resolution level (``GridSpacingSchedule``).
+        order: spline order (``BSplineTransformSplineOrder``).
+    """
+
+    geometry: ImageGeometry
+    final_spacing: np.ndarray
+    schedule: np.ndarray
+    order: int
+
+
+@dataclass
+class StageSetup:
+    """What one stage reads, checks and loads once, before its first resolution level (docs/design.md §E2).
+
+    Made by :func:`setup_stage`. Images and masks are the full-resolution ones; every per-level list
+    has one entry per resolution level.
+
+    Attributes:
+        pmap: the stage's :class:`~elastix_bridge.parameters.ParameterMap`.
+        components: the component names, from :func:`check_components`.
+        levels: ``NumberOfResolutions``.
+        fixed_image, moving_image: the ``itk.Image`` inputs the pyramid levels are made from.
+        fixed, moving: the same as :class:`~elastix_bridge.engine.images.LevelImage` (float, ITK geometry).
+        fixed_mask, moving_mask: :class:`~elastix_bridge.engine.images.Mask` or None.
+        fixed_schedule, moving_schedule: :class:`~elastix_bridge.engine.pyramids.PyramidSchedule`
+            (per level shrink factors and smoothing sigmas, ITK order; docs/design.md §E3).
+        impact_levels: per level :class:`~elastix_bridge.impact_parameters.ImpactLevelConfig`; empty
+            without an Impact metric.
+        models, devices: per level ``(fixed models, moving models)`` and ``torch.device`` (Impact only).
+        plugin: the compiled plugin (B-spline kernels, feature models).
+        generator: elastix's Mersenne Twister seeded with ``RandomSeed`` (samplers, ASGD; §E14).
+        impact_generator: ``torch.Generator`` with the same seed (Impact's random choices).
+        optimizer: the registered ``Optimizer`` component.
+        how: ``HowToCombineTransforms``.
+        initial_transform, initial_transform_file: the earlier stages' transform and its file, or None.
+        transform: the stage transform (combined with the initial one) for linear and translation
+            transforms; None for a B-spline, whose transform is made per level from ``grid``.
+        parameters0: start parameters from automatic initialisation (Tensor[P]), or None.
+        scales: the optimizer's parameter scales (linear transforms), or None.
+        grid: :class:`BSplineGridPlan` for a B-spline transform, else None.
+    """
+
+    pmap: ParameterMap
+    components: dict
+    levels: int
+    fixed_image: object
+    moving_image: object
+    fixed: LevelImage
+    moving: LevelImage
+    fixed_mask: Optional[Mask]
+    moving_mask: Optional[Mask]
+    fixed_schedule: PyramidSchedule
+    moving_schedule: PyramidSchedule
+    impact_levels: list[ImpactLevelConfig]
+    models: list
+    devices: list
+    plugin: object
+    generator: ElastixRandom
+    impact_generator: object
+    optimizer: Component
+    how: str
+    initial_transform: Optional[Callable]
+    initial_transform_file: Optional[str]
+    transform: object
+    parameters0: object
+    scales: object
+    grid: Optional[BSplineGridPlan]
+
+    def transform_parameter_map(self, transform, parameters):
+        """The elastix TransformParameters map of ``transform`` at ``parameters`` (docs/design.md §E10)."""
+        from ..transform_io import transform_parameter_map
+
+        return transform_parameter_map(transform, parameters, self.fixed.geometry, registration_map=self.pmap,
+                                       initial_transform_file=self.initial_transform_file,
+                                       how_to_combine=self.how)
+
+
+def _validated_stage(fixed_image, moving_image, pmap):
+    """Check the map's components, the images' dimensions and every level's settings; no torch needed.
+
+    Returns:
+        ``(components, fixed, moving, levels, impact_levels)``: fixed and moving as ``LevelImage``.
+
+    Raises:
+        UnsupportedComponentError, ValueError, elastix_bridge.parameters.ParameterError,
+        elastix_bridge.impact_parameters.ImpactParameterError: naming the key or the image.
+    """
+    from ..impact_parameters import impact_levels
+    from .images import LevelImage
+
+    components = check_components(pmap)
+    fixed = LevelImage.from_itk(fixed_image)
+    moving = LevelImage.from_itk(moving_image)
+    dim = fixed.geometry.dimension
+    if moving.geometry.dimension != dim:
+        raise ValueError(f"the fixed image is {dim}D but the moving image is "
+                         f"{moving.geometry.dimension}D; elastix needs equal dimensions")
+    levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
+    if levels < 1:
+        raise ValueError("NumberOfResolutions must be at least 1")
+    check_stage_settings(pmap, components, levels, dim)
+    impact_index = components["Metric"].index("Impact") if "Impact" in components["Metric"] else None
+    configs = ([] if impact_index is None
+               else impact_levels(pmap.to_dict(), levels, dim, metric_index=impact_index))
+    return components, fixed, moving, levels, configs
+
+
+def _load_models(pmap, configs, dimension: int):
+    """Load and check every level's Impact feature models (docs/design.md §I3).
+
+    Returns:
+        ``(models, devices)``: per level ``([fixed models], [moving models])`` and its ``torch.device``.
+
+    Raises:
+        elastix_bridge.loader.ImpactUnavailableError, elastix_bridge.loader.ImpactModelError: a device or
+            a model that cannot be used, naming the ``Impact*ModelsPath<level>`` key.
+    """
+    from .. import loader
+    from ..impact_parameters import resolve_model_path
+    from .impact_metric import check_level_models
+
+    models, devices = [], []
+    for cfg in configs:
+        device = loader.resolve_device(cfg.gpu)
+        half = bool(cfg.mixed_precision and device.type == "cuda")
+        if cfg.mixed_precision and not half:
+            log.warning("ImpactUseMixedPrecision is ignored on the CPU: float16 is applied on CUDA devices only.")
+
+        def load(c, which):
+            key = (f"Impact{which}ModelsPath{cfg.level}" if pmap.has(f"Impact{which}ModelsPath{cfg.level}")
+                   else f"ImpactModelsPath{cfg.level}")
+            return loader.load_feature_model(str(resolve_model_path(c.path)), device, half=half, parameter=key)
+
+        models.append(([load(c, "Fixed") for c in cfg.fixed_models],
+                       [load(c, "Moving") for c in cfg.moving_models]))
+        devices.append(device)
+        check_level_models(cfg, models[-1], dimension, device)
+    return models, devices
+
+
+def _stage_transform(pmap, components, levels: int, fixed, moving, fixed_mask, moving_mask,
+                     initial_transform, how: str):
+    """The stage's transform before the first level (docs/design.md §E6, §E1.7).
+
+    Returns:
+        ``(transform, parameters0, scales, grid)``: for a B-spline ``(None, None, None,
+        BSplineGridPlan)``; for a translation, its transform and the optional
+        ``AutomaticTransformInitialization`` start (§E6.2); for a linear transform, its transform,
+        start parameters and scales (§E6.1–§E6.3). Transforms are combined with the initial one.
+    """
+    import torch
+
+    from .linear_transforms import make_linear_transform, translation_initialization
+
+    transform_component = component("Transform", components["Transform"])
+    kind = transform_component.trait("kind")
+    if kind == "bspline":
+        final_spacing, schedule = _grid_settings(pmap, fixed.geometry, levels)
+        geometry = fixed.geometry
+        if initial_transform is not None and how == "Compose":
+            geometry, final_spacing = grid_domain_under_initial(fixed.geometry, final_spacing, initial_transform)
+        order = pmap.get("BSplineTransformSplineOrder", default=3, type=int)
+        return None, None, None, BSplineGridPlan(geometry, final_spacing, schedule, order)
+    if kind == "translation":
+        transform = _combined(transform_component.factory(fixed.geometry.dimension), initial_transform, how)
+        parameters0 = None
+        if initial_transform is None and pmap.get("AutomaticTransformInitialization", default=False, type=bool):
+            # docs/design.md §E6.2: only when asked, and never on top of an initial transform
+            parameters0 = torch.from_numpy(translation_initialization(
+                pmap.get("AutomaticTransformInitializationMethod", default="GeometricalCenter"),
+                fixed.geometry, moving.geometry, fixed, moving, fixed_mask, moving_mask))
+        return transform, parameters0, None, None
+    transform, parameters0, scales = make_linear_transform(
+        components["Transform"], pmap, fixed.geometry, moving.geometry, fixed, moving,
+        fixed_mask, moving_mask, initial_transform=initial_transform, how_to_combine=how)
+    return _combined(transform, initial_transform, how), parameters0, scales, None
+
+
+@contextlib.contextmanager
+def setup_stage(fixed_image, moving_image, pmap: ParameterMap, fixed_mask=None, moving_mask=None, *,
+                initial_transform=None, initial_transform_file: Optional[str] = None) -> Iterator[StageSetup]:
+    """Validate the map, load torch, the plugin and the models, and read the schedules, once per stage.
+
+    A context manager: TorchScript's runtime optimisation is off from before the models load until the
+    block ends (docs/design.md §I3.6); the user's settings are restored afterwards. Everything that can
+    fail on the map, the images, torch, the plugin, a device or a model fails here, before any computation.
+
+    Args:
+        fixed_image, moving_image, pmap, fixed_mask, moving_mask, initial_transform, initial_transform_file:
+            as for :func:`run_stage`.
+
+    Yields:
+        :class:`StageSetup`.
+
+    Raises:
+        The validation and loading errors listed in :func:`run_stage`.
+    """
+    from .. import loader
+    from .images import Mask
+    from .random import ElastixRandom
+
+    components, fixed, moving, levels, configs = _validated_stage(fixed_image, moving_image, pmap)
+    torch = loader.require_torch()
+    plugin = loader.load_plugin()  # also holds the B-spline kernels every metric uses
+    with loader.jit_optimization_disabled():
+        models, devices = _load_models(pmap, configs, fixed.geometry.dimension)
+        seed = pmap.get("RandomSeed", default=121212, type=int)
+        # elastix's one Mersenne Twister per run (samplers, ASGD perturbations); Impact's own
+        # random choices (feature subsets, patch rotations) use a torch generator with the same seed.
+        generator = ElastixRandom(seed)
+        impact_generator = torch.Generator().manual_seed(seed)
+        fmask = Mask.from_itk(fixed_mask) if fixed_mask is not None else None
+        mmask = Mask.from_itk(moving_mask) if moving_mask is not None else None
+        fixed_schedule = _pyramid_schedule(pmap, "Fixed", components["FixedImagePyramid"], levels, fixed.geometry)
+        moving_schedule = _pyramid_schedule(pmap, "Moving", components["MovingImagePyramid"], levels,
+                                            moving.geometry)
+        how = pmap.get("HowToCombineTransforms", default="Compose")
+        transform, parameters0, scales, grid = _stage_transform(pmap, components, levels, fixed, moving, fmask,
+                                                                mmask, initial_transform, how)
+        yield StageSetup(pmap, components, levels, fixed_image, moving_image, fixed, moving, fmask, mmask,
+                         fixed_schedule, moving_schedule, configs, models, devices, plugin, generator,
+                         impact_generator, component("Optimizer", components["Optimizer"]), how,
+                         initial_transform, initial_transform_file, transform, parameters0, scales, grid)
+
+
+def _level_images(stage: StageSetup, level: int):
+    """The level's pyramid images and (eroded) masks (docs/design.md §E3, §E4).
+
+    Returns:
+        ``(fixed, moving, fixed_mask, moving_mask)``: ``LevelImage`` and ``Mask`` or None.
+    """
+    from .images import LevelImage
+    from .pyramids import pyramid_level
+
+    pmap, components = stage.pmap, stage.components
+    fixed = LevelImage.from_itk(pyramid_level(stage.fixed_image, components["FixedImagePyramid"],
+                                              stage.fixed_schedule, level))
+    moving = LevelImage.from_itk(pyramid_level(stage.moving_image, components["MovingImagePyramid"],
+                                               stage.moving_schedule, level))
+    fmask, mmask = stage.fixed_mask, stage.moving_mask
+    if fmask is not None and _erosion_flag(pmap, "Fixed", level):
+        fmask = fmask.eroded(stage.fixed_schedule.rescale[level] + 1)
+    if mmask is not None and _erosion_flag(pmap, "Moving", level):
+        mmask = mmask.eroded(2 * stage.moving_schedule.rescale[level] + 1)
+    return fixed, moving, fmask, mmask
+
+
+def _level_transform(stage: StageSetup, level: int, previous):
+    """The level's transform and its start parameters (float64 Tensor[P]; docs/design.md §E6.4).
+
+    A B-spline gets the level's grid and the previous level's parameters upsampled onto it; other
+    transforms keep the stage's transform and continue from the previous level's parameters.
+    ``previous`` is ``(transform, parameters)`` at the end of the previous level, or None.
+    """
+    import torch
+
+    from .transforms import grid_for_level
+
+    if stage.grid is not None:
+        g = stage.grid
+        transform = _combined(component("Transform", stage.components["Transform"]).factory(
+            grid_for_level(g.geometry, g.final_spacing, g.schedule[level], g.order), order=g.order,
+            name=stage.components["Transform"]), stage.initial_transform, stage.how)
+        parameters = (transform.parameters if previous is None
+                      else transform.upsample(previous[1], previous[0].grid, transform.grid))
+    else:
+        transform = stage.transform
+        parameters = (previous[1] if previous is not None
+                      else transform.parameters if stage.parameters0 is None else stage.parameters0)
+    return transform, parameters.to(torch.float64)
+
+
+def _level_metrics(stage: StageSetup, level: int, fixed, moving, fixed_mask, moving_mask, transform, parameters):
+    """The level's metrics, initialised at ``parameters`` (docs/design.md §E7, §I4)."""
+    from .classic_metrics import make_classic_metric
+    from .impact_metric import ImpactMetric
+
+    pmap = stage.pmap
+    order_moving = component("Interpolator", stage.components["Interpolator"]).factory(pmap, level)
+    metrics = []
+    for i, name in enumerate(stage.components["Metric"]):
+        ratio = (pmap.get("RequiredRatioOfValidSamples", level=level, default=0.25, type=float, prefix=f"Metric{i}")
+                 if pmap.get("CheckNumberOfSamples", level=level, default=True, type=bool, prefix=f"Metric{i}")
+                 else 0.0)
+        if component("Metric", name).trait("feature_models"):
+            metric = ImpactMetric(stage.impact_levels[level], fixed, moving, moving_mask, transform, stage.plugin,
+                                  stage.models[level], stage.devices[level], stage.impact_generator,
+                                  moving_interpolation_order=order_moving, required_ratio_of_valid_samples=ratio)
+        else:
+            metric = make_classic_metric(
+                name, fixed, moving, moving_mask, transform, moving_interpolation_order=order_moving,
+                required_ratio_of_valid_samples=ratio, parameter_map=pmap, level=level, prefix=f"Metric{i}",
+                fixed_mask=fixed_mask, fixed_interpolation_order=pmap.get(
+                    "FixedImageBSplineInterpolationOrder", level=level, default=1, type=int))
+        metric.initialize(parameters)
+        metrics.append(metric)
+    return metrics
+
+
+class LevelContext:
+    """Everything one resolution level optimises with, built in elastix's order (docs/design.md §E2).
+
+    Pyramid images and masks, the transform and its start parameters, the samplers, the metrics and
+    their weighted cost, ASGD's Jacobian terms (when it estimates its step size, §E9), the iteration
+    table and the optimizer, whose every iteration goes to the metrics, the table and ``on_iteration``.
+
+    Attributes:
+        level: the resolution level. fixed, moving: ``LevelImage``. fixed_mask, moving_mask: ``Mask`` or None.
+        transform: the level's transform; parameters: its start parameters (float64 Tensor[P]).
+        samplers: one per metric or one shared (:mod:`elastix_bridge.engine.samplers`).
+        settings: :class:`~elastix_bridge.engine.optimizers.ASGDSettings` of the level.
+        metrics, cost: the metrics and their :class:`_StageCost`. terms: Jacobian terms or None.
+        table: :class:`~elastix_bridge.iteration_info.IterationTable`. optimizer: the level's optimizer.
+    """
+
+    def __init__(self, stage: StageSetup, level: int, previous=None, *, output_directory: Optional[Path] = None,
+                 elastix_level: int = 0, on_iteration: Optional[Callable] = None) -> None:
+        """Build the level; ``previous`` is ``(transform, parameters)`` at the end of the previous level."""
+        from ..iteration_info import IterationTable
+        from .optimizers import ASGDSettings
+        from .samplers import GridSampler, make_sampler
+
+        pmap, components = stage.pmap, stage.components
+        self.stage, self.level, self.on_iteration = stage, level, on_iteration
+        self.fixed, self.moving, self.fixed_mask, self.moving_mask = _level_images(stage, level)
+        self.transform, self.parameters = _level_transform(stage, level, previous)
+        n_samples = pmap.get("NumberOfSpatialSamples", level=level, default=5000, type=UInt)
+        self.samplers = [make_sampler(name, self.fixed.geometry, self.fixed_mask, number_of_samples=n_samples,
+                                      generator=stage.generator, parameter_map=pmap, level=level)
+                         for name in components["ImageSampler"]]
+        self.settings = ASGDSettings.from_parameter_map(pmap, level, int(self.parameters.numel()),
+                                                        stage.fixed.geometry.spacing, stage.moving.geometry.spacing)
+        exact_sampler = GridSampler(self.fixed.geometry, self.fixed_mask,
+                                    number_of_samples=self.settings.number_of_samples_for_exact_gradient)
+        self.metrics = _level_metrics(stage, level, self.fixed, self.moving, self.fixed_mask, self.moving_mask,
+                                      self.transform, self.parameters)
+        self.cost = _StageCost(self.metrics, self.samplers, exact_sampler, *_metric_weights(pmap, components, level))
+        self.terms = self._jacobian_terms()
+        self.table = IterationTable(output_directory, elastix_level, level, pmap, components["Optimizer"],
+                                    len(self.metrics))
+        self.optimizer = stage.optimizer.factory(pmap, level, self.settings, stage.generator, self._after_iteration)
+
+    def _jacobian_terms(self):
+        """ASGD's Jacobian terms for its step-size estimation, or None when it does not estimate (§E9)."""
+        from .optimizers import jacobian_terms
+        from .samplers import GridSampler
+
+        if not (self.stage.optimizer.trait("automatic_parameter_estimation")
+                and self.settings.automatic_parameter_estimation):
+            return None
+        points = GridSampler(self.fixed.geometry, self.fixed_mask,
+                             number_of_samples=self.settings.number_of_jacobian_measurements).sample()
+        values, indices = self.transform.jacobian(points, self.parameters)
+        return jacobian_terms(values, indices, int(self.parameters.numel()), scales=self.stage.scales)
+
+    def _after_iteration(self, record, position) -> None:
+        for metric in self.metrics:
+            metric.after_iteration(position)
+        self.table.add(record, self.cost.parts)
+        if self.on_iteration is not None:
+            self.on_iteration(self.level, record)
+
+
+def optimize_level(context: LevelContext):
+    """Run the level's optimizer from its start parameters; the iteration table is closed after.
+
+    Returns:
+        The optimised parameters (float64 Tensor[P]); ``context.optimizer.history`` holds the
+        :class:`~elastix_bridge.engine.optimizers.IterationRecord` list.
+
+    Raises:
+        elastix_bridge.engine.errors.SamplingError: too few valid samples.
+    """
+    try:
+        parameters = context.optimizer.optimize(context.cost, context.parameters, context.terms,
+                                                scales=context.stage.scales)
+    finally:
+        context.table.close()
+    log.info("Stopping condition: %s.", context.optimizer.stop_condition)
+    return parameters
+
+
+def stage_output(stage: StageSetup, transform, parameters, history: list, seconds: float) -> StageResult:
+    """The stage's result: its TransformParameters map (docs/design.md §E10) and the final metric in the log."""
+    tp_map = stage.transform_parameter_map(transform, parameters)
+    if history and history[-1]:
+        log.info("Final metric value  = %f", history[-1][-1].metric)
+    return StageResult(tp_map, transform, parameters, history, seconds)
+
+
+def run_stage(fixed_image, moving_image, pmap: ParameterMap, fixed_mask=None, moving_mask=None, *,
               elastix_level: int = 0, output_directory: Optional[Path] = None,
               on_iteration: Optional[Callable] = None, initial_transform=None,
               initial_transform_file: Optional[str] = None, on_level: Optional[Callable] = None) -> StageResult:
@@ -332,188 +698,29 @@ def run_stage(fixed_image, moving_image, pmap, fixed_mask=None, moving_mask=None
         elastix_bridge.impact_parameters.ImpactParameterError: invalid map (before any computation).
         elastix_bridge.loader.ImpactUnavailableError, elastix_bridge.loader.ImpactModelError:
             torch, plugin, device or model problems (before any computation).
-        elastix_bridge.engine.optimizers.SamplingError: too few valid samples.
+        elastix_bridge.engine.errors.SamplingError: too few valid samples.
     """
     tic = time.perf_counter()
-    from .. import loader
-    from ..impact_parameters import impact_levels, resolve_model_path
-    from ..transform_io import transform_parameter_map, write_transform_parameter_file
-    from .images import LevelImage, Mask
-    from .classic_metrics import make_classic_metric
-    from .linear_transforms import make_linear_transform, translation_initialization
-    from .impact_metric import ImpactMetric, check_level_models
-    from .optimizers import ASGDSettings, jacobian_terms
-    from .pyramids import pyramid_level
-    from .random import ElastixRandom
-    from .samplers import GridSampler, make_sampler
-    from .transforms import grid_for_level
+    from ..transform_io import write_transform_parameter_file
 
-    components = check_components(pmap)
-    fixed_full = LevelImage.from_itk(fixed_image)
-    moving_full = LevelImage.from_itk(moving_image)
-    dim = fixed_full.geometry.dimension
-    if moving_full.geometry.dimension != dim:
-        raise ValueError(f"the fixed image is {dim}D but the moving image is "
-                         f"{moving_full.geometry.dimension}D; elastix needs equal dimensions")
-    levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
-    if levels < 1:
-        raise ValueError("NumberOfResolutions must be at least 1")
-    check_stage_settings(pmap, components, levels, dim)
-    impact_index = components["Metric"].index("Impact") if "Impact" in components["Metric"] else None
-    configs = ([] if impact_index is None
-               else impact_levels(pmap.to_dict(), levels, dim, metric_index=impact_index))
-
-    # Torch, plugin, devices and every model are checked before any computation.
-    torch = loader.require_torch()
-    plugin = loader.load_plugin()  # also holds the B-spline kernels every metric uses
-    # TorchScript's runtime optimisation is off from before the models load until the stage ends
-    # (docs/design.md §I3.6); the user's settings are restored afterwards.
-    with loader.jit_optimization_disabled():
-        models, devices = [], []
-        for cfg in configs:
-            device = loader.resolve_device(cfg.gpu)
-            half = bool(cfg.mixed_precision and device.type == "cuda")
-            if cfg.mixed_precision and not half:
-                log.warning("ImpactUseMixedPrecision is ignored on the CPU: float16 is applied on CUDA devices only.")
-
-            def load(c, which):
-                key = (f"Impact{which}ModelsPath{cfg.level}" if pmap.has(f"Impact{which}ModelsPath{cfg.level}")
-                       else f"ImpactModelsPath{cfg.level}")
-                return loader.load_feature_model(str(resolve_model_path(c.path)), device, half=half, parameter=key)
-
-            models.append(([load(c, "Fixed") for c in cfg.fixed_models],
-                           [load(c, "Moving") for c in cfg.moving_models]))
-            devices.append(device)
-            check_level_models(cfg, models[-1], dim, device)
-
-        seed = pmap.get("RandomSeed", default=121212, type=int)
-        # elastix's one Mersenne Twister per run (samplers, ASGD perturbations); Impact's own
-        # random choices (feature subsets, patch rotations) use a torch generator with the same seed.
-        generator = ElastixRandom(seed)
-        impact_generator = torch.Generator().manual_seed(seed)
-
-        fmask_full = Mask.from_itk(fixed_mask) if fixed_mask is not None else None
-        mmask_full = Mask.from_itk(moving_mask) if moving_mask is not None else None
-        fixed_schedule = _pyramid_schedule(pmap, "Fixed", components["FixedImagePyramid"], levels, fixed_full.geometry)
-        moving_schedule = _pyramid_schedule(pmap, "Moving", components["MovingImagePyramid"], levels,
-                                            moving_full.geometry)
-
-        transform_component = component("Transform", components["Transform"])
-        kind = transform_component.trait("kind")
-        bspline = kind == "bspline"
-        how = pmap.get("HowToCombineTransforms", default="Compose")
-        scales = parameters0 = None
-        if bspline:
-            grid_geometry = fixed_full.geometry
-            final_spacing, grid_schedule = _grid_settings(pmap, fixed_full.geometry, levels)
-            if initial_transform is not None and how == "Compose":
-                grid_geometry, final_spacing = _grid_domain_under_initial(fixed_full.geometry, final_spacing,
-                                                                          initial_transform)
-            order = pmap.get("BSplineTransformSplineOrder", default=3, type=int)
-        elif kind == "translation":
-            transform = _combined(transform_component.factory(dim), initial_transform, how)
-            if initial_transform is None and pmap.get("AutomaticTransformInitialization", default=False, type=bool):
-                # docs/design.md §E6.2: only when asked, and never on top of an initial transform
-                parameters0 = torch.from_numpy(translation_initialization(
-                    pmap.get("AutomaticTransformInitializationMethod", default="GeometricalCenter"),
-                    fixed_full.geometry, moving_full.geometry, fixed_full, moving_full, fmask_full, mmask_full))
-        else:
-            transform, parameters0, scales = make_linear_transform(
-                components["Transform"], pmap, fixed_full.geometry, moving_full.geometry, fixed_full, moving_full,
-                fmask_full, mmask_full, initial_transform=initial_transform, how_to_combine=how)
-            transform = _combined(transform, initial_transform, how)
-        parameters = None
-        previous = None
-        history = []
-        for level in range(levels):
+    with setup_stage(fixed_image, moving_image, pmap, fixed_mask, moving_mask, initial_transform=initial_transform,
+                     initial_transform_file=initial_transform_file) as stage:
+        history, previous = [], None
+        for level in range(stage.levels):
             log.info("Resolution: %d", level)
             if on_level is not None:
                 on_level(level)
-            fixed = LevelImage.from_itk(pyramid_level(fixed_image, components["FixedImagePyramid"],
-                                                      fixed_schedule, level))
-            moving = LevelImage.from_itk(pyramid_level(moving_image, components["MovingImagePyramid"],
-                                                       moving_schedule, level))
-            fmask, mmask = fmask_full, mmask_full
-            if fmask is not None and _erosion_flag(pmap, "Fixed", level):
-                fmask = fmask.eroded(fixed_schedule.rescale[level] + 1)
-            if mmask is not None and _erosion_flag(pmap, "Moving", level):
-                mmask = mmask.eroded(2 * moving_schedule.rescale[level] + 1)
-
-            if bspline:
-                transform = _combined(transform_component.factory(
-                    grid_for_level(grid_geometry, final_spacing, grid_schedule[level], order), order=order,
-                    name=components["Transform"]), initial_transform, how)
-                parameters = (transform.parameters if previous is None
-                              else transform.upsample(parameters, previous.grid, transform.grid))
-                previous = transform
-            elif parameters is None:
-                parameters = transform.parameters if parameters0 is None else parameters0
-            parameters = parameters.to(torch.float64)
-
-            n_samples = pmap.get("NumberOfSpatialSamples", level=level, default=5000, type=UInt)
-            samplers = [make_sampler(name, fixed.geometry, fmask, number_of_samples=n_samples,
-                                     generator=generator, parameter_map=pmap, level=level)
-                        for name in components["ImageSampler"]]
-            settings = ASGDSettings.from_parameter_map(pmap, level, int(parameters.numel()),
-                                                       fixed_full.geometry.spacing, moving_full.geometry.spacing)
-            exact_sampler = GridSampler(fixed.geometry, fmask,
-                                        number_of_samples=settings.number_of_samples_for_exact_gradient)
-            order_moving = component("Interpolator", components["Interpolator"]).factory(pmap, level)
-            metrics = []
-            for i, name in enumerate(components["Metric"]):
-                ratio = (pmap.get("RequiredRatioOfValidSamples", level=level, default=0.25, type=float,
-                                  prefix=f"Metric{i}")
-                         if pmap.get("CheckNumberOfSamples", level=level, default=True, type=bool, prefix=f"Metric{i}")
-                         else 0.0)
-                if component("Metric", name).trait("feature_models"):
-                    metric = ImpactMetric(configs[level], fixed, moving, mmask, transform, plugin, models[level],
-                                          devices[level], impact_generator, moving_interpolation_order=order_moving,
-                                          required_ratio_of_valid_samples=ratio)
-                else:
-                    metric = make_classic_metric(
-                        name, fixed, moving, mmask, transform, moving_interpolation_order=order_moving,
-                        required_ratio_of_valid_samples=ratio, parameter_map=pmap, level=level, prefix=f"Metric{i}",
-                        fixed_mask=fmask, fixed_interpolation_order=pmap.get(
-                            "FixedImageBSplineInterpolationOrder", level=level, default=1, type=int))
-                metric.initialize(parameters)
-                metrics.append(metric)
-            cost = _StageCost(metrics, samplers, exact_sampler, *_metric_weights(pmap, components, level))
-
-            terms = None
-            optimizer_component = component("Optimizer", components["Optimizer"])
-            if optimizer_component.trait("automatic_parameter_estimation") and settings.automatic_parameter_estimation:
-                jac_points = GridSampler(fixed.geometry, fmask,
-                                         number_of_samples=settings.number_of_jacobian_measurements).sample()
-                values, indices = transform.jacobian(jac_points, parameters)
-                terms = jacobian_terms(values, indices, int(parameters.numel()), scales=scales)
-
-            table = IterationTable(output_directory, elastix_level, level, pmap, components["Optimizer"],
-                                   len(metrics))
-
-            def after(record, position, _level=level, _metrics=metrics, _table=table, _cost=cost):
-                for m in _metrics:
-                    m.after_iteration(position)
-                _table.add(record, _cost.parts)
-                if on_iteration is not None:
-                    on_iteration(_level, record)
-
-            optimizer = optimizer_component.factory(pmap, level, settings, generator, after)
-            parameters = optimizer.optimize(cost, parameters, terms, scales=scales)
-            table.close()
-            log.info("Stopping condition: %s.", optimizer.stop_condition)
-            history.append(optimizer.history)
+            context = LevelContext(stage, level, previous, output_directory=output_directory,
+                                   elastix_level=elastix_level, on_iteration=on_iteration)
+            parameters = optimize_level(context)
+            history.append(context.optimizer.history)
+            previous = (context.transform, parameters)
             if output_directory is not None and pmap.get("WriteTransformParametersEachResolution",
                                                          default=False, type=bool):
                 write_transform_parameter_file(
-                    transform_parameter_map(transform, parameters, fixed_full.geometry, registration_map=pmap,
-                                            initial_transform_file=initial_transform_file, how_to_combine=how),
+                    stage.transform_parameter_map(context.transform, parameters),
                     Path(output_directory) / f"TransformParameters.{elastix_level}.R{level}.txt")
-
-        tp_map = transform_parameter_map(transform, parameters, fixed_full.geometry, registration_map=pmap,
-                                         initial_transform_file=initial_transform_file, how_to_combine=how)
-        if history and history[-1]:
-            log.info("Final metric value  = %f", history[-1][-1].metric)
-        return StageResult(tp_map, transform, parameters, history, time.perf_counter() - tic)
+        return stage_output(stage, context.transform, parameters, history, time.perf_counter() - tic)
 
 
 def check_stage_settings(pmap, components, levels: int, dimension: int) -> None:
@@ -536,66 +743,3 @@ def check_stage_settings(pmap, components, levels: int, dimension: int) -> None:
         read_settings(pmap, level, dimension)
     if component("Transform", components["Transform"]).trait("kind") == "bspline":
         _grid_settings(pmap, ImageGeometry((2,) * dimension, unit, 0 * unit, np.eye(dimension)), levels)
-
-
-class IterationTable:
-    """elastix's iteration table: log lines and ``IterationInfo.<e>.R<r>.txt`` (docs/design.md §E13).
-
-    Columns as elastix writes them: ASGD ``3a:Time 3b:StepSize``, the other gradient descents
-    ``3:StepSize``, QuasiNewtonLBFGS ``1a:SrchDirNr 1b:LineItNr … 7:LinSrchStopCondition``
-    (``elxQuasiNewtonLBFGS.hxx``); with several metrics, each metric's value, gradient norm and time
-    beside the totals.
-    """
-
-    def __init__(self, output_directory, elastix_level: int, level: int, pmap,
-                 optimizer: str = "AdaptiveStochasticGradientDescent", number_of_metrics: int = 1):
-        columns = component("Optimizer", optimizer).trait("iteration_columns", "gradient_descent")
-        self.asgd = columns == "asgd"
-        self.lbfgs = columns == "lbfgs"
-        self.multi = number_of_metrics > 1
-        n = range(number_of_metrics) if self.multi else range(0)
-        if self.lbfgs:
-            columns = (["1:ItNr", "1a:SrchDirNr", "1b:LineItNr", "2:Metric"] + [f"2:Metric{i}" for i in n]
-                       + ["3:StepLength"] + [f"4:||Gradient{i}||" for i in n]
-                       + ["4a:||Gradient||", "4b:||SearchDir||", "4c:DirGradient", "5:Phase", "6a:Wolfe1",
-                          "6b:Wolfe2", "7:LinSrchStopCondition"] + [f"Time{i}[ms]" for i in n] + ["Time[ms]"])
-        else:
-            columns = (["1:ItNr", "2:Metric"] + [f"2:Metric{i}" for i in n]
-                       + (["3a:Time", "3b:StepSize"] if self.asgd else ["3:StepSize"])
-                       + [f"4:||Gradient{i}||" for i in n] + ["4:||Gradient||"]
-                       + [f"Time{i}[ms]" for i in n] + ["Time[ms]"])
-        self.header = "\t".join(columns)
-        self.file = None
-        self._header_written = False  # elastix prints the header before the level's first row only
-        if output_directory is not None and pmap.get("WriteIterationInfo", default=True, type=bool):
-            self.file = open(Path(output_directory) / f"IterationInfo.{elastix_level}.R{level}.txt", "w")
-
-    def add(self, r, parts=()) -> None:
-        """One row from an iteration record and the cost's per-metric ``(value, ‖gradient‖, ms)``."""
-        parts = list(parts) if self.multi else []
-        if self.lbfgs:
-            cells = ([str(r.iteration), str(r.search_direction), str(r.line_iteration), f"{r.metric:.6f}"]
-                     + [f"{v:.6f}" for v, _, _ in parts] + [f"{r.step_size:.6f}"]
-                     + [f"{g:.6f}" for _, g, _ in parts]
-                     + [f"{r.gradient_norm:.6f}", f"{r.search_direction_norm:.6f}", f"{r.directional_derivative:.6f}",
-                        r.phase, "true" if r.wolfe1 else "false", "true" if r.wolfe2 else "false",
-                        r.line_search_stop] + [f"{ms:.1f}" for _, _, ms in parts] + [f"{r.time_ms:.1f}"])
-            self._write("\t".join(cells))
-            return
-        cells = [str(r.iteration), f"{r.metric:.6f}"] + [f"{v:.6f}" for v, _, _ in parts]
-        cells += [f"{r.time:.6f}", f"{r.step_size:.6f}"] if self.asgd else [f"{r.step_size:.6f}"]
-        cells += [f"{g:.6f}" for _, g, _ in parts] + [f"{r.gradient_norm:.6f}"]
-        cells += [f"{ms:.1f}" for _, _, ms in parts] + [f"{r.time_ms:.1f}"]
-        self._write("\t".join(cells))
-
-    def _write(self, row: str) -> None:
-        if not self._header_written:  # a level without iterations leaves an empty file, as elastix does
-            self._header_written = True
-            self._write(self.header)
-        log.debug(row)
-        if self.file is not None:
-            self.file.write(row + "\n")
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()

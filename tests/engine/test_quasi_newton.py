@@ -363,7 +363,7 @@ def test_settings_from_parameter_map():
 
 def test_iteration_table_columns(tmp_path):
     from elastix_bridge.engine.quasi_newton import LBFGSIterationRecord
-    from elastix_bridge.engine.registration import IterationTable
+    from elastix_bridge.iteration_info import IterationTable
 
     pmap = ParameterMap.from_dict({})
     table = IterationTable(tmp_path, 0, 0, pmap, "QuasiNewtonLBFGS")
