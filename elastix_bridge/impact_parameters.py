@@ -37,6 +37,10 @@ docs/design.md §I2.7, §I13):
   with space-separated values; old scalar names (``Mode``, ``GPU``, ...) are logged as ignored;
 * reserved model names (``mind-ssc-2d``/``mind-ssc-3d``) are checked against ``ImpactDimension``
   and a one-entry layers mask.
+
+Why this module is longer than ~600 lines: it is the one reader of the whole IMPACT parameter set
+(docs/design.md §I2), in upstream's validation order (§I2.7), with a message per malformed option;
+splitting it would split that order.
 """
 from __future__ import annotations
 

@@ -34,6 +34,10 @@ match (elastix commit, ITK build, LibTorch version/ABI/CUDA).
 
 Nothing here runs at import time, and importing this module imports neither torch nor itk.
 Linux only (ELF, glibc's loader).
+
+Why this module is longer than ~600 lines: one user action (preloading a native plugin) needs the ELF
+reader, the LibTorch and CUDA checks against the installed torch, the preload and the trial in a child
+process, each explaining its own failure; they are kept in the order they run.
 """
 from __future__ import annotations
 
