@@ -228,10 +228,10 @@ def _geometry(image):
 def _level_sizes(pmap, which: str, levels: int, geometry) -> list:
     """Pyramid image size per level (voxels, ITK order), as elastix's pyramid kinds produce them."""
     from .engine.pyramids import pyramid_base_kind
-    from .engine.registration import _pyramid_schedule
+    from .engine.registration import map_pyramid_schedule
 
     kind = pmap.get(f"{which}ImagePyramid", default=f"{which}SmoothingImagePyramid")
-    schedule = _pyramid_schedule(pmap, which, kind, levels, geometry)
+    schedule = map_pyramid_schedule(pmap, which, kind, levels, geometry)
     if pyramid_base_kind(kind) == "SmoothingImagePyramid":  # smooths, never down-samples
         return [tuple(geometry.size)] * levels
     size = np.asarray(geometry.size)

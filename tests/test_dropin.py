@@ -32,10 +32,13 @@ def pair():
 
 @pytest.fixture
 def dropin_installed():
-    """The drop-in as ``import elastix_bridge`` leaves it, restored after the test."""
+    """The drop-in as ``import elastix_bridge`` leaves it; afterwards, whatever state it was in before."""
+    from elastix_bridge import dropin
+
+    was_installed = dropin.installed()
     elastix_bridge.install_dropin()
     yield
-    elastix_bridge.install_dropin()
+    (elastix_bridge.install_dropin if was_installed else elastix_bridge.uninstall_dropin)()  # tests may switch it
 
 
 def test_functional_style_runs_impact_maps(plugin, pair, dropin_installed):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..parameters import UInt
-from .optimizers import IterationRecord, _scale_roots, _ScaledCost, evaluate_with_retries, register_optimizer
+from .optimizers import IterationRecord, ScaledCost, evaluate_with_retries, register_optimizer, scale_roots
 
 class _GradientDescent:
     """Shared state of the two optimizers: settings, the per-iteration callback, history, stop condition."""
@@ -70,9 +70,9 @@ class StandardGradientDescent(_GradientDescent):
             SamplingError: too few valid samples after the allowed sampling attempts.
         """
         s = self.s
-        root = _scale_roots(scales)
+        root = scale_roots(scales)
         y = x0.clone() if root is None else x0 * root
-        scaled = cost if root is None else _ScaledCost(cost, root)
+        scaled = cost if root is None else ScaledCost(cost, root)
         self.history = []
         for k in range(s.maximum_number_of_iterations):
             tic = time.perf_counter()

@@ -161,7 +161,7 @@ def jacobian_terms(values, indices, number_of_parameters: int, scales=None) -> J
 
     vals = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
     idx = np.asarray(indices.detach().cpu() if hasattr(indices, "detach") else indices, dtype=np.int64)
-    root = _scale_roots(scales)
+    root = scale_roots(scales)
     if root is not None:  # columns scaled by 1/√S (docs/design.md §E9.1)
         vals = vals / root.numpy()[idx][:, None, :]
     n, dim, nnz = vals.shape
@@ -203,7 +203,7 @@ def evaluate_with_retries(cost: CostFunction, x, attempts_allowed: int, exact: b
             cost.select_new_samples()
 
 
-def _scale_roots(scales):
+def scale_roots(scales):
     """``√S`` as a float64 tensor, or None when there are no scales or all are 1 (elastix ignores them)."""
     if scales is None:
         return None
@@ -213,7 +213,7 @@ def _scale_roots(scales):
     return None if bool((root == 1).all()) else root
 
 
-class _ScaledCost:
+class ScaledCost:
     """The cost seen in elastix's scaled space ``y = √S·x``: value at ``x = y/√S``, gradient ``g/√S``."""
 
     def __init__(self, cost, root):
@@ -364,9 +364,9 @@ class AdaptiveStochasticGradientDescent:
         Raises:
             SamplingError: too few valid samples after the allowed sampling attempts.
         """
-        root = _scale_roots(scales)
+        root = scale_roots(scales)
         if root is not None:
-            cost = _ScaledCost(cost, root)
+            cost = ScaledCost(cost, root)
             on_iteration = self.on_iteration
             if on_iteration is not None:
                 self.on_iteration = lambda record, y: on_iteration(record, y / root)

@@ -40,7 +40,8 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from .line_search import MoreThuenteLineSearch, LineSearchState
-from .optimizers import IterationRecord, SamplingError, _scale_roots, _ScaledCost, register_optimizer
+from .errors import SamplingError
+from .optimizers import IterationRecord, ScaledCost, register_optimizer, scale_roots
 
 log = logging.getLogger("elastix_bridge")
 
@@ -231,8 +232,8 @@ class QuasiNewtonLBFGS:
                 instead, at the line search's start ("Error in LineSearch"), as in elastix. Other
                 exceptions of the cost function propagate.
         """
-        root = _scale_roots(scales)
-        scaled = cost if root is None else _ScaledCost(cost, root)
+        root = scale_roots(scales)
+        scaled = cost if root is None else ScaledCost(cost, root)
         unscale = (lambda y: y) if root is None else (lambda y: y / root)
         y = x0.clone() if root is None else x0 * root
         y = self._optimize(scaled, y, unscale)

@@ -196,7 +196,15 @@ def _schedule(pmap, names, count, typ):
     return None
 
 
-def _pyramid_schedule(pmap, which: str, kind: str, levels: int, geometry):
+def map_pyramid_schedule(pmap, which: str, kind: str, levels: int, geometry):
+    """The ``which`` ("Fixed"/"Moving") image pyramid's schedule that a parameter map asks for.
+
+    Reads the rescale and smoothing schedules with elastix's fallbacks (``<which>ImagePyramid…`` before
+    ``ImagePyramid…``; docs/design.md §E3) and hands them to :func:`.pyramids.pyramid_schedule`.
+
+    Returns:
+        What :func:`.pyramids.pyramid_schedule` returns for ``kind`` over ``levels`` levels of ``geometry``.
+    """
     from .pyramids import pyramid_schedule
 
     d = geometry.dimension
@@ -493,8 +501,8 @@ def setup_stage(fixed_image, moving_image, pmap: ParameterMap, fixed_mask=None, 
         impact_generator = torch.Generator().manual_seed(seed)
         fmask = Mask.from_itk(fixed_mask) if fixed_mask is not None else None
         mmask = Mask.from_itk(moving_mask) if moving_mask is not None else None
-        fixed_schedule = _pyramid_schedule(pmap, "Fixed", components["FixedImagePyramid"], levels, fixed.geometry)
-        moving_schedule = _pyramid_schedule(pmap, "Moving", components["MovingImagePyramid"], levels,
+        fixed_schedule = map_pyramid_schedule(pmap, "Fixed", components["FixedImagePyramid"], levels, fixed.geometry)
+        moving_schedule = map_pyramid_schedule(pmap, "Moving", components["MovingImagePyramid"], levels,
                                             moving.geometry)
         how = pmap.get("HowToCombineTransforms", default="Compose")
         transform, parameters0, scales, grid = _stage_transform(pmap, components, levels, fixed, moving, fmask,
