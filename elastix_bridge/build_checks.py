@@ -192,7 +192,7 @@ def diagnose_build_log(log: str, torch_standard: Optional[str], torch_version: s
     first = _first_error(log)
     command = _failed_command(log)
     ran_with = cxx_standard_of(command)
-    compiler = compiler_command()[0] if compiler_command() else "c++"
+    compiler = (compiler_command() or ["c++"])[0]
     std_name = torch_standard or "the standard torch asks for"
     rejected = re.search(r"unrecognized command[- ]line option ['‘\"]?-std=|invalid value ['‘\"]?[cgnu]+\+\+\w+['’\"]? "
                          r"in ['‘\"]?-std=|-std=\S+ is not supported|standard ['‘\"]?\S+['’\"]? not supported", log)

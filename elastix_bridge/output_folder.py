@@ -42,7 +42,7 @@ _IMAGE_EXTENSIONS = r"(mha|mhd|raw|zraw|nii|nii\.gz|hdr|img|img\.gz|nrrd|nhdr|vt
 #: not one of them; ``{log}`` is the log's name. Regular expressions matched against whole names.
 OUTPUT_PATTERNS = (r"TransformParameters\.\d+(\.R\d+(\.It\d+)?)?\.txt", r"IterationInfo\.\d+\.R\d+\.txt",
                    rf"result\.\d+(\.R\d+(\.It\d+)?)?\.{_IMAGE_EXTENSIONS}", "{log}", r"qc\.png",
-                   r"\.stage\d+-.*",  # SCRATCH_PATTERN
+                   SCRATCH_PATTERN,
                    r"\.(TransformParameters|result)\.\d+.*\.tmp", r"\.qc\.png\..*\.tmp")  # write_atomically
 
 
