@@ -70,9 +70,9 @@ def main() -> None:
 
     import itk
 
-    from elastix_bridge import loader
+    from elastix_bridge.runtime import loader
     from elastix_bridge.demo_data import make_demo_pair
-    from elastix_bridge.image_io import read_mask
+    from elastix_bridge.core.image_io import read_mask
 
     loader.load_plugin()
     pairs = {}

@@ -52,7 +52,7 @@ def _pair(dimension, folder):
     import itk
 
     from elastix_bridge.demo_data import make_demo_pair
-    from elastix_bridge.engine.images import LevelImage
+    from elastix_bridge.engine.images.level_images import LevelImage
 
     paths = make_demo_pair(folder / f"pair{dimension}d", dimension=dimension, voxel_size=2.0 if dimension == 3 else 1.0)
     return (LevelImage.from_itk(itk.imread(str(paths["fixed"]), itk.F)),
@@ -60,7 +60,7 @@ def _pair(dimension, folder):
 
 
 def _config(mode, path, dim, image_dim, patch, voxel, channels):
-    from elastix_bridge.impact_parameters import ImpactLevelConfig, ModelConfig
+    from elastix_bridge.core.impact_parameters import ImpactLevelConfig, ModelConfig
 
     model = ModelConfig(str(path), dim, 1, tuple(patch), tuple(voxel), (True,))
     return ImpactLevelConfig(level=0, mode=mode, fixed_models=(model,), moving_models=(model,),
@@ -72,10 +72,10 @@ def _config(mode, path, dim, image_dim, patch, voxel, channels):
 def run_case(name, path, dim, fixed, moving, jac_patch, jac_voxel, static_voxel, samples, repeats, plugin):
     import torch
 
-    from elastix_bridge import loader
-    from elastix_bridge.engine.impact_metric import ImpactMetric
+    from elastix_bridge.runtime import loader
+    from elastix_bridge.engine.metrics.impact import ImpactMetric
     from elastix_bridge.engine.samplers import RandomCoordinateSampler
-    from elastix_bridge.engine.transforms import BSplineTransform, grid_for_level
+    from elastix_bridge.engine.transforms.bspline import BSplineTransform, grid_for_level
 
     device = torch.device("cpu")
     image_dim = fixed.geometry.dimension
@@ -148,7 +148,7 @@ def main() -> None:
 
     import torch
 
-    from elastix_bridge import loader
+    from elastix_bridge.runtime import loader
     from elastix_bridge.models.mind import mind_model_path
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

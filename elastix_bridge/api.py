@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from . import itk_elastix
-from .itk_elastix import as_float_image, given_keywords
-from .output_folder import is_held, owned_output_folder, prepare_output_folder
+from elastix_bridge.runtime import itk_elastix
+from elastix_bridge.runtime.itk_elastix import as_float_image, given_keywords
+from elastix_bridge.core.output_folder import is_held, owned_output_folder, prepare_output_folder
 
 log = logging.getLogger("elastix_bridge")
 
 
 def uses_impact(parameter_map) -> bool:
-    """Whether a :class:`~elastix_bridge.parameters.ParameterMap` asks for the Impact metric."""
+    """Whether a :class:`~elastix_bridge.core.parameters.ParameterMap` asks for the Impact metric."""
     return "Impact" in parameter_map.values("Metric")
 
 
@@ -92,7 +92,7 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
         log_to_console: print the registration log.
         output_directory: existing folder for ``TransformParameters.<i>.txt``, ``result.<i>.<fmt>``,
             ``IterationInfo.<i>.R<r>.txt`` and the log, numbered by stage as elastix numbers them.
-            The call owns it (:func:`elastix_bridge.output_folder.owned_output_folder`): a lock
+            The call owns it (:func:`elastix_bridge.core.output_folder.owned_output_folder`): a lock
             against a second run, the outputs of an earlier run removed first (other files are
             kept), and after a failure this call's outputs removed and the error appended to the log.
         log_to_file, log_file_name: write the log into ``output_directory``.
@@ -101,7 +101,7 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
             ``"bridge"`` (everything on the bridge engine, to compare it with elastix). When
             ``$ELASTIX_BRIDGE_NATIVE_PLUGIN`` names a native upstream plugin, it is preloaded before
             an Impact map goes to elastix, and ``auto`` sends Impact maps to elastix
-            (:mod:`elastix_bridge.native_plugins`).
+            (:mod:`elastix_bridge.runtime.native_plugins`).
         progress: show a progress bar per resolution level of each bridge stage (iteration, metric
             value, elapsed time) and the elapsed time of each elastix stage, on stderr.
         **kwargs: further itk-elastix keywords. With a bridge stage in the chain only
@@ -114,28 +114,28 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
         (if any) followed by one TransformParameters map per stage.
 
     Raises:
-        elastix_bridge.loader.ImpactUnavailableError: torch, plugin or device problems (including
-            elastix_bridge.native_plugins.NativePluginError for a native plugin that cannot load).
+        elastix_bridge.runtime.loader.ImpactUnavailableError: torch, plugin or device problems (including
+            elastix_bridge.runtime.native_plugins.NativePluginError for a native plugin that cannot load).
         ValueError (and subclasses): invalid parameter maps, models or images, naming the cause; every
             map of the chain and the images are checked before the first stage runs
             (:func:`elastix_bridge.validation.validate_request`, ``docs/bad_input.md``).
         TypeError: an image or mask that is not an ``itk.Image`` (a path, a numpy array), saying what
             to pass.
         FileNotFoundError: ``output_directory`` or an initial transform file does not exist.
-        elastix_bridge.output_folder.OutputFolderError: ``output_directory`` is a file.
-        elastix_bridge.output_folder.OutputFolderBusyError: another run holds ``output_directory``.
+        elastix_bridge.core.output_folder.OutputFolderError: ``output_directory`` is a file.
+        elastix_bridge.core.output_folder.OutputFolderBusyError: another run holds ``output_directory``.
         elastix_bridge.plan.InsufficientMemoryError: the estimate exceeds the available memory (before
             any work), or an allocation failed (naming the stage, level, estimate and keys).
     """
-    from .parameters import parameter_maps_from_object
-    from .validation import CHAIN_KEYWORDS, validate_request
+    from elastix_bridge.core.parameters import parameter_maps_from_object
+    from elastix_bridge.validation import CHAIN_KEYWORDS, validate_request
 
     maps = [] if parameter_object is None else parameter_maps_from_object(parameter_object)
     if engine == "bridge" and not maps:
         raise ValueError("engine='bridge' needs a parameter object: the bridge engine has no default maps")
     native = None
     if engine != "bridge" and any(uses_impact(m) for m in maps):
-        from .native_plugins import preload_native_plugin
+        from elastix_bridge.runtime.native_plugins import preload_native_plugin
 
         native = preload_native_plugin()  # None unless $ELASTIX_BRIDGE_NATIVE_PLUGIN is set
     engines = stage_engines(maps, engine, native_plugin=native is not None)
@@ -160,7 +160,7 @@ def elastix_registration_method(fixed_image, moving_image, parameter_object=None
 
 def _resource_plan(fixed_image, moving_image, maps, fixed_mask, moving_mask, engine, out):
     """The memory plan of the run, refusing one that cannot fit (unless the command, owning ``out``, checked)."""
-    from .plan import check_resources, plan_registration
+    from elastix_bridge.plan import check_resources, plan_registration
 
     if not maps or not all(hasattr(i, "GetLargestPossibleRegion") for i in (fixed_image, moving_image)):
         return None  # itk-elastix's defaults, or arguments the registration itself refuses
@@ -172,8 +172,8 @@ def _resource_plan(fixed_image, moving_image, maps, fixed_mask, moving_mask, eng
 def _one_itk_elastix_call(fixed_image, moving_image, parameter_object, maps, fixed_mask, moving_mask, log_to_console,
                           out, log_to_file, log_file_name, plan, kwargs):
     """Every map in one itk-elastix call (no bridge stage)."""
-    from .plan import is_memory_error, memory_error
-    from .transform_io import to_parameter_object
+    from elastix_bridge.plan import is_memory_error, memory_error
+    from elastix_bridge.core.transform_io import to_parameter_object
 
     call = dict(kwargs, log_to_console=log_to_console)
     if parameter_object is not None:
@@ -196,12 +196,12 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
     """Run the stages in order, each on its engine, each starting from the ones before it."""
     import itk
 
-    from .engine.initial_transforms import chain_from_file
-    from .image_io import write_image
-    from .parameters import parameter_maps_from_object
-    from .plan import is_memory_error, memory_error
-    from .progress import StageProgress, elastix_stage_bar
-    from .transform_io import to_parameter_object, write_transform_parameter_file
+    from elastix_bridge.engine.transforms.initial import chain_from_file
+    from elastix_bridge.core.image_io import write_image
+    from elastix_bridge.core.parameters import parameter_maps_from_object
+    from elastix_bridge.plan import is_memory_error, memory_error
+    from elastix_bridge.progress import StageProgress, elastix_stage_bar
+    from elastix_bridge.core.transform_io import to_parameter_object, write_transform_parameter_file
 
     t0 = initial_transform_parameter_file_name
     if t0 and initial_transform_parameter_object is not None:
@@ -263,8 +263,8 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
 def _bridge_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, moving_mask, out, previous_file,
                   on_iteration=None, on_level=None):
     """One stage on the bridge engine; returns its TransformParameters map."""
-    from .engine.initial_transforms import TransformChain
-    from .engine.registration import run_stage
+    from elastix_bridge.engine.transforms.initial import TransformChain
+    from elastix_bridge.engine.registration import run_stage
 
     chain = TransformChain(chain_maps) if chain_maps else None
     stage = run_stage(fixed_image, moving_image, pmap, fixed_mask, moving_mask, elastix_level=k,
@@ -290,8 +290,8 @@ def _elastix_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, m
     import shutil
     import tempfile
 
-    from .parameters import parameter_maps_from_object
-    from .transform_io import to_parameter_object
+    from elastix_bridge.core.parameters import parameter_maps_from_object
+    from elastix_bridge.core.transform_io import to_parameter_object
 
     call = dict(parameter_object=to_parameter_object([pmap]), log_to_console=log_to_console)
     if chain_maps:

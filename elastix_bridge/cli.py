@@ -55,16 +55,16 @@ def _registration_parser() -> argparse.ArgumentParser:
 
 
 def run_registration(argv) -> int:
-    from .api import elastix_registration_method
-    from .image_io import read_image, read_image_geometry, read_mask
-    from .output_folder import check_inputs_outside_outputs, owned_output_folder, prepare_output_folder
-    from .parameters import read_parameter_file
-    from .plan import check_resources
-    from .validation import check_threads, validate_images, validate_maps
+    from elastix_bridge.api import elastix_registration_method
+    from elastix_bridge.core.image_io import read_image, read_image_geometry, read_mask
+    from elastix_bridge.core.output_folder import check_inputs_outside_outputs, owned_output_folder, prepare_output_folder
+    from elastix_bridge.core.parameters import read_parameter_file
+    from elastix_bridge.plan import check_resources
+    from elastix_bridge.validation import check_threads, validate_images, validate_maps
 
     args = _registration_parser().parse_args(argv)
     if args.qc:  # before a long registration, not after it
-        from .qc import require_matplotlib
+        from elastix_bridge.qc import require_matplotlib
 
         require_matplotlib()
     out = prepare_output_folder(args.out, "-out", create=False)  # a file: a named error, before any reading
@@ -107,7 +107,7 @@ def run_registration(argv) -> int:
             progress=progress, **kwargs)
         cast_results_to_pixel_type(out, parameter_object)
         if args.qc:
-            from .qc import write_qc_figure
+            from elastix_bridge.qc import write_qc_figure
 
             write_qc_figure(fixed, moving, tp, out / "qc.png", output_directory=out)
         written = run.written()
@@ -124,7 +124,7 @@ def _initial_transform_files(t0) -> dict:
         FileNotFoundError: ``-t0`` or a file of its chain is missing.
         ValueError: a file of the chain is not a TransformParameters file (e.g. a parameter file).
     """
-    from .engine.initial_transforms import chain_from_file
+    from elastix_bridge.engine.transforms.initial import chain_from_file
 
     if not Path(t0).is_file():
         raise FileNotFoundError(f"initial transform (-t0) {t0} does not exist; check the path")
@@ -156,8 +156,8 @@ def cast_results_to_pixel_type(out: Path, maps) -> None:
     import itk
     import numpy as np
 
-    from .elastix_names import RESULT_PIXEL_TYPES
-    from .image_io import write_image
+    from elastix_bridge.core.elastix_names import RESULT_PIXEL_TYPES
+    from elastix_bridge.core.image_io import write_image
 
     for k, pmap in enumerate(maps):
         name = pmap.get("ResultImagePixelType", default="short")
@@ -184,7 +184,7 @@ def run_build_plugin(argv) -> int:
     p.add_argument("--output", help="folder for the plugin (default: the per-torch cache)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
-    from . import loader
+    from elastix_bridge.runtime import loader
 
     path = loader.build_plugin(Path(args.output) if args.output else None, verbose=args.verbose)
     print(f"built {path}")
@@ -192,7 +192,7 @@ def run_build_plugin(argv) -> int:
 
 
 def run_make_model(argv) -> int:
-    from .models.mind import RESERVED_MODELS, write_mind_ssc
+    from elastix_bridge.models.mind import RESERVED_MODELS, write_mind_ssc
 
     p = argparse.ArgumentParser(prog="elastix-bridge make-model",
                                 description="Write a built-in TorchScript feature model to a file.")
@@ -205,7 +205,7 @@ def run_make_model(argv) -> int:
 
 
 def run_demo(argv) -> int:
-    from .demo import run_demo as demo
+    from elastix_bridge.demo import run_demo as demo
 
     p = argparse.ArgumentParser(prog="elastix-bridge demo",
                                 description="Register the MNI152 template (shipped by nilearn) to a copy with a "
@@ -226,8 +226,8 @@ def run_demo(argv) -> int:
 
 
 def run_plan(argv) -> int:
-    from .parameters import read_parameter_file
-    from .plan import plan_registration
+    from elastix_bridge.core.parameters import read_parameter_file
+    from elastix_bridge.plan import plan_registration
 
     p = argparse.ArgumentParser(prog="elastix-bridge plan",
                                 description="Print, per stage and resolution level, the engine, image sizes, feature "
@@ -254,7 +254,7 @@ def run_plan(argv) -> int:
 
 
 def run_doctor(argv) -> int:
-    from .doctor import collect_report, print_report
+    from elastix_bridge.doctor import collect_report, print_report
 
     p = argparse.ArgumentParser(prog="elastix-bridge doctor",
                                 description="Check whether (Metric \"Impact\") can run here: itk-elastix and its lazy "

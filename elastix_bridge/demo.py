@@ -359,10 +359,10 @@ def run_brain_pair(shared: Path, out: Path, mode: str = "Static") -> dict:
     """
     import itk
 
-    from .api import elastix_registration_method
-    from .image_io import read_mask
-    from .demo_data import dice, nmi
-    from .parameters import read_parameter_file
+    from elastix_bridge.api import elastix_registration_method
+    from elastix_bridge.core.image_io import read_mask
+    from elastix_bridge.demo_data import dice, nmi
+    from elastix_bridge.core.parameters import read_parameter_file
 
     data = Path(shared) / "data" / "elastix-2d-brain"
     out = Path(out)
@@ -401,8 +401,8 @@ def run_demo(out: Path, dimension: int = 3, mode: str = "Static", shared: Path |
     import itk
     import numpy as np
 
-    from .api import elastix_registration_method
-    from .demo_data import displacement_error, make_demo_pair, nmi
+    from elastix_bridge.api import elastix_registration_method
+    from elastix_bridge.demo_data import displacement_error, make_demo_pair, nmi
 
     start = time.perf_counter()
     out = Path(out)

@@ -11,12 +11,12 @@ renders it as plain text. Nothing is built, installed or changed unless ``build=
   in; the file is scanned through ``mmap`` (a fraction of a second).
 * **torch**: version, C++ ABI, where its LibTorch lives (``torch/lib``), CUDA build
   (``torch.version.cuda``), visible GPUs (``torch.cuda``) and the NVIDIA driver (``nvidia-smi``).
-* **the bridge's plugin**: the file :func:`elastix_bridge.loader.load_plugin` would use, its JSON
+* **the bridge's plugin**: the file :func:`elastix_bridge.runtime.loader.load_plugin` would use, its JSON
   build record against the installed torch, and whether it imports; if it is not built, whether it
   can be (C++ compiler, ninja), since ``load_plugin`` builds it on first use.
 * **TorchScript JIT switches** (docs/design.md §I3.6).
 * **a native upstream plugin** named by ``$ELASTIX_BRIDGE_NATIVE_PLUGIN``: the static checks of
-  :func:`elastix_bridge.native_plugins.inspect_native_plugin`, then a trial preload in a child
+  :func:`elastix_bridge.runtime.native_plugins.inspect_native_plugin`, then a trial preload in a child
   process (so nothing is loaded into this one); also plugin files that elastix would find on its own
   search path.
 
@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from . import build_checks, loader, native_plugins
+from elastix_bridge.runtime import build_checks, loader, native_plugins
 
 __all__ = ["collect_report", "format_report", "print_report"]
 
@@ -282,7 +282,7 @@ def collect_report(build: bool = False, trial_preload: bool = True) -> dict:
         ``jit``, ``native_plugin``, plus ``ok`` (Impact can run), ``problems`` (each
         ``{"what", "why", "fix"}``) and ``notes``. Never raises for a problem it finds.
     """
-    from . import __version__
+    from elastix_bridge import __version__
 
     report: dict = {"problems": [], "notes": []}
     report["bridge"] = {"version": __version__, "location": str(Path(__file__).resolve().parent),

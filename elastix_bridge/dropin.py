@@ -24,7 +24,7 @@ import importlib.util
 import logging
 import sys
 
-from .itk_elastix import as_parameter_object, itk_attribute
+from elastix_bridge.runtime.itk_elastix import as_parameter_object, itk_attribute
 
 log = logging.getLogger("elastix_bridge")
 
@@ -122,7 +122,7 @@ def bridged_elastix_registration_method(*args, **kwargs):
         elastix_bridge.validation.InputImageError: a mask of another dimension than the images.
         ValueError: ``number_of_threads`` below 1.
     """
-    from .validation import check_image_argument, check_mask_dimension, check_threads
+    from elastix_bridge.validation import check_image_argument, check_mask_dimension, check_threads
 
     images = dict(zip(("fixed_image", "moving_image"), args[:2]))
     images.update({k: kwargs[k] for k in ("fixed_image", "moving_image", "fixed_mask", "moving_mask") if k in kwargs})
@@ -187,14 +187,14 @@ class BridgedRegistrationMethod:
         self._method.SetInitialTransformParameterObject(self._initial_object)
 
     def _maps(self) -> list:
-        from .parameters import parameter_maps_from_object
+        from elastix_bridge.core.parameters import parameter_maps_from_object
 
         po = self._method.GetParameterObject()
         return [] if po is None else parameter_maps_from_object(po)
 
     def Update(self):
-        from .api import elastix_registration_method, uses_impact
-        from .validation import check_component_names
+        from elastix_bridge.api import elastix_registration_method, uses_impact
+        from elastix_bridge.validation import check_component_names
 
         maps = self._maps()
         if not any(uses_impact(pmap) for pmap in maps):

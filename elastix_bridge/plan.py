@@ -2,7 +2,7 @@
 
 :func:`plan_registration` turns the parameter maps and the images' headers into a
 :class:`RegistrationPlan` (the ``elastix-bridge plan`` command prints it); :func:`check_resources`
-compares its peak with :func:`elastix_bridge.memory.available_memory` and refuses a run that cannot
+compares its peak with :func:`elastix_bridge.runtime.memory.available_memory` and refuses a run that cannot
 fit, naming the keys that make it smaller; :func:`memory_error` names the stage, level, estimate
 and keys when a real allocation still fails.
 
@@ -44,7 +44,7 @@ from typing import Optional
 
 import numpy as np
 
-from .memory import MemoryBudget, available_memory, format_bytes
+from elastix_bridge.runtime.memory import MemoryBudget, available_memory, format_bytes
 
 log = logging.getLogger("elastix_bridge")
 
@@ -211,7 +211,7 @@ class RegistrationPlan:
 
 def _geometry(image):
     """ImageGeometry of an ``itk.Image``, an ImageGeometry, or an image file (header only)."""
-    from .engine.geometry import ImageGeometry
+    from elastix_bridge.core.geometry import ImageGeometry
 
     if image is None or isinstance(image, ImageGeometry):
         return image
@@ -220,15 +220,15 @@ def _geometry(image):
     if hasattr(image, "GetLargestPossibleRegion"):  # sizes only: elastix accepts any start index
         return ImageGeometry(tuple(image.GetLargestPossibleRegion().GetSize()), tuple(image.GetSpacing()),
                              tuple(image.GetOrigin()), itk.array_from_matrix(image.GetDirection()))
-    from .image_io import read_image_geometry
+    from elastix_bridge.core.image_io import read_image_geometry
 
     return read_image_geometry(image)
 
 
 def _level_sizes(pmap, which: str, levels: int, geometry) -> list:
     """Pyramid image size per level (voxels, ITK order), as elastix's pyramid kinds produce them."""
-    from .engine.pyramids import pyramid_base_kind
-    from .engine.registration import map_pyramid_schedule
+    from elastix_bridge.engine.images.pyramids import pyramid_base_kind
+    from elastix_bridge.engine.registration import map_pyramid_schedule
 
     kind = pmap.get(f"{which}ImagePyramid", default=f"{which}SmoothingImagePyramid")
     schedule = map_pyramid_schedule(pmap, which, kind, levels, geometry)
@@ -277,7 +277,7 @@ class ModelProbe:
 
 def known_model(cfg, mode: str = "Static") -> Optional[ModelProbe]:
     """The built-in MIND-SSC models: one layer, channels = neighbour pairs, same spatial size."""
-    from .models.mind import RESERVED_MODELS, mind_pairs
+    from elastix_bridge.models.mind import RESERVED_MODELS, mind_pairs
 
     if cfg.path not in RESERVED_MODELS:
         return None
@@ -294,13 +294,13 @@ def probe_model(cfg, mode: str, image_dimension: int) -> ModelProbe:
     give the activations per patch.
 
     Raises:
-        elastix_bridge.loader.ImpactUnavailableError, elastix_bridge.loader.ImpactModelError:
+        elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError:
             torch or the plugin cannot load, the model cannot be loaded or fails.
     """
     import torch
 
-    from . import loader
-    from .impact_parameters import resolve_model_path
+    from elastix_bridge.runtime import loader
+    from elastix_bridge.core.impact_parameters import resolve_model_path
 
     model = loader.load_feature_model(str(resolve_model_path(cfg.path)), torch.device("cpu"))
     patch = tuple(p if p else 16 for p in reversed(cfg.patch_size))  # (z, y, x)
@@ -381,7 +381,7 @@ def _impact_parts(cfg, dim: int, level_size, level_spacing, samples: int, probes
 def plan_stage(k: int, pmap, engine: str, fixed, moving, fixed_mask=None, moving_mask=None,
                probes=None) -> StagePlan:
     """The plan of one parameter map (see :func:`plan_registration`; images as ImageGeometry)."""
-    from .impact_parameters import impact_levels
+    from elastix_bridge.core.impact_parameters import impact_levels
 
     dim = fixed.dimension
     levels = pmap.get("NumberOfResolutions", default=3, type=int)
@@ -446,26 +446,26 @@ def plan_registration(fixed_image, moving_image, parameter_object, fixed_mask=No
 
     Args:
         fixed_image, moving_image, fixed_mask, moving_mask: ``itk.Image``, an image file (only its
-            header is read) or :class:`~elastix_bridge.engine.geometry.ImageGeometry`; masks may be None.
+            header is read) or :class:`~elastix_bridge.core.geometry.ImageGeometry`; masks may be None.
         parameter_object: what :func:`elastix_bridge.api.elastix_registration_method` accepts
             (ParameterMap, dict, ``itk.ParameterObject`` or a list).
         engine: ``"auto"``, ``"elastix"`` or ``"bridge"`` (:func:`elastix_bridge.api.stage_engines`).
         probe_models: run each Impact model once on zero patches (needs torch and the plugin) for
             exact channels, output sizes and Jacobian-mode activations; otherwise only the
             built-in MIND-SSC models are known and the estimate is a lower bound.
-        available: the memory to compare with; default :func:`elastix_bridge.memory.available_memory`.
+        available: the memory to compare with; default :func:`elastix_bridge.runtime.memory.available_memory`.
 
     Returns:
         :class:`RegistrationPlan`.
 
     Raises:
-        ValueError: invalid schedules or Impact keys (elastix_bridge.impact_parameters.ImpactParameterError),
+        ValueError: invalid schedules or Impact keys (elastix_bridge.core.impact_parameters.ImpactParameterError),
             an unknown engine, images of different dimensions.
-        elastix_bridge.loader.ImpactUnavailableError, elastix_bridge.loader.ImpactModelError: with
+        elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError: with
             ``probe_models``, a model that cannot be loaded or run.
     """
-    from .api import stage_engines
-    from .parameters import parameter_maps_from_object
+    from elastix_bridge.api import stage_engines
+    from elastix_bridge.core.parameters import parameter_maps_from_object
 
     maps = parameter_maps_from_object(parameter_object)
     fixed, moving = _geometry(fixed_image), _geometry(moving_image)
@@ -503,7 +503,7 @@ def check_resources(fixed_image, moving_image, parameter_object, fixed_mask=None
 
     Compares :attr:`RegistrationPlan.peak_bytes` of :func:`plan_registration` (without probing
     models: a lower bound for models other than MIND-SSC) with the available memory
-    (:func:`elastix_bridge.memory.available_memory`, or ``$ELASTIX_BRIDGE_MEMORY_LIMIT``).
+    (:func:`elastix_bridge.runtime.memory.available_memory`, or ``$ELASTIX_BRIDGE_MEMORY_LIMIT``).
     Arguments as :func:`plan_registration`.
 
     Returns:

@@ -15,7 +15,7 @@ class StageProgress:
 
     Args:
         stage: index of the parameter map (shown as ``stage k``).
-        parameter_map: the stage's :class:`~elastix_bridge.parameters.ParameterMap`, for the
+        parameter_map: the stage's :class:`~elastix_bridge.core.parameters.ParameterMap`, for the
             per-level ``MaximumNumberOfIterations`` (the bar's total; open-ended when absent).
         file: where the bars go (default ``sys.stderr``).
     """

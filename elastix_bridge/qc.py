@@ -190,8 +190,8 @@ def require_matplotlib() -> None:
 
 def _load_image(image, what: str):
     """An ``itk.Image`` with float pixels from an image or a file name."""
-    from .itk_elastix import as_float_image
-    from .image_io import read_image
+    from elastix_bridge.runtime.itk_elastix import as_float_image
+    from elastix_bridge.core.image_io import read_image
 
     if isinstance(image, (str, os.PathLike)):
         return read_image(image, what)
@@ -227,7 +227,7 @@ def _transform_object(tp, output_directory):
         if tp.GetNumberOfParameterMaps() == 0:
             raise ValueError("the transform parameter object holds no maps; pass the registration's result")
         return tp
-    from .transform_io import to_parameter_object
+    from elastix_bridge.core.transform_io import to_parameter_object
 
     return to_parameter_object(tp)
 
@@ -560,7 +560,7 @@ def _draw_histories(fig, cell, histories, maps) -> None:
 
 def _save_atomically(fig, path: Path, dpi: int, stats: dict) -> None:
     """Save as PNG under a temporary name beside ``path``, then rename it into place."""
-    from .files import write_atomically
+    from elastix_bridge.core.files import write_atomically
 
     write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata={
         "Software": "elastix-bridge", "elastix-bridge-qc": json.dumps(stats)}), binary=True)

@@ -8,20 +8,20 @@ of the chain:
 * component names against elastix's (``(Metric "Impakt")`` → "did you mean 'Impact'?"), and, for
   maps that run on the bridge engine, against the components the bridge runs;
 * the type and range of every value the bridge engine reads, with elastix's conversion rules
-  (:meth:`elastix_bridge.parameters.ParameterMap.get_entry`): ``(MaximumNumberOfIterations -3)`` is an
+  (:meth:`elastix_bridge.core.parameters.ParameterMap.get_entry`): ``(MaximumNumberOfIterations -3)`` is an
   error, as in elastix;
 * pyramid and grid schedules of the right length (elastix warns and silently uses its default
   schedule; here that is an error, since the schedule the user wrote is then not the one used);
 * the result-writing keys (``ResultImagePixelType``, ``WriteResultImage``, ``ResultImageFormat``);
 * IMPACT keys against the known set (an unknown ``Impact…`` key is an error with suggestions; an
   unknown non-IMPACT key is a warning, elastix ignores it) and every level's IMPACT options
-  (:func:`elastix_bridge.impact_parameters.impact_levels`);
+  (:func:`elastix_bridge.core.impact_parameters.impact_levels`);
 
 and for the call: the images and masks (itk images, equal dimensions, non-empty masks, finite
 pixels), ``number_of_threads``, and keywords a chain with bridge stages does not support.
 
-Errors are :class:`~elastix_bridge.parameters.ParameterError`,
-:class:`~elastix_bridge.impact_parameters.ImpactParameterError`,
+Errors are :class:`~elastix_bridge.core.parameters.ParameterError`,
+:class:`~elastix_bridge.core.impact_parameters.ImpactParameterError`,
 :class:`~elastix_bridge.engine.registration.UnsupportedComponentError` (all ``ValueError``),
 :class:`InputImageError` (``ValueError``) and ``TypeError`` for arguments of the wrong kind.
 Nothing here imports torch; itk is imported only to check ``ResultImageFormat``.
@@ -37,7 +37,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .parameters import ParameterError, UInt
+from elastix_bridge.core.parameters import ParameterError, UInt
 
 log = logging.getLogger("elastix_bridge")
 
@@ -183,8 +183,8 @@ def check_component_names(maps, names: Optional[Sequence[str]] = None) -> None:
 
 
 def _check_component_names(pmap) -> None:
-    from .elastix_names import COMPONENTS
-    from .engine.components import UnsupportedComponentError
+    from elastix_bridge.core.elastix_names import COMPONENTS
+    from elastix_bridge.engine.components import UnsupportedComponentError
 
     for key, known in COMPONENTS.items():
         for value in pmap.values(key):
@@ -215,7 +215,7 @@ def _check_values(pmap) -> None:
 
 def _check_result_keys(pmap) -> None:
     """``ResultImagePixelType``, ``WriteResultImage`` and ``ResultImageFormat`` before any result is written."""
-    from .elastix_names import RESULT_PIXEL_TYPES
+    from elastix_bridge.core.elastix_names import RESULT_PIXEL_TYPES
 
     pixel = pmap.get("ResultImagePixelType", default="short")
     if pixel not in RESULT_PIXEL_TYPES:
@@ -243,11 +243,11 @@ def _check_impact_keys(pmap, where: str, levels: int, uses_impact: bool, full: b
     """IMPACT keys against the known set (error, with suggestions); other unknown keys are logged as warnings.
 
     ``full`` (the check with images): also refuse unnumbered list options (``ImpactPatchSize``; before,
-    they are left to :func:`~elastix_bridge.impact_parameters.impact_levels`, which explains the rewrite
+    they are left to :func:`~elastix_bridge.core.impact_parameters.impact_levels`, which explains the rewrite
     they need) and log the warnings (once per request, although the command checks its maps twice).
     """
-    from .elastix_names import COMPONENTS, PARAMETERS
-    from .impact_parameters import IMPACT_LIST_OPTIONS, IMPACT_SCALAR_OPTIONS
+    from elastix_bridge.core.elastix_names import COMPONENTS, PARAMETERS
+    from elastix_bridge.core.impact_parameters import IMPACT_LIST_OPTIONS, IMPACT_SCALAR_OPTIONS
 
     for key in pmap.keys():
         plain = _unlabelled(key)
@@ -314,9 +314,9 @@ def _check_against_dimension(pmap, where: str, levels: int, dimension: int, warn
 
 def _check_model_files(pmap, configs) -> None:
     """Every model file of every level exists (built-in model names are written on first use)."""
-    from .impact_parameters import resolve_model_path
-    from .loader import ImpactModelError
-    from .models.mind import RESERVED_MODELS
+    from elastix_bridge.core.impact_parameters import resolve_model_path
+    from elastix_bridge.runtime.loader import ImpactModelError
+    from elastix_bridge.models.mind import RESERVED_MODELS
 
     for cfg in configs:
         for side, models in (("Fixed", cfg.fixed_models), ("Moving", cfg.moving_models)):
@@ -343,9 +343,9 @@ def _check_devices(configs) -> None:
     on the bridge engine, which need it anyway).
 
     Raises:
-        elastix_bridge.loader.ImpactUnavailableError: naming the level, the device and the fix.
+        elastix_bridge.runtime.loader.ImpactUnavailableError: naming the level, the device and the fix.
     """
-    from .loader import ImpactUnavailableError, resolve_device
+    from elastix_bridge.runtime.loader import ImpactUnavailableError, resolve_device
 
     for cfg in configs:
         if cfg.gpu >= 0:
@@ -365,7 +365,7 @@ def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Opti
     """Check every parameter map of a chain before any stage runs.
 
     Args:
-        maps: :class:`~elastix_bridge.parameters.ParameterMap` per stage.
+        maps: :class:`~elastix_bridge.core.parameters.ParameterMap` per stage.
         engines: ``"bridge"`` / ``"elastix"`` per map (:func:`elastix_bridge.api.stage_engines`), or None
             when not known yet (then the bridge's own component list is not checked).
         dimension: image dimension D (2 or 3), or None before the images are read (then what depends on D
@@ -382,9 +382,9 @@ def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Opti
             that cannot be written, an unknown ``Impact…`` key in an Impact map.
         ImpactParameterError: a missing or malformed IMPACT option at some level.
     """
-    from .api import uses_impact
-    from .engine.registration import check_components, check_stage_settings
-    from .impact_parameters import impact_levels
+    from elastix_bridge.api import uses_impact
+    from elastix_bridge.engine.registration import check_components, check_stage_settings
+    from elastix_bridge.core.impact_parameters import impact_levels
 
     for k, pmap in enumerate(maps):
         where = _where(k, names)
@@ -557,7 +557,7 @@ def validate_request(maps, engines, fixed_image, moving_image, fixed_mask=None, 
     The command also calls :func:`validate_maps` on its maps alone, before it reads the images.
 
     Args:
-        maps: the chain's :class:`~elastix_bridge.parameters.ParameterMap` list.
+        maps: the chain's :class:`~elastix_bridge.core.parameters.ParameterMap` list.
         engines: engine per map (``"bridge"`` / ``"elastix"``, :func:`elastix_bridge.api.stage_engines`).
         fixed_image, moving_image, fixed_mask, moving_mask: ``itk.Image`` (masks may be None).
         keywords: further keyword arguments of the call (itk-elastix's).

@@ -1,6 +1,6 @@
 // elastix-bridge IMPACT plugin: TorchScript feature models and layer distances.
 //
-// Built at run time by elastix_bridge.loader with torch.utils.cpp_extension.load against the
+// Built at run time by elastix_bridge.runtime.loader with torch.utils.cpp_extension.load against the
 // *installed* torch (extension name `elastix_bridge_impact`), so it always matches that torch's
 // ABI. Everything lives in anonymous namespaces (the B-spline kernels in bspline_kernels.cpp):
 // no torch type leaks into a header, and two copies of the library loaded in one process do not clash in

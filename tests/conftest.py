@@ -46,6 +46,6 @@ def shared_path(*parts) -> Path:
 def plugin():
     """The compiled plugin module, built at most once per session."""
     pytest.importorskip("torch")
-    from elastix_bridge import loader
+    from elastix_bridge.runtime import loader
 
     return loader.load_plugin()

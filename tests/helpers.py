@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from elastix_bridge.engine.geometry import ImageGeometry
+from elastix_bridge.core.geometry import ImageGeometry
 
 
 def rotation_2d(a: float) -> np.ndarray:

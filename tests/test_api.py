@@ -209,10 +209,10 @@ def test_impact_returns_parameter_object_that_transformix_applies(impact_run, pa
 def test_transformix_field_matches_engine_transform(plugin, pair, transform, tmp_path):
     """transformix's deformation field equals the engine's own T(x) - x to 1e-3 mm everywhere."""
     torch = pytest.importorskip("torch")
-    from elastix_bridge.engine.geometry import ImageGeometry
+    from elastix_bridge.core.geometry import ImageGeometry
     from elastix_bridge.engine.registration import run_stage
-    from elastix_bridge.parameters import ParameterMap
-    from elastix_bridge.transform_io import to_parameter_object
+    from elastix_bridge.core.parameters import ParameterMap
+    from elastix_bridge.core.transform_io import to_parameter_object
 
     fixed, moving = pair
     pmap = impact_map(transform)

@@ -19,7 +19,9 @@ from conftest import MIND_SSC_2D_STATIC
 
 itk = pytest.importorskip("itk")
 
-from elastix_bridge import cli, loader  # noqa: E402
+from elastix_bridge import cli  # noqa: E402
+
+from elastix_bridge.runtime import loader  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -278,7 +280,7 @@ def test_engine_bridge_runs_a_classic_map_then_t0_chains_on_it(inputs, tmp_path,
     t0 = tmp_path / "rigid" / "TransformParameters.0.txt"
     code, out, err = run(capsys, *registration_args(inputs, tmp_path / "next"), "-t0", t0)
     assert code == 0, err
-    from elastix_bridge.transform_io import read_transform_parameter_file
+    from elastix_bridge.core.transform_io import read_transform_parameter_file
 
     written = read_transform_parameter_file(tmp_path / "next" / "TransformParameters.0.txt")
     assert written.get("InitialTransformParameterFileName") == str(t0.resolve())
@@ -321,7 +323,7 @@ def test_progress_bars_per_level_on_request_and_quiet_by_default(plugin, inputs,
     from elastix_bridge.api import elastix_registration_method
 
     fixed, moving = itk.imread(str(inputs["fixed"]), itk.F), itk.imread(str(inputs["moving"]), itk.F)
-    from elastix_bridge.parameters import read_parameter_file
+    from elastix_bridge.core.parameters import read_parameter_file
 
     elastix_registration_method(fixed, moving, parameter_object=read_parameter_file(inputs["params"]))
     assert "stage 0 level" not in capsys.readouterr().err  # library calls are quiet unless asked

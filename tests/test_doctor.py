@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from test_native_plugins import cc, compile_library  # noqa: F401  (cc is a fixture)
 
-from elastix_bridge import cli, doctor, loader, native_plugins
+from elastix_bridge import cli, doctor
+
+from elastix_bridge.runtime import loader, native_plugins
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ itk = pytest.importorskip("itk")
 
 import elastix_bridge  # noqa: E402
 from elastix_bridge.api import elastix_registration_method  # noqa: E402
-from elastix_bridge.parameters import read_parameter_file  # noqa: E402
+from elastix_bridge.core.parameters import read_parameter_file  # noqa: E402
 
 
 def parameter_object(*maps):
@@ -94,7 +94,7 @@ def test_uninstall_restores_plain_itk_elastix(pair, dropin_installed):
 def test_itk_attribute_reaches_itk_elastix_under_the_dropin(dropin_installed):
     """The adapter's door to itk-elastix bypasses the drop-in; ``itk``'s own name answers the bridge."""
     from elastix_bridge import dropin
-    from elastix_bridge.itk_elastix import itk_attribute
+    from elastix_bridge.runtime.itk_elastix import itk_attribute
 
     own = itk_attribute("elastix_registration_method")
     assert itk.elastix_registration_method is dropin.bridged_elastix_registration_method
@@ -109,7 +109,9 @@ def test_api_and_dropin_do_not_import_each_other_in_a_cycle():
     import ast
     import inspect
 
-    from elastix_bridge import api, itk_elastix
+    from elastix_bridge import api
+
+    from elastix_bridge.runtime import itk_elastix
 
     for module, forbidden in ((api, "dropin"), (itk_elastix, "dropin"), (itk_elastix, "api")):
         imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(module)))

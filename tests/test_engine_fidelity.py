@@ -107,7 +107,7 @@ def test_sequence_of_maps_starts_each_stage_from_the_previous(plugin, pair, tmp_
     difference = np.linalg.norm(_field(pair[1], bridge_tp) - _field(pair[1], elastix_tp), axis=-1).mean()
     assert difference <= min(SPACING), f"mean |Δu| {difference:.3f} mm"
     # on disk, the B-spline file names the rigid one, and transformix follows the link from the file alone
-    from elastix_bridge.transform_io import read_transform_parameter_file, to_parameter_object
+    from elastix_bridge.core.transform_io import read_transform_parameter_file, to_parameter_object
 
     second = read_transform_parameter_file(tmp_path / "b" / "TransformParameters.1.txt")
     assert second.get("InitialTransformParameterFileName") == str(tmp_path / "b" / "TransformParameters.0.txt")
@@ -116,7 +116,7 @@ def test_sequence_of_maps_starts_each_stage_from_the_previous(plugin, pair, tmp_
 
 def test_initial_transform_file_t0(plugin, pair, tmp_path):
     """``initial_transform_parameter_file_name`` (``-t0``): a bridge B-spline stage on top of an elastix affine."""
-    from elastix_bridge.engine.initial_transforms import chain_from_file
+    from elastix_bridge.engine.transforms.initial import chain_from_file
 
     (tmp_path / "affine").mkdir()
     elastix_registration_method(*pair, parameter_object=_map("AffineTransform", ("AdvancedMeanSquares",)),
@@ -140,7 +140,7 @@ def test_initial_transform_file_t0(plugin, pair, tmp_path):
 def test_translation_initialization_matches_elastix(plugin, method, masks):
     """TranslationTransform with AutomaticTransformInitialization: elastix's start + size/2 centres."""
     from elastix_bridge.engine.registration import run_stage
-    from elastix_bridge.parameters import ParameterMap
+    from elastix_bridge.core.parameters import ParameterMap
 
     def image(array, spacing, origin):
         im = itk.image_from_array(np.ascontiguousarray(array, dtype=np.float32))

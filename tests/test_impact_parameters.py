@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from elastix_bridge.impact_parameters import (
+from elastix_bridge.core.impact_parameters import (
     DISTANCES,
     ImpactParameterError,
     ModelConfig,
@@ -315,7 +315,7 @@ def test_resolve_model_path(tmp_path, monkeypatch):
 
 
 def test_import_does_not_import_torch_or_itk():
-    code = ("import sys, elastix_bridge.impact_parameters as m; "
+    code = ("import sys, elastix_bridge.core.impact_parameters as m; "
             "m.read_impact_level({'ImpactModelsPath0': ['mind-ssc-3d'], 'ImpactDimension0': ['3'],"
             "'ImpactNumberOfChannels0': ['1'], 'ImpactPatchSize0': ['5']*3,"
             "'ImpactVoxelSize0': ['2']*3, 'ImpactLayersMask0': ['1'],"
@@ -431,7 +431,7 @@ def test_old_scalar_names_are_warned_about(caplog):
     """``(Mode "Static")`` is not ImpactMode: the default (Jacobian) is used, and the log says why."""
     pm = base_map_3d()
     pm["Mode"] = ["Static"]
-    with caplog.at_level("WARNING", logger="elastix_bridge.impact_parameters"):
+    with caplog.at_level("WARNING", logger="elastix_bridge.core.impact_parameters"):
         assert read_impact_level(pm, 0, 3).mode == "Jacobian"
     assert "(Mode ...) is ImpactLoss's old name" in caplog.text and "(ImpactMode ...)" in caplog.text
 

@@ -1,4 +1,4 @@
-"""Tests of elastix_bridge.loader: lazy torch import, plugin build/cache/records, devices, models.
+"""Tests of elastix_bridge.runtime.loader: lazy torch import, plugin build/cache/records, devices, models.
 
 The plugin is compiled once per test session (the ``plugin`` fixture of conftest.py); failed builds
 and the torch range are tested in test_plugin_build.py.
@@ -14,7 +14,7 @@ from typing import List
 
 import pytest
 
-from elastix_bridge import loader
+from elastix_bridge.runtime import loader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_importing_loader_does_not_import_torch():
     proc = run_python(
         """
         import sys
-        import elastix_bridge, elastix_bridge.loader
+        import elastix_bridge, elastix_bridge.runtime.loader
         print("torch" in sys.modules)
         """
     )
@@ -54,7 +54,7 @@ def test_require_torch_without_torch():
                 if name == "torch" or name.startswith("torch."):
                     raise ImportError("No module named 'torch' (blocked by test)")
         sys.meta_path.insert(0, NoTorch())
-        from elastix_bridge import loader
+        from elastix_bridge.runtime import loader
         for call in (loader.require_torch, loader.load_plugin, lambda: loader.resolve_device(-1)):
             try:
                 call()

@@ -1,4 +1,4 @@
-"""Tests of elastix_bridge.native_plugins: preloading a native libImpactMetric.so for itk-elastix.
+"""Tests of elastix_bridge.runtime.native_plugins: preloading a native libImpactMetric.so for itk-elastix.
 
 No upstream plugin is available here, so the tests compile tiny stand-ins with the system C
 compiler: a library with SONAME ``libImpactMetric.so`` that exports ``ImpactMetricInstallComponent``
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from elastix_bridge import loader, native_plugins
-from elastix_bridge.native_plugins import NativePluginError
+from elastix_bridge.runtime import loader, native_plugins
+from elastix_bridge.runtime.native_plugins import NativePluginError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,7 @@ def compile_library(cc, folder: Path, file_name: str, soname=None, needed=(), so
 
 
 def test_importing_native_plugins_and_doctor_does_not_import_torch():
-    code = "import sys, elastix_bridge.native_plugins, elastix_bridge.doctor; print('torch' in sys.modules)"
+    code = "import sys, elastix_bridge.runtime.native_plugins, elastix_bridge.doctor; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
@@ -257,7 +257,7 @@ import os, sys
 import numpy as np
 import itk
 import elastix_bridge
-from elastix_bridge import loader, native_plugins
+from elastix_bridge.runtime import loader, native_plugins
 
 # `import elastix_bridge` may route Impact maps of itk.elastix_registration_method to the bridge
 # engine (its drop-in); this test is about itk-elastix's own elastix, so put plain itk-elastix back.
@@ -357,7 +357,7 @@ def test_a_second_plugin_with_the_same_soname_is_refused(cc, tmp_path):
     script = textwrap.dedent(
         """
         import sys
-        from elastix_bridge import native_plugins
+        from elastix_bridge.runtime import native_plugins
         print(native_plugins.preload_native_plugin(sys.argv[1]))
         try:
             native_plugins.preload_native_plugin(sys.argv[2])

@@ -17,9 +17,11 @@ from test_cli import (REPO, assert_one_line_error, impact_parameters, inputs, re
 
 itk = pytest.importorskip("itk")
 
-from elastix_bridge import memory, plan  # noqa: E402
-from elastix_bridge.output_folder import LOCK_NAME, OutputFolderError  # noqa: E402
-from elastix_bridge.parameters import ParameterMap  # noqa: E402
+from elastix_bridge.runtime import memory  # noqa: E402
+
+from elastix_bridge import plan  # noqa: E402
+from elastix_bridge.core.output_folder import LOCK_NAME, OutputFolderError  # noqa: E402
+from elastix_bridge.core.parameters import ParameterMap  # noqa: E402
 
 
 def translation_map(levels: int = 1, **changes) -> dict:
@@ -124,7 +126,7 @@ def test_a_second_run_into_a_held_folder_fails_at_once_naming_the_first(inputs, 
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
-            from elastix_bridge.output_folder import owned_output_folder
+            from elastix_bridge.core.output_folder import owned_output_folder
             with owned_output_folder({str(out)!r}, command="the first run"):
                 open({str(out / "TransformParameters.0.txt")!r}, "w").write("run A")
                 print("locked", flush=True)
@@ -150,7 +152,7 @@ def test_a_second_run_into_a_held_folder_fails_at_once_naming_the_first(inputs, 
 def test_lock_reentered_by_the_same_thread_refused_to_another_and_left_by_a_killed_run(tmp_path):
     import threading
 
-    from elastix_bridge.output_folder import OutputFolderBusyError, owned_output_folder
+    from elastix_bridge.core.output_folder import OutputFolderBusyError, owned_output_folder
 
     out = tmp_path / "out"
     out.mkdir()
@@ -167,7 +169,7 @@ def test_lock_reentered_by_the_same_thread_refused_to_another_and_left_by_a_kill
 
 
 def _enter(out):
-    from elastix_bridge.output_folder import owned_output_folder
+    from elastix_bridge.core.output_folder import owned_output_folder
 
     with owned_output_folder(out):
         pass
@@ -196,7 +198,7 @@ def test_out_that_is_a_file_is_named(inputs, tmp_path, capsys, translation):
 
 
 def geometry(size, spacing):
-    from elastix_bridge.engine.geometry import ImageGeometry
+    from elastix_bridge.core.geometry import ImageGeometry
 
     return ImageGeometry(size, spacing, np.zeros(len(size)), np.eye(len(size)))
 
@@ -259,7 +261,7 @@ def test_jacobian_estimate_grows_with_samples_and_patch(plugin):
 
 
 def _model_config():
-    from elastix_bridge.impact_parameters import ModelConfig
+    from elastix_bridge.core.impact_parameters import ModelConfig
 
     return ModelConfig("mind-ssc-2d", 2, 1, (5, 5), (1.0, 1.0), (True,))
 

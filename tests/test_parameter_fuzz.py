@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from elastix_bridge.parameters import ParameterError, ParameterMap, read_parameter_file
+from elastix_bridge.core.parameters import ParameterError, ParameterMap, read_parameter_file
 from elastix_bridge.validation import validate_maps
 
 pytest.importorskip("itk")

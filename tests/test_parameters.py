@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from elastix_bridge.parameters import (
+from elastix_bridge.core.parameters import (
     ParameterError,
     ParameterMap,
     UInt,
@@ -46,7 +46,7 @@ def test_empty_value_list_counts_as_absent():
 
 def test_reads_lists_elastix_lookup_order_and_impact_uses_it():
     """One lookup rule: ``get`` and IMPACT's per-level scalars (Mechanism A) read the same entry."""
-    from elastix_bridge.impact_parameters import _read_scalar
+    from elastix_bridge.core.impact_parameters import _read_scalar
 
     pm = ParameterMap({"ImpactGPU": ["0", "1"], "Metric1ImpactGPU": ["3"]})
     assert pm.reads("ImpactGPU", 1, "Metric1") == [("ImpactGPU", 0), ("ImpactGPU", 1), ("Metric1ImpactGPU", 0)]

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from elastix_bridge import loader  # noqa: E402
+from elastix_bridge.runtime import loader  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from elastix_bridge import build_checks, loader
+from elastix_bridge.runtime import build_checks, loader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ _CHILD = textwrap.dedent("""
     elif what == "no-python-headers":
         real = sysconfig.get_path
         sysconfig.get_path = lambda name, *a, **k: "/nonexistent/python/include" if name == "include" else real(name, *a, **k)
-    from elastix_bridge import loader
+    from elastix_bridge.runtime import loader
     try:
         loader.load_plugin()
         print("BUILT")
@@ -219,7 +219,7 @@ def test_out_of_range_torch_is_refused_before_building(tmp_path):
     code = textwrap.dedent("""
         import torch
         torch.__version__ = "2.99.0"
-        from elastix_bridge import loader
+        from elastix_bridge.runtime import loader
         try:
             loader.load_plugin()
         except loader.ImpactUnavailableError as exc:

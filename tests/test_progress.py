@@ -2,7 +2,7 @@
 import io
 from types import SimpleNamespace
 
-from elastix_bridge.parameters import ParameterMap
+from elastix_bridge.core.parameters import ParameterMap
 from elastix_bridge.progress import StageProgress
 
 

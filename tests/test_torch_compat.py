@@ -2,7 +2,7 @@
 
 CI runs this file (with the plugin, loader and doctor tests) once in its main environment and once
 more in a fresh venv with the newest torch that installs there (``ci/torch_compat.sh``), so every
-commit proves the plugin compiles with each torch of :data:`elastix_bridge.loader.SUPPORTED_TORCH`'s
+commit proves the plugin compiles with each torch of :data:`elastix_bridge.runtime.loader.SUPPORTED_TORCH`'s
 tested ends and that a Static and a Jacobian Impact registration recover a known shift with it.
 
 The feature model is a toy written here: two layers with upstream's four-argument calling
@@ -22,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 itk = pytest.importorskip("itk")
 
-from elastix_bridge import loader  # noqa: E402
+from elastix_bridge.runtime import loader  # noqa: E402
 from elastix_bridge.api import elastix_registration_method  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

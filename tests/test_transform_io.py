@@ -9,9 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from helpers import GEO2, GEO3  # noqa: E402
-from elastix_bridge.engine.transforms import BSplineTransform, TranslationTransform, grid_for_level  # noqa: E402
-from elastix_bridge.parameters import ParameterError, ParameterMap  # noqa: E402
-from elastix_bridge.transform_io import (  # noqa: E402
+from elastix_bridge.engine.transforms.bspline import BSplineTransform, grid_for_level  # noqa: E402
+from elastix_bridge.engine.transforms.base import TranslationTransform  # noqa: E402
+from elastix_bridge.core.parameters import ParameterError, ParameterMap  # noqa: E402
+from elastix_bridge.core.transform_io import (  # noqa: E402
     read_transform_parameter_file,
     to_parameter_object,
     transform_parameter_file_text,

@@ -15,11 +15,13 @@ from conftest import MIND_SSC_2D_STATIC
 itk = pytest.importorskip("itk")
 
 import elastix_bridge  # noqa: E402,F401  (installs the drop-in)
-from elastix_bridge import api, cli, itk_elastix, validation  # noqa: E402
+from elastix_bridge import api, cli  # noqa: E402
+from elastix_bridge.runtime import itk_elastix  # noqa: E402
+from elastix_bridge import validation  # noqa: E402
 from elastix_bridge.engine import registration  # noqa: E402
 from elastix_bridge.engine.registration import UnsupportedComponentError  # noqa: E402
-from elastix_bridge.impact_parameters import ImpactParameterError  # noqa: E402
-from elastix_bridge.parameters import ParameterError  # noqa: E402
+from elastix_bridge.core.impact_parameters import ImpactParameterError  # noqa: E402
+from elastix_bridge.core.parameters import ParameterError  # noqa: E402
 from elastix_bridge.validation import InputImageError  # noqa: E402
 from test_cli import assert_one_line_error, impact_parameters, run, scripted_model, write_parameter_file  # noqa: E402
 
@@ -106,7 +108,7 @@ def test_too_short_pyramid_schedule_is_an_error(pair, tmp_path, no_work, key):
 
 
 def test_too_long_pyramid_schedule_is_a_warning(pair, caplog):
-    from elastix_bridge.parameters import ParameterMap
+    from elastix_bridge.core.parameters import ParameterMap
     from elastix_bridge.validation import validate_request
 
     with caplog.at_level(logging.WARNING, logger="elastix_bridge"):
@@ -133,7 +135,7 @@ def test_unknown_impact_key_is_an_error_with_suggestions(pair, tmp_path, no_work
 
 def test_unknown_other_key_is_a_warning_as_in_elastix(pair, caplog):
     from elastix_bridge.validation import validate_request
-    from elastix_bridge.parameters import ParameterMap
+    from elastix_bridge.core.parameters import ParameterMap
 
     with caplog.at_level(logging.WARNING, logger="elastix_bridge"):
         validate_request([ParameterMap(impact_parameters(MaximumNumberOfIteration=5))], ["bridge"], *pair)
@@ -244,7 +246,7 @@ def test_model_returning_nan_is_named(plugin, pair, tmp_path):
                 return [x * 0 + float("nan")]
     """)
     pmap = impact_parameters(ImpactModelsPath0=str(model), ImpactSubsetFeatures0=1)
-    with pytest.raises(elastix_bridge.loader.ImpactModelError,
+    with pytest.raises(elastix_bridge.runtime.loader.ImpactModelError,
                        match=r"level 0, .*nan\.pt\): output layer 0 contains NaN \(first at element \[0, 0, 0, 0\]"):
         api.elastix_registration_method(*pair, parameter_object=[pmap])
 
@@ -274,7 +276,7 @@ def test_command_refuses_negative_threads(capsys, files, no_work):
 
 
 def test_command_names_the_bad_map_file_before_reading_images(capsys, files, no_work, monkeypatch):
-    monkeypatch.setattr("elastix_bridge.image_io.read_image", lambda *a: pytest.fail("an image was read"))
+    monkeypatch.setattr("elastix_bridge.core.image_io.read_image", lambda *a: pytest.fail("an image was read"))
     good = write_parameter_file(files / "affine.txt", elastix_map())
     bad = write_parameter_file(files / "impact.txt", impact_parameters(MaximumNumberOfIterations=-3))
     code, _, err = command(capsys, files, good, bad)
@@ -300,7 +302,7 @@ def test_command_names_the_missing_raw_file_of_an_mhd(capsys, files, no_work):
 
 
 def test_shipped_parameter_files_pass_validation_without_warnings(caplog):
-    from elastix_bridge.parameters import read_parameter_file
+    from elastix_bridge.core.parameters import read_parameter_file
     from elastix_bridge.validation import validate_maps
 
     folder = Path(__file__).resolve().parents[1] / "parameter_files"
@@ -309,7 +311,7 @@ def test_shipped_parameter_files_pass_validation_without_warnings(caplog):
             maps = read_parameter_file(path)
             dimension = 3 if "3d" in path.name or "affine" in path.name else 2
             if "totalseg" in path.name:  # shipped with a placeholder model path, to be replaced by the user's
-                with pytest.raises(elastix_bridge.loader.ImpactModelError, match="model file not found"):
+                with pytest.raises(elastix_bridge.runtime.loader.ImpactModelError, match="model file not found"):
                     validate_maps(maps, dimension=dimension)
             else:
                 validate_maps(maps, dimension=dimension)
@@ -322,7 +324,7 @@ def test_shipped_parameter_files_pass_validation_without_warnings(caplog):
 
 
 def test_a_count_beyond_elastixs_unsigned_integers_is_refused():
-    from elastix_bridge.parameters import ParameterMap
+    from elastix_bridge.core.parameters import ParameterMap
 
     pmap = ParameterMap({"Metric": ["AdvancedMeanSquares"], "Optimizer": ["AdaptiveStochasticGradientDescent"],
                          "Transform": ["TranslationTransform"],
@@ -367,7 +369,7 @@ def test_a_mask_outside_its_image_is_named_with_both_extents():
 
 
 def test_an_image_with_zero_spacing_is_named(tmp_path):
-    from elastix_bridge.image_io import read_image
+    from elastix_bridge.core.image_io import read_image
 
     itk.imwrite(itk.image_from_array(np.ones((4, 5), np.float32)), str(tmp_path / "a.mhd"))
     header = (tmp_path / "a.mhd").read_text()
@@ -396,7 +398,7 @@ def test_the_command_logs_an_unknown_key_warning_once(tmp_path, capsys, caplog):
 def test_a_model_file_that_is_not_torchscript_is_named_before_any_work(pair, tmp_path, no_work):
     text = tmp_path / "model.pt"
     text.write_text("not a model\n")
-    refused(elastix_bridge.loader.ImpactModelError, r"ImpactModelsPath0 '.*model.pt'.*: not a TorchScript model \(a TorchScript file is a "
+    refused(elastix_bridge.runtime.loader.ImpactModelError, r"ImpactModelsPath0 '.*model.pt'.*: not a TorchScript model \(a TorchScript file is a "
                               r"zip archive", pair, [impact_parameters(ImpactModelsPath0=str(text))], tmp_path)
 
 
@@ -404,6 +406,6 @@ def test_a_gpu_asked_for_where_there_is_none_is_named_before_any_work(pair, tmp_
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("a GPU is usable here")
-    refused(elastix_bridge.loader.ImpactUnavailableError, r"resolution level 0: ImpactGPU 0 asks for a GPU but CUDA is "
+    refused(elastix_bridge.runtime.loader.ImpactUnavailableError, r"resolution level 0: ImpactGPU 0 asks for a GPU but CUDA is "
                                                           r"not available", pair, [impact_parameters(ImpactGPU=0)],
             tmp_path)

@@ -31,8 +31,8 @@ FAMILIES: Mapping[str, str] = MappingProxyType({
                     "mask, parameter_map=, level=, number_of_samples=, generator=, region=, device=, dtype=)``; "
                     "trait ``random`` (new samples each iteration when ``NewSamplesEveryIteration``)",
     "Interpolator": "``factory(pmap, level)`` -> B-spline order of the moving image interpolation",
-    "FixedImagePyramid": "nothing to build: the kind given to :mod:`elastix_bridge.engine.pyramids`",
-    "MovingImagePyramid": "nothing to build: the kind given to :mod:`elastix_bridge.engine.pyramids`",
+    "FixedImagePyramid": "nothing to build: the kind given to :mod:`elastix_bridge.engine.images.pyramids`",
+    "MovingImagePyramid": "nothing to build: the kind given to :mod:`elastix_bridge.engine.images.pyramids`",
 })
 
 #: elastix's default of the families a map may leave out (docs/design.md §E1.8).
@@ -44,8 +44,9 @@ DEFAULTS: Mapping[str, str] = MappingProxyType({
 })
 
 # Modules holding the registrations, imported on first look-up (torch-free at import).
-_MODULES = ("registration", "impact_metric", "classic_metrics", "linear_transforms", "initial_transforms",
-            "optimizers", "gradient_descent", "quasi_newton", "samplers", "interpolators", "pyramids")
+_MODULES = ("registration", "metrics.impact", "metrics.classic", "transforms.linear", "transforms.initial",
+            "optimizers.asgd", "optimizers.gradient_descent", "optimizers.quasi_newton", "samplers",
+            "images.interpolators", "images.pyramids")
 
 _NOTHING_TO_BUILD = ("Registration", "FixedImagePyramid", "MovingImagePyramid")
 _REGISTRY: dict[str, dict[str, "Component"]] = {family: {} for family in FAMILIES}

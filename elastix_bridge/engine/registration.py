@@ -27,18 +27,18 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import numpy as np
 
-from ..parameters import UInt
-from .components import DEFAULTS, FAMILIES, UnsupportedComponentError, component, names, register
-from .geometry import grid_domain_under_initial
+from elastix_bridge.core.parameters import UInt
+from elastix_bridge.engine.components import DEFAULTS, FAMILIES, UnsupportedComponentError, component, names, register
+from elastix_bridge.core.geometry import grid_domain_under_initial
 
 if TYPE_CHECKING:  # names for annotations only: importing this module must not import torch or itk
-    from ..impact_parameters import ImpactLevelConfig
-    from ..parameters import ParameterMap
-    from .components import Component
-    from .geometry import ImageGeometry
-    from .images import LevelImage, Mask
-    from .pyramids import PyramidSchedule
-    from .random import ElastixRandom
+    from elastix_bridge.core.impact_parameters import ImpactLevelConfig
+    from elastix_bridge.core.parameters import ParameterMap
+    from elastix_bridge.engine.components import Component
+    from elastix_bridge.core.geometry import ImageGeometry
+    from elastix_bridge.engine.images.level_images import LevelImage, Mask
+    from elastix_bridge.engine.images.pyramids import PyramidSchedule
+    from elastix_bridge.engine.random import ElastixRandom
 
 log = logging.getLogger("elastix_bridge")
 
@@ -112,7 +112,7 @@ class StageResult:
     Attributes:
         transform_parameter_map: the elastix TransformParameters map (ParameterMap).
         transform: the final-level transform object; ``parameters`` its parameters (Tensor[P]).
-        history: per level, the list of :class:`~elastix_bridge.engine.optimizers.IterationRecord`.
+        history: per level, the list of :class:`~elastix_bridge.engine.optimizers.asgd.IterationRecord`.
         seconds: wall time of the stage.
     """
 
@@ -205,7 +205,7 @@ def map_pyramid_schedule(pmap, which: str, kind: str, levels: int, geometry):
     Returns:
         What :func:`.pyramids.pyramid_schedule` returns for ``kind`` over ``levels`` levels of ``geometry``.
     """
-    from .pyramids import pyramid_schedule
+    from elastix_bridge.engine.images.pyramids import pyramid_schedule
 
     d = geometry.dimension
     rescale = _schedule(pmap, [f"{which}ImagePyramidRescaleSchedule", "ImagePyramidRescaleSchedule",
@@ -238,7 +238,7 @@ def _grid_settings(pmap, geometry, levels: int):
             raise ValueError(f"GridSpacingSchedule has {values.size} values; elastix expects one per resolution "
                              f"({levels}) or one per resolution and dimension ({levels * d})")
     else:
-        from .transforms import default_grid_schedule
+        from elastix_bridge.engine.transforms.bspline import default_grid_schedule
 
         schedule = np.array(default_grid_schedule(levels, d))
     return final, schedule
@@ -268,7 +268,7 @@ def _combined(transform, initial_transform, how: str):
     """The stage transform, combined with the earlier stages' transform when there is one."""
     if initial_transform is None:
         return transform
-    from .initial_transforms import ComposedTransform
+    from elastix_bridge.engine.transforms.initial import ComposedTransform
 
     return ComposedTransform(transform, initial_transform, how)
 
@@ -286,7 +286,7 @@ class BSplineGridPlan:
 
     Attributes:
         geometry: the domain the grids cover: the full fixed image's geometry, or the one moved by the
-            initial transform (:func:`~elastix_bridge.engine.geometry.grid_domain_under_initial`).
+            initial transform (:func:`~elastix_bridge.core.geometry.grid_domain_under_initial`).
         final_spacing: ``(D,)`` final grid spacing, mm, ITK order.
         schedule: ``(levels, D)`` factors of the final spacing per resolution level (``GridSpacingSchedule``).
         order: spline order (``BSplineTransformSplineOrder``).
@@ -306,15 +306,15 @@ class StageSetup:
     has one entry per resolution level.
 
     Attributes:
-        pmap: the stage's :class:`~elastix_bridge.parameters.ParameterMap`.
+        pmap: the stage's :class:`~elastix_bridge.core.parameters.ParameterMap`.
         components: the component names, from :func:`check_components`.
         levels: ``NumberOfResolutions``.
         fixed_image, moving_image: the ``itk.Image`` inputs the pyramid levels are made from.
-        fixed, moving: the same as :class:`~elastix_bridge.engine.images.LevelImage` (float, ITK geometry).
-        fixed_mask, moving_mask: :class:`~elastix_bridge.engine.images.Mask` or None.
-        fixed_schedule, moving_schedule: :class:`~elastix_bridge.engine.pyramids.PyramidSchedule`
+        fixed, moving: the same as :class:`~elastix_bridge.engine.images.level_images.LevelImage` (float, ITK geometry).
+        fixed_mask, moving_mask: :class:`~elastix_bridge.engine.images.level_images.Mask` or None.
+        fixed_schedule, moving_schedule: :class:`~elastix_bridge.engine.images.pyramids.PyramidSchedule`
             (per level shrink factors and smoothing sigmas, ITK order; docs/design.md §E3).
-        impact_levels: per level :class:`~elastix_bridge.impact_parameters.ImpactLevelConfig`; empty
+        impact_levels: per level :class:`~elastix_bridge.core.impact_parameters.ImpactLevelConfig`; empty
             without an Impact metric.
         models, devices: per level ``(fixed models, moving models)`` and ``torch.device`` (Impact only).
         plugin: the compiled plugin (B-spline kernels, feature models).
@@ -358,7 +358,7 @@ class StageSetup:
 
     def transform_parameter_map(self, transform, parameters):
         """The elastix TransformParameters map of ``transform`` at ``parameters`` (docs/design.md §E10)."""
-        from ..transform_io import transform_parameter_map
+        from elastix_bridge.core.transform_io import transform_parameter_map
 
         return transform_parameter_map(transform, parameters, self.fixed.geometry, registration_map=self.pmap,
                                        initial_transform_file=self.initial_transform_file,
@@ -372,11 +372,11 @@ def _validated_stage(fixed_image, moving_image, pmap):
         ``(components, fixed, moving, levels, impact_levels)``: fixed and moving as ``LevelImage``.
 
     Raises:
-        UnsupportedComponentError, ValueError, elastix_bridge.parameters.ParameterError,
-        elastix_bridge.impact_parameters.ImpactParameterError: naming the key or the image.
+        UnsupportedComponentError, ValueError, elastix_bridge.core.parameters.ParameterError,
+        elastix_bridge.core.impact_parameters.ImpactParameterError: naming the key or the image.
     """
-    from ..impact_parameters import impact_levels
-    from .images import LevelImage
+    from elastix_bridge.core.impact_parameters import impact_levels
+    from elastix_bridge.engine.images.level_images import LevelImage
 
     components = check_components(pmap)
     fixed = LevelImage.from_itk(fixed_image)
@@ -402,12 +402,12 @@ def _load_models(pmap, configs, dimension: int):
         ``(models, devices)``: per level ``([fixed models], [moving models])`` and its ``torch.device``.
 
     Raises:
-        elastix_bridge.loader.ImpactUnavailableError, elastix_bridge.loader.ImpactModelError: a device or
+        elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError: a device or
             a model that cannot be used, naming the ``Impact*ModelsPath<level>`` key.
     """
-    from .. import loader
-    from ..impact_parameters import resolve_model_path
-    from .impact_metric import check_level_models
+    from elastix_bridge.runtime import loader
+    from elastix_bridge.core.impact_parameters import resolve_model_path
+    from elastix_bridge.engine.metrics.impact import check_level_models
 
     models, devices = [], []
     for cfg in configs:
@@ -440,7 +440,7 @@ def _stage_transform(pmap, components, levels: int, fixed, moving, fixed_mask, m
     """
     import torch
 
-    from .linear_transforms import make_linear_transform, translation_initialization
+    from elastix_bridge.engine.transforms.linear import make_linear_transform, translation_initialization
 
     transform_component = component("Transform", components["Transform"])
     kind = transform_component.trait("kind")
@@ -485,9 +485,9 @@ def setup_stage(fixed_image, moving_image, pmap: ParameterMap, fixed_mask=None, 
     Raises:
         The validation and loading errors listed in :func:`run_stage`.
     """
-    from .. import loader
-    from .images import Mask
-    from .random import ElastixRandom
+    from elastix_bridge.runtime import loader
+    from elastix_bridge.engine.images.level_images import Mask
+    from elastix_bridge.engine.random import ElastixRandom
 
     components, fixed, moving, levels, configs = _validated_stage(fixed_image, moving_image, pmap)
     torch = loader.require_torch()
@@ -519,8 +519,8 @@ def _level_images(stage: StageSetup, level: int):
     Returns:
         ``(fixed, moving, fixed_mask, moving_mask)``: ``LevelImage`` and ``Mask`` or None.
     """
-    from .images import LevelImage
-    from .pyramids import pyramid_level
+    from elastix_bridge.engine.images.level_images import LevelImage
+    from elastix_bridge.engine.images.pyramids import pyramid_level
 
     pmap, components = stage.pmap, stage.components
     fixed = LevelImage.from_itk(pyramid_level(stage.fixed_image, components["FixedImagePyramid"],
@@ -544,7 +544,7 @@ def _level_transform(stage: StageSetup, level: int, previous):
     """
     import torch
 
-    from .transforms import grid_for_level
+    from elastix_bridge.engine.transforms.bspline import grid_for_level
 
     if stage.grid is not None:
         g = stage.grid
@@ -562,8 +562,8 @@ def _level_transform(stage: StageSetup, level: int, previous):
 
 def _level_metrics(stage: StageSetup, level: int, fixed, moving, fixed_mask, moving_mask, transform, parameters):
     """The level's metrics, initialised at ``parameters`` (docs/design.md §E7, §I4)."""
-    from .classic_metrics import make_classic_metric
-    from .impact_metric import ImpactMetric
+    from elastix_bridge.engine.metrics.classic import make_classic_metric
+    from elastix_bridge.engine.metrics.impact import ImpactMetric
 
     pmap = stage.pmap
     order_moving = component("Interpolator", stage.components["Interpolator"]).factory(pmap, level)
@@ -598,17 +598,17 @@ class LevelContext:
         level: the resolution level. fixed, moving: ``LevelImage``. fixed_mask, moving_mask: ``Mask`` or None.
         transform: the level's transform; parameters: its start parameters (float64 Tensor[P]).
         samplers: one per metric or one shared (:mod:`elastix_bridge.engine.samplers`).
-        settings: :class:`~elastix_bridge.engine.optimizers.ASGDSettings` of the level.
+        settings: :class:`~elastix_bridge.engine.optimizers.asgd.ASGDSettings` of the level.
         metrics, cost: the metrics and their :class:`_StageCost`. terms: Jacobian terms or None.
-        table: :class:`~elastix_bridge.iteration_info.IterationTable`. optimizer: the level's optimizer.
+        table: :class:`~elastix_bridge.core.iteration_info.IterationTable`. optimizer: the level's optimizer.
     """
 
     def __init__(self, stage: StageSetup, level: int, previous=None, *, output_directory: Optional[Path] = None,
                  elastix_level: int = 0, on_iteration: Optional[Callable] = None) -> None:
         """Build the level; ``previous`` is ``(transform, parameters)`` at the end of the previous level."""
-        from ..iteration_info import IterationTable
-        from .optimizers import ASGDSettings
-        from .samplers import GridSampler, make_sampler
+        from elastix_bridge.core.iteration_info import IterationTable
+        from elastix_bridge.engine.optimizers.asgd import ASGDSettings
+        from elastix_bridge.engine.samplers import GridSampler, make_sampler
 
         pmap, components = stage.pmap, stage.components
         self.stage, self.level, self.on_iteration = stage, level, on_iteration
@@ -626,14 +626,14 @@ class LevelContext:
                                       self.transform, self.parameters)
         self.cost = _StageCost(self.metrics, self.samplers, exact_sampler, *_metric_weights(pmap, components, level))
         self.terms = self._jacobian_terms()
-        self.table = IterationTable(output_directory, elastix_level, level, pmap, components["Optimizer"],
-                                    len(self.metrics))
+        self.table = IterationTable(output_directory, elastix_level, level, pmap,
+                                    stage.optimizer.trait("iteration_columns", "gradient_descent"), len(self.metrics))
         self.optimizer = stage.optimizer.factory(pmap, level, self.settings, stage.generator, self._after_iteration)
 
     def _jacobian_terms(self):
         """ASGD's Jacobian terms for its step-size estimation, or None when it does not estimate (§E9)."""
-        from .optimizers import jacobian_terms
-        from .samplers import GridSampler
+        from elastix_bridge.engine.optimizers.asgd import jacobian_terms
+        from elastix_bridge.engine.samplers import GridSampler
 
         if not (self.stage.optimizer.trait("automatic_parameter_estimation")
                 and self.settings.automatic_parameter_estimation):
@@ -656,7 +656,7 @@ def optimize_level(context: LevelContext):
 
     Returns:
         The optimised parameters (float64 Tensor[P]); ``context.optimizer.history`` holds the
-        :class:`~elastix_bridge.engine.optimizers.IterationRecord` list.
+        :class:`~elastix_bridge.engine.optimizers.asgd.IterationRecord` list.
 
     Raises:
         elastix_bridge.engine.errors.SamplingError: too few valid samples.
@@ -686,7 +686,7 @@ def run_stage(fixed_image, moving_image, pmap: ParameterMap, fixed_mask=None, mo
 
     Args:
         fixed_image, moving_image: ``itk.Image`` (any scalar type; cast to float like elastix).
-        pmap: :class:`elastix_bridge.parameters.ParameterMap` with components registered in
+        pmap: :class:`elastix_bridge.core.parameters.ParameterMap` with components registered in
             :mod:`elastix_bridge.engine.components`.
         fixed_mask, moving_mask: ``itk.Image`` masks (non-zero = inside) or None.
         elastix_level: index of this map in the parameter object (file names ``*.<level>.*``).
@@ -694,7 +694,7 @@ def run_stage(fixed_image, moving_image, pmap: ParameterMap, fixed_mask=None, mo
         on_iteration: ``on_iteration(level, record)`` for progress reporting.
         on_level: ``on_level(level)`` when a resolution level starts (to name it in errors).
         initial_transform: the earlier stages' transform, a callable on ``(N, D)`` physical points
-            (e.g. :class:`~elastix_bridge.engine.initial_transforms.TransformChain`), or None; combined
+            (e.g. :class:`~elastix_bridge.engine.transforms.initial.TransformChain`), or None; combined
             with this stage's transform by ``HowToCombineTransforms`` (docs/design.md §E1.7).
         initial_transform_file: ``InitialTransformParameterFileName`` written into the result map.
 
@@ -702,14 +702,14 @@ def run_stage(fixed_image, moving_image, pmap: ParameterMap, fixed_mask=None, mo
         :class:`StageResult`.
 
     Raises:
-        UnsupportedComponentError, elastix_bridge.parameters.ParameterError,
-        elastix_bridge.impact_parameters.ImpactParameterError: invalid map (before any computation).
-        elastix_bridge.loader.ImpactUnavailableError, elastix_bridge.loader.ImpactModelError:
+        UnsupportedComponentError, elastix_bridge.core.parameters.ParameterError,
+        elastix_bridge.core.impact_parameters.ImpactParameterError: invalid map (before any computation).
+        elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError:
             torch, plugin, device or model problems (before any computation).
         elastix_bridge.engine.errors.SamplingError: too few valid samples.
     """
     tic = time.perf_counter()
-    from ..transform_io import write_transform_parameter_file
+    from elastix_bridge.core.transform_io import write_transform_parameter_file
 
     with setup_stage(fixed_image, moving_image, pmap, fixed_mask, moving_mask, initial_transform=initial_transform,
                      initial_transform_file=initial_transform_file) as stage:
@@ -740,10 +740,10 @@ def check_stage_settings(pmap, components, levels: int, dimension: int) -> None:
     grid: only the values written in the map are checked.
 
     Raises:
-        elastix_bridge.parameters.ParameterError, ValueError: a value of the wrong form or an invalid
+        elastix_bridge.core.parameters.ParameterError, ValueError: a value of the wrong form or an invalid
             combination, naming the key.
     """
-    from .geometry import ImageGeometry
+    from elastix_bridge.core.geometry import ImageGeometry
 
     unit = np.ones(dimension)
     read_settings = component("Optimizer", components["Optimizer"]).trait("settings")

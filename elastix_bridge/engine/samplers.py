@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .components import component, register
-from .geometry import ImageGeometry
-from .random import ElastixRandom, as_elastix_random
+from elastix_bridge.engine.components import component, register
+from elastix_bridge.core.geometry import ImageGeometry
+from elastix_bridge.engine.random import ElastixRandom, as_elastix_random
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .images import Mask
+    from elastix_bridge.engine.images.level_images import Mask
 
 NOT_ENOUGH_SAMPLES = ("Could not find enough image samples within reasonable time. "
                       "Probably the mask is too small")
@@ -94,7 +94,7 @@ class ImageSampler:
 
     Args:
         image_geometry: level fixed image geometry.
-        mask: optional fixed :class:`~elastix_bridge.engine.images.Mask`.
+        mask: optional fixed :class:`~elastix_bridge.engine.images.level_images.Mask`.
         region: optional level region ``(start_xyz, size_xyz)`` (docs/design.md §E3.6).
         device: torch device of the returned points (default CPU).
         dtype: torch dtype of the returned points (default float64).
@@ -468,7 +468,7 @@ def make_sampler(name: str, image_geometry: ImageGeometry, mask=None, number_of_
         region: optional level region ``(start_xyz, size_xyz)`` (docs/design.md §E3.6).
         sample_region_size_mm: ``SampleRegionSize`` when ``UseRandomSampleRegion`` (RandomCoordinate).
         device, dtype: of the returned points (default CPU, float64).
-        parameter_map: optional :class:`elastix_bridge.parameters.ParameterMap`; when given, the
+        parameter_map: optional :class:`elastix_bridge.core.parameters.ParameterMap`; when given, the
             sampler reads its own keys not passed explicitly for ``level`` (its ``from_parameter_map``).
         level: resolution level for ``parameter_map`` look-ups.
 

@@ -1,4 +1,4 @@
-"""Tests of :mod:`elastix_bridge.engine.classic_metrics` (MeanSquares, NCC, Mattes MI, bending energy).
+"""Tests of :mod:`elastix_bridge.engine.metrics.classic` (MeanSquares, NCC, Mattes MI, bending energy).
 
 The key tests compare with itk-elastix itself: one resolution, unsmoothed images (Generic pyramids),
 the deterministic Full sampler, ASGD with fixed gains and one iteration, and several metrics of one
@@ -24,20 +24,20 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from elastix_bridge.engine.classic_metrics import (AdvancedMattesMutualInformation,  # noqa: E402
+from elastix_bridge.engine.metrics.classic import (AdvancedMattesMutualInformation,  # noqa: E402
                                                    AdvancedMeanSquares, AdvancedNormalizedCorrelation,
                                                    HistogramAxis, TransformBendingEnergyPenalty,
                                                    bspline_spatial_hessian, elastix_parzen_derivative,
                                                    exponential_limiter, intensity_limits, joint_histogram,
                                                    make_classic_metric, mattes_mutual_information,
                                                    moving_parzen_window, parzen_window)
-from elastix_bridge.engine.geometry import ImageGeometry  # noqa: E402
-from elastix_bridge.engine.images import LevelImage, Mask  # noqa: E402
+from elastix_bridge.core.geometry import ImageGeometry  # noqa: E402
+from elastix_bridge.engine.images.level_images import LevelImage, Mask  # noqa: E402
 from elastix_bridge.engine.errors import SamplingError  # noqa: E402
 from elastix_bridge.engine.samplers import FullSampler  # noqa: E402
-from elastix_bridge.engine.transforms import (BSplineTransform, TranslationTransform,  # noqa: E402
-                                              bspline_kernel, grid_for_level)
-from elastix_bridge.parameters import ParameterMap  # noqa: E402
+from elastix_bridge.engine.transforms.base import TranslationTransform  # noqa: E402
+from elastix_bridge.engine.transforms.bspline import BSplineTransform, bspline_kernel, grid_for_level  # noqa: E402
+from elastix_bridge.core.parameters import ParameterMap  # noqa: E402
 
 F64 = torch.float64
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True:UserWarning")
@@ -512,7 +512,7 @@ def test_options_and_factory(images):
 
 
 def test_import_does_not_import_torch():
-    code = ("import sys, elastix_bridge.engine.classic_metrics; "
+    code = ("import sys, elastix_bridge.engine.metrics.classic; "
             "print('torch' in sys.modules, 'itk' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
@@ -520,8 +520,8 @@ def test_import_does_not_import_torch():
 
 def test_bending_energy_refuses_an_initial_transform():
     """Composed with an initial transform the penalty is not implemented: a clear error, not a silent 0."""
-    from elastix_bridge.engine.initial_transforms import ComposedTransform
-    from elastix_bridge.engine.transforms import TranslationTransform
+    from elastix_bridge.engine.transforms.initial import ComposedTransform
+    from elastix_bridge.engine.transforms.base import TranslationTransform
 
     composed = ComposedTransform(TranslationTransform(2), lambda p: p)
     with pytest.raises(ValueError, match="initial transform.*not supported"):

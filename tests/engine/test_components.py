@@ -9,7 +9,7 @@ from elastix_bridge.engine import components
 from elastix_bridge.engine.components import (FAMILIES, UnsupportedComponentError, component, component_table, names,
                                               register, unregister)
 from elastix_bridge.engine.registration import check_components
-from elastix_bridge.parameters import ParameterMap
+from elastix_bridge.core.parameters import ParameterMap
 
 from conftest import MIND_SSC_2D_STATIC
 

@@ -1,8 +1,8 @@
-"""ITK-order grid geometry of engine/geometry.py: vnl's inverse and the B-spline grid domain under an initial transform."""
+"""ITK-order grid geometry of core/geometry.py: vnl's inverse and the B-spline grid domain under an initial transform."""
 import numpy as np
 import pytest
 
-from elastix_bridge.engine.geometry import ImageGeometry, grid_domain_under_initial, vnl_inverse
+from elastix_bridge.core.geometry import ImageGeometry, grid_domain_under_initial, vnl_inverse
 from helpers import GEO2, GEO3  # noqa: E402
 
 

@@ -3,11 +3,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from elastix_bridge.engine.gradient_descent import (RegularStepGradientDescent,  # noqa: E402
+from elastix_bridge.engine.optimizers.gradient_descent import (RegularStepGradientDescent,  # noqa: E402
                                                     RegularStepGradientDescentSettings, StandardGradientDescent,
                                                     StandardGradientDescentSettings)
-from elastix_bridge.engine.optimizers import SamplingError  # noqa: E402
-from elastix_bridge.parameters import ParameterMap  # noqa: E402
+from elastix_bridge.engine.optimizers.asgd import SamplingError  # noqa: E402
+from elastix_bridge.core.parameters import ParameterMap  # noqa: E402
 
 
 class _Quadratic:

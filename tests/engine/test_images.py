@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from elastix_bridge.engine.geometry import ImageGeometry
-from elastix_bridge.engine.images import LevelImage, Mask
+from elastix_bridge.core.geometry import ImageGeometry
+from elastix_bridge.engine.images.level_images import LevelImage, Mask
 
 
 def _direction3():

@@ -17,8 +17,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from elastix_bridge import loader  # noqa: E402
-from elastix_bridge.engine.transforms import BSplineTransform, grid_for_level  # noqa: E402
+from elastix_bridge.runtime import loader  # noqa: E402
+from elastix_bridge.engine.transforms.bspline import BSplineTransform, grid_for_level  # noqa: E402
 
 # pytest's default (prepend) import mode puts this folder on sys.path: reuse the helpers of the
 # single-case tests; `_single_thread` is their module-scoped autouse fixture (one intra-op thread).

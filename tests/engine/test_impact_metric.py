@@ -1,4 +1,4 @@
-"""Tests of :class:`elastix_bridge.engine.impact_metric.ImpactMetric` with toy TorchScript models.
+"""Tests of :class:`elastix_bridge.engine.metrics.impact.ImpactMetric` with toy TorchScript models.
 
 Images are smooth Gaussian blobs defined in physical space and sampled on grids with anisotropic
 spacing and oblique direction cosines, so a moving image is "the same function shifted by t" even
@@ -15,17 +15,18 @@ from scipy import ndimage
 
 torch = pytest.importorskip("torch")
 
-from elastix_bridge import loader  # noqa: E402
-from elastix_bridge.engine.geometry import ImageGeometry  # noqa: E402
-from elastix_bridge.engine.images import LevelImage, Mask  # noqa: E402
-from elastix_bridge.engine.impact_metric import (ImpactMetric, _centre, _crop_padding,  # noqa: E402
+from elastix_bridge.runtime import loader  # noqa: E402
+from elastix_bridge.core.geometry import ImageGeometry  # noqa: E402
+from elastix_bridge.engine.images.level_images import LevelImage, Mask  # noqa: E402
+from elastix_bridge.engine.metrics.impact import (ImpactMetric, _centre, _crop_padding,  # noqa: E402
                                                  _patch_grid_offsets, _random_rotations)
-from elastix_bridge.engine.optimizers import (AdaptiveStochasticGradientDescent, ASGDSettings,  # noqa: E402
+from elastix_bridge.engine.optimizers.asgd import (AdaptiveStochasticGradientDescent, ASGDSettings,  # noqa: E402
                                                SamplingError, jacobian_terms)
 from elastix_bridge.engine.registration import _StageCost  # noqa: E402
 from elastix_bridge.engine.samplers import GridSampler, RandomCoordinateSampler  # noqa: E402
-from elastix_bridge.engine.transforms import BSplineTransform, TranslationTransform, grid_for_level  # noqa: E402
-from elastix_bridge.impact_parameters import ImpactLevelConfig, ModelConfig  # noqa: E402
+from elastix_bridge.engine.transforms.bspline import BSplineTransform, grid_for_level  # noqa: E402
+from elastix_bridge.engine.transforms.base import TranslationTransform  # noqa: E402
+from elastix_bridge.core.impact_parameters import ImpactLevelConfig, ModelConfig  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
@@ -1094,9 +1095,9 @@ def test_jacobian_pair_of_3d_fixed_and_2d_moving_model(plugin, models):
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
 def test_check_level_models_before_any_computation(plugin, models, mode):
     """The up-front dry run catches list-length and channel mismatches (and PCA > channels in Static)."""
-    from elastix_bridge.engine.impact_metric import check_level_models
-    from elastix_bridge.impact_parameters import ImpactParameterError
-    from elastix_bridge.loader import ImpactModelError
+    from elastix_bridge.engine.metrics.impact import check_level_models
+    from elastix_bridge.core.impact_parameters import ImpactParameterError
+    from elastix_bridge.runtime.loader import ImpactModelError
 
     path, model = models["identity"]
     cpu = torch.device("cpu")

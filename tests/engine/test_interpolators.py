@@ -4,9 +4,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from elastix_bridge.engine.geometry import ImageGeometry
-from elastix_bridge.engine.images import LevelImage
-from elastix_bridge.engine.interpolators import (ImageInterpolator, bspline_coefficients,
+from elastix_bridge.core.geometry import ImageGeometry
+from elastix_bridge.engine.images.level_images import LevelImage
+from elastix_bridge.engine.images.interpolators import (ImageInterpolator, bspline_coefficients,
                                                  bspline_interpolate, bspline_interpolate_with_gradient)
 
 
@@ -83,7 +83,7 @@ def test_autograd_matches_analytic_and_finite_differences(order):
 
 
 def test_chunking_many_channels():
-    import elastix_bridge.engine.interpolators as mod
+    import elastix_bridge.engine.images.interpolators as mod
 
     rng = np.random.default_rng(2)
     a = torch.tensor(rng.normal(size=(4, 5, 6, 7)))
@@ -167,7 +167,7 @@ def test_image_interpolator_features_and_dtype():
 @pytest.mark.parametrize("order", [0, 1, 2, 3])
 def test_plugin_kernel_matches_torch_reference(plugin, shape_zyx, channels, order, dtype):
     """The CPU kernel (plugin ``bspline_evaluate``) and the device-generic torch code agree."""
-    from elastix_bridge.engine.interpolators import _evaluate, _evaluate_torch
+    from elastix_bridge.engine.images.interpolators import _evaluate, _evaluate_torch
 
     rng = np.random.default_rng(order)
     coef = torch.tensor(rng.normal(size=(int(np.prod(shape_zyx)), channels)), dtype=dtype)

@@ -13,9 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from elastix_bridge.engine.geometry import ImageGeometry  # noqa: E402
-from elastix_bridge.engine.images import Mask  # noqa: E402
-from elastix_bridge.engine.linear_transforms import (  # noqa: E402
+from elastix_bridge.core.geometry import ImageGeometry  # noqa: E402
+from elastix_bridge.engine.images.level_images import Mask  # noqa: E402
+from elastix_bridge.engine.transforms.linear import (  # noqa: E402
     AffineTransform,
     EulerTransform,
     SimilarityTransform,
@@ -27,8 +27,8 @@ from elastix_bridge.engine.linear_transforms import (  # noqa: E402
     read_center_of_rotation,
     transform_scales,
 )
-from elastix_bridge.parameters import ParameterError, ParameterMap  # noqa: E402
-from elastix_bridge.transform_io import (  # noqa: E402
+from elastix_bridge.core.parameters import ParameterError, ParameterMap  # noqa: E402
+from elastix_bridge.core.transform_io import (  # noqa: E402
     read_transform_parameter_file,
     to_parameter_object,
     transform_parameter_map,
@@ -305,7 +305,7 @@ def test_initializer_errors():
 
 
 def test_import_does_not_import_torch():
-    code = "import sys, elastix_bridge.engine.linear_transforms; sys.exit('torch' in sys.modules)"
+    code = "import sys, elastix_bridge.engine.transforms.linear; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

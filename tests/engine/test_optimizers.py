@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from elastix_bridge.engine.optimizers import (AdaptiveStochasticGradientDescent, ASGDSettings, SamplingError,
+from elastix_bridge.engine.optimizers.asgd import (AdaptiveStochasticGradientDescent, ASGDSettings, SamplingError,
                                                jacobian_terms)
 
 

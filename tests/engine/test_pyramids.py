@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from elastix_bridge.engine.geometry import ImageGeometry
-from elastix_bridge.engine.pyramids import (PyramidSchedule, downsampled_geometry, fixed_level_region,
+from elastix_bridge.core.geometry import ImageGeometry
+from elastix_bridge.engine.images.pyramids import (PyramidSchedule, downsampled_geometry, fixed_level_region,
                                             pyramid_base_kind, pyramid_level, pyramid_schedule)
 
 

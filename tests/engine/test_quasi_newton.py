@@ -13,11 +13,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from elastix_bridge.engine.line_search import MoreThuenteLineSearch, safeguarded_step  # noqa: E402
-from elastix_bridge.engine.optimizers import SamplingError  # noqa: E402
-from elastix_bridge.engine.quasi_newton import (QuasiNewtonLBFGS, QuasiNewtonLBFGSSettings,  # noqa: E402
+from elastix_bridge.engine.optimizers.line_search import MoreThuenteLineSearch, safeguarded_step  # noqa: E402
+from elastix_bridge.engine.optimizers.asgd import SamplingError  # noqa: E402
+from elastix_bridge.engine.optimizers.quasi_newton import (QuasiNewtonLBFGS, QuasiNewtonLBFGSSettings,  # noqa: E402
                                                 two_loop_direction)
-from elastix_bridge.parameters import ParameterError, ParameterMap  # noqa: E402
+from elastix_bridge.core.parameters import ParameterError, ParameterMap  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -362,11 +362,11 @@ def test_settings_from_parameter_map():
 
 
 def test_iteration_table_columns(tmp_path):
-    from elastix_bridge.engine.quasi_newton import LBFGSIterationRecord
-    from elastix_bridge.iteration_info import IterationTable
+    from elastix_bridge.engine.optimizers.quasi_newton import LBFGSIterationRecord
+    from elastix_bridge.core.iteration_info import IterationTable
 
     pmap = ParameterMap.from_dict({})
-    table = IterationTable(tmp_path, 0, 0, pmap, "QuasiNewtonLBFGS")
+    table = IterationTable(tmp_path, 0, 0, pmap, "lbfgs")
     table.add(LBFGSIterationRecord(0, 1.5, 0.0, 0.25, 2.0, 3.25, search_direction=0, line_iteration=2,
                                    search_direction_norm=1.0, directional_derivative=-0.5, phase="Main", wolfe1=True,
                                    wolfe2=False, line_search_stop="MaxNrIterations"))
@@ -376,7 +376,7 @@ def test_iteration_table_columns(tmp_path):
         "4c:DirGradient\t5:Phase\t6a:Wolfe1\t6b:Wolfe2\t7:LinSrchStopCondition\tTime[ms]",
         "0\t0\t2\t1.500000\t0.250000\t2.000000\t1.000000\t-0.500000\tMain\ttrue\tfalse\tMaxNrIterations\t3.2"]
     # two metrics: per-metric columns in elastix's byte-wise sorted order
-    table = IterationTable(tmp_path, 0, 1, pmap, "QuasiNewtonLBFGS", number_of_metrics=2)
+    table = IterationTable(tmp_path, 0, 1, pmap, "lbfgs", number_of_metrics=2)
     assert table.header.split("\t")[3:8] == ["2:Metric", "2:Metric0", "2:Metric1", "3:StepLength", "4:||Gradient0||"]
     assert table.header.split("\t") == sorted(table.header.split("\t"))
     table.close()

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from elastix_bridge.engine.geometry import ImageGeometry
-from elastix_bridge.engine.images import Mask
+from elastix_bridge.core.geometry import ImageGeometry
+from elastix_bridge.engine.images.level_images import Mask
 from elastix_bridge.engine.components import names
 from elastix_bridge.engine.samplers import (FullSampler, GridSampler, RandomCoordinateSampler, RandomSampler,
                                             RandomSparseMaskSampler, make_sampler, sampling_region)
@@ -181,7 +181,7 @@ def test_mask_on_other_geometry():
 
 
 def test_factory_reads_parameter_map():
-    from elastix_bridge.parameters import ParameterMap
+    from elastix_bridge.core.parameters import ParameterMap
 
     pm = ParameterMap({"SampleGridSpacing": ["4", "3", "2", "1"], "UseRandomSampleRegion": ["false", "true"],
                        "SampleRegionSize": ["5", "5", "3.5", "2.6"]})

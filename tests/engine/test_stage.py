@@ -9,7 +9,7 @@ import pytest
 itk = pytest.importorskip("itk")
 pytest.importorskip("torch")
 
-from elastix_bridge.parameters import ParameterMap  # noqa: E402
+from elastix_bridge.core.parameters import ParameterMap  # noqa: E402
 
 
 def _image(shift: float, spacing=(1.0, 1.0)):
@@ -65,7 +65,7 @@ def test_setup_refuses_an_unknown_optimizer_before_loading_anything():
 
 
 def test_level_context_has_the_pyramid_sizes_sampler_and_optimizer_of_the_map(plugin):
-    from elastix_bridge.engine.optimizers import AdaptiveStochasticGradientDescent
+    from elastix_bridge.engine.optimizers.asgd import AdaptiveStochasticGradientDescent
     from elastix_bridge.engine.registration import LevelContext, setup_stage
 
     with setup_stage(_image(0, (1.0, 0.5)), _image(1, (1.0, 0.5)), _map()) as stage:

@@ -59,8 +59,8 @@ def as_parameter_object(value):
     """
     if value is None or hasattr(value, "GetNumberOfParameterMaps"):
         return value
-    from .parameters import parameter_maps_from_object
-    from .transform_io import to_parameter_object
+    from elastix_bridge.core.parameters import parameter_maps_from_object
+    from elastix_bridge.core.transform_io import to_parameter_object
 
     return to_parameter_object(parameter_maps_from_object(value))
 

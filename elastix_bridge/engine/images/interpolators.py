@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .components import register
-from .geometry import ImageGeometry
+from elastix_bridge.engine.components import register
+from elastix_bridge.core.geometry import ImageGeometry
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .images import LevelImage
+    from elastix_bridge.engine.images.level_images import LevelImage
 
 _MAX_CHUNK_ELEMENTS = 1 << 24  # gathered values per chunk (points × support × channels)
 
@@ -201,7 +201,7 @@ def _evaluate(coef_pc, size_xyz, index, order, with_gradient):
     nothing materialised); other devices use :func:`_evaluate_torch`, the reference implementation.
     """
     if coef_pc.device.type == "cpu":
-        from ..loader import load_plugin
+        from elastix_bridge.runtime.loader import load_plugin
 
         out = load_plugin().bspline_evaluate(coef_pc.contiguous(), list(size_xyz),
                                              index.to(coef_pc.dtype).contiguous(), int(order),
@@ -333,7 +333,7 @@ class ImageInterpolator:
     image B-spline and Static-mode IMPACT feature maps (cubic, per channel). docs/design.md §E8.1.
 
     Args:
-        image: a :class:`~elastix_bridge.engine.images.LevelImage`, or a numpy array / torch tensor
+        image: a :class:`~elastix_bridge.engine.images.level_images.LevelImage`, or a numpy array / torch tensor
             of shape ``(C, *zyx)`` (feature volume) or ``(*zyx)`` (one channel) together with ``geometry``.
         order: B-spline order 0..3.
         geometry: grid of ``image`` when it is an array (ignored/checked for a LevelImage).
@@ -352,7 +352,7 @@ class ImageInterpolator:
                  device=None, dtype=None):
         import torch
 
-        from .images import LevelImage
+        from elastix_bridge.engine.images.level_images import LevelImage
 
         if isinstance(image, LevelImage):
             geometry = image.geometry

@@ -50,14 +50,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..parameters import as_parameter_map
-from .components import UnsupportedComponentError, component, names, register
-from .errors import SamplingError
+from elastix_bridge.core.parameters import as_parameter_map
+from elastix_bridge.engine.components import UnsupportedComponentError, component, names, register
+from elastix_bridge.engine.errors import SamplingError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .images import LevelImage, Mask
+    from elastix_bridge.engine.images.level_images import LevelImage, Mask
 
 __all__ = [
     "AdvancedMeanSquares",
@@ -476,13 +476,13 @@ class _SampledImageMetric(_Metric):
     """Shared machinery of the image metrics: interpolators, sample validity, fixed values, options.
 
     Args:
-        fixed, moving: level images (:class:`~elastix_bridge.engine.images.LevelImage`).
-        moving_mask: :class:`~elastix_bridge.engine.images.Mask` (already eroded if ``ErodeMask``) or None.
-        transform: the stage transform (:mod:`elastix_bridge.engine.transforms`).
+        fixed, moving: level images (:class:`~elastix_bridge.engine.images.level_images.LevelImage`).
+        moving_mask: :class:`~elastix_bridge.engine.images.level_images.Mask` (already eroded if ``ErodeMask``) or None.
+        transform: the stage transform (:mod:`elastix_bridge.engine.transforms.bspline`).
         moving_interpolation_order: elastix ``BSplineInterpolationOrder`` (1 for ``LinearInterpolator``).
         required_ratio_of_valid_samples: ``RequiredRatioOfValidSamples`` (0 when ``CheckNumberOfSamples
             false``).
-        parameter_map: :class:`~elastix_bridge.parameters.ParameterMap` (or dict of string lists) holding the
+        parameter_map: :class:`~elastix_bridge.core.parameters.ParameterMap` (or dict of string lists) holding the
             metric's own options; None = elastix defaults.
         level: resolution level (entry of per-level options).
         prefix: elastix component label used for label-prefixed keys (``Metric0`` for the first metric,
@@ -501,7 +501,7 @@ class _SampledImageMetric(_Metric):
                  prefix: str = "Metric0", fixed_mask=None, fixed_interpolation_order: int = 1):
         import torch
 
-        from .interpolators import ImageInterpolator
+        from elastix_bridge.engine.images.interpolators import ImageInterpolator
 
         super().__init__(fixed, moving, moving_mask, transform, moving_interpolation_order,
                          required_ratio_of_valid_samples, parameter_map, level, prefix=prefix, fixed_mask=fixed_mask,
@@ -717,7 +717,7 @@ class AdvancedMattesMutualInformation(_SampledImageMetric):
                          fixed_mask=fixed_mask, fixed_interpolation_order=fixed_interpolation_order)
 
     def _read_options(self, pmap, level, prefix):
-        from ..parameters import UInt
+        from elastix_bridge.core.parameters import UInt
 
         def get(key, default, typ):
             return pmap.get(key, level=level, default=default, type=typ, prefix=prefix)
@@ -823,7 +823,7 @@ def bspline_spatial_hessian(transform, parameters, points):
     region (docs/design.md §E6.4).
 
     Args:
-        transform: :class:`~elastix_bridge.engine.transforms.BSplineTransform`.
+        transform: :class:`~elastix_bridge.engine.transforms.bspline.BSplineTransform`.
         parameters: ``(P,)`` coefficients (mm), may require grad.
         points: ``(N, D)`` physical points (mm).
 
@@ -883,7 +883,7 @@ class TransformBendingEnergyPenalty(_Metric):
     name = "TransformBendingEnergyPenalty"
 
     def __init__(self, fixed, moving, moving_mask, transform, *args, **kwargs):
-        from .initial_transforms import ComposedTransform
+        from elastix_bridge.engine.transforms.initial import ComposedTransform
 
         if isinstance(transform, ComposedTransform):
             # The Hessian of T_cur∘T_init (docs/design.md §E1.7) is not implemented; without this check the
@@ -907,7 +907,7 @@ class TransformBendingEnergyPenalty(_Metric):
         Raises:
             SamplingError: too few samples map inside the moving mask.
         """
-        from .transforms import BSplineTransform
+        from elastix_bridge.engine.transforms.bspline import BSplineTransform
 
         if not isinstance(self.transform, BSplineTransform):  # linear transforms: zero Hessian
             return _zero_like_parameters(parameters), 0

@@ -18,10 +18,10 @@ from typing import Callable, Optional, Protocol
 
 import numpy as np
 
-from ..parameters import UInt
-from .components import register
-from .errors import SamplingError
-from .random import as_elastix_random
+from elastix_bridge.core.parameters import UInt
+from elastix_bridge.engine.components import register
+from elastix_bridge.engine.errors import SamplingError
+from elastix_bridge.engine.random import as_elastix_random
 
 log = logging.getLogger("elastix_bridge")
 
@@ -72,14 +72,14 @@ class ASGDSettings:
         """Read the settings of ``level`` with elastix's lookup rules.
 
         Args:
-            pmap: :class:`elastix_bridge.parameters.ParameterMap`.
+            pmap: :class:`elastix_bridge.core.parameters.ParameterMap`.
             level: resolution level (0 = coarsest).
             number_of_parameters: P, for the ``NumberOfJacobianMeasurements`` default max(1000, P).
             fixed_spacing, moving_spacing: full-resolution spacings (mm, ITK order) for the
                 default ``MaximumStepLength`` (mean of the first min(D, 2) spacings of both).
 
         Raises:
-            elastix_bridge.parameters.ParameterError: a value of the wrong form.
+            elastix_bridge.core.parameters.ParameterError: a value of the wrong form.
             ValueError: an unknown ``ASGDParameterEstimationMethod``.
         """
         g = lambda name, default, typ=float, **kw: pmap.get(name, level=level, default=default, type=typ,

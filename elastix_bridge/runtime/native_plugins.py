@@ -56,7 +56,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from .loader import JIT_SWITCHES, ImpactUnavailableError, require_torch, set_jit_state
+from elastix_bridge.runtime.loader import JIT_SWITCHES, ImpactUnavailableError, require_torch, set_jit_state
 
 __all__ = [
     "CPU_PLUGIN_NAME",
@@ -397,7 +397,7 @@ def disable_jit_optimization() -> dict:
     which on GPU can start TensorExpr/NVRTC code generation (docs/design.md §I3.6).
 
     Returns:
-        The previous state, for :func:`elastix_bridge.loader.set_jit_state` to restore.
+        The previous state, for :func:`elastix_bridge.runtime.loader.set_jit_state` to restore.
 
     Raises:
         ImpactUnavailableError: torch missing.
@@ -720,11 +720,11 @@ def trial_preload(path, timeout: float = 120.0) -> tuple:
     Returns:
         ``(ok, message)``: ``(True, loaded path)`` or ``(False, the error message / how it died)``.
     """
-    code = ("import logging, sys\nfrom elastix_bridge.native_plugins import preload_native_plugin\n"
+    code = ("import logging, sys\nfrom elastix_bridge.runtime.native_plugins import preload_native_plugin\n"
             "logging.getLogger('elastix_bridge').setLevel(logging.ERROR)\n"
             "try:\n    print(preload_native_plugin(sys.argv[1]))\n"
             "except Exception as exc:\n    print(exc, file=sys.stderr); sys.exit(3)\n")
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
     try:
         proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,

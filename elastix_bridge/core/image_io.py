@@ -49,7 +49,7 @@ def read_image_geometry(path, what: str = "image"):
     """Read an image file's header only: size, spacing, origin and direction (no pixel data).
 
     Returns:
-        :class:`~elastix_bridge.engine.geometry.ImageGeometry` (ITK (x, y, z) order, mm).
+        :class:`~elastix_bridge.core.geometry.ImageGeometry` (ITK (x, y, z) order, mm).
 
     Raises:
         FileNotFoundError: as :func:`read_image`.
@@ -58,7 +58,7 @@ def read_image_geometry(path, what: str = "image"):
     import itk
     import numpy as np
 
-    from .engine.geometry import ImageGeometry
+    from elastix_bridge.core.geometry import ImageGeometry
 
     path = Path(path)
     if not path.is_file():

@@ -9,7 +9,7 @@ and cached under ``$ELASTIX_BRIDGE_CACHE`` (default ``~/.cache/elastix-bridge``)
 named after the torch version, C++ ABI, CUDA version and source hash, with a JSON build record
 next to the ``.so``. A prebuilt plugin can be forced with ``$ELASTIX_BRIDGE_PLUGIN``. Only a torch of
 :data:`SUPPORTED_TORCH` (the range CI builds and runs) is accepted; a failed build is explained by
-:mod:`elastix_bridge.build_checks`.
+:mod:`elastix_bridge.runtime.build_checks`.
 
 Errors form one hierarchy rooted at :class:`ImpactError`:
 :class:`ImpactUnavailableError` (``RuntimeError``: Impact cannot be loaded/run here) and
@@ -17,7 +17,7 @@ Errors form one hierarchy rooted at :class:`ImpactError`:
 
 Why this module is longer than ~600 lines: it is the loader room of docs/design.md §2.3, which owns
 every "cannot load" message: torch and its supported range, the plugin build, cache and records,
-devices, JIT switches and models (failed builds are explained by :mod:`elastix_bridge.build_checks`).
+devices, JIT switches and models (failed builds are explained by :mod:`elastix_bridge.runtime.build_checks`).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from . import build_checks
+from elastix_bridge.runtime import build_checks
 
 if TYPE_CHECKING:  # pragma: no cover - typing only, never imported at run time
     import torch
@@ -184,7 +184,7 @@ def plugin_source_dir() -> Path:
         candidates.append(Path(str(files("elastix_bridge.plugin_src"))))
     except (ImportError, TypeError, ValueError):
         pass
-    candidates.append(Path(__file__).resolve().parents[1] / "plugin")
+    candidates.append(Path(__file__).resolve().parents[2] / "plugin")
     for candidate in candidates:
         if (candidate / "impact_plugin.cpp").is_file():
             return candidate
@@ -348,7 +348,7 @@ def build_plugin(output_dir: Path | None = None, verbose: bool = False) -> Path:
     Raises:
         ImpactUnavailableError: torch missing or outside :data:`SUPPORTED_TORCH`; ninja missing; or the
             build cannot start or failed. The message names the cause found by
-            :mod:`elastix_bridge.build_checks` (no compiler, a compiler that rejects torch's C++
+            :mod:`elastix_bridge.runtime.build_checks` (no compiler, a compiler that rejects torch's C++
             standard, another standard forced, torch's or Python's headers missing, cache not
             writable, out of disk or memory, link error), its fix, and the file holding the whole
             compiler output.

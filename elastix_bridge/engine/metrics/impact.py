@@ -1,6 +1,6 @@
 """The IMPACT metric for one resolution level: Static and Jacobian modes.
 
-Feature models run in the compiled plugin (:mod:`elastix_bridge.loader`); this module builds
+Feature models run in the compiled plugin (:mod:`elastix_bridge.runtime.loader`); this module builds
 their inputs (patches, resampled images), reads their outputs at the sample points and reduces
 them with the plugin's distances. Derivatives with respect to the transform parameters come from
 autograd through the whole chain (distance → features → model → moving-image interpolation →
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SamplingError
-from .geometry import ImageGeometry
-from .components import register
+from elastix_bridge.engine.errors import SamplingError
+from elastix_bridge.core.geometry import ImageGeometry
+from elastix_bridge.engine.components import register
 
 log = logging.getLogger("elastix_bridge")
 
@@ -101,7 +101,7 @@ def _call_model(model, cfg, x, stats, direction, which: str, level: int, finite:
     With ``finite`` (every call on image data; not the dry runs on zero input, where a model that
     normalises its patch may divide by zero), a selected layer holding NaN or Inf is refused by name.
     """
-    from ..loader import ImpactModelError, validate_model_output
+    from elastix_bridge.runtime.loader import ImpactModelError, validate_model_output
 
     try:
         out = model.forward(x, len(cfg.layers_mask), stats, direction)
@@ -123,7 +123,7 @@ def _check_finite_features(features, cfg, layer: int, which: str, level: int) ->
     finite = torch.isfinite(values)
     if bool(finite.all()):
         return
-    from ..loader import ImpactModelError
+    from elastix_bridge.runtime.loader import ImpactModelError
 
     first = [int(i) for i in (~finite).nonzero()[0]]
     kind = "NaN" if bool(torch.isnan(values[tuple(first)])) else "Inf"
@@ -150,7 +150,7 @@ def _dummy_channels(models, configs, stats, direction, device, which: str, level
 
 def _check_paired(level: int, fixed: list, moving: list) -> None:
     """Paired fixed/moving layers must have equal channel counts (docs/design.md §I5.1, §I6.8; Q9 fixed)."""
-    from ..loader import ImpactModelError
+    from elastix_bridge.runtime.loader import ImpactModelError
 
     if fixed != moving:
         raise ImpactModelError(
@@ -161,7 +161,7 @@ def _check_paired(level: int, fixed: list, moving: list) -> None:
 def _check_pca(level: int, layer: int, components: int, channels: int) -> None:
     """``ImpactPCA`` may not ask for more components than the layer has channels."""
     if components > channels:
-        from ..impact_parameters import ImpactParameterError
+        from elastix_bridge.core.impact_parameters import ImpactParameterError
 
         raise ImpactParameterError(
             f"ImpactPCA{level} (level {level}): entry {layer} asks for {components} principal components but layer "
@@ -179,15 +179,15 @@ def check_level_models(config, models, image_dimension: int, device) -> None:
     checked when the level's feature maps are computed.
 
     Args:
-        config: the level's :class:`~elastix_bridge.impact_parameters.ImpactLevelConfig`.
+        config: the level's :class:`~elastix_bridge.core.impact_parameters.ImpactLevelConfig`.
         models: ``(fixed_models, moving_models)`` plugin ``FeatureModel`` lists.
         image_dimension: D (the direction tensor passed to 4-argument models is ``D × D``).
         device: ``torch.device`` of the models.
 
     Raises:
-        elastix_bridge.loader.ImpactModelError: a model fails, returns the wrong list, or paired
+        elastix_bridge.runtime.loader.ImpactModelError: a model fails, returns the wrong list, or paired
             layers differ in channel count.
-        elastix_bridge.impact_parameters.ImpactParameterError: ``ImpactPCA<L>`` exceeds a layer's
+        elastix_bridge.core.impact_parameters.ImpactParameterError: ``ImpactPCA<L>`` exceeds a layer's
             channels.
     """
     import torch
@@ -209,10 +209,10 @@ class ImpactMetric:
     """IMPACT for one resolution level.
 
     Args:
-        config: the level's :class:`elastix_bridge.impact_parameters.ImpactLevelConfig`.
-        fixed, moving: level images (:class:`elastix_bridge.engine.images.LevelImage`).
-        moving_mask: :class:`elastix_bridge.engine.images.Mask` or None.
-        transform: the stage transform (:mod:`elastix_bridge.engine.transforms`).
+        config: the level's :class:`elastix_bridge.core.impact_parameters.ImpactLevelConfig`.
+        fixed, moving: level images (:class:`elastix_bridge.engine.images.level_images.LevelImage`).
+        moving_mask: :class:`elastix_bridge.engine.images.level_images.Mask` or None.
+        transform: the stage transform (:mod:`elastix_bridge.engine.transforms.bspline`).
         plugin: the loaded plugin module.
         models: ``(fixed_models, moving_models)`` — plugin ``FeatureModel`` objects per config entry.
         device: ``torch.device`` for model inputs and features (``ImpactGPU``).
@@ -227,7 +227,7 @@ class ImpactMetric:
                  moving_interpolation_order: int = 1, required_ratio_of_valid_samples: float = 0.25):
         import torch
 
-        from .interpolators import ImageInterpolator
+        from elastix_bridge.engine.images.interpolators import ImageInterpolator
 
         self.config = config
         self.fixed, self.moving, self.moving_mask = fixed, moving, moving_mask
@@ -260,7 +260,7 @@ class ImpactMetric:
         if self.config.mode == "Static":
             import torch
 
-            from .interpolators import ImageInterpolator
+            from elastix_bridge.engine.images.interpolators import ImageInterpolator
 
             fixed_maps, geometries = self._static_maps(self.fixed_models, self.config.fixed_models,
                                                        self.fixed_interp, None, self.fixed_stats,
@@ -341,7 +341,7 @@ class ImpactMetric:
             return
         import itk
 
-        from ..image_io import write_image
+        from elastix_bridge.core.image_io import write_image
 
         Path(directory).mkdir(parents=True, exist_ok=True)
         array = np.ascontiguousarray(np.moveaxis(volume.detach().cpu().float().numpy(), 0, -1))
@@ -433,7 +433,7 @@ class ImpactMetric:
         """(Re)compute ``Φ(M∘T)`` on the fixed grids with the current transform (docs/design.md §I6.6)."""
         import torch
 
-        from .interpolators import ImageInterpolator
+        from elastix_bridge.engine.images.interpolators import ImageInterpolator
 
         params = parameters.detach()
         self._reference_parameters = params.clone()

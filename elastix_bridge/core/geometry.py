@@ -240,7 +240,7 @@ def grid_domain_under_initial(geometry: ImageGeometry, final_spacing, initial_tr
     """
     import torch
 
-    from .linear_transforms import itk_point_arithmetic, matrix_times_points
+    from elastix_bridge.engine.transforms.linear import itk_point_arithmetic, matrix_times_points
 
     size = np.asarray(geometry.size)
     axes = [np.arange(n) for n in size]

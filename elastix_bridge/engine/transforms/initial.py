@@ -16,8 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .components import register
-from .transforms import BSplineGrid, BSplineTransform, Transform, TranslationTransform
+from elastix_bridge.engine.components import register
+from elastix_bridge.engine.transforms.bspline import BSplineGrid, BSplineTransform
+from elastix_bridge.engine.transforms.base import Transform, TranslationTransform
 
 __all__ = ["ComposedTransform", "TransformChain", "chain_from_file", "transform_from_parameter_map"]
 
@@ -26,13 +27,13 @@ def transform_from_parameter_map(pmap):
     """The transform and parameters a TransformParameters map describes (what transformix applies).
 
     Args:
-        pmap: :class:`elastix_bridge.parameters.ParameterMap` (or dict of string lists) with
+        pmap: :class:`elastix_bridge.core.parameters.ParameterMap` (or dict of string lists) with
             ``Transform``, ``TransformParameters`` and the transform's own keys (``GridSize`` …,
             ``CenterOfRotationPoint`` …).
 
     Returns:
-        ``(transform, params)``: a transform of :mod:`elastix_bridge.engine.transforms` or
-        :mod:`elastix_bridge.engine.linear_transforms` and its ``Tensor[P]`` float64 parameters.
+        ``(transform, params)``: a transform of :mod:`elastix_bridge.engine.transforms.bspline` or
+        :mod:`elastix_bridge.engine.transforms.linear` and its ``Tensor[P]`` float64 parameters.
 
     Raises:
         UnsupportedComponentError: a transform the bridge engine does not know (with the supported list).
@@ -40,8 +41,8 @@ def transform_from_parameter_map(pmap):
 
     Source: docs/design.md §E10.1, §E10.3.
     """
-    from ..parameters import ParameterMap
-    from .components import UnsupportedComponentError, component
+    from elastix_bridge.core.parameters import ParameterMap
+    from elastix_bridge.engine.components import UnsupportedComponentError, component
 
     pm = pmap if isinstance(pmap, ParameterMap) else ParameterMap.from_dict(dict(pmap))
     name = pm.get("Transform", default="AffineTransform")  # elastix's default when absent (§E1.7)
@@ -82,7 +83,7 @@ def _bspline_from_parameter_map(pm):
     return transform, _parameters(pm, transform, name)
 
 
-# The transforms of engine/transforms.py, registered here beside their readers.
+# The transforms of engine/transforms/bspline.py, registered here beside their readers.
 register("Transform", "TranslationTransform", TranslationTransform, kind="translation",
          read=_translation_from_parameter_map, source="Components/Transforms/TranslationTransform")
 register("Transform", "BSplineTransform", BSplineTransform, kind="bspline", read=_bspline_from_parameter_map,
@@ -104,7 +105,7 @@ def chain_from_file(path) -> list:
         path: a TransformParameters file (``-t0``).
 
     Returns:
-        list of :class:`~elastix_bridge.parameters.ParameterMap`.
+        list of :class:`~elastix_bridge.core.parameters.ParameterMap`.
 
     Raises:
         FileNotFoundError: a file of the chain is missing (the message names the referencing file).
@@ -112,7 +113,7 @@ def chain_from_file(path) -> list:
     """
     from pathlib import Path
 
-    from ..transform_io import read_transform_parameter_file
+    from elastix_bridge.core.transform_io import read_transform_parameter_file
 
     maps, seen = [], set()
     current, referrer = str(path), None
@@ -151,7 +152,7 @@ class TransformChain:
     def __init__(self, maps: Sequence):
         from functools import partial
 
-        from ..parameters import ParameterMap
+        from elastix_bridge.core.parameters import ParameterMap
 
         self._last = None  # points -> points of the chain so far: each stage is composed onto it
         for m in maps:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .components import register
-from .geometry import ImageGeometry
+from elastix_bridge.engine.components import register
+from elastix_bridge.core.geometry import ImageGeometry
 
 SUPPORTED_PYRAMIDS = ("SmoothingImagePyramid", "RecursiveImagePyramid",
                       "ShrinkingImagePyramid", "GenericImagePyramid")

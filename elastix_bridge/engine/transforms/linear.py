@@ -42,14 +42,14 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 import numpy as np
 
 from elastix_bridge.engine.components import component, names, register
-from elastix_bridge.engine.geometry import ImageGeometry
-from elastix_bridge.engine.transforms import Transform
-from elastix_bridge.parameters import ParameterError, ParameterMap, format_numbers
+from elastix_bridge.core.geometry import ImageGeometry
+from elastix_bridge.engine.transforms.base import Transform
+from elastix_bridge.core.parameters import ParameterError, ParameterMap, format_numbers
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from elastix_bridge.engine.images import Mask
+    from elastix_bridge.engine.images.level_images import Mask
 
 __all__ = [
     "INITIALIZATION_METHODS",
@@ -721,7 +721,7 @@ def _center_of_gravity_all_voxels(array: np.ndarray, geometry: ImageGeometry, ma
 def _center_of_gravity_grid(array: np.ndarray, geometry: ImageGeometry, mask, number_of_samples: int,
                             lower_threshold) -> np.ndarray:
     """elastix ``AdvancedImageMomentsCalculator``: centroid over a grid of ≈N samples, mask, threshold; mm."""
-    from .samplers import GridSampler
+    from elastix_bridge.engine.samplers import GridSampler
 
     if lower_threshold is not None:  # BinaryThresholdImageFilter: inside (1) iff lower <= value
         array = (array >= float(np.float32(lower_threshold))).astype(np.float64)
@@ -1004,7 +1004,7 @@ def automatic_scales_estimation(
     """
     import torch
 
-    from .samplers import GridSampler
+    from elastix_bridge.engine.samplers import GridSampler
 
     points = GridSampler(fixed_geometry, number_of_samples=number_of_samples).sample()  # (N, D) float64
     if points.shape[0] == 0:

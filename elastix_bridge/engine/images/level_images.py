@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .geometry import ImageGeometry
+from elastix_bridge.core.geometry import ImageGeometry
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
-from .parameters import ParameterMap
+from elastix_bridge.core.parameters import ParameterMap
 
 __all__ = [
     "DISTANCES",

@@ -7,7 +7,7 @@ names from the string literals passed to ``ReadParameter`` / ``RetrieveValue`` /
 ``CountNumberOfParameterEntries`` in ``Core/``, ``Common/`` and ``Components/``, plus the component
 keys and the names elastix builds at run time (``Erode<Fixed|Moving>Mask``,
 ``<Fixed|Moving>ImagePyramid<Rescale|Smoothing>Schedule``, ``Metric<i>Weight`` / ``Use`` /
-``RelativeWeight``). The IMPACT keys are listed in :mod:`elastix_bridge.impact_parameters`.
+``RelativeWeight``). The IMPACT keys are listed in :mod:`elastix_bridge.core.impact_parameters`.
 """
 
 #: Component names per component key (``(Metric "...")`` etc.).

@@ -1,6 +1,6 @@
 """Before and after compiling the IMPACT plugin: pre-flight checks and the cause of a failed build.
 
-:func:`elastix_bridge.loader.build_plugin` compiles ``plugin/*.cpp`` with
+:func:`elastix_bridge.runtime.loader.build_plugin` compiles ``plugin/*.cpp`` with
 ``torch.utils.cpp_extension.load``, which chooses the compiler flags for the installed torch (its
 C++ standard, ``-D_GLIBCXX_USE_CXX11_ABI``, include and library paths) and runs ninja. This module
 checks what can be checked before that (a compiler, a writable cache folder with room for the build)
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .files import write_atomically
+from elastix_bridge.core.files import write_atomically
 
 __all__ = [
     "BUILD_SPACE_BYTES",

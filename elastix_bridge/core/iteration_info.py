@@ -1,6 +1,6 @@
 """elastix's iteration table: the per-iteration log lines and ``IterationInfo.<e>.R<r>.txt`` files.
 
-Beside :mod:`elastix_bridge.transform_io` (the TransformParameters files), this module writes the other
+Beside :mod:`elastix_bridge.core.transform_io` (the TransformParameters files), this module writes the other
 per-stage output elastix leaves in its output folder: one tab-separated row per optimizer iteration,
 with the columns and number formats of elastix (docs/design.md §E13; ``Core/Kernel/elxIterationInfo.cxx``,
 ``Core/Kernel/elxElastixTemplate.hxx``, ``elxQuasiNewtonLBFGS.hxx``). :mod:`elastix_bridge.qc` reads the
@@ -27,24 +27,24 @@ class IterationTable:
     """
 
     def __init__(self, output_directory: Optional[Path], elastix_level: int, level: int, pmap,
-                 optimizer: str = "AdaptiveStochasticGradientDescent", number_of_metrics: int = 1) -> None:
+                 columns: str = "asgd", number_of_metrics: int = 1) -> None:
         """Open the table of one resolution level.
 
         Args:
             output_directory: folder of ``IterationInfo.<elastix_level>.R<level>.txt``, or None (log only).
             elastix_level: index of the parameter map in the parameter object.
             level: resolution level.
-            pmap: the stage's :class:`~elastix_bridge.parameters.ParameterMap` (``WriteIterationInfo``).
-            optimizer: the elastix optimizer name; its registered ``iteration_columns`` trait picks the columns.
+            pmap: the stage's :class:`~elastix_bridge.core.parameters.ParameterMap` (``WriteIterationInfo``).
+            columns: the optimizer's column set, its registered ``iteration_columns`` trait
+                (``"asgd"``, ``"lbfgs"`` or ``"gradient_descent"``).
             number_of_metrics: more than one adds each metric's value, gradient norm and time.
 
         Raises:
-            elastix_bridge.engine.components.UnsupportedComponentError: an unregistered optimizer.
+            ValueError: an unknown column set.
             OSError: the file cannot be created.
         """
-        from .engine.components import component
-
-        columns = component("Optimizer", optimizer).trait("iteration_columns", "gradient_descent")
+        if columns not in ("asgd", "lbfgs", "gradient_descent"):
+            raise ValueError(f"unknown iteration columns {columns!r}: expected 'asgd', 'lbfgs' or 'gradient_descent'")
         self.asgd = columns == "asgd"
         self.lbfgs = columns == "lbfgs"
         self.multi = number_of_metrics > 1

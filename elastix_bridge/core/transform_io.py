@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from elastix_bridge.files import write_atomically
-from elastix_bridge.parameters import (
+from elastix_bridge.core.files import write_atomically
+from elastix_bridge.core.parameters import (
     ParameterError,
     ParameterMap,
     as_parameter_map,
@@ -64,7 +64,7 @@ def transform_parameter_map(
     """The complete TransformParameters map elastix writes for one registration.
 
     Args:
-        transform: an ``elastix_bridge.engine.transforms.Transform``.
+        transform: an ``elastix_bridge.engine.transforms.base.Transform``.
         params: its final parameters, ``(P,)`` tensor or array (unscaled).
         fixed_geometry: full-resolution fixed image ``ImageGeometry`` (output domain of transformix).
         initial_transform_file: ``InitialTransformParameterFileName`` value; ``None``/``""`` →
@@ -108,7 +108,7 @@ def transform_parameter_map(
     interp = reg.get("ResampleInterpolator", default="FinalBSplineInterpolator")
     pm.set("ResampleInterpolator", [interp])
     if interp in _BSPLINE_RESAMPLE_INTERPOLATORS:
-        from elastix_bridge.parameters import UInt
+        from elastix_bridge.core.parameters import UInt
 
         order = reg.get("FinalBSplineInterpolationOrder", default=3, type=UInt)
         pm.set("FinalBSplineInterpolationOrder", [str(order)])

@@ -18,7 +18,7 @@ and, with ``StopIfWolfeNotSatisfied``, a line search that ended without both Wol
 ("Wolfe conditions are not satisfied"). The iteration and gradient tests also run before the first
 line search, so ``MaximumNumberOfIterations`` ≤ 1 does no iteration at all (as in elastix). A
 non-positive ``H0`` scale stops with "The diagonal matrix is invalid". A metric error (too few valid
-samples, :class:`~elastix_bridge.engine.optimizers.SamplingError`) during a line search is logged and
+samples, :class:`~elastix_bridge.engine.optimizers.asgd.SamplingError`) during a line search is logged and
 convergence is assumed at the line search's start ("Error in LineSearch"); one at the level's first
 evaluation propagates. ``MaximumNumberOfSamplingAttempts`` does not apply (elastix's QuasiNewtonLBFGS
 does not read it).
@@ -39,9 +39,9 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
-from .line_search import MoreThuenteLineSearch, LineSearchState
-from .errors import SamplingError
-from .optimizers import IterationRecord, ScaledCost, register_optimizer, scale_roots
+from elastix_bridge.engine.optimizers.line_search import MoreThuenteLineSearch, LineSearchState
+from elastix_bridge.engine.errors import SamplingError
+from elastix_bridge.engine.optimizers.asgd import IterationRecord, ScaledCost, register_optimizer, scale_roots
 
 log = logging.getLogger("elastix_bridge")
 
@@ -114,11 +114,11 @@ class QuasiNewtonLBFGSSettings:
         negative tolerances count as 0.
 
         Args:
-            pmap: :class:`elastix_bridge.parameters.ParameterMap`.
+            pmap: :class:`elastix_bridge.core.parameters.ParameterMap`.
             level: resolution level (0 = coarsest).
 
         Raises:
-            elastix_bridge.parameters.ParameterError: a value of the wrong form (e.g. a negative
+            elastix_bridge.core.parameters.ParameterError: a value of the wrong form (e.g. a negative
                 ``MaximumNumberOfIterations``, which elastix reads as unsigned).
             ValueError: ``LineSearchGradientTolerance < LineSearchValueTolerance``. elastix would only
                 log the line search's exception at the first iteration and keep the initial
@@ -127,7 +127,7 @@ class QuasiNewtonLBFGSSettings:
         Source: ``elxQuasiNewtonLBFGS.hxx`` ``BeforeRegistration``, ``BeforeEachResolution``;
         ``elxOptimizerBase.hxx`` (``NewSamplesEveryIteration``).
         """
-        from ..parameters import UInt
+        from elastix_bridge.core.parameters import UInt
 
         g = lambda name, default, typ=float: pmap.get(name, level=level, default=default, type=typ,
                                                      prefix="Optimizer0")
@@ -147,7 +147,7 @@ class QuasiNewtonLBFGSSettings:
         return s
 
     def line_search(self) -> MoreThuenteLineSearch:
-        """The level's :class:`~elastix_bridge.engine.line_search.MoreThuenteLineSearch`."""
+        """The level's :class:`~elastix_bridge.engine.optimizers.line_search.MoreThuenteLineSearch`."""
         return MoreThuenteLineSearch(maximum_number_of_iterations=self.maximum_number_of_line_search_iterations,
                                      initial_step_length=self.step_length,
                                      value_tolerance=self.line_search_value_tolerance,

@@ -1,8 +1,8 @@
 """elastix's StandardGradientDescent and RegularStepGradientDescent optimizers for one resolution level.
 
-Both share the interface of :class:`elastix_bridge.engine.optimizers.AdaptiveStochasticGradientDescent`:
+Both share the interface of :class:`elastix_bridge.engine.optimizers.asgd.AdaptiveStochasticGradientDescent`:
 ``optimize(cost, x0, terms=None, scales=None)`` returns the final position and fills ``history`` with
-one :class:`~elastix_bridge.engine.optimizers.IterationRecord` per iteration.
+one :class:`~elastix_bridge.engine.optimizers.asgd.IterationRecord` per iteration.
 
 Sources: docs/design.md §E9.2 (``Components/Optimizers/StandardGradientDescent``), §E9.3
 (``Components/Optimizers/RegularStepGradientDescent``, ITK
@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..parameters import UInt
-from .optimizers import IterationRecord, ScaledCost, evaluate_with_retries, register_optimizer, scale_roots
+from elastix_bridge.core.parameters import UInt
+from elastix_bridge.engine.optimizers.asgd import IterationRecord, ScaledCost, evaluate_with_retries, register_optimizer, scale_roots
 
 class _GradientDescent:
     """Shared state of the two optimizers: settings, the per-iteration callback, history, stop condition."""
