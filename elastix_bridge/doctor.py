@@ -47,7 +47,7 @@ def _problem(report: dict, what: str, why: str, fix: str) -> None:
 
 
 def _itk_elastix_section(report: dict) -> dict:
-    version = native_plugins._itk_elastix_version()
+    version = native_plugins.itk_elastix_version()
     library = native_plugins.elastix_library()
     section = {"installed": version is not None, "version": version,
                "elastix_library": str(library) if library else None, "lazy_impact_loader": None,
@@ -139,7 +139,7 @@ def _build_tools() -> dict:
 
 def _plugin_section(report: dict, torch, build: bool) -> dict:
     env = os.environ.get(loader.PLUGIN_ENV) or None
-    section = {"plugin_env": env, "cache_root": str(loader._cache_root()), "path": None, "built": False,
+    section = {"plugin_env": env, "cache_root": str(loader.cache_root()), "path": None, "built": False,
                "record": None, "expected": None, "matches": None, "mismatch": None, "imports": None,
                "built_now": False, "build_tools": _build_tools()}
     if torch is None:
@@ -147,7 +147,7 @@ def _plugin_section(report: dict, torch, build: bool) -> dict:
         return section
     try:
         expected = loader.expected_build_record()
-        so = Path(env).expanduser() if env else loader._so_path(loader.cache_dir())
+        so = Path(env).expanduser() if env else loader.plugin_file(loader.cache_dir())
     except loader.ImpactUnavailableError as exc:  # e.g. the plugin sources are missing
         section["state"] = "unusable"
         _problem(report, "the IMPACT plugin cannot be located", str(exc),
@@ -157,8 +157,8 @@ def _plugin_section(report: dict, torch, build: bool) -> dict:
 
     def inspect() -> None:
         section["built"] = so.is_file()
-        section["record"] = loader._read_record(so) if section["built"] else None
-        section["mismatch"] = (loader._record_mismatch(section["record"], expected, check_source=env is None)
+        section["record"] = loader.read_build_record(so) if section["built"] else None
+        section["mismatch"] = (loader.build_record_mismatch(section["record"], expected, check_source=env is None)
                                if section["built"] else None)
         section["matches"] = section["built"] and section["mismatch"] is None
 

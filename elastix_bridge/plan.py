@@ -405,7 +405,7 @@ def plan_stage(k: int, pmap, engine: str, fixed, moving, fixed_mask=None, moving
     all_levels = engine == "elastix" and not _pyramids_per_resolution(pmap)
     if all_levels:  # elastix's pyramid filters compute and keep every level at once
         base["pyramid images"] = sum(int(np.prod(f)) + int(np.prod(m)) for f, m in zip(fixed_sizes, moving_sizes)) * F32
-    configs = (impact_levels(pmap.to_dict(), levels, dim, metric_index=metrics.index("Impact"))
+    configs = (impact_levels(pmap, levels, dim, metric_index=metrics.index("Impact"))
                if "Impact" in metrics else [])
     plans, lower = [], False
     for r in range(levels):

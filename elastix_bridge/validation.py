@@ -407,7 +407,7 @@ def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Opti
                 if bridge:
                     check_stage_settings(pmap, components, levels, dimension)
                 if impact:
-                    configs = impact_levels(pmap.to_dict(), levels, dimension,
+                    configs = impact_levels(pmap, levels, dimension,
                                             metric_index=pmap.values("Metric").index("Impact"))
                     _check_model_files(pmap, configs)
                     if bridge:

@@ -1,11 +1,12 @@
 """Shared test fixtures: one plugin build per test session, and the optional ../shared folder."""
 import os
+import shutil
 import tempfile
-from pathlib import Path
 
+import numpy as np
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from helpers import impact_parameters, write_parameter_file  # noqa: E402
 
 
 def pytest_configure(config):
@@ -17,31 +18,6 @@ def pytest_configure(config):
     os.environ.pop("ELASTIX_BRIDGE_PLUGIN", None)
 
 
-# The Impact keys of a one-level, one-model Static map with the built-in 2D MIND-SSC model.
-MIND_SSC_2D_STATIC = {
-    "ImpactMode": ["Static"],
-    "ImpactGPU": ["-1"],
-    "ImpactModelsPath0": ["mind-ssc-2d"],
-    "ImpactDimension0": ["2"],
-    "ImpactNumberOfChannels0": ["1"],
-    "ImpactPatchSize0": ["0", "0"],
-    "ImpactVoxelSize0": ["1", "1"],
-    "ImpactLayersMask0": ["1"],
-    "ImpactSubsetFeatures0": ["4"],
-    "ImpactLayersWeight0": ["1"],
-    "ImpactPCA0": ["0"],
-    "ImpactDistance0": ["L2"],
-}
-
-
-def shared_path(*parts) -> Path:
-    """Path inside ../shared; skips the calling test with a reason when it is absent."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"needs {path} (the ../shared folder beside the checkout is absent)")
-    return path
-
-
 @pytest.fixture(scope="session")
 def plugin():
     """The compiled plugin module, built at most once per session."""
@@ -49,3 +25,47 @@ def plugin():
     from elastix_bridge.runtime import loader
 
     return loader.load_plugin()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Synthetic 2D pair and MET_CHAR masks on disk, like the real data: dict of paths."""
+    itk = pytest.importorskip("itk")
+    folder = tmp_path_factory.mktemp("cli-inputs")
+    y, x = np.mgrid[:36, :36].astype(np.float32)
+    arrays = {"fixed.mha": np.exp(-((x - 18) ** 2 + (y - 18) ** 2) / 60.0),
+              "moving.mha": np.exp(-((x - 20) ** 2 + (y - 17) ** 2) / 60.0)}
+    paths = {}
+    for name, array in arrays.items():
+        image = itk.image_from_array(array.astype(np.float32))
+        image.SetSpacing([1.2, 1.0])
+        itk.imwrite(image, str(folder / name))
+        paths[name.split(".")[0]] = folder / name
+    # itk-python cannot write signed char; write the MetaImage by hand.
+    ((x - 18) ** 2 + (y - 18) ** 2 < 15 ** 2).astype(np.int8).tofile(folder / "mask.raw")
+    (folder / "mask.mhd").write_text(
+        "ObjectType = Image\nNDims = 2\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+        "ElementSpacing = 1.2 1\nDimSize = 36 36\nElementType = MET_CHAR\nElementDataFile = mask.raw\n")
+    paths["mask"] = folder / "mask.mhd"
+    paths["params"] = write_parameter_file(folder / "params.txt", impact_parameters())
+    return paths
+
+
+@pytest.fixture(scope="module")
+def cc():
+    """The system C compiler ($CC, cc, gcc or clang); skips when there is none."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("no C compiler (cc/gcc/clang) to build the stand-in plugin libraries")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread: the metric's tensors are tiny, and on a busy 2-core machine every multi-threaded
+    small matmul waits for a descheduled worker (~20 ms each); restored after the module."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

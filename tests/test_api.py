@@ -14,83 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MIND_SSC_2D_STATIC
 
 itk = pytest.importorskip("itk")
 
 from elastix_bridge.api import elastix_registration_method  # noqa: E402
+from helpers import DIRECTION, blobs, elastix_map, impact_map, make_image, transform_parameters  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-# A rotated, anisotropic, off-origin grid: transformix must honour direction, spacing and origin.
-_ANGLE = np.deg2rad(20.0)
-DIRECTION = np.array([[np.cos(_ANGLE), -np.sin(_ANGLE)], [np.sin(_ANGLE), np.cos(_ANGLE)]])
-SPACING = (1.5, 1.0)
-ORIGIN = (-10.0, 5.0)
-
-
-def blobs(shape, centre) -> np.ndarray:
-    """Two Gaussian blobs (float32, numpy ``[y, x]``) around ``centre`` (x, y in voxels)."""
-    y, x = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
-    cx, cy = centre
-    big = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * 6.0**2))
-    small = 0.5 * np.exp(-((x - cx - 8) ** 2 + (y - cy + 5) ** 2) / (2 * 3.0**2))
-    return (big + small).astype(np.float32)
-
-
-def make_image(array, direction=DIRECTION, spacing=SPACING, origin=ORIGIN):
-    """``itk.Image[F, 2]`` of ``array`` with the given geometry."""
-    image = itk.image_from_array(np.ascontiguousarray(array, dtype=np.float32))
-    image.SetSpacing([float(s) for s in spacing])
-    image.SetOrigin([float(o) for o in origin])
-    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction, dtype=np.float64)))
-    return image
-
-
-def elastix_map(iterations: int = 5) -> dict:
-    """A small translation / AdvancedMeanSquares map that runs on elastix (no Impact)."""
-    return {
-        "Registration": ["MultiResolutionRegistration"],
-        "Metric": ["AdvancedMeanSquares"],
-        "Transform": ["TranslationTransform"],
-        "Optimizer": ["AdaptiveStochasticGradientDescent"],
-        "MaximumNumberOfIterations": [str(iterations)],
-        "NumberOfResolutions": ["1"],
-        "ImageSampler": ["Full"],
-        "AutomaticTransformInitialization": ["false"],
-        "RandomSeed": ["3"],
-        "ResultImageFormat": ["mha"],
-    }
-
-
-def impact_map(transform: str = "BSplineTransform", iterations: int = 10, fmt: str = "mha") -> dict:
-    """A one-level Static-mode Impact map with the built-in MIND-SSC 2D model."""
-    pmap = {
-        "Registration": ["MultiResolutionRegistration"],
-        "FixedImagePyramid": ["FixedSmoothingImagePyramid"],
-        "MovingImagePyramid": ["MovingSmoothingImagePyramid"],
-        "NumberOfResolutions": ["1"],
-        "Metric": ["Impact"],
-        "Optimizer": ["AdaptiveStochasticGradientDescent"],
-        "MaximumNumberOfIterations": [str(iterations)],
-        "Transform": [transform],
-        "ImageSampler": ["RandomCoordinate"],
-        "NumberOfSpatialSamples": ["500"],
-        "NewSamplesEveryIteration": ["true"],
-        "Interpolator": ["BSplineInterpolator"],
-        "BSplineInterpolationOrder": ["1"],
-        "RandomSeed": ["7"],
-        "ResultImageFormat": [fmt],
-        **MIND_SSC_2D_STATIC,
-    }
-    if transform == "BSplineTransform":
-        pmap["FinalGridSpacingInPhysicalUnits"] = ["12"]
-    return pmap
-
-
-def transform_parameters(parameter_object, index: int = 0) -> list:
-    """The ``TransformParameters`` strings of map ``index`` of an ``itk.ParameterObject``."""
-    return [str(v) for v in parameter_object.GetParameterMap(index)["TransformParameters"]]
 
 
 @pytest.fixture(scope="module")

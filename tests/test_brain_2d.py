@@ -14,7 +14,7 @@ fixed mask) > 0.979 (mask warped with FinalBSplineInterpolationOrder 0).
 
 import pytest
 
-from conftest import shared_path
+from helpers import shared_path
 
 itk = pytest.importorskip("itk")
 pytest.importorskip("torch")

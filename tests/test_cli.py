@@ -15,105 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MIND_SSC_2D_STATIC
 
 itk = pytest.importorskip("itk")
 
-from elastix_bridge import cli  # noqa: E402
 
 from elastix_bridge.runtime import loader  # noqa: E402
+from helpers import (assert_one_line_error, impact_parameters, registration_args, run, scripted_model,  # noqa: E402
+                     write_parameter_file)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def impact_parameters(**changes) -> dict:
-    """A small valid Impact map (Static, MIND-SSC 2D, 1 level); ``changes`` override keys, None removes."""
-    pmap = {
-        "Registration": ["MultiResolutionRegistration"],
-        "NumberOfResolutions": ["1"],
-        "Metric": ["Impact"],
-        "Optimizer": ["AdaptiveStochasticGradientDescent"],
-        "MaximumNumberOfIterations": ["5"],
-        "Transform": ["BSplineTransform"],
-        "FinalGridSpacingInPhysicalUnits": ["10"],
-        "ImageSampler": ["RandomCoordinate"],
-        "NumberOfSpatialSamples": ["300"],
-        "NewSamplesEveryIteration": ["true"],
-        "Interpolator": ["BSplineInterpolator"],
-        "ErodeMask": ["false"],
-        "RandomSeed": ["11"],
-        "ResultImageFormat": ["mha"],
-        **MIND_SSC_2D_STATIC,
-    }
-    for key, value in changes.items():
-        if value is None:
-            pmap.pop(key, None)
-        else:
-            pmap[key] = [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-    return pmap
-
-
-def write_parameter_file(path: Path, pmap: dict) -> Path:
-    """Write ``pmap`` as an elastix parameter file (numbers unquoted, other values quoted)."""
-    def show(v):
-        try:
-            float(v)
-            return v
-        except ValueError:
-            return f'"{v}"'
-
-    path.write_text("".join(f"({k} {' '.join(show(v) for v in vs)})\n" for k, vs in pmap.items()))
-    return path
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """Synthetic 2D pair and MET_CHAR masks on disk, like the real data: dict of paths."""
-    folder = tmp_path_factory.mktemp("cli-inputs")
-    y, x = np.mgrid[:36, :36].astype(np.float32)
-    arrays = {"fixed.mha": np.exp(-((x - 18) ** 2 + (y - 18) ** 2) / 60.0),
-              "moving.mha": np.exp(-((x - 20) ** 2 + (y - 17) ** 2) / 60.0)}
-    paths = {}
-    for name, array in arrays.items():
-        image = itk.image_from_array(array.astype(np.float32))
-        image.SetSpacing([1.2, 1.0])
-        itk.imwrite(image, str(folder / name))
-        paths[name.split(".")[0]] = folder / name
-    # itk-python cannot write signed char; write the MetaImage by hand.
-    ((x - 18) ** 2 + (y - 18) ** 2 < 15 ** 2).astype(np.int8).tofile(folder / "mask.raw")
-    (folder / "mask.mhd").write_text(
-        "ObjectType = Image\nNDims = 2\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
-        "ElementSpacing = 1.2 1\nDimSize = 36 36\nElementType = MET_CHAR\nElementDataFile = mask.raw\n")
-    paths["mask"] = folder / "mask.mhd"
-    paths["params"] = write_parameter_file(folder / "params.txt", impact_parameters())
-    return paths
-
-
-def run(capsys, *argv):
-    """``elastix-bridge argv`` in-process: (exit code, stdout, stderr)."""
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def registration_args(inputs, out, params=None, **replace):
-    """The elastix flags for ``inputs``; ``replace`` maps a flag (without '-') to another value."""
-    flags = {"f": inputs["fixed"], "m": inputs["moving"], "fMask": inputs["mask"], "mMask": inputs["mask"],
-             "p": params or inputs["params"], "out": out, "loglevel": "off"}
-    flags.update(replace)
-    return [part for flag, value in flags.items() for part in (f"-{flag}", value)]
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> str:
-    """Exit 1, a single ``elastix-bridge: error:`` line without traceback, containing every needle."""
-    assert code == 1, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line, got:\n{err}"
-    assert lines[0].startswith("elastix-bridge: error: ")
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def failing_run(capsys, inputs, tmp_path, *needles, params=None, **replace) -> str:
@@ -123,18 +33,6 @@ def failing_run(capsys, inputs, tmp_path, *needles, params=None, **replace) -> s
 
 def params_with(tmp_path, **changes) -> Path:
     return write_parameter_file(tmp_path / "params.txt", impact_parameters(**changes))
-
-
-def scripted_model(tmp_path, name: str, source: str) -> Path:
-    """Save the TorchScript of ``class Model(nn.Module)`` defined in ``source`` to ``tmp_path/name``."""
-    torch = pytest.importorskip("torch")
-    module_file = tmp_path / f"{Path(name).stem}_model.py"
-    module_file.write_text("from typing import List\nimport torch\nfrom torch import nn\n\n" + textwrap.dedent(source))
-    namespace = {}
-    exec(compile(module_file.read_text(), str(module_file), "exec"), namespace)  # TorchScript needs the source file
-    path = tmp_path / name
-    torch.jit.script(namespace["Model"]()).save(str(path))
-    return path
 
 
 # ---------------------------------------------------------------------------------------------

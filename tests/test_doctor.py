@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from test_native_plugins import cc, compile_library  # noqa: F401  (cc is a fixture)
+from helpers import compile_library
 
 from elastix_bridge import cli, doctor
 

@@ -6,8 +6,7 @@ transformix applies identically from the written files and from memory.
 """
 import numpy as np
 import pytest
-from conftest import shared_path
-from test_api import elastix_map, impact_map, transform_parameters
+from helpers import blobs, elastix_map, impact_map, make_image, shared_path, transform_parameters
 
 itk = pytest.importorskip("itk")
 
@@ -25,8 +24,6 @@ def parameter_object(*maps):
 
 @pytest.fixture(scope="module")
 def pair():
-    from test_api import blobs, make_image
-
     return make_image(blobs((40, 40), (20, 20))), make_image(blobs((40, 40), (22, 18)))
 
 

@@ -11,9 +11,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import MIND_SSC_2D_STATIC
-from test_cli import (REPO, assert_one_line_error, impact_parameters, inputs, registration_args, run,  # noqa: F401
-                      scripted_model, write_parameter_file)
+from helpers import (MIND_SSC_2D_STATIC, REPO, assert_one_line_error, impact_parameters, run, scripted_model,
+                     write_parameter_file)
 
 itk = pytest.importorskip("itk")
 

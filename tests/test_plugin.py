@@ -3,7 +3,6 @@
 The plugin is compiled once per test session (the ``plugin`` fixture of conftest.py; set
 ELASTIX_BRIDGE_CACHE to reuse a build across runs while developing).
 """
-import os
 from typing import List, Tuple
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from elastix_bridge.runtime import loader  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------

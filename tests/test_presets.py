@@ -25,7 +25,7 @@ from typing import List
 import numpy as np
 import pytest
 
-from conftest import shared_path
+from helpers import shared_path
 
 itk = pytest.importorskip("itk")
 torch = pytest.importorskip("torch")
@@ -218,7 +218,7 @@ def test_preset_parses_and_validates(name):
     levels = int(pm["NumberOfResolutions"][0])
     if metric == "Impact":
         # every Impact option of every level is complete and consistent (models are not loaded here)
-        configs = impact_levels(pm.to_dict(), levels, dim)
+        configs = impact_levels(pm, levels, dim)
         assert [c.mode for c in configs] == [mode] * levels
         assert len(pm["FinalGridSpacingInPhysicalUnits"]) == dim
     else:

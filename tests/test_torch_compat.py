@@ -133,7 +133,7 @@ def test_impact_registration_recovers_a_known_shift(plugin, toy_model, mode, tmp
 
 def test_build_record_names_this_torch(plugin):
     """The record holds the installed torch's facts; the plugin's headers say the same version and ABI."""
-    so = loader._so_path(loader.cache_dir())
+    so = loader.plugin_file(loader.cache_dir())
     record = json.loads(Path(str(so) + ".json").read_text())
     assert record["torch_version"] == torch.__version__
     assert record["cuda"] == torch.version.cuda  # None for CPU builds, e.g. "13.0" for a cu130 build

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MIND_SSC_2D_STATIC
 
 itk = pytest.importorskip("itk")
 
@@ -23,7 +22,8 @@ from elastix_bridge.engine.registration import UnsupportedComponentError  # noqa
 from elastix_bridge.core.impact_parameters import ImpactParameterError  # noqa: E402
 from elastix_bridge.core.parameters import ParameterError  # noqa: E402
 from elastix_bridge.validation import InputImageError  # noqa: E402
-from test_cli import assert_one_line_error, impact_parameters, run, scripted_model, write_parameter_file  # noqa: E402
+from helpers import (MIND_SSC_2D_STATIC, assert_one_line_error, impact_parameters, run, scripted_model,  # noqa: E402
+                     write_parameter_file)
 
 
 def image(array, spacing=(1.0, 1.0), origin=None):

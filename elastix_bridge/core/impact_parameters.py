@@ -589,8 +589,8 @@ def read_impact_level(parameter_map: Mapping, level: int, image_dimension: int,
     directory, distances), but everything is checked here, before any model is loaded.
 
     Args:
-        parameter_map: elastix parameter map, ``{name: [str, ...]}`` (a plain string value is
-            accepted as a one-entry list).
+        parameter_map: elastix parameter map: a :class:`~elastix_bridge.core.parameters.ParameterMap`
+            or a ``{name: [str, ...]}`` mapping (a plain string value is accepted as a one-entry list).
         level: resolution level L (0-based).
         image_dimension: D, 2 or 3.
         metric_index: index i of the metric component, for the ``Metric<i>`` label prefix of the
@@ -726,7 +726,7 @@ def impact_levels(parameter_map: Mapping, number_of_resolutions: int, image_dime
     """Parse every resolution level (see :func:`read_impact_level`).
 
     Args:
-        parameter_map: elastix parameter map.
+        parameter_map: elastix parameter map (a ``ParameterMap`` or a ``{name: [str, ...]}`` mapping).
         number_of_resolutions: number of levels (``NumberOfResolutions``), ≥ 1.
         image_dimension: D, 2 or 3.
         metric_index: component index for the ``Metric<i>`` prefix.

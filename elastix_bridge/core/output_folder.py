@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 LOCK_NAME = ".elastix-bridge.lock"
-SCRATCH_PATTERN = r"\.stage\d+-.*"  # scratch folders of elastix stages (api._elastix_stage), left by a killed run
+SCRATCH_PATTERN = r"\.stage\d+-.*"  # scratch folders of elastix stages (elastix_bridge.api), left by a killed run
 # The image formats elastix writes results in (ResultImageFormat), with MetaImage's data files.
 _IMAGE_EXTENSIONS = r"(mha|mhd|raw|zraw|nii|nii\.gz|hdr|img|img\.gz|nrrd|nhdr|vtk|png|tif|tiff|jpg|jpeg|bmp|gipl|mnc)"
 #: The exact names a run of elastix-bridge (or elastix) writes into its output folder, numbered by

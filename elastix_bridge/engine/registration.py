@@ -391,7 +391,7 @@ def _validated_stage(fixed_image, moving_image, pmap):
     check_stage_settings(pmap, components, levels, dim)
     impact_index = components["Metric"].index("Impact") if "Impact" in components["Metric"] else None
     configs = ([] if impact_index is None
-               else impact_levels(pmap.to_dict(), levels, dim, metric_index=impact_index))
+               else impact_levels(pmap, levels, dim, metric_index=impact_index))
     return components, fixed, moving, levels, configs
 
 

@@ -233,7 +233,8 @@ def expected_build_record() -> dict:
     }
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """The bridge's cache folder: ``$ELASTIX_BRIDGE_CACHE`` or ``~/.cache/elastix-bridge``."""
     root = os.environ.get(CACHE_ENV)
     return Path(root).expanduser() if root else Path.home() / ".cache" / "elastix-bridge"
 
@@ -248,10 +249,11 @@ def cache_dir() -> Path:
     rec = expected_build_record()
     cuda = "cu" + rec["cuda"].replace(".", "") if rec["cuda"] else "cpu"
     name = f"torch-{rec['torch_version']}-abi{int(rec['cxx11_abi'])}-{cuda}-{rec['source_sha256'][:12]}"
-    return _cache_root() / "plugin" / name
+    return cache_root() / "plugin" / name
 
 
-def _so_path(directory: Path) -> Path:
+def plugin_file(directory: Path) -> Path:
+    """The plugin library in a cache folder: ``directory/elastix_bridge_impact.so``."""
     return directory / f"{EXTENSION_NAME}.so"
 
 
@@ -259,7 +261,8 @@ def _record_path(so_path: Path) -> Path:
     return Path(str(so_path) + ".json")
 
 
-def _read_record(so_path: Path) -> dict | None:
+def read_build_record(so_path: Path) -> dict | None:
+    """The JSON build record beside a plugin library (``<so>.json``), or None when absent or unreadable."""
     try:
         return json.loads(_record_path(so_path).read_text())
     except (OSError, ValueError):
@@ -272,8 +275,17 @@ def _describe(rec: dict) -> str:
     return f"torch {rec.get('torch_version')} ({abi}, {cuda})"
 
 
-def _record_mismatch(record: dict | None, expected: dict, check_source: bool) -> str | None:
-    """Why `record` does not fit `expected`, or None when it fits."""
+def build_record_mismatch(record: dict | None, expected: dict, check_source: bool) -> str | None:
+    """Why a plugin's build ``record`` does not fit the installed torch's ``expected`` record.
+
+    Args:
+        record: :func:`read_build_record`'s answer (None: no record).
+        expected: :func:`expected_build_record`.
+        check_source: also compare the plugin sources' hash (a cache build; not ``$ELASTIX_BRIDGE_PLUGIN``).
+
+    Returns:
+        A sentence for an error message ("it was built for torch …"), or None when it fits.
+    """
     if record is None:
         return "it has no readable build record"
     keys = _RECORD_KEYS + (("source_sha256",) if check_source else ())
@@ -360,7 +372,7 @@ def build_plugin(output_dir: Path | None = None, verbose: bool = False) -> Path:
     expected = expected_build_record()
     output_dir = Path(output_dir) if output_dir is not None else cache_dir()
     output_dir = output_dir.expanduser().resolve()
-    so_path = _so_path(output_dir)
+    so_path = plugin_file(output_dir)
     what = f"cannot build the IMPACT plugin against torch {torch.__version__}"
     try:
         cpp_extension.verify_ninja_availability()
@@ -372,7 +384,7 @@ def build_plugin(output_dir: Path | None = None, verbose: bool = False) -> Path:
         raise ImpactUnavailableError(f"{what}: {problem.cause}.\nFix: {problem.fix}.")
 
     with _file_lock(output_dir.parent / f".{output_dir.name}.lock"):
-        if so_path.is_file() and _record_mismatch(_read_record(so_path), expected, True) is None:
+        if so_path.is_file() and build_record_mismatch(read_build_record(so_path), expected, True) is None:
             return so_path  # another process built it while we waited for the lock
         tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.build-", dir=output_dir.parent))
         try:
@@ -394,11 +406,11 @@ def build_plugin(output_dir: Path | None = None, verbose: bool = False) -> Path:
             except Exception as exc:  # ninja/compiler/linker failures surface as several types
                 raise _build_failure(what, str(exc), tmp, output_dir) from exc
             built = Path(built)
-            if built != _so_path(tmp):
-                built.replace(_so_path(tmp))
+            if built != plugin_file(tmp):
+                built.replace(plugin_file(tmp))
             record = dict(expected, extension=EXTENSION_NAME, python=sys.version.split()[0],
                           cxx_standard=build_checks.cxx_standard_of(_ninja_cflags(tmp)))
-            _record_path(_so_path(tmp)).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            _record_path(plugin_file(tmp)).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
             if output_dir.exists():  # stale or mismatched build: move it aside, then swap in
                 stale = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.stale-", dir=output_dir.parent))
                 output_dir.replace(stale / "old")
@@ -481,7 +493,7 @@ def load_plugin():
             missing, record mismatch, build failure.
     """
     env = os.environ.get(PLUGIN_ENV) or None
-    key = (env, str(_cache_root()))
+    key = (env, str(cache_root()))
     with _lock:
         module = _loaded.get(key)
         if module is not None:
@@ -495,14 +507,14 @@ def load_plugin():
                     f"${PLUGIN_ENV} points to {so_path}, which does not exist; unset ${PLUGIN_ENV} to use "
                     f"the plugin built for the installed torch, or build one with `{_REBUILD_CMD}`."
                 )
-            why = _record_mismatch(_read_record(so_path), expected, check_source=False)
+            why = build_record_mismatch(read_build_record(so_path), expected, check_source=False)
             if why is not None:
                 raise ImpactUnavailableError(
                     f"the IMPACT plugin {so_path} (from ${PLUGIN_ENV}) cannot be used: {why}; rebuild it with "
                     f"`{_REBUILD_CMD}` or unset ${PLUGIN_ENV}."
                 )
         else:
-            so_path = _so_path(cache_dir())
+            so_path = plugin_file(cache_dir())
             if not so_path.is_file():
                 log.info(
                     "Building the IMPACT plugin for torch %s into %s (first use only; takes ~15-60 s)...",
@@ -510,7 +522,7 @@ def load_plugin():
                     so_path.parent,
                 )
                 so_path = build_plugin()
-            why = _record_mismatch(_read_record(so_path), expected, check_source=True)
+            why = build_record_mismatch(read_build_record(so_path), expected, check_source=True)
             if why is not None:
                 raise ImpactUnavailableError(
                     f"the cached IMPACT plugin {so_path} cannot be used: {why}; rebuild it with `{_REBUILD_CMD}`."

@@ -358,7 +358,8 @@ def elastix_git_revision(library=None) -> Optional[str]:
     return _git_revision(str(path), stat.st_size, stat.st_mtime)
 
 
-def _itk_elastix_version() -> Optional[str]:
+def itk_elastix_version() -> Optional[str]:
+    """The installed itk-elastix version (package metadata), or None when it is not installed."""
     from importlib import metadata
 
     try:
@@ -554,7 +555,7 @@ def inspect_native_plugin(path, torch=None) -> NativePluginCheck:
                               "`pip install \"itk-elastix>=0.25.2\"`")
     elif not has_loader:
         check.problems.append(
-            f"the elastix in itk-elastix {_itk_elastix_version()} has no lazy IMPACT plugin loader (it came with "
+            f"the elastix in itk-elastix {itk_elastix_version()} has no lazy IMPACT plugin loader (it came with "
             "itk-elastix 0.25.2); `pip install -U \"itk-elastix>=0.25.2\"`")
     return check
 
@@ -610,7 +611,7 @@ def _explain_dlopen_error(path: Path, text: str, torch) -> str:
                  "elastix/ITK" if re.match(r"_ZN?K?(7elastix|3elx|3itk)", symbol) else "a library it links")
         return (f"the dynamic loader refused {path}: {text}. The symbol belongs to {whose}: the plugin was built "
                 f"against a different {whose} than the one in this process ({described}"
-                f"{', itk-elastix ' + str(_itk_elastix_version()) if whose == 'elastix/ITK' else ''}). Rebuild it "
+                f"{', itk-elastix ' + str(itk_elastix_version()) if whose == 'elastix/ITK' else ''}). Rebuild it "
                 "against the installed torch and the exact elastix/ITK of the installed itk-elastix "
                 "(docs/native_plugins.md)")
     if "cannot open shared object file" in text:

@@ -11,7 +11,7 @@ from elastix_bridge.engine.components import (FAMILIES, UnsupportedComponentErro
 from elastix_bridge.engine.registration import check_components
 from elastix_bridge.core.parameters import ParameterMap
 
-from conftest import MIND_SSC_2D_STATIC
+from helpers import MIND_SSC_2D_STATIC
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "engine.md"
 

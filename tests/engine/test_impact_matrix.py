@@ -20,18 +20,14 @@ torch = pytest.importorskip("torch")
 from elastix_bridge.runtime import loader  # noqa: E402
 from elastix_bridge.engine.transforms.bspline import BSplineTransform, grid_for_level  # noqa: E402
 
-# pytest's default (prepend) import mode puts this folder on sys.path: reuse the helpers of the
-# single-case tests; `_single_thread` is their module-scoped autouse fixture (one intra-op thread).
-from test_impact_metric import (_ball_points, _config, _geometry, _image, _interp,  # noqa: E402
-                                _jacobian_patch_offsets, _mc, _metric, _numpy_distance, _rotation,
-                                _single_thread, _static_grid)
+from helpers import (ball_points, centred_geometry, impact_metric, jacobian_patch_offsets, level_config,  # noqa: E402
+                     level_image, model_config, numpy_distance, reference_interpolation, rotation, static_grid)
 
 pytestmark = [
+    pytest.mark.usefixtures("single_thread"),  # one intra-op thread (see conftest.py)
     pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True:UserWarning"),
 ]
-
-assert _single_thread  # re-exported fixture (autouse in this module too)
 
 F64 = torch.float64
 DISTANCES = ("L1", "L2", "Cosine", "L1Cosine", "DotProduct", "Dice", "NCC")
@@ -190,17 +186,17 @@ def scenes():
     out = {}
     for dim in (2, 3):
         if dim == 2:
-            fixed_geo = _geometry((24, 22), (0.9, 1.2), _rotation(2, 2.0), (1.0, -0.5))
-            moving_geo = _geometry((25, 23), (1.05, 1.1), _rotation(2, -2.3), (1.4, -0.2))
+            fixed_geo = centred_geometry((24, 22), (0.9, 1.2), rotation(2, 2.0), (1.0, -0.5))
+            moving_geo = centred_geometry((25, 23), (1.05, 1.1), rotation(2, -2.3), (1.4, -0.2))
         else:
-            fixed_geo = _geometry((18, 17, 16), (1.0, 1.15, 1.25), _rotation(3, (0.3, -0.2, 1.9)), (0.5, 0.3, -0.5))
-            moving_geo = _geometry((19, 18, 17), (1.05, 1.1, 1.2), _rotation(3, (2.0, 0.3, -0.25)), (0.8, 0.1, -0.2))
-        fixed = _image(fixed_geo, lambda p: _texture(p, dim))
-        moving = _image(moving_geo, lambda p: 1.5 * _texture(p, dim, SHIFT[dim]) - 0.3)
+            fixed_geo = centred_geometry((18, 17, 16), (1.0, 1.15, 1.25), rotation(3, (0.3, -0.2, 1.9)), (0.5, 0.3, -0.5))
+            moving_geo = centred_geometry((19, 18, 17), (1.05, 1.1, 1.2), rotation(3, (2.0, 0.3, -0.25)), (0.8, 0.1, -0.2))
+        fixed = level_image(fixed_geo, lambda p: _texture(p, dim))
+        moving = level_image(moving_geo, lambda p: 1.5 * _texture(p, dim, SHIFT[dim]) - 0.3)
         dirs = [_round_half_away(g.direction) for g in (fixed_geo, moving_geo)]
         assert not np.array_equal(dirs[0], dirs[1]) and not np.array_equal(dirs[0], np.eye(dim))
         transform = BSplineTransform(grid_for_level(fixed_geo, [9.0] * dim, 1.0, 3))
-        points = _ball_points(fixed_geo, 120 if dim == 2 else 80, 5.0 if dim == 2 else 3.5, seed=dim)
+        points = ball_points(fixed_geo, 120 if dim == 2 else 80, 5.0 if dim == 2 else 3.5, seed=dim)
         out[dim] = dict(fixed=fixed, moving=moving, stats=(_stats(fixed), _stats(moving)), transform=transform,
                         points=points)
     return out
@@ -220,13 +216,13 @@ def _expected_jacobian(scene, arity, dim, t):
     """Centre features of the fixed patch at x and the moving patch at x + t, ``[N, F]`` each."""
     fixed, moving = scene["fixed"], scene["moving"]
     pts = scene["points"].numpy()
-    offsets = _jacobian_patch_offsets(fixed.geometry, PATCH[dim], PATCH_VOXEL[dim])  # (Q, D), x fastest
+    offsets = jacobian_patch_offsets(fixed.geometry, PATCH[dim], PATCH_VOXEL[dim])  # (Q, D), x fastest
     shape = (len(pts),) + tuple(reversed(PATCH[dim]))
     patch_pts = (pts[:, None, :] + offsets[None]).reshape(-1, dim)
     centre = (slice(None), slice(None)) + tuple(p // 2 for p in reversed(PATCH[dim]))
     out = []
     for image, stats, p in ((fixed, scene["stats"][0], patch_pts), (moving, scene["stats"][1], patch_pts + t)):
-        patches = _interp(image, image.geometry, p, 3).reshape(shape)
+        patches = reference_interpolation(image, image.geometry, p, 3).reshape(shape)
         out.append(_numpy_model(arity, dim, patches, stats, image.geometry.direction)[centre])
     return out
 
@@ -235,14 +231,14 @@ def _expected_static(scene, arity, dim, t, t0):
     """Fixed maps read at x, moving maps Φ(M∘T₀) read at x + t − t₀, on the ImpactVoxelSize grid."""
     fixed, moving = scene["fixed"], scene["moving"]
     pts = scene["points"].numpy()
-    grid = _static_grid(fixed.geometry, STATIC_VOXEL[dim])
+    grid = static_grid(fixed.geometry, STATIC_VOXEL[dim])
     centres = grid.voxel_centres()
     out = []
     for image, stats, where, read in ((fixed, scene["stats"][0], centres, pts),
                                       (moving, scene["stats"][1], centres + t0, pts + t - t0)):
-        resampled = _interp(image, image.geometry, where, 3).reshape(grid.shape_zyx)
+        resampled = reference_interpolation(image, image.geometry, where, 3).reshape(grid.shape_zyx)
         maps = _numpy_model(arity, dim, resampled[None], stats, image.geometry.direction)[0]
-        out.append(np.stack([_interp(c, grid, read, 3) for c in maps], axis=1))
+        out.append(np.stack([reference_interpolation(c, grid, read, 3) for c in maps], axis=1))
     return out
 
 
@@ -297,17 +293,17 @@ def test_value_and_gradient(plugin, toys, scenes, mode, distance, arity, dim):
     fixed, moving, transform, pts = scene["fixed"], scene["moving"], scene["transform"], scene["points"]
     path, model = toys[arity, dim]
     patch, voxel = (PATCH[dim], PATCH_VOXEL[dim]) if mode == "Jacobian" else ((0,) * dim, STATIC_VOXEL[dim])
-    cfg = _config(mode, [_mc(path, dim, patch, voxel, mask=MASK[arity])], distances=(distance,), weights=(WEIGHT,))
+    cfg = level_config(mode, [model_config(path, dim, patch, voxel, mask=MASK[arity])], distances=(distance,), weights=(WEIGHT,))
     t0, t1 = -0.5 * SHIFT[dim], SHIFT[dim] + 0.4
     p0, p1 = _translation_parameters(transform, t0), _translation_parameters(transform, t1)
     np.testing.assert_allclose(transform.transform_points(p1, pts).numpy(), pts.numpy() + t1, atol=1e-12)
-    metric = _metric(plugin, cfg, fixed, moving, [model], transform=transform, parameters=p0, order=3)
+    metric = impact_metric(plugin, cfg, fixed, moving, [model], transform=transform, parameters=p0, order=3)
     assert metric.channels == [CHANNELS] and metric.subset_sizes == [CHANNELS]
 
     # 1. values at two translations (the first evaluation of the level fixes α for L1/L2)
     expect = (lambda t: _expected_jacobian(scene, arity, dim, t)) if mode == "Jacobian" else \
         (lambda t: _expected_static(scene, arity, dim, t, t0))
-    raw0, raw1 = (_numpy_distance(distance, *expect(t)) for t in (t0, t1))
+    raw0, raw1 = (numpy_distance(distance, *expect(t)) for t in (t0, t1))
     alpha = 1.0 / raw0 if distance in ("L1", "L2") else 1.0
     (v0, n0), (v1, n1) = metric.value(p0, pts), metric.value(p1, pts)
     assert n0 == n1 == pts.shape[0]

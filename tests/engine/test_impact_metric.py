@@ -16,19 +16,20 @@ from scipy import ndimage
 torch = pytest.importorskip("torch")
 
 from elastix_bridge.runtime import loader  # noqa: E402
-from elastix_bridge.core.geometry import ImageGeometry  # noqa: E402
-from elastix_bridge.engine.images.level_images import LevelImage, Mask  # noqa: E402
-from elastix_bridge.engine.metrics.impact import (ImpactMetric, _centre, _crop_padding,  # noqa: E402
-                                                 _patch_grid_offsets, _random_rotations)
+from elastix_bridge.engine.images.level_images import Mask  # noqa: E402
+from elastix_bridge.engine.metrics.impact import (_centre, _crop_padding, _patch_grid_offsets,  # noqa: E402
+                                                 _random_rotations)
 from elastix_bridge.engine.optimizers.asgd import (AdaptiveStochasticGradientDescent, ASGDSettings,  # noqa: E402
                                                SamplingError, jacobian_terms)
 from elastix_bridge.engine.registration import _StageCost  # noqa: E402
 from elastix_bridge.engine.samplers import GridSampler, RandomCoordinateSampler  # noqa: E402
 from elastix_bridge.engine.transforms.bspline import BSplineTransform, grid_for_level  # noqa: E402
 from elastix_bridge.engine.transforms.base import TranslationTransform  # noqa: E402
-from elastix_bridge.core.impact_parameters import ImpactLevelConfig, ModelConfig  # noqa: E402
+from helpers import (ball_points, centred_geometry, impact_metric, jacobian_patch_offsets, level_config,  # noqa: E402
+                     level_image, model_config, numpy_distance, reference_interpolation, rotation, static_grid)
 
 pytestmark = [
+    pytest.mark.usefixtures("single_thread"),  # one intra-op thread (see conftest.py)
     pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
     # model weights require grad, so Jacobian-mode values carry a graph even without parameter gradients
     pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True:UserWarning"),
@@ -135,16 +136,6 @@ _MODELS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: the metric's tensors are tiny, and on a busy 2-core machine every multi-threaded
-    small matmul waits for a descheduled worker (~20 ms each); restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Recorder:
     """Wraps a plugin ``FeatureModel`` and records every call's arguments (a duck-typed model)."""
 
@@ -175,25 +166,6 @@ def models(plugin, tmp_path_factory):
 # ------------------------------------------------------------------------------------------------
 
 
-def _rotation(dim, angles):
-    """Proper rotation: 2D by ``angles`` (radians), 3D ``Rz(c)·Ry(b)·Rx(a)`` for ``angles = (a, b, c)``."""
-    if dim == 2:
-        c, s = math.cos(angles), math.sin(angles)
-        return np.array([[c, -s], [s, c]])
-    a, b, c = angles
-    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
-    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def _geometry(size, spacing, direction, centre):
-    """Geometry whose voxel grid is centred on the physical point ``centre``."""
-    size, spacing = np.asarray(size), np.asarray(spacing, dtype=float)
-    origin = np.asarray(centre, dtype=float) - direction @ (spacing * (size - 1) / 2)
-    return ImageGeometry(tuple(size), spacing, origin, direction)
-
-
 def _blobs(points, dim, shift=None):
     """Smooth positive test function of physical points ``(N, D)`` (mm), optionally shifted: ``f(p − shift)``."""
     p = np.asarray(points, dtype=float)
@@ -208,54 +180,18 @@ def _blobs(points, dim, shift=None):
     return value
 
 
-def _image(geometry, fn):
-    """A :class:`LevelImage` with voxel values ``fn(voxel centres)``."""
-    values = fn(geometry.voxel_centres())
-    return LevelImage(geometry, values.reshape(geometry.shape_zyx))
-
-
 def _pair(dim, shift=None, size=None):
     """Fixed blob image and the moving image ``f(p − shift)`` on a different oblique anisotropic grid."""
     if dim == 2:
-        fixed_geo = _geometry(size or (30, 26), (0.9, 1.2), _rotation(2, 0.35), (2.0, -1.0))
-        moving_geo = _geometry(size or (32, 27), (1.1, 0.95), _rotation(2, -0.2), (2.5, -0.5))
+        fixed_geo = centred_geometry(size or (30, 26), (0.9, 1.2), rotation(2, 0.35), (2.0, -1.0))
+        moving_geo = centred_geometry(size or (32, 27), (1.1, 0.95), rotation(2, -0.2), (2.5, -0.5))
     else:
-        fixed_geo = _geometry(size or (20, 18, 16), (1.0, 1.2, 1.3), _rotation(3, (0.3, -0.2, 0.4)), (1.0, 0.5, -1.0))
-        moving_geo = _geometry(size or (21, 19, 17), (1.1, 1.15, 1.25), _rotation(3, (-0.1, 0.25, -0.3)),
+        fixed_geo = centred_geometry(size or (20, 18, 16), (1.0, 1.2, 1.3), rotation(3, (0.3, -0.2, 0.4)), (1.0, 0.5, -1.0))
+        moving_geo = centred_geometry(size or (21, 19, 17), (1.1, 1.15, 1.25), rotation(3, (-0.1, 0.25, -0.3)),
                                (1.5, 0.0, -0.5))
-    fixed = _image(fixed_geo, lambda p: _blobs(p, dim))
-    moving = _image(moving_geo, lambda p: _blobs(p, dim, shift))
+    fixed = level_image(fixed_geo, lambda p: _blobs(p, dim))
+    moving = level_image(moving_geo, lambda p: _blobs(p, dim, shift))
     return fixed, moving
-
-
-def _mc(path, dim, patch, voxel, channels=1, mask=(True,)):
-    """A :class:`ModelConfig` (patch and voxel sizes in ITK x, y, z order)."""
-    return ModelConfig(str(path), dim, channels, tuple(patch), tuple(voxel), tuple(mask))
-
-
-def _config(mode, fixed_models, moving_models=None, distances=("L2",), weights=None, subset=None, pca=None,
-            interval=-1):
-    """An :class:`ImpactLevelConfig`; per-layer options default to all channels, no PCA, weight 1."""
-    n = sum(m.n_selected for m in fixed_models)
-    return ImpactLevelConfig(
-        level=0, mode=mode, fixed_models=tuple(fixed_models),
-        moving_models=tuple(moving_models if moving_models is not None else fixed_models),
-        subset_features=tuple(subset or (1000,) * n), pca=tuple(pca or (0,) * n),
-        layers_weight=tuple(weights or (1.0,) * n), distances=tuple(distances), gpu=-1, mixed_precision=False,
-        features_map_update_interval=interval, feature_map_directory=None, random_seed=0)
-
-
-def _metric(plugin, cfg, fixed, moving, fixed_models, moving_models=None, transform=None, parameters=None,
-            mask=None, seed=0, order=1, ratio=0.25, initialize=True):
-    """Build (and by default initialise) an :class:`ImpactMetric` on the CPU."""
-    transform = transform or TranslationTransform(fixed.geometry.dimension)
-    metric = ImpactMetric(cfg, fixed, moving, mask, transform, plugin,
-                          (list(fixed_models), list(moving_models if moving_models is not None else fixed_models)),
-                          torch.device("cpu"), torch.Generator().manual_seed(seed),
-                          moving_interpolation_order=order, required_ratio_of_valid_samples=ratio)
-    if initialize:
-        metric.initialize(transform.parameters.to(F64) if parameters is None else parameters)
-    return metric
 
 
 def _inner_points(geometry, n, margin, seed=0):
@@ -266,36 +202,10 @@ def _inner_points(geometry, n, margin, seed=0):
     return torch.from_numpy(geometry.index_to_physical(idx))
 
 
-def _interp(image_or_array, geometry, points, order):
-    """Independent reference: scipy ``map_coordinates`` (mirror) at physical points ``(N, D)``."""
-    array = image_or_array.array_zyx if isinstance(image_or_array, LevelImage) else image_or_array
-    idx = geometry.physical_to_index(np.asarray(points, dtype=float))
-    return ndimage.map_coordinates(np.asarray(array, dtype=float), idx[:, ::-1].T, order=order, mode="mirror")
-
-
 def _map_values(interp):
     """The feature map ``(C, N)`` behind a feature interpolator (values at its own voxel centres)."""
     pts = torch.from_numpy(interp.geometry.voxel_centres())
     return interp(pts).T
-
-
-def _ball_points(geometry, n, radius, seed=0):
-    """``n`` random physical points within ``radius`` mm of the centre of ``geometry``'s grid."""
-    rng = np.random.default_rng(seed)
-    d = geometry.dimension
-    centre = geometry.index_to_physical((np.asarray(geometry.size, dtype=float) - 1)[None] / 2)[0]
-    u = rng.normal(size=(n, d))
-    u *= (radius * rng.uniform(0, 1, size=(n, 1)) ** (1.0 / d)) / np.linalg.norm(u, axis=1, keepdims=True)
-    return torch.from_numpy(centre + u)
-
-
-def _static_grid(geometry, voxel):
-    """Independent Static resampling grid: ``ImpactVoxelSize`` cells covering the image's extent."""
-    extent = np.asarray(geometry.size) * geometry.spacing
-    size = np.floor(extent / np.asarray(voxel) + 0.5).astype(int)
-    spacing = extent / size
-    origin = geometry.origin + geometry.direction @ ((spacing - geometry.spacing) / 2)
-    return ImageGeometry(tuple(size), spacing, origin, geometry.direction)
 
 
 def _inside(geometry, points):
@@ -318,14 +228,14 @@ def test_jacobian_l2_value_is_centre_intensity_difference(plugin, models, dim):
     fixed, moving = _pair(dim, SHIFT[dim])
     path, model = models["identity"]
     patch, voxel = ((3, 4), (0.8, 1.1)) if dim == 2 else ((3, 4, 2), (0.8, 1.1, 0.9))
-    cfg = _config("Jacobian", [_mc(path, dim, patch, voxel, channels=2)], distances=("L2",))
-    metric = _metric(plugin, cfg, fixed, moving, [model])
+    cfg = level_config("Jacobian", [model_config(path, dim, patch, voxel, channels=2)], distances=("L2",))
+    metric = impact_metric(plugin, cfg, fixed, moving, [model])
     assert metric.channels == [2]
-    pts = _ball_points(fixed.geometry, 150, 5.0)
+    pts = ball_points(fixed.geometry, 150, 5.0)
 
     def raw(t):
-        f = _interp(fixed, fixed.geometry, pts.numpy(), 3)
-        m = _interp(moving, moving.geometry, pts.numpy() + t, 1)
+        f = reference_interpolation(fixed, fixed.geometry, pts.numpy(), 3)
+        m = reference_interpolation(moving, moving.geometry, pts.numpy() + t, 1)
         return float(np.mean((f - m) ** 2))
 
     t0, t1 = 0.3 * SHIFT[dim], SHIFT[dim] + 0.25
@@ -345,11 +255,11 @@ def test_static_value_matches_resampled_feature_maps(plugin, models, dim):
     fixed, moving = _pair(dim, SHIFT[dim])
     path, model = models["identity"]
     voxel = (1.5, 1.3) if dim == 2 else (1.5, 1.3, 1.4)
-    cfg = _config("Static", [_mc(path, dim, (0,) * dim, voxel)], distances=("L2",))
+    cfg = level_config("Static", [model_config(path, dim, (0,) * dim, voxel)], distances=("L2",))
     t0 = torch.tensor(0.5 * SHIFT[dim])
-    metric = _metric(plugin, cfg, fixed, moving, [model], parameters=t0)
+    metric = impact_metric(plugin, cfg, fixed, moving, [model], parameters=t0)
     metric.alpha = [1.0]  # raw value
-    grid = _static_grid(fixed.geometry, voxel)
+    grid = static_grid(fixed.geometry, voxel)
     geo = metric._fixed_feature_interp[0].geometry
     assert geo.size == grid.size
     np.testing.assert_allclose(geo.spacing, grid.spacing)
@@ -357,38 +267,18 @@ def test_static_value_matches_resampled_feature_maps(plugin, models, dim):
     np.testing.assert_allclose(geo.direction, fixed.geometry.direction)
 
     centres = grid.voxel_centres()
-    fmap = _interp(fixed, fixed.geometry, centres, 3).reshape(grid.shape_zyx)
-    mmap = _interp(moving, moving.geometry, centres + t0.numpy(), 1).reshape(grid.shape_zyx)
+    fmap = reference_interpolation(fixed, fixed.geometry, centres, 3).reshape(grid.shape_zyx)
+    mmap = reference_interpolation(moving, moving.geometry, centres + t0.numpy(), 1).reshape(grid.shape_zyx)
     # points all over the fixed image, some of which map outside the moving image
     pts = _inner_points(fixed.geometry, 300, 0.0, seed=3)
     t = torch.tensor(SHIFT[dim] + np.linspace(0.5, 1.5, dim))
     valid = _inside(moving.geometry, pts.numpy() + t.numpy())
     assert 0.3 < valid.mean() < 1.0
-    f = _interp(fmap, grid, pts.numpy()[valid], 3)
-    m = _interp(mmap, grid, pts.numpy()[valid] + (t - t0).numpy(), 3)
+    f = reference_interpolation(fmap, grid, pts.numpy()[valid], 3)
+    m = reference_interpolation(mmap, grid, pts.numpy()[valid] + (t - t0).numpy(), 3)
     v, n = metric.value(t, pts)
     assert n == int(valid.sum())
     assert float(v) == pytest.approx(float(np.mean((f - m) ** 2)), rel=1e-4)
-
-
-def _numpy_distance(name, f, m):
-    """Direct formulas of docs/design.md §I7 (L1/L2 before the α normalisation)."""
-    f, m = np.asarray(f, dtype=np.float64), np.asarray(m, dtype=np.float64)
-    cos = (f * m).sum(1) / (np.linalg.norm(f, axis=1) * np.linalg.norm(m, axis=1))
-    if name == "L1":
-        return np.mean(np.abs(f - m))
-    if name == "L2":
-        return np.mean((f - m) ** 2)
-    if name == "Cosine":
-        return -np.mean(cos)
-    if name == "L1Cosine":
-        return -np.mean(cos[:, None] * np.exp(-0.1 * np.abs(f - m)))
-    if name == "DotProduct":
-        return -np.mean((f * m).sum(1))
-    if name == "Dice":
-        return -np.mean(2 * (f * m).sum(1) / (f + m).sum(1))
-    fc, mc = f - f.mean(0), m - m.mean(0)
-    return -np.mean((fc * mc).sum(0) / np.sqrt((fc ** 2).sum(0) * (mc ** 2).sum(0)))
 
 
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
@@ -396,18 +286,18 @@ def test_every_distance_value_on_multichannel_features(plugin, models, mode):
     """Each distance of the level equals its formula on the metric's own features; L1/L2 first value = 1."""
     fixed, moving = _pair(2, SHIFT[2])
     path, model = models["conv2"]
-    mc = _mc(path, 2, (3, 3) if mode == "Jacobian" else (0, 0), (1.0, 1.1))
-    pts = _ball_points(fixed.geometry, 100, 6.0)
+    mc = model_config(path, 2, (3, 3) if mode == "Jacobian" else (0, 0), (1.0, 1.1))
+    pts = ball_points(fixed.geometry, 100, 6.0)
     t0, t1 = torch.tensor(0.2 * SHIFT[2]), torch.tensor(0.7 * SHIFT[2] + 0.3)
     for distance in DISTANCES:
-        metric = _metric(plugin, _config(mode, [mc], distances=(distance,), weights=(1.5,)), fixed, moving,
+        metric = impact_metric(plugin, level_config(mode, [mc], distances=(distance,), weights=(1.5,)), fixed, moving,
                          [model])
-        first = _numpy_distance(distance, *_full_features(metric, pts, t0))
+        first = numpy_distance(distance, *_full_features(metric, pts, t0))
         v0, _ = metric.value(t0, pts)
         v1, _ = metric.value(t1, pts)
         alpha = 1.0 / first if distance in ("L1", "L2") else 1.0
         assert float(v0) == pytest.approx(1.5 * alpha * first, rel=1e-4)
-        expected = _numpy_distance(distance, *_full_features(metric, pts, t1))
+        expected = numpy_distance(distance, *_full_features(metric, pts, t1))
         assert float(v1) == pytest.approx(1.5 * alpha * expected, rel=1e-4), distance
 
 
@@ -461,12 +351,12 @@ def _transform_and_params(kind, geometry, seed=0):
 def test_gradient_matches_finite_differences_2d(plugin, models, mode, distance, kind):
     fixed, moving = _pair(2, SHIFT[2])
     path, model = models["conv2" if distance == "Dice" else "signed2"]
-    cfg = _config(mode, [_mc(path, 2, (3, 3) if mode == "Jacobian" else (0, 0),
+    cfg = level_config(mode, [model_config(path, 2, (3, 3) if mode == "Jacobian" else (0, 0),
                              (0.9, 1.0) if mode == "Jacobian" else (1.0, 1.1))], distances=(distance,))
     transform, params, directions = _transform_and_params(kind, fixed.geometry)
-    metric = _metric(plugin, cfg, fixed, moving, [model], transform=transform, parameters=params, order=3)
+    metric = impact_metric(plugin, cfg, fixed, moving, [model], transform=transform, parameters=params, order=3)
     assert metric.channels == [4] and metric.subset_sizes == [4]
-    pts = _ball_points(fixed.geometry, 120, 7.0, seed=1)
+    pts = ball_points(fixed.geometry, 120, 7.0, seed=1)
     shifted = params + 0.2 * directions[0] / directions[0].norm()  # away from the Static reference T0
     # L1 (and L1Cosine's exp(−λ|f − m|)) have kinks where f = m: a short step crosses few of them; the
     # smooth distances take a longer step so that the float32 resolution of the values does not dominate.
@@ -479,11 +369,11 @@ def test_gradient_matches_finite_differences_2d(plugin, models, mode, distance, 
 def test_gradient_matches_finite_differences_3d(plugin, models, mode, distance):
     fixed, moving = _pair(3, SHIFT[3], size=(14, 13, 12))
     path, model = models["signed3"]
-    cfg = _config(mode, [_mc(path, 3, (3, 3, 3) if mode == "Jacobian" else (0, 0, 0), (1.0, 1.1, 1.2))],
+    cfg = level_config(mode, [model_config(path, 3, (3, 3, 3) if mode == "Jacobian" else (0, 0, 0), (1.0, 1.1, 1.2))],
                   distances=(distance,))
     transform, params, directions = _transform_and_params("translation", fixed.geometry)
-    metric = _metric(plugin, cfg, fixed, moving, [model], transform=transform, parameters=params, order=3)
-    pts = _ball_points(fixed.geometry, 50, 3.5, seed=2)
+    metric = impact_metric(plugin, cfg, fixed, moving, [model], transform=transform, parameters=params, order=3)
+    pts = ball_points(fixed.geometry, 50, 3.5, seed=2)
     _check_directional_derivatives(metric, params + 0.1, pts, directions, h=5e-2, rtol=3e-3)
 
 
@@ -491,9 +381,9 @@ def test_gradient_2d_model_on_3d_image_with_replayed_rotations(plugin, models):
     """Random planes are redrawn at every evaluation, so the generator is rewound before each one."""
     fixed, moving = _pair(3, SHIFT[3], size=(14, 13, 12))
     path, model = models["signed2"]
-    cfg = _config("Jacobian", [_mc(path, 2, (3, 3), (1.0, 1.1))], distances=("L2",))
-    metric = _metric(plugin, cfg, fixed, moving, [model], order=3)
-    pts = _ball_points(fixed.geometry, 60, 3.5, seed=4)
+    cfg = level_config("Jacobian", [model_config(path, 2, (3, 3), (1.0, 1.1))], distances=("L2",))
+    metric = impact_metric(plugin, cfg, fixed, moving, [model], order=3)
+    pts = ball_points(fixed.geometry, 60, 3.5, seed=4)
     state = metric.generator.get_state()
 
     class Rewound:
@@ -519,13 +409,13 @@ def test_asgd_recovers_translation(plugin, models, dim, mode):
     fixed, moving = _pair(dim, TRUE_SHIFT[dim], size=(24, 24, 24) if dim == 3 else None)
     path, model = models["identity" if mode == "Jacobian" else f"conv{dim}"]
     if mode == "Jacobian":
-        mc = _mc(path, dim, (3,) * dim, (1.0,) * dim)
+        mc = model_config(path, dim, (3,) * dim, (1.0,) * dim)
     else:
-        mc = _mc(path, dim, (0,) * dim, (1.2,) * dim)
-    cfg = _config(mode, [mc], distances=("L2",), interval=10)
+        mc = model_config(path, dim, (0,) * dim, (1.2,) * dim)
+    cfg = level_config(mode, [mc], distances=("L2",), interval=10)
     transform = TranslationTransform(dim)
     x0 = torch.zeros(dim, dtype=F64)
-    metric = _metric(plugin, cfg, fixed, moving, [model], transform=transform, parameters=x0)
+    metric = impact_metric(plugin, cfg, fixed, moving, [model], transform=transform, parameters=x0)
     generator = torch.Generator().manual_seed(3)
     sampler = RandomCoordinateSampler(fixed.geometry, None, 300 if dim == 2 else 200, generator)
     exact = GridSampler(fixed.geometry, None, number_of_samples=400)
@@ -547,14 +437,6 @@ def test_asgd_recovers_translation(plugin, models, dim, mode):
 # ------------------------------------------------------------------------------------------------
 
 
-def _jacobian_patch_offsets(geometry, patch, voxel):
-    """Independent patch offsets (mm) along the fixed image axes, (z, y, x) order with x fastest."""
-    axes = [(np.arange(p) - p // 2) * v for p, v in zip(patch, voxel)]
-    grid = np.meshgrid(*axes[::-1], indexing="ij")  # z, y, x
-    local = np.stack([g.reshape(-1) for g in grid[::-1]], axis=1)  # x, y, z columns
-    return local @ geometry.direction.T
-
-
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
 def test_valid_samples_respect_moving_buffer_and_mask(plugin, models, mode):
     fixed, moving = _pair(2, SHIFT[2])
@@ -563,7 +445,7 @@ def test_valid_samples_respect_moving_buffer_and_mask(plugin, models, mode):
     t = torch.tensor([4.0, -3.0])
     pts = _inner_points(fixed.geometry, 400, 0.0, seed=5)
     if mode == "Jacobian":
-        patch_pts = pts.numpy()[:, None, :] + _jacobian_patch_offsets(fixed.geometry, patch, voxel)[None]
+        patch_pts = pts.numpy()[:, None, :] + jacobian_patch_offsets(fixed.geometry, patch, voxel)[None]
     else:
         patch_pts = pts.numpy()[:, None, :]
     moved = patch_pts + t.numpy()
@@ -576,9 +458,9 @@ def test_valid_samples_respect_moving_buffer_and_mask(plugin, models, mode):
     in_mask = ((nearest[:, 0] < 15) & np.all((nearest >= 0) & (nearest < np.asarray(moving.geometry.size)), axis=1))
     in_mask = in_mask.reshape(moved.shape[:2]).all(axis=1)
 
-    cfg = _config(mode, [_mc(path, 2, patch, voxel)], distances=("L2",))
+    cfg = level_config(mode, [model_config(path, 2, patch, voxel)], distances=("L2",))
     for m, expected in ((None, in_buffer), (mask, in_buffer & in_mask)):
-        metric = _metric(plugin, cfg, fixed, moving, [model], mask=m, ratio=0.0)
+        metric = impact_metric(plugin, cfg, fixed, moving, [model], mask=m, ratio=0.0)
         metric.alpha = [1.0]
         assert 0 < expected.sum() < len(expected)
         value, n = metric.value(t, pts)
@@ -592,19 +474,19 @@ def test_valid_samples_respect_moving_buffer_and_mask(plugin, models, mode):
 def test_sampling_error_below_required_ratio(plugin, models, mode):
     fixed, moving = _pair(2, SHIFT[2])
     path, model = models["identity"]
-    cfg = _config(mode, [_mc(path, 2, (3, 3) if mode == "Jacobian" else (0, 0), (1.0, 1.0))])
+    cfg = level_config(mode, [model_config(path, 2, (3, 3) if mode == "Jacobian" else (0, 0), (1.0, 1.0))])
     pts = _inner_points(fixed.geometry, 200, 0.0, seed=6)
     t = torch.tensor([12.0, 9.0])
-    probe = _metric(plugin, cfg, fixed, moving, [model], ratio=0.0)
+    probe = impact_metric(plugin, cfg, fixed, moving, [model], ratio=0.0)
     _, n = probe.value(t, pts)
     fraction = n / 200
     assert 0.05 < fraction < 0.9
     with pytest.raises(SamplingError, match=rf"{n} / 200"):
-        _metric(plugin, cfg, fixed, moving, [model], ratio=fraction + 0.01).value(t, pts)
-    _metric(plugin, cfg, fixed, moving, [model], ratio=fraction - 0.01).value(t, pts)
+        impact_metric(plugin, cfg, fixed, moving, [model], ratio=fraction + 0.01).value(t, pts)
+    impact_metric(plugin, cfg, fixed, moving, [model], ratio=fraction - 0.01).value(t, pts)
     # no valid sample at all raises even when the check is disabled
     with pytest.raises(SamplingError, match="0 / 200"):
-        _metric(plugin, cfg, fixed, moving, [model], ratio=0.0).value(torch.tensor([100.0, 0.0]), pts)
+        impact_metric(plugin, cfg, fixed, moving, [model], ratio=0.0).value(torch.tensor([100.0, 0.0]), pts)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -630,25 +512,25 @@ def test_centre_index_odd_and_even():
 @pytest.mark.parametrize("dim,patch,voxel", [(2, (5, 2), (0.7, 1.1)), (3, (5, 3, 2), (0.7, 1.1, 0.9))])
 def test_jacobian_patch_layout_zyx_x_fastest(plugin, models, dim, patch, voxel):
     """Non-cubic patches: tensor index (k, j, i) holds x + Dir·((i − ⌊Px/2⌋)·vx, (j − ⌊Py/2⌋)·vy, …)."""
-    geo = _geometry((26,) * dim, (0.9, 1.2, 1.1)[:dim], _rotation(dim, 0.4 if dim == 2 else (0.3, -0.2, 0.4)),
+    geo = centred_geometry((26,) * dim, (0.9, 1.2, 1.1)[:dim], rotation(dim, 0.4 if dim == 2 else (0.3, -0.2, 0.4)),
                     (1.0,) * dim)
     ramp = _ramp(dim)
-    image = _image(geo, ramp)
+    image = level_image(geo, ramp)
     path, model = models["identity"]
     fixed_rec, moving_rec = Recorder(model), Recorder(model)
-    cfg = _config("Jacobian", [_mc(path, dim, patch, voxel)], distances=("L2",))
-    metric = _metric(plugin, cfg, image, image, [fixed_rec], [moving_rec])
+    cfg = level_config("Jacobian", [model_config(path, dim, patch, voxel)], distances=("L2",))
+    metric = impact_metric(plugin, cfg, image, image, [fixed_rec], [moving_rec])
     offsets, shape = _patch_grid_offsets(cfg.fixed_models[0], geo, dim)
     assert shape == tuple(reversed(patch))
-    np.testing.assert_allclose(offsets, _jacobian_patch_offsets(geo, patch, voxel), atol=1e-12)
+    np.testing.assert_allclose(offsets, jacobian_patch_offsets(geo, patch, voxel), atol=1e-12)
     # dummy forward: one zero patch of shape [1, C, Pz, Py, Px]
     assert fixed_rec.calls[0]["x"].shape == (1, 1) + tuple(reversed(patch))
-    pts = _ball_points(geo, 20, 3.0)
+    pts = ball_points(geo, 20, 3.0)
     t = np.array([0.3, -0.2, 0.1][:dim])
     metric.value(torch.tensor(t), pts)
     fx, mx = fixed_rec.calls[-1]["x"], moving_rec.calls[-1]["x"]
     assert fx.shape == (20, 1) + tuple(reversed(patch))
-    points = pts.numpy()[:, None, :] + _jacobian_patch_offsets(geo, patch, voxel)[None]
+    points = pts.numpy()[:, None, :] + jacobian_patch_offsets(geo, patch, voxel)[None]
     expected = ramp(points.reshape(-1, dim)).reshape(fx.shape)
     np.testing.assert_allclose(fx.numpy(), expected, atol=2e-4)
     np.testing.assert_allclose(mx.numpy(), ramp((points + t).reshape(-1, dim)).reshape(fx.shape), atol=2e-4)
@@ -658,15 +540,15 @@ def test_jacobian_patch_layout_zyx_x_fastest(plugin, models, dim, patch, voxel):
 
 def test_even_strided_output_uses_floor_half_centre(plugin, models):
     """A 5×4 patch average-pooled to 2×2: the centre feature (1, 1) is the mean of patch voxels 2..3 × 2..3."""
-    geo = _geometry((26, 26), (0.9, 1.2), _rotation(2, 0.4), (1.0, 1.0))
+    geo = centred_geometry((26, 26), (0.9, 1.2), rotation(2, 0.4), (1.0, 1.0))
     ramp = _ramp(2)
-    image = _image(geo, ramp)
+    image = level_image(geo, ramp)
     path, model = models["pool"]
     voxel = (0.8, 1.1)
-    cfg = _config("Jacobian", [_mc(path, 2, (5, 4), voxel)])
-    metric = _metric(plugin, cfg, image, image, [model])
+    cfg = level_config("Jacobian", [model_config(path, 2, (5, 4), voxel)])
+    metric = impact_metric(plugin, cfg, image, image, [model])
     assert metric.channels == [1]
-    pts = _ball_points(geo, 10, 3.0)
+    pts = ball_points(geo, 10, 3.0)
     point_lists, shapes = metric._patch_points(cfg.fixed_models, pts, [None])
     (features,) = metric._patch_features([model], cfg.fixed_models, metric.fixed_interp, point_lists, shapes,
                                          metric.fixed_stats, metric.fixed_direction, "fixed")
@@ -686,8 +568,8 @@ def _static_metric(plugin, models, name, dim, patch, voxel=None, image=None, cha
     path, model = models[name]
     model = Recorder(model) if recorder else model
     voxel = voxel or tuple(image.geometry.spacing)
-    cfg = _config("Static", [_mc(path, dim, patch, voxel, channels=channels)], distances=("L2",))
-    return _metric(plugin, cfg, image, image, [model]), model
+    cfg = level_config("Static", [model_config(path, dim, patch, voxel, channels=channels)], distances=("L2",))
+    return impact_metric(plugin, cfg, image, image, [model]), model
 
 
 def test_crop_padding_centres_larger_outputs_and_keeps_smaller():
@@ -750,9 +632,9 @@ def test_strided_output_geometry(plugin, models, size, patch):
     With partial last tiles (11×9 voxels, tiles 4×4) the incomplete features are cropped and the map
     covers 10×8 voxels at a 2-voxel spacing rather than being stretched over the extent.
     """
-    geo = _geometry(size, (0.9, 1.2), _rotation(2, 0.4), (1.0, 1.0))
+    geo = centred_geometry(size, (0.9, 1.2), rotation(2, 0.4), (1.0, 1.0))
     ramp = _ramp(2)
-    image = _image(geo, ramp)
+    image = level_image(geo, ramp)
     metric, _ = _static_metric(plugin, models, "pool", 2, patch, image=image)
     feature_geo = metric._fixed_feature_interp[0].geometry
     assert feature_geo.size == tuple(s // 2 for s in size)
@@ -768,20 +650,20 @@ def test_static_2d_model_on_3d_image_runs_slice_by_slice(plugin, models):
     voxel = (1.2, 1.0, 1.4)
     path, model = models["identity"]
     rec = Recorder(model)
-    cfg2 = _config("Static", [_mc(path, 2, (0, 0), voxel)])
-    cfg3 = _config("Static", [_mc(path, 3, (0, 0, 0), voxel)])
-    m2 = _metric(plugin, cfg2, image, image, [rec])
-    m3 = _metric(plugin, cfg3, image, image, [model])
-    grid = _static_grid(image.geometry, voxel)
+    cfg2 = level_config("Static", [model_config(path, 2, (0, 0), voxel)])
+    cfg3 = level_config("Static", [model_config(path, 3, (0, 0, 0), voxel)])
+    m2 = impact_metric(plugin, cfg2, image, image, [rec])
+    m3 = impact_metric(plugin, cfg3, image, image, [model])
+    grid = static_grid(image.geometry, voxel)
     # one forward per axial slice of the resampled grid, for the fixed and then the moving image
     assert len(rec.calls) == 2 * grid.size[2]
     assert all(c["x"].shape == (1, 1, grid.size[1], grid.size[0]) for c in rec.calls)
     assert all(c["direction"].shape == (3, 3) for c in rec.calls)
     torch.testing.assert_close(m2._fixed_feature_interp[0].coefficients, m3._fixed_feature_interp[0].coefficients)
-    resampled = _interp(image, image.geometry, grid.voxel_centres(), 3).reshape(grid.shape_zyx)
+    resampled = reference_interpolation(image, image.geometry, grid.voxel_centres(), 3).reshape(grid.shape_zyx)
     for z in (0, grid.size[2] - 1):
         np.testing.assert_allclose(rec.calls[z]["x"][0, 0].numpy(), resampled[z], atol=1e-5)
-    pts = _ball_points(image.geometry, 50, 3.0)
+    pts = ball_points(image.geometry, 50, 3.0)
     t = torch.tensor([0.4, -0.3, 0.2])
     assert float(m2.value(t, pts)[0]) == pytest.approx(float(m3.value(t, pts)[0]), rel=1e-5)
 
@@ -800,23 +682,23 @@ def test_random_rotations_are_proper_rotations_from_the_generator():
     # R = Rz(γ)·Ry(β)·Rx(α) with (α, β, γ) the generator's three uniform rows scaled to [0, 2π)
     angles = 2 * math.pi * torch.rand(3, n, generator=torch.Generator().manual_seed(4), dtype=F64)
     for s in (0, 17, 49):
-        expected = _rotation(3, tuple(float(a) for a in angles[:, s]))
+        expected = rotation(3, tuple(float(a) for a in angles[:, s]))
         np.testing.assert_allclose(rotations[s].numpy(), expected, atol=1e-12)
     assert not torch.allclose(rotations[0], rotations[1])
 
 
 def test_jacobian_2d_model_on_3d_image_uses_one_rotation_per_sample_for_both_images(plugin, models):
-    geo = _geometry((22, 22, 22), (0.9, 1.2, 1.1), _rotation(3, (0.3, -0.2, 0.4)), (1.0, 0.0, -1.0))
+    geo = centred_geometry((22, 22, 22), (0.9, 1.2, 1.1), rotation(3, (0.3, -0.2, 0.4)), (1.0, 0.0, -1.0))
     ramp = _ramp(3)
-    image = _image(geo, ramp)
+    image = level_image(geo, ramp)
     path, model = models["identity"]
     fixed_rec, moving_rec = Recorder(model), Recorder(model)
     patch, voxel = (5, 3), (0.8, 1.3)
-    cfg = _config("Jacobian", [_mc(path, 2, patch, voxel)])
-    metric = _metric(plugin, cfg, image, image, [fixed_rec], [moving_rec], seed=9)
+    cfg = level_config("Jacobian", [model_config(path, 2, patch, voxel)])
+    metric = impact_metric(plugin, cfg, image, image, [fixed_rec], [moving_rec], seed=9)
     assert fixed_rec.calls[0]["x"].shape == (1, 1, 3, 5) and fixed_rec.calls[0]["direction"].shape == (3, 3)
     n = 30
-    pts = _ball_points(geo, n, 3.0)
+    pts = ball_points(geo, n, 3.0)
     t = np.array([0.4, -0.3, 0.2])
     state = metric.generator.get_state()
     metric.value(torch.tensor(t), pts)
@@ -864,12 +746,12 @@ def _full_features(metric, pts, t):
 def test_subset_features_are_drawn_from_the_generator(plugin, models, mode):
     fixed, moving = _pair(2, SHIFT[2])
     path, model = models["signed2"]
-    mc = _mc(path, 2, (3, 3) if mode == "Jacobian" else (0, 0), (1.0, 1.1))
-    pts = _ball_points(fixed.geometry, 60, 6.0)
+    mc = model_config(path, 2, (3, 3) if mode == "Jacobian" else (0, 0), (1.0, 1.1))
+    pts = ball_points(fixed.geometry, 60, 6.0)
     t = torch.tensor(0.5 * SHIFT[2])
 
     def build(k, seed=0):
-        return _metric(plugin, _config(mode, [mc], distances=("DotProduct",), subset=(k,)), fixed, moving,
+        return impact_metric(plugin, level_config(mode, [mc], distances=("DotProduct",), subset=(k,)), fixed, moving,
                        [model], seed=seed)
 
     metric = build(2)
@@ -902,28 +784,28 @@ def test_layers_mask_selects_outputs_and_weights_layers(plugin, models, mode):
     path, model = models["layers"]
     rec = Recorder(model)
     voxel = tuple(fixed.geometry.spacing)
-    mc = _mc(path, 2, (3, 3) if mode == "Jacobian" else (0, 0), voxel, mask=(True, False, True))
-    cfg = _config(mode, [mc], distances=("L2", "DotProduct"), weights=(0.5, 2.0))
-    metric = _metric(plugin, cfg, fixed, moving, [rec])
+    mc = model_config(path, 2, (3, 3) if mode == "Jacobian" else (0, 0), voxel, mask=(True, False, True))
+    cfg = level_config(mode, [mc], distances=("L2", "DotProduct"), weights=(0.5, 2.0))
+    metric = impact_metric(plugin, cfg, fixed, moving, [rec])
     assert metric.channels == [1, 1]
     assert all(int(c["n_layers"]) == 3 for c in rec.calls)
     metric.alpha = [1.0, None]
-    pts = _ball_points(fixed.geometry, 80, 6.0)
+    pts = ball_points(fixed.geometry, 80, 6.0)
     t = 0.5 * SHIFT[2]
     value, _ = metric.value(torch.tensor(t), pts)
-    f = _interp(fixed, fixed.geometry, pts.numpy(), 3)
+    f = reference_interpolation(fixed, fixed.geometry, pts.numpy(), 3)
     if mode == "Jacobian":
-        m = _interp(moving, moving.geometry, pts.numpy() + t, 1)
+        m = reference_interpolation(moving, moving.geometry, pts.numpy() + t, 1)
     else:  # fixed grid = image grid: the maps interpolate F and M∘T₀ (T₀ = identity) with cubic splines
         grid = fixed.geometry
-        mmap = _interp(moving, moving.geometry, grid.voxel_centres(), 1).reshape(grid.shape_zyx)
-        m = _interp(mmap, grid, pts.numpy() + t, 3)
+        mmap = reference_interpolation(moving, moving.geometry, grid.voxel_centres(), 1).reshape(grid.shape_zyx)
+        m = reference_interpolation(mmap, grid, pts.numpy() + t, 3)
     if mode == "Jacobian":  # centre features of the layers x and x²
         expected = 0.5 * np.mean((f - m) ** 2) + 2.0 * -np.mean(f * f * m * m)
     else:
         # the second layer's map is x² on the grid, interpolated: compare with the squared-map splines
-        fsq = _interp(fixed.array_zyx.astype(float) ** 2, grid, pts.numpy(), 3)
-        msq = _interp(mmap ** 2, grid, pts.numpy() + t, 3)
+        fsq = reference_interpolation(fixed.array_zyx.astype(float) ** 2, grid, pts.numpy(), 3)
+        msq = reference_interpolation(mmap ** 2, grid, pts.numpy() + t, 3)
         expected = 0.5 * np.mean((f - m) ** 2) + 2.0 * -np.mean(fsq * msq)
     assert float(value) == pytest.approx(float(expected), rel=1e-4)
     assert metric.alpha[1] is None  # only L1/L2 layers are normalised
@@ -934,11 +816,11 @@ def test_static_pca_fitted_on_fixed_reused_for_moving_global_layer_index(plugin,
     fixed, moving = _pair(2, np.array([2.0, -1.5]))
     ident, conv = models["identity"], models["conv2"]
     voxel = (1.3, 1.4)
-    mcs = [_mc(ident[0], 2, (0, 0), voxel), _mc(conv[0], 2, (0, 0), voxel)]
-    pca_cfg = _config("Static", mcs, distances=("L2", "NCC"), pca=(0, 2), interval=1)
-    raw_cfg = _config("Static", mcs, distances=("L2", "NCC"))
-    metric = _metric(plugin, pca_cfg, fixed, moving, [ident[1], conv[1]])
-    raw = _metric(plugin, raw_cfg, fixed, moving, [ident[1], conv[1]])
+    mcs = [model_config(ident[0], 2, (0, 0), voxel), model_config(conv[0], 2, (0, 0), voxel)]
+    pca_cfg = level_config("Static", mcs, distances=("L2", "NCC"), pca=(0, 2), interval=1)
+    raw_cfg = level_config("Static", mcs, distances=("L2", "NCC"))
+    metric = impact_metric(plugin, pca_cfg, fixed, moving, [ident[1], conv[1]])
+    raw = impact_metric(plugin, raw_cfg, fixed, moving, [ident[1], conv[1]])
     assert metric.channels == [1, 2] and raw.channels == [1, 4]
     assert metric.pca_bases[0] is None and metric.pca_bases[1].shape == (4, 2)
     xf = _map_values(raw._fixed_feature_interp[1]).numpy()
@@ -955,7 +837,7 @@ def test_static_pca_fitted_on_fixed_reused_for_moving_global_layer_index(plugin,
     kept = metric.pca_bases[1]
     metric.after_iteration(torch.tensor([1.0, -1.0], dtype=F64))
     assert metric.pca_bases[1] is kept
-    refreshed = _metric(plugin, raw_cfg, fixed, moving, [ident[1], conv[1]],
+    refreshed = impact_metric(plugin, raw_cfg, fixed, moving, [ident[1], conv[1]],
                         parameters=torch.tensor([1.0, -1.0], dtype=F64))
     xm = _map_values(refreshed._moving_feature_interp[1]).numpy()
     np.testing.assert_allclose(_map_values(metric._moving_feature_interp[1]).numpy(),
@@ -966,11 +848,11 @@ def test_static_pca_fitted_on_fixed_reused_for_moving_global_layer_index(plugin,
 def test_static_feature_map_refresh_interval(plugin, models, interval):
     fixed, moving = _pair(2, SHIFT[2])
     path, model = models["conv2"]
-    cfg = _config("Static", [_mc(path, 2, (0, 0), (1.2, 1.2))], distances=("NCC",), interval=interval)
-    metric = _metric(plugin, cfg, fixed, moving, [model])
+    cfg = level_config("Static", [model_config(path, 2, (0, 0), (1.2, 1.2))], distances=("NCC",), interval=interval)
+    metric = impact_metric(plugin, cfg, fixed, moving, [model])
     original = metric._moving_feature_interp
     positions = [torch.tensor([0.2 * k, -0.1 * k], dtype=F64) for k in range(1, 6)]
-    pts = _ball_points(fixed.geometry, 80, 6.0)
+    pts = ball_points(fixed.geometry, 80, 6.0)
     for k, position in enumerate(positions, start=1):
         metric.after_iteration(position)
         refreshed = interval > 0 and k % interval == 0
@@ -979,7 +861,7 @@ def test_static_feature_map_refresh_interval(plugin, models, interval):
         torch.testing.assert_close(metric._reference_parameters, last)
         if refreshed:
             # identical to a metric initialised at that position (x + T(x) − T₀(x) with the new T₀)
-            fresh = _metric(plugin, cfg, fixed, moving, [model], parameters=position)
+            fresh = impact_metric(plugin, cfg, fixed, moving, [model], parameters=position)
             t = position + 0.3
             assert float(metric.value(t, pts)[0]) == pytest.approx(float(fresh.value(t, pts)[0]), rel=1e-6)
     assert metric.iteration == 5
@@ -989,7 +871,7 @@ def test_static_feature_map_refresh_interval(plugin, models, interval):
 def test_jacobian_after_iteration_does_nothing(plugin, models):
     fixed, moving = _pair(2, SHIFT[2])
     path, model = models["identity"]
-    metric = _metric(plugin, _config("Jacobian", [_mc(path, 2, (3, 3), (1.0, 1.0))], interval=1), fixed, moving,
+    metric = impact_metric(plugin, level_config("Jacobian", [model_config(path, 2, (3, 3), (1.0, 1.0))], interval=1), fixed, moving,
                      [model])
     metric.after_iteration(torch.ones(2, dtype=F64))
     assert metric.iteration == 1 and not hasattr(metric, "_moving_feature_interp")
@@ -998,19 +880,19 @@ def test_jacobian_after_iteration_does_nothing(plugin, models):
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
 def test_mixed_models_receive_level_statistics_and_rounded_direction(plugin, models, mode):
     """Fixed: 4-argument and 2-argument models; moving: 4-argument and 1-argument models."""
-    fixed_geo = _geometry((24, 22), (0.9, 1.2), _rotation(2, math.radians(100)), (1.0, -1.0))
-    moving_geo = _geometry((25, 23), (1.0, 1.1), _rotation(2, math.radians(-25)), (1.5, -0.5))
-    fixed = _image(fixed_geo, lambda p: _blobs(p, 2))
-    moving = _image(moving_geo, lambda p: 3.0 * _blobs(p, 2, SHIFT[2]) - 1.0)
+    fixed_geo = centred_geometry((24, 22), (0.9, 1.2), rotation(2, math.radians(100)), (1.0, -1.0))
+    moving_geo = centred_geometry((25, 23), (1.0, 1.1), rotation(2, math.radians(-25)), (1.5, -0.5))
+    fixed = level_image(fixed_geo, lambda p: _blobs(p, 2))
+    moving = level_image(moving_geo, lambda p: 3.0 * _blobs(p, 2, SHIFT[2]) - 1.0)
     meta, layers, ident = models["meta"], models["layers"], models["identity"]
     recs = [Recorder(meta[1]), Recorder(layers[1]), Recorder(meta[1]), Recorder(ident[1])]
     patch, voxel = ((3, 3), (1.0, 1.0)) if mode == "Jacobian" else ((0, 0), (1.1, 1.1))
-    fixed_cfgs = [_mc(meta[0], 2, patch, voxel), _mc(layers[0], 2, patch, voxel, mask=(False, True))]
-    moving_cfgs = [_mc(meta[0], 2, patch, voxel), _mc(ident[0], 2, patch, voxel)]
-    cfg = _config(mode, fixed_cfgs, moving_cfgs, distances=("L2", "L1"))
-    metric = _metric(plugin, cfg, fixed, moving, recs[:2], recs[2:])
+    fixed_cfgs = [model_config(meta[0], 2, patch, voxel), model_config(layers[0], 2, patch, voxel, mask=(False, True))]
+    moving_cfgs = [model_config(meta[0], 2, patch, voxel), model_config(ident[0], 2, patch, voxel)]
+    cfg = level_config(mode, fixed_cfgs, moving_cfgs, distances=("L2", "L1"))
+    metric = impact_metric(plugin, cfg, fixed, moving, recs[:2], recs[2:])
     assert metric.channels == [4 + 4 + 1, 1]
-    pts = _ball_points(fixed_geo, 40, 5.0)
+    pts = ball_points(fixed_geo, 40, 5.0)
     metric.value(torch.tensor(0.5 * SHIFT[2]), pts)
 
     def stats(image):
@@ -1055,19 +937,19 @@ def test_paired_layers_must_have_equal_channels(plugin, models, mode):
     fixed, moving = _pair(2, SHIFT[2])
     path, model = models["identity"]
     patch = (3, 3) if mode == "Jacobian" else (0, 0)
-    cfg = _config(mode, [_mc(path, 2, patch, (1.0, 1.0), channels=1)],
-                  [_mc(path, 2, patch, (1.0, 1.0), channels=2)])
+    cfg = level_config(mode, [model_config(path, 2, patch, (1.0, 1.0), channels=1)],
+                  [model_config(path, 2, patch, (1.0, 1.0), channels=2)])
     with pytest.raises(ValueError, match="channel"):
-        _metric(plugin, cfg, fixed, moving, [model])
+        impact_metric(plugin, cfg, fixed, moving, [model])
 
 
 def test_zero_first_l1_l2_value_leaves_values_unnormalised(plugin, models):
     """Identical Static maps give a first L2 value of exactly 0: α falls back to 1 instead of ∞ (Q16 guard)."""
     image, _ = _pair(2, None)
     path, model = models["identity"]
-    cfg = _config("Static", [_mc(path, 2, (0, 0), tuple(image.geometry.spacing))], distances=("L2",))
-    metric = _metric(plugin, cfg, image, image, [model])
-    pts = _ball_points(image.geometry, 50, 6.0)
+    cfg = level_config("Static", [model_config(path, 2, (0, 0), tuple(image.geometry.spacing))], distances=("L2",))
+    metric = impact_metric(plugin, cfg, image, image, [model])
+    pts = ball_points(image.geometry, 50, 6.0)
     v0, _ = metric.value(torch.zeros(2, dtype=F64), pts)
     assert float(v0) == 0.0 and metric.alpha == [1.0]
     f, m = _full_features(metric, pts, torch.tensor([0.5, 0.2], dtype=F64))
@@ -1079,16 +961,16 @@ def test_jacobian_pair_of_3d_fixed_and_2d_moving_model(plugin, models):
     """A 3D fixed model paired with a 2D moving model: the moving model gets rotated planar patches."""
     fixed, moving = _pair(3, SHIFT[3], size=(14, 13, 12))
     path, model = models["identity"]
-    cfg = _config("Jacobian", [_mc(path, 3, (3, 3, 3), (1.0, 1.0, 1.0))], [_mc(path, 2, (3, 3), (1.0, 1.0))])
-    metric = _metric(plugin, cfg, fixed, moving, [model])
+    cfg = level_config("Jacobian", [model_config(path, 3, (3, 3, 3), (1.0, 1.0, 1.0))], [model_config(path, 2, (3, 3), (1.0, 1.0))])
+    metric = impact_metric(plugin, cfg, fixed, moving, [model])
     metric.alpha = [1.0]
-    pts = _ball_points(fixed.geometry, 40, 3.0)
+    pts = ball_points(fixed.geometry, 40, 3.0)
     t = 0.5 * SHIFT[3]
     state = metric.generator.get_state()
     value, n = metric.value(torch.tensor(t), pts)
     assert not torch.equal(metric.generator.get_state(), state)  # the planes were drawn
-    f = _interp(fixed, fixed.geometry, pts.numpy(), 3)
-    m = _interp(moving, moving.geometry, pts.numpy() + t, 1)
+    f = reference_interpolation(fixed, fixed.geometry, pts.numpy(), 3)
+    m = reference_interpolation(moving, moving.geometry, pts.numpy() + t, 1)
     assert n == 40 and float(value) == pytest.approx(float(np.mean((f - m) ** 2)), rel=1e-4)
 
 
@@ -1101,16 +983,16 @@ def test_check_level_models_before_any_computation(plugin, models, mode):
 
     path, model = models["identity"]
     cpu = torch.device("cpu")
-    good = _config(mode, [_mc(path, 2, (3, 3), (1.0, 1.0))])
+    good = level_config(mode, [model_config(path, 2, (3, 3), (1.0, 1.0))])
     check_level_models(good, ([model], [model]), 2, cpu)
-    wrong_mask = _config(mode, [_mc(path, 2, (3, 3), (1.0, 1.0), mask=(True, False))])
+    wrong_mask = level_config(mode, [model_config(path, 2, (3, 3), (1.0, 1.0), mask=(True, False))])
     with pytest.raises(ImpactModelError, match="2 entries"):
         check_level_models(wrong_mask, ([model], [model]), 2, cpu)
-    channels = _config(mode, [_mc(path, 2, (3, 3), (1.0, 1.0), channels=1)],
-                       [_mc(path, 2, (3, 3), (1.0, 1.0), channels=2)])
+    channels = level_config(mode, [model_config(path, 2, (3, 3), (1.0, 1.0), channels=1)],
+                       [model_config(path, 2, (3, 3), (1.0, 1.0), channels=2)])
     with pytest.raises(ImpactModelError, match=r"\[1\] channels .* \[2\]"):
         check_level_models(channels, ([model], [model]), 2, cpu)
-    pca = _config(mode, [_mc(path, 2, (3, 3), (1.0, 1.0))], pca=(2,))
+    pca = level_config(mode, [model_config(path, 2, (3, 3), (1.0, 1.0))], pca=(2,))
     if mode == "Static":
         with pytest.raises(ImpactParameterError, match="ImpactPCA0 .*2 principal components.*only 1 channels"):
             check_level_models(pca, ([model], [model]), 2, cpu)
@@ -1121,9 +1003,9 @@ def test_check_level_models_before_any_computation(plugin, models, mode):
 def test_static_pca_larger_than_channels_fails_naming_the_key(plugin, models):
     fixed, moving = _pair(2, SHIFT[2])
     path, model = models["identity"]
-    cfg = _config("Static", [_mc(path, 2, (0, 0), (1.0, 1.0))], pca=(3,))
+    cfg = level_config("Static", [model_config(path, 2, (0, 0), (1.0, 1.0))], pca=(3,))
     with pytest.raises(ValueError, match="ImpactPCA0 .*3 principal components"):
-        _metric(plugin, cfg, fixed, moving, [model])
+        impact_metric(plugin, cfg, fixed, moving, [model])
 
 
 def test_static_moving_map_is_not_warped_twice(plugin, models):
@@ -1134,13 +1016,13 @@ def test_static_moving_map_is_not_warped_twice(plugin, models):
     """
     fixed, moving = _pair(2, SHIFT[2])
     path, model = models["identity"]
-    cfg = _config("Static", [_mc(path, 2, (0, 0), (1.0, 1.0))], distances=("NCC",))
+    cfg = level_config("Static", [model_config(path, 2, (0, 0), (1.0, 1.0))], distances=("NCC",))
     t0 = torch.tensor([0.9, -0.6], dtype=F64)
     t = torch.tensor([1.3, -0.2], dtype=F64)
-    pts = _ball_points(fixed.geometry, 150, 5.0)
-    at_identity = float(_metric(plugin, cfg, fixed, moving, [model]).value(t, pts)[0])
-    at_t0 = float(_metric(plugin, cfg, fixed, moving, [model], parameters=t0).value(t, pts)[0])
-    upstream = float(_metric(plugin, cfg, fixed, moving, [model]).value(t + t0, pts)[0])
+    pts = ball_points(fixed.geometry, 150, 5.0)
+    at_identity = float(impact_metric(plugin, cfg, fixed, moving, [model]).value(t, pts)[0])
+    at_t0 = float(impact_metric(plugin, cfg, fixed, moving, [model], parameters=t0).value(t, pts)[0])
+    upstream = float(impact_metric(plugin, cfg, fixed, moving, [model]).value(t + t0, pts)[0])
     assert abs(at_t0 - at_identity) < 0.05 * abs(upstream - at_identity)
 
 
@@ -1149,15 +1031,15 @@ def test_jacobian_fixed_features_reused_only_for_the_same_valid_samples(plugin, 
     fixed, moving = _pair(2, SHIFT[2])
     path, model = models["conv2"]
     fixed_rec, moving_rec = Recorder(model), Recorder(model)
-    cfg = _config("Jacobian", [_mc(path, 2, (3, 3), (1.0, 1.0))], distances=("NCC",))
-    metric = _metric(plugin, cfg, fixed, moving, [fixed_rec], [moving_rec], ratio=0.0)
-    pts = _ball_points(fixed.geometry, 60, 6.0)
+    cfg = level_config("Jacobian", [model_config(path, 2, (3, 3), (1.0, 1.0))], distances=("NCC",))
+    metric = impact_metric(plugin, cfg, fixed, moving, [fixed_rec], [moving_rec], ratio=0.0)
+    pts = ball_points(fixed.geometry, 60, 6.0)
     t = torch.tensor([0.3, -0.2], dtype=F64)
     first = float(metric.value(t, pts)[0])
     calls = len(fixed_rec.calls)
     assert float(metric.value(t + 0.1, pts)[0]) != first
     assert len(fixed_rec.calls) == calls  # same samples, same valid subset: reused
-    fresh = _metric(plugin, cfg, fixed, moving, [model], ratio=0.0)
+    fresh = impact_metric(plugin, cfg, fixed, moving, [model], ratio=0.0)
     assert float(metric.value(t + 0.1, pts)[0]) == pytest.approx(float(fresh.value(t + 0.1, pts)[0]), rel=1e-12)
     metric.value(t, pts.clone())
     assert len(fixed_rec.calls) == calls + 1  # new sample set
