@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable, IO
 
 
-def write_atomically(path, write: Callable[[IO], None], binary: bool = False) -> Path:
+def write_atomically(path: str | Path, write: Callable[[IO], None], binary: bool = False) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename it to ``path``.
 
     The temporary file is created with the user's usual permissions (``tempfile.mkstemp`` would make

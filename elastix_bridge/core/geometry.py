@@ -17,8 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import itk
+    import torch
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class ImageGeometry:
         return cache[key]
 
     @classmethod
-    def from_itk(cls, image) -> "ImageGeometry":
+    def from_itk(cls, image: itk.Image) -> "ImageGeometry":
         """Geometry of an ``itk.Image`` (largest possible region, start index must be 0)."""
         region = image.GetLargestPossibleRegion()
         index = tuple(region.GetIndex())
@@ -93,7 +98,7 @@ class ImageGeometry:
             direction=np.asarray(itk.array_from_matrix(image.GetDirection()), dtype=np.float64),
         )
 
-    def apply_to_itk(self, image) -> None:
+    def apply_to_itk(self, image: itk.Image) -> None:
         """Set spacing, origin and direction of an ``itk.Image`` to this geometry."""
         import itk
 
@@ -101,7 +106,7 @@ class ImageGeometry:
         image.SetOrigin([float(v) for v in self.origin])
         image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(self.direction)))
 
-    def index_to_physical(self, index_xyz):
+    def index_to_physical(self, index_xyz: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Continuous index (ITK order) -> physical point (mm).
 
         Args:
@@ -116,7 +121,7 @@ class ImageGeometry:
         m, _, o, _ = self._tensors(index_xyz)
         return index_xyz @ m.T + o
 
-    def itk_index_to_points(self, index) -> np.ndarray:
+    def itk_index_to_points(self, index: np.ndarray | Sequence[int]) -> np.ndarray:
         """Integer indices -> physical points with ITK's rounding, bit-identical to elastix's.
 
         ITK ``ImageBase::TransformIndexToPhysicalPoint``: ``p_r = O_r``, then ``p_r += (Dir_rc·S_c)·i_c``
@@ -138,7 +143,7 @@ class ImageGeometry:
             out[:, r] = acc
         return out
 
-    def itk_continuous_index_to_point(self, index) -> np.ndarray:
+    def itk_continuous_index_to_point(self, index: np.ndarray | Sequence[float]) -> np.ndarray:
         """One continuous index -> physical point with ITK's rounding, bit-identical to elastix's.
 
         ITK ``ImageBase::TransformContinuousIndexToPhysicalPoint``: ``p_r = (Σ_c (Dir_rc·S_c)·i_c) + O_r``
@@ -159,7 +164,7 @@ class ImageGeometry:
             out[r] = acc + float(self.origin[r])
         return out
 
-    def physical_to_index(self, points):
+    def physical_to_index(self, points: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Physical point (mm) -> continuous index (ITK order). ``(N, D)`` -> ``(N, D)``."""
         m, o = self.physical_to_index_matrix, self.origin
         if isinstance(points, np.ndarray):
@@ -167,7 +172,7 @@ class ImageGeometry:
         _, m, o, _ = self._tensors(points)
         return (points - o) @ m.T
 
-    def inside_buffer(self, index_xyz):
+    def inside_buffer(self, index_xyz: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """ITK ``IsInsideBuffer`` for continuous indices: ``-0.5 <= i_k < n_k - 0.5`` on every axis.
 
         Args:
@@ -182,7 +187,7 @@ class ImageGeometry:
         s = self._tensors(index_xyz)[3]
         return ((index_xyz >= -0.5) & (index_xyz < s - 0.5)).all(dim=1)
 
-    def voxel_centres(self):
+    def voxel_centres(self) -> np.ndarray:
         """Physical coordinates of all voxels, ``(prod(size), D)``, x fastest (ITK memory order)."""
         axes = [np.arange(n, dtype=np.float64) for n in self.size]
         grids = np.meshgrid(*axes, indexing="ij")  # grids[k] indexed [x, y, z]
@@ -220,7 +225,9 @@ def vnl_inverse(matrix: np.ndarray) -> np.ndarray:
     return np.linalg.inv(m)
 
 
-def grid_domain_under_initial(geometry: ImageGeometry, final_spacing, initial_transform):
+def grid_domain_under_initial(geometry: ImageGeometry, final_spacing: np.ndarray | Sequence[float],
+                              initial_transform: Callable[[torch.Tensor], torch.Tensor]
+                              ) -> tuple[ImageGeometry, np.ndarray]:
     """B-spline grid domain when composing with an initial transform (docs/design.md §E6.4).
 
     The fixed image's boundary voxels are mapped through the initial transform and bounded in the

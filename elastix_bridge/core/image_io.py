@@ -9,9 +9,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import itk
+
+    from elastix_bridge.core.geometry import ImageGeometry
 
 
-def read_image(path, what: str = "image"):
+def read_image(path: str | Path, what: str = "image") -> itk.Image:
     """Read an image as float pixels (elastix's internal type).
 
     Args:
@@ -45,7 +51,7 @@ def _itk_reason(error: Exception) -> str:
     return text
 
 
-def read_image_geometry(path, what: str = "image"):
+def read_image_geometry(path: str | Path, what: str = "image") -> ImageGeometry:
     """Read an image file's header only: size, spacing, origin and direction (no pixel data).
 
     Returns:
@@ -91,7 +97,7 @@ def _check_metaimage_data_file(path: Path, what: str) -> None:
             f"header needs its data file beside it: copy both files, or use one .mha file")
 
 
-def read_mask(path, what: str = "mask"):
+def read_mask(path: str | Path, what: str = "mask") -> itk.Image:
     """Read a mask of any pixel type (MET_CHAR included) as unsigned char, non-zero = 1."""
     import itk
     import numpy as np
@@ -102,7 +108,7 @@ def read_mask(path, what: str = "mask"):
     return mask
 
 
-def write_image(image, path: Path) -> None:
+def write_image(image: itk.Image, path: Path) -> None:
     """Write an ``itk.Image`` without ever leaving a half-written file at ``path``.
 
     The image is written into a temporary folder beside ``path`` and its files (one, or a MetaImage

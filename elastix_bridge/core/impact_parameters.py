@@ -209,7 +209,7 @@ def group_by_dimensions(values: Sequence, dimensions: Sequence[int]) -> list:
     return out
 
 
-def resolve_model_path(path, base_dir=None) -> Path:
+def resolve_model_path(path: str | Path, base_dir: Optional[str | Path] = None) -> Path:
     """Map a ``ModelsPath`` entry to a file path.
 
     Reserved names (``mind-ssc-2d``, ``mind-ssc-3d``; :data:`elastix_bridge.models.mind.
@@ -531,7 +531,7 @@ def _read_model_set(parameter_map, prefix, level, mode, image_dimension):
     total = sum(dims)
     why_axes = f"one per model axis, Σ {dim_key} = {total}"
 
-    def patch_check(p):
+    def patch_check(p: int) -> Optional[str]:
         if p == 0 and mode == "Jacobian":
             return ("is 0 (= whole image extent), which is only allowed in Static mode; "
                     "Jacobian mode needs a real patch size such as 5 5 5")
@@ -703,7 +703,7 @@ def read_impact_level(parameter_map: Mapping, level: int, image_dimension: int,
         directory = None
 
     # 9. distances
-    def distance_check(name):
+    def distance_check(name: str) -> Optional[str]:
         if name in DISTANCES:
             return None
         close = [d for d in DISTANCES if d.lower() == name.lower()]

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from elastix_bridge.engine.optimizers.asgd import IterationRecord
 
 __all__ = ["IterationTable"]
 
@@ -65,7 +68,7 @@ class IterationTable:
         if output_directory is not None and pmap.get("WriteIterationInfo", default=True, type=bool):
             self.file = open(Path(output_directory) / f"IterationInfo.{elastix_level}.R{level}.txt", "w")
 
-    def add(self, r, parts: Sequence[tuple] = ()) -> None:
+    def add(self, r: IterationRecord, parts: Sequence[tuple] = ()) -> None:
         """One row from an iteration record and the cost's per-metric ``(value, ‖gradient‖, ms)``."""
         parts = list(parts) if self.multi else []
         if self.lbfgs:

@@ -58,7 +58,7 @@ def _is_output(name: str, log_name: str) -> bool:
     return any(re.fullmatch(re.escape(log_name) if p == "{log}" else p, name) for p in OUTPUT_PATTERNS)
 
 
-def prepare_output_folder(path, flag: str = "-out", create: bool = True) -> Path:
+def prepare_output_folder(path: str | Path, flag: str = "-out", create: bool = True) -> Path:
     """Create ``path`` (and its parents) if absent (``create``); refuse a file with a named error.
 
     Raises:
@@ -142,7 +142,7 @@ class OutputRun:
             log.write(note)
 
 
-def is_held(path) -> bool:
+def is_held(path: str | Path) -> bool:
     """Whether this thread already owns ``path`` (the command owns it around the API call)."""
     with _HELD_LOCK:
         return (str(Path(path).resolve()), threading.get_ident()) in _HELD
@@ -161,7 +161,8 @@ def _describe_holder(text: str) -> str:
             f"{fields.get('started', '?')}: {fields.get('command', '?')}")
 
 
-def check_inputs_outside_outputs(path, inputs: dict, log_name: str = "elastix.log", flag: str = "-out") -> None:
+def check_inputs_outside_outputs(path: str | Path, inputs: dict, log_name: str = "elastix.log",
+                                 flag: str = "-out") -> None:
     """Refuse a run whose input lies in its output folder under a name the run writes or removes.
 
     elastix would overwrite such a file (``-m OUT/result.0.mha``, ``-t0 OUT/TransformParameters.0.txt``)
@@ -187,7 +188,7 @@ def check_inputs_outside_outputs(path, inputs: dict, log_name: str = "elastix.lo
 
 
 @contextlib.contextmanager
-def owned_output_folder(path, log_name: str = "elastix.log", command: Optional[str] = None,
+def owned_output_folder(path: str | Path, log_name: str = "elastix.log", command: Optional[str] = None,
                         flag: str = "-out", error_to_log: bool = True) -> Iterator[OutputRun]:
     """Own ``path`` for one run: lock it, clear earlier outputs, clean up after a failure.
 

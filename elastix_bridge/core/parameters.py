@@ -18,7 +18,11 @@ import math
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, KeysView, Mapping, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
 
 __all__ = [
     "ParameterError",
@@ -150,7 +154,7 @@ def format_number(x: float, float32: bool = False) -> str:
     return _js_format(bool(sign), digits, n)
 
 
-def format_numbers(values) -> list[str]:
+def format_numbers(values: float | Sequence[float] | np.ndarray | torch.Tensor) -> list[str]:
     """:func:`format_number` of every value of an array-like, flattened in C order.
 
     Args:
@@ -249,14 +253,14 @@ class ParameterMap:
         return pm
 
     @classmethod
-    def from_itk(cls, itk_map) -> "ParameterMap":
+    def from_itk(cls, itk_map: Mapping[str, Sequence[str]]) -> "ParameterMap":
         """Build from an itk-elastix ``mapstringvectorstring`` (or any mapping of key -> sequence of str)."""
         if isinstance(itk_map, ParameterMap):
             return itk_map.copy()
         keys = list(itk_map.keys())
         return cls({str(k): [str(v) for v in itk_map[k]] for k in keys})
 
-    def to_itk(self):
+    def to_itk(self) -> Any:
         """This map as an itk-elastix ``mapstringvectorstring`` (imports ``itk``)."""
         import itk
 
@@ -298,10 +302,10 @@ class ParameterMap:
     def __repr__(self) -> str:
         return f"ParameterMap({self._data!r})"
 
-    def keys(self):
+    def keys(self) -> KeysView[str]:
         return self._data.keys()
 
-    def items(self):
+    def items(self) -> Iterator[tuple[str, list[str]]]:
         return ((k, list(v)) for k, v in self._data.items())
 
     def has(self, name: str) -> bool:
@@ -312,7 +316,7 @@ class ParameterMap:
         """All string values of ``name`` (empty list if absent)."""
         return list(self._data.get(name, ()))
 
-    def set(self, name: str, values) -> None:
+    def set(self, name: str, values: Any) -> None:
         """Set ``name`` to ``values`` (a scalar or a list; converted as in :meth:`from_dict`)."""
         self._data[str(name)] = _to_value_strings(values)
 
@@ -330,7 +334,7 @@ class ParameterMap:
             )
         return result
 
-    def get_entry(self, name: str, index: int, type=str, default=None):
+    def get_entry(self, name: str, index: int, type: type = str, default: Any = None) -> Any:
         """Entry ``index`` of ``name`` converted to ``type``, without any fallback.
 
         Args:
@@ -347,7 +351,7 @@ class ParameterMap:
             return default
         return self._convert_entry(name, index, type)
 
-    def get(self, name: str, level: int = 0, default=None, type=str, prefix: str | None = None):
+    def get(self, name: str, level: int = 0, default: Any = None, type: type = str, prefix: str | None = None) -> Any:
         """elastix's extended ``ReadParameter(value, name, prefix, level, 0)`` lookup.
 
         Each successful read overwrites the previous one: ``name[0]``, ``name[level]``,
@@ -387,7 +391,8 @@ class ParameterMap:
                     found.append((key, index))
         return found
 
-    def get_list(self, name: str, count: int | None = None, type=str, default=None) -> list:
+    def get_list(self, name: str, count: int | None = None, type: type = str,
+                 default: Sequence[Any] | None = None) -> list:
         """All entries of ``name`` converted to ``type``, or exactly the first ``count`` entries.
 
         Args:
@@ -418,7 +423,7 @@ class ParameterMap:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def as_parameter_map(value) -> ParameterMap:
+def as_parameter_map(value: ParameterMap | Mapping[str, Any] | None) -> ParameterMap:
     """The one conversion of a caller's map to a :class:`ParameterMap`.
 
     Args:
@@ -436,7 +441,7 @@ def as_parameter_map(value) -> ParameterMap:
     return ParameterMap.from_dict(dict(value))
 
 
-def parameter_maps_from_object(parameter_object) -> list[ParameterMap]:
+def parameter_maps_from_object(parameter_object: Any) -> list[ParameterMap]:
     """All maps of an itk-elastix ``ParameterObject`` (or a list of dict-like maps) as :class:`ParameterMap`.
 
     Source: ``Core/Main/elxParameterObject.h`` ``GetParameterMap``; docs/design.md §E1.6.
@@ -477,7 +482,7 @@ def _offending_line(text: str, message: str) -> tuple:
     return (matches[0] if matches else None), f"{reason} The line: {quoted.strip()!r}."
 
 
-def read_parameter_file(path) -> list[ParameterMap]:
+def read_parameter_file(path: str | Path) -> list[ParameterMap]:
     """Parse an elastix parameter file (``.txt`` or ``.toml``) with itk-elastix's own parser.
 
     The file must be UTF-8 text (ASCII is); a binary or otherwise encoded file is refused naming the line

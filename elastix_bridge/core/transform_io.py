@@ -13,6 +13,7 @@ Sources: docs/design.md §E10, §E1.5, §E8.2 — ``Core/ComponentBaseClasses/el
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -27,6 +28,13 @@ from elastix_bridge.core.parameters import (
     parameter_maps_from_object,
     read_parameter_file,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    import itk
+    import torch
+
+    from elastix_bridge.core.geometry import ImageGeometry
+    from elastix_bridge.engine.transforms.base import Transform
 
 __all__ = [
     "RESAMPLE_INTERPOLATOR_KEYS",
@@ -52,9 +60,9 @@ _BSPLINE_RESAMPLE_INTERPOLATORS = (
 
 
 def transform_parameter_map(
-    transform,
-    params,
-    fixed_geometry,
+    transform: Transform,
+    params: torch.Tensor | np.ndarray,
+    fixed_geometry: ImageGeometry,
     *,
     initial_transform_file: str | None = "NoInitialTransform",
     how_to_combine: str = "Compose",
@@ -132,7 +140,7 @@ def _block_text(items) -> str:
     return "".join(lines)
 
 
-def transform_parameter_file_text(parameter_map) -> str:
+def transform_parameter_file_text(parameter_map: ParameterMap | Mapping[str, Any]) -> str:
     """elastix's text serialisation of a TransformParameters map (three sorted blocks with comment headers).
 
     Args:
@@ -168,7 +176,7 @@ def transform_parameter_file_text(parameter_map) -> str:
     return text
 
 
-def write_transform_parameter_file(parameter_map, path) -> Path:
+def write_transform_parameter_file(parameter_map: ParameterMap | Mapping[str, Any], path: str | Path) -> Path:
     """Write a TransformParameters file in elastix's layout, atomically (temporary file + rename).
 
     Args:
@@ -193,7 +201,7 @@ def write_transform_parameter_file(parameter_map, path) -> Path:
     return write_atomically(p, lambda f: f.write(text))
 
 
-def read_transform_parameter_file(path) -> ParameterMap:
+def read_transform_parameter_file(path: str | Path) -> ParameterMap:
     """Read one TransformParameters file with itk-elastix's parser.
 
     Raises:
@@ -203,7 +211,7 @@ def read_transform_parameter_file(path) -> ParameterMap:
     return read_parameter_file(path)[0]
 
 
-def to_parameter_object(maps):
+def to_parameter_object(maps: ParameterMap | Mapping[str, Any] | Sequence[Any]) -> itk.ParameterObject:
     """An ``itk.ParameterObject`` holding ``maps`` (in order; for transformix the last map is the output domain).
 
     Args:
