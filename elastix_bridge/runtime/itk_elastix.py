@@ -13,8 +13,13 @@ itk-elastix's functional ``itk.elastix_registration_method`` does the same as
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 
-def itk_attribute(name: str):
+if TYPE_CHECKING:  # pragma: no cover
+    import itk
+
+
+def itk_attribute(name: str) -> Any:
     """itk's own attribute ``name``, bypassing the drop-in's replacement if it is installed.
 
     The drop-in gives the ``itk`` module a subclass of itk's module type that names the type it
@@ -28,7 +33,7 @@ def itk_attribute(name: str):
     return base.__getattribute__(itk, name)
 
 
-def run_itk_elastix(*args, **kwargs):
+def run_itk_elastix(*args: Any, **kwargs: Any) -> tuple[itk.Image, itk.ParameterObject]:
     """itk-elastix's registration on its own filter: ``(result_image, transform_parameter_object)``.
 
     Args:
@@ -44,12 +49,12 @@ def run_itk_elastix(*args, **kwargs):
     return method.GetOutput(), method.GetTransformParameterObject()
 
 
-def given_keywords(**keywords) -> dict:
+def given_keywords(**keywords: Any) -> dict:
     """The keywords whose value is not None (itk-elastix keywords are set only when given)."""
     return {key: value for key, value in keywords.items() if value is not None}
 
 
-def as_parameter_object(value):
+def as_parameter_object(value: Any) -> itk.ParameterObject | None:
     """An ``itk.ParameterObject`` from a ParameterObject, a dict or a list of dicts (as itk-elastix accepts).
 
     None and ParameterObjects are returned unchanged.
@@ -65,7 +70,7 @@ def as_parameter_object(value):
     return to_parameter_object(parameter_maps_from_object(value))
 
 
-def as_float_image(image):
+def as_float_image(image: itk.Image) -> itk.Image:
     """``image`` with float pixels, elastix's internal pixel type (unchanged if already float).
 
     Raises:

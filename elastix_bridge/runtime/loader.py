@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 from elastix_bridge.runtime import build_checks
 
 if TYPE_CHECKING:  # pragma: no cover - typing only, never imported at run time
+    from types import ModuleType
+
     import torch
 
 __all__ = [
@@ -101,7 +103,7 @@ class ImpactModelError(ImpactError, ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-def require_torch():
+def require_torch() -> ModuleType:
     """Import and return torch.
 
     Returns:
@@ -142,7 +144,7 @@ def torch_supported(version: str) -> bool:
     return _release(SUPPORTED_TORCH[0]) <= _release(version) < _release(SUPPORTED_TORCH[1])
 
 
-def check_torch_supported(torch) -> None:
+def check_torch_supported(torch: ModuleType) -> None:
     """Refuse a torch outside the tested range, unless ``$ELASTIX_BRIDGE_ALLOW_UNTESTED_TORCH=1``.
 
     Args:
@@ -323,7 +325,7 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def import_cpp_extension():
+def import_cpp_extension() -> ModuleType:
     """``torch.utils.cpp_extension``, imported without its "No CUDA runtime is found" warning.
 
     A CUDA build of torch on a machine without a GPU logs that warning on import; the plugin has no
@@ -478,7 +480,7 @@ def _import_extension(so_path: Path):
     return module
 
 
-def load_plugin():
+def load_plugin() -> ModuleType:
     """Return the compiled plugin module, building it on first use; cached per process.
 
     With ``$ELASTIX_BRIDGE_PLUGIN`` set, that ``.so`` is used (its record is ``<path>.json``);
@@ -645,7 +647,8 @@ def jit_optimization_disabled() -> Iterator[None]:
         set_jit_state(previous)
 
 
-def load_feature_model(path, device, half: bool = False, *, parameter: str = "ImpactModelsPath"):
+def load_feature_model(path: str | Path, device: torch.device | str, half: bool = False, *,
+                       parameter: str = "ImpactModelsPath") -> Any:
     """Load a TorchScript feature model with upstream's conventions (docs/design.md §I3.1–§I3.5).
 
     Args:
@@ -679,7 +682,7 @@ def load_feature_model(path, device, half: bool = False, *, parameter: str = "Im
         raise ImpactUnavailableError(f"{where}: {exc}") from exc
 
 
-def validate_model_output(outputs, n_layers: int, where: str) -> None:
+def validate_model_output(outputs: Any, n_layers: int, where: str) -> None:
     """Check a model result against docs/design.md §I3.3.
 
     Args:

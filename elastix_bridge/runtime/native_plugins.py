@@ -54,9 +54,12 @@ import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from elastix_bridge.runtime.loader import JIT_SWITCHES, ImpactUnavailableError, require_torch, set_jit_state
+
+if TYPE_CHECKING:  # pragma: no cover
+    from types import ModuleType
 
 __all__ = [
     "CPU_PLUGIN_NAME",
@@ -151,7 +154,7 @@ class ElfDynamic:
         return _MACHINES.get(self.machine, f"machine {self.machine}")
 
 
-def read_elf_dynamic(path) -> ElfDynamic:
+def read_elf_dynamic(path: str | Path) -> ElfDynamic:
     """Read the dynamic section of an ELF shared library, without loading it.
 
     Follows the program headers as the loader does (``PT_DYNAMIC``, with ``DT_STRTAB`` mapped to a
@@ -284,7 +287,7 @@ def _file_contains(path: str, size: int, mtime: float, needle: bytes) -> bool:
         return view.find(needle) >= 0
 
 
-def lazy_impact_loader(library=None) -> Optional[bool]:
+def lazy_impact_loader(library: str | Path | None = None) -> Optional[bool]:
     """Whether itk-elastix's elastix has upstream's lazy IMPACT plugin loader.
 
     Detection without side effects: the loader's error message
@@ -338,7 +341,7 @@ def _git_revision(path: str, size: int, mtime: float) -> Optional[str]:
     return found.pop().decode() if len(found) == 1 else None
 
 
-def elastix_git_revision(library=None) -> Optional[str]:
+def elastix_git_revision(library: str | Path | None = None) -> Optional[str]:
     """The elastix commit itk-elastix's elastix was built from, as its log header shows it.
 
     elastix compiles its ``Git revision SHA`` (printed at the top of every elastix log) into the
@@ -457,7 +460,7 @@ def _torch_description(torch) -> str:
     return f"torch {torch.__version__} ({build}, {abi})"
 
 
-def inspect_native_plugin(path, torch=None) -> NativePluginCheck:
+def inspect_native_plugin(path: str | Path, torch: ModuleType | None = None) -> NativePluginCheck:
     """Check a native plugin file against elastix's loader and the installed torch, without loading it.
 
     Checks: an ELF shared library for this machine; SONAME exactly ``libImpactMetric.so`` or
@@ -560,7 +563,7 @@ def inspect_native_plugin(path, torch=None) -> NativePluginCheck:
     return check
 
 
-def native_plugin_candidates(path) -> list:
+def native_plugin_candidates(path: str | Path) -> list:
     """The plugin files a path names: the file itself, or a folder's plugins in elastix's order.
 
     Args:
@@ -622,7 +625,7 @@ def _explain_dlopen_error(path: Path, text: str, torch) -> str:
     return f"the dynamic loader refused {path}: {text}"
 
 
-def preload_native_plugin(path=None) -> Optional[Path]:
+def preload_native_plugin(path: str | Path | None = None) -> Optional[Path]:
     """Preload a native upstream IMPACT plugin so that itk-elastix's elastix runs ``(Metric "Impact")``.
 
     Steps: check the file(s) with :func:`inspect_native_plugin`; import torch (its LibTorch
@@ -711,7 +714,7 @@ def preloaded_native_plugins() -> dict:
         return {soname: path for soname, (path, _, _) in _preloaded.items()}
 
 
-def trial_preload(path, timeout: float = 120.0) -> tuple:
+def trial_preload(path: str | Path, timeout: float = 120.0) -> tuple:
     """Preload ``path`` in a fresh Python process, so a crash or a loaded library cannot affect this one.
 
     Args:
