@@ -82,7 +82,7 @@ class Component:
 
 
 def register(family: str, name: str, factory: Optional[Callable] = None, *, notes: str = "", source: str = "",
-             **traits):
+             **traits: Any) -> Callable[[Any], Any]:
     """Register a component; used as ``register(...)(cls)`` / a class decorator, or with ``factory``.
 
     Args:
@@ -104,7 +104,7 @@ def register(family: str, name: str, factory: Optional[Callable] = None, *, note
     if name in _REGISTRY[family]:
         raise ValueError(f"({family} \"{name}\") is already registered; unregister it first or choose another name")
 
-    def add(obj):
+    def add(obj: Any) -> Any:
         _REGISTRY[family][name] = Component(family, name, factory if factory is not None else obj,
                                             MappingProxyType(dict(traits)), notes, source)
         return obj

@@ -10,7 +10,12 @@ digit. numpy's ``MT19937`` supplies the raw 32-bit stream (its state is set thro
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 _TWO32 = 4294967296.0
 DEFAULT_SEED = 121212
@@ -66,7 +71,7 @@ class ElastixRandom:
             raise ValueError(f"cannot rewind {count} draws (only {self._pos} in the buffer)")
         self._pos -= int(count)
 
-    def uniform(self, low, high, count: int) -> np.ndarray:
+    def uniform(self, low: np.ndarray | Sequence[float], high: np.ndarray | Sequence[float], count: int) -> np.ndarray:
         """``count`` rows of ITK ``GetUniformVariate(low_d, high_d)`` = ``(1 − u)·low + u·high``, ``u = r/2^32``.
 
         Args:
@@ -106,7 +111,7 @@ class ElastixRandom:
         return n * (self.raw(count).astype(np.float64) + 0.5) / _TWO32
 
 
-def as_elastix_random(generator) -> ElastixRandom:
+def as_elastix_random(generator: ElastixRandom | int | torch.Generator) -> ElastixRandom:
     """An :class:`ElastixRandom` from itself, a seed, or a ``torch.Generator`` (its initial seed).
 
     Raises:

@@ -16,7 +16,7 @@ All samplers return ``(N, D)`` physical points in mm, ITK ``(x, y, z)`` order, f
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -27,13 +27,15 @@ from elastix_bridge.engine.random import ElastixRandom, as_elastix_random
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from elastix_bridge.core.parameters import ParameterMap
     from elastix_bridge.engine.images.level_images import Mask
 
 NOT_ENOUGH_SAMPLES = ("Could not find enough image samples within reasonable time. "
                       "Probably the mask is too small")
 
 
-def sampling_region(image_geometry: ImageGeometry, mask: "Mask | None" = None, region=None):
+def sampling_region(image_geometry: ImageGeometry, mask: "Mask | None" = None,
+                    region: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sampling region: level region cropped to the mask bounding box (docs/design.md §E5).
 
     The mask's index bounding box ``[a, b]`` is widened to ``[a − 0.5, b + 0.5]``; its 2^D corners are
@@ -136,9 +138,13 @@ class ImageSampler:
         return idx
 
     @classmethod
-    def from_parameter_map(cls, image_geometry: ImageGeometry, mask=None, *, parameter_map=None, level: int = 0,
-                           number_of_samples: int = 5000, generator=None, region=None, device=None, dtype=None,
-                           **options) -> "ImageSampler":
+    def from_parameter_map(cls, image_geometry: ImageGeometry, mask: Mask | None = None, *,
+                           parameter_map: ParameterMap | None = None, level: int = 0,
+                           number_of_samples: int = 5000,
+                           generator: ElastixRandom | int | torch.Generator | None = None,
+                           region: tuple[np.ndarray, np.ndarray] | None = None,
+                           device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                           **options: Any) -> "ImageSampler":
         """Build the sampler of a resolution level; the registry's factory (see :func:`make_sampler`).
 
         Every sampler takes the same arguments; each uses those it needs and reads its own keys of
@@ -215,8 +221,9 @@ class GridSampler(ImageSampler):
         self.spacing_xyz = spacing
 
     @classmethod
-    def from_parameter_map(cls, image_geometry, mask=None, *, parameter_map=None, level=0, spacing_xyz=None,
-                           **common) -> "GridSampler":
+    def from_parameter_map(cls, image_geometry: ImageGeometry, mask: Mask | None = None, *,
+                           parameter_map: ParameterMap | None = None, level: int = 0,
+                           spacing_xyz: Sequence[int] | None = None, **common: Any) -> "GridSampler":
         """``SampleGridSpacing`` entries ``level·D + d`` (default 2, no fallback to earlier levels)."""
         d = image_geometry.dimension
         if spacing_xyz is None and parameter_map is not None:
@@ -343,8 +350,10 @@ class RandomCoordinateSampler(_RejectionSampler):
         self._hi = (self.region_start_xyz + self.region_size_xyz - 1).astype(np.float64)
 
     @classmethod
-    def from_parameter_map(cls, image_geometry, mask=None, *, parameter_map=None, level=0,
-                           sample_region_size_mm=None, **common) -> "RandomCoordinateSampler":
+    def from_parameter_map(cls, image_geometry: ImageGeometry, mask: Mask | None = None, *,
+                           parameter_map: ParameterMap | None = None, level: int = 0,
+                           sample_region_size_mm: Sequence[float] | None = None,
+                           **common: Any) -> "RandomCoordinateSampler":
         """``UseRandomSampleRegion`` and ``SampleRegionSize`` (entries ``level·D + d``, mm; default
         ``min(ext_d, max(ext)/3)`` with ``ext_d = (n_d − 1)·S_d``).
 
@@ -452,9 +461,12 @@ class RandomSparseMaskSampler(ImageSampler):
         return self._out(self._valid[pick])
 
 
-def make_sampler(name: str, image_geometry: ImageGeometry, mask=None, number_of_samples: int = 5000,
-                 generator=None, grid_spacing_xyz=None, region=None, sample_region_size_mm=None,
-                 device=None, dtype=None, parameter_map=None, level: int = 0) -> ImageSampler:
+def make_sampler(name: str, image_geometry: ImageGeometry, mask: Mask | None = None, number_of_samples: int = 5000,
+                 generator: ElastixRandom | int | torch.Generator | None = None,
+                 grid_spacing_xyz: Sequence[int] | None = None, region: tuple[np.ndarray, np.ndarray] | None = None,
+                 sample_region_size_mm: Sequence[float] | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, parameter_map: ParameterMap | None = None,
+                 level: int = 0) -> ImageSampler:
     """Build a sampler from its elastix ``ImageSampler`` name (registered in :mod:`.components`).
 
     Args:

@@ -14,7 +14,7 @@ ITK ``Modules/Core/ImageFunction/include/itkBSplineInterpolateImageFunction.hxx`
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
 _MAX_CHUNK_ELEMENTS = 1 << 24  # gathered values per chunk (points × support × channels)
 
 
-def bspline_coefficients(array, order: int, channel_axis: bool = False):
+def bspline_coefficients(array: np.ndarray | torch.Tensor, order: int,
+                         channel_axis: bool = False) -> np.ndarray | torch.Tensor:
     """B-spline prefilter (interpolating coefficients) with mirror boundary.
 
     Matches ITK ``BSplineDecompositionImageFilter`` (used by ``BSplineInterpolateImageFunction``);
@@ -240,7 +241,8 @@ def _make_function():
         """Memory-lean autograd: the backward pass re-evaluates the derivatives instead of storing the support."""
 
         @staticmethod
-        def forward(ctx, index, coef_pc, size_xyz, order):
+        def forward(ctx: Any, index: torch.Tensor, coef_pc: torch.Tensor, size_xyz: tuple[int, ...],
+                    order: int) -> torch.Tensor:
             with torch.no_grad():
                 values, _ = _evaluate(coef_pc, size_xyz, index.detach(), order, False)
             ctx.save_for_backward(index, coef_pc)
@@ -248,7 +250,7 @@ def _make_function():
             return values
 
         @staticmethod
-        def backward(ctx, grad_out):
+        def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
             index, coef_pc = ctx.saved_tensors
             size_xyz, order = ctx.size_xyz, ctx.order
             n, d = index.shape
@@ -308,7 +310,8 @@ def bspline_interpolate(coefficients: "torch.Tensor", index_xyz: "torch.Tensor",
     return _FUNCTION.apply(index_xyz, coef_pc.contiguous(), size_xyz, order)
 
 
-def bspline_interpolate_with_gradient(coefficients: "torch.Tensor", index_xyz: "torch.Tensor", order: int):
+def bspline_interpolate_with_gradient(coefficients: "torch.Tensor", index_xyz: "torch.Tensor",
+                                      order: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Values and index-space derivatives in one pass (no autograd graph).
 
     Args:
@@ -379,7 +382,7 @@ class ImageInterpolator:
         self.coefficients = coef.reshape(coef.shape[0], -1).T.contiguous().T.reshape(coef.shape)
         self.channels = int(self.coefficients.shape[0])
 
-    def to(self, device=None, dtype=None) -> "ImageInterpolator":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ImageInterpolator":
         """Move the coefficients (in place) and return ``self``."""
         coef = self.coefficients.to(device=device, dtype=dtype)
         self.coefficients = coef.reshape(coef.shape[0], -1).T.contiguous().T.reshape(coef.shape)
@@ -405,7 +408,7 @@ class ImageInterpolator:
         """
         return bspline_interpolate(self.coefficients, self.index(points), self.order)
 
-    def value_and_gradient(self, points: "torch.Tensor"):
+    def value_and_gradient(self, points: "torch.Tensor") -> tuple[torch.Tensor, torch.Tensor]:
         """Values ``(N, C)`` and physical gradients ``(N, C, D)`` (1/mm), no autograd graph.
 
         Physical gradient = ``(d f / d i) · (d i / d x)``, which equals ITK's

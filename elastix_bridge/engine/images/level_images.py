@@ -10,13 +10,14 @@ elastix ``Common/itkErodeMaskImageFilter.hxx``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from elastix_bridge.core.geometry import ImageGeometry
 
 if TYPE_CHECKING:  # pragma: no cover
+    import itk
     import torch
 
 
@@ -46,7 +47,7 @@ class LevelImage:
         _check_shape(self.geometry, self.array_zyx)
 
     @classmethod
-    def from_itk(cls, image) -> "LevelImage":
+    def from_itk(cls, image: itk.Image) -> "LevelImage":
         """Copy a scalar ``itk.Image`` (any pixel type) into a float32 :class:`LevelImage`.
 
         Raises:
@@ -61,7 +62,7 @@ class LevelImage:
         array = np.array(itk.array_view_from_image(image), dtype=np.float32, copy=True)
         return cls(geometry, array.reshape(geometry.shape_zyx))
 
-    def to_itk(self):
+    def to_itk(self) -> itk.Image:
         """A new ``itk.Image[itk.F, D]`` with this geometry and a copy of the values."""
         import itk
 
@@ -109,7 +110,7 @@ class Mask:
         self._tensor_cache = {}
 
     @classmethod
-    def from_itk(cls, image) -> "Mask":
+    def from_itk(cls, image: itk.Image) -> "Mask":
         """Binarise an ``itk.Image`` of any scalar pixel type: non-zero = inside."""
         import itk
 
@@ -117,7 +118,7 @@ class Mask:
         array = np.asarray(itk.array_view_from_image(image))
         return cls(geometry, (array != 0).reshape(geometry.shape_zyx).copy())
 
-    def to_itk(self):
+    def to_itk(self) -> itk.Image:
         """A new ``itk.Image[itk.UC, D]`` with values 0/1 and this geometry."""
         import itk
 
@@ -169,7 +170,7 @@ class Mask:
             self._tensor_cache[key] = torch.as_tensor(strides, device=device, dtype=torch.int64)
         return self._tensor_cache[key]
 
-    def bounding_box_index(self):
+    def bounding_box_index(self) -> tuple[np.ndarray, np.ndarray]:
         """Inclusive index box of the non-zero voxels, ITK order.
 
         Returns:
@@ -185,7 +186,7 @@ class Mask:
         last_zyx = np.array([a.max() for a in nz], dtype=np.int64)
         return first_zyx[::-1].copy(), last_zyx[::-1].copy()
 
-    def eroded(self, radius_xyz) -> "Mask":
+    def eroded(self, radius_xyz: int | Sequence[int]) -> "Mask":
         """Box erosion of half-width ``radius_xyz[d]`` voxels per axis; the image border does not erode.
 
         Equivalent to elastix's parabolic erosion of a 0/1 mask (docs/design.md §E4,

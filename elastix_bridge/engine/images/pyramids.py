@@ -16,11 +16,15 @@ Schedules are ``(R, D)`` arrays, level 0 = coarsest, columns in ITK ``(x, y, z)`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from elastix_bridge.engine.components import register
 from elastix_bridge.core.geometry import ImageGeometry
+
+if TYPE_CHECKING:  # pragma: no cover
+    import itk
 
 SUPPORTED_PYRAMIDS = ("SmoothingImagePyramid", "RecursiveImagePyramid",
                       "ShrinkingImagePyramid", "GenericImagePyramid")
@@ -85,7 +89,7 @@ def _itk_schedule_rules(f: np.ndarray) -> np.ndarray:
 
 
 def pyramid_schedule(kind: str, number_of_resolutions: int, image_geometry: ImageGeometry,
-                     rescale=None, smoothing=None) -> PyramidSchedule:
+                     rescale: Sequence[int] | None = None, smoothing: Sequence[float] | None = None) -> PyramidSchedule:
     """Schedule of a pyramid with elastix's defaults and rules (docs/design.md §E3).
 
     Args:
@@ -142,7 +146,8 @@ def pyramid_schedule(kind: str, number_of_resolutions: int, image_geometry: Imag
     return PyramidSchedule(factors, sigma)
 
 
-def downsampled_geometry(geometry: ImageGeometry, factors, use_shrink_image_filter: bool = False) -> ImageGeometry:
+def downsampled_geometry(geometry: ImageGeometry, factors: np.ndarray | Sequence[int],
+                         use_shrink_image_filter: bool = False) -> ImageGeometry:
     """Geometry of a down-sampled level (docs/design.md §E3.4), start index 0.
 
     Args:
@@ -166,7 +171,7 @@ def downsampled_geometry(geometry: ImageGeometry, factors, use_shrink_image_filt
     return ImageGeometry(tuple(int(s) for s in size), spacing, origin, geometry.direction)
 
 
-def fixed_level_region(full_geometry: ImageGeometry, level_geometry: ImageGeometry):
+def fixed_level_region(full_geometry: ImageGeometry, level_geometry: ImageGeometry) -> tuple[np.ndarray, np.ndarray]:
     """Fixed region of a level (docs/design.md §E3.6, ``MultiResolutionImageRegistrationMethod2::PreparePyramids``).
 
     The first and last voxel of the full-resolution image are mapped into the level image's
@@ -231,8 +236,8 @@ def _shrink(image_itk, factors):
     return shrinker.GetOutput()
 
 
-def pyramid_level(image_itk, kind: str, schedule: PyramidSchedule, level: int,
-                  use_shrink_image_filter: bool = False):
+def pyramid_level(image_itk: itk.Image, kind: str, schedule: PyramidSchedule, level: int,
+                  use_shrink_image_filter: bool = False) -> itk.Image:
     """One pyramid level as elastix computes it.
 
     Args:
