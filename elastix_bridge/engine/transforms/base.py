@@ -46,7 +46,8 @@ class Transform:
         """Map physical points: ``(P,)``, ``(N, D)`` mm → ``(N, D)`` mm (differentiable in both)."""
         raise NotImplementedError
 
-    def jacobian(self, points: "torch.Tensor", params: "torch.Tensor | None" = None):
+    def jacobian(self, points: "torch.Tensor",
+                 params: "torch.Tensor | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sparse parameter Jacobian ``(values (N, D, nnz), indices (N, nnz) int64)`` at ``params``
         (None: the identity parameters; transforms linear in their parameters ignore it)."""
         raise NotImplementedError
@@ -57,7 +58,7 @@ class Transform:
 
         return torch.ones(self.number_of_parameters, dtype=torch.float64)
 
-    def parameter_map(self, params=None) -> dict[str, list[str]]:
+    def parameter_map(self, params: torch.Tensor | None = None) -> dict[str, list[str]]:
         """Transform-specific TransformParameters keys (docs/design.md §E10.1)."""
         if params is None:
             params = self.parameters
@@ -93,12 +94,12 @@ class TranslationTransform(Transform):
     def number_of_parameters(self) -> int:
         return self.dimension
 
-    def transform_points(self, params, points):
+    def transform_points(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """``(D,)`` translation, ``(N, D)`` points (mm) → ``(N, D)`` mapped points (mm)."""
         self._check(params, points)
         return points + params.to(points.device)
 
-    def jacobian(self, points, params=None):
+    def jacobian(self, points: torch.Tensor, params: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``values (N, D, D)`` = identity, ``indices (N, D)`` = ``0..D−1`` (independent of ``params``)."""
         import torch
 

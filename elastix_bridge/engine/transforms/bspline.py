@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -217,7 +217,8 @@ def _transform_function():
 
     class _Displacement(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, params, xi, size_xyz, order):
+        def forward(ctx: Any, params: torch.Tensor, xi: torch.Tensor, size_xyz: Sequence[int],
+                    order: int) -> torch.Tensor:
             dim = xi.shape[1]
             coef = params.detach().view(dim, -1).T.contiguous()  # (nodes, D), node-major rows
             ctx.save_for_backward(coef, xi)
@@ -225,7 +226,7 @@ def _transform_function():
             return load_plugin().bspline_evaluate(coef, ctx.size_xyz, xi.detach(), ctx.order, True, False)[0]
 
         @staticmethod
-        def backward(ctx, grad):
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
             coef, xi = ctx.saved_tensors
             plugin = load_plugin()
             grad = grad.to(coef.dtype).contiguous()
@@ -310,7 +311,7 @@ class BSplineTransform(Transform):
         c = self._consts(points.dtype, points.device)
         return (points - c["origin"]) @ c["to_index"].T
 
-    def support(self, points: "torch.Tensor"):
+    def support(self, points: "torch.Tensor") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Support nodes and weights of points.
 
         Args:
@@ -342,7 +343,7 @@ class BSplineTransform(Transform):
         node_index = base.unsqueeze(1) + c["offsets"]  # (N, S^D)
         return w, node_index, valid
 
-    def transform_points(self, params, points):
+    def transform_points(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """``T(x) = x + Σ_m w_m·c[k0+m]``.
 
         Args:
@@ -377,7 +378,7 @@ class BSplineTransform(Transform):
         disp = torch.bmm(w.unsqueeze(1), gathered).squeeze(1)  # (N, D)
         return pts + disp
 
-    def jacobian(self, points, params=None):
+    def jacobian(self, points: torch.Tensor, params: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sparse ``∂T/∂μ`` in elastix's layout (linear in the coefficients: ``params`` is not needed).
 
         Args:
@@ -409,7 +410,7 @@ class BSplineTransform(Transform):
         indices = torch.where(valid[:, None], indices, fallback)
         return values, indices
 
-    def parameter_map(self, params=None) -> dict[str, list[str]]:
+    def parameter_map(self, params: torch.Tensor | None = None) -> dict[str, list[str]]:
         """Transform block keys: Transform, NumberOfParameters, TransformParameters, GridSize, GridIndex,
         GridSpacing, GridOrigin, GridDirection (column-major), BSplineTransformSplineOrder, UseCyclicTransform.
 
@@ -430,12 +431,14 @@ class BSplineTransform(Transform):
         )
         return out
 
-    def upsample(self, params_old, old_grid: BSplineGrid, new_grid: BSplineGrid):
+    def upsample(self, params_old: torch.Tensor | np.ndarray, old_grid: BSplineGrid,
+                 new_grid: BSplineGrid) -> torch.Tensor | np.ndarray:
         """:func:`upsample` with this transform's order."""
         return upsample(params_old, old_grid, new_grid, order=self.order)
 
 
-def upsample(params_old, old_grid: BSplineGrid, new_grid: BSplineGrid, order: int = 3):
+def upsample(params_old: torch.Tensor | np.ndarray, old_grid: BSplineGrid, new_grid: BSplineGrid,
+             order: int = 3) -> torch.Tensor | np.ndarray:
     """Coefficients on ``new_grid`` that reproduce the deformation of ``params_old`` on ``old_grid``.
 
     Per displacement component: evaluate the old coefficient image with a *cubic* B-spline (coefficients used

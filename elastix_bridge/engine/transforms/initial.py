@@ -12,7 +12,8 @@ optimised, the initial transform is evaluated without gradients.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -20,10 +21,15 @@ from elastix_bridge.engine.components import register
 from elastix_bridge.engine.transforms.bspline import BSplineGrid, BSplineTransform
 from elastix_bridge.engine.transforms.base import Transform, TranslationTransform
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from elastix_bridge.core.parameters import ParameterMap
+
 __all__ = ["ComposedTransform", "TransformChain", "chain_from_file", "transform_from_parameter_map"]
 
 
-def transform_from_parameter_map(pmap):
+def transform_from_parameter_map(pmap: ParameterMap | Mapping[str, Any]) -> tuple[Transform, torch.Tensor]:
     """The transform and parameters a TransformParameters map describes (what transformix applies).
 
     Args:
@@ -92,7 +98,7 @@ register("Transform", "RecursiveBSplineTransform", BSplineTransform, kind="bspli
          read=_bspline_from_parameter_map, source="Components/Transforms/RecursiveBSplineTransform")
 
 
-def chain_from_file(path) -> list:
+def chain_from_file(path: str | Path) -> list:
     """The TransformParameters maps of a file and of the initial transforms it names, earliest first.
 
     ``InitialTransformParameterFileName`` (or the deprecated ``InitialTransformParametersFileName``)
@@ -198,25 +204,25 @@ class ComposedTransform(Transform):
         return self.current.number_of_parameters
 
     @property
-    def parameters(self):
+    def parameters(self) -> torch.Tensor:
         return self.current.parameters
 
-    def transform_points(self, params, points):
+    def transform_points(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """``T_cur(T_init(x))`` (Compose) or ``T_cur(x) + T_init(x) − x`` (Add); differentiable in ``params``."""
         moved = self.initial(points.detach()).to(points.dtype)
         if self.compose:
             return self.current.transform_points(params, moved)
         return self.current.transform_points(params, points) + moved - points.detach()
 
-    def jacobian(self, points, params=None):
+    def jacobian(self, points: torch.Tensor, params: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Parameter Jacobian of the current transform at ``T_init(x)`` (Compose) or ``x`` (Add)."""
         at = self.initial(points).to(points.dtype) if self.compose else points
         return self.current.jacobian(at, params)
 
-    def scales(self):
+    def scales(self) -> torch.Tensor:
         return self.current.scales()
 
-    def parameter_map(self, params=None):
+    def parameter_map(self, params: torch.Tensor | None = None) -> dict[str, list[str]]:
         return self.current.parameter_map(params)
 
     def __getattr__(self, name):  # grid, upsample, center ... of the current transform

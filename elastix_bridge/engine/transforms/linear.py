@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -49,7 +49,7 @@ from elastix_bridge.core.parameters import ParameterError, ParameterMap, format_
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from elastix_bridge.engine.images.level_images import Mask
+    from elastix_bridge.engine.images.level_images import LevelImage, Mask
 
 __all__ = [
     "INITIALIZATION_METHODS",
@@ -101,7 +101,7 @@ def _euler3_factors(angles):
     c = torch.cos(angles)
     s = torch.sin(angles)
 
-    def m(rows):
+    def m(rows: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
         return torch.stack([torch.stack(r) for r in rows])
 
     rx = m([[one, zero, zero], [zero, c[0], -s[0]], [zero, s[0], c[0]]])
@@ -117,7 +117,7 @@ _ITK_ORDER = contextvars.ContextVar("itk_order", default=False)
 
 
 @contextlib.contextmanager
-def itk_point_arithmetic():
+def itk_point_arithmetic() -> Iterator[None]:
     """Within this block linear transforms map points with ITK's exact operation order.
 
     For decisions elastix takes on transformed points, where one rounding step can flip the
@@ -158,7 +158,7 @@ class CenteredLinearTransform(Transform):
         return self._center
 
     @center.setter
-    def center(self, value) -> None:
+    def center(self, value: np.ndarray | Sequence[float]) -> None:
         c = np.asarray(value, dtype=np.float64).reshape(-1)
         if c.shape != (self.dimension,):
             raise ValueError(f"center must have {self.dimension} values, got {c.size}")
@@ -183,7 +183,8 @@ class CenteredLinearTransform(Transform):
         """The translation part ``t`` (mm) of ``params``, ``(D,)``."""
         return params[list(self.translation_indices)]
 
-    def with_translation(self, params, translation) -> "torch.Tensor":
+    def with_translation(self, params: torch.Tensor | np.ndarray,
+                         translation: np.ndarray | Sequence[float] | torch.Tensor) -> "torch.Tensor":
         """A copy of ``params`` (``(P,)``) with the translation part replaced by ``translation`` (``(D,)``, mm)."""
         import torch
 
@@ -201,7 +202,7 @@ class CenteredLinearTransform(Transform):
         """``∂M/∂μ_k`` for ``k`` in :attr:`matrix_indices` as elastix computes them, ``(K, D, D)``."""
         raise NotImplementedError
 
-    def offset(self, params) -> np.ndarray:
+    def offset(self, params: torch.Tensor) -> np.ndarray:
         """ITK offset ``t + c − M·c`` (mm, ``np.float64[D]``), so that ``T(x) = M·x + offset``.
 
         Computed in ITK's order (``ComputeOffset``): ``o_i = t_i + c_i``, then ``o_i −= M_ij·c_j`` for each ``j``.
@@ -245,7 +246,8 @@ class CenteredLinearTransform(Transform):
         dtype = torch.promote_types(params.dtype, points.dtype)
         return self._map(params.to(device=points.device, dtype=dtype), points.to(dtype))
 
-    def jacobian(self, points: "torch.Tensor", params: "torch.Tensor | None" = None):
+    def jacobian(self, points: "torch.Tensor",
+                 params: "torch.Tensor | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Parameter Jacobian ``∂T/∂μ`` at ``params`` in elastix's layout (all parameters are non-zero).
 
         Note: for Euler and Similarity the Jacobian depends on the parameters; elastix evaluates it at the
@@ -289,7 +291,7 @@ class CenteredLinearTransform(Transform):
         s[: self.rotation_part] = _ROTATION_SCALE
         return s
 
-    def parameter_map(self, params=None) -> dict[str, list[str]]:
+    def parameter_map(self, params: torch.Tensor | None = None) -> dict[str, list[str]]:
         """Transform block keys: ``Transform``, ``NumberOfParameters``, ``TransformParameters``,
         ``CenterOfRotationPoint`` (shortest round-trip numbers).
 
@@ -341,7 +343,7 @@ class EulerTransform(CenteredLinearTransform):
     def _identity(self):
         return [0.0] * self.number_of_parameters
 
-    def matrix(self, params):
+    def matrix(self, params: torch.Tensor) -> torch.Tensor:
         import torch
 
         if self.dimension == 2:
@@ -360,7 +362,7 @@ class EulerTransform(CenteredLinearTransform):
             return torch.stack([rz @ ry @ rxd, rz @ ryd @ rx, rzd @ ry @ rx])
         return torch.stack([rz @ rxd @ ry, rz @ rx @ ryd, rzd @ rx @ ry])
 
-    def parameter_map(self, params=None):
+    def parameter_map(self, params: torch.Tensor | None = None) -> dict[str, list[str]]:
         """As :meth:`CenteredLinearTransform.parameter_map`, plus ``ComputeZYX "false"/"true"`` in 3-D."""
         out = super().parameter_map(params)
         if self.dimension == 3:
@@ -384,14 +386,15 @@ def _elastix_jacobian_function():
 
     class _ElastixJacobianMap(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, params, points, transform):
+        def forward(ctx: Any, params: torch.Tensor, points: torch.Tensor,
+                    transform: SimilarityTransform) -> torch.Tensor:
             ctx.save_for_backward(params, points)
             ctx.transform = transform
             with torch.no_grad():
                 return transform._map(params, points)
 
         @staticmethod
-        def backward(ctx, grad):
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
             params, points = ctx.saved_tensors
             t = ctx.transform
             grad_params = grad_points = None
@@ -451,7 +454,7 @@ class SimilarityTransform(CenteredLinearTransform):
     def _identity(self):
         return [1.0, 0.0, 0.0, 0.0] if self.dimension == 2 else [0.0] * 6 + [1.0]
 
-    def scales(self):
+    def scales(self) -> torch.Tensor:
         """Defaults: 2-D ``[10000, 100000, 1, 1]``; 3-D ``[100000 ×3, 1 ×3, 10000]`` (docs/design.md §E6.3)."""
         import torch
 
@@ -460,7 +463,7 @@ class SimilarityTransform(CenteredLinearTransform):
         return torch.tensor([_ROTATION_SCALE] * 3 + [1.0] * 3 + [_SCALING_SCALE], dtype=torch.float64)
 
     @staticmethod
-    def versor(params):
+    def versor(params: torch.Tensor) -> torch.Tensor:
         """The (renormalised) versor ``(v_x, v_y, v_z, w)`` of 3-D parameters, torch ``(4,)``."""
         import torch
 
@@ -470,7 +473,7 @@ class SimilarityTransform(CenteredLinearTransform):
         w = torch.sqrt(1.0 - (v * v).sum())
         return torch.cat([v, w[None]])
 
-    def matrix(self, params):
+    def matrix(self, params: torch.Tensor) -> torch.Tensor:
         import torch
 
         if self.dimension == 2:
@@ -497,7 +500,7 @@ class SimilarityTransform(CenteredLinearTransform):
         # elastix's PrecomputeJacobianOfSpatialJacobian, entry [2](0, 1) included (see the class docstring)
         z01 = zz - w if self.elastix_jacobian else zz - ww
 
-        def m(rows):
+        def m(rows: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
             return torch.stack([torch.stack(r) for r in rows])
 
         d0 = m([[zero, yw + xz, zw - xy], [yw - xz, -2.0 * xw, xx - ww], [zw + xy, ww - xx, -2.0 * xw]])
@@ -506,7 +509,7 @@ class SimilarityTransform(CenteredLinearTransform):
         factor = sigma * 2.0 / w
         return torch.stack([d0 * factor, d1 * factor, d2 * factor, self.matrix(params) / sigma])
 
-    def transform_points(self, params, points):
+    def transform_points(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """``T(x) = σ·R·(x − c) + c + t`` (see :meth:`CenteredLinearTransform.transform_points`).
 
         In 3-D with ``elastix_jacobian`` the parameter gradient is elastix's Jacobian (class docstring).
@@ -549,7 +552,7 @@ class AffineTransform(CenteredLinearTransform):
     def _identity(self):
         return np.eye(self.dimension).reshape(-1).tolist() + [0.0] * self.dimension
 
-    def matrix(self, params):
+    def matrix(self, params: torch.Tensor) -> torch.Tensor:
         d = self.dimension
         return params[: d * d].reshape(d, d)
 
@@ -560,7 +563,8 @@ class AffineTransform(CenteredLinearTransform):
         return torch.eye(d * d, dtype=params.dtype, device=params.device).reshape(d * d, d, d)
 
 
-def new_linear_transform(name: str, dimension: int, center=None, *, compute_zyx: bool = False
+def new_linear_transform(name: str, dimension: int, center: np.ndarray | Sequence[float] | None = None, *,
+                         compute_zyx: bool = False
                          ) -> CenteredLinearTransform:
     """A linear transform by its elastix name.
 
@@ -628,7 +632,9 @@ def matrix_times_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def translation_initialization(method: str, fixed_geometry: ImageGeometry, moving_geometry: ImageGeometry,
-                               fixed_image=None, moving_image=None, fixed_mask: "Mask | None" = None,
+                               fixed_image: np.ndarray | LevelImage | None = None,
+                               moving_image: np.ndarray | LevelImage | None = None,
+                               fixed_mask: "Mask | None" = None,
                                moving_mask: "Mask | None" = None) -> np.ndarray:
     """Initial translation ``c_moving − c_fixed`` of elastix's TranslationTransform initializer (mm, ``(D,)``).
 
@@ -649,7 +655,7 @@ def translation_initialization(method: str, fixed_geometry: ImageGeometry, movin
         return (_center_of_gravity_all_voxels(np.asarray(arrays[1], dtype=np.float32), moving_geometry, moving_mask)
                 - _center_of_gravity_all_voxels(np.asarray(arrays[0], dtype=np.float32), fixed_geometry, fixed_mask))
 
-    def centre(geometry, mask):
+    def centre(geometry: ImageGeometry, mask: "Mask | None") -> np.ndarray:
         if mask is None:
             first, size = np.zeros(geometry.dimension), np.asarray(geometry.size, dtype=np.float64)
         else:
@@ -748,7 +754,7 @@ def _center_of_gravity_grid(array: np.ndarray, geometry: ImageGeometry, mask, nu
 def _geometry_top(fixed_geometry, moving_geometry, fixed_mask, moving_mask):
     """elastix ``GeometryTop``: centre and translation aligning the top (max z) centres of the bounding boxes."""
 
-    def box(geometry, mask):
+    def box(geometry: ImageGeometry, mask: "Mask | None") -> tuple[np.ndarray, np.ndarray]:
         if mask is None:
             start = np.zeros(3)
             size = np.asarray(geometry.size, dtype=np.float64)
@@ -773,8 +779,8 @@ def initializer_center_and_translation(
     method: str,
     fixed_geometry: ImageGeometry,
     moving_geometry: ImageGeometry,
-    fixed_image=None,
-    moving_image=None,
+    fixed_image: np.ndarray | LevelImage | None = None,
+    moving_image: np.ndarray | LevelImage | None = None,
     fixed_mask: "Mask | None" = None,
     moving_mask: "Mask | None" = None,
     *,
@@ -850,7 +856,7 @@ def initializer_center_and_translation(
     return cf, cm - cf
 
 
-def read_center_of_rotation(pmap, fixed_geometry: ImageGeometry) -> np.ndarray | None:
+def read_center_of_rotation(pmap: ParameterMap | Mapping[str, Any], fixed_geometry: ImageGeometry) -> np.ndarray | None:
     """The user's centre of rotation (mm), or ``None`` when none is given.
 
     ``CenterOfRotation`` (integer voxel index, all D entries) → physical point of that index of the fixed image;
@@ -888,11 +894,11 @@ def _use_composition(how_to_combine: str) -> bool:
 
 def initialize_linear_transform(
     transform: CenteredLinearTransform,
-    pmap,
+    pmap: ParameterMap | Mapping[str, Any],
     fixed_geometry: ImageGeometry,
     moving_geometry: ImageGeometry,
-    fixed_image=None,
-    moving_image=None,
+    fixed_image: np.ndarray | LevelImage | None = None,
+    moving_image: np.ndarray | LevelImage | None = None,
     fixed_mask: "Mask | None" = None,
     moving_mask: "Mask | None" = None,
     *,
@@ -977,7 +983,7 @@ def default_scales(transform: CenteredLinearTransform) -> "torch.Tensor":
 def automatic_scales_estimation(
     transform: CenteredLinearTransform,
     fixed_geometry: ImageGeometry,
-    parameters=None,
+    parameters: torch.Tensor | None = None,
     *,
     initial_transform: Callable | None = None,
     how_to_combine: str = "Compose",
@@ -1018,9 +1024,9 @@ def automatic_scales_estimation(
 
 def transform_scales(
     transform: CenteredLinearTransform,
-    pmap,
+    pmap: ParameterMap | Mapping[str, Any],
     fixed_geometry: ImageGeometry,
-    parameters=None,
+    parameters: torch.Tensor | None = None,
     *,
     initial_transform: Callable | None = None,
     how_to_combine: str = "Compose",
@@ -1095,11 +1101,11 @@ class LinearTransformSetup(NamedTuple):
 
 def make_linear_transform(
     name: str,
-    pmap,
+    pmap: ParameterMap | Mapping[str, Any],
     fixed_geometry: ImageGeometry,
     moving_geometry: ImageGeometry,
-    fixed_image=None,
-    moving_image=None,
+    fixed_image: np.ndarray | LevelImage | None = None,
+    moving_image: np.ndarray | LevelImage | None = None,
     fixed_mask: "Mask | None" = None,
     moving_mask: "Mask | None" = None,
     *,
@@ -1147,7 +1153,8 @@ def make_linear_transform(
 # ============================================================================================ reading maps
 
 
-def linear_transform_from_parameter_map(pmap, dimension: int | None = None):
+def linear_transform_from_parameter_map(pmap: ParameterMap | Mapping[str, Any], dimension: int | None = None
+                                        ) -> tuple[CenteredLinearTransform, torch.Tensor]:
     """The transform and parameters described by a TransformParameters map (what transformix reads).
 
     Args:
