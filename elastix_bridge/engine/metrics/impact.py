@@ -27,12 +27,18 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from elastix_bridge.engine.errors import SamplingError
 from elastix_bridge.core.geometry import ImageGeometry
 from elastix_bridge.engine.components import register
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from elastix_bridge.core.impact_parameters import ImpactLevelConfig
 
 log = logging.getLogger("elastix_bridge")
 
@@ -168,7 +174,8 @@ def _check_pca(level: int, layer: int, components: int, channels: int) -> None:
             f"{layer} has only {channels} channels; use 0 (off) or a number <= {channels}")
 
 
-def check_level_models(config, models, image_dimension: int, device) -> None:
+def check_level_models(config: ImpactLevelConfig, models: tuple[Sequence[Any], Sequence[Any]], image_dimension: int,
+                       device: torch.device) -> None:
     """Dry-run the models of one level on zero inputs, before any registration work.
 
     Where the model input shape is known in advance (Jacobian mode: one patch, as upstream's
@@ -254,7 +261,7 @@ class ImpactMetric:
         self._fixed_cache = None  # Jacobian mode: (points, valid, fixed features) of the last evaluation
 
     # -- initialisation -------------------------------------------------------------------------
-    def initialize(self, parameters) -> None:
+    def initialize(self, parameters: torch.Tensor) -> None:
         """Per-level initialisation (docs/design.md §I5.1 / §I6): feature maps or output shapes."""
         tic = time.perf_counter()
         if self.config.mode == "Static":
@@ -469,7 +476,7 @@ class ImpactMetric:
             ok = ok & self.moving_mask.contains(flat)
         return ok.reshape(points.shape[:-1])
 
-    def value(self, parameters, points):
+    def value(self, parameters: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Metric value at the fixed sample points; differentiable w.r.t. ``parameters``.
 
         Args:
@@ -594,7 +601,7 @@ class ImpactMetric:
             values.append(self.plugin.layer_value(self.config.distances[l], f, m))
         return values, n_valid
 
-    def after_iteration(self, parameters) -> None:
+    def after_iteration(self, parameters: torch.Tensor) -> None:
         """Refresh the Static moving feature maps every ``ImpactFeaturesMapUpdateInterval`` iterations."""
         self.iteration += 1
         interval = self.config.features_map_update_interval

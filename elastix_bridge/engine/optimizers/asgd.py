@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -23,11 +23,16 @@ from elastix_bridge.engine.components import register
 from elastix_bridge.engine.errors import SamplingError
 from elastix_bridge.engine.random import as_elastix_random
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from elastix_bridge.core.parameters import ParameterMap
+
 log = logging.getLogger("elastix_bridge")
 
 
 class CostFunction(Protocol):
-    def value_and_derivative(self, parameters, exact: bool = False):
+    def value_and_derivative(self, parameters: torch.Tensor, exact: bool = False) -> tuple[float, torch.Tensor]:
         """Value (float) and derivative (Tensor[P], float64) at ``parameters`` (Tensor[P]).
 
         ``exact=True`` evaluates on the dense grid of about ``NumberOfSamplesForExactGradient``
@@ -67,8 +72,9 @@ class ASGDSettings:
     noise_compensation: bool = True
 
     @classmethod
-    def from_parameter_map(cls, pmap, level: int, number_of_parameters: int,
-                           fixed_spacing, moving_spacing) -> "ASGDSettings":
+    def from_parameter_map(cls, pmap: ParameterMap, level: int, number_of_parameters: int,
+                           fixed_spacing: np.ndarray | Sequence[float],
+                           moving_spacing: np.ndarray | Sequence[float]) -> "ASGDSettings":
         """Read the settings of ``level`` with elastix's lookup rules.
 
         Args:
@@ -131,7 +137,7 @@ class JacobianTerms:
     values: Optional[np.ndarray] = None
     indices: Optional[np.ndarray] = None
 
-    def displacement_distribution(self, gradient) -> float:
+    def displacement_distribution(self, gradient: torch.Tensor | np.ndarray) -> float:
         """``mean(d) + 2·std(d)`` of ``d_j = ‖J_j g‖`` over the points (population std).
 
         Source: elastix ``Common/itkComputeDisplacementDistribution.hxx`` (docs/design.md §E9.1).
@@ -141,7 +147,8 @@ class JacobianTerms:
         return float(d.mean() + 2.0 * d.std())
 
 
-def jacobian_terms(values, indices, number_of_parameters: int, scales=None) -> JacobianTerms:
+def jacobian_terms(values: np.ndarray | torch.Tensor, indices: np.ndarray | torch.Tensor, number_of_parameters: int,
+                   scales: torch.Tensor | None = None) -> JacobianTerms:
     """Compute TrC, TrCC, maxJJ and maxJCJ from sparse transform Jacobians.
 
     ``C = (1/n) Σ_j J_jᵀ J_j``; ``maxJJ = max_j ‖J_j‖_F² + 2√2 ‖J_j J_jᵀ‖_F``;
@@ -185,7 +192,8 @@ def jacobian_terms(values, indices, number_of_parameters: int, scales=None) -> J
     return JacobianTerms(tr_c, tr_cc, max_jj, max_jcj, vals, idx)
 
 
-def evaluate_with_retries(cost: CostFunction, x, attempts_allowed: int, exact: bool = False):
+def evaluate_with_retries(cost: CostFunction, x: torch.Tensor, attempts_allowed: int,
+                          exact: bool = False) -> tuple[float, torch.Tensor]:
     """Value and derivative with elastix's retry rule for sampling errors.
 
     A :class:`SamplingError` draws new samples and retries, up to ``MaximumNumberOfSamplingAttempts``
@@ -203,7 +211,7 @@ def evaluate_with_retries(cost: CostFunction, x, attempts_allowed: int, exact: b
             cost.select_new_samples()
 
 
-def scale_roots(scales):
+def scale_roots(scales: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
     """``√S`` as a float64 tensor, or None when there are no scales or all are 1 (elastix ignores them)."""
     if scales is None:
         return None
@@ -227,7 +235,7 @@ class ScaledCost:
     def select_new_samples(self) -> None:
         self.cost.select_new_samples()
 
-    def value_and_derivative(self, y, exact: bool = False):
+    def value_and_derivative(self, y: torch.Tensor, exact: bool = False) -> tuple[float, torch.Tensor]:
         value, g = self.cost.value_and_derivative(y / self.root, exact=exact)
         return value, g / self.root
 
@@ -270,7 +278,7 @@ class AdaptiveStochasticGradientDescent:
         self.stop_condition = ""
 
     # -- automatic parameter estimation -------------------------------------------------------
-    def estimate_parameters(self, cost: CostFunction, x0, terms: JacobianTerms) -> None:
+    def estimate_parameters(self, cost: CostFunction, x0: torch.Tensor, terms: JacobianTerms) -> None:
         """Set ``a``, ``alpha`` and the sigmoid from gradient measurements at ``x0`` (docs/design.md §E9.1).
 
         "Original" / "OriginalButSigmoidToDefault": from the gradient and noise moments over
@@ -349,7 +357,8 @@ class AdaptiveStochasticGradientDescent:
         return evaluate_with_retries(cost, x, self.s.maximum_number_of_sampling_attempts, exact)
 
     # -- iterations ------------------------------------------------------------------------------
-    def optimize(self, cost: CostFunction, x0, terms: Optional[JacobianTerms] = None, scales=None):
+    def optimize(self, cost: CostFunction, x0: torch.Tensor, terms: Optional[JacobianTerms] = None,
+                 scales: torch.Tensor | None = None) -> torch.Tensor:
         """Run the level's iterations from ``x0`` (Tensor[P] float64); returns the final position.
 
         Args:
@@ -423,7 +432,7 @@ register("Optimizer", "AdaptiveStochasticGradientDescent",
          source="Components/Optimizers/AdaptiveStochasticGradientDescent")
 
 
-def register_optimizer(name: str, optimizer: Callable, settings, *, notes: str = "", source: str = "",
+def register_optimizer(name: str, optimizer: Callable, settings: type, *, notes: str = "", source: str = "",
                        iteration_columns: str = "gradient_descent") -> None:
     """Register an optimizer built as ``optimizer(settings.from_parameter_map(pmap, level), on_iteration)``.
 

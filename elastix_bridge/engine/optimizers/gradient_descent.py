@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from elastix_bridge.core.parameters import UInt
 from elastix_bridge.engine.optimizers.asgd import IterationRecord, ScaledCost, evaluate_with_retries, register_optimizer, scale_roots
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from elastix_bridge.core.parameters import ParameterMap
+    from elastix_bridge.engine.optimizers.asgd import CostFunction, JacobianTerms
 
 class _GradientDescent:
     """Shared state of the two optimizers: settings, the per-iteration callback, history, stop condition."""
@@ -39,7 +45,7 @@ class StandardGradientDescentSettings:
     new_samples_every_iteration: bool = False
 
     @classmethod
-    def from_parameter_map(cls, pmap, level: int) -> "StandardGradientDescentSettings":
+    def from_parameter_map(cls, pmap: ParameterMap, level: int) -> "StandardGradientDescentSettings":
         """Read ``level``'s settings (elastix lookup rules, ``Optimizer0`` prefix)."""
         g = lambda name, default, typ=float: pmap.get(name, level=level, default=default, type=typ,
                                                      prefix="Optimizer0")
@@ -57,7 +63,8 @@ class StandardGradientDescent(_GradientDescent):
         on_iteration: called as ``on_iteration(record, position)`` after each iteration.
     """
 
-    def optimize(self, cost, x0, terms=None, scales=None):
+    def optimize(self, cost: CostFunction, x0: torch.Tensor, terms: Optional[JacobianTerms] = None,
+                 scales: torch.Tensor | None = None) -> torch.Tensor:
         """Run the level's iterations from ``x0`` (Tensor[P] float64); returns the final position.
 
         Args:
@@ -103,7 +110,7 @@ class RegularStepGradientDescentSettings:
     new_samples_every_iteration: bool = False
 
     @classmethod
-    def from_parameter_map(cls, pmap, level: int) -> "RegularStepGradientDescentSettings":
+    def from_parameter_map(cls, pmap: ParameterMap, level: int) -> "RegularStepGradientDescentSettings":
         """Read ``level``'s settings; step-length defaults halve per level (16/2^L, 0.5/2^L).
 
         Raises:
@@ -135,7 +142,8 @@ class RegularStepGradientDescent(_GradientDescent):
         on_iteration: called as ``on_iteration(record, position)`` after each iteration.
     """
 
-    def optimize(self, cost, x0, terms=None, scales=None):
+    def optimize(self, cost: CostFunction, x0: torch.Tensor, terms: Optional[JacobianTerms] = None,
+                 scales: torch.Tensor | None = None) -> torch.Tensor:
         """Run the level's iterations from ``x0`` (Tensor[P] float64); returns the final position.
 
         Args:

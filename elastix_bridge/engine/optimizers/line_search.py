@@ -78,7 +78,8 @@ def _cubic_step(stp, fp, dp, st, f, d):
 
 
 def safeguarded_step(stx: float, fx: float, dx: float, sty: float, fy: float, dy: float,
-                     stp: float, fp: float, dp: float, brackt: bool, stpmin: float, stpmax: float):
+                     stp: float, fp: float, dp: float, brackt: bool, stpmin: float, stpmax: float
+                     ) -> tuple[int, float, float, float, float, float, float, float, bool]:
     """One safeguarded step of the More–Thuente search and the update of the interval of uncertainty.
 
     ``(stx, fx, dx)`` is the best step so far (lowest value; its derivative points towards ``stp``),

@@ -35,13 +35,19 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 
 from elastix_bridge.engine.optimizers.line_search import MoreThuenteLineSearch, LineSearchState
 from elastix_bridge.engine.errors import SamplingError
 from elastix_bridge.engine.optimizers.asgd import IterationRecord, ScaledCost, register_optimizer, scale_roots
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from elastix_bridge.core.parameters import ParameterMap
+    from elastix_bridge.engine.optimizers.asgd import CostFunction, JacobianTerms
 
 log = logging.getLogger("elastix_bridge")
 
@@ -105,7 +111,7 @@ class QuasiNewtonLBFGSSettings:
     new_samples_every_iteration: bool = False
 
     @classmethod
-    def from_parameter_map(cls, pmap, level: int) -> "QuasiNewtonLBFGSSettings":
+    def from_parameter_map(cls, pmap: ParameterMap, level: int) -> "QuasiNewtonLBFGSSettings":
         """Read ``level``'s settings with elastix's lookup rules (``Optimizer0`` prefix).
 
         ``StopIfWolfeNotSatisfied`` is off only for the exact string ``"false"`` and
@@ -158,7 +164,8 @@ def _dot(a, b) -> float:
     return float((a * b).sum())
 
 
-def two_loop_direction(gradient, pairs, h0: float = 1.0):
+def two_loop_direction(gradient: torch.Tensor, pairs: Sequence[tuple[torch.Tensor, torch.Tensor, float]],
+                       h0: float = 1.0) -> torch.Tensor:
     """``−H ĝ`` by the L-BFGS two-loop recursion (Nocedal & Wright, Algorithm 7.4).
 
     Args:
@@ -215,7 +222,8 @@ class QuasiNewtonLBFGS:
         if self.on_iteration is not None:
             self.on_iteration(record, position)
 
-    def optimize(self, cost, x0, terms=None, scales=None):
+    def optimize(self, cost: CostFunction, x0: torch.Tensor, terms: Optional[JacobianTerms] = None,
+                 scales: torch.Tensor | None = None) -> torch.Tensor:
         """Run the level from ``x0`` (Tensor[P] float64); returns the final position ``(P,)``.
 
         Args:
@@ -270,14 +278,15 @@ class QuasiNewtonLBFGS:
             d_norm = float(d.norm())
 
             # Line search along d from y.
-            def phi(step, _y=y, _d=d):
+            def phi(step: float, _y: torch.Tensor = y,
+                    _d: torch.Tensor = d) -> tuple[float, float, tuple[torch.Tensor, torch.Tensor]]:
                 position = _y + step * _d
                 f, grad = cost.value_and_derivative(position)
                 return float(f), _dot(grad, _d), (position, grad)
 
             on_event = None
             if s.generate_line_search_iterations:
-                def on_event(st: LineSearchState, _k=k, _d_norm=d_norm, _y=y):
+                def on_event(st: LineSearchState, _k: int = k, _d_norm: float = d_norm, _y: torch.Tensor = y) -> None:
                     position, grad = st.payload
                     self._emit(LBFGSIterationRecord(
                         self._rows, st.value, 0.0, st.step, float(grad.norm()), 0.0, search_direction=_k,
