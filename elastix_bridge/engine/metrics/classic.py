@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -58,6 +58,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from elastix_bridge.engine.images.level_images import LevelImage, Mask
+    from elastix_bridge.engine.transforms.base import Transform
+    from elastix_bridge.engine.transforms.bspline import BSplineTransform
 
 __all__ = [
     "AdvancedMeanSquares",
@@ -148,7 +150,7 @@ def intensity_limits(true_min: float, true_max: float, ratio: float) -> tuple[fl
     return float(true_min) - ratio * span, float(true_max) + ratio * span
 
 
-def hard_limiter(values, lower_bound: float, upper_bound: float):
+def hard_limiter(values: torch.Tensor, lower_bound: float, upper_bound: float) -> torch.Tensor:
     """``min(max(v, lower), upper)`` (``HardLimiterFunction``); used for the fixed values of Mattes MI.
 
     Args:
@@ -162,8 +164,8 @@ def hard_limiter(values, lower_bound: float, upper_bound: float):
     return torch.clamp(values, min=lower_bound, max=upper_bound)
 
 
-def exponential_limiter(values, lower_threshold: float, upper_threshold: float,
-                        lower_bound: float, upper_bound: float):
+def exponential_limiter(values: torch.Tensor, lower_threshold: float, upper_threshold: float,
+                        lower_bound: float, upper_bound: float) -> torch.Tensor:
     """elastix's ``ExponentialLimiterFunction`` (soft limiter of the moving values of Mattes MI).
 
     Above the upper threshold ``UT`` (by more than 1e-10): ``UB − (UB − UT)·exp(−(v − UT)/(UB − UT))``; below
@@ -255,12 +257,12 @@ class HistogramAxis:
         normalized_min = (float(min_limit) - epsilon) / bin_size - float(padding)
         return cls(bins, int(order), padding, bin_size, normalized_min)
 
-    def parzen_term(self, values):
+    def parzen_term(self, values: torch.Tensor) -> torch.Tensor:
         """``τ = v / bin_size − normalized_min`` for ``(N,)`` values (differentiable)."""
         return values / self.bin_size - self.normalized_min
 
 
-def parzen_window(term, order: int):
+def parzen_window(term: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
     """First affected bin and B-spline Parzen weights of each Parzen term.
 
     ``start = ⌊τ + 0.5 − order/2⌋``; weight ``i`` is ``β^order(start + i − τ)``, evaluated with the
@@ -303,7 +305,7 @@ def parzen_window(term, order: int):
     return start.to(torch.int64), w
 
 
-def elastix_parzen_derivative(term, order: int):
+def elastix_parzen_derivative(term: torch.Tensor, order: int) -> torch.Tensor:
     """elastix's derivative Parzen weights ``BSplineDerivativeKernelFunction2::Evaluate(u, weights)``.
 
     Evaluated at ``u = start − τ`` (``start`` from :func:`parzen_window`); the metric derivative uses
@@ -353,13 +355,13 @@ def _elastix_parzen_function():
 
         class _ElastixParzen(torch.autograd.Function):
             @staticmethod
-            def forward(ctx, term, order):
+            def forward(ctx: Any, term: torch.Tensor, order: int) -> torch.Tensor:
                 ctx.save_for_backward(term)
                 ctx.order = order
                 return parzen_window(term.detach(), order)[1]
 
             @staticmethod
-            def backward(ctx, grad_weights):
+            def backward(ctx: Any, grad_weights: torch.Tensor) -> tuple[torch.Tensor, None]:
                 (term,) = ctx.saved_tensors
                 d_b = elastix_parzen_derivative(term.detach(), ctx.order)
                 return -(grad_weights * d_b).sum(dim=1), None
@@ -368,7 +370,8 @@ def _elastix_parzen_function():
     return _ELASTIX_PARZEN
 
 
-def moving_parzen_window(term, order: int, elastix_derivative: bool = True):
+def moving_parzen_window(term: torch.Tensor, order: int,
+                         elastix_derivative: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`parzen_window` for the moving values, with elastix's derivative kernel if asked.
 
     Args:
@@ -386,7 +389,8 @@ def moving_parzen_window(term, order: int, elastix_derivative: bool = True):
     return start, weights
 
 
-def joint_histogram(fixed_start, fixed_weights, moving_start, moving_weights, fixed_bins: int, moving_bins: int):
+def joint_histogram(fixed_start: torch.Tensor, fixed_weights: torch.Tensor, moving_start: torch.Tensor,
+                    moving_weights: torch.Tensor, fixed_bins: int, moving_bins: int) -> torch.Tensor:
     """Unnormalised joint histogram ``h[f, m] = Σ_samples w_f(f)·w_m(m)`` (vectorised scatter-add).
 
     Args:
@@ -415,7 +419,7 @@ def joint_histogram(fixed_start, fixed_weights, moving_start, moving_weights, fi
     return flat.view(fixed_bins, moving_bins)
 
 
-def mattes_mutual_information(joint_pdf, low_memory: bool = True):
+def mattes_mutual_information(joint_pdf: torch.Tensor, low_memory: bool = True) -> torch.Tensor:
     """Metric value ``−MI`` of a normalised joint histogram ``p[f, m]``.
 
     ``MI = Σ p·log(p / (p_f·p_m))`` over the bins with ``p > 1e-16`` and, in the fast low-memory version
@@ -465,10 +469,10 @@ class _Metric:
         self.prefix = prefix
 
     # -- per-level hooks --------------------------------------------------------------------------
-    def initialize(self, parameters) -> None:
+    def initialize(self, parameters: torch.Tensor) -> None:
         """Per-level initialisation: nothing to do (extrema and factors are computed at construction)."""
 
-    def after_iteration(self, parameters) -> None:
+    def after_iteration(self, parameters: torch.Tensor) -> None:
         """Called after every optimizer iteration: nothing to do for these metrics."""
 
 
@@ -525,7 +529,7 @@ class _SampledImageMetric(_Metric):
             ok = ok & self.moving_mask.contains(points)
         return ok
 
-    def fixed_values(self, points):
+    def fixed_values(self, points: torch.Tensor) -> torch.Tensor:
         """Fixed intensities at the sample points, ``(N,)`` float64 (cached per sample set)."""
         import torch
 
@@ -537,7 +541,7 @@ class _SampledImageMetric(_Metric):
         self._fixed_cache = (points, values)
         return values
 
-    def samples(self, parameters, points):
+    def samples(self, parameters: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Fixed and moving values of the valid samples.
 
         Args:
@@ -559,7 +563,8 @@ class _SampledImageMetric(_Metric):
         m = self.moving_interp(moved[valid])[:, 0]
         return f, m, n_valid
 
-    def value(self, parameters, points):  # pragma: no cover - abstract
+    def value(self, parameters: torch.Tensor,  # pragma: no cover - abstract
+              points: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Metric value (0-d tensor, differentiable w.r.t. ``parameters``) and ``n_valid``."""
         raise NotImplementedError
 
@@ -599,7 +604,7 @@ class AdvancedMeanSquares(_SampledImageMetric):
             if d > _NORMALIZATION_EPS:
                 self.normalization_factor = 100.0 / d / d
 
-    def value(self, parameters, points):
+    def value(self, parameters: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Mean squared difference of the valid samples.
 
         Args:
@@ -637,7 +642,7 @@ class AdvancedNormalizedCorrelation(_SampledImageMetric):
     def _read_options(self, pmap, level, prefix):
         pmap.get("SubtractMean", level=level, default=True, type=bool, prefix=prefix)  # validated, then ignored
 
-    def value(self, parameters, points):
+    def value(self, parameters: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Normalised correlation of the valid samples.
 
         Args:
@@ -719,7 +724,7 @@ class AdvancedMattesMutualInformation(_SampledImageMetric):
     def _read_options(self, pmap, level, prefix):
         from elastix_bridge.core.parameters import UInt
 
-        def get(key, default, typ):
+        def get(key: str, default: Any, typ: type) -> Any:
             return pmap.get(key, level=level, default=default, type=typ, prefix=prefix)
 
         bins = get("NumberOfHistogramBins", 32, UInt)
@@ -748,7 +753,7 @@ class AdvancedMattesMutualInformation(_SampledImageMetric):
         self.moving_axis = HistogramAxis.from_limits(*self.moving_limits, self.moving_bins,
                                                      self.moving_kernel_order, epsilon_bins=self.fixed_bins)
 
-    def joint_pdf(self, parameters, points):
+    def joint_pdf(self, parameters: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Normalised joint histogram ``p[f, m]`` ``(B_f, B_m)`` (differentiable) and ``n_valid``.
 
         Raises:
@@ -763,7 +768,7 @@ class AdvancedMattesMutualInformation(_SampledImageMetric):
         hist = joint_histogram(fs, fw, ms, mw, self.fixed_axis.bins, self.moving_axis.bins)
         return hist * (1.0 / n), n
 
-    def value(self, parameters, points):
+    def value(self, parameters: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Negative mutual information of the valid samples.
 
         Args:
@@ -816,7 +821,8 @@ def _weights_and_derivatives(t, order: int):
     raise ValueError(f"B-spline transform order must be 1, 2 or 3; got {order}")
 
 
-def bspline_spatial_hessian(transform, parameters, points):
+def bspline_spatial_hessian(transform: BSplineTransform, parameters: torch.Tensor,
+                            points: torch.Tensor) -> torch.Tensor:
     """Physical spatial Hessian of every displacement component of a B-spline transform.
 
     ``H_k = Pᵀ·(Σ_m c_k[k0+m]·∂²w_m/∂ξ∂ξᵀ)·P`` with ``P = (Dir_g·diag(G))⁻¹``; zero outside the valid
@@ -893,7 +899,7 @@ class TransformBendingEnergyPenalty(_Metric):
                              "with engine='elastix'")
         super().__init__(fixed, moving, moving_mask, transform, *args, **kwargs)
 
-    def value(self, parameters, points):
+    def value(self, parameters: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Mean bending energy at the samples.
 
         Args:
@@ -923,7 +929,8 @@ class TransformBendingEnergyPenalty(_Metric):
         return (hess * hess).sum() / n, n
 
 
-def make_classic_metric(name: str, fixed, moving, moving_mask, transform, **kwargs):
+def make_classic_metric(name: str, fixed: LevelImage, moving: LevelImage, moving_mask: "Mask | None",
+                        transform: Transform, **kwargs: Any) -> _Metric:
     """Build a classic metric from its elastix ``Metric`` name (registered in :mod:`.components`).
 
     Args:
