@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -32,13 +32,17 @@ from elastix_bridge.engine.components import DEFAULTS, FAMILIES, UnsupportedComp
 from elastix_bridge.core.geometry import grid_domain_under_initial
 
 if TYPE_CHECKING:  # names for annotations only: importing this module must not import torch or itk
-    from elastix_bridge.core.impact_parameters import ImpactLevelConfig
+    import itk
+    import torch
+
+    from elastix_bridge.core.impact_parameters import ImpactLevelConfig, ModelConfig
     from elastix_bridge.core.parameters import ParameterMap
     from elastix_bridge.engine.components import Component
     from elastix_bridge.core.geometry import ImageGeometry
     from elastix_bridge.engine.images.level_images import LevelImage, Mask
     from elastix_bridge.engine.images.pyramids import PyramidSchedule
     from elastix_bridge.engine.random import ElastixRandom
+    from elastix_bridge.engine.transforms.base import Transform
 
 log = logging.getLogger("elastix_bridge")
 
@@ -53,7 +57,7 @@ register("Registration", "MultiMetricMultiResolutionRegistration", multi_metric=
          source="Components/Registrations/MultiMetricMultiResolutionRegistration")
 
 
-def check_components(pmap) -> dict:
+def check_components(pmap: ParameterMap) -> dict:
     """Return the component names of a map, refusing unsupported ones by name (docs/design.md §E1.8).
 
     Returns:
@@ -162,7 +166,7 @@ class _StageCost:
             self._points[k] = self.samplers[k].sample()
         return self._points[k]
 
-    def value_and_derivative(self, parameters, exact: bool = False):
+    def value_and_derivative(self, parameters: torch.Tensor, exact: bool = False) -> tuple[float, torch.Tensor]:
         import torch
 
         values, grads, self.parts = [], [], []
@@ -196,7 +200,8 @@ def _schedule(pmap, names, count, typ):
     return None
 
 
-def map_pyramid_schedule(pmap, which: str, kind: str, levels: int, geometry):
+def map_pyramid_schedule(pmap: ParameterMap, which: str, kind: str, levels: int,
+                         geometry: ImageGeometry) -> PyramidSchedule:
     """The ``which`` ("Fixed"/"Moving") image pyramid's schedule that a parameter map asks for.
 
     Reads the rescale and smoothing schedules with elastix's fallbacks (``<which>ImagePyramid…`` before
@@ -356,7 +361,7 @@ class StageSetup:
     scales: object
     grid: Optional[BSplineGridPlan]
 
-    def transform_parameter_map(self, transform, parameters):
+    def transform_parameter_map(self, transform: Transform, parameters: torch.Tensor) -> ParameterMap:
         """The elastix TransformParameters map of ``transform`` at ``parameters`` (docs/design.md §E10)."""
         from elastix_bridge.core.transform_io import transform_parameter_map
 
@@ -416,7 +421,7 @@ def _load_models(pmap, configs, dimension: int):
         if cfg.mixed_precision and not half:
             log.warning("ImpactUseMixedPrecision is ignored on the CPU: float16 is applied on CUDA devices only.")
 
-        def load(c, which):
+        def load(c: ModelConfig, which: str) -> Any:
             key = (f"Impact{which}ModelsPath{cfg.level}" if pmap.has(f"Impact{which}ModelsPath{cfg.level}")
                    else f"ImpactModelsPath{cfg.level}")
             return loader.load_feature_model(str(resolve_model_path(c.path)), device, half=half, parameter=key)
@@ -467,8 +472,10 @@ def _stage_transform(pmap, components, levels: int, fixed, moving, fixed_mask, m
 
 
 @contextlib.contextmanager
-def setup_stage(fixed_image, moving_image, pmap: ParameterMap, fixed_mask=None, moving_mask=None, *,
-                initial_transform=None, initial_transform_file: Optional[str] = None) -> Iterator[StageSetup]:
+def setup_stage(fixed_image: itk.Image, moving_image: itk.Image, pmap: ParameterMap,
+                fixed_mask: Optional[itk.Image] = None, moving_mask: Optional[itk.Image] = None, *,
+                initial_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                initial_transform_file: Optional[str] = None) -> Iterator[StageSetup]:
     """Validate the map, load torch, the plugin and the models, and read the schedules, once per stage.
 
     A context manager: TorchScript's runtime optimisation is off from before the models load until the
@@ -651,7 +658,7 @@ class LevelContext:
             self.on_iteration(self.level, record)
 
 
-def optimize_level(context: LevelContext):
+def optimize_level(context: LevelContext) -> torch.Tensor:
     """Run the level's optimizer from its start parameters; the iteration table is closed after.
 
     Returns:
@@ -670,7 +677,8 @@ def optimize_level(context: LevelContext):
     return parameters
 
 
-def stage_output(stage: StageSetup, transform, parameters, history: list, seconds: float) -> StageResult:
+def stage_output(stage: StageSetup, transform: Transform, parameters: torch.Tensor, history: list,
+                 seconds: float) -> StageResult:
     """The stage's result: its TransformParameters map (docs/design.md §E10) and the final metric in the log."""
     tp_map = stage.transform_parameter_map(transform, parameters)
     if history and history[-1]:
@@ -678,9 +686,11 @@ def stage_output(stage: StageSetup, transform, parameters, history: list, second
     return StageResult(tp_map, transform, parameters, history, seconds)
 
 
-def run_stage(fixed_image, moving_image, pmap: ParameterMap, fixed_mask=None, moving_mask=None, *,
+def run_stage(fixed_image: itk.Image, moving_image: itk.Image, pmap: ParameterMap,
+              fixed_mask: Optional[itk.Image] = None, moving_mask: Optional[itk.Image] = None, *,
               elastix_level: int = 0, output_directory: Optional[Path] = None,
-              on_iteration: Optional[Callable] = None, initial_transform=None,
+              on_iteration: Optional[Callable] = None,
+              initial_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
               initial_transform_file: Optional[str] = None, on_level: Optional[Callable] = None) -> StageResult:
     """Run one parameter map like elastix would (Impact and/or elastix's classic metrics).
 
@@ -731,7 +741,7 @@ def run_stage(fixed_image, moving_image, pmap: ParameterMap, fixed_mask=None, mo
         return stage_output(stage, context.transform, parameters, history, time.perf_counter() - tic)
 
 
-def check_stage_settings(pmap, components, levels: int, dimension: int) -> None:
+def check_stage_settings(pmap: ParameterMap, components: dict, levels: int, dimension: int) -> None:
     """Read every level's optimizer settings and the B-spline grid schedule once, before any computation.
 
     Called at the start of :func:`run_stage` and by :mod:`elastix_bridge.validation` for every bridge map

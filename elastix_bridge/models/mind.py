@@ -247,7 +247,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def write_mind_ssc(path, dimension: int, radius: int = 1, dilation: int = 2) -> Path:
+def write_mind_ssc(path: str | Path, dimension: int, radius: int = 1, dilation: int = 2) -> Path:
     """Script a :class:`MINDSSC` module and save it as a TorchScript archive.
 
     The archive is written to a temporary file in the target folder and renamed into place, so a
