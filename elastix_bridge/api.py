@@ -14,16 +14,21 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from elastix_bridge.runtime import itk_elastix
 from elastix_bridge.runtime.itk_elastix import as_float_image, given_keywords
 from elastix_bridge.core.output_folder import is_held, owned_output_folder, prepare_output_folder
 
+if TYPE_CHECKING:  # pragma: no cover
+    import itk
+
+    from elastix_bridge.core.parameters import ParameterMap
+
 log = logging.getLogger("elastix_bridge")
 
 
-def uses_impact(parameter_map) -> bool:
+def uses_impact(parameter_map: ParameterMap) -> bool:
     """Whether a :class:`~elastix_bridge.core.parameters.ParameterMap` asks for the Impact metric."""
     return "Impact" in parameter_map.values("Metric")
 
@@ -56,7 +61,7 @@ def _logging_to(console: bool, file: Optional[Path]):
 ENGINES = ("auto", "elastix", "bridge")
 
 
-def stage_engines(maps, engine: str = "auto", native_plugin: bool = False) -> list:
+def stage_engines(maps: Sequence[ParameterMap], engine: str = "auto", native_plugin: bool = False) -> list:
     """The engine that runs each parameter map: ``"bridge"`` or ``"elastix"``.
 
     ``auto`` sends maps with ``(Metric "Impact")`` to the bridge engine (to elastix when a native
@@ -73,10 +78,13 @@ def stage_engines(maps, engine: str = "auto", native_plugin: bool = False) -> li
     return ["bridge" if uses_impact(m) and not native_plugin else "elastix" for m in maps]
 
 
-def elastix_registration_method(fixed_image, moving_image, parameter_object=None, fixed_mask=None,
-                                moving_mask=None, log_to_console: bool = False, output_directory=None,
+def elastix_registration_method(fixed_image: itk.Image, moving_image: itk.Image,
+                                parameter_object: itk.ParameterObject | Mapping[str, Any] | Sequence[Any] | None = None,
+                                fixed_mask: Optional[itk.Image] = None, moving_mask: Optional[itk.Image] = None,
+                                log_to_console: bool = False, output_directory: str | Path | None = None,
                                 log_to_file: bool = False, log_file_name: str = "elastix.log",
-                                engine: str = "auto", progress: bool = False, **kwargs):
+                                engine: str = "auto", progress: bool = False,
+                                **kwargs: Any) -> tuple[itk.Image, itk.ParameterObject]:
     """Register ``moving_image`` to ``fixed_image``; drop-in for ``itk.elastix_registration_method``.
 
     Each parameter map is one stage, run on its engine (:func:`stage_engines`) and started from the

@@ -16,6 +16,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from elastix_bridge.core.parameters import ParameterMap
 
 log = logging.getLogger("elastix_bridge")
 
@@ -54,7 +58,7 @@ def _registration_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_registration(argv) -> int:
+def run_registration(argv: Sequence[str]) -> int:
     from elastix_bridge.api import elastix_registration_method
     from elastix_bridge.core.image_io import read_image, read_image_geometry, read_mask
     from elastix_bridge.core.output_folder import check_inputs_outside_outputs, owned_output_folder, prepare_output_folder
@@ -143,7 +147,7 @@ def _initial_transform_files(t0) -> dict:
     return files
 
 
-def cast_results_to_pixel_type(out: Path, maps) -> None:
+def cast_results_to_pixel_type(out: Path, maps: Sequence[ParameterMap]) -> None:
     """Give every ``result.<k>.<fmt>`` the pixel type its map asks, as the elastix command does.
 
     itk-elastix writes results in the input's pixel type (float here); the elastix command writes
@@ -178,7 +182,7 @@ def cast_results_to_pixel_type(out: Path, maps) -> None:
         write_image(cast, path)
 
 
-def run_build_plugin(argv) -> int:
+def run_build_plugin(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="elastix-bridge build-plugin",
                                 description="Compile the IMPACT plugin against the installed torch.")
     p.add_argument("--output", help="folder for the plugin (default: the per-torch cache)")
@@ -191,7 +195,7 @@ def run_build_plugin(argv) -> int:
     return 0
 
 
-def run_make_model(argv) -> int:
+def run_make_model(argv: Sequence[str]) -> int:
     from elastix_bridge.models.mind import RESERVED_MODELS, write_mind_ssc
 
     p = argparse.ArgumentParser(prog="elastix-bridge make-model",
@@ -204,7 +208,7 @@ def run_make_model(argv) -> int:
     return 0
 
 
-def run_demo(argv) -> int:
+def run_demo(argv: Sequence[str]) -> int:
     from elastix_bridge.demo import run_demo as demo
 
     p = argparse.ArgumentParser(prog="elastix-bridge demo",
@@ -225,7 +229,7 @@ def run_demo(argv) -> int:
     return 0
 
 
-def run_plan(argv) -> int:
+def run_plan(argv: Sequence[str]) -> int:
     from elastix_bridge.core.parameters import read_parameter_file
     from elastix_bridge.plan import plan_registration
 
@@ -253,7 +257,7 @@ def run_plan(argv) -> int:
     return 0
 
 
-def run_doctor(argv) -> int:
+def run_doctor(argv: Sequence[str]) -> int:
     from elastix_bridge.doctor import collect_report, print_report
 
     p = argparse.ArgumentParser(prog="elastix-bridge doctor",
@@ -273,7 +277,7 @@ COMMANDS = {"build-plugin": run_build_plugin, "make-model": run_make_model, "dem
             "plan": run_plan}
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``elastix-bridge`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

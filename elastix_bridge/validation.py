@@ -35,9 +35,14 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from elastix_bridge.core.parameters import ParameterError, UInt
+
+if TYPE_CHECKING:  # pragma: no cover
+    import itk
+
+    from elastix_bridge.core.parameters import ParameterMap
 
 log = logging.getLogger("elastix_bridge")
 
@@ -167,7 +172,7 @@ def _did_you_mean(name: str, candidates) -> str:
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
-def check_component_names(maps, names: Optional[Sequence[str]] = None) -> None:
+def check_component_names(maps: Sequence[ParameterMap], names: Optional[Sequence[str]] = None) -> None:
     """Every component name of every map is one of elastix's (elastix says only ``Internal elastix error``).
 
     Used by the drop-in for parameter objects that go to itk-elastix unchanged.
@@ -360,8 +365,8 @@ def _in_map(error: Exception, where: str) -> Exception:
     return type(error)(f"{where}: {error}")
 
 
-def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Optional[int] = None,
-                  names: Optional[Sequence[str]] = None, warn: bool = True) -> None:
+def validate_maps(maps: Sequence[ParameterMap], engines: Optional[Sequence[str]] = None,
+                  dimension: Optional[int] = None, names: Optional[Sequence[str]] = None, warn: bool = True) -> None:
     """Check every parameter map of a chain before any stage runs.
 
     Args:
@@ -421,7 +426,7 @@ def validate_maps(maps, engines: Optional[Sequence[str]] = None, dimension: Opti
 # images and call arguments
 
 
-def check_image_argument(value, what: str) -> None:
+def check_image_argument(value: Any, what: str) -> None:
     """Raise a TypeError saying what to pass when ``value`` is not an ``itk.Image`` (None is a mask left out).
 
     Numpy arrays are refused rather than guessed: an array has no spacing, origin or direction, and
@@ -445,7 +450,7 @@ def check_image_argument(value, what: str) -> None:
                     f"itk.imread(path, itk.F) or made with itk.image_from_array(array)")
 
 
-def check_threads(number_of_threads, what: str = "number_of_threads") -> None:
+def check_threads(number_of_threads: Any, what: str = "number_of_threads") -> None:
     """``number_of_threads`` is None or an integer >= 1 (elastix ``-threads``)."""
     if number_of_threads is None:
         return
@@ -475,7 +480,7 @@ def _first_non_finite(image, what: str) -> None:
         f"and set them to a finite value")
 
 
-def check_mask_dimension(mask, dimension: int, which: str) -> None:
+def check_mask_dimension(mask: itk.Image, dimension: int, which: str) -> None:
     """A mask has its image's dimension (itk-elastix's own check is a SWIG type error).
 
     Raises:
@@ -486,7 +491,8 @@ def check_mask_dimension(mask, dimension: int, which: str) -> None:
                               f"{dimension}D; give a mask of the image's dimension")
 
 
-def validate_images(fixed_image, moving_image, fixed_mask=None, moving_mask=None) -> int:
+def validate_images(fixed_image: itk.Image, moving_image: itk.Image, fixed_mask: Optional[itk.Image] = None,
+                    moving_mask: Optional[itk.Image] = None) -> int:
     """Check the images and masks of a registration; returns the image dimension.
 
     Raises:
@@ -550,7 +556,9 @@ def _physical_box(image, zyx_selected=None):
 CHAIN_KEYWORDS = ("number_of_threads", "initial_transform_parameter_file_name", "initial_transform_parameter_object")
 
 
-def validate_request(maps, engines, fixed_image, moving_image, fixed_mask=None, moving_mask=None,
+def validate_request(maps: Sequence[ParameterMap], engines: Sequence[str], fixed_image: itk.Image,
+                     moving_image: itk.Image, fixed_mask: Optional[itk.Image] = None,
+                     moving_mask: Optional[itk.Image] = None,
                      keywords: Optional[dict] = None, names: Optional[Sequence[str]] = None) -> None:
     """The one check of a registration request before any work (no file written, no stage run).
 
