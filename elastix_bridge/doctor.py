@@ -33,7 +33,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import IO, Optional
 
 from elastix_bridge.runtime import build_checks, loader, native_plugins
 
@@ -388,7 +388,7 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def print_report(report: dict, as_json: bool = False, file=None) -> None:
+def print_report(report: dict, as_json: bool = False, file: Optional[IO[str]] = None) -> None:
     """Print the report as plain text, or as indented JSON with ``as_json``."""
     file = file or sys.stdout
     print(json.dumps(report, indent=2, default=str) if as_json else format_report(report), file=file)

@@ -23,8 +23,15 @@ import importlib.abc
 import importlib.util
 import logging
 import sys
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from elastix_bridge.runtime.itk_elastix import as_parameter_object, itk_attribute
+
+if TYPE_CHECKING:  # pragma: no cover
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+
+    import itk
 
 log = logging.getLogger("elastix_bridge")
 
@@ -34,7 +41,8 @@ _original_module_class = None
 class _PatchAfterImport(importlib.abc.MetaPathFinder):
     """Applies the drop-in to ``itk`` right after its first import."""
 
-    def find_spec(self, name, path, target=None):
+    def find_spec(self, name: str, path: Optional[Sequence[str]],
+                  target: Optional[ModuleType] = None) -> Optional[ModuleSpec]:
         if name != "itk":
             return None
         sys.meta_path.remove(self)  # find itk with the other finders, once
@@ -43,7 +51,7 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
             return spec
         execute = spec.loader.exec_module
 
-        def exec_module(module):
+        def exec_module(module: ModuleType) -> None:
             execute(module)
             _patch(sys.modules["itk"])  # itk replaces its sys.modules entry by its lazy module
 
@@ -104,7 +112,7 @@ def uninstall() -> None:
         _original_module_class = None
 
 
-def bridged_elastix_registration_method(*args, **kwargs):
+def bridged_elastix_registration_method(*args: Any, **kwargs: Any) -> tuple[itk.Image, itk.ParameterObject]:
     """What ``itk.elastix_registration_method`` answers once the drop-in is installed.
 
     A thin alias, not a second implementation: itk-elastix's functional form over
@@ -150,7 +158,7 @@ class RegistrationMethodTemplate:
     def __getattr__(self, name):
         return getattr(self._template, name)
 
-    def New(self, *args, **kwargs):
+    def New(self, *args: Any, **kwargs: Any) -> BridgedRegistrationMethod:
         """Create the filter; keywords are applied through the setters, as in itk."""
         own = {k: kwargs.pop(k) for k in ("parameter_object", "initial_transform_parameter_object") if k in kwargs}
         method = BridgedRegistrationMethod(self._template.New(*args, **kwargs))
@@ -177,11 +185,13 @@ class BridgedRegistrationMethod:
     def __getattr__(self, name):
         return getattr(self._method, name)
 
-    def SetParameterObject(self, parameter_object):
+    def SetParameterObject(self,
+                           parameter_object: itk.ParameterObject | Mapping[str, Any] | Sequence[Any] | None) -> None:
         self._result = None
         self._method.SetParameterObject(as_parameter_object(parameter_object))
 
-    def SetInitialTransformParameterObject(self, parameter_object):
+    def SetInitialTransformParameterObject(
+            self, parameter_object: itk.ParameterObject | Mapping[str, Any] | Sequence[Any] | None) -> None:
         self._result = None
         self._initial_object = as_parameter_object(parameter_object)
         self._method.SetInitialTransformParameterObject(self._initial_object)
@@ -192,7 +202,7 @@ class BridgedRegistrationMethod:
         po = self._method.GetParameterObject()
         return [] if po is None else parameter_maps_from_object(po)
 
-    def Update(self):
+    def Update(self) -> None:
         from elastix_bridge.api import elastix_registration_method, uses_impact
         from elastix_bridge.validation import check_component_names
 
@@ -224,8 +234,8 @@ class BridgedRegistrationMethod:
 
     UpdateLargestPossibleRegion = Update
 
-    def GetOutput(self):
+    def GetOutput(self) -> itk.Image:
         return self._method.GetOutput() if self._result is None else self._result[0]
 
-    def GetTransformParameterObject(self):
+    def GetTransformParameterObject(self) -> itk.ParameterObject:
         return self._method.GetTransformParameterObject() if self._result is None else self._result[1]

@@ -40,11 +40,20 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from elastix_bridge.runtime.memory import MemoryBudget, available_memory, format_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
+    import itk
+
+    from elastix_bridge.core.geometry import ImageGeometry
+    from elastix_bridge.core.impact_parameters import ModelConfig
+    from elastix_bridge.core.parameters import ParameterMap
 
 log = logging.getLogger("elastix_bridge")
 
@@ -275,7 +284,7 @@ class ModelProbe:
     activation_bytes: Optional[int] = None
 
 
-def known_model(cfg, mode: str = "Static") -> Optional[ModelProbe]:
+def known_model(cfg: ModelConfig, mode: str = "Static") -> Optional[ModelProbe]:
     """The built-in MIND-SSC models: one layer, channels = neighbour pairs, same spatial size."""
     from elastix_bridge.models.mind import RESERVED_MODELS, mind_pairs
 
@@ -285,7 +294,7 @@ def known_model(cfg, mode: str = "Static") -> Optional[ModelProbe]:
     return ModelProbe((len(mind_pairs(dimension)),) * cfg.n_selected, ((1.0,) * dimension,) * cfg.n_selected)
 
 
-def probe_model(cfg, mode: str, image_dimension: int) -> ModelProbe:
+def probe_model(cfg: ModelConfig, mode: str, image_dimension: int) -> ModelProbe:
     """Run one model on zero inputs (batch 1 and 2) on the CPU to learn its outputs and autograd cost.
 
     The patch is ``ImpactPatchSize`` (a 16-voxel tile per axis where it is 0, Static whole-image).
@@ -307,10 +316,10 @@ def probe_model(cfg, mode: str, image_dimension: int) -> ModelProbe:
     stats = torch.tensor([0.0, 1.0, 0.5, 0.25])
     direction = torch.eye(image_dimension, dtype=torch.int16)
 
-    def run(batch: int):
+    def run(batch: int) -> tuple[list[torch.Tensor], int]:
         saved = {}
 
-        def pack(t):
+        def pack(t: torch.Tensor) -> torch.Tensor:
             saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
             return t
 
@@ -378,8 +387,9 @@ def _impact_parts(cfg, dim: int, level_size, level_spacing, samples: int, probes
     return {k: v for k, v in parts.items() if v}, maps, lower
 
 
-def plan_stage(k: int, pmap, engine: str, fixed, moving, fixed_mask=None, moving_mask=None,
-               probes=None) -> StagePlan:
+def plan_stage(k: int, pmap: ParameterMap, engine: str, fixed: ImageGeometry, moving: ImageGeometry,
+               fixed_mask: Optional[ImageGeometry] = None, moving_mask: Optional[ImageGeometry] = None,
+               probes: Optional[Callable[[ModelConfig, str], Optional[ModelProbe]]] = None) -> StagePlan:
     """The plan of one parameter map (see :func:`plan_registration`; images as ImageGeometry)."""
     from elastix_bridge.core.impact_parameters import impact_levels
 
@@ -388,7 +398,7 @@ def plan_stage(k: int, pmap, engine: str, fixed, moving, fixed_mask=None, moving
     metrics = pmap.values("Metric")
     probes = probes or known_model
 
-    def sizes(which, geometry):
+    def sizes(which: str, geometry: ImageGeometry) -> list[tuple]:
         try:
             return _level_sizes(pmap, which, levels, geometry)
         except ValueError:
@@ -439,7 +449,11 @@ def _pyramids_per_resolution(pmap) -> bool:
     return generic and pmap.get("ComputePyramidImagesPerResolution", default=False, type=bool)
 
 
-def plan_registration(fixed_image, moving_image, parameter_object, fixed_mask=None, moving_mask=None,
+def plan_registration(fixed_image: itk.Image | str | Path | ImageGeometry,
+                      moving_image: itk.Image | str | Path | ImageGeometry,
+                      parameter_object: itk.ParameterObject | Mapping[str, Any] | Sequence[Any] | None,
+                      fixed_mask: Optional[itk.Image | str | Path | ImageGeometry] = None,
+                      moving_mask: Optional[itk.Image | str | Path | ImageGeometry] = None,
                       engine: str = "auto", probe_models: bool = False,
                       available: Optional[MemoryBudget] = None) -> RegistrationPlan:
     """Sizes and memory of every stage and resolution level of a registration, without running it.
@@ -476,7 +490,7 @@ def plan_registration(fixed_image, moving_image, parameter_object, fixed_mask=No
     if probe_models:
         cache = {}
 
-        def probes(cfg, mode):  # one probe per model configuration and mode
+        def probes(cfg: ModelConfig, mode: str) -> ModelProbe:  # one probe per model configuration and mode
             if (cfg, mode) not in cache:
                 cache[cfg, mode] = probe_model(cfg, mode, fixed.dimension)
             return cache[cfg, mode]
@@ -497,7 +511,11 @@ def _largest_parts(parts: dict, count: int = 2) -> str:
     return ", ".join(f"{name} {format_bytes(b)}" for name, b in sorted(parts.items(), key=lambda kv: -kv[1])[:count])
 
 
-def check_resources(fixed_image, moving_image, parameter_object, fixed_mask=None, moving_mask=None,
+def check_resources(fixed_image: itk.Image | str | Path | ImageGeometry,
+                    moving_image: itk.Image | str | Path | ImageGeometry,
+                    parameter_object: itk.ParameterObject | Mapping[str, Any] | Sequence[Any] | None,
+                    fixed_mask: Optional[itk.Image | str | Path | ImageGeometry] = None,
+                    moving_mask: Optional[itk.Image | str | Path | ImageGeometry] = None,
                     engine: str = "auto", available: Optional[MemoryBudget] = None) -> RegistrationPlan:
     """Refuse a registration that cannot fit in memory; warn when it comes close. Cheap: no model runs.
 

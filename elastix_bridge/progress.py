@@ -8,6 +8,10 @@ line shows the bars when its error stream is a terminal (``--progress`` / ``--no
 from __future__ import annotations
 
 import sys
+from typing import IO, TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tqdm.auto import tqdm
 
 
 class StageProgress:
@@ -55,7 +59,7 @@ def _columns() -> int:
     return min(shutil.get_terminal_size(fallback=(100, 24)).columns, 120)
 
 
-def elastix_stage_bar(stage: int, file=None):
+def elastix_stage_bar(stage: int, file: Optional[IO[str]] = None) -> tqdm:
     """A bar for a stage that runs on elastix: elapsed time only (elastix reports no iterations)."""
     from tqdm.auto import tqdm
 

@@ -42,6 +42,10 @@ import re
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    import itk
 
 log = logging.getLogger("elastix_bridge")
 
@@ -67,7 +71,9 @@ _VIEWS_3D = (
 )
 
 
-def write_qc_figure(fixed_image, moving_image, transform_parameter_object, path, output_directory=None, *,
+def write_qc_figure(fixed_image: itk.Image | str | Path, moving_image: itk.Image | str | Path,
+                    transform_parameter_object: itk.ParameterObject | Sequence[Any] | str | Path | None,
+                    path: str | Path, output_directory: str | Path | None = None, *,
                     stages: str = "all", title: str | None = None, dpi: int = 100) -> Path:
     """Write a PNG that shows how well ``moving_image`` was registered to ``fixed_image``.
 
