@@ -21,6 +21,10 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 # (key, values, comment) entries, grouped in sections with a heading comment. The dict map
 # (demo_parameter_map) and the commented elastix parameter files are both rendered from here, so
@@ -189,7 +193,7 @@ PARAMETER_FILES = {
 }
 
 
-def write_parameter_files(folder) -> list:
+def write_parameter_files(folder: str | Path) -> list:
     """Write ``parameter_files/impact_mind_*.txt`` (:data:`PARAMETER_FILES`) into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -248,7 +252,8 @@ def _display_slice_2d(array_yx, direction):
 _LABELS = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"), "sagittal": ("A", "P", "S", "I")}
 
 
-def write_picture(path, images: dict, errors: dict, mask, direction, spacing, title: str) -> Path:
+def write_picture(path: str | Path, images: dict, errors: dict, mask: np.ndarray, direction: np.ndarray,
+                  spacing: np.ndarray | Sequence[float], title: str) -> Path:
     """Save ``demo.png``: images with the fixed-mask contour, then the displacement-error maps.
 
     Args:

@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import itk
 
 __all__ = [
     "dice",
@@ -168,7 +171,7 @@ def _t2_like(t1, reference) -> np.ndarray:
 # the demo pair
 
 
-def make_demo_pair(output_dir, dimension: int = 3, voxel_size: float = 2.0,
+def make_demo_pair(output_dir: str | Path, dimension: int = 3, voxel_size: float = 2.0,
                    seed: int = 0) -> dict:
     """Write a fixed/moving pair from the MNI template with a known deformation (no download).
 
@@ -256,13 +259,13 @@ def make_demo_pair(output_dir, dimension: int = 3, voxel_size: float = 2.0,
     target_max = rng.uniform(4.0, 6.0)
     field *= target_max / np.linalg.norm(field[inside], axis=-1).max()
 
-    def rigid(x):
+    def rigid(x: np.ndarray) -> np.ndarray:
         return (x - centre) @ rot.T + centre + trans
 
     u = rigid(grid) + field - grid
 
     # 3. inverse by fixed-point iteration: x = R^T (y − c − t − n(x)) + c
-    def n_at(points):
+    def n_at(points: np.ndarray) -> np.ndarray:
         idx = _physical_to_index(points, spacing, origin, direction)
         return np.stack([_sample(field[..., a], idx, order=1, mode="nearest")
                          for a in range(d)], axis=-1)
@@ -327,7 +330,8 @@ def _as_array(obj, vector=False) -> np.ndarray:
     return np.asarray(itk.array_from_image(obj))
 
 
-def warp_with_displacement(image, displacement, reference=None, interpolator: str = "linear"):
+def warp_with_displacement(image: itk.Image | str | Path, displacement: itk.Image | str | Path,
+                           reference: itk.Image | str | Path | None = None, interpolator: str = "linear") -> itk.Image:
     """Resample ``image`` at ``x + u(x)`` with itk's displacement-field resampler.
 
     Uses ``itk.WarpImageFilter`` (the displacement-field equivalent of ``ResampleImageFilter`` +
@@ -374,8 +378,8 @@ def warp_with_displacement(image, displacement, reference=None, interpolator: st
     return warp.GetOutput()
 
 
-def displacement_error(transform_field_or_points_fn: Union[object, Callable], true_displacement,
-                       mask=None) -> dict:
+def displacement_error(transform_field_or_points_fn: Union[object, Callable], true_displacement: itk.Image | str | Path,
+                       mask: Optional[itk.Image | str | Path | np.ndarray] = None) -> dict:
     """Euclidean error (mm) between a predicted and the true fixed→moving displacement.
 
     Args:
@@ -430,7 +434,8 @@ def displacement_error(transform_field_or_points_fn: Union[object, Callable], tr
                 p95=float(np.percentile(err, 95)), max=float(err.max()), n=int(err.size))
 
 
-def nmi(a, b, bins: int = 64, mask=None) -> float:
+def nmi(a: itk.Image | str | Path | np.ndarray, b: itk.Image | str | Path | np.ndarray, bins: int = 64,
+        mask: Optional[np.ndarray] = None) -> float:
     """Normalised mutual information ``(H(A) + H(B)) / H(A, B)`` (Studholme 1999).
 
     Intensities are binned into ``bins`` equal-width bins over each array's own range (in the
@@ -461,14 +466,14 @@ def nmi(a, b, bins: int = 64, mask=None) -> float:
     if a.size == 0:
         raise ValueError("nmi: no voxels (empty mask)")
 
-    def edges(v):
+    def edges(v: np.ndarray) -> np.ndarray:
         lo, hi = float(v.min()), float(v.max())
         return np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
 
     joint, _, _ = np.histogram2d(a, b, bins=[edges(a), edges(b)])
     p = joint / joint.sum()
 
-    def entropy(q):
+    def entropy(q: np.ndarray) -> float:
         q = q[q > 0]
         return float(-(q * np.log(q)).sum())
 
@@ -478,7 +483,7 @@ def nmi(a, b, bins: int = 64, mask=None) -> float:
     return (entropy(p.sum(axis=1)) + entropy(p.sum(axis=0))) / h_ab
 
 
-def dice(a, b) -> float:
+def dice(a: itk.Image | str | Path | np.ndarray, b: itk.Image | str | Path | np.ndarray) -> float:
     """Dice overlap ``2|A∩B| / (|A| + |B|)`` of non-zero voxels; 1.0 when both are empty.
 
     Args:
