@@ -91,7 +91,7 @@ def _patch(itk) -> None:
 
         itk_module_type = original  # how itk_elastix.itk_attribute reaches itk's own names
 
-        def __getattribute__(self, attr):
+        def __getattribute__(self, attr: str) -> Any:
             if attr == "elastix_registration_method":
                 return bridged_elastix_registration_method
             if attr == "ElastixRegistrationMethod":
@@ -149,13 +149,13 @@ def bridged_elastix_registration_method(*args: Any, **kwargs: Any) -> tuple[itk.
 class RegistrationMethodTemplate:
     """Stands in for the ``itk.ElastixRegistrationMethod`` template: indexing and ``New`` as itk's."""
 
-    def __init__(self, template):
+    def __init__(self, template: Any) -> None:
         self._template = template
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> RegistrationMethodTemplate:
         return RegistrationMethodTemplate(self._template[key])
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._template, name)
 
     def New(self, *args: Any, **kwargs: Any) -> BridgedRegistrationMethod:
@@ -177,12 +177,12 @@ class BridgedRegistrationMethod:
     :func:`elastix_bridge.api.elastix_registration_method` with the filter's inputs and settings.
     """
 
-    def __init__(self, method):
+    def __init__(self, method: Any) -> None:
         self._method = method
         self._initial_object = None
         self._result = None
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._method, name)
 
     def SetParameterObject(self,

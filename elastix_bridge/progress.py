@@ -13,6 +13,9 @@ from typing import IO, TYPE_CHECKING, Optional
 if TYPE_CHECKING:  # pragma: no cover
     from tqdm.auto import tqdm
 
+    from elastix_bridge.core.parameters import ParameterMap
+    from elastix_bridge.engine.optimizers.asgd import IterationRecord
+
 
 class StageProgress:
     """``on_iteration(level, record)`` callback of one bridge stage that drives its level bars.
@@ -24,14 +27,14 @@ class StageProgress:
         file: where the bars go (default ``sys.stderr``).
     """
 
-    def __init__(self, stage: int, parameter_map, file=None):
+    def __init__(self, stage: int, parameter_map: ParameterMap, file: Optional[IO[str]] = None) -> None:
         self.stage = stage
         self.pmap = parameter_map
         self.file = file or sys.stderr
         self.level = None
         self.bar = None
 
-    def __call__(self, level: int, record) -> None:
+    def __call__(self, level: int, record: IterationRecord) -> None:
         if level != self.level:
             self.close()
             from tqdm.auto import tqdm

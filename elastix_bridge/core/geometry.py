@@ -42,7 +42,7 @@ class ImageGeometry:
     origin: np.ndarray
     direction: np.ndarray
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "size", tuple(int(s) for s in self.size))
         object.__setattr__(self, "spacing", np.asarray(self.spacing, dtype=np.float64).reshape(-1))
         object.__setattr__(self, "origin", np.asarray(self.origin, dtype=np.float64).reshape(-1))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
+    from elastix_bridge.core.parameters import ParameterMap
     from elastix_bridge.engine.optimizers.asgd import IterationRecord
 
 __all__ = ["IterationTable"]
@@ -29,7 +30,7 @@ class IterationTable:
     beside the totals.
     """
 
-    def __init__(self, output_directory: Optional[Path], elastix_level: int, level: int, pmap,
+    def __init__(self, output_directory: Optional[Path], elastix_level: int, level: int, pmap: ParameterMap,
                  columns: str = "asgd", number_of_metrics: int = 1) -> None:
         """Open the table of one resolution level.
 

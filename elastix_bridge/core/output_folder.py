@@ -92,7 +92,7 @@ class OutputRun:
         removed: names of the earlier run's outputs removed by :meth:`clear`.
     """
 
-    def __init__(self, folder: Path, log_name: str, error_to_log: bool = True):
+    def __init__(self, folder: Path, log_name: str, error_to_log: bool = True) -> None:
         self.folder = folder
         self.log_name = log_name
         self.error_to_log = error_to_log

@@ -231,7 +231,7 @@ class ParameterMap:
 
     __slots__ = ("_data",)
 
-    def __init__(self, data: Mapping[str, Iterable[str]] | None = None):
+    def __init__(self, data: Mapping[str, Iterable[str]] | None = None) -> None:
         self._data: dict[str, list[str]] = {}
         if data:
             for k, v in data.items():
@@ -282,7 +282,7 @@ class ParameterMap:
     def __getitem__(self, name: str) -> list[str]:
         return list(self._data[name])
 
-    def __setitem__(self, name: str, values) -> None:
+    def __setitem__(self, name: str, values: Any) -> None:
         self.set(name, values)
 
     def __delitem__(self, name: str) -> None:

@@ -46,7 +46,7 @@ class ElastixRandom:
         random_sampler_seed: the seed of the next ``Random`` sampler sample set (docs/design.md §E14).
     """
 
-    def __init__(self, seed: int = DEFAULT_SEED):
+    def __init__(self, seed: int = DEFAULT_SEED) -> None:
         self.seed = int(seed)
         self._bits = np.random.MT19937()
         self._bits.state = {"bit_generator": "MT19937", "state": {"key": _init_genrand(self.seed), "pos": 624}}

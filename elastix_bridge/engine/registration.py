@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # names for annotations only: importing this module must not 
     from elastix_bridge.engine.images.level_images import LevelImage, Mask
     from elastix_bridge.engine.images.pyramids import PyramidSchedule
     from elastix_bridge.engine.random import ElastixRandom
+    from elastix_bridge.engine.samplers import ImageSampler
     from elastix_bridge.engine.transforms.base import Transform
 
 log = logging.getLogger("elastix_bridge")
@@ -138,7 +139,9 @@ class _StageCost:
     elastix's per-metric iteration-table columns.
     """
 
-    def __init__(self, metrics, samplers, exact_sampler, weights, use, relative_weights=None):
+    def __init__(self, metrics: Sequence[Any], samplers: Sequence[ImageSampler], exact_sampler: ImageSampler,
+                 weights: Sequence[float], use: Sequence[bool],
+                 relative_weights: Optional[Sequence[float]] = None) -> None:
         self.metrics = metrics
         self.samplers = samplers
         self.exact_sampler = exact_sampler
@@ -610,7 +613,8 @@ class LevelContext:
         table: :class:`~elastix_bridge.core.iteration_info.IterationTable`. optimizer: the level's optimizer.
     """
 
-    def __init__(self, stage: StageSetup, level: int, previous=None, *, output_directory: Optional[Path] = None,
+    def __init__(self, stage: StageSetup, level: int, previous: Optional[tuple[Transform, torch.Tensor]] = None, *,
+                 output_directory: Optional[Path] = None,
                  elastix_level: int = 0, on_iteration: Optional[Callable] = None) -> None:
         """Build the level; ``previous`` is ``(transform, parameters)`` at the end of the previous level."""
         from elastix_bridge.core.iteration_info import IterationTable

@@ -107,7 +107,9 @@ class ImageSampler:
 
     name = "ImageSampler"
 
-    def __init__(self, image_geometry: ImageGeometry, mask=None, region=None, device=None, dtype=None):
+    def __init__(self, image_geometry: ImageGeometry, mask: Mask | None = None,
+                 region: tuple[np.ndarray, np.ndarray] | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         self.geometry = image_geometry
         self.mask = mask
         self.region_start_xyz, self.region_size_xyz = sampling_region(image_geometry, mask, region)
@@ -199,8 +201,10 @@ class GridSampler(ImageSampler):
 
     name = "Grid"
 
-    def __init__(self, image_geometry, mask=None, spacing_xyz=None, number_of_samples=None,
-                 region=None, device=None, dtype=None):
+    def __init__(self, image_geometry: ImageGeometry, mask: Mask | None = None,
+                 spacing_xyz: Sequence[int] | None = None, number_of_samples: int | None = None,
+                 region: tuple[np.ndarray, np.ndarray] | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__(image_geometry, mask, region, device, dtype)
         d = image_geometry.dimension
         if spacing_xyz is not None and number_of_samples is not None:
@@ -267,7 +271,9 @@ class _RejectionSampler(ImageSampler):
     draws_per_candidate = 1  # raw random numbers one candidate consumes
     from_parameter_map = classmethod(_random_from_parameter_map)
 
-    def __init__(self, image_geometry, mask, number_of_samples, generator, region=None, device=None, dtype=None):
+    def __init__(self, image_geometry: ImageGeometry, mask: Mask | None, number_of_samples: int,
+                 generator: ElastixRandom | int | torch.Generator, region: tuple[np.ndarray, np.ndarray] | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__(image_geometry, mask, region, device, dtype)
         self.number_of_samples = _check_n(number_of_samples)
         self.random = as_elastix_random(generator)
@@ -340,8 +346,10 @@ class RandomCoordinateSampler(_RejectionSampler):
 
     name = "RandomCoordinate"
 
-    def __init__(self, image_geometry, mask, number_of_samples, generator, region=None,
-                 sample_region_size_mm=None, device=None, dtype=None):
+    def __init__(self, image_geometry: ImageGeometry, mask: Mask | None, number_of_samples: int,
+                 generator: ElastixRandom | int | torch.Generator, region: tuple[np.ndarray, np.ndarray] | None = None,
+                 sample_region_size_mm: Sequence[float] | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__(image_geometry, mask, number_of_samples, generator, region, device, dtype)
         self.draws_per_candidate = image_geometry.dimension
         self.sample_region_size_mm = None if sample_region_size_mm is None else \
@@ -439,7 +447,9 @@ class RandomSparseMaskSampler(ImageSampler):
     name = "RandomSparseMask"
     from_parameter_map = classmethod(_random_from_parameter_map)
 
-    def __init__(self, image_geometry, mask, number_of_samples, generator, region=None, device=None, dtype=None):
+    def __init__(self, image_geometry: ImageGeometry, mask: Mask | None, number_of_samples: int,
+                 generator: ElastixRandom | int | torch.Generator, region: tuple[np.ndarray, np.ndarray] | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         if mask is None:
             raise ValueError("the RandomSparseMask sampler requires a fixed mask; "
                              "use ImageSampler \"Random\" or \"RandomCoordinate\" without a mask")

@@ -130,7 +130,7 @@ def _module_class():
             RuntimeError: in forward, when ``x`` does not have ``dimension + 2`` axes.
         """
 
-        def __init__(self, dimension: int = 3, radius: int = 1, dilation: int = 2):
+        def __init__(self, dimension: int = 3, radius: int = 1, dilation: int = 2) -> None:
             super().__init__()
             if dimension not in (2, 3):
                 raise ValueError(f"MINDSSC: dimension must be 2 or 3, got {dimension!r}")
@@ -240,7 +240,7 @@ def _module_class():
 _MINDSSC_CLASS = None
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     """Module-level lazy attribute: ``MINDSSC`` imports torch only when first accessed."""
     if name == "MINDSSC":
         return _module_class()

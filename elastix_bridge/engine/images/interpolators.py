@@ -351,8 +351,9 @@ class ImageInterpolator:
         ValueError: bad order, missing geometry or shape mismatch.
     """
 
-    def __init__(self, image, order: int = 3, geometry: ImageGeometry | None = None,
-                 device=None, dtype=None):
+    def __init__(self, image: LevelImage | np.ndarray | torch.Tensor, order: int = 3,
+                 geometry: ImageGeometry | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         import torch
 
         from elastix_bridge.engine.images.level_images import LevelImage

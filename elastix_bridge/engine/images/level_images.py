@@ -42,7 +42,7 @@ class LevelImage:
     geometry: ImageGeometry
     array_zyx: np.ndarray
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.array_zyx = np.ascontiguousarray(self.array_zyx, dtype=np.float32)
         _check_shape(self.geometry, self.array_zyx)
 
@@ -104,7 +104,7 @@ class Mask:
     geometry: ImageGeometry
     array_zyx: np.ndarray
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.array_zyx = np.ascontiguousarray(np.asarray(self.array_zyx) != 0)
         _check_shape(self.geometry, self.array_zyx)
         self._tensor_cache = {}

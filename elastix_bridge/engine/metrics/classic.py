@@ -57,6 +57,7 @@ from elastix_bridge.engine.errors import SamplingError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from elastix_bridge.core.parameters import ParameterMap
     from elastix_bridge.engine.images.level_images import LevelImage, Mask
     from elastix_bridge.engine.transforms.base import Transform
     from elastix_bridge.engine.transforms.bspline import BSplineTransform
@@ -458,9 +459,10 @@ class _Metric:
     Args: as :class:`_SampledImageMetric`.
     """
 
-    def __init__(self, fixed, moving, moving_mask, transform, moving_interpolation_order: int = 1,
-                 required_ratio_of_valid_samples: float = 0.25, parameter_map=None, level: int = 0, *,
-                 prefix: str = "Metric0", fixed_mask=None, fixed_interpolation_order: int = 1):
+    def __init__(self, fixed: LevelImage, moving: LevelImage, moving_mask: "Mask | None", transform: Transform,
+                 moving_interpolation_order: int = 1, required_ratio_of_valid_samples: float = 0.25,
+                 parameter_map: ParameterMap | None = None, level: int = 0, *, prefix: str = "Metric0",
+                 fixed_mask: "Mask | None" = None, fixed_interpolation_order: int = 1) -> None:
         self.fixed, self.moving = fixed, moving
         self.moving_mask, self.fixed_mask = moving_mask, fixed_mask
         self.transform = transform
@@ -500,9 +502,10 @@ class _SampledImageMetric(_Metric):
 
     name = ""
 
-    def __init__(self, fixed, moving, moving_mask, transform, moving_interpolation_order: int = 1,
-                 required_ratio_of_valid_samples: float = 0.25, parameter_map=None, level: int = 0, *,
-                 prefix: str = "Metric0", fixed_mask=None, fixed_interpolation_order: int = 1):
+    def __init__(self, fixed: LevelImage, moving: LevelImage, moving_mask: "Mask | None", transform: Transform,
+                 moving_interpolation_order: int = 1, required_ratio_of_valid_samples: float = 0.25,
+                 parameter_map: ParameterMap | None = None, level: int = 0, *, prefix: str = "Metric0",
+                 fixed_mask: "Mask | None" = None, fixed_interpolation_order: int = 1) -> None:
         import torch
 
         from elastix_bridge.engine.images.interpolators import ImageInterpolator
@@ -712,10 +715,11 @@ class AdvancedMattesMutualInformation(_SampledImageMetric):
 
     name = "AdvancedMattesMutualInformation"
 
-    def __init__(self, fixed, moving, moving_mask, transform, moving_interpolation_order: int = 1,
-                 required_ratio_of_valid_samples: float = 0.25, parameter_map=None, level: int = 0, *,
-                 prefix: str = "Metric0", fixed_mask=None, fixed_interpolation_order: int = 1,
-                 elastix_kernel_derivative: bool = True):
+    def __init__(self, fixed: LevelImage, moving: LevelImage, moving_mask: "Mask | None", transform: Transform,
+                 moving_interpolation_order: int = 1, required_ratio_of_valid_samples: float = 0.25,
+                 parameter_map: ParameterMap | None = None, level: int = 0, *, prefix: str = "Metric0",
+                 fixed_mask: "Mask | None" = None, fixed_interpolation_order: int = 1,
+                 elastix_kernel_derivative: bool = True) -> None:
         self.elastix_kernel_derivative = bool(elastix_kernel_derivative)
         super().__init__(fixed, moving, moving_mask, transform, moving_interpolation_order,
                          required_ratio_of_valid_samples, parameter_map, level, prefix=prefix,
@@ -888,7 +892,8 @@ class TransformBendingEnergyPenalty(_Metric):
 
     name = "TransformBendingEnergyPenalty"
 
-    def __init__(self, fixed, moving, moving_mask, transform, *args, **kwargs):
+    def __init__(self, fixed: LevelImage, moving: LevelImage, moving_mask: "Mask | None", transform: Transform,
+                 *args: Any, **kwargs: Any) -> None:
         from elastix_bridge.engine.transforms.initial import ComposedTransform
 
         if isinstance(transform, ComposedTransform):

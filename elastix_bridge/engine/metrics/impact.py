@@ -36,9 +36,13 @@ from elastix_bridge.core.geometry import ImageGeometry
 from elastix_bridge.engine.components import register
 
 if TYPE_CHECKING:  # pragma: no cover
+    from types import ModuleType
+
     import torch
 
     from elastix_bridge.core.impact_parameters import ImpactLevelConfig
+    from elastix_bridge.engine.images.level_images import LevelImage, Mask
+    from elastix_bridge.engine.transforms.base import Transform
 
 log = logging.getLogger("elastix_bridge")
 
@@ -230,8 +234,10 @@ class ImpactMetric:
     Source: docs/design.md §I5 (Jacobian), §I6 (Static), §I7 (distances), §I8 (aggregation).
     """
 
-    def __init__(self, config, fixed, moving, moving_mask, transform, plugin, models, device, generator,
-                 moving_interpolation_order: int = 1, required_ratio_of_valid_samples: float = 0.25):
+    def __init__(self, config: ImpactLevelConfig, fixed: LevelImage, moving: LevelImage, moving_mask: "Mask | None",
+                 transform: Transform, plugin: ModuleType, models: tuple[Sequence[Any], Sequence[Any]],
+                 device: torch.device, generator: torch.Generator,
+                 moving_interpolation_order: int = 1, required_ratio_of_valid_samples: float = 0.25) -> None:
         import torch
 
         from elastix_bridge.engine.images.interpolators import ImageInterpolator

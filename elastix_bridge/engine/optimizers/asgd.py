@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from elastix_bridge.core.parameters import ParameterMap
+    from elastix_bridge.engine.random import ElastixRandom
 
 log = logging.getLogger("elastix_bridge")
 
@@ -224,7 +225,7 @@ def scale_roots(scales: torch.Tensor | np.ndarray | None) -> torch.Tensor | None
 class ScaledCost:
     """The cost seen in elastix's scaled space ``y = √S·x``: value at ``x = y/√S``, gradient ``g/√S``."""
 
-    def __init__(self, cost, root):
+    def __init__(self, cost: CostFunction, root: torch.Tensor) -> None:
         self.cost = cost
         self.root = root
 
@@ -265,7 +266,8 @@ class AdaptiveStochasticGradientDescent:
     Source: docs/design.md §E9.1 (iteration, time update, automatic parameter estimation).
     """
 
-    def __init__(self, settings: ASGDSettings, generator, on_iteration: Optional[Callable] = None):
+    def __init__(self, settings: ASGDSettings, generator: ElastixRandom | int | torch.Generator,
+                 on_iteration: Optional[Callable] = None) -> None:
         self.s = settings
         self.random = as_elastix_random(generator)
         self.on_iteration = on_iteration

@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 class _GradientDescent:
     """Shared state of the two optimizers: settings, the per-iteration callback, history, stop condition."""
 
-    def __init__(self, settings, on_iteration: Optional[Callable] = None):
+    def __init__(self, settings: StandardGradientDescentSettings | RegularStepGradientDescentSettings,
+                 on_iteration: Optional[Callable] = None) -> None:
         self.s = settings
         self.on_iteration = on_iteration
         self.history: list = []

@@ -205,7 +205,7 @@ class QuasiNewtonLBFGS:
         stop_condition: elastix's stop text.
     """
 
-    def __init__(self, settings: QuasiNewtonLBFGSSettings, on_iteration: Optional[Callable] = None):
+    def __init__(self, settings: QuasiNewtonLBFGSSettings, on_iteration: Optional[Callable] = None) -> None:
         self.s = settings
         self.on_iteration = on_iteration
         self.history: list = []

@@ -85,7 +85,7 @@ class TranslationTransform(Transform):
 
     name = "TranslationTransform"
 
-    def __init__(self, dimension: int):
+    def __init__(self, dimension: int) -> None:
         if dimension < 1:
             raise ValueError(f"dimension must be >= 1, got {dimension}")
         self.dimension = int(dimension)

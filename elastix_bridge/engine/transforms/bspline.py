@@ -53,7 +53,7 @@ class BSplineGrid:
     origin: np.ndarray
     direction: np.ndarray
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "size_xyz", tuple(int(s) for s in self.size_xyz))
         object.__setattr__(self, "spacing", np.asarray(self.spacing, dtype=np.float64).reshape(-1))
         object.__setattr__(self, "origin", np.asarray(self.origin, dtype=np.float64).reshape(-1))
@@ -260,7 +260,7 @@ class BSplineTransform(Transform):
 
     name = "BSplineTransform"
 
-    def __init__(self, grid: BSplineGrid, order: int = 3, name: str = "BSplineTransform"):
+    def __init__(self, grid: BSplineGrid, order: int = 3, name: str = "BSplineTransform") -> None:
         if name not in ("BSplineTransform", "RecursiveBSplineTransform"):
             raise ValueError(f"a B-spline transform is named BSplineTransform or RecursiveBSplineTransform, not {name!r}")
         self.name = name  # the elastix component written to TransformParameters maps

@@ -13,7 +13,7 @@ optimised, the initial transform is evaluated without gradients.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -155,7 +155,7 @@ class TransformChain:
         ValueError: see :func:`transform_from_parameter_map`.
     """
 
-    def __init__(self, maps: Sequence):
+    def __init__(self, maps: Sequence) -> None:
         from functools import partial
 
         from elastix_bridge.core.parameters import ParameterMap
@@ -171,7 +171,7 @@ class TransformChain:
         if self._last is None:
             raise ValueError("an initial transform chain needs at least one TransformParameters map")
 
-    def __call__(self, points):
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
         """Map physical points ``(N, D)`` (mm) through the whole chain; no gradient."""
         import torch
 
@@ -192,7 +192,8 @@ class ComposedTransform(Transform):
         how_to_combine: ``"Compose"`` or ``"Add"`` (anything else is Add, as elastix).
     """
 
-    def __init__(self, current: Transform, initial, how_to_combine: str = "Compose"):
+    def __init__(self, current: Transform, initial: Callable[[torch.Tensor], torch.Tensor],
+                 how_to_combine: str = "Compose") -> None:
         self.current = current
         self.initial = initial
         self.compose = how_to_combine == "Compose"
@@ -225,5 +226,5 @@ class ComposedTransform(Transform):
     def parameter_map(self, params: torch.Tensor | None = None) -> dict[str, list[str]]:
         return self.current.parameter_map(params)
 
-    def __getattr__(self, name):  # grid, upsample, center ... of the current transform
+    def __getattr__(self, name: str) -> Any:  # grid, upsample, center ... of the current transform
         return getattr(self.__dict__["current"], name)

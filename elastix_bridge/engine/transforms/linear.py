@@ -149,7 +149,7 @@ class CenteredLinearTransform(Transform):
     translation_indices: tuple = ()
     rotation_part: int = 0
 
-    def __init__(self, dimension: int, center=None):
+    def __init__(self, dimension: int, center: np.ndarray | Sequence[float] | None = None) -> None:
         self.dimension = int(dimension)
         self.center = np.zeros(self.dimension) if center is None else center
 
@@ -328,7 +328,8 @@ class EulerTransform(CenteredLinearTransform):
 
     name = "EulerTransform"
 
-    def __init__(self, dimension: int, center=None, compute_zyx: bool = False):
+    def __init__(self, dimension: int, center: np.ndarray | Sequence[float] | None = None,
+                 compute_zyx: bool = False) -> None:
         if dimension not in (2, 3):
             raise ValueError(f"EulerTransform supports dimension 2 or 3, got {dimension}")
         if compute_zyx and dimension != 3:
@@ -439,7 +440,8 @@ class SimilarityTransform(CenteredLinearTransform):
 
     name = "SimilarityTransform"
 
-    def __init__(self, dimension: int, center=None, elastix_jacobian: bool = True):
+    def __init__(self, dimension: int, center: np.ndarray | Sequence[float] | None = None,
+                 elastix_jacobian: bool = True) -> None:
         if dimension not in (2, 3):
             raise ValueError(f"SimilarityTransform supports dimension 2 or 3, got {dimension}")
         super().__init__(dimension, center)
@@ -540,7 +542,7 @@ class AffineTransform(CenteredLinearTransform):
 
     name = "AffineTransform"
 
-    def __init__(self, dimension: int, center=None):
+    def __init__(self, dimension: int, center: np.ndarray | Sequence[float] | None = None) -> None:
         if dimension < 1:
             raise ValueError(f"dimension must be >= 1, got {dimension}")
         super().__init__(dimension, center)
