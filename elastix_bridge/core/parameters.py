@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, KeysView, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
+    import itk
     import numpy as np
     import torch
 
@@ -441,7 +442,8 @@ def as_parameter_map(value: ParameterMap | Mapping[str, Any] | None) -> Paramete
     return ParameterMap.from_dict(dict(value))
 
 
-def parameter_maps_from_object(parameter_object: Any) -> list[ParameterMap]:
+def parameter_maps_from_object(parameter_object: itk.ParameterObject | ParameterMap | Mapping[str, Any] | Sequence[Any]
+                               ) -> list[ParameterMap]:
     """All maps of an itk-elastix ``ParameterObject`` (or a list of dict-like maps) as :class:`ParameterMap`.
 
     Source: ``Core/Main/elxParameterObject.h`` ``GetParameterMap``; docs/design.md §E1.6.

@@ -13,7 +13,7 @@ itk-elastix's functional ``itk.elastix_registration_method`` does the same as
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     import itk
@@ -54,7 +54,8 @@ def given_keywords(**keywords: Any) -> dict:
     return {key: value for key, value in keywords.items() if value is not None}
 
 
-def as_parameter_object(value: Any) -> itk.ParameterObject | None:
+def as_parameter_object(value: itk.ParameterObject | Mapping[str, Any] | Sequence[Any] | None
+                        ) -> itk.ParameterObject | None:
     """An ``itk.ParameterObject`` from a ParameterObject, a dict or a list of dicts (as itk-elastix accepts).
 
     None and ParameterObjects are returned unchanged.
