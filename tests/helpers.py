@@ -266,8 +266,8 @@ def level_config(mode, fixed_models, moving_models=None, distances=("L2",), weig
         features_map_update_interval=interval, feature_map_directory=None, random_seed=0)
 
 def impact_metric(plugin, cfg, fixed, moving, fixed_models, moving_models=None, transform=None, parameters=None,
-            mask=None, seed=0, order=1, ratio=0.25, initialize=True):
-    """Build (and by default initialise) an :class:`ImpactMetric` on the CPU."""
+                  mask=None, seed=0, order=1, ratio=0.25, initialize=True, device="cpu"):
+    """Build (and by default initialise) an :class:`ImpactMetric` whose models run on ``device``."""
     import torch
 
     from elastix_bridge.engine.metrics.impact import ImpactMetric
@@ -276,7 +276,7 @@ def impact_metric(plugin, cfg, fixed, moving, fixed_models, moving_models=None, 
     transform = transform or TranslationTransform(fixed.geometry.dimension)
     metric = ImpactMetric(cfg, fixed, moving, mask, transform, plugin,
                           (list(fixed_models), list(moving_models if moving_models is not None else fixed_models)),
-                          torch.device("cpu"), torch.Generator().manual_seed(seed),
+                          torch.device(device), torch.Generator().manual_seed(seed),
                           moving_interpolation_order=order, required_ratio_of_valid_samples=ratio)
     if initialize:
         metric.initialize(transform.parameters.to(torch.float64) if parameters is None else parameters)

@@ -7,6 +7,7 @@ from scipy import ndimage
 from elastix_bridge.core.geometry import ImageGeometry
 from elastix_bridge.engine.images.level_images import LevelImage
 from elastix_bridge.engine.images.interpolators import (ImageInterpolator, bspline_coefficients,
+                                                        bspline_coefficients_reference,
                                                  bspline_interpolate, bspline_interpolate_with_gradient)
 
 
@@ -41,6 +42,21 @@ def test_matches_scipy_mirror(shape_zyx, order):
     got = bspline_interpolate(torch.tensor(coef)[None], torch.tensor(idx), order)[:, 0].numpy()
     ref = ndimage.map_coordinates(a, idx[:, ::-1].T, order=order, mode="mirror", prefilter=True)
     np.testing.assert_allclose(got, ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("shape, channel_axis", [((7,), False), ((1, 9), False), ((9, 1), False), ((2, 2), False),
+                                                 ((4, 6, 3), False), ((3, 8, 5, 4), True), ((2, 1, 6), True),
+                                                 ((2, 300, 7), True)])
+def test_plugin_prefilter_equals_the_scipy_reference(order, shape, channel_axis):
+    """The plugin's bundled-line prefilter gives scipy's mirror-mode coefficients (size-1 axes, long bundles)."""
+    a = np.random.default_rng(len(shape) + order).normal(size=shape)
+    np.testing.assert_allclose(bspline_coefficients(a, order, channel_axis),
+                               bspline_coefficients_reference(a, order, channel_axis), rtol=0, atol=1e-13)
+    a32 = a.astype(np.float32)
+    got = bspline_coefficients(torch.tensor(a32), order, channel_axis)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), bspline_coefficients_reference(a32, order, channel_axis), atol=1e-6)
 
 
 def test_channels_and_float32():

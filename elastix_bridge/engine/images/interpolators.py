@@ -33,8 +33,10 @@ def bspline_coefficients(array: np.ndarray | torch.Tensor, order: int,
                          channel_axis: bool = False) -> np.ndarray | torch.Tensor:
     """B-spline prefilter (interpolating coefficients) with mirror boundary.
 
-    Matches ITK ``BSplineDecompositionImageFilter`` (used by ``BSplineInterpolateImageFunction``);
-    computed with ``scipy.ndimage.spline_filter(order, mode="mirror")`` in float64.
+    Matches ITK ``BSplineDecompositionImageFilter`` (used by ``BSplineInterpolateImageFunction``),
+    with the exact mirror-boundary initialisation, in float64: the plugin's ``bspline_prefilter``
+    (every line of every axis, on torch's threads); :func:`bspline_coefficients_reference`
+    (``scipy.ndimage.spline_filter``) is the reference the tests compare it with.
 
     Args:
         array: numpy array or torch tensor, shape ``(*zyx)`` or, with ``channel_axis=True``,
@@ -48,8 +50,25 @@ def bspline_coefficients(array: np.ndarray | torch.Tensor, order: int,
     Raises:
         ValueError: if the order is not in 0..3.
     """
+    import torch
+
+    from elastix_bridge.runtime.loader import load_plugin
+
+    return _prefilter(array, order, channel_axis,
+                      lambda a64: load_plugin().bspline_prefilter(torch.from_numpy(a64), order).numpy())
+
+
+def bspline_coefficients_reference(array: np.ndarray | torch.Tensor, order: int,
+                                   channel_axis: bool = False) -> np.ndarray | torch.Tensor:
+    """:func:`bspline_coefficients` with ``scipy.ndimage.spline_filter`` (mirror mode), the reference."""
     from scipy import ndimage
 
+    return _prefilter(array, order, channel_axis, lambda a64: np.stack(
+        [ndimage.spline_filter(ch, order=order, output=np.float64, mode="mirror") for ch in a64]))
+
+
+def _prefilter(array, order, channel_axis, filter_channels):
+    """Checks, float64 ``(C, *zyx)`` for ``filter_channels``, and the result in the input's type."""
     order = int(order)
     if order not in (0, 1, 2, 3):
         raise ValueError(f"B-spline order must be 0, 1, 2 or 3; got {order}")
@@ -57,14 +76,12 @@ def bspline_coefficients(array: np.ndarray | torch.Tensor, order: int,
         return array
     is_numpy = isinstance(array, np.ndarray)
     a = array if is_numpy else array.detach().cpu().numpy()
-    a64 = np.asarray(a, dtype=np.float64)
-    if channel_axis:
-        out = np.stack([ndimage.spline_filter(ch, order=order, output=np.float64, mode="mirror")
-                        for ch in a64])
-    else:
-        out = ndimage.spline_filter(a64, order=order, output=np.float64, mode="mirror")
+    a64 = np.ascontiguousarray(a, dtype=np.float64)
+    out = filter_channels(a64 if channel_axis else a64[None])
+    if not channel_axis:
+        out = out[0]
     if is_numpy:
-        return out.astype(array.dtype if np.issubdtype(array.dtype, np.floating) else np.float64)
+        return out.astype(array.dtype if np.issubdtype(array.dtype, np.floating) else np.float64, copy=False)
     import torch
 
     return torch.as_tensor(out, dtype=array.dtype if array.is_floating_point() else torch.float64,
@@ -238,28 +255,29 @@ def _make_function():
     import torch
 
     class _BSplineEval(torch.autograd.Function):
-        """Memory-lean autograd: the backward pass re-evaluates the derivatives instead of storing the support."""
+        """Memory-lean autograd: keeps the index-space derivatives ``(N, C, D)``, not the support.
+
+        When the index needs a gradient, one pass over each support gives the values and the
+        derivatives together (a second pass in the backward would repeat the values' work).
+        """
 
         @staticmethod
         def forward(ctx: Any, index: torch.Tensor, coef_pc: torch.Tensor, size_xyz: tuple[int, ...],
                     order: int) -> torch.Tensor:
+            with_gradient = bool(index.requires_grad) and order > 0
             with torch.no_grad():
-                values, _ = _evaluate(coef_pc, size_xyz, index.detach(), order, False)
-            ctx.save_for_backward(index, coef_pc)
-            ctx.size_xyz, ctx.order = size_xyz, order
+                values, grads = _evaluate(coef_pc, size_xyz, index.detach(), order, with_gradient)
+            ctx.save_for_backward(grads)
+            ctx.index_shape, ctx.index_dtype = index.shape, index.dtype
             return values
 
         @staticmethod
         def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-            index, coef_pc = ctx.saved_tensors
-            size_xyz, order = ctx.size_xyz, ctx.order
-            n, d = index.shape
-            grad_index = torch.zeros((n, d), dtype=index.dtype, device=index.device)
-            if order == 0 or not ctx.needs_input_grad[0]:
-                return grad_index, None, None, None
-            with torch.no_grad():
-                _, grads = _evaluate(coef_pc, size_xyz, index.detach(), order, True)
-                grad_index = torch.einsum("nc,ncd->nd", grad_out.to(grads.dtype), grads).to(index.dtype)
+            (grads,) = ctx.saved_tensors
+            if grads is None or not ctx.needs_input_grad[0]:
+                return (torch.zeros(ctx.index_shape, dtype=ctx.index_dtype, device=grad_out.device),
+                        None, None, None)
+            grad_index = torch.einsum("nc,ncd->nd", grad_out.to(grads.dtype), grads).to(ctx.index_dtype)
             return grad_index, None, None, None
 
     return _BSplineEval
