@@ -15,7 +15,7 @@ Errors form one hierarchy rooted at :class:`ImpactError`:
 :class:`ImpactUnavailableError` (``RuntimeError``: Impact cannot be loaded/run here) and
 :class:`ImpactModelError` (``ValueError``: a bad model file or model output).
 
-Why this module is longer than ~600 lines: it is the loader room of docs/design.md §2.3, which owns
+Why this module is longer than ~600 lines: it is the loader room of docs/design.md §2.2, which owns
 every "cannot load" message: torch and its supported range, the plugin build, cache and records,
 devices, JIT switches and models (failed builds are explained by :mod:`elastix_bridge.runtime.build_checks`).
 """
