@@ -55,13 +55,11 @@ masks = {k: itk.imread(case[k], itk.UC) for k in ("fixed_mask", "moving_mask") i
 pmap = read_parameter_file(case["parameters"])[0]
 for key, value in case["changes"].items():
     pmap[key] = value
-rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tic = time.perf_counter()
 elastix_registration_method(fixed, moving, parameter_object=[pmap.to_dict()], engine=case["engine"],
                             number_of_threads=case["threads"], **masks)
 wall = time.perf_counter() - tic
-print(json.dumps({"wall": wall, "setups": setups, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "rss_before_mb": rss_before / 1024}))
+print(json.dumps({"wall": wall, "setups": setups, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 MI = {"Metric": ["AdvancedMattesMutualInformation"]}

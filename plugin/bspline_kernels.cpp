@@ -306,7 +306,6 @@ void prefilter_impl(T* data, const std::vector<int64_t>& shape, double z) {
     int64_t stride = 1;
     for (size_t a = axis + 1; a < shape.size(); ++a) stride *= shape[a];
     const int64_t outers = total / (n * stride);
-    const int64_t blocks = stride == 1 ? 1 : (stride + kBundle - 1) / kBundle;
     if (stride == 1) {  // the contiguous axis: one line per task
       at::parallel_for(0, outers, 16, [&](int64_t begin, int64_t end) {
         std::vector<double> sum;
@@ -314,6 +313,7 @@ void prefilter_impl(T* data, const std::vector<int64_t>& shape, double z) {
       });
       continue;
     }
+    const int64_t blocks = (stride + kBundle - 1) / kBundle;
     at::parallel_for(0, outers * blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<double> sum;
       for (int64_t k = begin; k < end; ++k) {

@@ -246,6 +246,35 @@ def level_image(geometry, fn):
     values = fn(geometry.voxel_centres())
     return LevelImage(geometry, values.reshape(geometry.shape_zyx))
 
+def smooth_blobs(points, dim, shift=None):
+    """Smooth positive test function of physical points ``(N, D)`` (mm), optionally shifted: ``f(p − shift)``."""
+    p = np.asarray(points, dtype=float)
+    if shift is not None:
+        p = p - np.asarray(shift, dtype=float)
+    rng = np.random.default_rng(11 + dim)
+    value = np.full(len(p), 0.2)
+    for _ in range(6):
+        c = rng.uniform(-7.0, 7.0, size=dim)
+        sigma = rng.uniform(3.0, 4.5)
+        value += rng.uniform(0.4, 1.0) * np.exp(-np.sum((p - c) ** 2, axis=1) / (2 * sigma ** 2))
+    return value
+
+
+def oblique_pair(dim, shift=None, size=None):
+    """Fixed blob image and the moving image ``f(p − shift)`` on a different oblique anisotropic grid."""
+    if dim == 2:
+        fixed_geo = centred_geometry(size or (30, 26), (0.9, 1.2), rotation(2, 0.35), (2.0, -1.0))
+        moving_geo = centred_geometry(size or (32, 27), (1.1, 0.95), rotation(2, -0.2), (2.5, -0.5))
+    else:
+        fixed_geo = centred_geometry(size or (20, 18, 16), (1.0, 1.2, 1.3), rotation(3, (0.3, -0.2, 0.4)),
+                                     (1.0, 0.5, -1.0))
+        moving_geo = centred_geometry(size or (21, 19, 17), (1.1, 1.15, 1.25), rotation(3, (-0.1, 0.25, -0.3)),
+                                      (1.5, 0.0, -0.5))
+    fixed = level_image(fixed_geo, lambda p: smooth_blobs(p, dim))
+    moving = level_image(moving_geo, lambda p: smooth_blobs(p, dim, shift))
+    return fixed, moving
+
+
 def model_config(path, dim, patch, voxel, channels=1, mask=(True,)):
     """A :class:`ModelConfig` (patch and voxel sizes in ITK x, y, z order)."""
     from elastix_bridge.core.impact_parameters import ModelConfig

@@ -22,8 +22,7 @@ from elastix_bridge.engine.samplers import GridSampler, RandomCoordinateSampler 
 from elastix_bridge.engine.transforms.base import TranslationTransform  # noqa: E402
 from elastix_bridge.models.mind import mind_model_path  # noqa: E402
 from elastix_bridge.runtime import loader  # noqa: E402
-from helpers import (ball_points, centred_geometry, impact_metric, level_config, level_image, model_config,  # noqa: E402
-                     rotation)
+from helpers import ball_points, impact_metric, level_config, model_config, oblique_pair  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
@@ -46,25 +45,6 @@ class Conv(torch.nn.Module):
         return [torch.sigmoid(self.conv(x))]
 
 
-def _blobs(points, shift=None):
-    p = np.asarray(points, dtype=float) - (0 if shift is None else shift)
-    rng = np.random.default_rng(14)
-    value = np.full(len(p), 0.2)
-    for _ in range(6):
-        c, s = rng.uniform(-7, 7, size=3), rng.uniform(3.0, 4.5)
-        value += rng.uniform(0.4, 1.0) * np.exp(-np.sum((p - c) ** 2, axis=1) / (2 * s ** 2))
-    return value
-
-
-def _pair(shift=None):
-    """Oblique, anisotropic 3D pair: the moving image is the fixed function shifted by ``shift`` (mm)."""
-    fixed = level_image(centred_geometry((24, 22, 20), (1.0, 1.2, 1.3), rotation(3, (0.3, -0.2, 0.4)), (1, 0.5, -1)),
-                        _blobs)
-    moving = level_image(centred_geometry((25, 23, 21), (1.1, 1.15, 1.25), rotation(3, (-0.1, 0.25, -0.3)),
-                                          (1.5, 0.0, -0.5)), lambda p: _blobs(p, shift))
-    return fixed, moving
-
-
 @pytest.fixture(scope="module")
 def conv_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("cuda-models") / "conv.pt"
@@ -81,7 +61,7 @@ def test_impact_gpu_resolves_to_a_working_cuda_device():
 @pytest.mark.parametrize("model", ["conv", "mind-ssc-3d"])
 def test_value_and_gradient_on_cuda_equal_the_cpu(plugin, conv_model, mode, model):
     path = conv_model if model == "conv" else str(mind_model_path("mind-ssc-3d"))
-    fixed, moving = _pair(SHIFT * 0.3)
+    fixed, moving = oblique_pair(3, SHIFT * 0.3, size=(24, 22, 20))
     patch, voxel = ((5, 5, 5), (1.0,) * 3) if mode == "Jacobian" else ((0, 0, 0), (1.2,) * 3)
     mc = model_config(path, 3, patch, voxel)
     cfg = level_config(mode, [mc], distances=("L2",))
@@ -103,7 +83,7 @@ def test_value_and_gradient_on_cuda_equal_the_cpu(plugin, conv_model, mode, mode
 
 @pytest.mark.parametrize("mode", ["Static", "Jacobian"])
 def test_asgd_recovers_a_shift_with_the_model_on_cuda(plugin, conv_model, mode):
-    fixed, moving = _pair(SHIFT)
+    fixed, moving = oblique_pair(3, SHIFT, size=(24, 22, 20))
     patch, voxel = ((3, 3, 3), (1.0,) * 3) if mode == "Jacobian" else ((0, 0, 0), (1.2,) * 3)
     cfg = level_config(mode, [model_config(conv_model, 3, patch, voxel)], distances=("L2",), interval=10)
     transform, x0 = TranslationTransform(3), torch.zeros(3, dtype=torch.float64)

@@ -26,7 +26,8 @@ from elastix_bridge.engine.samplers import GridSampler, RandomCoordinateSampler 
 from elastix_bridge.engine.transforms.bspline import BSplineTransform, grid_for_level  # noqa: E402
 from elastix_bridge.engine.transforms.base import TranslationTransform  # noqa: E402
 from helpers import (ball_points, centred_geometry, impact_metric, jacobian_patch_offsets, level_config,  # noqa: E402
-                     level_image, model_config, numpy_distance, reference_interpolation, rotation, static_grid)
+                     level_image, model_config, numpy_distance, oblique_pair, reference_interpolation, rotation,
+                     smooth_blobs, static_grid)
 
 pytestmark = [
     pytest.mark.usefixtures("single_thread"),  # one intra-op thread (see conftest.py)
@@ -166,34 +167,6 @@ def models(plugin, tmp_path_factory):
 # ------------------------------------------------------------------------------------------------
 
 
-def _blobs(points, dim, shift=None):
-    """Smooth positive test function of physical points ``(N, D)`` (mm), optionally shifted: ``f(p − shift)``."""
-    p = np.asarray(points, dtype=float)
-    if shift is not None:
-        p = p - np.asarray(shift, dtype=float)
-    rng = np.random.default_rng(11 + dim)
-    value = np.full(len(p), 0.2)
-    for _ in range(6):
-        c = rng.uniform(-7.0, 7.0, size=dim)
-        sigma = rng.uniform(3.0, 4.5)
-        value += rng.uniform(0.4, 1.0) * np.exp(-np.sum((p - c) ** 2, axis=1) / (2 * sigma ** 2))
-    return value
-
-
-def _pair(dim, shift=None, size=None):
-    """Fixed blob image and the moving image ``f(p − shift)`` on a different oblique anisotropic grid."""
-    if dim == 2:
-        fixed_geo = centred_geometry(size or (30, 26), (0.9, 1.2), rotation(2, 0.35), (2.0, -1.0))
-        moving_geo = centred_geometry(size or (32, 27), (1.1, 0.95), rotation(2, -0.2), (2.5, -0.5))
-    else:
-        fixed_geo = centred_geometry(size or (20, 18, 16), (1.0, 1.2, 1.3), rotation(3, (0.3, -0.2, 0.4)), (1.0, 0.5, -1.0))
-        moving_geo = centred_geometry(size or (21, 19, 17), (1.1, 1.15, 1.25), rotation(3, (-0.1, 0.25, -0.3)),
-                               (1.5, 0.0, -0.5))
-    fixed = level_image(fixed_geo, lambda p: _blobs(p, dim))
-    moving = level_image(moving_geo, lambda p: _blobs(p, dim, shift))
-    return fixed, moving
-
-
 def _inner_points(geometry, n, margin, seed=0):
     """``n`` random physical points whose continuous indices keep ``margin`` voxels from every border."""
     rng = np.random.default_rng(seed)
@@ -225,7 +198,7 @@ SHIFT = {2: np.array([0.8, -0.5]), 3: np.array([0.6, -0.4, 0.5])}
 @pytest.mark.parametrize("dim", [2, 3])
 def test_jacobian_l2_value_is_centre_intensity_difference(plugin, models, dim):
     """Identity model: the Jacobian-mode L2 value is mean (F(x) − M(T(x)))², normalised by the first value."""
-    fixed, moving = _pair(dim, SHIFT[dim])
+    fixed, moving = oblique_pair(dim, SHIFT[dim])
     path, model = models["identity"]
     patch, voxel = ((3, 4), (0.8, 1.1)) if dim == 2 else ((3, 4, 2), (0.8, 1.1, 0.9))
     cfg = level_config("Jacobian", [model_config(path, dim, patch, voxel, channels=2)], distances=("L2",))
@@ -252,7 +225,7 @@ def test_jacobian_l2_value_is_centre_intensity_difference(plugin, models, dim):
 @pytest.mark.parametrize("dim", [2, 3])
 def test_static_value_matches_resampled_feature_maps(plugin, models, dim):
     """Static identity model: maps are F and M∘T₀ on the voxel-size grid, read at x and x + T(x) − T₀(x)."""
-    fixed, moving = _pair(dim, SHIFT[dim])
+    fixed, moving = oblique_pair(dim, SHIFT[dim])
     path, model = models["identity"]
     voxel = (1.5, 1.3) if dim == 2 else (1.5, 1.3, 1.4)
     cfg = level_config("Static", [model_config(path, dim, (0,) * dim, voxel)], distances=("L2",))
@@ -284,7 +257,7 @@ def test_static_value_matches_resampled_feature_maps(plugin, models, dim):
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
 def test_every_distance_value_on_multichannel_features(plugin, models, mode):
     """Each distance of the level equals its formula on the metric's own features; L1/L2 first value = 1."""
-    fixed, moving = _pair(2, SHIFT[2])
+    fixed, moving = oblique_pair(2, SHIFT[2])
     path, model = models["conv2"]
     mc = model_config(path, 2, (3, 3) if mode == "Jacobian" else (0, 0), (1.0, 1.1))
     pts = ball_points(fixed.geometry, 100, 6.0)
@@ -349,7 +322,7 @@ def _transform_and_params(kind, geometry, seed=0):
 @pytest.mark.parametrize("distance", DISTANCES)
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
 def test_gradient_matches_finite_differences_2d(plugin, models, mode, distance, kind):
-    fixed, moving = _pair(2, SHIFT[2])
+    fixed, moving = oblique_pair(2, SHIFT[2])
     path, model = models["conv2" if distance == "Dice" else "signed2"]
     cfg = level_config(mode, [model_config(path, 2, (3, 3) if mode == "Jacobian" else (0, 0),
                              (0.9, 1.0) if mode == "Jacobian" else (1.0, 1.1))], distances=(distance,))
@@ -367,7 +340,7 @@ def test_gradient_matches_finite_differences_2d(plugin, models, mode, distance, 
 @pytest.mark.parametrize("distance", ["L2", "NCC"])
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
 def test_gradient_matches_finite_differences_3d(plugin, models, mode, distance):
-    fixed, moving = _pair(3, SHIFT[3], size=(14, 13, 12))
+    fixed, moving = oblique_pair(3, SHIFT[3], size=(14, 13, 12))
     path, model = models["signed3"]
     cfg = level_config(mode, [model_config(path, 3, (3, 3, 3) if mode == "Jacobian" else (0, 0, 0), (1.0, 1.1, 1.2))],
                   distances=(distance,))
@@ -379,7 +352,7 @@ def test_gradient_matches_finite_differences_3d(plugin, models, mode, distance):
 
 def test_gradient_2d_model_on_3d_image_with_replayed_rotations(plugin, models):
     """Random planes are redrawn at every evaluation, so the generator is rewound before each one."""
-    fixed, moving = _pair(3, SHIFT[3], size=(14, 13, 12))
+    fixed, moving = oblique_pair(3, SHIFT[3], size=(14, 13, 12))
     path, model = models["signed2"]
     cfg = level_config("Jacobian", [model_config(path, 2, (3, 3), (1.0, 1.1))], distances=("L2",))
     metric = impact_metric(plugin, cfg, fixed, moving, [model], order=3)
@@ -406,7 +379,7 @@ TRUE_SHIFT = {2: np.array([1.6, -1.2]), 3: np.array([1.3, -1.0, 1.1])}
 @pytest.mark.parametrize("dim", [2, 3])
 def test_asgd_recovers_translation(plugin, models, dim, mode):
     """ASGD through ``_StageCost`` finds the physical shift between two oblique, differently sampled images."""
-    fixed, moving = _pair(dim, TRUE_SHIFT[dim], size=(24, 24, 24) if dim == 3 else None)
+    fixed, moving = oblique_pair(dim, TRUE_SHIFT[dim], size=(24, 24, 24) if dim == 3 else None)
     path, model = models["identity" if mode == "Jacobian" else f"conv{dim}"]
     if mode == "Jacobian":
         mc = model_config(path, dim, (3,) * dim, (1.0,) * dim)
@@ -439,7 +412,7 @@ def test_asgd_recovers_translation(plugin, models, dim, mode):
 
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
 def test_valid_samples_respect_moving_buffer_and_mask(plugin, models, mode):
-    fixed, moving = _pair(2, SHIFT[2])
+    fixed, moving = oblique_pair(2, SHIFT[2])
     path, model = models["identity"]
     patch, voxel = ((3, 3), (1.0, 1.2)) if mode == "Jacobian" else ((0, 0), (1.0, 1.0))
     t = torch.tensor([4.0, -3.0])
@@ -472,7 +445,7 @@ def test_valid_samples_respect_moving_buffer_and_mask(plugin, models, mode):
 
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
 def test_sampling_error_below_required_ratio(plugin, models, mode):
-    fixed, moving = _pair(2, SHIFT[2])
+    fixed, moving = oblique_pair(2, SHIFT[2])
     path, model = models["identity"]
     cfg = level_config(mode, [model_config(path, 2, (3, 3) if mode == "Jacobian" else (0, 0), (1.0, 1.0))])
     pts = _inner_points(fixed.geometry, 200, 0.0, seed=6)
@@ -564,7 +537,7 @@ def test_even_strided_output_uses_floor_half_centre(plugin, models):
 def _static_metric(plugin, models, name, dim, patch, voxel=None, image=None, channels=1, recorder=False):
     """A Static metric on ``image`` (fixed = moving) whose resampling grid is the image grid."""
     if image is None:
-        image, _ = _pair(dim, None)
+        image, _ = oblique_pair(dim, None)
     path, model = models[name]
     model = Recorder(model) if recorder else model
     voxel = voxel or tuple(image.geometry.spacing)
@@ -598,7 +571,7 @@ def test_tiling_pointwise_model_equals_whole_image(plugin, models, dim):
 
 def test_tiling_conv_model_sees_zero_padded_tiles(plugin, models):
     """Box sum per tile = box sum of the image zeroed outside the tile; the last tile is padded with zeros."""
-    image, _ = _pair(2, None, size=(11, 7))
+    image, _ = oblique_pair(2, None, size=(11, 7))
     patch = (4, 3)  # tiles of 4 (x) × 3 (y): partial tiles at the high end of both axes
     metric, _ = _static_metric(plugin, models, "box", 2, patch, image=image)
     a = image.array_zyx.astype(np.float64)
@@ -618,7 +591,7 @@ def test_tiling_conv_model_sees_zero_padded_tiles(plugin, models):
 @pytest.mark.parametrize("patch", [(0, 0), (4, 3)])
 def test_outputs_larger_than_tile_are_centre_cropped(plugin, models, patch):
     """A model padding 1 low / 2 high with a marker: the crop removes exactly the margin."""
-    image, _ = _pair(2, None, size=(11, 7))
+    image, _ = oblique_pair(2, None, size=(11, 7))
     metric, _ = _static_metric(plugin, models, "pad", 2, patch, image=image)
     assert metric._fixed_feature_interp[0].geometry.size == image.geometry.size
     values = _map_values(metric._fixed_feature_interp[0])[0].numpy()
@@ -646,7 +619,7 @@ def test_strided_output_geometry(plugin, models, size, patch):
 
 
 def test_static_2d_model_on_3d_image_runs_slice_by_slice(plugin, models):
-    image, _ = _pair(3, None, size=(10, 9, 7))
+    image, _ = oblique_pair(3, None, size=(10, 9, 7))
     voxel = (1.2, 1.0, 1.4)
     path, model = models["identity"]
     rec = Recorder(model)
@@ -744,7 +717,7 @@ def _full_features(metric, pts, t):
 
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
 def test_subset_features_are_drawn_from_the_generator(plugin, models, mode):
-    fixed, moving = _pair(2, SHIFT[2])
+    fixed, moving = oblique_pair(2, SHIFT[2])
     path, model = models["signed2"]
     mc = model_config(path, 2, (3, 3) if mode == "Jacobian" else (0, 0), (1.0, 1.1))
     pts = ball_points(fixed.geometry, 60, 6.0)
@@ -780,7 +753,7 @@ def test_subset_features_are_drawn_from_the_generator(plugin, models, mode):
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
 def test_layers_mask_selects_outputs_and_weights_layers(plugin, models, mode):
     """A 2-argument model returning 3 layers (x, 2x + 1, x²) with mask "101": layers x and x²."""
-    fixed, moving = _pair(2, SHIFT[2])
+    fixed, moving = oblique_pair(2, SHIFT[2])
     path, model = models["layers"]
     rec = Recorder(model)
     voxel = tuple(fixed.geometry.spacing)
@@ -813,7 +786,7 @@ def test_layers_mask_selects_outputs_and_weights_layers(plugin, models, mode):
 
 def test_static_pca_fitted_on_fixed_reused_for_moving_global_layer_index(plugin, models):
     """Two models, PCA only on the second model's layer (global layer 1, its model's first layer)."""
-    fixed, moving = _pair(2, np.array([2.0, -1.5]))
+    fixed, moving = oblique_pair(2, np.array([2.0, -1.5]))
     ident, conv = models["identity"], models["conv2"]
     voxel = (1.3, 1.4)
     mcs = [model_config(ident[0], 2, (0, 0), voxel), model_config(conv[0], 2, (0, 0), voxel)]
@@ -846,7 +819,7 @@ def test_static_pca_fitted_on_fixed_reused_for_moving_global_layer_index(plugin,
 
 @pytest.mark.parametrize("interval", [2, -1, 0])
 def test_static_feature_map_refresh_interval(plugin, models, interval):
-    fixed, moving = _pair(2, SHIFT[2])
+    fixed, moving = oblique_pair(2, SHIFT[2])
     path, model = models["conv2"]
     cfg = level_config("Static", [model_config(path, 2, (0, 0), (1.2, 1.2))], distances=("NCC",), interval=interval)
     metric = impact_metric(plugin, cfg, fixed, moving, [model])
@@ -869,7 +842,7 @@ def test_static_feature_map_refresh_interval(plugin, models, interval):
 
 
 def test_jacobian_after_iteration_does_nothing(plugin, models):
-    fixed, moving = _pair(2, SHIFT[2])
+    fixed, moving = oblique_pair(2, SHIFT[2])
     path, model = models["identity"]
     metric = impact_metric(plugin, level_config("Jacobian", [model_config(path, 2, (3, 3), (1.0, 1.0))], interval=1), fixed, moving,
                      [model])
@@ -882,8 +855,8 @@ def test_mixed_models_receive_level_statistics_and_rounded_direction(plugin, mod
     """Fixed: 4-argument and 2-argument models; moving: 4-argument and 1-argument models."""
     fixed_geo = centred_geometry((24, 22), (0.9, 1.2), rotation(2, math.radians(100)), (1.0, -1.0))
     moving_geo = centred_geometry((25, 23), (1.0, 1.1), rotation(2, math.radians(-25)), (1.5, -0.5))
-    fixed = level_image(fixed_geo, lambda p: _blobs(p, 2))
-    moving = level_image(moving_geo, lambda p: 3.0 * _blobs(p, 2, SHIFT[2]) - 1.0)
+    fixed = level_image(fixed_geo, lambda p: smooth_blobs(p, 2))
+    moving = level_image(moving_geo, lambda p: 3.0 * smooth_blobs(p, 2, SHIFT[2]) - 1.0)
     meta, layers, ident = models["meta"], models["layers"], models["identity"]
     recs = [Recorder(meta[1]), Recorder(layers[1]), Recorder(meta[1]), Recorder(ident[1])]
     patch, voxel = ((3, 3), (1.0, 1.0)) if mode == "Jacobian" else ((0, 0), (1.1, 1.1))
@@ -934,7 +907,7 @@ def test_mixed_models_receive_level_statistics_and_rounded_direction(plugin, mod
 
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
 def test_paired_layers_must_have_equal_channels(plugin, models, mode):
-    fixed, moving = _pair(2, SHIFT[2])
+    fixed, moving = oblique_pair(2, SHIFT[2])
     path, model = models["identity"]
     patch = (3, 3) if mode == "Jacobian" else (0, 0)
     cfg = level_config(mode, [model_config(path, 2, patch, (1.0, 1.0), channels=1)],
@@ -945,7 +918,7 @@ def test_paired_layers_must_have_equal_channels(plugin, models, mode):
 
 def test_zero_first_l1_l2_value_leaves_values_unnormalised(plugin, models):
     """Identical Static maps give a first L2 value of exactly 0: α falls back to 1 instead of ∞ (Q16 guard)."""
-    image, _ = _pair(2, None)
+    image, _ = oblique_pair(2, None)
     path, model = models["identity"]
     cfg = level_config("Static", [model_config(path, 2, (0, 0), tuple(image.geometry.spacing))], distances=("L2",))
     metric = impact_metric(plugin, cfg, image, image, [model])
@@ -959,7 +932,7 @@ def test_zero_first_l1_l2_value_leaves_values_unnormalised(plugin, models):
 
 def test_jacobian_pair_of_3d_fixed_and_2d_moving_model(plugin, models):
     """A 3D fixed model paired with a 2D moving model: the moving model gets rotated planar patches."""
-    fixed, moving = _pair(3, SHIFT[3], size=(14, 13, 12))
+    fixed, moving = oblique_pair(3, SHIFT[3], size=(14, 13, 12))
     path, model = models["identity"]
     cfg = level_config("Jacobian", [model_config(path, 3, (3, 3, 3), (1.0, 1.0, 1.0))], [model_config(path, 2, (3, 3), (1.0, 1.0))])
     metric = impact_metric(plugin, cfg, fixed, moving, [model])
@@ -1001,7 +974,7 @@ def test_check_level_models_before_any_computation(plugin, models, mode):
 
 
 def test_static_pca_larger_than_channels_fails_naming_the_key(plugin, models):
-    fixed, moving = _pair(2, SHIFT[2])
+    fixed, moving = oblique_pair(2, SHIFT[2])
     path, model = models["identity"]
     cfg = level_config("Static", [model_config(path, 2, (0, 0), (1.0, 1.0))], pca=(3,))
     with pytest.raises(ValueError, match="ImpactPCA0 .*3 principal components"):
@@ -1014,7 +987,7 @@ def test_static_moving_map_is_not_warped_twice(plugin, models):
     Upstream reads Φ(M∘T₀) at T(x), i.e. effectively applies T₀ twice; that value is also computed
     here and must be far from ours.
     """
-    fixed, moving = _pair(2, SHIFT[2])
+    fixed, moving = oblique_pair(2, SHIFT[2])
     path, model = models["identity"]
     cfg = level_config("Static", [model_config(path, 2, (0, 0), (1.0, 1.0))], distances=("NCC",))
     t0 = torch.tensor([0.9, -0.6], dtype=F64)
@@ -1028,7 +1001,7 @@ def test_static_moving_map_is_not_warped_twice(plugin, models):
 
 def test_jacobian_fixed_features_reused_only_for_the_same_valid_samples(plugin, models):
     """Fixed features are recomputed unless the sample set and its valid subset are unchanged."""
-    fixed, moving = _pair(2, SHIFT[2])
+    fixed, moving = oblique_pair(2, SHIFT[2])
     path, model = models["conv2"]
     fixed_rec, moving_rec = Recorder(model), Recorder(model)
     cfg = level_config("Jacobian", [model_config(path, 2, (3, 3), (1.0, 1.0))], distances=("NCC",))
