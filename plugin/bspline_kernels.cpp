@@ -119,9 +119,9 @@ Layout check(const at::Tensor& coef, const std::vector<int64_t>& size_xyz, const
   else if (coef.dim() != 2 || !coef.is_contiguous()) err << "coefficients must be a contiguous (P, C) tensor";
   else if (index.dim() != 2 || index.size(1) != dim || !index.is_contiguous())
     err << "index must be a contiguous (N, " << dim << ") tensor, got " << index.sizes();
-  else if (coef.scalar_type() != index.scalar_type() ||
-           (coef.scalar_type() != at::kFloat && coef.scalar_type() != at::kDouble))
-    err << "coefficients and index must both be float32 or both float64";
+  else if ((coef.scalar_type() != at::kFloat && coef.scalar_type() != at::kDouble) ||
+           (index.scalar_type() != at::kFloat && index.scalar_type() != at::kDouble))
+    err << "coefficients and index must be float32 or float64";
   else if (order < 0 || order > 3) err << "order must be 0..3, got " << order;
   Layout l{};
   if (err.str().empty()) {
@@ -153,18 +153,18 @@ inline bool point_support(const T* x, const Layout& l, Axis<T> (&ax)[3]) {
 
 // One point with NC channels known at compile time: accumulates in registers, row by row along x
 // (the general loop of evaluate_impl reads and writes the output through memory at every tap).
-template <typename T, int NC>
-inline void small_point(const Axis<T> (&ax)[3], const T* coef, int dim, T* v, T* g) {
+template <typename T, typename TC, int NC>
+inline void small_point(const Axis<T> (&ax)[3], const TC* coef, int dim, T* v, T* g) {
   T acc[NC] = {}, gx[NC] = {}, gy[NC] = {}, gz[NC] = {};
   for (int kz = 0; kz < ax[2].n; ++kz)
     for (int ky = 0; ky < ax[1].n; ++ky) {
       const int64_t base = ax[2].offset[kz] + ax[1].offset[ky];
       T row[NC] = {}, drow[NC] = {};
       for (int kx = 0; kx < ax[0].n; ++kx) {
-        const T* c = coef + (base + ax[0].offset[kx]) * NC;
+        const TC* c = coef + (base + ax[0].offset[kx]) * NC;
         for (int ch = 0; ch < NC; ++ch) {
-          row[ch] += ax[0].w[kx] * c[ch];
-          if (g) drow[ch] += ax[0].dw[kx] * c[ch];
+          row[ch] += ax[0].w[kx] * T(c[ch]);
+          if (g) drow[ch] += ax[0].dw[kx] * T(c[ch]);
         }
       }
       const T wzy = ax[2].w[kz] * ax[1].w[ky];
@@ -186,8 +186,9 @@ inline void small_point(const Axis<T> (&ax)[3], const T* coef, int dim, T* v, T*
   }
 }
 
-template <typename T>
-void evaluate_impl(const Layout& l, const T* coef, const T* index, T* values, T* grads) {
+// T: the points' (and outputs') type; TC: the coefficients' (float32 feature maps are read as T).
+template <typename T, typename TC>
+void evaluate_impl(const Layout& l, const TC* coef, const T* index, T* values, T* grads) {
   const int64_t C = l.channels;
   // A task holds at least ~64k multiply-adds: waking a thread for less costs more than it saves
   // (a scalar moving image at 2000 samples stays on one thread; 12-channel cubic maps do not).
@@ -203,14 +204,14 @@ void evaluate_impl(const Layout& l, const T* coef, const T* index, T* values, T*
       if (g) std::fill(g, g + C * l.dim, T(0));
       if (!point_support<T>(index + p * l.dim, l, ax)) continue;
       switch (C) {  // compile-time channel counts: scalar images, transforms (C = D), MIND-SSC (4, 12), subsets
-        case 1: small_point<T, 1>(ax, coef, l.dim, v, g); continue;
-        case 2: small_point<T, 2>(ax, coef, l.dim, v, g); continue;
-        case 3: small_point<T, 3>(ax, coef, l.dim, v, g); continue;
-        case 4: small_point<T, 4>(ax, coef, l.dim, v, g); continue;
-        case 8: small_point<T, 8>(ax, coef, l.dim, v, g); continue;
-        case 12: small_point<T, 12>(ax, coef, l.dim, v, g); continue;
-        case 16: small_point<T, 16>(ax, coef, l.dim, v, g); continue;
-        case 32: small_point<T, 32>(ax, coef, l.dim, v, g); continue;
+        case 1: small_point<T, TC, 1>(ax, coef, l.dim, v, g); continue;
+        case 2: small_point<T, TC, 2>(ax, coef, l.dim, v, g); continue;
+        case 3: small_point<T, TC, 3>(ax, coef, l.dim, v, g); continue;
+        case 4: small_point<T, TC, 4>(ax, coef, l.dim, v, g); continue;
+        case 8: small_point<T, TC, 8>(ax, coef, l.dim, v, g); continue;
+        case 12: small_point<T, TC, 12>(ax, coef, l.dim, v, g); continue;
+        case 16: small_point<T, TC, 16>(ax, coef, l.dim, v, g); continue;
+        case 32: small_point<T, TC, 32>(ax, coef, l.dim, v, g); continue;
         default: break;
       }
       for (int kz = 0; kz < ax[2].n; ++kz) {
@@ -218,14 +219,14 @@ void evaluate_impl(const Layout& l, const T* coef, const T* index, T* values, T*
           const T wzy = ax[2].w[kz] * ax[1].w[ky];
           const int64_t base = ax[2].offset[kz] + ax[1].offset[ky];
           for (int kx = 0; kx < ax[0].n; ++kx) {
-            const T* c = coef + (base + ax[0].offset[kx]) * C;
+            const TC* c = coef + (base + ax[0].offset[kx]) * C;
             const T w = wzy * ax[0].w[kx];
-            for (int64_t ch = 0; ch < C; ++ch) v[ch] += w * c[ch];
+            for (int64_t ch = 0; ch < C; ++ch) v[ch] += w * T(c[ch]);
             if (g) {
               const T d[3] = {ax[0].dw[kx] * ax[1].w[ky] * ax[2].w[kz], ax[0].w[kx] * ax[1].dw[ky] * ax[2].w[kz],
                               ax[0].w[kx] * ax[1].w[ky] * ax[2].dw[kz]};
               for (int64_t ch = 0; ch < C; ++ch)
-                for (int a = 0; a < l.dim; ++a) g[ch * l.dim + a] += d[a] * c[ch];
+                for (int a = 0; a < l.dim; ++a) g[ch * l.dim + a] += d[a] * T(c[ch]);
             }
           }
         }
@@ -296,12 +297,13 @@ void prefilter_lines(T* c, int64_t n, int64_t step, int64_t width, double z, std
     for (int64_t j = 0; j < width; ++j) at(i)[j] = static_cast<T>(z * (at(i + 1)[j] - at(i)[j]));
 }
 
-// Every line of every spatial axis of a (C, *spatial) volume, bundles of lines spread over torch's threads.
+// Every line along axes [first, last) of a volume, bundles of lines spread over torch's threads:
+// (C, *spatial) filters axes 1..; channels-last (*spatial, C) axes ..-1, its channels being adjacent lines.
 template <typename T>
-void prefilter_impl(T* data, const std::vector<int64_t>& shape, double z) {
+void prefilter_impl(T* data, const std::vector<int64_t>& shape, size_t first, size_t last, double z) {
   constexpr int64_t kBundle = 256;  // adjacent lines per bundle along a strided axis
   const int64_t total = std::accumulate(shape.begin(), shape.end(), int64_t(1), std::multiplies<int64_t>());
-  for (size_t axis = 1; axis < shape.size(); ++axis) {
+  for (size_t axis = first; axis < last; ++axis) {
     const int64_t n = shape[axis];
     int64_t stride = 1;
     for (size_t a = axis + 1; a < shape.size(); ++a) stride *= shape[a];
@@ -324,29 +326,37 @@ void prefilter_impl(T* data, const std::vector<int64_t>& shape, double z) {
   }
 }
 
-at::Tensor bspline_prefilter(const at::Tensor& volume, int64_t order) {
+at::Tensor bspline_prefilter(const at::Tensor& volume, int64_t order, bool channels_last) {
   if (!volume.device().is_cpu() || volume.dim() < 2 ||
       (volume.scalar_type() != at::kFloat && volume.scalar_type() != at::kDouble))
     throw std::invalid_argument("bspline_prefilter: expected a float32/float64 CPU tensor (C, *spatial), got " +
                                 std::string(volume.toString()) + " of " + std::to_string(volume.dim()) + " axes");
   if (order < 2 || order > 3) throw std::invalid_argument("bspline_prefilter: order must be 2 or 3");
   const double z = order == 2 ? std::sqrt(8.0) - 3.0 : std::sqrt(3.0) - 2.0;
-  at::Tensor out = volume.contiguous().clone();
+  // One copy of the volume: a permuted view (channels-last) is made contiguous once, not copied twice.
+  at::Tensor out = volume.is_contiguous() ? volume.clone() : volume.contiguous();
   const std::vector<int64_t> shape(out.sizes().begin(), out.sizes().end());
+  const size_t first = channels_last ? 0 : 1, last = channels_last ? shape.size() - 1 : shape.size();
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "bspline_prefilter",
-                             [&] { prefilter_impl<scalar_t>(out.data_ptr<scalar_t>(), shape, z); });
+                             [&] { prefilter_impl<scalar_t>(out.data_ptr<scalar_t>(), shape, first, last, z); });
   return out;
 }
 
 std::vector<at::Tensor> bspline_evaluate(const at::Tensor& coef, const std::vector<int64_t>& size_xyz,
-                                         const at::Tensor& index, int64_t order, bool transform, bool with_gradient) {
-  Layout l = check(coef, size_xyz, index, order, "bspline_evaluate");
+                                         const at::Tensor& points, int64_t order, bool transform, bool with_gradient) {
+  Layout l = check(coef, size_xyz, points, order, "bspline_evaluate");
+  // Computed in the wider of the two dtypes: float32 feature maps at float64 points stay float64.
+  const at::Tensor index = coef.scalar_type() == at::kDouble ? points.to(at::kDouble) : points;
   l.transform = transform;
-  at::Tensor values = at::empty({l.points, l.channels}, coef.options());
-  at::Tensor grads = with_gradient ? at::empty({l.points, l.channels, l.dim}, coef.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(coef.scalar_type(), "bspline_evaluate", [&] {
-    evaluate_impl<scalar_t>(l, coef.data_ptr<scalar_t>(), index.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-                            with_gradient ? grads.data_ptr<scalar_t>() : nullptr);
+  at::Tensor values = at::empty({l.points, l.channels}, index.options());
+  at::Tensor grads = with_gradient ? at::empty({l.points, l.channels, l.dim}, index.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(index.scalar_type(), "bspline_evaluate", [&] {
+    using T = scalar_t;
+    T* g = with_gradient ? grads.data_ptr<T>() : nullptr;
+    if (coef.scalar_type() == at::kFloat)
+      evaluate_impl<T, float>(l, coef.data_ptr<float>(), index.data_ptr<T>(), values.data_ptr<T>(), g);
+    else
+      evaluate_impl<T, double>(l, coef.data_ptr<double>(), index.data_ptr<T>(), values.data_ptr<T>(), g);
   });
   if (with_gradient) return {values, grads};
   return {values};
@@ -359,6 +369,8 @@ at::Tensor bspline_adjoint(const at::Tensor& grad_values, const std::vector<int6
   for (auto s : size_xyz) rows *= s;
   if (grad_values.dim() != 2 || grad_values.size(0) != index.size(0) || !grad_values.is_contiguous())
     throw std::invalid_argument("bspline_adjoint: grad_values must be a contiguous (N, C) tensor matching index");
+  if (grad_values.scalar_type() != index.scalar_type())
+    throw std::invalid_argument("bspline_adjoint: grad_values and index must have the same dtype");
   at::Tensor shape_only = at::empty({rows, grad_values.size(1)}, grad_values.options());
   Layout l = check(shape_only, size_xyz, index, order, "bspline_adjoint");
   l.transform = transform;
@@ -381,25 +393,28 @@ B-spline values (and index-space derivatives) at continuous indices (CPU).
 Args:
     coefficients: (P, C) float32/float64, P = prod(size_xyz) in (z, y, x) order, x fastest.
     size_xyz: grid size per axis, ITK (x, y, z) order (1 to 3 axes).
-    index: (N, D) continuous indices, ITK order, same dtype.
+    index: (N, D) continuous indices, ITK order, float32/float64. Weights, sums and outputs use the
+        wider of the two dtypes (float32 feature maps are read at float64 points without a float64 copy).
     order: spline order 0..3.
     transform: False = image interpolation with mirror boundary (ITK BSplineInterpolateImageFunction);
         True = B-spline transform support, zero outside the valid region (docs/design.md §E6.4).
     with_gradient: also return d value / d index.
 
 Returns:
-    [values (N, C)] or [values (N, C), gradients (N, C, D)].
+    [values (N, C)] or [values (N, C), gradients (N, C, D)], in the wider dtype.
 
 Raises:
     ValueError: bad shapes, dtypes, devices or order.
 )doc");
   m.def("bspline_prefilter", &bspline_prefilter, py::arg("volume"), py::arg("order"),
-        py::call_guard<py::gil_scoped_release>(), R"doc(
+        py::arg("channels_last") = false, py::call_guard<py::gil_scoped_release>(), R"doc(
 B-spline interpolation coefficients of each channel (mirror boundary; ITK BSplineDecompositionImageFilter).
 
 Args:
-    volume: (C, *spatial) float32/float64 CPU tensor, spatial axes in (z, y, x) order.
+    volume: (C, *spatial) float32/float64 CPU tensor, spatial axes in (z, y, x) order; with
+        channels_last, (*spatial, C) (a permuted view is fine: it is copied once).
     order: spline order 2 or 3 (orders 0 and 1 need no prefilter).
+    channels_last: whether the channel axis is the last one.
 
 Returns:
     A new tensor of the same shape and dtype: each channel filtered along every spatial axis.

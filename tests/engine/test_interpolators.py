@@ -172,6 +172,9 @@ def test_image_interpolator_features_and_dtype():
     assert out.shape == (20, 4) and out.dtype == torch.float32
     ref = ndimage.map_coordinates(feats[2].astype(np.float64), idx[:, ::-1].T, order=3, mode="mirror")
     np.testing.assert_allclose(out[:, 2].numpy(), ref, atol=1e-4)
+    out64 = interp(torch.tensor(geometry.index_to_physical(idx)))  # float64 points: float64 sums and values
+    assert out64.dtype == torch.float64
+    np.testing.assert_allclose(out64[:, 2].numpy(), ref, atol=1e-5)
     with pytest.raises(ValueError):
         ImageInterpolator(feats, order=4, geometry=geometry)
     with pytest.raises(ValueError):
@@ -195,6 +198,38 @@ def test_plugin_kernel_matches_torch_reference(plugin, shape_zyx, channels, orde
     torch.testing.assert_close(grads, ref_grads, **tol)
 
 
+@pytest.mark.parametrize("channels", [1, 12, 5])
+def test_plugin_kernel_reads_float32_coefficients_at_float64_points(plugin, channels):
+    """float32 coefficients at float64 points: computed in float64, equal to the float64 coefficients' result."""
+    rng = np.random.default_rng(channels)
+    size_xyz = [7, 6, 5]
+    coef32 = torch.tensor(rng.normal(size=(210, channels)), dtype=torch.float32)
+    idx = torch.tensor(_indices(rng, size_xyz, n=300))
+    for order in (1, 3):
+        values, grads = plugin.bspline_evaluate(coef32, size_xyz, idx, order, False, True)
+        ref_values, ref_grads = plugin.bspline_evaluate(coef32.double(), size_xyz, idx, order, False, True)
+        assert values.dtype == grads.dtype == torch.float64
+        torch.testing.assert_close(values, ref_values, rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(grads, ref_grads, rtol=1e-14, atol=1e-14)
+        # float64 coefficients at float32 points: promoted to float64 as before
+        mixed = plugin.bspline_evaluate(coef32.double(), size_xyz, idx.float(), order)[0]
+        assert mixed.dtype == torch.float64
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_plugin_prefilter_channels_last(plugin, channels):
+    """Channels-last prefiltering (a permuted view) equals the channels-first result, in float32 and float64."""
+    rng = np.random.default_rng(channels)
+    a = torch.tensor(rng.normal(size=(channels, 5, 6, 7)))
+    for dtype, tol in ((torch.float64, 1e-13), (torch.float32, 1e-6)):  # float32: a few ulp of recursion
+        first = plugin.bspline_prefilter(a.to(dtype), 3)
+        last = plugin.bspline_prefilter(a.to(dtype).movedim(0, -1), 3, True)
+        assert last.shape == (5, 6, 7, channels) and last.is_contiguous()
+        torch.testing.assert_close(last.movedim(-1, 0), first, rtol=0, atol=tol)
+        ref = torch.from_numpy(bspline_coefficients_reference(a.numpy(), 3, channel_axis=True)).to(dtype)
+        torch.testing.assert_close(first, ref, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("order", [1, 3])
 def test_plugin_adjoint_is_the_transpose_of_evaluation(plugin, order):
     """``<A c, g> = <c, Aᵀ g>`` for the kernel's evaluation A and its adjoint, mirror mode included."""
@@ -215,7 +250,7 @@ def test_plugin_kernel_errors(plugin):
         plugin.bspline_evaluate(coef, [4, 4], idx, 3)
     with pytest.raises(ValueError, match="order"):
         plugin.bspline_evaluate(coef, [4, 3], idx, 4)
-    with pytest.raises(ValueError, match="float32 or both float64"):
-        plugin.bspline_evaluate(coef, [4, 3], idx.float(), 3)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        plugin.bspline_evaluate(coef, [4, 3], idx.half(), 3)
     with pytest.raises(ValueError, match=r"\(N, 3\)"):
         plugin.bspline_evaluate(coef, [2, 2, 3], idx, 3)
