@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import GEO2, GEO3, rotation_2d  # noqa: E402
+from helpers import GEO2, GEO3, rotation_2d, rotation_3d  # noqa: E402
 from elastix_bridge.core.geometry import ImageGeometry  # noqa: E402
 from elastix_bridge.engine.transforms.base import TranslationTransform  # noqa: E402
 from elastix_bridge.engine.transforms.bspline import (  # noqa: E402
@@ -286,3 +286,25 @@ def test_plugin_kernel_matches_torch_reference(plugin, geo, spacing, order):
     for got, ref in zip(*results):
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(results[0][0][-5:], pts[-5:], rtol=0, atol=0)  # zero displacement outside
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("geo,spacing", [(GEO2, [6.0, 7.0]), (GEO3, [7.0, 8.0, 9.0])])
+def test_transform_grid_separable_equals_points(plugin, geo, spacing, order):
+    """The separable whole-grid path equals transform_points at the voxel centres (rotated directions).
+
+    Grids: the image's own (aligned with the control points), a coarser one extending past the valid
+    region (zero displacement there), and one rotated against the control-point grid (the fallback).
+    """
+    t, p = _random_bspline(geo, spacing, order=order)
+    coarse = ImageGeometry(tuple(max(2, s // 2 + 3) for s in geo.size), geo.spacing * 2.3,
+                           geo.origin - 9.0 * geo.direction[:, 0], geo.direction)
+    turned = ImageGeometry(geo.size, geo.spacing, geo.origin, geo.direction @ rotation_2d(0.3) if geo.dimension == 2
+                           else geo.direction @ rotation_3d(0.1, 0.2, 0.3))
+    for grid in (geo, coarse, turned):
+        ref = t.transform_points(p, torch.as_tensor(grid.voxel_centres()))
+        got = t.transform_grid(p, grid)
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    outside = ~t.support(torch.as_tensor(coarse.voxel_centres()))[2]
+    assert outside.any()  # the coarse grid does reach past the valid region

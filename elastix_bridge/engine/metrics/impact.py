@@ -92,6 +92,12 @@ def _crop_padding(feature, tile):
     return feature[(slice(None),) + keep]
 
 
+def _same_grid(a: ImageGeometry, b: ImageGeometry) -> bool:
+    """Whether two grids have the same voxel centres (to rounding: a Static grid at the image's own spacing)."""
+    return (a.size == b.size and np.allclose(a.spacing, b.spacing, rtol=1e-12, atol=0)
+            and np.allclose(a.origin, b.origin, rtol=0, atol=1e-9) and np.allclose(a.direction, b.direction, rtol=0, atol=1e-12))
+
+
 def _feature_interpolator(fmap, geometry: ImageGeometry):
     """Cubic B-spline interpolator of a Static feature map ``(F, *zyx)``, float32 coefficients on the CPU.
 
@@ -322,10 +328,12 @@ class ImpactMetric:
         origin = g.origin + g.direction @ ((spacing - g.spacing) / 2)
         return ImageGeometry(tuple(size), spacing, origin, g.direction)
 
-    def _static_maps(self, models, configs, interp, displacement, stats, direction, which: str):
+    def _static_maps(self, models, configs, interp, mapping, stats, direction, which: str):
         """Feature maps of all selected layers: lists of ``(F_l, *zyx)`` tensors and their geometries.
 
-        ``displacement`` maps fixed grid points to the points where the image is read (None = identity).
+        ``mapping(grid)`` gives the points ``(∏size, D)`` where the image is read for every voxel of a
+        model grid (None = the grid's own voxel centres; a grid equal to the image's then reads the
+        fixed image itself, which is what its interpolation there returns).
         With ``ImpactFeatureMapOutputDirectory`` (or ``ImpactWriteFeatureMaps``) the resampled model
         inputs and the final maps are written there (docs/design.md §I6.7). ``which`` is ``"Fixed"`` (PCA
         bases are fitted) or ``"Moving"`` (the fixed bases are reused).
@@ -336,11 +344,12 @@ class ImpactMetric:
         l = 0
         for model, cfg in zip(models, configs):
             grid = self._static_grid(cfg)
-            pts = torch.from_numpy(grid.voxel_centres())
-            if displacement is not None:
-                pts = displacement(pts)
             with torch.no_grad():
-                img = interp(pts)[:, 0].reshape(grid.shape_zyx).to(torch.float32)
+                if mapping is None and _same_grid(grid, self.fixed.geometry):
+                    img = torch.as_tensor(np.asarray(self.fixed.array_zyx), dtype=torch.float32)
+                else:
+                    pts = torch.from_numpy(grid.voxel_centres()) if mapping is None else mapping(grid)
+                    img = interp(pts)[:, 0].reshape(grid.shape_zyx).to(torch.float32)
                 outputs, strides = self._tiled_forward(model, cfg, img, stats, direction)
             sizes = "_".join(f"{v:.2f}" for v in cfg.voxel_size)
             self._write_map(img[None], grid, f"{which}_{self.config.level}_{sizes}mm.mha")
@@ -456,7 +465,7 @@ class ImpactMetric:
         params = parameters.detach()
         self._reference_parameters = params.clone()
         maps, geometries = self._static_maps(self.moving_models, self.config.moving_models, self.moving_interp,
-                                             lambda p: self.transform.transform_points(params, p),
+                                             lambda grid: self.transform.transform_grid(params, grid),
                                              self.moving_stats, self.moving_direction, "Moving")
         _check_paired(self.config.level, self.channels, [m.shape[0] for m in maps])
         self._moving_feature_interp = [_feature_interpolator(m, g) for m, g in zip(maps, geometries)]

@@ -17,6 +17,8 @@ from elastix_bridge.core.parameters import format_numbers
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from elastix_bridge.core.geometry import ImageGeometry
+
 __all__ = ["Transform", "TranslationTransform"]
 
 
@@ -45,6 +47,15 @@ class Transform:
     def transform_points(self, params: "torch.Tensor", points: "torch.Tensor") -> "torch.Tensor":
         """Map physical points: ``(P,)``, ``(N, D)`` mm → ``(N, D)`` mm (differentiable in both)."""
         raise NotImplementedError
+
+    def transform_grid(self, params: "torch.Tensor", geometry: "ImageGeometry") -> "torch.Tensor":
+        """Map every voxel centre of ``geometry``: ``(∏size, D)`` mm, x fastest (as ``voxel_centres``).
+
+        Transforms that can do better on a whole grid (a separable B-spline) override this.
+        """
+        import torch
+
+        return self.transform_points(params, torch.from_numpy(geometry.voxel_centres()))
 
     def jacobian(self, points: "torch.Tensor",
                  params: "torch.Tensor | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
