@@ -141,36 +141,34 @@ def _module_class():
             self.dimension = int(dimension)
             self.radius = int(radius)
             self.dilation = int(dilation)
-            neighbours = []
-            for axis in range(dimension):
-                for sign in (-1, 1):
-                    off = [0] * dimension
-                    off[axis] = sign
-                    neighbours.append(tuple(off))
             pairs = mind_pairs(dimension)
             self.n_channels = len(pairs)
-            # Integer buffers are not cast by module.to(float16) (mixed precision, docs/design.md §I3.5).
-            self.offsets = [
-                [o * self.dilation for o in off] for off in neighbours]
-            self.register_buffer(
-                "pair_a", torch.tensor([neighbours.index(a) for a, _ in pairs], dtype=torch.long))
-            self.register_buffer(
-                "pair_b", torch.tensor([neighbours.index(b) for _, b in pairs], dtype=torch.long))
+            # Shifts in voxels of the two neighbours of each pair (plain ints: nothing for
+            # module.to(float16) to cast; mixed precision, docs/design.md §I3.5).
+            self.pair_shifts: List[List[List[int]]] = [
+                [[o * self.dilation for o in a], [o * self.dilation for o in b]] for a, b in pairs]
 
-        def _shifted(self, img: Tensor) -> Tensor:
-            """``[B, 1, *S]`` → ``[B, 2D, *S]``: ``img(x + δ·n_k)`` per neighbour, replicate-padded."""
-            d = self.dilation
-            pad: List[int] = [d] * (2 * self.dimension)
+        def _window(self, padded: Tensor, shift: List[int], shape: List[int]) -> Tensor:
+            """``img(x + shift)`` as a view of the image padded by the dilation on every side."""
+            s = padded
+            for axis in range(self.dimension):
+                s = s.narrow(axis + 2, self.dilation + shift[axis], shape[axis])
+            return s
+
+        def _ssd(self, img: Tensor) -> Tensor:
+            """``[B, 1, *S]`` → ``[B, n_channels, *S]``: the box-averaged squared difference of each pair.
+
+            One channel at a time, so that a channel's difference, square and box passes stay in the
+            processor's cache (several times faster on large volumes than whole-tensor passes).
+            """
+            pad: List[int] = [self.dilation] * (2 * self.dimension)
             padded = F.pad(img, pad, mode="replicate")
-            outs: List[Tensor] = []
-            offsets = self.offsets
-            for k in range(len(offsets)):
-                s = padded
-                for axis in range(self.dimension):
-                    length = img.shape[axis + 2]
-                    s = s.narrow(axis + 2, d + offsets[k][axis], length)
-                outs.append(s)
-            return torch.cat(outs, dim=1)
+            shape: List[int] = img.shape[2:]
+            channels: List[Tensor] = []
+            for shifts in self.pair_shifts:
+                diff = self._window(padded, shifts[0], shape) - self._window(padded, shifts[1], shape)
+                channels.append(self._box(diff * diff))
+            return torch.cat(channels, dim=1)
 
         def _box(self, t: Tensor) -> Tensor:
             """Mean over a ``(2r+1)^D`` box, replicate padding, same size.
@@ -186,9 +184,9 @@ def _module_class():
             k = 2 * r + 1
             for axis in range(2, 2 + self.dimension):
                 length = out.shape[axis] - 2 * r
-                acc = out.narrow(axis, 0, length)
-                for j in range(1, k):
-                    acc = acc + out.narrow(axis, j, length)
+                acc = out.narrow(axis, 0, length) + out.narrow(axis, 1, length)
+                for j in range(2, k):
+                    acc.add_(out.narrow(axis, j, length))  # in place: add's backward needs no values
                 out = acc
             return out / float(k ** self.dimension)
 
@@ -222,16 +220,16 @@ def _module_class():
                 lo = stats[0].to(img.device)
                 hi = stats[1].to(img.device)
                 img = (img - lo) / (hi - lo + 1e-6)
-            shifted = self._shifted(img)
-            diff = shifted.index_select(1, self.pair_a) - shifted.index_select(1, self.pair_b)
-            ssd = self._box(diff * diff)
+            ssd = self._ssd(img)
             var = ssd.mean(dim=1, keepdim=True)
             reduce_dims: List[int] = list(range(1, var.dim()))
             m = var.mean(dim=reduce_dims, keepdim=True)
             var = torch.maximum(torch.minimum(var, m * 1000.0), m * 0.001)
             var = torch.clamp(var, min=1e-12)
             ssd_min = ssd.min(dim=1, keepdim=True)[0]
-            return [torch.exp(-(ssd - ssd_min) / var)]
+            if torch.is_grad_enabled() and ssd.requires_grad:  # Jacobian mode: autograd needs the values
+                return [torch.exp(-(ssd - ssd_min) / var)]
+            return [(ssd - ssd_min).div_(var).neg_().exp_()]  # the same numbers, without 3 temporaries
 
     _MINDSSC_CLASS = MINDSSC
     return MINDSSC
