@@ -150,8 +150,10 @@ def _check_finite_features(features, cfg, layer: int, which: str, level: int) ->
     import torch
 
     values = features.detach()
+    if bool(torch.isfinite(values.sum())):  # one read pass; a NaN or Inf anywhere makes the sum non-finite
+        return
     finite = torch.isfinite(values)
-    if bool(finite.all()):
+    if bool(finite.all()):  # finite values whose sum overflowed
         return
     from elastix_bridge.runtime.loader import ImpactModelError
 
