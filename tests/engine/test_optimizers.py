@@ -34,6 +34,25 @@ def test_jacobian_terms_match_dense_formulas(dim, nnz, p):
     np.testing.assert_allclose([terms.tr_c, terms.tr_cc, terms.max_jj, terms.max_jcj], expected, rtol=1e-10)
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_jacobian_terms_of_block_diagonal_jacobians(dim):
+    """B-spline layout (component d non-zero in block d only; a point outside with zeros): the zeros
+    left out of the sparse products change nothing."""
+    rng = np.random.default_rng(dim)
+    n, m, nodes = 30, 4 ** dim, 90
+    w = rng.uniform(size=(n, m))
+    values = np.zeros((n, dim, dim * m))
+    for d in range(dim):
+        values[:, d, d * m:(d + 1) * m] = w
+    node = np.stack([rng.choice(nodes, m, replace=False) for _ in range(n)])
+    indices = np.concatenate([node + d * nodes for d in range(dim)], axis=1)
+    values[0] = 0.0
+    indices[0] = np.arange(dim * m)
+    terms = jacobian_terms(values, indices, dim * nodes)
+    expected = _dense_terms(values, indices, dim * nodes)
+    np.testing.assert_allclose([terms.tr_c, terms.tr_cc, terms.max_jj, terms.max_jcj], expected, rtol=1e-12)
+
+
 def test_translation_terms_are_elastix_values():
     # Translation: J = I at every point -> C = I, TrC = D, TrCC = D, and N = ceil(32 D / D²).
     n, d = 10, 2
