@@ -336,15 +336,22 @@ def _elastix_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, m
 
 @contextlib.contextmanager
 def _threads(n):
-    """Use ``n`` torch threads (elastix ``-threads``) for one call, then restore the user's setting."""
+    """Use ``n`` threads (elastix ``-threads``) for one call, then restore the user's settings.
+
+    Every pool the process has: torch's intra-op threads, and through threadpoolctl the BLAS libraries
+    (numpy's and scipy's OpenBLAS, whose own threads would otherwise compete with torch's) and OpenMP
+    runtimes.
+    """
     if not n:
         yield
         return
     import torch
+    from threadpoolctl import threadpool_limits
 
     previous = torch.get_num_threads()
     torch.set_num_threads(max(1, int(n)))
     try:
-        yield
+        with threadpool_limits(limits=max(1, int(n))):
+            yield
     finally:
         torch.set_num_threads(previous)
