@@ -163,12 +163,18 @@ def _module_class():
             """
             pad: List[int] = [self.dilation] * (2 * self.dimension)
             padded = F.pad(img, pad, mode="replicate")
-            shape: List[int] = img.shape[2:]
-            channels: List[Tensor] = []
-            for shifts in self.pair_shifts:
-                diff = self._window(padded, shifts[0], shape) - self._window(padded, shifts[1], shape)
-                channels.append(self._box(diff * diff))
-            return torch.cat(channels, dim=1)
+            shape: List[int] = list(img.shape[2:])
+            if torch.is_grad_enabled() and img.requires_grad:  # autograd cannot follow writes into `out`
+                return torch.cat([self._pair_ssd(padded, shifts, shape) for shifts in self.pair_shifts], dim=1)
+            out = img.new_empty([img.shape[0], self.n_channels] + shape)  # the volume once, not twice
+            for c, shifts in enumerate(self.pair_shifts):
+                out.narrow(1, c, 1).copy_(self._pair_ssd(padded, shifts, shape))
+            return out
+
+        def _pair_ssd(self, padded: Tensor, shifts: List[List[int]], shape: List[int]) -> Tensor:
+            """Box-averaged squared difference of one pair, ``[B, 1, *S]``."""
+            diff = self._window(padded, shifts[0], shape) - self._window(padded, shifts[1], shape)
+            return self._box(diff * diff)
 
         def _box(self, t: Tensor) -> Tensor:
             """Mean over a ``(2r+1)^D`` box, replicate padding, same size.
@@ -229,7 +235,7 @@ def _module_class():
             ssd_min = ssd.min(dim=1, keepdim=True)[0]
             if torch.is_grad_enabled() and ssd.requires_grad:  # Jacobian mode: autograd needs the values
                 return [torch.exp(-(ssd - ssd_min) / var)]
-            return [(ssd - ssd_min).div_(var).neg_().exp_()]  # the same numbers, without 3 temporaries
+            return [ssd.sub_(ssd_min).div_(var).neg_().exp_()]  # the same numbers, in place
 
     _MINDSSC_CLASS = MINDSSC
     return MINDSSC

@@ -106,3 +106,35 @@ def available_memory() -> Optional[MemoryBudget]:
     if not budgets:
         return None
     return MemoryBudget(*min(budgets))
+
+
+_MALLOC_SET = False
+M_MMAP_THRESHOLD = -3  # glibc malloc.h
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def return_freed_memory() -> bool:
+    """Have glibc give large freed blocks (≥ 1 MiB) back to the kernel at once; once per process.
+
+    glibc's default threshold grows to the size of the last freed large block (up to 32 MiB), after
+    which such blocks come from the heap and stay in the process when freed: a stage's feature maps,
+    pyramids and model temporaries then leave ~140 MB more peak RSS on the 3D demo pair
+    (docs/performance.md, "Memory"). A fixed threshold keeps large blocks in their own mappings.
+    Left alone when ``MALLOC_MMAP_THRESHOLD_`` is set (the user's choice) and off glibc.
+
+    Returns:
+        Whether the threshold was set (now or by an earlier call).
+    """
+    global _MALLOC_SET
+    if _MALLOC_SET:
+        return True
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        _MALLOC_SET = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
+    return _MALLOC_SET
