@@ -386,36 +386,39 @@ def test_a_parameter_file_given_as_t0_is_named(inputs, tmp_path, capsys, transla
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc (Linux) only")
-@pytest.mark.parametrize("user_threshold", [False, True])
-def test_freed_large_blocks_go_back_to_the_kernel(user_threshold):
-    """After return_freed_memory, a freed 20 MB block leaves no resident memory behind, even once glibc's
-    dynamic threshold would have put it on the heap; a threshold the user set is left alone."""
+@pytest.mark.parametrize("case", ["static", "jacobian", "user"])
+def test_mmap_threshold_per_stage_kind(case):
+    """A 20 MB block freed by a stage without large per-iteration blocks leaves no resident memory,
+    even once glibc's dynamic threshold would have put it on the heap; a Jacobian stage keeps such
+    blocks on the heap for reuse; a threshold the user set is left alone."""
     code = textwrap.dedent("""
-        import ctypes, json
-        from elastix_bridge.runtime.memory import return_freed_memory
+        import ctypes, json, sys
+        from elastix_bridge.runtime.memory import set_mmap_threshold
         def rss():
             return int(open("/proc/self/statm").read().split()[1]) * 4096
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc.restype = ctypes.c_void_p
         libc.free.argtypes = [ctypes.c_void_p]
-        done = return_freed_memory()
+        threshold = set_mmap_threshold(sys.argv[1] == "jacobian")
         grown = []
-        for _ in range(3):  # without a fixed threshold the second block comes from the heap
+        for _ in range(3):  # with glibc's dynamic threshold the second block comes from the heap
             before = rss()
             p = libc.malloc(20 << 20)
             ctypes.memset(p, 1, 20 << 20)
             libc.free(p)
             grown.append(rss() - before)
-        print(json.dumps({"done": done, "grown": grown}))
+        print(json.dumps({"threshold": threshold, "grown": grown}))
     """)
     env = dict(os.environ)
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
-    if user_threshold:
+    if case == "user":
         env["MALLOC_MMAP_THRESHOLD_"] = str(64 << 20)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code, case], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    if user_threshold:
-        assert result["done"] is False
-    else:
-        assert result["done"] is True and max(result["grown"]) < (2 << 20)
+    if case == "user":
+        assert result["threshold"] is None
+    elif case == "static":
+        assert result["threshold"] == memory.SMALL_THRESHOLD and max(result["grown"]) < (2 << 20)
+    else:  # the 20 MB block stays below the threshold: it is kept for the next iteration's allocation
+        assert result["threshold"] == memory.LARGE_THRESHOLD and max(result["grown"]) > (15 << 20)

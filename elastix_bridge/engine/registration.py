@@ -496,12 +496,12 @@ def setup_stage(fixed_image: itk.Image, moving_image: itk.Image, pmap: Parameter
         The validation and loading errors listed in :func:`run_stage`.
     """
     from elastix_bridge.runtime import loader
-    from elastix_bridge.runtime.memory import return_freed_memory
+    from elastix_bridge.runtime.memory import set_mmap_threshold
     from elastix_bridge.engine.images.level_images import Mask
     from elastix_bridge.engine.random import ElastixRandom
 
     components, fixed, moving, levels, configs = _validated_stage(fixed_image, moving_image, pmap)
-    return_freed_memory()
+    set_mmap_threshold(any(c.mode == "Jacobian" for c in configs))
     torch = loader.require_torch()
     plugin = loader.load_plugin()  # also holds the B-spline kernels every metric uses
     with loader.jit_optimization_disabled():

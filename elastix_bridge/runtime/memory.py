@@ -108,33 +108,38 @@ def available_memory() -> Optional[MemoryBudget]:
     return MemoryBudget(*min(budgets))
 
 
-_MALLOC_SET = False
-M_MMAP_THRESHOLD = -3  # glibc malloc.h
-MMAP_THRESHOLD_BYTES = 1 << 20
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
+SMALL_THRESHOLD = 1 << 20  # 1 MiB
+LARGE_THRESHOLD = 32 << 20  # glibc's own upper bound for its dynamic threshold
 
 
-def return_freed_memory() -> bool:
-    """Have glibc give large freed blocks (≥ 1 MiB) back to the kernel at once; once per process.
+def set_mmap_threshold(large_blocks_every_iteration: bool) -> Optional[int]:
+    """Choose glibc's mmap threshold for a stage; blocks at least this large get their own mappings.
 
     glibc's default threshold grows to the size of the last freed large block (up to 32 MiB), after
-    which such blocks come from the heap and stay in the process when freed: a stage's feature maps,
-    pyramids and model temporaries then leave ~140 MB more peak RSS on the 3D demo pair
-    (docs/performance.md, "Memory"). A fixed threshold keeps large blocks in their own mappings.
-    Left alone when ``MALLOC_MMAP_THRESHOLD_`` is set (the user's choice) and off glibc.
+    which such blocks come from the heap and stay in the process when freed: on the 3D demo pair a
+    Static stage's feature maps, pyramids and model temporaries then leave ~120 MB more peak RSS than
+    with a fixed 1 MiB threshold, at no cost in time (its iterations allocate only small blocks).
+    Impact Jacobian stages allocate patch batches of several MB every iteration: a small threshold
+    would map and fault them in each time (2.5x slower), so they get 32 MiB, the heap reuse the
+    default reaches anyway (docs/performance.md, "Memory"). Left alone when ``MALLOC_MMAP_THRESHOLD_``
+    is set (the user's choice) and off glibc.
+
+    Args:
+        large_blocks_every_iteration: whether the stage's iterations allocate blocks of megabytes.
 
     Returns:
-        Whether the threshold was set (now or by an earlier call).
+        The threshold in bytes that was set, or None when it was left alone.
     """
-    global _MALLOC_SET
-    if _MALLOC_SET:
-        return True
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
+        return None
+    threshold = LARGE_THRESHOLD if large_blocks_every_iteration else SMALL_THRESHOLD
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        _MALLOC_SET = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        # Free heap above twice the threshold goes back to the kernel, as glibc pairs them itself.
+        ok = libc.mallopt(M_MMAP_THRESHOLD, threshold) and libc.mallopt(M_TRIM_THRESHOLD, 2 * threshold)
+        return threshold if ok else None
     except (OSError, AttributeError):
-        return False
-    return _MALLOC_SET
+        return None
