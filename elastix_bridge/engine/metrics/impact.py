@@ -414,6 +414,8 @@ class ImpactMetric:
             x = piece[None, None].expand(1, cfg.channels, *piece.shape).to(self.device)
             out = self._forward(model, cfg, x.contiguous(), stats, direction, "Static")
             out = [_crop_padding(o[0], tile) for o in out]
+            if all(c == 1 for c in counts):  # one tile: its outputs are the maps (no canvas, no copy)
+                return out, [tuple(t / h for t, h in zip(tile, o.shape[1:])) for o in out]
             if canvases is None:
                 sizes = [o.shape[1:] for o in out]
                 canvases = [o.new_zeros((o.shape[0],) + tuple(c * h for c, h in zip(counts, s)))
