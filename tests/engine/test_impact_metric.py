@@ -1019,3 +1019,30 @@ def test_jacobian_fixed_features_reused_only_for_the_same_valid_samples(plugin, 
     far = t + torch.tensor([14.0, 0.0], dtype=F64)  # some patches leave the moving image
     n_valid = metric.value(far, pts)[1]
     assert n_valid < 60 and len(fixed_rec.calls) == calls + 2
+
+
+@pytest.mark.parametrize("distance", ["L2", "NCC"])
+@pytest.mark.parametrize("kind", ["translation", "bspline"])
+def test_jacobian_mode_in_chunks_equals_one_call(plugin, models, monkeypatch, distance, kind):
+    """A large evaluation (checkpointed chunks, the transform applied chunk by chunk) gives the value and
+    the gradient of one call over all samples, with a patch partly outside the moving image."""
+    from elastix_bridge.engine.metrics import impact
+
+    fixed, moving = oblique_pair(2, SHIFT[2])
+    path, model = models["signed2"]
+    cfg = level_config("Jacobian", [model_config(path, 2, (3, 3), (0.9, 1.0))], distances=(distance,))
+    transform, params, _ = _transform_and_params(kind, fixed.geometry)
+    pts = torch.cat([ball_points(fixed.geometry, 150, 7.0, seed=3), torch.tensor([[1e4, 1e4]], dtype=F64)])
+    results = []
+    for one_call, chunk in ((10 ** 9, 10 ** 9), (9 * 40, 9 * 17)):  # 9 = patch voxels: chunks of 17 samples
+        monkeypatch.setattr(impact, "ONE_CALL_PATCH_VOXELS", one_call)
+        monkeypatch.setattr(impact, "CHUNK_PATCH_VOXELS", chunk)
+        metric = impact_metric(plugin, cfg, fixed, moving, [model], transform=transform, parameters=params, order=3)
+        p = params.clone().requires_grad_(True)
+        value, n_valid = metric.value(p, pts)
+        (grad,) = torch.autograd.grad(value, p)
+        results.append((value.detach(), n_valid, grad))
+    (v1, n1, g1), (v2, n2, g2) = results
+    assert n1 == n2 == len(pts) - 1
+    torch.testing.assert_close(v2, v1, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(g2, g1, rtol=1e-6, atol=1e-9)

@@ -47,6 +47,14 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("elastix_bridge")
 
 
+#: Jacobian mode: an evaluation of up to ONE_CALL_PATCH_VOXELS patch voxels (samples × patch size; an
+#: iteration of the presets, 1000 samples × 7^3, is 343k) runs through each model at once; a larger one
+#: (ASGD's exact gradients at 10,000 samples) in chunks of CHUNK_PATCH_VOXELS
+#: (:meth:`ImpactMetric._patch_features`).
+ONE_CALL_PATCH_VOXELS = 1 << 20
+CHUNK_PATCH_VOXELS = 1 << 18
+
+
 def _direction_tensor(geometry: ImageGeometry):
     """int16 [D, D] direction cosines rounded half away from zero (docs/design.md §I3.2)."""
     import torch
@@ -567,18 +575,73 @@ class ImpactMetric:
             shapes.append(shape)
         return pts, shapes
 
-    def _patch_features(self, models, configs, interp, pts_list, shapes, stats, direction, which):
-        """Centre features ``[n, F_l]`` of every selected layer for patches read at ``pts_list``."""
+    def _patch_features(self, models, configs, interp, pts_list, shapes, stats, direction, which, mapping=None):
+        """Centre features ``[n, F_l]`` of every selected layer for patches read at ``pts_list``.
+
+        ``mapping`` (the transform at the current parameters, or None) maps the patch points
+        ``(m, D)`` before the image is read. An evaluation larger than :data:`ONE_CALL_PATCH_VOXELS`
+        patch voxels (the exact gradients of ASGD's parameter estimation, 10 times an iteration's
+        samples) runs in chunks of :data:`CHUNK_PATCH_VOXELS`, and with autograd each chunk is
+        checkpointed (its transform, interpolation and model activations recomputed in the backward
+        instead of kept), so its memory is that of one chunk. Samples are independent of one another
+        in the batch (docs/design.md §I4.2), so chunks give the same features.
+        """
         import torch
+        from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
         feats = []
         for model, cfg, pts, shape in zip(models, configs, pts_list, shapes):
-            n = pts.shape[0]
-            vals = interp(pts.reshape(-1, self.dim))[:, 0].reshape((n,) + shape)
-            x = vals.to(torch.float32)[:, None].expand(n, cfg.channels, *shape).to(self.device)
-            out = self._forward(model, cfg, x, stats, direction, which)
-            feats += [_centre(out[j]) for j, on in enumerate(cfg.layers_mask) if on]
+            def centres(p, model=model, cfg=cfg, shape=shape):
+                n = p.shape[0]
+                q = p.reshape(-1, self.dim)
+                vals = interp(q if mapping is None else mapping(q))[:, 0].reshape((n,) + shape)
+                x = vals.to(torch.float32)[:, None].expand(n, cfg.channels, *shape).to(self.device)
+                out = self._forward(model, cfg, x, stats, direction, which)
+                return tuple(_centre(out[j]) for j, on in enumerate(cfg.layers_mask) if on)
+
+            if pts.shape[0] * math.prod(shape) <= ONE_CALL_PATCH_VOXELS:
+                feats += list(centres(pts))
+                continue
+            step = max(1, CHUNK_PATCH_VOXELS // math.prod(shape))
+            chunks = [pts[s:s + step] for s in range(0, pts.shape[0], step)]
+            if torch.is_grad_enabled() and mapping is not None:
+                # No early stop: it ends the recomputation by raising through the TorchScript
+                # interpreter, which reports it as a model failure.
+                with set_checkpoint_early_stop(False):
+                    parts = [checkpoint(centres, c, use_reentrant=False) for c in chunks]
+            else:
+                parts = [centres(c) for c in chunks]
+            feats += [torch.cat(layer) for layer in zip(*parts)]
         return feats
+
+    def _moved_patches(self, parameters, moving_pts):
+        """The moving patch points' inputs to :meth:`_patch_features` and the samples whose patches all map
+        inside the moving image (buffer and mask).
+
+        Returns:
+            ``(inputs, valid, mapping)``: for an evaluation of at most :data:`ONE_CALL_PATCH_VOXELS`
+            patch voxels the transformed points (differentiable) and ``mapping=None``; for a larger one
+            the untransformed points and the transform as ``mapping``, applied chunk by chunk (its
+            validity check too, without gradient), so that the transformed points of all the patches
+            are never held at once.
+        """
+        import torch
+
+        n = moving_pts[0].shape[0]
+        valid = torch.ones(n, dtype=torch.bool)
+        if n * max(p.shape[1] for p in moving_pts) <= ONE_CALL_PATCH_VOXELS:
+            moved = [self.transform.transform_points(parameters, p.reshape(-1, self.dim)).reshape(p.shape)
+                     for p in moving_pts]
+            for mp in moved:
+                valid &= self._inside_moving(mp.detach()).all(dim=1)
+            return moved, valid, None
+        with torch.no_grad():
+            for p in moving_pts:
+                step = max(1, CHUNK_PATCH_VOXELS // p.shape[1])
+                for s in range(0, n, step):
+                    moved = self.transform.transform_points(parameters, p[s:s + step].reshape(-1, self.dim))
+                    valid[s:s + step] &= self._inside_moving(moved.reshape(p[s:s + step].shape)).all(dim=1)
+        return moving_pts, valid, lambda q: self.transform.transform_points(parameters, q)
 
     def _jacobian_values(self, parameters, points):
         """Jacobian mode (docs/design.md §I5): patches around each sample through the models, centre features."""
@@ -593,13 +656,10 @@ class ImpactMetric:
                      for f, m in zip(self.config.fixed_models, self.config.moving_models)]
         fixed_pts, fixed_shapes = self._patch_points(self.config.fixed_models, points, rotations)
         moving_pts, moving_shapes = self._patch_points(self.config.moving_models, points, rotations)
-        moved = [self.transform.transform_points(parameters, p.reshape(-1, self.dim)).reshape(p.shape)
-                 for p in moving_pts]
-        valid = torch.ones(n, dtype=torch.bool)
-        for mp in moved:
-            valid &= self._inside_moving(mp.detach()).all(dim=1)
+        moving_inputs, valid, mapping = self._moved_patches(parameters, moving_pts)
         n_valid = int(valid.sum())
         self._check_samples(n_valid, n)
+        all_valid = n_valid == n  # then the patch points are used as they are, not copied
         subsets = self._subsets()
         # Fixed features depend only on the samples that count: reuse them while the sample set and
         # its valid subset stay the same (samplers without new samples per iteration, the exact
@@ -611,12 +671,12 @@ class ImpactMetric:
         else:
             with torch.no_grad():
                 fixed_feats = self._patch_features(self.fixed_models, self.config.fixed_models, self.fixed_interp,
-                                                   [p[valid] for p in fixed_pts], fixed_shapes, self.fixed_stats,
-                                                   self.fixed_direction, "fixed")
+                                                   [p if all_valid else p[valid] for p in fixed_pts], fixed_shapes,
+                                                   self.fixed_stats, self.fixed_direction, "fixed")
             self._fixed_cache = (points, valid, fixed_feats)
         moving_feats = self._patch_features(self.moving_models, self.config.moving_models, self.moving_interp,
-                                            [p[valid] for p in moved], moving_shapes, self.moving_stats,
-                                            self.moving_direction, "moving")
+                                            [p if all_valid else p[valid] for p in moving_inputs], moving_shapes,
+                                            self.moving_stats, self.moving_direction, "moving", mapping=mapping)
         values = []
         for l, (f, m) in enumerate(zip(fixed_feats, moving_feats)):
             if subsets[l] is not None:
