@@ -6,8 +6,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from elastix_bridge.engine.optimizers.asgd import (AdaptiveStochasticGradientDescent, ASGDSettings, SamplingError,
+from elastix_bridge.engine.optimizers import asgd  # noqa: E402
+from elastix_bridge.engine.optimizers.asgd import (AdaptiveStochasticGradientDescent, ASGDSettings, SamplingError,  # noqa: E402
                                                jacobian_terms)
+from elastix_bridge.engine.transforms.bspline import BSplineTransform, grid_for_level  # noqa: E402
+from helpers import GEO2, GEO3  # noqa: E402
 
 
 def _dense_terms(values, indices, p):
@@ -185,3 +188,19 @@ def test_jacobian_terms_with_scales_divide_columns():
     manual = jacobian_terms(values / np.sqrt(scales)[indices][:, None, :], indices, 5)
     np.testing.assert_allclose([scaled.tr_c, scaled.tr_cc, scaled.max_jj, scaled.max_jcj],
                                [manual.tr_c, manual.tr_cc, manual.max_jj, manual.max_jcj], rtol=1e-12)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_bspline_jacobian_terms_take_the_separable_path_with_the_same_numbers(monkeypatch, dim):
+    """A B-spline's J_j = w_jᵀ ⊗ I_D (points outside the grid included) is recognised, and the node-sized
+    products give what the parameter-sized ones give."""
+    geo = GEO2 if dim == 2 else GEO3
+    transform = BSplineTransform(grid_for_level(geo, [5.0] * dim, 1))
+    pts = torch.cat([torch.as_tensor(geo.voxel_centres()), torch.full((3, dim), 1e4, dtype=torch.float64)])
+    values, indices = transform.jacobian(pts)
+    assert asgd._component_blocks(values.numpy(), indices.numpy(), transform.number_of_parameters) is not None
+    fast = jacobian_terms(values, indices, transform.number_of_parameters)
+    monkeypatch.setattr(asgd, "_component_blocks", lambda *args: None)
+    general = jacobian_terms(values, indices, transform.number_of_parameters)
+    np.testing.assert_allclose([fast.tr_c, fast.tr_cc, fast.max_jj, fast.max_jcj],
+                               [general.tr_c, general.tr_cc, general.max_jj, general.max_jcj], rtol=1e-12)
