@@ -229,7 +229,7 @@ def test_estimate_of_a_static_mind_level_and_an_elastix_stage():
     assert [(fm.side, fm.channels, fm.size) for fm in level.feature_maps] == [("fixed", 4, grid), ("moving", 4, grid)]
     coordinates = (1 + 2) * g * 2 * 8  # fixed voxel centres; moving centres and displaced points (float64, D=2)
     resampled = 2 * g * (8 + 4)  # values read (float64) and the float32 image, per side
-    features = 2 * 4 * g * (4 + 8 + 8)  # float32 map, float64 copy and coefficients, 4 channels, per side
+    features = 2 * 4 * g * (4 + 4)  # float32 model output and coefficients, 4 channels, per side
     assert level.parts["feature maps"] == coordinates + resampled + features
     assert level.parts["pyramid images"] == 2 * v * 2 * 4 and level.parts["image coefficients"] == 2 * v * 8
     assert level.parts["samples"] == 300 * (2 * 2 + 2) * 8
