@@ -189,10 +189,15 @@ class ImageGeometry:
 
     def voxel_centres(self) -> np.ndarray:
         """Physical coordinates of all voxels, ``(prod(size), D)``, x fastest (ITK memory order)."""
-        axes = [np.arange(n, dtype=np.float64) for n in self.size]
-        grids = np.meshgrid(*axes, indexing="ij")  # grids[k] indexed [x, y, z]
-        idx = np.stack([g.transpose(tuple(reversed(range(self.dimension)))).reshape(-1) for g in grids], axis=1)
-        return self.index_to_physical(idx)
+        # origin + Σ_a i_a · (direction · spacing)[:, a], one broadcast term per axis: no index array and no
+        # BLAS call (whose thread pool competes with torch's on a 1-M-voxel grid).
+        d = self.dimension
+        out = np.broadcast_to(self.origin, self.shape_zyx + (d,)).copy()
+        for a in range(d):  # axis a (ITK order) is array axis d - 1 - a
+            shape = [1] * d + [d]
+            shape[d - 1 - a] = self.size[a]
+            out += (np.arange(self.size[a], dtype=np.float64)[:, None] * self.index_to_physical_matrix[:, a]).reshape(shape)
+        return out.reshape(-1, d)
 
 
 def vnl_inverse(matrix: np.ndarray) -> np.ndarray:
