@@ -196,7 +196,8 @@ class ImageGeometry:
         for a in range(d):  # axis a (ITK order) is array axis d - 1 - a
             shape = [1] * d + [d]
             shape[d - 1 - a] = self.size[a]
-            out += (np.arange(self.size[a], dtype=np.float64)[:, None] * self.index_to_physical_matrix[:, a]).reshape(shape)
+            step = self.index_to_physical_matrix[:, a]  # mm per index along axis a
+            out += (np.arange(self.size[a], dtype=np.float64)[:, None] * step).reshape(shape)
         return out.reshape(-1, d)
 
 

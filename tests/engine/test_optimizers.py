@@ -7,8 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from elastix_bridge.engine.optimizers import asgd  # noqa: E402
-from elastix_bridge.engine.optimizers.asgd import (AdaptiveStochasticGradientDescent, ASGDSettings, SamplingError,  # noqa: E402
-                                               jacobian_terms)
+from elastix_bridge.engine.optimizers.asgd import (  # noqa: E402
+    AdaptiveStochasticGradientDescent, ASGDSettings, SamplingError, jacobian_terms)
 from elastix_bridge.engine.transforms.bspline import BSplineTransform, grid_for_level  # noqa: E402
 from helpers import GEO2, GEO3  # noqa: E402
 

@@ -103,7 +103,8 @@ def _crop_padding(feature, tile):
 def _same_grid(a: ImageGeometry, b: ImageGeometry) -> bool:
     """Whether two grids have the same voxel centres (to rounding: a Static grid at the image's own spacing)."""
     return (a.size == b.size and np.allclose(a.spacing, b.spacing, rtol=1e-12, atol=0)
-            and np.allclose(a.origin, b.origin, rtol=0, atol=1e-9) and np.allclose(a.direction, b.direction, rtol=0, atol=1e-12))
+            and np.allclose(a.origin, b.origin, rtol=0, atol=1e-9)
+            and np.allclose(a.direction, b.direction, rtol=0, atol=1e-12))
 
 
 def _feature_interpolator(fmap, geometry: ImageGeometry):

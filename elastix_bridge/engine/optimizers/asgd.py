@@ -228,9 +228,9 @@ def _separable_jacobian_terms(w: np.ndarray, nodes: np.ndarray, per: int, dim: i
                               idx: np.ndarray) -> JacobianTerms:
     """:func:`jacobian_terms` for ``J_j = w_jᵀ ⊗ I_D``: ``C = C_w ⊗ I_D`` with ``C_w = (1/n) Σ_j w_j w_jᵀ``.
 
-    Then ``TrC = D·tr C_w``, ``TrCC = D·‖C_w‖_F²``, ``J_j Jᵀ_j = ‖w_j‖² I`` and ``J_j C J_jᵀ = (w_jᵀ C_w w_j) I``
-    (trace ``D·s``, Frobenius norm ``√D·s``): the same numbers from node-sized instead of
-    parameter-sized sparse products (D² times less work).
+    Then ``TrC = D·tr C_w``, ``TrCC = D·‖C_w‖_F²``, ``J_j Jᵀ_j = ‖w_j‖² I`` and
+    ``J_j C J_jᵀ = (w_jᵀ C_w w_j) I`` (trace ``D·s``, Frobenius norm ``√D·s``): the same numbers from
+    node-sized instead of parameter-sized sparse products (D² times less work).
     """
     import scipy.sparse as sp
 
