@@ -235,35 +235,52 @@ void evaluate_impl(const Layout& l, const TC* coef, const T* index, T* values, T
   });
 }
 
+// Scatter of one point's gradient into its support, with NC channels known at compile time (NC = 0:
+// the run-time count C).
+template <typename T, int NC>
+inline void scatter_point(const Axis<T> (&ax)[3], const T* g, int64_t C, T* out) {
+  const int64_t channels = NC > 0 ? NC : C;
+  for (int kz = 0; kz < ax[2].n; ++kz)
+    for (int ky = 0; ky < ax[1].n; ++ky) {
+      const T wzy = ax[2].w[kz] * ax[1].w[ky];
+      const int64_t base = ax[2].offset[kz] + ax[1].offset[ky];
+      for (int kx = 0; kx < ax[0].n; ++kx) {
+        T* o = out + (base + ax[0].offset[kx]) * channels;
+        const T w = wzy * ax[0].w[kx];
+        for (int64_t ch = 0; ch < channels; ++ch) o[ch] += w * g[ch];
+      }
+    }
+}
+
 template <typename T>
 void adjoint_impl(const Layout& l, const T* grad, const T* index, T* out, int64_t rows) {
   const int64_t C = l.channels;
   // Each chunk of points scatters into its own buffer (no atomics); buffers are summed at the end.
+  // One chunk (a few thousand points, e.g. a B-spline transform's samples) scatters into `out` itself.
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), l.points / 4096));
-  std::vector<std::vector<T>> buffers(chunks);
+  std::fill(out, out + rows * C, T(0));
+  std::vector<std::vector<T>> buffers(chunks > 1 ? chunks : 0);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     Axis<T> ax[3];
     for (int64_t b = begin; b < end; ++b) {
-      std::vector<T>& buf = buffers[b];
-      buf.assign(rows * C, T(0));
+      T* target = out;
+      if (chunks > 1) {
+        buffers[b].assign(rows * C, T(0));
+        target = buffers[b].data();
+      }
       const int64_t p0 = l.points * b / chunks, p1 = l.points * (b + 1) / chunks;
       for (int64_t p = p0; p < p1; ++p) {
         if (!point_support<T>(index + p * l.dim, l, ax)) continue;
         const T* g = grad + p * C;
-        for (int kz = 0; kz < ax[2].n; ++kz)
-          for (int ky = 0; ky < ax[1].n; ++ky) {
-            const T wzy = ax[2].w[kz] * ax[1].w[ky];
-            const int64_t base = ax[2].offset[kz] + ax[1].offset[ky];
-            for (int kx = 0; kx < ax[0].n; ++kx) {
-              T* o = buf.data() + (base + ax[0].offset[kx]) * C;
-              const T w = wzy * ax[0].w[kx];
-              for (int64_t ch = 0; ch < C; ++ch) o[ch] += w * g[ch];
-            }
-          }
+        switch (C) {  // transforms: C = D
+          case 1: scatter_point<T, 1>(ax, g, C, target); break;
+          case 2: scatter_point<T, 2>(ax, g, C, target); break;
+          case 3: scatter_point<T, 3>(ax, g, C, target); break;
+          default: scatter_point<T, 0>(ax, g, C, target);
+        }
       }
     }
   });
-  std::fill(out, out + rows * C, T(0));
   for (const auto& buf : buffers)
     for (int64_t i = 0; i < rows * C; ++i) out[i] += buf[i];
 }
