@@ -15,8 +15,7 @@ images and feature maps, float64 coordinates and B-spline coefficients):
   the samples;
 * Impact **Static** mode: per model and side, the grid resampled at ``ImpactVoxelSize`` (points,
   values; a fixed-side grid equal to the level image's reads the image as it is) and each selected
-  layer's feature map (float32: the model output and its channels-last
-  cubic coefficients);
+  layer's feature map (float32: the model output and its channels-last cubic coefficients);
 * Impact **Jacobian** mode: per sample the patch points and values, the model inputs
   (``ImpactNumberOfChannels`` copies), what autograd keeps of the transform and the moving
   interpolation per moving patch point (B-spline weights: (order+1)^D float64 for the transform,

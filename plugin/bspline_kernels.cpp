@@ -387,7 +387,8 @@ at::Tensor bspline_adjoint(const at::Tensor& grad_values, const std::vector<int6
   if (grad_values.dim() != 2 || grad_values.size(0) != index.size(0) || !grad_values.is_contiguous())
     throw std::invalid_argument("bspline_adjoint: grad_values must be a contiguous (N, C) tensor matching index");
   if (grad_values.scalar_type() != index.scalar_type())
-    throw std::invalid_argument("bspline_adjoint: grad_values and index must have the same dtype");
+    throw std::invalid_argument("bspline_adjoint: grad_values and index must have the same dtype; convert "
+                                "grad_values to the index's dtype");
   at::Tensor shape_only = at::empty({rows, grad_values.size(1)}, grad_values.options());
   Layout l = check(shape_only, size_xyz, index, order, "bspline_adjoint");
   l.transform = transform;

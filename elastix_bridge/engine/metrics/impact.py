@@ -100,13 +100,6 @@ def _crop_padding(feature, tile):
     return feature[(slice(None),) + keep]
 
 
-def _same_grid(a: ImageGeometry, b: ImageGeometry) -> bool:
-    """Whether two grids have the same voxel centres (to rounding: a Static grid at the image's own spacing)."""
-    return (a.size == b.size and np.allclose(a.spacing, b.spacing, rtol=1e-12, atol=0)
-            and np.allclose(a.origin, b.origin, rtol=0, atol=1e-9)
-            and np.allclose(a.direction, b.direction, rtol=0, atol=1e-12))
-
-
 def _feature_interpolator(fmap, geometry: ImageGeometry):
     """Cubic B-spline interpolator of a Static feature map ``(F, *zyx)``, float32 coefficients on the CPU.
 
@@ -117,8 +110,7 @@ def _feature_interpolator(fmap, geometry: ImageGeometry):
 
     from elastix_bridge.engine.images.interpolators import ImageInterpolator
 
-    return ImageInterpolator(fmap.detach().to(device="cpu", dtype=torch.float32), order=3, geometry=geometry,
-                             dtype=torch.float32)
+    return ImageInterpolator(fmap, order=3, geometry=geometry, dtype=torch.float32)
 
 
 def _random_rotations(n: int, generator, dtype):
@@ -356,7 +348,8 @@ class ImpactMetric:
         for model, cfg in zip(models, configs):
             grid = self._static_grid(cfg)
             with torch.no_grad():
-                if mapping is None and _same_grid(grid, self.fixed.geometry):
+                # A Static grid spans the fixed image's extent: with the image's size it has its voxels.
+                if mapping is None and grid.size == self.fixed.geometry.size:
                     img = torch.as_tensor(np.asarray(self.fixed.array_zyx), dtype=torch.float32)
                 else:
                     pts = torch.from_numpy(grid.voxel_centres()) if mapping is None else mapping(grid)

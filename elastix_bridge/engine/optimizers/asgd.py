@@ -179,8 +179,8 @@ def jacobian_terms(values: np.ndarray | torch.Tensor, indices: np.ndarray | torc
     rows = np.repeat(np.arange(n * dim), nnz)
     cols = np.repeat(idx[:, None, :], dim, axis=1).reshape(-1)
     flat = vals.reshape(-1)
-    # Only the non-zero entries: a B-spline's J_j is block-diagonal over the D components, so two
-    # thirds of a 3D layout's entries are zeros that would multiply the sparse products' work by ~9.
+    # Only the non-zero entries: layouts that hold zeros (a component's row of J_j is often zero where
+    # another's is not) would otherwise carry them through both sparse products.
     keep = flat != 0
     jmat = sp.csr_matrix((flat[keep], (rows[keep], cols[keep])), shape=(n * dim, number_of_parameters))
     c = (jmat.T @ jmat).tocsr() / n
@@ -214,11 +214,11 @@ def _component_blocks(vals: np.ndarray, idx: np.ndarray, number_of_parameters: i
     blocks = vals.reshape(n, dim, dim, m)  # [point, row d, block e, support]
     w = blocks[:, 0, 0]
     nodes = idx[:, :m]
+    inside = w.any(axis=1)  # outside the grid the indices are placeholders (and the weights zero)
     for d in range(dim):
         for e in range(dim):
             if not (np.array_equal(blocks[:, d, e], w) if d == e else not blocks[:, d, e].any()):
                 return None
-        inside = w.any(axis=1)  # outside the grid the indices are placeholders (and the weights zero)
         if not np.array_equal(idx[inside, d * m:(d + 1) * m], nodes[inside] + d * per):
             return None
     return w, nodes, per
