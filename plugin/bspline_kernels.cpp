@@ -186,52 +186,66 @@ inline void small_point(const Axis<T> (&ax)[3], const TC* coef, int dim, T* v, T
   }
 }
 
+// One point's values (and index gradients) from its support; v and g are zeroed first.
+template <typename T, typename TC>
+inline void evaluate_point(const Layout& l, const Axis<T> (&ax)[3], const TC* coef, T* v, T* g) {
+  const int64_t C = l.channels;
+  switch (C) {  // compile-time channel counts: scalar images, transforms (C = D), MIND-SSC (4, 12), subsets
+    case 1: return small_point<T, TC, 1>(ax, coef, l.dim, v, g);
+    case 2: return small_point<T, TC, 2>(ax, coef, l.dim, v, g);
+    case 3: return small_point<T, TC, 3>(ax, coef, l.dim, v, g);
+    case 4: return small_point<T, TC, 4>(ax, coef, l.dim, v, g);
+    case 8: return small_point<T, TC, 8>(ax, coef, l.dim, v, g);
+    case 12: return small_point<T, TC, 12>(ax, coef, l.dim, v, g);
+    case 16: return small_point<T, TC, 16>(ax, coef, l.dim, v, g);
+    case 32: return small_point<T, TC, 32>(ax, coef, l.dim, v, g);
+    default: break;
+  }
+  std::fill(v, v + C, T(0));
+  if (g) std::fill(g, g + C * l.dim, T(0));
+  for (int kz = 0; kz < ax[2].n; ++kz) {
+    for (int ky = 0; ky < ax[1].n; ++ky) {
+      const T wzy = ax[2].w[kz] * ax[1].w[ky];
+      const int64_t base = ax[2].offset[kz] + ax[1].offset[ky];
+      for (int kx = 0; kx < ax[0].n; ++kx) {
+        const TC* c = coef + (base + ax[0].offset[kx]) * C;
+        const T w = wzy * ax[0].w[kx];
+        for (int64_t ch = 0; ch < C; ++ch) v[ch] += w * T(c[ch]);
+        if (g) {
+          const T d[3] = {ax[0].dw[kx] * ax[1].w[ky] * ax[2].w[kz], ax[0].w[kx] * ax[1].dw[ky] * ax[2].w[kz],
+                          ax[0].w[kx] * ax[1].w[ky] * ax[2].dw[kz]};
+          for (int64_t ch = 0; ch < C; ++ch)
+            for (int a = 0; a < l.dim; ++a) g[ch * l.dim + a] += d[a] * T(c[ch]);
+        }
+      }
+    }
+  }
+}
+
+// A point outside a transform's valid region has value and gradient zero.
+template <typename T, typename TC>
+inline void evaluate_at(const Layout& l, const TC* coef, const T* index, T* v, T* g) {
+  Axis<T> ax[3];
+  if (point_support<T>(index, l, ax)) return evaluate_point<T, TC>(l, ax, coef, v, g);
+  std::fill(v, v + l.channels, T(0));
+  if (g) std::fill(g, g + l.channels * l.dim, T(0));
+}
+
+// A task holds at least ~64k multiply-adds: waking a thread for less costs more than it saves
+// (a scalar moving image at 2000 samples stays on one thread; 12-channel cubic maps do not).
+inline int64_t grain_of(const Layout& l) {
+  int64_t support = 1;
+  for (int a = 0; a < l.dim; ++a) support *= l.order + 1;
+  return std::max<int64_t>(256, 65536 / std::max<int64_t>(1, support * l.channels));
+}
+
 // T: the points' (and outputs') type; TC: the coefficients' (float32 feature maps are read as T).
 template <typename T, typename TC>
 void evaluate_impl(const Layout& l, const TC* coef, const T* index, T* values, T* grads) {
   const int64_t C = l.channels;
-  // A task holds at least ~64k multiply-adds: waking a thread for less costs more than it saves
-  // (a scalar moving image at 2000 samples stays on one thread; 12-channel cubic maps do not).
-  int64_t support = 1;
-  for (int a = 0; a < l.dim; ++a) support *= l.order + 1;
-  const int64_t grain = std::max<int64_t>(256, 65536 / std::max<int64_t>(1, support * C));
-  at::parallel_for(0, l.points, grain, [&](int64_t begin, int64_t end) {
-    Axis<T> ax[3];
-    for (int64_t p = begin; p < end; ++p) {
-      T* v = values + p * C;
-      T* g = grads ? grads + p * C * l.dim : nullptr;
-      std::fill(v, v + C, T(0));
-      if (g) std::fill(g, g + C * l.dim, T(0));
-      if (!point_support<T>(index + p * l.dim, l, ax)) continue;
-      switch (C) {  // compile-time channel counts: scalar images, transforms (C = D), MIND-SSC (4, 12), subsets
-        case 1: small_point<T, TC, 1>(ax, coef, l.dim, v, g); continue;
-        case 2: small_point<T, TC, 2>(ax, coef, l.dim, v, g); continue;
-        case 3: small_point<T, TC, 3>(ax, coef, l.dim, v, g); continue;
-        case 4: small_point<T, TC, 4>(ax, coef, l.dim, v, g); continue;
-        case 8: small_point<T, TC, 8>(ax, coef, l.dim, v, g); continue;
-        case 12: small_point<T, TC, 12>(ax, coef, l.dim, v, g); continue;
-        case 16: small_point<T, TC, 16>(ax, coef, l.dim, v, g); continue;
-        case 32: small_point<T, TC, 32>(ax, coef, l.dim, v, g); continue;
-        default: break;
-      }
-      for (int kz = 0; kz < ax[2].n; ++kz) {
-        for (int ky = 0; ky < ax[1].n; ++ky) {
-          const T wzy = ax[2].w[kz] * ax[1].w[ky];
-          const int64_t base = ax[2].offset[kz] + ax[1].offset[ky];
-          for (int kx = 0; kx < ax[0].n; ++kx) {
-            const TC* c = coef + (base + ax[0].offset[kx]) * C;
-            const T w = wzy * ax[0].w[kx];
-            for (int64_t ch = 0; ch < C; ++ch) v[ch] += w * T(c[ch]);
-            if (g) {
-              const T d[3] = {ax[0].dw[kx] * ax[1].w[ky] * ax[2].w[kz], ax[0].w[kx] * ax[1].dw[ky] * ax[2].w[kz],
-                              ax[0].w[kx] * ax[1].w[ky] * ax[2].dw[kz]};
-              for (int64_t ch = 0; ch < C; ++ch)
-                for (int a = 0; a < l.dim; ++a) g[ch * l.dim + a] += d[a] * T(c[ch]);
-            }
-          }
-        }
-      }
-    }
+  at::parallel_for(0, l.points, grain_of(l), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      evaluate_at<T, TC>(l, coef, index + p * l.dim, values + p * C, grads ? grads + p * C * l.dim : nullptr);
   });
 }
 
@@ -378,6 +392,38 @@ std::vector<at::Tensor> bspline_evaluate(const at::Tensor& coef, const std::vect
   if (with_gradient) return {values, grads};
   return {values};
 }
+
+}  // namespace
+
+std::vector<at::Tensor> bspline_read_pair(const at::Tensor& fixed_coef, const std::vector<int64_t>& fixed_size_xyz,
+                                          const at::Tensor& fixed_index, const at::Tensor& moving_coef,
+                                          const std::vector<int64_t>& moving_size_xyz, const at::Tensor& moving_index,
+                                          int64_t order) {
+  Layout lf = check(fixed_coef, fixed_size_xyz, fixed_index, order, "bspline_read_pair (fixed)");
+  Layout lm = check(moving_coef, moving_size_xyz, moving_index, order, "bspline_read_pair (moving)");
+  if (fixed_coef.scalar_type() != moving_coef.scalar_type() || lf.channels != lm.channels ||
+      lf.points != lm.points || fixed_index.scalar_type() != at::kDouble ||
+      moving_index.scalar_type() != at::kDouble)
+    throw std::invalid_argument("bspline_read_pair: fixed and moving maps need the same dtype and channels, and "
+                                "the same number of float64 indices");
+  const int64_t n = lf.points, C = lf.channels, D = lm.dim;
+  const auto options = fixed_index.options();
+  at::Tensor f = at::empty({n, C}, options), m = at::empty({n, C}, options), dm = at::empty({n, C, D}, options);
+  double *fv = f.data_ptr<double>(), *mv = m.data_ptr<double>(), *mg = dm.data_ptr<double>();
+  const double *fi = fixed_index.data_ptr<double>(), *mi = moving_index.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(fixed_coef.scalar_type(), "bspline_read_pair", [&] {
+    const scalar_t *fc = fixed_coef.data_ptr<scalar_t>(), *mc = moving_coef.data_ptr<scalar_t>();
+    at::parallel_for(0, n, grain_of(lm) / 2 + 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        evaluate_at<double, scalar_t>(lf, fc, fi + p * lf.dim, fv + p * C, nullptr);
+        evaluate_at<double, scalar_t>(lm, mc, mi + p * D, mv + p * C, mg + p * C * D);
+      }
+    });
+  });
+  return {f, m, dm};
+}
+
+namespace {
 
 at::Tensor bspline_adjoint(const at::Tensor& grad_values, const std::vector<int64_t>& size_xyz,
                            const at::Tensor& index, int64_t order, bool transform) {

@@ -249,6 +249,28 @@ at::Tensor layer_value(const std::string& distance, const at::Tensor& fixed, con
   return -(u / v).mean();
 }
 
+// Static mode, one layer (docs/design.md §I6.5, §I7): both reads in one parallel pass, the channel
+// subset, the distance in float32 and its derivative by autograd on the (N, K) features only, and
+// the chain rule to the moving points' continuous indices, so Python sees one call per layer.
+std::vector<at::Tensor> static_layer(const std::string& distance, const at::Tensor& fixed_coef,
+                                     const std::vector<int64_t>& fixed_size_xyz, const at::Tensor& fixed_index,
+                                     const at::Tensor& moving_coef, const std::vector<int64_t>& moving_size_xyz,
+                                     const at::Tensor& moving_index, int64_t order, const at::Tensor& channels) {
+  auto read = bspline_read_pair(fixed_coef, fixed_size_xyz, fixed_index, moving_coef, moving_size_xyz, moving_index,
+                                order);
+  at::Tensor f = read[0], m = read[1], dm = read[2];
+  if (channels.defined() && channels.numel() > 0) {
+    f = f.index_select(1, channels), m = m.index_select(1, channels), dm = dm.index_select(1, channels);
+  }
+  at::AutoGradMode grad_mode(true);
+  at::Tensor moving = m.to(at::kFloat).requires_grad_(true);
+  at::Tensor value = layer_value(distance, f.to(at::kFloat), moving);
+  at::Tensor grad = torch::autograd::grad({value}, {moving})[0];
+  // d value / d index = sum over channels of d value / d m_k * d m_k / d index, in float64.
+  at::Tensor grad_index = at::bmm(grad.to(at::kDouble).unsqueeze(1), dm).squeeze(1);
+  return {value.detach(), grad_index};
+}
+
 py::dict build_info() {
   py::dict d;
   d["torch_version"] = std::string(TORCH_VERSION);
@@ -316,6 +338,29 @@ Returns:
 
 Raises:
     ValueError: unknown distance or mismatched shapes/devices.
+)doc");
+  m.def("static_layer", &static_layer, py::arg("distance"), py::arg("fixed_coefficients"),
+        py::arg("fixed_size_xyz"), py::arg("fixed_index"), py::arg("moving_coefficients"),
+        py::arg("moving_size_xyz"), py::arg("moving_index"), py::arg("order"), py::arg("channels"),
+        py::call_guard<py::gil_scoped_release>(), R"doc(
+One Static-mode layer's value and its derivative with respect to the moving indices (docs/design.md §I6.5).
+
+Equals reading the fixed map at fixed_index and the moving map at moving_index (bspline_evaluate),
+keeping `channels`, and layer_value(distance, fixed, moving) in float32 differentiated by autograd.
+
+Args:
+    distance: one of distances().
+    fixed_coefficients, moving_coefficients: (P, C) B-spline coefficients (float32/float64, CPU).
+    fixed_size_xyz, moving_size_xyz: their grid sizes, ITK (x, y, z) order.
+    fixed_index, moving_index: (N, D) float64 continuous indices, ITK order.
+    order: the maps' spline order (0..3).
+    channels: (K,) int64 channel subset, or an empty tensor for all channels.
+
+Returns:
+    [value (0-d float32), d value / d moving_index (N, D) float64].
+
+Raises:
+    ValueError: bad shapes, dtypes, order or distance.
 )doc");
   m.def("distances", []() { return distance_names(); }, "Valid distance names (docs/design.md §I7.1).");
   register_bspline_kernels(m);

@@ -134,6 +134,21 @@ def test_layer_value_errors(plugin):
         plugin.layer_value("L1", f.reshape(-1), m.reshape(-1))
 
 
+
+def test_static_layer_errors_name_the_mismatch(plugin):
+    size, n = [5, 4], 6
+    coef = torch.rand(20, 3, dtype=torch.float32)
+    index = torch.rand(n, 2, dtype=torch.float64) * 3
+    empty = torch.empty(0, dtype=torch.int64)
+    with pytest.raises(ValueError, match="unknown Impact distance 'L3'"):
+        plugin.static_layer("L3", coef, size, index, coef, size, index, 3, empty)
+    with pytest.raises(ValueError, match="same dtype and channels"):
+        plugin.static_layer("L2", coef, size, index, coef[:, :2].contiguous(), size, index, 3, empty)
+    with pytest.raises(ValueError, match="same dtype and channels"):
+        plugin.static_layer("L2", coef, size, index.float(), coef, size, index.float(), 3, empty)
+    with pytest.raises(ValueError, match=r"bspline_read_pair \(moving\).*the grid 16"):
+        plugin.static_layer("L2", coef, size, index, coef, [4, 4], index, 3, empty)
+
 # ---------------------------------------------------------------------------------------------
 # FeatureModel (docs/design.md §I3)
 # ---------------------------------------------------------------------------------------------

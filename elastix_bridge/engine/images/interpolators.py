@@ -416,6 +416,12 @@ class ImageInterpolator:
         self.coefficients = coef.reshape(coef.shape[0], -1).T.contiguous().T.reshape(coef.shape)
         return self
 
+    @property
+    def table(self) -> tuple["torch.Tensor", tuple[int, ...]]:
+        """The coefficients as the plugin's kernels take them: ``(P, C)`` (a view) and ``size_xyz``."""
+        size_xyz = tuple(int(s) for s in reversed(self.coefficients.shape[1:]))
+        return self.coefficients.reshape(self.channels, -1).T.contiguous(), size_xyz
+
     def index(self, points: "torch.Tensor") -> "torch.Tensor":
         """Physical points ``(N, D)`` (mm) -> continuous indices ``(N, D)`` (ITK order), differentiable."""
         return self.geometry.physical_to_index(points)

@@ -23,6 +23,7 @@ Medical Image Registration", arXiv:2503.24121, §2.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -111,6 +112,34 @@ def _feature_interpolator(fmap, geometry: ImageGeometry):
     from elastix_bridge.engine.images.interpolators import ImageInterpolator
 
     return ImageInterpolator(fmap, order=3, geometry=geometry, dtype=torch.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _static_layer_function():
+    """The autograd Function of one Static layer on the plugin's ``static_layer`` (made once, torch imported late)."""
+    import torch
+
+    class _StaticLayer(torch.autograd.Function):
+        """Value of one layer at ``(x, q)``; its derivative w.r.t. ``q`` comes out of the same plugin call."""
+
+        @staticmethod
+        def forward(ctx: Any, moving_points, fixed_points, fixed, moving, channels, distance: str, plugin):
+            fixed_pc, fixed_size = fixed.table
+            moving_pc, moving_size = moving.table
+            value, grad_index = plugin.static_layer(
+                distance, fixed_pc, list(fixed_size), fixed.index(fixed_points).contiguous(), moving_pc,
+                list(moving_size), moving.index(moving_points.detach()).contiguous(), moving.order,
+                torch.empty(0, dtype=torch.int64) if channels is None else channels)
+            index_per_mm = torch.as_tensor(moving.geometry.physical_to_index_matrix, dtype=torch.float64)
+            ctx.save_for_backward(grad_index @ index_per_mm)
+            return value
+
+        @staticmethod
+        def backward(ctx: Any, grad_out):
+            (grad_points,) = ctx.saved_tensors
+            return (grad_out.to(grad_points.dtype) * grad_points,) + (None,) * 6
+
+    return _StaticLayer
 
 
 def _random_rotations(n: int, generator, dtype):
@@ -256,6 +285,10 @@ class ImpactMetric:
 
     Source: docs/design.md §I5 (Jacobian), §I6 (Static), §I7 (distances), §I8 (aggregation).
     """
+
+    #: Static mode on the CPU reads both maps and takes each layer's distance and derivative in one
+    #: plugin call (``static_layer``); False runs the torch reference the tests compare it with.
+    fused_static = True
 
     def __init__(self, config: ImpactLevelConfig, fixed: LevelImage, moving: LevelImage, moving_mask: "Mask | None",
                  transform: Transform, plugin: ModuleType, models: tuple[Sequence[Any], Sequence[Any]],
@@ -545,6 +578,10 @@ class ImpactMetric:
         subsets = self._subsets()
         values = []
         for l, (fi, mi) in enumerate(zip(self._fixed_feature_interp, self._moving_feature_interp)):
+            if self.fused_static and self.device.type == "cpu":
+                values.append(_static_layer_function().apply(q, x, fi, mi, subsets[l], self.config.distances[l],
+                                                              self.plugin))
+                continue
             with torch.no_grad():
                 f = fi(x)
             m = mi(q)
