@@ -7,6 +7,7 @@
     elastix-bridge make-model NAME -o F  write a built-in TorchScript feature model (e.g. mind-ssc-3d)
     elastix-bridge demo --out DIR        register real anatomy (MNI152 from nilearn) with a known deformation
     elastix-bridge plan -f F -m M -p P   per stage and level: engine, sizes, samples, memory estimate
+    elastix-bridge batch MANIFEST -p P -out DIR   a cohort on Dask: a folder per pair, summary.csv, resumable
 
 Errors print one message (what failed, why, what to do) without a Python traceback and exit 1.
 """
@@ -29,7 +30,7 @@ def _registration_parser() -> argparse.ArgumentParser:
         prog="elastix-bridge",
         description="Run an elastix registration; stages with (Metric \"Impact\") run on the bridge engine, "
                     "all others on elastix (itk-elastix). Other commands: build-plugin, doctor, make-model, "
-                    "demo, plan.")
+                    "demo, plan, batch.")
     p.add_argument("-f", required=True, metavar="FIXED", help="fixed image")
     p.add_argument("-m", required=True, metavar="MOVING", help="moving image")
     p.add_argument("-p", required=True, action="append", metavar="PARAMS",
@@ -182,6 +183,68 @@ def cast_results_to_pixel_type(out: Path, maps: Sequence[ParameterMap]) -> None:
         write_image(cast, path)
 
 
+def _byte_size(text: str) -> int:
+    """``"8G"``, ``"512MiB"``, a number of bytes -> bytes (binary units, as $ELASTIX_BRIDGE_MEMORY_LIMIT)."""
+    from elastix_bridge.runtime.memory import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size; write e.g. 8G or 512MiB") from None
+
+
+def run_batch(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="elastix-bridge batch",
+        description="Register every pair of a manifest (CSV, TSV or JSON lines: id, fixed, moving and optional "
+                    "fixed_mask, moving_mask, t0, fixed_labels, moving_labels, fixed_points, moving_points; paths "
+                    "relative to the manifest) on Dask: DIR/<id>/ per pair as -out writes it, DIR/summary.csv and "
+                    ".json. Running it again skips complete, unchanged pairs.")
+    p.add_argument("manifest", help="the cohort's manifest file")
+    p.add_argument("-p", required=True, action="append", metavar="PARAMS",
+                   help="parameter file; repeat for a sequence of registrations (every pair runs them all)")
+    p.add_argument("-out", required=True, metavar="DIR", help="output directory (created if absent)")
+    p.add_argument("--engine", choices=["auto", "elastix", "bridge"], default="auto", help="as for one registration")
+    p.add_argument("--workers", type=int, metavar="N", help="LocalCluster worker processes (default: from the "
+                   "cores and the memory a registration needs)")
+    p.add_argument("--threads-per-worker", type=int, metavar="N",
+                   help="threads of each registration (-threads; default: the cores shared among the workers)")
+    p.add_argument("--memory-limit", type=_byte_size, metavar="SIZE",
+                   help="memory per worker, e.g. 8GB; a worker above it is restarted and its pair retried")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on an existing Dask cluster (tcp://host:8786) instead of a LocalCluster")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="how many more times a pair whose worker process died is tried (default 2)")
+    p.add_argument("--force", action="store_true", help="redo complete, unchanged pairs too")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a cohort progress bar (default: on when stderr is a terminal)")
+    args = p.parse_args(argv)
+    try:
+        from elastix_bridge.batch import register_many
+    except ImportError as error:
+        raise ImportError(f"elastix-bridge batch needs dask.distributed ({error}); install it with "
+                          "pip install \"elastix-bridge[batch]\"") from None
+    for path in args.p:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"parameter file (-p) {path} does not exist; check the path")
+    records = register_many(args.manifest, args.p, args.out, engine=args.engine, workers=args.workers,
+                            threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
+                            scheduler=args.scheduler, force=args.force, retries=args.retries, progress=args.progress)
+    counts = {s: sum(r["status"] == s for r in records) for s in ("complete", "skipped", "failed")}
+    print(f"elastix-bridge batch: {counts['complete']} registered, {counts['skipped']} skipped (unchanged), "
+          f"{counts['failed']} failed; summary in {Path(args.out) / 'summary.csv'}")
+    for r in records:
+        if r["status"] == "failed":
+            print(f"  {r['id']}: {r['error']}")
+    from elastix_bridge.batch.runner import cohort_lines
+
+    mean, _, worst = cohort_lines(records)
+    for column in ("dice_mean", "tre_mean_mm"):
+        if column in mean:
+            print(f"  cohort {column}: mean {mean[column]:.4g}, worst {worst[column]:.4g}")
+    return 1 if counts["failed"] else 0
+
+
 def run_build_plugin(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="elastix-bridge build-plugin",
                                 description="Compile the IMPACT plugin against the installed torch.")
@@ -274,7 +337,7 @@ def run_doctor(argv: Sequence[str]) -> int:
 
 
 COMMANDS = {"build-plugin": run_build_plugin, "make-model": run_make_model, "demo": run_demo, "doctor": run_doctor,
-            "plan": run_plan}
+            "plan": run_plan, "batch": run_batch}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -164,7 +164,7 @@ def write_qc_figure(fixed_image: itk.Image | str | Path, moving_image: itk.Image
     m = itk.array_from_image(warped).astype(np.float32)    # on the fixed grid
     d = itk.array_from_image(det).astype(np.float64)
     folded = int(np.count_nonzero(d <= 0))
-    histories = _read_histories(output_directory, stages) if output_directory is not None else []
+    histories = read_iteration_histories(output_directory, stages) if output_directory is not None else []
     stats = {
         "dimension": dim,
         "voxels": int(d.size),
@@ -289,8 +289,17 @@ def _check_same_grid(fixed, warped) -> None:
             f"{list(fixed.GetSpacing())}, Origin {list(fixed.GetOrigin())}); pass the fixed image the registration used")
 
 
-def _read_histories(folder, stages: str):
-    """``[(stage, level, iterations, metric values, header name)]`` from ``IterationInfo`` files, sorted."""
+def read_iteration_histories(folder, stages: str = "all"):
+    """The metric per iteration of every ``IterationInfo.<stage>.R<level>.txt`` in an output folder.
+
+    Args:
+        folder: a registration's output folder (elastix's or the bridge's: both write these files).
+        stages: ``"all"``, or ``"last"`` for the last stage's levels only.
+
+    Returns:
+        ``[(stage, level, iterations, metric values, header name)]`` sorted by stage and level; the
+        arrays are float64 numpy arrays (rows cut short by a stopped run are left out).
+    """
     import numpy as np
 
     found = []

@@ -80,6 +80,8 @@ log = logging.getLogger("elastix_bridge")
 
 _lock = threading.RLock()
 _loaded: dict[Any, Any] = {}  # (plugin env value, cache root) -> module
+_models: dict[Any, Any] = {}  # (plugin, path, mtime, size, device, half) -> FeatureModel, oldest first
+_MODELS_KEPT = 8
 _loaded_by_file: dict[str, Any] = {}  # realpath of .so -> module (one import per file)
 
 
@@ -676,12 +678,22 @@ def load_feature_model(path: str | Path, device: torch.device | str, half: bool 
         raise ImpactModelError(f"{where}: model file not found; give an existing TorchScript file (an absolute "
                                "path avoids working-directory surprises) or a built-in model name "
                                "(mind-ssc-2d, mind-ssc-3d)")
+    # A process that registers pair after pair (a batch worker) loads each model once: the models are
+    # read-only (eval mode, frozen weights), and a changed file is a new key.
+    stat = p.stat()
+    key = (id(plugin), str(p.resolve()), stat.st_mtime_ns, stat.st_size, str(device), bool(half))
+    if key in _models:
+        return _models[key]
     try:
-        return plugin.FeatureModel(str(p), str(device), bool(half))
+        model = plugin.FeatureModel(str(p), str(device), bool(half))
     except ValueError as exc:
         raise ImpactModelError(f"{where}: {exc}") from exc
     except RuntimeError as exc:
         raise ImpactUnavailableError(f"{where}: {exc}") from exc
+    if len(_models) >= _MODELS_KEPT:
+        _models.pop(next(iter(_models)))
+    _models[key] = model
+    return model
 
 
 def validate_model_output(outputs: Any, n_layers: int, where: str) -> None:

@@ -1,0 +1,544 @@
+"""Register a cohort on Dask: every pair in a worker process that stays warm, a summary at the end.
+
+Each pair is one task running what ``elastix-bridge -f FIXED -m MOVING -p ... -out DIR/<id>`` runs,
+in a ``dask.distributed`` worker process. A worker keeps itk, torch, the plugin and the loaded models
+between its pairs, so only its first pair pays the start-up. elastix is not thread-safe, so a worker
+runs one pair at a time, with its own thread count. A pair whose Python code fails is recorded as
+failed with the error and the cohort goes on; a pair that kills its worker process (a segmentation
+fault, the out-of-memory killer, the nanny's memory limit) is rescheduled by Dask on a fresh worker
+up to ``retries`` more times, then recorded as failed with that cause.
+
+Layout of ``DIR``:
+
+* ``DIR/<id>/``: exactly what ``elastix-bridge -out`` writes for the pair, written into
+  ``DIR/.batch/tmp/`` and renamed into place when complete (a pair is complete or absent);
+* ``DIR/summary.csv`` and ``DIR/summary.json``: a row per pair (status, error, attempts, wall time,
+  peak memory, final metric per stage, Dice per label and TRE when the manifest gives labels or
+  points) and the cohort's mean, median and worst;
+* ``DIR/failed/<id>.log``: the log of a pair that failed;
+* ``DIR/.batch/``: the maps the workers read, one record per pair (its input hash: an unchanged
+  complete pair is skipped when the command is run again) and the attempts per pair.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from elastix_bridge.batch.manifest import ManifestError, Pair, check_pairs, pair_hash, pairs_from_rows, read_manifest
+
+log = logging.getLogger("elastix_bridge")
+
+#: Resident memory of a worker process before its first registration (itk-elastix, torch, the plugin).
+WORKER_BASELINE_BYTES = int(1.3 * 2**30)
+
+
+@dataclass(frozen=True)
+class PairSettings:
+    """What every pair's run shares: the map files, the engine, threads, and the GPU rule."""
+
+    output_directory: str
+    map_files: tuple
+    engine: str
+    threads: Optional[int]  # None: the cores this worker process may use (a cluster's own workers)
+    gpu_count: int  # > 0: maps that ask for a GPU get the worker's own (LocalCluster workers 0, 1, ...)
+
+
+# ---------------------------------------------------------------------------------------------
+# one pair, on a worker
+
+
+class _PeakMemory:
+    """Largest resident memory of this process while the block runs (sampled every 20 ms), in MB."""
+
+    def __enter__(self):
+        import psutil
+
+        self._process, self._stop, self.peak = psutil.Process(), threading.Event(), 0
+
+        def sample():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self._process.memory_info().rss)
+                self._stop.wait(0.02)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+    @property
+    def megabytes(self) -> float:
+        return self.peak / 2**20
+
+
+def _worker_gpu(settings: PairSettings) -> Optional[int]:
+    """This worker's GPU (its LocalCluster index modulo the GPUs), or None when maps keep their own."""
+    if settings.gpu_count <= 0:
+        return None
+    from distributed import get_worker
+
+    name = get_worker().name
+    return int(name) % settings.gpu_count if str(name).isdigit() else None
+
+
+def _map_files(settings: PairSettings) -> list[str]:
+    """The map files for this worker: copies whose ``ImpactGPU`` is this worker's GPU, when it has one."""
+    gpu = _worker_gpu(settings)
+    if gpu is None:
+        return list(settings.map_files)
+    from elastix_bridge.core.parameters import read_parameter_file
+    from elastix_bridge.core.transform_io import transform_parameter_file_text
+    from elastix_bridge.core.files import write_atomically
+
+    out = []
+    for name in settings.map_files:
+        target = Path(name).with_name(f"gpu{gpu}.{Path(name).name}")
+        if not target.is_file():
+            pmap = read_parameter_file(name)[0]
+            if any(int(v) >= 0 for v in pmap.values("ImpactGPU")):
+                pmap.set("ImpactGPU", [str(gpu)])
+            text = transform_parameter_file_text(pmap)
+            write_atomically(target, lambda f: f.write(text))
+        out.append(str(target))
+    return out
+
+
+def _argv(pair: Pair, settings: PairSettings, out: Path) -> list[str]:
+    argv = ["-f", str(pair.fixed), "-m", str(pair.moving)]
+    for name in _map_files(settings):
+        argv += ["-p", name]
+    threads = settings.threads or len(os.sched_getaffinity(0))
+    argv += ["-out", str(out), "--engine", settings.engine, "--no-progress", "-loglevel", "off",
+             "-threads", str(threads)]
+    for flag, path in (("-fMask", pair.fixed_mask), ("-mMask", pair.moving_mask), ("-t0", pair.t0)):
+        if path:
+            argv += [flag, str(path)]
+    return argv
+
+
+def _retarget_chain(folder: Path, old: Path, new: Path) -> None:
+    """TransformParameters files name their predecessor by path: point them at the final folder."""
+    from elastix_bridge.core.files import write_atomically
+
+    for path in folder.glob("TransformParameters.*.txt"):
+        text = path.read_text()
+        if str(old) in text:
+            changed = text.replace(f'"{old}{os.sep}', f'"{new}{os.sep}')
+            write_atomically(path, lambda f: f.write(changed))
+
+
+def _move_into_place(tmp: Path, final: Path, trash: Path) -> None:
+    """Rename ``tmp`` to ``final``; an earlier ``final`` (``--force``) is moved aside first, then removed."""
+    old = None
+    if final.exists():
+        old = trash / f"{final.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# elastix is not thread-safe: a worker that runs several tasks at once (a cluster's worker with
+# --nthreads > 1) still registers one pair at a time.
+_ONE_AT_A_TIME = threading.Lock()
+
+
+def run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
+    """Register one pair on this worker and return its summary record; never raises for the pair's own errors.
+
+    One pair at a time per process. Runs :func:`elastix_bridge.cli.run_registration` into a fresh folder under ``DIR/.batch/tmp``;
+    on success computes the final metrics, Dice and TRE, renames the folder to ``DIR/<id>`` and
+    writes the pair's record; on an error keeps the log as ``DIR/failed/<id>.log``.
+
+    Returns:
+        The record: ``id, status ("complete"/"failed"), error, attempts, wall_s, peak_rss_mb`` and
+        the measures of :mod:`elastix_bridge.batch.evaluation`.
+    """
+    with _ONE_AT_A_TIME:
+        return _run_pair(pair, settings, digest)
+
+
+def _run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
+    from elastix_bridge.batch import evaluation
+    from elastix_bridge.cli import run_registration
+
+    root = Path(settings.output_directory)
+    state = root / ".batch"
+    with open(state / "attempts" / pair.id, "a") as f:  # a killed worker never returns: count on disk
+        f.write(f"{os.getpid()} {time.time():.0f}\n")
+    attempts = len((state / "attempts" / pair.id).read_text().splitlines())
+    tmp = state / "tmp" / f"{pair.id}-{uuid.uuid4().hex[:8]}"
+    final = root / pair.id
+    record: dict[str, Any] = {"id": pair.id, "status": "complete", "error": "", "attempts": attempts,
+                              "hash": digest}
+    tic = time.perf_counter()
+    with _PeakMemory() as memory:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # the command's "wrote ..." line
+                run_registration(_argv(pair, settings, tmp))
+            record.update(evaluation.final_metrics(tmp))
+            if pair.fixed_labels:
+                record.update(evaluation.dice_per_label(tmp, pair.fixed_labels, pair.moving_labels))
+            if pair.fixed_points:
+                record.update(evaluation.target_registration_error(tmp, pair))
+            _retarget_chain(tmp, tmp, final)
+            _move_into_place(tmp, final, state / "tmp")
+        except Exception as error:  # the pair's own failure: recorded, the cohort goes on
+            record.update(status="failed", error=str(error).strip() or type(error).__name__)
+            if (tmp / "elastix.log").is_file():  # absent when the inputs failed before the run began
+                (root / "failed").mkdir(exist_ok=True)
+                shutil.copyfile(tmp / "elastix.log", root / "failed" / f"{pair.id}.log")
+            shutil.rmtree(tmp, ignore_errors=True)
+    record.update(wall_s=time.perf_counter() - tic, peak_rss_mb=memory.megabytes)
+    _write_record(state, record)
+    return record
+
+
+def _write_record(state: Path, record: Mapping[str, Any]) -> None:
+    from elastix_bridge.core.files import write_atomically
+
+    text = json.dumps(dict(record), indent=1)
+    write_atomically(state / "pairs" / f"{record['id']}.json", lambda f: f.write(text))
+
+
+# ---------------------------------------------------------------------------------------------
+# the cohort, on the client
+
+
+@dataclass
+class ClusterSize:
+    """How a LocalCluster is sized: workers, threads per registration, memory limit per worker (bytes)."""
+
+    workers: int
+    threads: int
+    memory_limit: int
+
+    @classmethod
+    def for_machine(cls, pairs: int, peak_bytes: int, workers: Optional[int] = None,
+                    threads: Optional[int] = None, memory_limit: Optional[int] = None,
+                    cores: Optional[int] = None, memory: Optional[int] = None) -> "ClusterSize":
+        """Workers from the cores and the memory a registration needs; the cores shared among them.
+
+        ``workers = min(pairs, cores // threads, usable memory // (baseline + peak))``; without
+        ``threads``, one thread per registration when that gives as many workers as pairs or cores,
+        since separate registrations scale better than the threads of one. Memory: 90 % of what is
+        available now.
+        """
+        import psutil
+
+        cores = cores or len(os.sched_getaffinity(0))
+        memory = memory or psutil.virtual_memory().available
+        need = WORKER_BASELINE_BYTES + max(0, int(peak_bytes))
+        by_memory = max(1, int(0.9 * memory) // need)
+        if workers is None:
+            workers = max(1, min(pairs, cores // (threads or 1), by_memory))
+        if threads is None:
+            threads = max(1, cores // workers)
+        limit = memory_limit or max(need, int(0.9 * memory) // workers)
+        return cls(int(workers), int(threads), int(limit))
+
+
+def _maps(parameter_object) -> list:
+    from elastix_bridge.core.parameters import parameter_maps_from_object, read_parameter_file
+
+    if isinstance(parameter_object, (str, os.PathLike)):
+        return read_parameter_file(parameter_object)
+    if isinstance(parameter_object, (list, tuple)) and parameter_object and all(
+            isinstance(m, (str, os.PathLike)) for m in parameter_object):
+        return [m for p in parameter_object for m in read_parameter_file(p)]
+    return parameter_maps_from_object(parameter_object)
+
+
+def _as_pairs(pairs) -> list[Pair]:
+    if isinstance(pairs, (str, os.PathLike)):
+        return read_manifest(pairs)
+    rows = [p for p in pairs]
+    if all(isinstance(p, Pair) for p in rows):
+        return rows
+    return pairs_from_rows([dict(r) for r in rows], os.getcwd(), "pairs")
+
+
+def _validate(pairs: Sequence[Pair], maps: Sequence, source: str) -> None:
+    """Every problem of the pairs and the maps, at once (ManifestError); nothing has run yet."""
+    from elastix_bridge.core.image_io import read_image_geometry
+    from elastix_bridge.validation import validate_maps
+
+    problems = check_pairs(pairs)
+    dimensions = set()
+    for pair in pairs:
+        with contextlib.suppress(OSError, ValueError):
+            dimensions.add(read_image_geometry(pair.fixed).dimension)
+    for dimension in sorted(dimensions) or [None]:
+        try:
+            validate_maps(maps, dimension=dimension, warn=False)
+        except ValueError as error:
+            problems.append(f"parameter maps ({dimension}D images): {error}" if dimension else str(error))
+    if problems:
+        raise ManifestError(source, problems)
+
+
+def _previous(state: Path, pair: Pair, digest: str, root: Path) -> Optional[dict]:
+    """The record of a complete, unchanged earlier run of this pair, or None."""
+    path = state / "pairs" / f"{pair.id}.json"
+    if not (path.is_file() and (root / pair.id).is_dir()):
+        return None
+    with contextlib.suppress(ValueError, OSError):
+        record = json.loads(path.read_text())
+        if record.get("status") == "complete" and record.get("hash") == digest:
+            return record
+    return None
+
+
+def _gpus() -> int:
+    """CUDA devices torch sees here (0 without torch or CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _asks_gpu(maps) -> bool:
+    return any(int(v) >= 0 for m in maps for v in m.values("ImpactGPU"))
+
+
+@contextlib.contextmanager
+def _process_state_kept():
+    """Restore what a LocalCluster changes in the caller's process: its nannies set the workers' variables
+    (``distributed.nanny.pre-spawn-environ``: OMP_NUM_THREADS=1, ...) in ``os.environ`` itself, and the
+    "distributed" logger's level."""
+    environ, logger = dict(os.environ), logging.getLogger("distributed")
+    level = logger.level
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        os.environ.update(environ)
+
+
+@contextlib.contextmanager
+def _client(client, scheduler: Optional[str], size: ClusterSize, retries: int, gpus: int):
+    """The Dask client to use: the caller's, one for ``scheduler``, or a LocalCluster of ``size``."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    if client is not None:
+        yield client
+        return
+    if scheduler:
+        with Client(scheduler) as own:
+            yield own
+        return
+    # Registrations are not Dask data: no spilling or pausing on memory (a paused worker would never
+    # start its next pair while the allocator keeps the last pair's pages); the nanny still restarts a
+    # worker over its limit, and a task whose worker died is tried `retries` more times.
+    settings = {"distributed.scheduler.allowed-failures": int(retries),
+                "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False,
+                "distributed.worker.memory.pause": False, "distributed.worker.memory.terminate": 0.98}
+    with dask.config.set(settings), _process_state_kept():
+        logging.getLogger("distributed").setLevel(logging.ERROR)  # the in-process scheduler's INFO lines
+        cluster = LocalCluster(n_workers=size.workers, threads_per_worker=1, processes=True,
+                               memory_limit=size.memory_limit, dashboard_address=":0", silence_logs=logging.ERROR,
+                               resources={"GPU": 1} if gpus else None)
+        with cluster, Client(cluster) as own:
+            yield own
+
+
+def register_many(pairs, parameter_object, output_directory: str | Path, client=None, *,
+                  engine: str = "auto", workers: Optional[int] = None, threads_per_worker: Optional[int] = None,
+                  memory_limit: Optional[int] = None, scheduler: Optional[str] = None, force: bool = False,
+                  retries: int = 2, progress: Optional[bool] = None) -> list[dict]:
+    """Register every pair of a cohort on Dask; the summary records, also written to ``DIR/summary.*``.
+
+    Args:
+        pairs: a manifest file (CSV, TSV, JSON lines; :mod:`elastix_bridge.batch.manifest`), or
+            :class:`~elastix_bridge.batch.manifest.Pair` objects or dicts with the manifest's columns
+            (relative paths from the working directory).
+        parameter_object: parameter file(s), ParameterMap(s), dicts or an ``itk.ParameterObject``:
+            the maps every pair runs, in order (a chain).
+        output_directory: ``DIR``; created if absent.
+        client: a ``distributed.Client`` to run on (its cluster's workers, retries and memory
+            settings are the caller's). Default: ``scheduler``, else a LocalCluster sized from
+            this machine (:class:`ClusterSize`), closed at the end.
+        engine: ``"auto"``, ``"elastix"`` or ``"bridge"``, as the command's ``--engine``.
+        workers, threads_per_worker, memory_limit: the LocalCluster's workers, each registration's
+            threads (``-threads``) and each worker's memory limit in bytes; derived when None.
+        scheduler: the address of a running Dask scheduler (``tcp://host:8786``).
+        force: redo pairs that are complete and unchanged (otherwise skipped).
+        retries: how many more times a pair whose worker process died is tried (LocalCluster).
+        progress: a cohort progress bar; default when stderr is a terminal.
+
+    Returns:
+        One record per pair in manifest order (see :func:`run_pair`); ``status`` is
+        ``"complete"``, ``"skipped"`` (complete and unchanged from an earlier run) or ``"failed"``.
+
+    Raises:
+        ManifestError: every problem of the manifest, its files and the maps, before any pair runs.
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    from elastix_bridge.core.files import write_atomically
+    from elastix_bridge.core.output_folder import prepare_output_folder
+    from elastix_bridge.core.transform_io import transform_parameter_file_text
+    from elastix_bridge.plan import plan_registration
+
+    source = str(pairs) if isinstance(pairs, (str, os.PathLike)) else "pairs"
+    pairs, maps = _as_pairs(pairs), _maps(parameter_object)
+    if engine not in ("auto", "elastix", "bridge"):
+        raise ValueError(f"engine {engine!r}: use 'auto', 'elastix' or 'bridge'")
+    _validate(pairs, maps, source)
+    root = prepare_output_folder(output_directory, "output directory").resolve()
+    state = root / ".batch"
+    for sub in ("maps", "pairs", "attempts", "tmp"):
+        (state / sub).mkdir(parents=True, exist_ok=True)
+    texts = [transform_parameter_file_text(m) for m in maps]
+    map_files = []
+    for k, text in enumerate(texts):
+        map_files.append(str(write_atomically(state / "maps" / f"parameters.{k}.txt", lambda f, t=text: f.write(t))))
+    own_cluster = client is None and not scheduler
+    # One GPU per worker of our LocalCluster; a cluster of your own places its GPUs itself.
+    gpus = _gpus() if own_cluster and _asks_gpu(maps) else 0
+    plan = plan_registration(pairs[0].fixed, pairs[0].moving, maps, pairs[0].fixed_mask, pairs[0].moving_mask,
+                             engine=engine)
+    size = ClusterSize.for_machine(len(pairs), plan.peak_bytes, workers if workers else (gpus or None),
+                                   threads_per_worker, memory_limit)
+    settings = PairSettings(str(root), tuple(map_files), engine, size.threads if own_cluster else threads_per_worker,
+                            gpus)
+    digest_of = {p.id: pair_hash(p, "".join(texts), {"engine": engine}) for p in pairs}
+    records = {}
+    todo = []
+    for pair in pairs:
+        previous = None if force else _previous(state, pair, digest_of[pair.id], root)
+        if previous is not None:
+            records[pair.id] = dict(previous, status="skipped")
+        else:
+            todo.append(pair)
+            (state / "attempts" / pair.id).unlink(missing_ok=True)
+    if todo:
+        log.info("batch: %d pair(s) to register, %d skipped (complete and unchanged)", len(todo),
+                 len(pairs) - len(todo))
+        with _client(client, scheduler, size, retries, gpus) as dask_client:
+            if dask_client.dashboard_link and client is None:
+                print(f"elastix-bridge batch: Dask dashboard at {dask_client.dashboard_link}", file=sys.stderr)
+            records.update(_run(dask_client, todo, settings, digest_of, gpus, state,
+                                sys.stderr.isatty() if progress is None else progress, tqdm))
+    ordered = [records[p.id] for p in pairs]
+    write_summary(root, ordered)
+    shutil.rmtree(state / "tmp", ignore_errors=True)
+    return ordered
+
+
+def _run(client, todo, settings, digest_of, gpus, state, progress, tqdm) -> dict:
+    """Submit every pair, collect the records as they finish (a dead worker's pair: failed with the cause)."""
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    resources = {"GPU": 1} if gpus else None
+    futures = {client.submit(run_pair, pair, settings, digest_of[pair.id], key=f"pair-{pair.id}-{uuid.uuid4().hex[:6]}",
+                             resources=resources, pure=False): pair for pair in todo}
+    records, failed = {}, 0
+    bar = tqdm(total=len(futures), unit="pair", desc="cohort", disable=not progress, dynamic_ncols=True)
+    try:
+        for future in as_completed(futures):
+            pair = futures[future]
+            try:
+                record = future.result()
+            except Exception as error:
+                attempts_file = state / "attempts" / pair.id
+                attempts = len(attempts_file.read_text().splitlines()) if attempts_file.is_file() else 0
+                if isinstance(error, KilledWorker):  # the worker process died every time it ran this pair
+                    cause = (f"the worker process running it died {attempts} time(s) (a crash of the interpreter, "
+                             "e.g. a segmentation fault, or memory exhausted; see the Dask worker logs, and lower "
+                             "--workers or raise --memory-limit if it was memory)")
+                else:  # the batch's own bookkeeping failed on the worker (e.g. a full disk)
+                    cause = f"{type(error).__name__}: {error}"
+                record = {"id": pair.id, "status": "failed", "attempts": attempts, "hash": digest_of[pair.id],
+                          "error": cause}
+                for leftover in (state / "tmp").glob(f"{pair.id}-*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
+                _write_record(state, record)
+            records[pair.id] = record
+            failed += record["status"] == "failed"
+            bar.update(1)
+            running = min(len(futures) - bar.n, len(client.scheduler_info().get("workers", {})) or 1)
+            bar.set_postfix(done=bar.n - failed, failed=failed, running=running)
+    finally:
+        bar.close()
+        client.cancel([f for f in futures if not f.done()])  # interrupted: nothing keeps running
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# summary
+
+
+_FIRST = ("id", "status", "error", "attempts", "wall_s", "peak_rss_mb")
+
+
+def cohort_lines(records: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Mean, median and worst of every measure over the complete (and skipped) pairs.
+
+    Worst is the largest wall time, memory, TRE and metric value (elastix minimises its metrics), and
+    the smallest Dice.
+    """
+    done = [r for r in records if r.get("status") in ("complete", "skipped")]
+    columns = [c for c in _columns(records) if c not in ("id", "status", "error", "hash")]
+    lines = []
+    for name, reduce in (("mean", statistics.fmean), ("median", statistics.median), ("worst", None)):
+        line = {"id": f"cohort {name}", "status": f"{len(done)} of {len(records)} registered"}
+        for column in columns:
+            values = [float(r[column]) for r in done if isinstance(r.get(column), (int, float))
+                      and math.isfinite(float(r[column]))]
+            if values:
+                if reduce is not None:
+                    line[column] = reduce(values)
+                else:
+                    line[column] = min(values) if column.startswith("dice") else max(values)
+        lines.append(line)
+    return lines
+
+
+def _columns(records) -> list[str]:
+    seen = list(_FIRST)
+    for r in records:
+        seen += [k for k in r if k not in seen and k != "hash"]
+    return seen
+
+
+def write_summary(root: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """``DIR/summary.csv`` (a row per pair, then the cohort lines) and ``DIR/summary.json``, written atomically."""
+    from elastix_bridge.core.files import write_atomically
+
+    lines = cohort_lines(records)
+    columns = _columns(records)
+
+    def csv_text(f):
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in list(records) + lines:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+    write_atomically(root / "summary.csv", csv_text)
+    text = json.dumps({"pairs": [{k: v for k, v in r.items() if k != "hash"} for r in records],
+                       "cohort": lines}, indent=1)
+    write_atomically(root / "summary.json", lambda f: f.write(text))
