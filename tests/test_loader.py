@@ -369,6 +369,22 @@ def test_load_feature_model(plugin, tmp_path):
     assert out[1].shape == (2, 1, 4, 4)
 
 
+def test_a_process_loads_each_model_file_once(plugin, tmp_path):
+    """A batch worker registers pair after pair: the same file on the same device is the same loaded
+    model; a rewritten file or another dtype is loaded afresh."""
+    import os
+
+    torch = pytest.importorskip("torch")
+    good, _ = _toy_modules()
+    path = _script(tmp_path, "good.pt", good)
+    first = loader.load_feature_model(path, torch.device("cpu"))
+    assert loader.load_feature_model(str(path), "cpu") is first
+    assert loader.load_feature_model(path, "cpu", half=True) is not first
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file changed
+    assert loader.load_feature_model(path, "cpu") is not first
+
+
 def test_load_feature_model_missing_relative_path(plugin, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(loader.ImpactModelError) as info:

@@ -115,7 +115,8 @@ def pairs_from_rows(rows: Sequence[Mapping[str, Any]], base: str | Path, source:
         problems.append(f"unknown column(s) {', '.join(unknown)}; the columns are {', '.join(REQUIRED + OPTIONAL)}")
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
-        raise ManifestError(source, problems + [f"no column {', '.join(missing)}: every row needs id, fixed and moving"])
+        raise ManifestError(source, problems + [f"no column {', '.join(missing)}: every row needs id, fixed and "
+                                                "moving"])
     pairs, seen = [], {}
     for number, row in enumerate(rows, 1):
         cells = {k: str(v).strip() for k, v in row.items() if k in REQUIRED + OPTIONAL and v not in (None, "")}

@@ -162,9 +162,10 @@ _ONE_AT_A_TIME = threading.Lock()
 def run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
     """Register one pair on this worker and return its summary record; never raises for the pair's own errors.
 
-    One pair at a time per process. Runs :func:`elastix_bridge.cli.run_registration` into a fresh folder under ``DIR/.batch/tmp``;
-    on success computes the final metrics, Dice and TRE, renames the folder to ``DIR/<id>`` and
-    writes the pair's record; on an error keeps the log as ``DIR/failed/<id>.log``.
+    One pair at a time per process. Runs :func:`elastix_bridge.cli.run_registration` into a fresh
+    folder under ``DIR/.batch/tmp``; on success computes the final metrics, Dice and TRE, renames the
+    folder to ``DIR/<id>`` and writes the pair's record; on an error keeps the log as
+    ``DIR/failed/<id>.log`` (an earlier complete ``DIR/<id>`` stays as it was).
 
     Returns:
         The record: ``id, status ("complete"/"failed"), error, attempts, wall_s, peak_rss_mb`` and
