@@ -5,6 +5,7 @@
     elastix-bridge build-plugin          compile the IMPACT plugin for the installed torch
     elastix-bridge doctor [--json] [--build]  can Impact run here? (exit 1 when not, with the fix)
     elastix-bridge make-model NAME -o F  write a built-in TorchScript feature model (e.g. mind-ssc-3d)
+    elastix-bridge model inspect FILE    a model's layers, strides, receptive field and a parameter-map snippet
     elastix-bridge demo --out DIR        register real anatomy (MNI152 from nilearn) with a known deformation
     elastix-bridge plan -f F -m M -p P   per stage and level: engine, sizes, samples, memory estimate
     elastix-bridge batch MANIFEST -p P -out DIR   a cohort on Dask: a folder per pair, summary.csv, resumable
@@ -30,7 +31,7 @@ def _registration_parser() -> argparse.ArgumentParser:
         prog="elastix-bridge",
         description="Run an elastix registration; stages with (Metric \"Impact\") run on the bridge engine, "
                     "all others on elastix (itk-elastix). Other commands: build-plugin, doctor, make-model, "
-                    "demo, plan, batch.")
+                    "demo, plan, batch, model.")
     p.add_argument("-f", required=True, metavar="FIXED", help="fixed image")
     p.add_argument("-m", required=True, metavar="MOVING", help="moving image")
     p.add_argument("-p", required=True, action="append", metavar="PARAMS",
@@ -271,6 +272,24 @@ def run_make_model(argv: Sequence[str]) -> int:
     return 0
 
 
+def run_model(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="elastix-bridge model",
+                                description="Feature models: `inspect FILE` measures what IMPACT needs to know of a "
+                                            "model (layers, channels, strides, receptive field, gradients, time) and "
+                                            "prints a parameter-map snippet.")
+    sub = p.add_subparsers(dest="action", required=True)
+    inspect = sub.add_parser("inspect", help="measure a TorchScript model (or mind-ssc-2d / mind-ssc-3d)")
+    inspect.add_argument("file", help="TorchScript model file or built-in name")
+    inspect.add_argument("--dimension", type=int, choices=[2, 3], help="default: tries 3D, then 2D")
+    inspect.add_argument("--channels", type=int, default=1, help="input channels (ImpactNumberOfChannels; 1)")
+    inspect.add_argument("--layers", type=int, default=1, help="n_layers passed to the model (layers-mask length; 1)")
+    args = p.parse_args(argv)
+    from elastix_bridge.models.inspection import inspect_model
+
+    print(inspect_model(args.file, dimension=args.dimension, input_channels=args.channels, layers=args.layers).text())
+    return 0
+
+
 def run_demo(argv: Sequence[str]) -> int:
     from elastix_bridge.demo import run_demo as demo
 
@@ -337,7 +356,7 @@ def run_doctor(argv: Sequence[str]) -> int:
 
 
 COMMANDS = {"build-plugin": run_build_plugin, "make-model": run_make_model, "demo": run_demo, "doctor": run_doctor,
-            "plan": run_plan, "batch": run_batch}
+            "plan": run_plan, "batch": run_batch, "model": run_model}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

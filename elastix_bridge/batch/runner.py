@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from elastix_bridge.batch.manifest import ManifestError, Pair, check_pairs, pair_hash, pairs_from_rows, read_manifest
+from elastix_bridge.runtime.memory import PeakRSS
 
 log = logging.getLogger("elastix_bridge")
 
@@ -58,33 +59,6 @@ class PairSettings:
 
 # ---------------------------------------------------------------------------------------------
 # one pair, on a worker
-
-
-class _PeakMemory:
-    """Largest resident memory of this process while the block runs (sampled every 20 ms), in MB."""
-
-    def __enter__(self):
-        import psutil
-
-        self._process, self._stop, self.peak = psutil.Process(), threading.Event(), 0
-
-        def sample():
-            while not self._stop.is_set():
-                self.peak = max(self.peak, self._process.memory_info().rss)
-                self._stop.wait(0.02)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
-
-    @property
-    def megabytes(self) -> float:
-        return self.peak / 2**20
 
 
 def _worker_gpu(settings: PairSettings) -> Optional[int]:
@@ -189,7 +163,7 @@ def _run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
     record: dict[str, Any] = {"id": pair.id, "status": "complete", "error": "", "attempts": attempts,
                               "hash": digest}
     tic = time.perf_counter()
-    with _PeakMemory() as memory:
+    with PeakRSS() as memory:
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the command's "wrote ..." line
                 run_registration(_argv(pair, settings, tmp))

@@ -143,3 +143,36 @@ def set_mmap_threshold(large_blocks_every_iteration: bool) -> Optional[int]:
         return threshold if ok else None
     except (OSError, AttributeError):
         return None
+
+
+class PeakRSS:
+    """Largest resident memory of this process while the block runs (sampled every 20 ms and at the end).
+
+    Attributes:
+        peak: bytes; ``megabytes`` the same in MB (2^20 bytes).
+    """
+
+    def __enter__(self) -> "PeakRSS":
+        import threading
+
+        import psutil
+
+        self._process, self._stop, self.peak = psutil.Process(), threading.Event(), 0
+
+        def sample():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self._process.memory_info().rss)
+                self._stop.wait(0.02)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+    @property
+    def megabytes(self) -> float:
+        return self.peak / 2**20

@@ -1,0 +1,220 @@
+"""What a feature model gives IMPACT, measured: ``elastix-bridge model inspect FILE``.
+
+The model is loaded as the bridge engine loads it (:func:`elastix_bridge.runtime.loader.load_feature_model`,
+upstream's calling convention, docs/design.md §I3) and run on the CPU on random inputs; nothing is
+read from the file but the model. Measured per output layer:
+
+* channels and output stride per axis (input size / output size, ITK (x, y, z) order);
+* receptive field: the input voxels on which the centre feature of the layer depends (the
+  bounding box of the non-zero gradient of that feature, summed over channels, with respect to the
+  input), per axis;
+* differentiability: a finite, non-zero gradient with respect to the input (Jacobian mode needs it);
+* size consistency: the features of an input one voxel larger per axis (a size that is no longer
+  a multiple of the stride) equal the first input's inside the shared region, away from the
+  borders by the receptive field;
+* time and peak memory of one forward at a few input sizes (no gradient, as Static mode runs it).
+
+From these, a parameter-map snippet: ``ImpactDimension``, ``ImpactNumberOfChannels``,
+``ImpactLayersMask``, ``ImpactPatchSize`` (the receptive field, made odd), ``ImpactSubsetFeatures``;
+``ImpactVoxelSize`` is the spacing the model was trained at, which the file does not say.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+@dataclass
+class LayerReport:
+    """One output layer. Sizes and strides in ITK (x, y, z) order, voxels."""
+
+    channels: int
+    stride: tuple
+    receptive_field: tuple
+    whole_input: bool  # the centre feature depends on every probe voxel: the field is at least the probe
+    differentiable: bool
+    size_consistent: Optional[bool]
+    largest_difference: float
+
+
+@dataclass
+class ModelReport:
+    """What :func:`inspect_model` measured; ``text()`` is what the command prints."""
+
+    path: str
+    arguments: int
+    dimension: int
+    input_channels: int
+    layers_asked: int
+    parameter_dtypes: tuple
+    layers: list = field(default_factory=list)
+    timings: list = field(default_factory=list)  # (input size (x, y, z), seconds, peak MB above the start)
+
+    def snippet(self, level: int = 0) -> str:
+        """A parameter-map block for resolution ``level`` that uses every layer of this model."""
+        rf = [max(layer.receptive_field[a] for layer in self.layers) for a in range(self.dimension)]
+        patch = " ".join(str(r + (1 - r % 2)) for r in rf)  # odd, so that the patch has a centre voxel
+        if any(layer.whole_input for layer in self.layers):
+            patch_note = ("the model's field covers the whole probe input (a normalisation over its input, or a "
+                          "larger field): choose the context; larger = more context, slower")
+        else:
+            patch_note = "Jacobian mode: the receptive field, made odd; Static mode: 0 (whole image)"
+        subset = [min(layer.channels, 32) for layer in self.layers]
+        distances = " ".join('"L2"' for _ in self.layers)
+        lines = [f'(ImpactModelsPath{level} "{self.path}")',
+                 f"(ImpactDimension{level} {self.dimension})",
+                 f"(ImpactNumberOfChannels{level} {self.input_channels})",
+                 f'(ImpactLayersMask{level} "{"1" * len(self.layers)}")',
+                 f"(ImpactPatchSize{level} {patch})   // {patch_note}",
+                 f"(ImpactVoxelSize{level} {' '.join(['1.5'] * self.dimension)})   // mm: the spacing the model was "
+                 "trained at (not in the file; 1.5 is a placeholder)",
+                 f"(ImpactSubsetFeatures{level} {' '.join(map(str, subset))})   // of "
+                 f"{', '.join(str(layer.channels) for layer in self.layers)} channels; fewer: faster, noisier",
+                 f"(ImpactLayersWeight{level} {' '.join(['1'] * len(self.layers))})",
+                 f"(ImpactPCA{level} {' '.join(['0'] * len(self.layers))})",
+                 f"(ImpactDistance{level} {distances})"]
+        return "\n".join(lines)
+
+    def text(self) -> str:
+        out = [f"model {self.path}",
+               f"  forward arguments  {self.arguments} (x{', n_layers' if self.arguments >= 2 else ''}"
+               f"{', stats, direction' if self.arguments >= 4 else ''})",
+               f"  input              {self.dimension}D, {self.input_channels} channel(s); weights "
+               f"{', '.join(self.parameter_dtypes) or 'none'}; outputs float32 (as the bridge passes them on)",
+               f"  layers             {len(self.layers)} for n_layers = {self.layers_asked}"]
+        for i, layer in enumerate(self.layers):
+            consistent = ("not checked" if layer.size_consistent is None else
+                          "yes" if layer.size_consistent else f"NO (differs by {layer.largest_difference:.3g})")
+            field_ = "x".join(map(str, layer.receptive_field)) + (" or more (all of the probe input)"
+                                                                  if layer.whole_input else "")
+            out.append(f"  layer {i}: {layer.channels} channels, stride {'x'.join(map(str, layer.stride))}, "
+                       f"receptive field {field_} voxels, differentiable "
+                       f"{'yes' if layer.differentiable else 'NO (Jacobian mode cannot use it)'}, same features "
+                       f"for sizes off the stride: {consistent}")
+        for size, seconds, megabytes in self.timings:
+            out.append(f"  forward at {'x'.join(map(str, size))}: {1000 * seconds:.0f} ms, peak +{megabytes:.0f} MB")
+        out += ["", "Parameter-map snippet (level 0):", self.snippet()]
+        return "\n".join(out)
+
+
+def _probe_input(dimension: int, channels: int, size: int, seed: int = 0):
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((1, channels) + (size,) * dimension, generator=generator)
+
+
+def _call(model, x, layers: int):
+    import torch
+
+    v = x.detach()
+    stats = torch.tensor([float(v.min()), float(v.max()), float(v.mean()), float(v.std())])
+    direction = torch.eye(x.dim() - 2, dtype=torch.int16)
+    return model.forward(x, layers, stats, direction)
+
+
+def _receptive_field(model, dimension: int, channels: int, layers: int, size: int) -> list:
+    """Per layer: (receptive field (x, y, z), whole input, differentiable) from the gradient of its centre feature."""
+    import torch
+
+    result = []
+    for i in range(layers):
+        x = _probe_input(dimension, channels, size, seed=1).requires_grad_(True)
+        out = _call(model, x, layers)[i]
+        centre = tuple(s // 2 for s in out.shape[2:])
+        (grad,) = torch.autograd.grad(out[(0, slice(None)) + centre].sum(), x, allow_unused=True)
+        if grad is None or not bool(torch.isfinite(grad).all()) or not bool(grad.abs().sum() > 0):
+            result.append(((0,) * dimension, False, False))
+            continue
+        support = grad.abs().sum(dim=(0, 1)) > 0  # spatial (z, y, x)
+        extent = []
+        for axis in range(dimension):
+            others = tuple(a for a in range(dimension) if a != axis)
+            hit = support.any(dim=others) if others else support
+            where = torch.nonzero(hit).flatten()
+            extent.append(int(where.max() - where.min() + 1))
+        result.append((tuple(reversed(extent)), all(e >= size for e in extent), True))
+    return result
+
+
+def inspect_model(path: str | Path, dimension: Optional[int] = None, input_channels: int = 1, layers: int = 1,
+                  size: Optional[int] = None, timing_sizes: Optional[Sequence[int]] = None) -> ModelReport:
+    """Load a feature model as the bridge does and measure what IMPACT needs to know of it.
+
+    Args:
+        path: a TorchScript file or a built-in name (``mind-ssc-2d``, ``mind-ssc-3d``).
+        dimension: 2 or 3; None tries 3D, then 2D.
+        input_channels: the model's input channels (``ImpactNumberOfChannels``).
+        layers: ``n_layers`` passed to the model (the layers-mask length it is asked for).
+        size: voxels per axis of the probe input (default 48 in 3D, 128 in 2D); the receptive field
+            is measured up to this size.
+        timing_sizes: voxels per axis of the timed forwards (default 32, 64, 96 in 3D; 128, 256, 512
+            in 2D).
+
+    Returns:
+        :class:`ModelReport`.
+
+    Raises:
+        elastix_bridge.runtime.loader.ImpactModelError: not a usable model, or no dimension works
+            (the error of each attempt is named).
+    """
+    import torch
+
+    from elastix_bridge.core.impact_parameters import resolve_model_path
+    from elastix_bridge.runtime import loader
+    from elastix_bridge.runtime.memory import PeakRSS
+
+    file = resolve_model_path(str(path))
+    model = loader.load_feature_model(str(file), "cpu")
+    dtypes = tuple(sorted({str(p.dtype).replace("torch.", "")
+                           for p in torch.jit.load(str(file), map_location="cpu").parameters()}))
+    errors, outputs = [], None
+    with loader.jit_optimization_disabled(), torch.no_grad():
+        for dim in ([dimension] if dimension else [3, 2]):
+            n = size or (48 if dim == 3 else 128)
+            try:
+                outputs = _call(model, _probe_input(dim, input_channels, n), layers)
+                loader.validate_model_output(outputs, layers, str(path))
+                dimension = dim
+                break
+            except (RuntimeError, ValueError) as error:
+                errors.append(f"{dim}D input of {n} voxels per axis: {str(error).splitlines()[0]}")
+                outputs = None
+    if outputs is None:
+        raise loader.ImpactModelError(f"model {path} ran on no input tried: " + "; ".join(errors)
+                                      + " (give --dimension, --channels or --layers if they differ)")
+    n = size or (48 if dimension == 3 else 128)
+    # An input one voxel larger per axis that holds the probe input at the origin: the features that see
+    # only the shared voxels must not change (a model whose output depends on the size modulo its stride
+    # would shift its features).
+    embedded = _probe_input(dimension, input_channels, n + 1)
+    embedded[(slice(None), slice(None)) + (slice(0, n),) * dimension] = _probe_input(dimension, input_channels, n)
+    with loader.jit_optimization_disabled():
+        fields_ = _receptive_field(model, dimension, input_channels, layers, n)
+        with torch.no_grad():
+            bigger = _call(model, embedded, layers)
+    report = ModelReport(str(path), model.num_arguments, dimension, input_channels, layers, dtypes)
+    for out, big, (rf, whole, differentiable) in zip(outputs, bigger, fields_):
+        stride = tuple(reversed([max(1, round(n / s)) for s in out.shape[2:]]))
+        # Away from the far border by the receptive field (in output voxels).
+        keep = tuple(slice(0, max(0, s - (r // st + 1))) for s, r, st in
+                     zip(out.shape[2:], reversed(rf), reversed(stride)))
+        a, b = out[(0, slice(None)) + keep], big[(0, slice(None)) + keep]
+        consistent, difference = None, 0.0
+        if a.numel() and a.shape == b.shape:
+            difference = float((a - b).abs().max())
+            consistent = difference <= 1e-4 * max(1.0, float(a.abs().max()))
+        report.layers.append(LayerReport(int(out.shape[1]), stride, rf, whole, differentiable, consistent, difference))
+    for n_time in timing_sizes or ((32, 64, 96) if dimension == 3 else (128, 256, 512)):
+        x = _probe_input(dimension, input_channels, n_time)
+        with torch.no_grad(), loader.jit_optimization_disabled():
+            _call(model, x, layers)  # warm-up
+            with PeakRSS() as memory:
+                start_rss = memory._process.memory_info().rss
+                tic = time.perf_counter()
+                _call(model, x, layers)
+                seconds = time.perf_counter() - tic
+        report.timings.append(((n_time,) * dimension, seconds, max(0, memory.peak - start_rss) / 2**20))
+    return report
