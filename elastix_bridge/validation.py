@@ -338,9 +338,10 @@ def _check_model_files(pmap, configs) -> None:
                     raise ImpactModelError(f"{where}: model file not found; give an existing TorchScript file (an "
                                            f"absolute path avoids working-directory surprises) or a built-in model "
                                            f"name ({', '.join(RESERVED_MODELS)})")
-                if not zipfile.is_zipfile(path):  # a TorchScript archive is a zip file; checked without torch
-                    raise ImpactModelError(f"{where}: not a TorchScript model (a TorchScript file is a zip archive, "
-                                           "this one is not); save the model with torch.jit.script(model).save(path)")
+                if not zipfile.is_zipfile(path):  # TorchScript and torch.export files are zip archives
+                    raise ImpactModelError(f"{where}: not a TorchScript or torch.export model (both are zip archives, "
+                                           "this file is not); save the model with torch.jit.script(model).save(path) "
+                                           "or torch.export.save(program, path) with a .pt2 name")
 
 
 def _check_devices(configs) -> None:

@@ -106,11 +106,18 @@ def _probe_input(dimension: int, channels: int, size: int, seed: int = 0):
     return torch.randn((1, channels) + (size,) * dimension, generator=generator)
 
 
-def _call(model, x, layers: int):
+def _stats(x):
     import torch
 
     v = x.detach()
-    stats = torch.tensor([float(v.min()), float(v.max()), float(v.mean()), float(v.std())])
+    return torch.tensor([float(v.min()), float(v.max()), float(v.mean()), float(v.std())])
+
+
+def _call(model, x, layers: int, stats=None):
+    """One forward; ``stats`` default to the input's own (a level image's, in a registration)."""
+    import torch
+
+    stats = _stats(x) if stats is None else stats
     direction = torch.eye(x.dim() - 2, dtype=torch.int16)
     return model.forward(x, layers, stats, direction)
 
@@ -168,8 +175,9 @@ def inspect_model(path: str | Path, dimension: Optional[int] = None, input_chann
 
     file = resolve_model_path(str(path))
     model = loader.load_feature_model(str(file), "cpu")
-    dtypes = tuple(sorted({str(p.dtype).replace("torch.", "")
-                           for p in torch.jit.load(str(file), map_location="cpu").parameters()}))
+    source = (torch.export.load(str(file)).module() if file.suffix == ".pt2"
+              else torch.jit.load(str(file), map_location="cpu"))
+    dtypes = tuple(sorted({str(p.dtype).replace("torch.", "") for p in source.parameters()}))
     errors, outputs = [], None
     with loader.jit_optimization_disabled(), torch.no_grad():
         for dim in ([dimension] if dimension else [3, 2]):
@@ -193,8 +201,8 @@ def inspect_model(path: str | Path, dimension: Optional[int] = None, input_chann
     embedded[(slice(None), slice(None)) + (slice(0, n),) * dimension] = _probe_input(dimension, input_channels, n)
     with loader.jit_optimization_disabled():
         fields_ = _receptive_field(model, dimension, input_channels, layers, n)
-        with torch.no_grad():
-            bigger = _call(model, embedded, layers)
+        with torch.no_grad():  # the same statistics: a model may normalise with them
+            bigger = _call(model, embedded, layers, _stats(_probe_input(dimension, input_channels, n)))
     report = ModelReport(str(path), model.num_arguments, dimension, input_channels, layers, dtypes)
     for out, big, (rf, whole, differentiable) in zip(outputs, bigger, fields_):
         stride = tuple(reversed([max(1, round(n / s)) for s in out.shape[2:]]))

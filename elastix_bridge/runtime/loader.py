@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from elastix_bridge.runtime import build_checks
+from elastix_bridge.runtime.exported_models import EXPORTED_SUFFIX, ExportedFeatureModel
 
 if TYPE_CHECKING:  # pragma: no cover - typing only, never imported at run time
     from types import ModuleType
@@ -653,20 +654,22 @@ def jit_optimization_disabled() -> Iterator[None]:
 
 def load_feature_model(path: str | Path, device: torch.device | str, half: bool = False, *,
                        parameter: str = "ImpactModelsPath") -> Any:
-    """Load a TorchScript feature model with upstream's conventions (docs/design.md §I3.1–§I3.5).
+    """Load a feature model with upstream's conventions (docs/design.md §I3.1–§I3.5).
 
     Args:
-        path: TorchScript file (``str`` or ``Path``); relative paths are relative to the current
-            working directory.
+        path: TorchScript file, or a ``torch.export`` program ending in ``.pt2``
+            (:class:`~elastix_bridge.runtime.exported_models.ExportedFeatureModel`); relative paths
+            are relative to the current working directory.
         device: ``torch.device`` or string ("cpu", "cuda:0").
         half: cast weights and inputs to float16 (``ImpactUseMixedPrecision``).
         parameter: parameter-file option the path came from, for error messages.
 
     Returns:
-        The plugin's ``FeatureModel`` (``num_arguments``, ``forward(x, n_layers, stats, direction)``).
+        The plugin's ``FeatureModel`` or an ``ExportedFeatureModel`` (``num_arguments``,
+        ``forward(x, n_layers, stats, direction)``).
 
     Raises:
-        ImpactModelError: missing file, not TorchScript, no usable forward.
+        ImpactModelError: missing file, not a model, no usable forward.
         ImpactUnavailableError: torch/plugin unavailable, or the model cannot be moved to `device`.
     """
     plugin = load_plugin()
@@ -685,7 +688,10 @@ def load_feature_model(path: str | Path, device: torch.device | str, half: bool 
     if key in _models:
         return _models[key]
     try:
-        model = plugin.FeatureModel(str(p), str(device), bool(half))
+        if p.suffix == EXPORTED_SUFFIX:  # torch.export (docs/models.md): run from Python, same convention
+            model = ExportedFeatureModel(p, str(device), bool(half))
+        else:
+            model = plugin.FeatureModel(str(p), str(device), bool(half))
     except ValueError as exc:
         raise ImpactModelError(f"{where}: {exc}") from exc
     except RuntimeError as exc:
