@@ -6,6 +6,7 @@
     elastix-bridge doctor [--json] [--build]  can Impact run here? (exit 1 when not, with the fix)
     elastix-bridge make-model NAME -o F  write a built-in TorchScript feature model (e.g. mind-ssc-3d)
     elastix-bridge model inspect FILE    a model's layers, strides, receptive field and a parameter-map snippet
+    elastix-bridge model export F -o O --layers B --dimension D   a network's blocks as a feature model
     elastix-bridge demo --out DIR        register real anatomy (MNI152 from nilearn) with a known deformation
     elastix-bridge plan -f F -m M -p P   per stage and level: engine, sizes, samples, memory estimate
     elastix-bridge batch MANIFEST -p P -out DIR   a cohort on Dask: a folder per pair, summary.csv, resumable
@@ -276,14 +277,35 @@ def run_model(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="elastix-bridge model",
                                 description="Feature models: `inspect FILE` measures what IMPACT needs to know of a "
                                             "model (layers, channels, strides, receptive field, gradients, time) and "
-                                            "prints a parameter-map snippet.")
+                                            "prints a parameter-map snippet; `export` writes a network's blocks as "
+                                            "a feature model and inspects it.")
     sub = p.add_subparsers(dest="action", required=True)
     inspect = sub.add_parser("inspect", help="measure a TorchScript model (or mind-ssc-2d / mind-ssc-3d)")
     inspect.add_argument("file", help="TorchScript model file or built-in name")
     inspect.add_argument("--dimension", type=int, choices=[2, 3], help="default: tries 3D, then 2D")
     inspect.add_argument("--channels", type=int, default=1, help="input channels (ImpactNumberOfChannels; 1)")
     inspect.add_argument("--layers", type=int, default=1, help="n_layers passed to the model (layers-mask length; 1)")
+    export = sub.add_parser("export", help="a TorchScript network's blocks as an IMPACT feature model (.pt); "
+                                           "from Python, elastix_bridge.models.export also takes torch.nn.Modules "
+                                           "and writes .pt2")
+    export.add_argument("file", help="TorchScript model file (scripted or traced)")
+    export.add_argument("-o", "--output", required=True, help="the feature model to write (.pt)")
+    export.add_argument("--layers", nargs="+", required=True,
+                        help="top-level blocks whose outputs are the features: names, or positions in forward's order")
+    export.add_argument("--dimension", type=int, choices=[2, 3], required=True)
+    export.add_argument("--channels", type=int, default=1, help="input channels (1)")
+    export.add_argument("--normalisation", choices=["none", "zscore", "minmax", "ct"], default="none",
+                        help="input normalisation inside the model, from the level statistics (none)")
+    export.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                        help="HU window for --normalisation ct")
     args = p.parse_args(argv)
+    if args.action == "export":
+        from elastix_bridge.models.export import export as export_model
+
+        report = export_model(args.file, args.layers, args.dimension, args.output, in_channels=args.channels,
+                              normalisation=args.normalisation, window=args.window)
+        print(f"wrote {args.output}\n{report.text()}")
+        return 0
     from elastix_bridge.models.inspection import inspect_model
 
     print(inspect_model(args.file, dimension=args.dimension, input_channels=args.channels, layers=args.layers).text())

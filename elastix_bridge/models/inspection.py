@@ -122,25 +122,31 @@ def _call(model, x, layers: int, stats=None):
     return model.forward(x, layers, stats, direction)
 
 
-def _receptive_field(model, dimension: int, channels: int, layers: int, size: int) -> list:
-    """Per layer: (receptive field (x, y, z), whole input, differentiable) from the gradient of its centre feature."""
+def _receptive_field(model, dimension: int, channels: int, layers: int, size: int, probes: int = 4) -> list:
+    """Per layer: (receptive field (x, y, z), whole input, differentiable) from the gradient of its centre
+    feature, over a few random inputs (a ReLU may be off at the centre for one of them)."""
     import torch
 
     result = []
     for i in range(layers):
-        x = _probe_input(dimension, channels, size, seed=1).requires_grad_(True)
-        out = _call(model, x, layers)[i]
-        centre = tuple(s // 2 for s in out.shape[2:])
-        (grad,) = torch.autograd.grad(out[(0, slice(None)) + centre].sum(), x, allow_unused=True)
-        if grad is None or not bool(torch.isfinite(grad).all()) or not bool(grad.abs().sum() > 0):
+        support, finite = None, True
+        for seed in range(1, probes + 1):
+            x = _probe_input(dimension, channels, size, seed=seed).requires_grad_(True)
+            out = _call(model, x, layers)[i]
+            centre = tuple(s // 2 for s in out.shape[2:])
+            (grad,) = torch.autograd.grad(out[(0, slice(None)) + centre].sum(), x, allow_unused=True)
+            if grad is None:
+                continue
+            finite = finite and bool(torch.isfinite(grad).all())
+            hit = grad.abs().sum(dim=(0, 1)) > 0  # spatial (z, y, x)
+            support = hit if support is None else support | hit
+        if support is None or not finite or not bool(support.any()):
             result.append(((0,) * dimension, False, False))
             continue
-        support = grad.abs().sum(dim=(0, 1)) > 0  # spatial (z, y, x)
         extent = []
         for axis in range(dimension):
             others = tuple(a for a in range(dimension) if a != axis)
-            hit = support.any(dim=others) if others else support
-            where = torch.nonzero(hit).flatten()
+            where = torch.nonzero(support.any(dim=others) if others else support).flatten()
             extent.append(int(where.max() - where.min() + 1))
         result.append((tuple(reversed(extent)), all(e >= size for e in extent), True))
     return result
