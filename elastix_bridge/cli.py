@@ -298,12 +298,14 @@ def run_model(argv: Sequence[str]) -> int:
                         help="input normalisation inside the model, from the level statistics (none)")
     export.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"),
                         help="HU window for --normalisation ct")
+    export.add_argument("--reorient", action="store_true",
+                        help="show the network every image in the identity orientation (by the direction argument)")
     args = p.parse_args(argv)
     if args.action == "export":
         from elastix_bridge.models.export import export as export_model
 
         report = export_model(args.file, args.layers, args.dimension, args.output, in_channels=args.channels,
-                              normalisation=args.normalisation, window=args.window)
+                              normalisation=args.normalisation, window=args.window, reorient=args.reorient)
         print(f"wrote {args.output}\n{report.text()}")
         return 0
     from elastix_bridge.models.inspection import inspect_model

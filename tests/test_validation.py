@@ -398,8 +398,9 @@ def test_the_command_logs_an_unknown_key_warning_once(tmp_path, capsys, caplog):
 def test_a_model_file_that_is_not_torchscript_is_named_before_any_work(pair, tmp_path, no_work):
     text = tmp_path / "model.pt"
     text.write_text("not a model\n")
-    refused(elastix_bridge.runtime.loader.ImpactModelError, r"ImpactModelsPath0 '.*model.pt'.*: not a TorchScript model \(a TorchScript file is a "
-                              r"zip archive", pair, [impact_parameters(ImpactModelsPath0=str(text))], tmp_path)
+    refused(elastix_bridge.runtime.loader.ImpactModelError, r"ImpactModelsPath0 '.*model.pt'.*: not a TorchScript or "
+                              r"torch.export model \(both are zip archives", pair,
+            [impact_parameters(ImpactModelsPath0=str(text))], tmp_path)
 
 
 def test_a_gpu_asked_for_where_there_is_none_is_named_before_any_work(pair, tmp_path, no_work):

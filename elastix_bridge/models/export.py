@@ -11,6 +11,10 @@ the same file serves any image:
 * ``"minmax"``: ``(x − min) / (max − min)``;
 * ``"ct"`` with ``window=(low, high)`` in HU: clipped to the window, then scaled to ``[0, 1]``.
 
+With ``reorient=True`` the network sees every image in the identity orientation (its axes flipped and
+permuted by the rounded direction cosines, the fourth argument) and the features are put back on the
+image's grid: for networks trained on images of one orientation.
+
 Layers are the outputs of the model's top-level sub-modules, by name or by their position in the
 order ``forward`` calls them. Two formats, chosen by the file name:
 
@@ -59,6 +63,59 @@ def _normaliser_class():
     return Normalise
 
 
+def _orientation_class():
+    import torch
+    from typing import List
+
+    class Orient(torch.nn.Module):
+        """With ``enabled``: show the network the image in the identity orientation, and put the features back.
+
+        From the rounded direction cosines ``[D, D]`` (column ``j`` = image axis ``j`` in physical
+        ``(x, y, z)``): each image axis is flipped when it points along a negative physical axis, and the
+        axes are permuted into physical order; ``back`` undoes both on a feature map (exact for
+        stride 1; a strided layer's features are flipped as a whole).
+        """
+
+        def __init__(self, enabled: bool) -> None:
+            super().__init__()
+            self.enabled = enabled
+
+        def _plan(self, direction: torch.Tensor):
+            d = direction.size(0)
+            flips: List[int] = []
+            perm: List[int] = [0, 1]
+            for j in range(d):
+                if int(direction[:, j].sum()) < 0:
+                    flips.append(2 + d - 1 - j)
+            for k in range(d):  # tensor axis 2 + k shows physical axis d - 1 - k
+                row = direction[d - 1 - k].abs()
+                j = int(torch.argmax(row))
+                perm.append(2 + d - 1 - j)
+            return flips, perm
+
+        def forward(self, x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+            if not self.enabled:
+                return x
+            flips, perm = self._plan(direction)
+            if len(flips) > 0:
+                x = torch.flip(x, flips)
+            return x.permute(perm)
+
+        def back(self, y: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+            if not self.enabled:
+                return y
+            flips, perm = self._plan(direction)
+            inverse: List[int] = [0] * len(perm)
+            for k in range(len(perm)):
+                inverse[perm[k]] = k
+            y = y.permute(inverse)
+            if len(flips) > 0:
+                y = torch.flip(y, flips)
+            return y
+
+    return Orient
+
+
 def _script_wrapper_class():
     import torch
     from typing import List
@@ -66,17 +123,17 @@ def _script_wrapper_class():
     class Features(torch.nn.Module):
         """IMPACT convention around truncated TorchScript copies of the network, one per layer."""
 
-        def __init__(self, normalise: torch.nn.Module, parts: List[torch.nn.Module]) -> None:
+        def __init__(self, normalise: torch.nn.Module, orient: torch.nn.Module, parts: List[torch.nn.Module]) -> None:
             super().__init__()
-            self.normalise = normalise
+            self.normalise, self.orient = normalise, orient
             self.parts = torch.nn.ModuleList(parts)
 
         def forward(self, x: torch.Tensor, n_layers: torch.Tensor, stats: torch.Tensor,
                     direction: torch.Tensor) -> List[torch.Tensor]:
-            y = self.normalise(x, stats)
+            y = self.orient(self.normalise(x, stats), direction)
             out: List[torch.Tensor] = []
             for part in self.parts:
-                out.append(part(y))
+                out.append(self.orient.back(part(y), direction))
             return out
 
     return Features
@@ -89,20 +146,21 @@ def _hook_wrapper_class():
     class HookedFeatures(torch.nn.Module):
         """IMPACT convention around a Python network; forward hooks keep the chosen blocks' outputs."""
 
-        def __init__(self, normalise: torch.nn.Module, network: torch.nn.Module, names: List[str]) -> None:
+        def __init__(self, normalise: torch.nn.Module, orient: torch.nn.Module, network: torch.nn.Module,
+                     names: List[str]) -> None:
             super().__init__()
-            self.normalise, self.network, self.names = normalise, network, names
+            self.normalise, self.orient, self.network, self.names = normalise, orient, network, names
 
         def forward(self, x, n_layers, stats, direction):
             kept = {}
             handles = [dict(self.network.named_children())[name].register_forward_hook(
                 lambda module, args, output, name=name: kept.__setitem__(name, output)) for name in self.names]
             try:
-                self.network(self.normalise(x, stats))
+                self.network(self.orient(self.normalise(x, stats), direction))
             finally:
                 for handle in handles:
                     handle.remove()
-            return [kept[name] for name in self.names]
+            return [self.orient.back(kept[name], direction) for name in self.names]
 
     return HookedFeatures
 
@@ -146,7 +204,8 @@ def _truncated(load, name: str):
 
 
 def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, in_channels: int = 1,
-           normalisation: str = "none", window: Optional[Sequence[float]] = None, example_size: int = 32):
+           normalisation: str = "none", window: Optional[Sequence[float]] = None, reorient: bool = False,
+           example_size: int = 32):
     """Write ``model``'s chosen layers as an IMPACT feature model and check it.
 
     Args:
@@ -157,6 +216,9 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
         in_channels: input channels (``ImpactNumberOfChannels``).
         normalisation: one of :data:`NORMALISATIONS` (see the module docstring).
         window: ``(low, high)`` for ``"ct"`` (HU).
+        reorient: show the network every image in the identity orientation (axes flipped and permuted
+            by the rounded direction cosines, the features put back), for networks trained on one
+            orientation; TorchScript (``.pt``) only.
         example_size: voxels per axis of the example input used to trace or export.
 
     Returns:
@@ -179,6 +241,7 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
         raise ExportError("normalisation 'ct' needs window=(low, high) in HU with low < high, e.g. (-1000, 1000)")
     low, high = window if window is not None else (0.0, 1.0)
     normalise = _normaliser_class()(normalisation, low, high)
+    orient = _orientation_class()(bool(reorient))
     source = Path(model) if isinstance(model, (str, Path)) else None
     if source is not None and not source.is_file():
         raise ExportError(f"model file {source} does not exist")
@@ -189,9 +252,12 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
         if source is not None or isinstance(model, torch.jit.ScriptModule):
             raise ExportError(".pt2 (torch.export) needs the Python torch.nn.Module; a TorchScript model can be "
                               "written as .pt only")
+        if reorient:  # the axes depend on the direction's values: data-dependent for torch.export
+            raise ExportError("reorient needs TorchScript (.pt): a torch.export program cannot choose its axes "
+                              "from the direction argument at run time")
         model.eval()
         names = _layer_names(layers, [n for n, _ in model.named_children()])
-        wrapper = _hook_wrapper_class()(normalise, model, names).eval()
+        wrapper = _hook_wrapper_class()(normalise, orient, model, names).eval()
         # Batch and spatial sizes dynamic (patches of any count and size); AUTO lets torch.export find the
         # ranges the network allows (inspect below then proves other sizes run).
         spatial = {a: torch.export.Dim.AUTO for a in [0] + [2 + a for a in range(dimension)]}
@@ -219,6 +285,6 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
             return torch.jit.load(io.BytesIO(data), map_location="cpu")
 
         names = _layer_names(layers, [n for n, _ in _calls(load())])
-        wrapper = torch.jit.script(_script_wrapper_class()(normalise, [_truncated(load, n) for n in names]))
+        wrapper = torch.jit.script(_script_wrapper_class()(normalise, orient, [_truncated(load, n) for n in names]))
         wrapper.save(str(path))
     return inspect_model(path, dimension=dimension, input_channels=in_channels, layers=len(layers))

@@ -2,7 +2,6 @@
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,6 +80,33 @@ def test_layers_by_position_and_normalisations(plugin, tmp_path):
     torch.testing.assert_close(out, net.stem(x / 2.0))
 
 
+def test_reorientation_shows_the_network_the_identity_orientation(plugin, tmp_path):
+    net = Net().eval()
+    export(net, ["stem", "down"], 2, tmp_path / "net.pt", reorient=True)
+    with pytest.raises(ExportError, match="reorient needs TorchScript"):
+        export(net, ["stem"], 2, tmp_path / "net.pt2", reorient=True)
+    model = loader.load_feature_model(tmp_path / "net.pt", "cpu")
+    x = torch.randn(1, 1, 12, 10)
+    flipped_x = torch.tensor([[-1, 0], [0, 1]], dtype=torch.int16)  # image x axis along physical -x
+    (stem, _) = model.forward(x, 2, STATS, flipped_x)
+    torch.testing.assert_close(stem, net.stem(x.flip(3)).flip(3))
+    swapped = torch.tensor([[0, 1], [1, 0]], dtype=torch.int16)  # image x along physical y and y along x
+    (stem, down) = model.forward(x, 2, STATS, swapped)
+    torch.testing.assert_close(stem, net.stem(x.transpose(2, 3)).transpose(2, 3))
+    torch.testing.assert_close(down, net.down(net.stem(x.transpose(2, 3))).transpose(2, 3))
+    (stem, _) = model.forward(x, 2, STATS, torch.eye(2, dtype=torch.int16))
+    torch.testing.assert_close(stem, net.stem(x))
+
+
+def test_scripted_network(plugin, tmp_path):
+    net = Net().eval()
+    torch.jit.script(net).save(str(tmp_path / "scripted.pt"))
+    report = export(tmp_path / "scripted.pt", ["down"], 2, tmp_path / "down.pt", normalisation="zscore")
+    assert (report.layers[0].channels, report.layers[0].stride) == (6, (2, 2))
+    x = torch.randn(2, 1, 14, 14)
+    torch.testing.assert_close(_features(tmp_path / "down.pt", x)[0], net.down(net.stem((x - 0.5) / 0.25)))
+
+
 def test_torchscript_file_whose_blocks_take_the_activation_first(plugin, tmp_path):
     net = ActFirst().eval()
     torch.jit.trace(net, torch.randn(1, 1, 12, 12)).save(str(tmp_path / "traced.pt"))
@@ -140,8 +166,23 @@ def test_deepbet_first_block(plugin, tmp_path):
     layer = report.layers[0]
     assert (layer.channels, layer.stride, layer.differentiable) == (16, (4, 4, 4), True)
     assert np.all(np.array(layer.receptive_field) > 8)
-    # the exported file loads where a parameter file points to it
-    assert loader.load_feature_model(Path(tmp_path / "deepbet_init.pt"), "cpu").num_arguments == 4
+    # its snippet's keys in a map: a 3D registration runs end to end on the features
+    import itk
+    from scipy import ndimage
+
+    from elastix_bridge.api import elastix_registration_method
+
+    rng = np.random.default_rng(0)
+    volume = ndimage.gaussian_filter(rng.normal(size=(40, 40, 40)), 3).astype(np.float32)
+    fixed, moving = itk.image_from_array(volume), itk.image_from_array(np.roll(volume, 2, axis=2))
+    for image in (fixed, moving):
+        image.SetSpacing([2.0, 2.0, 2.0])
+    snippet = {line.split()[0][1:]: [v.strip('"') for v in line.split(")")[0].split()[1:]]
+               for line in report.snippet().splitlines()}
+    snippet.update(ImpactPatchSize0=["0", "0", "0"], ImpactVoxelSize0=["2", "2", "2"])
+    pmap = impact_parameters(Transform="TranslationTransform", FinalGridSpacingInPhysicalUnits=None, **snippet)
+    _, tp = elastix_registration_method(fixed, moving, parameter_object=[pmap], engine="bridge")
+    assert all(np.isfinite(float(v)) for v in transform_parameters(tp))
 
 
 def test_export_command(plugin, tmp_path, capsys):
