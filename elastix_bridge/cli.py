@@ -280,8 +280,8 @@ def run_model(argv: Sequence[str]) -> int:
                                             "prints a parameter-map snippet; `export` writes a network's blocks as "
                                             "a feature model and inspects it.")
     sub = p.add_subparsers(dest="action", required=True)
-    inspect = sub.add_parser("inspect", help="measure a TorchScript model (or mind-ssc-2d / mind-ssc-3d)")
-    inspect.add_argument("file", help="TorchScript model file or built-in name")
+    inspect = sub.add_parser("inspect", help="measure a model: TorchScript, .pt2, mind-ssc-2d or mind-ssc-3d")
+    inspect.add_argument("file", help="model file (.pt TorchScript, .pt2 torch.export) or built-in name")
     inspect.add_argument("--dimension", type=int, choices=[2, 3], help="default: tries 3D, then 2D")
     inspect.add_argument("--channels", type=int, default=1, help="input channels (ImpactNumberOfChannels; 1)")
     inspect.add_argument("--layers", type=int, default=1, help="n_layers passed to the model (layers-mask length; 1)")

@@ -31,6 +31,7 @@ returned (layers, strides, receptive field, gradients, size consistency).
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -210,7 +211,8 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
 
     Args:
         model: a ``torch.nn.Module`` (traced for ``.pt``), a TorchScript module, or a TorchScript file.
-        layers: top-level sub-module names, or positions in the order ``forward`` calls them.
+        layers: top-level sub-module names, or positions in the order ``forward`` calls them (``.pt2``:
+            the order of ``named_children()``).
         dimension: 2 or 3 (``ImpactDimension``).
         path: output file; ``.pt`` (TorchScript) or ``.pt2`` (``torch.export``).
         in_channels: input channels (``ImpactNumberOfChannels``).
@@ -245,6 +247,10 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
     source = Path(model) if isinstance(model, (str, Path)) else None
     if source is not None and not source.is_file():
         raise ExportError(f"model file {source} does not exist")
+    if source is not None and path.resolve() == source.resolve():
+        raise ExportError(f"{path} is the model being exported; write the feature model to another file")
+    # Written under a temporary name beside `path` and renamed once it has been inspected.
+    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
     example = torch.randn((2, in_channels) + (example_size,) * dimension)
     args = (example, torch.tensor(len(layers), dtype=torch.int16), torch.tensor([-1.0, 1.0, 0.0, 1.0]),
             torch.eye(dimension, dtype=torch.int16))
@@ -266,7 +272,7 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
         except Exception as error:
             raise ExportError(f"torch.export could not export the model with dynamic sizes: "
                               f"{str(error).splitlines()[0]}") from None
-        torch.export.save(program, str(path))
+        torch.export.save(program, str(partial))
     else:
         if source is not None:
             data = source.read_bytes()
@@ -286,5 +292,11 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
 
         names = _layer_names(layers, [n for n, _ in _calls(load())])
         wrapper = torch.jit.script(_script_wrapper_class()(normalise, orient, [_truncated(load, n) for n in names]))
-        wrapper.save(str(path))
-    return inspect_model(path, dimension=dimension, input_channels=in_channels, layers=len(layers))
+        wrapper.save(str(partial))
+    try:
+        report = inspect_model(partial, dimension=dimension, input_channels=in_channels, layers=len(layers))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    report.path = str(path)
+    return report

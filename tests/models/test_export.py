@@ -130,6 +130,9 @@ def test_refusals_say_what_to_change(plugin, tmp_path):
         export(tmp_path / "net_script.pt", ["stem"], 2, tmp_path / "x.pt2")
     with pytest.raises(ExportError, match="must end in .pt"):
         export(net, ["stem"], 2, tmp_path / "x.onnx")
+    with pytest.raises(ExportError, match="is the model being exported"):
+        export(tmp_path / "net_script.pt", ["stem"], 2, tmp_path / "net_script.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net_script.pt"]  # nothing half-written left behind
 
 
 def test_exported_snippet_runs_a_registration_in_both_formats(plugin, tmp_path, inputs):
