@@ -157,7 +157,8 @@ def inspect_model(path: str | Path, dimension: Optional[int] = None, input_chann
     """Load a feature model as the bridge does and measure what IMPACT needs to know of it.
 
     Args:
-        path: a TorchScript file or a built-in name (``mind-ssc-2d``, ``mind-ssc-3d``).
+        path: a TorchScript file, a ``torch.export`` program (``.pt2``) or a built-in name
+            (``mind-ssc-2d``, ``mind-ssc-3d``).
         dimension: 2 or 3; None tries 3D, then 2D.
         input_channels: the model's input channels (``ImpactNumberOfChannels``).
         layers: ``n_layers`` passed to the model (the layers-mask length it is asked for).
@@ -226,9 +227,8 @@ def inspect_model(path: str | Path, dimension: Optional[int] = None, input_chann
         with torch.no_grad(), loader.jit_optimization_disabled():
             _call(model, x, layers)  # warm-up
             with PeakRSS() as memory:
-                start_rss = memory._process.memory_info().rss
                 tic = time.perf_counter()
                 _call(model, x, layers)
                 seconds = time.perf_counter() - tic
-        report.timings.append(((n_time,) * dimension, seconds, max(0, memory.peak - start_rss) / 2**20))
+        report.timings.append(((n_time,) * dimension, seconds, max(0, memory.peak - memory.start) / 2**20))
     return report

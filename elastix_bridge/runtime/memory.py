@@ -149,7 +149,7 @@ class PeakRSS:
     """Largest resident memory of this process while the block runs (sampled every 20 ms and at the end).
 
     Attributes:
-        peak: bytes; ``megabytes`` the same in MB (2^20 bytes).
+        start: resident bytes when the block began; peak: the largest; ``megabytes``: peak in MB (2^20 bytes).
     """
 
     def __enter__(self) -> "PeakRSS":
@@ -157,7 +157,8 @@ class PeakRSS:
 
         import psutil
 
-        self._process, self._stop, self.peak = psutil.Process(), threading.Event(), 0
+        self._process, self._stop = psutil.Process(), threading.Event()
+        self.start = self.peak = self._process.memory_info().rss
 
         def sample():
             while not self._stop.is_set():
