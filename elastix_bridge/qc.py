@@ -150,7 +150,7 @@ def write_qc_figure(fixed_image: itk.Image | str | Path, moving_image: itk.Image
     if dim not in (2, 3) or moving.GetImageDimension() != dim:
         raise ValueError(f"the QC picture needs two 2D or two 3D images; got a {dim}D fixed and a "
                          f"{moving.GetImageDimension()}D moving image")
-    tpo = _transform_object(transform_parameter_object, output_directory)
+    tpo = read_transform_object(transform_parameter_object, output_directory)
     maps = [dict(tpo.GetParameterMap(i)) for i in range(tpo.GetNumberOfParameterMaps())]
 
     warped, det = _transformix(moving, tpo)
@@ -209,8 +209,14 @@ def _load_image(image, what: str):
         raise ValueError(f"the {what} must have scalar pixels ({error})") from error
 
 
-def _transform_object(tp, output_directory):
-    """``itk.ParameterObject`` from a ParameterObject, maps, a TransformParameters file, or the folder."""
+def read_transform_object(tp, output_directory=None):
+    """``itk.ParameterObject`` from a ParameterObject, maps, a TransformParameters file, or, with ``tp``
+    None, the last ``TransformParameters.<k>.txt`` of a registration's output folder (transformix
+    follows its chain of initial transforms).
+
+    Raises:
+        ValueError, FileNotFoundError: nothing to read, naming what to pass.
+    """
     import itk
 
     if tp is None:

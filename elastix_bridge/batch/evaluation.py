@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -28,20 +27,6 @@ def final_metrics(folder: str | Path) -> dict[str, float]:
         if len(values):
             last[stage] = float(values[-1])  # sorted by level: the last level's value wins
     return {f"metric_{stage}": value for stage, value in sorted(last.items())}
-
-
-def _transform_object(folder: Path, interpolator: Optional[str] = None):
-    """The last TransformParameters file of ``folder`` as an ``itk.ParameterObject`` (chain followed by transformix)."""
-    import itk
-
-    files = sorted(folder.glob("TransformParameters.*.txt"), key=lambda p: int(p.name.split(".")[1]))
-    if not files:
-        raise FileNotFoundError(f"no TransformParameters.<k>.txt in {folder}")
-    po = itk.ParameterObject.New()
-    po.ReadParameterFile(str(files[-1]))
-    if interpolator:
-        po.SetParameter(0, "ResampleInterpolator", interpolator)
-    return po
 
 
 def dice_per_label(folder: str | Path, fixed_labels: str | Path, moving_labels: str | Path) -> dict[str, float]:
@@ -64,7 +49,10 @@ def dice_per_label(folder: str | Path, fixed_labels: str | Path, moving_labels: 
 
     moving = read_image(moving_labels, "moving_labels")
     fixed = itk.array_from_image(read_image(fixed_labels, "fixed_labels"))
-    po = _transform_object(Path(folder), "FinalNearestNeighborInterpolator")
+    from elastix_bridge.qc import read_transform_object
+
+    po = read_transform_object(None, folder)
+    po.SetParameter(po.GetNumberOfParameterMaps() - 1, "ResampleInterpolator", "FinalNearestNeighborInterpolator")
     with tempfile.TemporaryDirectory(prefix="elastix-bridge-labels-") as tmp:
         transformix = itk.TransformixFilter.New(moving)
         transformix.SetTransformParameterObject(po)
@@ -98,7 +86,9 @@ def target_registration_error(folder: str | Path, pair: Pair) -> dict[str, float
 
     fixed_points = read_points(pair.fixed_points, read_image_geometry(pair.fixed, "fixed"))
     moving_points = read_points(pair.moving_points, read_image_geometry(pair.moving, "moving"))
-    po = _transform_object(Path(folder))
+    from elastix_bridge.qc import read_transform_object
+
+    po = read_transform_object(None, folder)
     with tempfile.TemporaryDirectory(prefix="elastix-bridge-points-") as tmp:
         points_file = Path(tmp) / "fixed_points.txt"
         points_file.write_text("point\n%d\n" % len(fixed_points)
