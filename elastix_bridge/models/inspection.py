@@ -127,20 +127,22 @@ def _receptive_field(model, dimension: int, channels: int, layers: int, size: in
     feature, over a few random inputs (a ReLU may be off at the centre for one of them)."""
     import torch
 
-    result = []
-    for i in range(layers):
-        support, finite = None, True
-        for seed in range(1, probes + 1):
-            x = _probe_input(dimension, channels, size, seed=seed).requires_grad_(True)
-            out = _call(model, x, layers)[i]
+    supports, finite = [None] * layers, [True] * layers
+    for seed in range(1, probes + 1):  # one forward per probe serves every layer
+        x = _probe_input(dimension, channels, size, seed=seed).requires_grad_(True)
+        outputs = _call(model, x, layers)
+        for i, out in enumerate(outputs):
             centre = tuple(s // 2 for s in out.shape[2:])
-            (grad,) = torch.autograd.grad(out[(0, slice(None)) + centre].sum(), x, allow_unused=True)
+            (grad,) = torch.autograd.grad(out[(0, slice(None)) + centre].sum(), x, allow_unused=True,
+                                          retain_graph=i + 1 < len(outputs))
             if grad is None:
                 continue
-            finite = finite and bool(torch.isfinite(grad).all())
+            finite[i] = finite[i] and bool(torch.isfinite(grad).all())
             hit = grad.abs().sum(dim=(0, 1)) > 0  # spatial (z, y, x)
-            support = hit if support is None else support | hit
-        if support is None or not finite or not bool(support.any()):
+            supports[i] = hit if supports[i] is None else supports[i] | hit
+    result = []
+    for support, ok in zip(supports, finite):
+        if support is None or not ok or not bool(support.any()):
             result.append(((0,) * dimension, False, False))
             continue
         extent = []
