@@ -310,7 +310,7 @@ def _process_state_kept():
 
 
 @contextlib.contextmanager
-def _client(client, scheduler: Optional[str], size: ClusterSize, retries: int, gpus: int):
+def _client(client, scheduler: Optional[str], size: Optional[ClusterSize], retries: int, gpus: int):
     """The Dask client to use: the caller's, one for ``scheduler``, or a LocalCluster of ``size``."""
     import dask
     from distributed import Client, LocalCluster
@@ -393,12 +393,13 @@ def register_many(pairs, parameter_object, output_directory: str | Path, client=
     own_cluster = client is None and not scheduler
     # One GPU per worker of our LocalCluster; a cluster of your own places its GPUs itself.
     gpus = _gpus() if own_cluster and _asks_gpu(maps) else 0
-    plan = plan_registration(pairs[0].fixed, pairs[0].moving, maps, pairs[0].fixed_mask, pairs[0].moving_mask,
-                             engine=engine)
-    size = ClusterSize.for_machine(len(pairs), plan.peak_bytes, workers if workers else (gpus or None),
-                                   threads_per_worker, memory_limit)
-    settings = PairSettings(str(root), tuple(map_files), engine, size.threads if own_cluster else threads_per_worker,
-                            gpus)
+    size = None  # a cluster of your own is sized by you
+    if own_cluster:
+        plan = plan_registration(pairs[0].fixed, pairs[0].moving, maps, pairs[0].fixed_mask, pairs[0].moving_mask,
+                                 engine=engine)
+        size = ClusterSize.for_machine(len(pairs), plan.peak_bytes, workers if workers else (gpus or None),
+                                       threads_per_worker, memory_limit)
+    settings = PairSettings(str(root), tuple(map_files), engine, size.threads if size else threads_per_worker, gpus)
     digest_of = {p.id: pair_hash(p, "".join(texts), {"engine": engine}) for p in pairs}
     records = {}
     todo = []
