@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from elastix_bridge.runtime import itk_elastix
 from elastix_bridge.runtime.itk_elastix import as_float_image, given_keywords
-from elastix_bridge.core.output_folder import is_held, owned_output_folder, prepare_output_folder
+from elastix_bridge.core.output_folder import (check_inputs_outside_outputs, is_held, owned_output_folder,
+                                               prepare_output_folder)
 
 if TYPE_CHECKING:  # pragma: no cover
     import itk
@@ -100,6 +101,9 @@ def elastix_registration_method(fixed_image: itk.Image, moving_image: itk.Image,
         log_to_console: print the registration log.
         output_directory: existing folder for ``TransformParameters.<i>.txt``, ``result.<i>.<fmt>``,
             ``IterationInfo.<i>.R<r>.txt`` and the log, numbered by stage as elastix numbers them.
+            Each result image is cast in memory to the map's ``ResultImagePixelType`` (float when the
+            map names none, as itk-elastix writes it) and written once
+            (:func:`elastix_bridge.core.result_images.write_result_image`).
             The call owns it (:func:`elastix_bridge.core.output_folder.owned_output_folder`): a lock
             against a second run, the outputs of an earlier run removed first (other files are
             kept), and after a failure this call's outputs removed and the error appended to the log.
@@ -121,7 +125,16 @@ def elastix_registration_method(fixed_image: itk.Image, moving_image: itk.Image,
         by transformix onto the fixed grid, and an ``itk.ParameterObject`` with the initial maps
         (if any) followed by one TransformParameters map per stage.
 
+    Every itk-elastix call runs in a forked child process
+    (:func:`elastix_bridge.runtime.itk_elastix.run_itk_elastix_in_child`), so Ctrl-C (or an exception
+    raised by the program's own signal handler) stops an elastix stage at once: the child is killed,
+    nothing runs on in the background, and the call's outputs are removed as after any failure. This
+    function installs no signal handlers (the command does: docs/outputs_and_resources.md).
+
     Raises:
+        elastix_bridge.runtime.itk_elastix.ElastixStageError: an elastix stage failed; the message names
+            the stage, its map and elastix's cause from its log.
+        KeyboardInterrupt: Ctrl-C; the running stage is stopped first.
         elastix_bridge.runtime.loader.ImpactUnavailableError: torch, plugin or device problems (including
             elastix_bridge.runtime.native_plugins.NativePluginError for a native plugin that cannot load).
         ValueError (and subclasses): invalid parameter maps, models or images, naming the cause; every
@@ -149,11 +162,17 @@ def elastix_registration_method(fixed_image: itk.Image, moving_image: itk.Image,
     engines = stage_engines(maps, engine, native_plugin=native is not None)
     validate_request(maps, engines, fixed_image, moving_image, fixed_mask, moving_mask, kwargs)
     out = None if output_directory is None else Path(output_directory)
+    if out is not None:  # "" (not "."), and an initial transform that the run would remove as an earlier output
+        prepare_output_folder(output_directory, "output_directory", create=False)
+        t0 = kwargs.get("initial_transform_parameter_file_name")
+        check_inputs_outside_outputs(out, {"initial transform file": t0}, log_file_name, "output_directory")
     if out is not None and not out.is_dir():
         prepare_output_folder(out, "output_directory", create=False)  # a file: a named error
         raise FileNotFoundError(f"output directory {out} does not exist; create it first (elastix requires it)")
-    # Without a bridge stage, one itk-elastix call (per-stage runs only to show progress bars).
-    one_call = "bridge" not in engines and (not progress or not maps or set(kwargs) - set(CHAIN_KEYWORDS))
+    # Without a bridge stage and without files, one itk-elastix call (per-stage runs only to show progress bars);
+    # with an output folder, per stage, so that the bridge writes each result in its pixel type.
+    one_call = "bridge" not in engines and (not maps or set(kwargs) - set(CHAIN_KEYWORDS)
+                                            or (out is None and not progress))
     plan = _resource_plan(fixed_image, moving_image, maps, fixed_mask, moving_mask, engine, out)
     owner = (contextlib.nullcontext() if out is None else
              owned_output_folder(out, log_file_name, flag="output_directory", error_to_log=log_to_file))
@@ -179,23 +198,38 @@ def _resource_plan(fixed_image, moving_image, maps, fixed_mask, moving_mask, eng
 
 def _one_itk_elastix_call(fixed_image, moving_image, parameter_object, maps, fixed_mask, moving_mask, log_to_console,
                           out, log_to_file, log_file_name, plan, kwargs):
-    """Every map in one itk-elastix call (no bridge stage)."""
+    """Every map in one itk-elastix call (no bridge stage), in a child process (interruptible, its error named).
+
+    elastix writes its log into ``out`` (a scratch name there unless ``log_to_file``) or, without
+    ``out``, into a temporary folder: the cause of a failure is read from it.
+    """
+    import shutil
+    import tempfile
+
     from elastix_bridge.plan import is_memory_error, memory_error
     from elastix_bridge.core.transform_io import to_parameter_object
 
     call = dict(kwargs, log_to_console=log_to_console)
     if parameter_object is not None:
         call["parameter_object"] = parameter_object if not maps else to_parameter_object(maps)
-    call.update(given_keywords(fixed_mask=fixed_mask, moving_mask=moving_mask,
-                               output_directory=None if out is None else str(out)))
-    if out is not None and log_to_file:
-        call.update(log_to_file=True, log_file_name=log_file_name)
+    call.update(given_keywords(fixed_mask=fixed_mask, moving_mask=moving_mask))
+    folder = Path(tempfile.mkdtemp(prefix="elastix-bridge-")) if out is None else out
+    # A scratch log name (SCRATCH_PATTERN, so a killed run's is cleared by the next) when no log was asked for.
+    log_name = log_file_name if out is not None and log_to_file else f".stage0-{os.getpid()}.log"
     try:
-        return itk_elastix.run_itk_elastix(fixed_image, moving_image, **call)
+        return itk_elastix.run_itk_elastix_in_child(
+            fixed_image, moving_image, "the elastix run", folder, with_result=True, log_file_name=log_name,
+            full_log=out / log_file_name if out is not None and log_to_file else None, **call)
     except Exception as error:
         if is_memory_error(error):
             raise memory_error(error, 0 if len(maps) == 1 else None, "elastix", None, plan) from error
         raise
+    finally:
+        if out is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif log_name != log_file_name:
+            with contextlib.suppress(OSError):
+                (out / log_name).unlink()
 
 
 def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask, out, log_to_console, logfile,
@@ -205,8 +239,8 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
     import itk
 
     from elastix_bridge.engine.transforms.initial import chain_from_file
-    from elastix_bridge.core.image_io import write_image
     from elastix_bridge.core.parameters import parameter_maps_from_object
+    from elastix_bridge.core.result_images import write_result_image
     from elastix_bridge.plan import is_memory_error, memory_error
     from elastix_bridge.progress import StageProgress, elastix_stage_bar
     from elastix_bridge.core.transform_io import to_parameter_object, write_transform_parameter_file
@@ -224,7 +258,7 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
     else:
         initial_maps = []
     stage_maps = []
-    with _logging_to(log_to_console, logfile) as log_file, _threads(number_of_threads):
+    with _logging_to(log_to_console, logfile) as log_file, _threads(number_of_threads) as number_of_threads:
         for k, (pmap, engine) in enumerate(zip(maps, engines)):
             # On disk, stage k's map names the previous file (elastix's sequences and -t0).
             previous_file = (str(out / f"TransformParameters.{k - 1}.txt") if k and out is not None
@@ -245,7 +279,7 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
                     try:
                         tp_map = _elastix_stage(fixed_image, moving_image, pmap, k, initial_maps + stage_maps,
                                                 fixed_mask, moving_mask, out, previous_file, log_to_console,
-                                                log_file, number_of_threads)
+                                                log_file, number_of_threads, None if bar is None else bar.refresh)
                     finally:
                         if bar is not None:
                             bar.close()
@@ -260,9 +294,10 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
             result = None
             if out is not None and engine == "bridge":
                 write_transform_parameter_file(tp_map, out / f"TransformParameters.{k}.txt")
-                if pmap.get("WriteResultImage", default=True, type=bool):  # elastix writes every stage's result
-                    result = itk.transformix_filter(as_float_image(moving_image), tp_object)
-                    write_image(result, out / f"result.{k}.{tp_map.get('ResultImageFormat')}")
+            if out is not None and pmap.get("WriteResultImage", default=True, type=bool):  # as elastix: every stage's
+                # Made here for both engines, cast in memory and written once (core/result_images.py).
+                result = itk.transformix_filter(as_float_image(moving_image), tp_object)
+                write_result_image(result, out, k, pmap, default_pixel_type="float")
         if result is None:
             result = itk.transformix_filter(as_float_image(moving_image), tp_object)
     return result, tp_object
@@ -287,13 +322,15 @@ def _bridge_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, mo
 
 
 def _elastix_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, moving_mask, out, previous_file,
-                   log_to_console, log_file, number_of_threads):
+                   log_to_console, log_file, number_of_threads, on_poll=None):
     """One stage on itk-elastix, started from ``chain_maps`` in memory; returns its TransformParameters map.
 
-    elastix numbers its files 0 in a run of one map: they are written to a scratch folder inside
-    ``out`` and moved to stage ``k``'s names (``IterationInfo.<k>.R<r>.txt``, ``result.<k>.<fmt>``,
-    ``TransformParameters.<k>.txt`` as elastix wrote it, naming ``previous_file`` as its initial
-    transform); its log is appended to the chain's log.
+    elastix runs in a child process (:func:`~elastix_bridge.runtime.itk_elastix.run_itk_elastix_in_child`:
+    interruptible at once, a failure names elastix's cause) and numbers its files 0 in a run of one
+    map: they are written to a scratch folder (inside ``out``, else temporary) and moved to stage
+    ``k``'s names (``IterationInfo.<k>.R<r>.txt``, ``TransformParameters.<k>.txt`` as elastix wrote
+    it, naming ``previous_file`` as its initial transform); its log is appended to the chain's log,
+    also when it failed. elastix writes no result image: :func:`_run_chain` writes it in its pixel type.
     """
     import shutil
     import tempfile
@@ -301,34 +338,34 @@ def _elastix_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, m
     from elastix_bridge.core.parameters import parameter_maps_from_object
     from elastix_bridge.core.transform_io import to_parameter_object
 
-    call = dict(parameter_object=to_parameter_object([pmap]), log_to_console=log_to_console)
+    quiet = pmap.copy()
+    quiet.set("WriteResultImage", ["false"])
+    call = dict(parameter_object=to_parameter_object([quiet]), log_to_console=log_to_console)
     if chain_maps:
         first = chain_maps[0].copy()
         first.set("InitialTransformParameterFileName", ["NoInitialTransform"])
         call["initial_transform_parameter_object"] = to_parameter_object([first] + chain_maps[1:])
     call.update(given_keywords(fixed_mask=fixed_mask, moving_mask=moving_mask, number_of_threads=number_of_threads))
-    if out is None:
-        _, tp = itk_elastix.run_itk_elastix(fixed_image, moving_image, **call)
-    else:
-        scratch = Path(tempfile.mkdtemp(prefix=f".stage{k}-", dir=out))
-        try:
-            _, tp = itk_elastix.run_itk_elastix(fixed_image, moving_image, output_directory=str(scratch),
-                                                log_to_file=True, **call)
-            for path in scratch.iterdir():
-                name = path.name
-                if name.startswith("IterationInfo.0.") or name.startswith("result.0."):
-                    os.replace(path, out / name.replace(".0.", f".{k}.", 1))
-                elif name == "TransformParameters.0.txt":
-                    text = re.sub(r'\(InitialTransformParameterFileName "[^"]*"\)',
-                                  f'(InitialTransformParameterFileName "{previous_file or "NoInitialTransform"}")',
-                                  path.read_text())
-                    path.write_text(text)
-                    os.replace(path, out / f"TransformParameters.{k}.txt")
-                elif name == "elastix.log" and log_file is not None:
-                    log_file.stream.write(path.read_text(errors="replace"))
-                    log_file.flush()
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".stage{k}-", dir=out))
+    try:
+        _, tp = itk_elastix.run_itk_elastix_in_child(
+            fixed_image, moving_image, f"stage {k} (elastix, parameter map {k})", scratch, on_poll=on_poll,
+            full_log=None if log_file is None else log_file.baseFilename, **call)
+        for path in scratch.iterdir() if out is not None else ():
+            name = path.name
+            if name.startswith("IterationInfo.0."):
+                os.replace(path, out / name.replace(".0.", f".{k}.", 1))
+            elif name == "TransformParameters.0.txt":
+                text = re.sub(r'\(InitialTransformParameterFileName "[^"]*"\)',
+                              f'(InitialTransformParameterFileName "{previous_file or "NoInitialTransform"}")',
+                              path.read_text())
+                path.write_text(text)
+                os.replace(path, out / f"TransformParameters.{k}.txt")
+    finally:
+        if log_file is not None and (scratch / "elastix.log").is_file():  # also a failed stage's log
+            log_file.stream.write((scratch / "elastix.log").read_text(errors="replace"))
+            log_file.flush()
+        shutil.rmtree(scratch, ignore_errors=True)
     tp_map = parameter_maps_from_object(tp)[-1]
     tp_map.set("InitialTransformParameterFileName", [previous_file or "NoInitialTransform"])
     return tp_map
@@ -336,22 +373,27 @@ def _elastix_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, m
 
 @contextlib.contextmanager
 def _threads(n):
-    """Use ``n`` threads (elastix ``-threads``) for one call, then restore the user's settings.
+    """Use ``n`` threads (elastix ``-threads``) for one call, then restore the user's settings; yields
+    the count used (``n`` when it is falsy: the user's settings stay).
 
     Every pool the process has: torch's intra-op threads, and through threadpoolctl the BLAS libraries
     (numpy's and scipy's OpenBLAS, whose own threads would otherwise compete with torch's) and OpenMP
-    runtimes.
+    runtimes. A count above the cores this process may use is lowered to them with a warning
+    (:func:`elastix_bridge.validation.check_threads`; elastix only clamps it to ITK_MAX_THREADS).
     """
     if not n:
-        yield
+        yield n
         return
     import torch
     from threadpoolctl import threadpool_limits
 
+    from elastix_bridge.validation import check_threads
+
+    n = check_threads(int(n), "number_of_threads", warn=True)
     previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
+    torch.set_num_threads(n)
     try:
-        with threadpool_limits(limits=max(1, int(n))):
-            yield
+        with threadpool_limits(limits=n):
+            yield n
     finally:
         torch.set_num_threads(previous)

@@ -11,15 +11,22 @@
     elastix-bridge plan -f F -m M -p P   per stage and level: engine, sizes, samples, memory estimate
     elastix-bridge batch MANIFEST -p P -out DIR   a cohort on Dask: a folder per pair, summary.csv, resumable
 
-Errors print one message (what failed, why, what to do) without a Python traceback and exit 1.
+Flags are matched exactly, as elastix matches them (:class:`ExactParser`). Errors print one message
+(what failed, why, what to do) without a Python traceback and exit 1.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import os
+import re
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
+
+from elastix_bridge.core.interruption import exit_code, interruption_text, signals_interrupt
 
 if TYPE_CHECKING:  # pragma: no cover
     from elastix_bridge.core.parameters import ParameterMap
@@ -27,25 +34,216 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("elastix_bridge")
 
 
-def _registration_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="elastix-bridge",
+class CommandLineError(ValueError):
+    """A flag the command cannot take as given: unknown, misspelt, repeated, without its value, or one
+    of elastix's that elastix-bridge does not run. The message names it, and the fix."""
+
+
+#: elastix flags that elastix-bridge does not run, refused by name (elastix's --help text in
+#: Core/Main/elastix.cxx; Core/Kernel/elxMainBase.cxx SetProcessPriority).
+ELASTIX_FLAGS_NOT_RUN = {
+    "-priority": "sets the Windows process priority class (elastix ignores it on other systems); elastix-bridge "
+                 "does not change priorities: leave it out, or start the command with `nice`",
+    "-fp": "is elastix's fixed point set (for the CorrespondingPointsEuclideanDistanceMetric), which "
+           "elastix-bridge does not run: leave it out, or run that registration with elastix",
+    "-mp": "is elastix's moving point set (for the CorrespondingPointsEuclideanDistanceMetric), which "
+           "elastix-bridge does not run: leave it out, or run that registration with elastix",
+}
+#: elastix's multi-image flags -f0 -f1 … -m0 … -fMask0 … (elxElastixBase.cxx, GenerateFileNameContainer).
+MULTI_IMAGE_FLAG = re.compile(r"-(f|m|fMask|mMask)\d+")
+FLAG_RULE = "flags are matched exactly, as elastix does: case-sensitive, whole, the value after a space"
+
+
+class ExactParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that matches flags exactly, as elastix's ``main`` does (``key == "-p"``).
+
+    argparse alone reads ``-fmask m.mha`` as ``-f mask`` and ``-fMaskm.mha`` as ``-f Maskm.mha``
+    (single-dash concatenation), abbreviates long flags and reports ``-foo 3`` as ``unrecognized
+    arguments: 3``. This parser first scans ``argv`` itself: every token is a flag of the parser
+    (whole, case-sensitive), the value after a flag that takes one, or a positional argument; the
+    scanned flags are then handed to argparse as ``flag=value`` so that values starting with ``-``
+    stay values. Errors raise :class:`CommandLineError` (one line, through the command) instead of
+    printing the usage and exiting 2.
+
+    Beyond elastix, a flag given twice is an error unless it repeats by design (``-p``,
+    ``action="append"``): elastix warns and keeps the first.
+
+    Args (besides argparse's):
+        refused: flags this command does not run -> why, and what to do (default: elastix's flags
+            the bridge does not run, :data:`ELASTIX_FLAGS_NOT_RUN`, and -f0 -f1 …).
+        commands: subcommand names, suggested for a misspelt first argument.
+    """
+
+    def __init__(self, *args, refused: Optional[dict] = None, commands: Sequence[str] = (), **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.refused = dict(ELASTIX_FLAGS_NOT_RUN if refused is None else refused)
+        self.commands = list(commands)
+
+    def error(self, message: str):
+        raise CommandLineError(f"{message}; `{self.prog} -h` lists the flags")
+
+    def parse_args(self, args=None, namespace=None):
+        argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        return super().parse_args(self._exact_tokens(argv), namespace)
+
+    def _option(self, token: str) -> Optional[argparse.Action]:
+        return self._option_string_actions.get(token)
+
+    def _exact_tokens(self, argv: list) -> list:
+        """``argv`` checked flag by flag; returns it as ``flag=value`` tokens, then ``--`` and the positionals."""
+        flags, positionals, seen = [], [], {}
+        free = [a for a in self._actions if not a.option_strings and a.nargs != 0]
+        i = 0
+        while i < len(argv):
+            token = argv[i]
+            name, equals, attached = token.partition("=")
+            action = self._option(token)
+            if action is None and equals and name.startswith("--") and self._option(name) is not None:
+                action, token = self._option(name), name  # --engine=bridge: argparse's own long form
+                value = attached
+                if action.nargs == 0:
+                    raise CommandLineError(f"{name} takes no value (it was given {token}={attached})")
+            elif action is not None and action.nargs != 0:
+                value = self._value_of(argv, i)
+                i += 1
+            else:
+                value = None
+            if action is None:
+                if token.startswith("-") and token != "-" and not _is_number(token):
+                    raise CommandLineError(self._unknown_flag(token))
+                if len(positionals) >= len(free):
+                    raise CommandLineError(self._unexpected(argv, i))
+                positionals.append(token)
+                i += 1
+                continue
+            self._count(action, token, value, seen)
+            flags.append(token if value is None else f"{token}={value}")
+            i += 1
+        return flags + ["--"] + positionals if positionals else flags
+
+    def _value_of(self, argv: list, i: int) -> str:
+        flag = argv[i]
+        if i + 1 == len(argv):
+            raise CommandLineError(f"{flag} is missing its value (it ends the command line); write {flag} "
+                                   f"{self._metavar(flag)}")
+        value = argv[i + 1]
+        if self._option(value) is not None:
+            raise CommandLineError(f"{flag} is missing its value (the next argument, {value}, is a flag); write "
+                                   f"{flag} {self._metavar(flag)}")
+        return value
+
+    def _metavar(self, flag: str) -> str:
+        action = self._option(flag)
+        return action.metavar or action.dest.upper()
+
+    def _count(self, action: argparse.Action, token: str, value, seen: dict) -> None:
+        """A flag given twice is an error, unless it repeats by design (``-p``)."""
+        if action.dest in seen and not isinstance(action, argparse._AppendAction):  # argparse's "append"
+            first, first_value = seen[action.dest]
+            what = (f"{first} and {token} are both given" if first != token
+                    else f"{token} is given twice" if value is None
+                    else f"{token} is given twice ({first_value} and {value})")
+            raise CommandLineError(f"{what}; give {'one of them' if first != token else 'it once'} (elastix "
+                                   "would keep the first without a word)")
+        seen[action.dest] = (token, value)
+
+    def _unknown_flag(self, token: str) -> str:
+        """What is wrong with a token that looks like a flag but is none of this command's."""
+        if token in self.refused:
+            return f"{token} {self.refused[token]}"
+        if MULTI_IMAGE_FLAG.fullmatch(token):
+            return (f"{token} is elastix's multi-image registration (-f0 -f1 … -m0 -m1 …, a metric per image "
+                    "pair), which elastix-bridge does not run: give one fixed image with -f and one moving image "
+                    "with -m")
+        options = [o for o in self._option_string_actions if o not in ("-h", "-help", "--help")]
+        name, equals, value = token.partition("=")
+        if equals and (name in options or name.lstrip("-") in {o.lstrip("-") for o in options}):
+            flag = next(o for o in options if o.lstrip("-") == name.lstrip("-"))
+            why = "elastix reads a value from the next argument" if flag.count("-") == 1 else f"the flag is {flag}"
+            return f"{token}: write {flag} {value or self._metavar(flag)}, with a space ({why})"
+        guess = _closest_flag(token, options)
+        hint = f"; did you mean {guess}?" if guess else "."
+        return f"unknown flag {token}{hint} The {FLAG_RULE} (`{self.prog} -h` lists them)"
+
+    def _unexpected(self, argv: list, i: int) -> str:
+        token, before = argv[i], argv[i - 1] if i else None
+        action = self._option(before) if before is not None else None
+        if action is not None and action.nargs == 0:
+            return f"unexpected argument {token!r}: {before} takes no value"
+        if i == 0 and self.commands:
+            guess = difflib.get_close_matches(token, self.commands, n=1)
+            if guess:
+                return f"{token!r} is not a command or a flag; did you mean `{self.prog} {guess[0]}`?"
+        if i >= 2 and self._option(argv[i - 2]) is not None:
+            return (f"unexpected argument {token!r} after {argv[i - 2]} {before}: a flag takes one value (repeat "
+                    f"the flag for another, where it may repeat, e.g. -p)")
+        return f"unexpected argument {token!r}: every value follows its flag (`{self.prog} -h` lists them)"
+
+
+def _is_number(token: str) -> bool:
+    """``-1``, ``-2.5``: a (negative) number, a value rather than a flag."""
+    return re.fullmatch(r"-\d+(\.\d*)?", token) is not None
+
+
+def _closest_flag(token: str, options: Sequence[str]) -> Optional[str]:
+    """The flag ``token`` most likely meant: the same letters in another case or with another number of
+    dashes (``-fmask``, ``--out``), a flag with its value written onto it (``-fMaskm.mha``,
+    ``-threads4``), else the closest spelling (difflib); None when nothing is close."""
+    bare = token.lstrip("-").lower()
+    for option in options:
+        if option.lstrip("-").lower() == bare:
+            return option
+    close = difflib.get_close_matches(token, options, n=1, cutoff=0.75)  # -fMas, --prog, -threads4
+    if close:
+        return close[0]
+    prefixes = [o for o in options if bare.startswith(o.lstrip("-").lower())]  # -fmask_fixed.mha, -fxf.mha
+    if prefixes:
+        return max(prefixes, key=len)
+    close = difflib.get_close_matches(token, options, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _thread_count(text: str) -> int:
+    """``-threads`` as an integer; the range is checked by :func:`elastix_bridge.validation.check_threads`."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of threads; give an integer >= 1, "
+                                          "or leave -threads out to use every core") from None
+
+
+def _registration_parser() -> ExactParser:
+    p = ExactParser(
+        prog="elastix-bridge", add_help=False, commands=sorted(COMMANDS),
         description="Run an elastix registration; stages with (Metric \"Impact\") run on the bridge engine, "
                     "all others on elastix (itk-elastix). Other commands: build-plugin, doctor, make-model, "
-                    "demo, plan, batch, model.")
+                    "demo, plan, batch, model.",
+        epilog=f"The flags are elastix's (Core/Main/elastix.cxx); {FLAG_RULE}; a flag is given once (-p may "
+               "repeat). Refused by name: -priority (Windows process priority), -fp/-mp (point sets), "
+               "-f0 -f1 ... (multi-image registration).")
+    p.add_argument("-h", "-help", "--help", action="help", help="show this message and exit")
+    p.add_argument("--version", action="version", version=_version_text(extended=False),
+                   help="the versions of elastix-bridge and of the elastix it runs (itk-elastix)")
+    p.add_argument("--extended-version", action="version", version=_version_text(extended=True),
+                   help="also Python's, ITK's and torch's versions")
     p.add_argument("-f", required=True, metavar="FIXED", help="fixed image")
     p.add_argument("-m", required=True, metavar="MOVING", help="moving image")
     p.add_argument("-p", required=True, action="append", metavar="PARAMS",
                    help="parameter file (.txt or .toml); repeat for a sequence of registrations")
     p.add_argument("-out", required=True, metavar="DIR",
-                   help="output directory (created if absent); the run locks it, first removes the outputs of an "
-                        "earlier run (TransformParameters.*, IterationInfo.*, result.*, elastix.log, qc.png; other "
-                        "files are kept), and after a failure removes its own, keeping elastix.log with the error")
+                   help="output directory (created if absent; an empty value is refused); the run locks it, first removes the "
+                        "outputs of an earlier run (TransformParameters.*, IterationInfo.*, result.*, elastix.log, "
+                        "qc.png; other files are kept), and after a failure removes its own, keeping elastix.log "
+                        "with the error. An input (-f, -m, masks, -p, -t0) in DIR under one of those names is "
+                        "refused before any work")
     p.add_argument("-fMask", metavar="MASK", help="fixed mask (non-zero = inside)")
     p.add_argument("-mMask", metavar="MASK", help="moving mask (non-zero = inside)")
     p.add_argument("-t0", metavar="TP", help="initial TransformParameters file (followed through its "
                                              "InitialTransformParameterFileName chain)")
-    p.add_argument("-threads", type=int, metavar="N", help="number of threads")
+    p.add_argument("-threads", type=_thread_count, metavar="N",
+                   help="number of threads (>= 1); more than the cores this process may use is lowered to them, "
+                        "with a warning")
     p.add_argument("-loglevel", choices=["off", "error", "warning", "info"],
                    help="console log (elastix.log in -out always has everything); default: info, or off "
                         "while progress bars are shown")
@@ -61,7 +259,25 @@ def _registration_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version_text(extended: bool) -> str:
+    """``elastix-bridge X (itk-elastix Y)``; extended: Python's, ITK's and torch's too (package metadata,
+    so nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    text = f"elastix-bridge {of('elastix-bridge')} (itk-elastix {of('itk-elastix')})"
+    if extended:
+        text += f"\nPython {sys.version.split()[0]}\nITK {of('itk')}\ntorch {of('torch')}"
+    return text
+
+
 def run_registration(argv: Sequence[str]) -> int:
+    args = _registration_parser().parse_args(argv)  # flag errors first: they cost no import of itk
     from elastix_bridge.api import elastix_registration_method
     from elastix_bridge.core.image_io import read_image, read_image_geometry, read_mask
     from elastix_bridge.core.output_folder import check_inputs_outside_outputs, owned_output_folder, prepare_output_folder
@@ -69,7 +285,6 @@ def run_registration(argv: Sequence[str]) -> int:
     from elastix_bridge.plan import check_resources
     from elastix_bridge.validation import check_threads, validate_images, validate_maps
 
-    args = _registration_parser().parse_args(argv)
     if args.qc:  # before a long registration, not after it
         from elastix_bridge.qc import require_matplotlib
 
@@ -78,21 +293,26 @@ def run_registration(argv: Sequence[str]) -> int:
     for path in args.p:
         if not Path(path).is_file():
             raise FileNotFoundError(f"parameter file (-p) {path} does not exist; check the path")
-    check_threads(args.threads, "-threads")
+    threads = check_threads(args.threads, "-threads", warn=True)  # above the cores: lowered, with a warning
     inputs = {"fixed image (-f)": args.f, "moving image (-m)": args.m, "fixed mask (-fMask)": args.fMask,
               "moving mask (-mMask)": args.mMask}
+    inputs.update({"parameter file (-p)" if len(args.p) == 1 else f"parameter file {k} (-p)": path
+                   for k, path in enumerate(args.p)})
+    check_inputs_outside_outputs(out, {**inputs, "initial transform (-t0)": args.t0})  # before -t0 is read
     if args.t0:
-        inputs.update(_initial_transform_files(args.t0))
-    check_inputs_outside_outputs(out, inputs)
+        check_inputs_outside_outputs(out, _initial_transform_files(args.t0))  # the files its chain names
     maps_by_file = [(path, m) for path in args.p for m in read_parameter_file(path)]
     parameter_object = [m for _, m in maps_by_file]
-    for pmap in parameter_object:  # elastix's command-line default; itk-elastix's Python default differs
+    for pmap in parameter_object:  # elastix's command-line defaults; itk-elastix's Python defaults differ
         if not pmap.has("ResultImageFormat"):
             pmap.set("ResultImageFormat", ["mhd"])
+        if not pmap.has("ResultImagePixelType"):  # results are cast to it before writing (core/result_images.py)
+            pmap.set("ResultImagePixelType", ["short"])
     # Every map of the chain, before any pixel is read: the fixed image's header gives the dimension.
-    dimension = read_image_geometry(args.f, "fixed image (-f)").dimension
-    validate_maps(parameter_object, dimension=dimension, names=[f"-p {path}" for path, _ in maps_by_file],
-                  warn=False)  # the request's check logs the warnings, once
+    geometries = (read_image_geometry(args.f, "fixed image (-f)"), read_image_geometry(args.m, "moving image (-m)"))
+    validate_maps(parameter_object, _engines(parameter_object, args.engine), geometries=geometries,
+                  names=[f"-p {path}" for path, _ in maps_by_file], warn=False,  # the request's check logs warnings
+                  initial_transform={"initial_transform_parameter_file_name": args.t0} if args.t0 else None)
     fixed, moving = read_image(args.f, "fixed image (-f)"), read_image(args.m, "moving image (-m)")
     fixed_mask = read_mask(args.fMask, "fixed mask (-fMask)") if args.fMask else None
     moving_mask = read_mask(args.mMask, "moving mask (-mMask)") if args.mMask else None
@@ -101,8 +321,8 @@ def run_registration(argv: Sequence[str]) -> int:
     kwargs = {}
     if args.t0:
         kwargs["initial_transform_parameter_file_name"] = str(args.t0)
-    if args.threads is not None:
-        kwargs["number_of_threads"] = args.threads
+    if threads is not None:
+        kwargs["number_of_threads"] = threads
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     console = args.loglevel not in ("off", None) or (args.loglevel is None and not progress)
     # The folder is created only once the inputs are readable, and owned until the QC picture is written.
@@ -112,7 +332,6 @@ def run_registration(argv: Sequence[str]) -> int:
             fixed_mask=fixed_mask, moving_mask=moving_mask,
             log_to_console=console, output_directory=str(out), log_to_file=True, engine=args.engine,
             progress=progress, **kwargs)
-        cast_results_to_pixel_type(out, parameter_object)
         if args.qc:
             from elastix_bridge.qc import write_qc_figure
 
@@ -121,6 +340,16 @@ def run_registration(argv: Sequence[str]) -> int:
     removed = f" (first removed {len(run.removed)} file(s) of an earlier run)" if run.removed else ""
     print(f"elastix-bridge: wrote {', '.join(written)} to {out}{removed}")
     return 0
+
+
+def _engines(maps, engine: str) -> list:
+    """The engine of each map, as the request will choose it (a native IMPACT plugin sends Impact maps to elastix)."""
+    from os import environ
+
+    from elastix_bridge.api import stage_engines
+    from elastix_bridge.runtime.native_plugins import NATIVE_PLUGIN_ENV
+
+    return stage_engines(maps, engine, native_plugin=bool(environ.get(NATIVE_PLUGIN_ENV, "").strip()))
 
 
 def _initial_transform_files(t0) -> dict:
@@ -150,41 +379,6 @@ def _initial_transform_files(t0) -> dict:
     return files
 
 
-def cast_results_to_pixel_type(out: Path, maps: Sequence[ParameterMap]) -> None:
-    """Give every ``result.<k>.<fmt>`` the pixel type its map asks, as the elastix command does.
-
-    itk-elastix writes results in the input's pixel type (float here); the elastix command writes
-    ``ResultImagePixelType`` (default ``short``) by a C cast: truncation toward zero, here after
-    clipping to the type's range (docs/design.md §E8.2).
-
-    Raises:
-        ValueError: an unknown ``ResultImagePixelType``.
-    """
-    import itk
-    import numpy as np
-
-    from elastix_bridge.core.elastix_names import RESULT_PIXEL_TYPES
-    from elastix_bridge.core.image_io import write_image
-
-    for k, pmap in enumerate(maps):
-        name = pmap.get("ResultImagePixelType", default="short")
-        if name not in RESULT_PIXEL_TYPES:
-            raise ValueError(f"(ResultImagePixelType \"{name}\") in parameter map {k} is not an elastix pixel type; "
-                             f"use one of {', '.join(sorted(RESULT_PIXEL_TYPES))}")
-        path = out / f"result.{k}.{pmap.get('ResultImageFormat')}"
-        dtype = np.dtype(RESULT_PIXEL_TYPES[name])
-        if not path.is_file() or dtype == np.float32:
-            continue
-        image = itk.imread(str(path))
-        values = itk.array_from_image(image).astype(np.float64)
-        if dtype.kind in "iu":
-            info = np.iinfo(dtype)
-            values = np.trunc(np.clip(values, info.min, info.max))
-        cast = itk.image_from_array(values.astype(dtype))
-        cast.CopyInformation(image)
-        write_image(cast, path)
-
-
 def _byte_size(text: str) -> int:
     """``"8G"``, ``"512MiB"``, a number of bytes -> bytes (binary units, as $ELASTIX_BRIDGE_MEMORY_LIMIT)."""
     from elastix_bridge.runtime.memory import parse_size
@@ -196,7 +390,7 @@ def _byte_size(text: str) -> int:
 
 
 def run_batch(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = ExactParser(  # -p, -out: elastix's flags, matched exactly
         prog="elastix-bridge batch",
         description="Register every pair of a manifest (CSV, TSV or JSON lines: id, fixed, moving and optional "
                     "fixed_mask, moving_mask, t0, fixed_labels, moving_labels, fixed_points, moving_points; paths "
@@ -221,11 +415,8 @@ def run_batch(argv: Sequence[str]) -> int:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a cohort progress bar (default: on when stderr is a terminal)")
     args = p.parse_args(argv)
-    try:
-        from elastix_bridge.batch import register_many
-    except ImportError as error:
-        raise ImportError(f"elastix-bridge batch needs dask.distributed ({error}); install it with "
-                          "pip install \"elastix-bridge[batch]\"") from None
+    from elastix_bridge.batch import register_many  # checks dask.distributed itself, before creating anything
+
     for path in args.p:
         if not Path(path).is_file():
             raise FileNotFoundError(f"parameter file (-p) {path} does not exist; check the path")
@@ -339,10 +530,14 @@ def run_plan(argv: Sequence[str]) -> int:
     from elastix_bridge.core.parameters import read_parameter_file
     from elastix_bridge.plan import plan_registration
 
-    p = argparse.ArgumentParser(prog="elastix-bridge plan",
-                                description="Print, per stage and resolution level, the engine, image sizes, feature "
-                                            "maps, samples and the memory estimate, against this machine's available "
-                                            "memory; runs nothing (only the images' headers are read).")
+    not_planned = ("is a flag of the registration, not of `elastix-bridge plan`, which runs and writes nothing: "
+                   "leave it out")
+    registration_only = ("-out", "-t0", "-threads", "-loglevel", "--qc", "--progress", "--no-progress")
+    p = ExactParser(prog="elastix-bridge plan",
+                    refused={**ELASTIX_FLAGS_NOT_RUN, **{flag: not_planned for flag in registration_only}},
+                    description="Print, per stage and resolution level, the engine, image sizes, feature maps, "
+                                "samples and the memory estimate, against this machine's available memory; runs "
+                                "nothing (only the images' headers are read).")
     p.add_argument("-f", required=True, metavar="FIXED", help="fixed image")
     p.add_argument("-m", required=True, metavar="MOVING", help="moving image")
     p.add_argument("-p", required=True, action="append", metavar="PARAMS", help="parameter file; repeat for a chain")
@@ -384,15 +579,32 @@ COMMANDS = {"build-plugin": run_build_plugin, "make-model": run_make_model, "dem
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``elastix-bridge`` command; returns the exit code."""
+    """Entry point of the ``elastix-bridge`` command; returns the exit code.
+
+    Interrupted by SIGINT, SIGTERM or SIGHUP (:mod:`elastix_bridge.core.interruption`), the run's
+    outputs are removed and the lock released first; then, as the process itself (``argv`` None),
+    it ends at once with ``os._exit(128 + signal)``: the interpreter's own shutdown (ITK, torch)
+    takes seconds that a ``timeout`` or ``docker stop`` grace period does not give.
+    """
+    as_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     command = COMMANDS.get(argv[0]) if argv else None
     try:
-        return command(argv[1:]) if command else run_registration(argv)
-    except KeyboardInterrupt:
-        print("elastix-bridge: interrupted", file=sys.stderr)
-        return 130
+        if command:
+            return command(argv[1:])
+        # SIGTERM / SIGHUP (timeout, Slurm, docker stop, a closed terminal) clean up as Ctrl-C does.
+        with signals_interrupt((signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
+            return run_registration(argv)
+    except KeyboardInterrupt as interruption:
+        print(f"elastix-bridge: {interruption_text(interruption)}; this run's outputs were removed (the reason is at "
+              "the end of elastix.log when the run had started); run it again to get a result", file=sys.stderr)
+        if as_process:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logging.shutdown()
+            os._exit(exit_code(interruption))
+        return exit_code(interruption)
     except Exception as error:  # one clear message, no traceback
         text = str(error).strip() or type(error).__name__
         print(f"elastix-bridge: error: {text}", file=sys.stderr)

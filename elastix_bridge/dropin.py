@@ -127,7 +127,8 @@ def bridged_elastix_registration_method(*args: Any, **kwargs: Any) -> tuple[itk.
     Raises:
         TypeError: an image or mask is not an ``itk.Image`` (a path, a numpy array), with what to pass
             instead.
-        elastix_bridge.validation.InputImageError: a mask of another dimension than the images.
+        elastix_bridge.validation.InputImageError: fixed and moving images, or a mask and its image, of
+            different dimensions (before itk's filter is made).
         ValueError: ``number_of_threads`` below 1.
     """
     from elastix_bridge.validation import check_image_argument, check_mask_dimension, check_threads
@@ -159,7 +160,18 @@ class RegistrationMethodTemplate:
         return getattr(self._template, name)
 
     def New(self, *args: Any, **kwargs: Any) -> BridgedRegistrationMethod:
-        """Create the filter; keywords are applied through the setters, as in itk."""
+        """Create the filter; keywords are applied through the setters, as in itk.
+
+        Raises:
+            elastix_bridge.validation.InputImageError: fixed and moving images of different dimensions
+                (itk's filter, typed by the fixed image, would read the moving image back as garbage).
+        """
+        from elastix_bridge.validation import check_equal_dimensions
+
+        images = dict(zip(("fixed_image", "moving_image"), args[:2]))
+        images.update({k: kwargs[k] for k in ("fixed_image", "moving_image") if k in kwargs})
+        if all(hasattr(images.get(k), "GetImageDimension") for k in ("fixed_image", "moving_image")):
+            check_equal_dimensions(images["fixed_image"].GetImageDimension(), images["moving_image"].GetImageDimension())
         own = {k: kwargs.pop(k) for k in ("parameter_object", "initial_transform_parameter_object") if k in kwargs}
         method = BridgedRegistrationMethod(self._template.New(*args, **kwargs))
         if "parameter_object" in own:

@@ -305,14 +305,20 @@ def probe_model(cfg: ModelConfig, mode: str, image_dimension: int) -> ModelProbe
 
     Raises:
         elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError:
-            torch or the plugin cannot load, the model cannot be loaded or fails.
+            torch or the plugin cannot load, the model cannot be loaded, fails (its own message) or returns
+            what the feature-model contract's shape rules refuse
+            (:func:`elastix_bridge.runtime.model_contract.check_outputs`).
     """
     import torch
 
     from elastix_bridge.runtime import loader
     from elastix_bridge.core.impact_parameters import resolve_model_path
 
+    from elastix_bridge.runtime import model_contract
+
     model = loader.load_feature_model(str(resolve_model_path(cfg.path)), torch.device("cpu"))
+    use = model_contract.ModelUse(model_contract.model_name(None, "", cfg.path), len(cfg.layers_mask),
+                                  cfg.selected_layers, cfg.dimension)
     patch = tuple(p if p else 16 for p in reversed(cfg.patch_size))  # (z, y, x)
     stats = torch.tensor([0.0, 1.0, 0.5, 0.25])
     direction = torch.eye(image_dimension, dtype=torch.int16)
@@ -326,8 +332,11 @@ def probe_model(cfg: ModelConfig, mode: str, image_dimension: int) -> ModelProbe
 
         x = torch.zeros((batch, cfg.channels) + patch, requires_grad=mode == "Jacobian")
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), loader.jit_optimization_disabled():
-            out = model.forward(x, len(cfg.layers_mask), stats, direction)
-        loader.validate_model_output(out, len(cfg.layers_mask), f"model {cfg.path}")
+            try:
+                out = model.forward(x, len(cfg.layers_mask), stats, direction)
+            except (RuntimeError, ValueError) as error:
+                raise model_contract.model_failure(use.name, error) from None
+        model_contract.check_outputs(out, use, batch)  # the shape rules of the contract (the engine probes the rest)
         return out, sum(saved.values())
 
     out, one = run(1)
@@ -453,6 +462,23 @@ def _pyramids_per_resolution(pmap) -> bool:
     return generic and pmap.get("ComputePyramidImagesPerResolution", default=False, type=bool)
 
 
+def _check_pyramids(maps, fixed: ImageGeometry, moving: ImageGeometry) -> None:
+    """Both images are large enough for every map's pyramids (:func:`elastix_bridge.validation.check_pyramid_sizes`),
+    so that the plan never says "fits" for a registration whose pyramid would fail.
+
+    Raises:
+        elastix_bridge.core.parameters.ParameterError: naming the map, the image, the axis and the fix.
+    """
+    from elastix_bridge.core.parameters import UInt
+    from elastix_bridge.validation import check_pyramid_sizes
+
+    for k, pmap in enumerate(maps):
+        try:
+            check_pyramid_sizes(pmap, pmap.get("NumberOfResolutions", default=3, type=UInt), (fixed, moving))
+        except ValueError as error:
+            raise type(error)(f"parameter map {k}: {error}") from None
+
+
 def plan_registration(fixed_image: itk.Image | str | Path | ImageGeometry,
                       moving_image: itk.Image | str | Path | ImageGeometry,
                       parameter_object: itk.ParameterObject | Mapping[str, Any] | Sequence[Any] | None,
@@ -478,7 +504,7 @@ def plan_registration(fixed_image: itk.Image | str | Path | ImageGeometry,
 
     Raises:
         ValueError: invalid schedules or Impact keys (elastix_bridge.core.impact_parameters.ImpactParameterError),
-            an unknown engine, images of different dimensions.
+            an unknown engine, images of different dimensions, images too small for a map's pyramid.
         elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError: with
             ``probe_models``, a model that cannot be loaded or run.
     """
@@ -490,6 +516,7 @@ def plan_registration(fixed_image: itk.Image | str | Path | ImageGeometry,
     if fixed.dimension != moving.dimension:
         raise ValueError(f"the fixed image is {fixed.dimension}D but the moving image is {moving.dimension}D; "
                          "elastix needs equal dimensions")
+    _check_pyramids(maps, fixed, moving)
     probes = known_model
     if probe_models:
         cache = {}

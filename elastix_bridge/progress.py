@@ -2,7 +2,8 @@
 
 A bar shows the level's iterations out of ``MaximumNumberOfIterations``, the last metric value
 and the elapsed time. Elastix stages report no iterations to Python; they get one bar that shows
-the stage's elapsed time. Library calls are quiet unless ``progress=True`` is passed; the command
+the stage's elapsed time, redrawn every 0.1 s while the parent waits for elastix's child process
+(:func:`elastix_bridge.runtime.itk_elastix.run_itk_elastix_in_child`). Library calls are quiet unless ``progress=True`` is passed; the command
 line shows the bars when its error stream is a terminal (``--progress`` / ``--no-progress``).
 """
 from __future__ import annotations
@@ -63,7 +64,8 @@ def _columns() -> int:
 
 
 def elastix_stage_bar(stage: int, file: Optional[IO[str]] = None) -> tqdm:
-    """A bar for a stage that runs on elastix: elapsed time only (elastix reports no iterations)."""
+    """A bar for a stage that runs on elastix: elapsed time only (elastix reports no iterations); its
+    ``refresh`` is called at each poll of the stage's child process."""
     from tqdm.auto import tqdm
 
     return tqdm(total=None, desc=f"stage {stage} (elastix)", bar_format="{desc}: {elapsed}", file=file or sys.stderr,

@@ -18,13 +18,16 @@ of the chain:
   (:func:`elastix_bridge.core.impact_parameters.impact_levels`);
 
 and for the call: the images and masks (itk images, equal dimensions, non-empty masks, finite
-pixels), ``number_of_threads``, and keywords a chain with bridge stages does not support.
+pixels), their sizes against every map's pyramids and Jacobian patches, the initial transform (read and,
+for a chain with bridge stages, built), ``number_of_threads``, and keywords a chain with bridge stages
+does not support.
 
 Errors are :class:`~elastix_bridge.core.parameters.ParameterError`,
 :class:`~elastix_bridge.core.impact_parameters.ImpactParameterError`,
 :class:`~elastix_bridge.engine.registration.UnsupportedComponentError` (all ``ValueError``),
 :class:`InputImageError` (``ValueError``) and ``TypeError`` for arguments of the wrong kind.
-Nothing here imports torch; itk is imported only to check ``ResultImageFormat``.
+Nothing here imports torch, except to build an initial transform for a chain with bridge stages (which
+need torch anyway); itk is imported to check ``ResultImageFormat`` and to read image headers.
 """
 from __future__ import annotations
 
@@ -46,8 +49,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("elastix_bridge")
 
-__all__ = ["InputImageError", "check_component_names", "check_image_argument", "check_mask_dimension", "check_threads", "validate_images", "validate_maps",
-           "validate_request"]
+__all__ = ["InputImageError", "check_component_names", "check_equal_dimensions", "check_image_argument",
+           "check_initial_transforms", "check_mask_dimension", "check_pyramid_sizes", "check_threads",
+           "initial_transform_maps", "validate_images", "validate_maps", "validate_request"]
 
 
 class InputImageError(ValueError):
@@ -218,8 +222,10 @@ def _check_values(pmap) -> None:
                 raise ParameterError(f"parameter {key!r}, entry {i}: {pmap.values(key)[i]!r} {problem}")
 
 
-def _check_result_keys(pmap) -> None:
-    """``ResultImagePixelType``, ``WriteResultImage`` and ``ResultImageFormat`` before any result is written."""
+def _check_result_keys(pmap, dimension: Optional[int] = None) -> None:
+    """``ResultImagePixelType``, ``WriteResultImage`` and ``ResultImageFormat`` before any result is written:
+    the pixel type is one of elastix's, the format one ITK writes, and ITK's writer for the format writes
+    that pixel type (and, where known, the images' ``dimension``)."""
     from elastix_bridge.core.elastix_names import RESULT_PIXEL_TYPES
 
     pixel = pmap.get("ResultImagePixelType", default="short")
@@ -236,6 +242,33 @@ def _check_result_keys(pmap) -> None:
             raise ParameterError(
                 f"(ResultImageFormat \"{fmt}\"): ITK cannot write 'result.{fmt}'; use a file extension "
                 f"ITK writes, e.g. \"mhd\", \"mha\", \"nii\", \"nii.gz\" or \"nrrd\" (or (WriteResultImage \"false\"))")
+        _check_format_writes(fmt, pixel, dimension)
+
+
+#: elastix's usual name of each pixel type, to name the fix.
+_CANONICAL_PIXEL_NAMES = ("unsigned char", "unsigned short", "char", "short", "int", "unsigned int", "float", "double")
+
+
+def _check_format_writes(fmt: str, pixel: str, dimension: Optional[int]) -> None:
+    """ITK's writer for ``result.<fmt>`` writes ``pixel`` (an elastix name) images of ``dimension``
+    (:data:`~elastix_bridge.core.elastix_names.RESULT_FORMAT_PIXEL_TYPES`); elastix finds out in the writer,
+    after the registration."""
+    from elastix_bridge.core.elastix_names import RESULT_FORMAT_2D_ONLY, RESULT_FORMAT_PIXEL_TYPES, RESULT_PIXEL_TYPES
+
+    fmt = fmt.lower()
+    if dimension is not None and dimension != 2 and fmt in RESULT_FORMAT_2D_ONLY:
+        raise ParameterError(f"(ResultImageFormat \"{fmt}\"): ITK writes {fmt} images in 2D only and the images are "
+                             f"{dimension}D; use (ResultImageFormat \"mha\") or \"nii.gz\", "
+                             f"or (WriteResultImage \"false\")")
+    allowed = RESULT_FORMAT_PIXEL_TYPES.get(fmt)
+    if allowed is None or RESULT_PIXEL_TYPES[pixel] in allowed:
+        return
+    names = [f'"{name}"' for name in _CANONICAL_PIXEL_NAMES if RESULT_PIXEL_TYPES[name] in allowed]
+    raise ParameterError(
+        f"(ResultImageFormat \"{fmt}\") with (ResultImagePixelType \"{pixel}\"): ITK's {fmt} writer cannot write "
+        f"{RESULT_PIXEL_TYPES[pixel]} pixels, so the result image would fail after the registration; use "
+        f"(ResultImagePixelType {names[0]})" + (f" (or {', '.join(names[1:])})" if names[1:] else "")
+        + f" for {fmt}, or a format that writes {pixel} (\"mha\", \"nii.gz\", \"nrrd\")")
 
 
 _KNOWN_IMPACT_KEYS = ("Impact[Fixed|Moving]{ModelsPath, Dimension, NumberOfChannels, PatchSize, VoxelSize, "
@@ -344,6 +377,120 @@ def _check_model_files(pmap, configs) -> None:
                                            "or torch.export.save(program, path) with a .pt2 name")
 
 
+def _check_feature_map_directories(configs) -> None:
+    """Every ``ImpactFeatureMapOutputDirectory`` (Static mode) is a folder or can be made one: not a file,
+    under a writable folder (the stage makes it with ``mkdir(parents=True)`` when it writes the first map).
+    Nothing is created here.
+
+    Raises:
+        ParameterError: naming the level, the directory, what is in the way and the fix.
+    """
+    for cfg in configs:
+        if not cfg.feature_map_directory:
+            continue
+        directory = Path(cfg.feature_map_directory).expanduser()
+        where = f"level {cfg.level}: (ImpactFeatureMapOutputDirectory \"{cfg.feature_map_directory}\")"
+        existing = directory
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing.exists() and not existing.is_dir():
+            what = "is a file" if existing == directory else f"lies under {existing}, which is a file"
+            raise ParameterError(f"{where} {what}, so no feature map can be written there; name a folder "
+                                 f"(existing or new), or remove the key to write no feature maps")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ParameterError(f"{where}: {existing} is not writable, so the folder cannot be made or written; "
+                                 f"name a folder you can write, or remove the key")
+
+
+def _check_patches_fit(configs, geometries) -> None:
+    """Jacobian mode: every model's patch fits inside the fixed and the moving image along each of its axes.
+
+    The patch of ``ImpactPatchSize<L>`` P voxels of ``ImpactVoxelSize<L>`` v mm spans (P − 1)·v mm along
+    model axis a (ITK order x, y[, z]; a model of lower dimension lies along the first image axes,
+    :func:`elastix_bridge.engine.metrics.impact._patch_grid_offsets`); wider than the image's n·s mm,
+    every patch has points outside the image, and the stage fails with "too many samples map outside".
+
+    Raises:
+        ParameterError: naming the level, the patch in voxels and mm, the image and its extent.
+    """
+    for cfg in configs:
+        if cfg.mode != "Jacobian":
+            continue
+        for side, geometry in zip(("fixed", "moving"), geometries):
+            for model in (cfg.fixed_models if side == "fixed" else cfg.moving_models):
+                for a, (p, v) in enumerate(zip(model.patch_size, model.voxel_size)):
+                    span, extent = (int(p) - 1) * float(v), geometry.size[a] * float(geometry.spacing[a])
+                    if span > extent:
+                        raise ParameterError(
+                            f"level {cfg.level}: the Jacobian patch of model {model.path!r} "
+                            f"(ImpactPatchSize{cfg.level} {' '.join(map(str, model.patch_size))} × ImpactVoxelSize{cfg.level} "
+                            f"{' '.join(f'{x:g}' for x in model.voxel_size)} mm) spans {span:g} mm along {'xyz'[a]}, "
+                            f"more than the {side} image's extent of {extent:g} mm ({geometry.size[a]} voxels × "
+                            f"{geometry.spacing[a]:g} mm): every sample would map outside the image; use a smaller "
+                            f"ImpactPatchSize{cfg.level} or ImpactVoxelSize{cfg.level}")
+
+
+#: ITK ``RecursiveSeparableImageFilter`` (under the recursive Gaussian filters of the Smoothing and Generic
+#: pyramids) refuses "fewer than 4 pixels along the dimension to be processed".
+RECURSIVE_GAUSSIAN_MINIMUM = 4
+
+
+def check_pyramid_sizes(pmap, levels: int, geometries) -> None:
+    """Both images are large enough for the map's pyramids, from their headers (no pixel is read).
+
+    Found by running elastix 5's pyramids on images of 1-16 voxels per axis: an axis of 1 voxel fails in
+    every pyramid ("too many samples map outside"); the Smoothing pyramid
+    (``itkMultiResolutionGaussianSmoothingPyramidImageFilter``, recursive Gaussian per axis, every level,
+    the finest too) and the Generic pyramid (``itk::SmoothingRecursiveGaussianImageFilter`` on the full
+    image, all axes, at every level with a σ > 0) fail inside ITK's ``RecursiveSeparableImageFilter`` on
+    an axis of fewer than 4 voxels. The Recursive and Shrinking pyramids (``itk::DiscreteGaussian``,
+    ``itk::ShrinkImageFilter``) have no such limit.
+
+    Args:
+        pmap: the stage's parameter map.
+        levels: ``NumberOfResolutions``.
+        geometries: ``(fixed, moving)`` :class:`~elastix_bridge.core.geometry.ImageGeometry` (ITK order).
+
+    Raises:
+        ParameterError: naming the image, its size, the axis, the pyramid, the level and the fix.
+    """
+    from elastix_bridge.engine.images.pyramids import pyramid_base_kind
+    from elastix_bridge.engine.registration import map_pyramid_schedule
+
+    for which, geometry in zip(("Fixed", "Moving"), geometries):
+        size = tuple(geometry.size)
+        image = f"the {which.lower()} image ({' × '.join(map(str, size))} voxels in {', '.join('xyz'[:len(size)])})"
+        for a, n in enumerate(size):
+            if n < 2:
+                raise ParameterError(f"{image} has 1 voxel along {'xyz'[a]}: elastix cannot sample or pyramid it "
+                                     f"(\"too many samples map outside\"); give images of at least 2 voxels per "
+                                     f"axis ({RECURSIVE_GAUSSIAN_MINIMUM} for the Smoothing and Generic pyramids)")
+        kind = pmap.get(f"{which}ImagePyramid", default=f"{which}SmoothingImagePyramid")
+        try:
+            base = pyramid_base_kind(kind)
+        except ValueError:
+            continue  # a pyramid the bridge does not model (OpenCL): elastix checks it
+        if base not in ("SmoothingImagePyramid", "GenericImagePyramid"):
+            continue
+        try:
+            schedule = map_pyramid_schedule(pmap, which, kind, levels, geometry)
+        except ValueError:
+            continue  # a schedule the pyramid does not read (elastix ignores it) or one the stage's check names
+        for level in range(levels):
+            if base == "SmoothingImagePyramid":
+                smoothed = [a for a in range(len(size)) if schedule.rescale[level, a] != 0 and size[a] > 1]
+            else:
+                smoothed = list(range(len(size))) if (schedule.smoothing[level] != 0).any() else []
+            small = [a for a in smoothed if size[a] < RECURSIVE_GAUSSIAN_MINIMUM]
+            if small:
+                a = small[0]
+                raise ParameterError(
+                    f"{image} has {size[a]} voxels along {'xyz'[a]}, but the {kind} smooths it at level {level} "
+                    f"with ITK's recursive Gaussian, which needs at least {RECURSIVE_GAUSSIAN_MINIMUM} voxels per "
+                    f"axis; use ({which}ImagePyramid \"{which}ShrinkingImagePyramid\") or "
+                    f"\"{which}RecursiveImagePyramid\", or a larger image")
+
+
 def _check_devices(configs) -> None:
     """A level with ``ImpactGPU`` >= 0 has a usable CUDA device (this imports torch: only for Impact stages
     on the bridge engine, which need it anyway).
@@ -367,7 +514,8 @@ def _in_map(error: Exception, where: str) -> Exception:
 
 
 def validate_maps(maps: Sequence[ParameterMap], engines: Optional[Sequence[str]] = None,
-                  dimension: Optional[int] = None, names: Optional[Sequence[str]] = None, warn: bool = True) -> None:
+                  dimension: Optional[int] = None, names: Optional[Sequence[str]] = None, warn: bool = True,
+                  geometries: Optional[Sequence] = None, initial_transform: Optional[dict] = None) -> None:
     """Check every parameter map of a chain before any stage runs.
 
     Args:
@@ -380,18 +528,29 @@ def validate_maps(maps: Sequence[ParameterMap], engines: Optional[Sequence[str]]
         names: how messages name each map, e.g. ``"-p affine.txt"``; default ``"parameter map <k>"``.
         warn: log the warnings (unknown keys, schedules longer than needed); the command's early check
             leaves them to the request's check, so that each is logged once.
+        geometries: ``(fixed, moving)`` :class:`~elastix_bridge.core.geometry.ImageGeometry` (from the
+            images or their headers), or None; given, the images' sizes are checked against every map's
+            pyramids (:func:`check_pyramid_sizes`) and Jacobian patches, and ``dimension`` defaults to theirs.
+        initial_transform: the call's ``initial_transform_parameter_file_name`` /
+            ``initial_transform_parameter_object`` keywords, checked with :func:`check_initial_transforms`
+            (the command checks its ``-t0`` here, before it creates ``-out``).
 
     Raises:
         UnsupportedComponentError: an unknown component name (with "did you mean"), or one the bridge
             engine does not run for a map it runs.
         ParameterError: a value of the wrong type or range, a schedule of the wrong length, a result key
-            that cannot be written, an unknown ``Impact…`` key in an Impact map.
+            that cannot be written (a format × pixel type ITK's writer refuses), an unknown ``Impact…`` key in
+            an Impact map, an ``ImpactFeatureMapOutputDirectory`` that cannot be a folder, images too small
+            for a pyramid, a Jacobian patch larger than an image.
         ImpactParameterError: a missing or malformed IMPACT option at some level.
     """
     from elastix_bridge.api import uses_impact
     from elastix_bridge.engine.registration import check_components, check_stage_settings
     from elastix_bridge.core.impact_parameters import impact_levels
 
+    if geometries is not None:
+        check_equal_dimensions(geometries[0].dimension, geometries[1].dimension)
+        dimension = geometries[0].dimension if dimension is None else dimension
     for k, pmap in enumerate(maps):
         where = _where(k, names)
         impact = uses_impact(pmap)
@@ -405,22 +564,29 @@ def validate_maps(maps: Sequence[ParameterMap], engines: Optional[Sequence[str]]
                     + "; start from a file in parameter_files/ or from elastix's documentation")
             _check_component_names(pmap)
             _check_values(pmap)
-            _check_result_keys(pmap)
+            _check_result_keys(pmap, dimension)
             levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
             components = check_components(pmap) if bridge else None
             if dimension is not None:
                 _check_against_dimension(pmap, where, levels, dimension, warn)
                 if bridge:
                     check_stage_settings(pmap, components, levels, dimension)
+                if geometries is not None:
+                    check_pyramid_sizes(pmap, levels, geometries)
                 if impact:
                     configs = impact_levels(pmap, levels, dimension,
                                             metric_index=pmap.values("Metric").index("Impact"))
                     _check_model_files(pmap, configs)
+                    _check_feature_map_directories(configs)
+                    if geometries is not None:
+                        _check_patches_fit(configs, geometries)
                     if bridge:
                         _check_devices(configs)
         except ValueError as error:  # the same error, naming the map
             raise _in_map(error, where) from None
         _check_impact_keys(pmap, where, levels, impact, full=dimension is not None, warn=warn)
+    if initial_transform and dimension is not None:
+        check_initial_transforms(maps, engines, dimension, initial_transform)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -451,13 +617,47 @@ def check_image_argument(value: Any, what: str) -> None:
                     f"itk.imread(path, itk.F) or made with itk.image_from_array(array)")
 
 
-def check_threads(number_of_threads: Any, what: str = "number_of_threads") -> None:
-    """``number_of_threads`` is None or an integer >= 1 (elastix ``-threads``)."""
+def available_cores() -> int:
+    """The CPU cores this process may run on: ``os.sched_getaffinity`` (which honours ``taskset``,
+    cgroup cpusets and a Slurm allocation), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_threads(number_of_threads: Any, what: str = "number_of_threads", warn: bool = False) -> Optional[int]:
+    """Check a thread count (elastix ``-threads``) and return the count to use.
+
+    elastix passes ``-threads`` to ``itk::MultiThreaderBase::SetGlobalMaximumNumberOfThreads``
+    (Core/Kernel/elxMainBase.cxx), which clamps it to ``ITK_MAX_THREADS`` without a word. Here a
+    count above the cores this process may use (:func:`available_cores`) is lowered to them: more
+    threads than cores only wait for one another (``-threads 10000`` ran 7x slower on 2 cores, and
+    ``-threads 100000`` made torch's thread pools fail).
+
+    Args:
+        number_of_threads: None (all cores) or an integer >= 1.
+        what: how messages name it (``-threads``, ``number_of_threads``).
+        warn: log a warning when the count is lowered (once per run: where the count is applied).
+
+    Returns:
+        None, or ``min(number_of_threads, available_cores())``.
+
+    Raises:
+        ValueError: not an integer, or below 1.
+    """
     if number_of_threads is None:
-        return
+        return None
     if isinstance(number_of_threads, bool) or not isinstance(number_of_threads, int) or number_of_threads < 1:
         raise ValueError(f"{what} {number_of_threads!r}: the number of threads must be an integer >= 1; "
                          f"leave it out to use all cores")
+    cores = available_cores()
+    if number_of_threads <= cores:
+        return number_of_threads
+    if warn:
+        log.warning("%s %d is more than the %d CPU core(s) this process may use; using %d (more threads than "
+                    "cores only wait for one another)", what, number_of_threads, cores, cores)
+    return cores
 
 
 def _first_non_finite(image, what: str) -> None:
@@ -479,6 +679,18 @@ def _first_non_finite(image, what: str) -> None:
         f"{list(index)} (x, y, z), physical point {[round(p, 4) for p in point]} mm); elastix cannot register "
         f"NaN or Inf: replace them (e.g. numpy.nan_to_num on itk.array_view_from_image(image)) or mask them out "
         f"and set them to a finite value")
+
+
+def check_equal_dimensions(fixed: int, moving: int) -> None:
+    """The fixed and moving images have one dimension (itk-elastix's filter is typed by the fixed image's and
+    would read a moving image of another dimension as garbage).
+
+    Raises:
+        InputImageError: naming both dimensions.
+    """
+    if fixed != moving:
+        raise InputImageError(f"the fixed image is {fixed}D but the moving image is {moving}D; elastix registers "
+                              f"images of equal dimension: give a {fixed}D moving image (or a {moving}D fixed image)")
 
 
 def check_mask_dimension(mask: itk.Image, dimension: int, which: str) -> None:
@@ -509,9 +721,7 @@ def validate_images(fixed_image: itk.Image, moving_image: itk.Image, fixed_mask:
                         (moving_mask, "moving_mask")):
         check_image_argument(value, what)
     dimension = fixed_image.GetImageDimension()
-    if moving_image.GetImageDimension() != dimension:
-        raise InputImageError(f"the fixed image is {dimension}D but the moving image is "
-                              f"{moving_image.GetImageDimension()}D; elastix registers images of equal dimension")
+    check_equal_dimensions(dimension, moving_image.GetImageDimension())
     for mask, which in ((fixed_mask, "fixed"), (moving_mask, "moving")):
         if mask is None:
             continue
@@ -553,6 +763,110 @@ def _physical_box(image, zyx_selected=None):
     return points.min(axis=0), points.max(axis=0)
 
 
+def initial_transform_maps(keywords: dict) -> list:
+    """The TransformParameters maps of the call's initial transform, earliest first (``[]`` without one).
+
+    Reads ``initial_transform_parameter_file_name`` (elastix ``-t0``; its ``InitialTransformParameterFileName``
+    chain is followed, :func:`~elastix_bridge.engine.transforms.initial.chain_from_file`) or
+    ``initial_transform_parameter_object``.
+
+    Raises:
+        ValueError: both are given, or a file of the chain is not a TransformParameters file or loops.
+        FileNotFoundError: the file or a file of its chain is missing (naming the referencing file).
+    """
+    from elastix_bridge.core.parameters import parameter_maps_from_object
+    from elastix_bridge.engine.transforms.initial import chain_from_file
+
+    t0 = keywords.get("initial_transform_parameter_file_name")
+    given = keywords.get("initial_transform_parameter_object")
+    if t0 and given is not None:
+        raise ValueError("give either initial_transform_parameter_file_name or initial_transform_parameter_object, "
+                         "not both (elastix would use only one)")
+    if not t0:
+        return [] if given is None else parameter_maps_from_object(given)
+    if not Path(t0).is_file():
+        raise FileNotFoundError(f"initial transform file {t0} does not exist; check the path")
+    maps = chain_from_file(t0)
+    for i, pm in enumerate(maps):
+        if not pm.has("Transform") or not pm.has("TransformParameters"):
+            raise ValueError(f"initial transform {t0}: file {i + 1} of its chain of {len(maps)} has no (Transform ...) "
+                             "and (TransformParameters ...) lines, so it is not a TransformParameters file; give a "
+                             "TransformParameters.<k>.txt that elastix or elastix-bridge wrote (a parameter file for a "
+                             "new registration goes to -p / parameter_object)")
+    return maps
+
+
+def check_initial_transforms(maps: Sequence[ParameterMap], engines: Optional[Sequence[str]], dimension: int,
+                             keywords: dict) -> None:
+    """The initial transform, and every transform a bridge stage starts from, can be read before any stage runs.
+
+    Each map of the initial chain is of the images' ``dimension`` (``FixedImageDimension`` /
+    ``MovingImageDimension``); when a stage runs on the bridge engine, each is also built as the bridge
+    builds it (:func:`~elastix_bridge.engine.transforms.initial.transform_from_parameter_map`: its kind and
+    its ``TransformParameters`` count), and every earlier elastix stage's ``Transform`` is one the bridge
+    reads back (docs/design.md §E1.7; elastix ``Core/Main/elxTransformBase.hxx``,
+    ``ReadInitialTransformFromFile``).
+
+    Raises:
+        ValueError / FileNotFoundError: see :func:`initial_transform_maps`; ``InputImageError`` for a
+            dimension other than the images'; ``UnsupportedComponentError`` / ``ValueError`` for a transform
+            the bridge cannot build, naming the file or stage, what was found and the fix.
+    """
+    initial = initial_transform_maps(keywords)
+    source = (f"initial transform {keywords['initial_transform_parameter_file_name']}"
+              if keywords.get("initial_transform_parameter_file_name") else "initial_transform_parameter_object")
+    for i, pm in enumerate(initial):
+        where = f"{source} (map {i + 1} of {len(initial)} in its chain)" if len(initial) > 1 else source
+        for key in ("FixedImageDimension", "MovingImageDimension"):
+            if pm.has(key) and pm.get_entry(key, 0) != str(dimension):
+                raise InputImageError(f"{where}: ({key} {pm.get_entry(key, 0)}) but the images are {dimension}D; "
+                                      f"give an initial transform written for {dimension}D images (or none)")
+    if engines is None or "bridge" not in engines:
+        return
+    from elastix_bridge.engine.components import UnsupportedComponentError
+    from elastix_bridge.engine.transforms.initial import transform_from_parameter_map
+
+    for i, pm in enumerate(initial):
+        where = f"{source} (map {i + 1} of {len(initial)} in its chain)" if len(initial) > 1 else source
+        try:
+            transform, _ = transform_from_parameter_map(pm)
+        except (ValueError, KeyError, IndexError, TypeError) as error:
+            if isinstance(error, UnsupportedComponentError):  # its message names the supported kinds and the fix
+                raise UnsupportedComponentError(f"{where}: the bridge engine cannot read it: {error}") from None
+            raise ValueError(f"{where}: the bridge engine cannot read it: {error}; give a TransformParameters file "
+                             f"that elastix wrote for these images, or run every map on elastix (engine='elastix')"
+                             ) from None
+        if getattr(transform, "dimension", dimension) != dimension:
+            raise InputImageError(f"{where}: a {transform.dimension}D {pm.get('Transform')} but the images are "
+                                  f"{dimension}D; give an initial transform written for {dimension}D images")
+    for k, (pmap, engine) in enumerate(zip(maps, engines)):
+        if engine == "bridge":
+            continue
+        later = [j for j in range(k + 1, len(maps)) if engines[j] == "bridge"]
+        name = pmap.get("Transform")
+        if later and not _bridge_reads(name):
+            raise UnsupportedComponentError(
+                f"parameter map {k}: its (Transform \"{name}\") runs on elastix, but stage {later[0]} runs on the "
+                f"bridge engine, which cannot start from its result; use one of the transforms the bridge reads back "
+                f"({', '.join(_readable_transforms())}) in map {k}, or run every map on elastix (engine='elastix')")
+
+
+def _bridge_reads(transform_name: str) -> bool:
+    """Whether the bridge engine reads a TransformParameters map of ``(Transform transform_name)`` back."""
+    from elastix_bridge.engine.components import UnsupportedComponentError, component
+
+    try:
+        return component("Transform", transform_name).trait("read") is not None
+    except UnsupportedComponentError:
+        return False
+
+
+def _readable_transforms() -> list:
+    from elastix_bridge.engine.components import components
+
+    return [c.name for c in components("Transform") if c.trait("read") is not None]
+
+
 #: Keywords of ``elastix_registration_method`` that a chain with bridge stages understands.
 CHAIN_KEYWORDS = ("number_of_threads", "initial_transform_parameter_file_name", "initial_transform_parameter_object")
 
@@ -573,8 +887,8 @@ def validate_request(maps: Sequence[ParameterMap], engines: Sequence[str], fixed
         names: how messages name each map (see :func:`validate_maps`).
 
     Raises:
-        see :func:`validate_maps` and :func:`validate_images`; ``ValueError`` for a keyword that a chain
-        with bridge stages does not support, or a bad ``number_of_threads``.
+        see :func:`validate_maps`, :func:`validate_images` and :func:`check_initial_transforms`; ``ValueError``
+        for a keyword that a chain with bridge stages does not support, or a bad ``number_of_threads``.
     """
     keywords = keywords or {}
     check_threads(keywords.get("number_of_threads"))
@@ -586,4 +900,16 @@ def validate_request(maps: Sequence[ParameterMap], engines: Sequence[str], fixed
                 f"(Metric \"Impact\")); supported: {', '.join(CHAIN_KEYWORDS)}. Remove it, or run every map on "
                 f"elastix with a native IMPACT plugin (engine='elastix')")
     dimension = validate_images(fixed_image, moving_image, fixed_mask, moving_mask)
-    validate_maps(maps, engines, dimension, names)
+    validate_maps(maps, engines, dimension, names, geometries=(_header_geometry(fixed_image),
+                                                               _header_geometry(moving_image)))
+    check_initial_transforms(maps, engines, dimension, keywords)
+
+
+def _header_geometry(image):
+    """:class:`~elastix_bridge.core.geometry.ImageGeometry` of an ``itk.Image``'s largest region (any start index)."""
+    import itk
+
+    from elastix_bridge.core.geometry import ImageGeometry
+
+    return ImageGeometry(tuple(image.GetLargestPossibleRegion().GetSize()), tuple(image.GetSpacing()),
+                         tuple(image.GetOrigin()), itk.array_from_matrix(image.GetDirection()))

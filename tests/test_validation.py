@@ -247,7 +247,7 @@ def test_model_returning_nan_is_named(plugin, pair, tmp_path):
     """)
     pmap = impact_parameters(ImpactModelsPath0=str(model), ImpactSubsetFeatures0=1)
     with pytest.raises(elastix_bridge.runtime.loader.ImpactModelError,
-                       match=r"level 0, .*nan\.pt\): output layer 0 contains NaN \(first at element \[0, 0, 0, 0\]"):
+                       match=r"level 0, .*nan\.pt', layer 0: the output contains NaN \(first at element \[0, 0, 0, 0\]"):
         api.elastix_registration_method(*pair, parameter_object=[pmap])
 
 

@@ -25,6 +25,10 @@ from typing import Any, Mapping, Optional, Sequence
 REQUIRED = ("id", "fixed", "moving")
 OPTIONAL = ("fixed_mask", "moving_mask", "t0", "fixed_labels", "moving_labels", "fixed_points", "moving_points")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ID_MAX = 200  # a file name holds 255 bytes; the batch adds a suffix to an id for its temporary folders
+#: The names the batch itself writes into its output folder (besides one folder per id): no id may
+#: take one, in any case (a case-insensitive file system would merge them).
+BATCH_NAMES = ("summary.csv", "summary.json", "failed", ".batch")
 
 
 class ManifestError(ValueError):
@@ -91,7 +95,8 @@ def read_manifest(path: str | Path) -> list[Pair]:
     Raises:
         FileNotFoundError: no such manifest.
         ManifestError: every problem of the form at once (unknown or missing columns, empty or
-            duplicate ids, labels or points given for one side only).
+            duplicate ids (also ids that differ only in case), ids the batch writes itself
+            (:data:`BATCH_NAMES`), rows longer than the header, labels or points given for one side only).
     """
     path = Path(path)
     if not path.is_file():
@@ -109,8 +114,10 @@ def pairs_from_rows(rows: Sequence[Mapping[str, Any]], base: str | Path, source:
     problems: list[str] = []
     if not rows:
         raise ManifestError(source, ["it has no rows; give a header (id,fixed,moving) and one row per pair"])
-    columns = set().union(*(r.keys() for r in rows))
-    unknown = sorted(c for c in columns if c not in REQUIRED + OPTIONAL)
+    columns = set().union(*(r.keys() for r in rows)) - {None}  # None: csv's key for cells beyond the header
+    unknown = sorted(str(c) for c in columns if c not in REQUIRED + OPTIONAL)
+    problems += [f"row {number} has {len(r[None])} cell(s) more than the header's columns; quote a cell that holds "
+                 "the delimiter, or add the column to the header" for number, r in enumerate(rows, 1) if r.get(None)]
     if unknown:
         problems.append(f"unknown column(s) {', '.join(unknown)}; the columns are {', '.join(REQUIRED + OPTIONAL)}")
     missing = [c for c in REQUIRED if c not in columns]
@@ -125,12 +132,8 @@ def pairs_from_rows(rows: Sequence[Mapping[str, Any]], base: str | Path, source:
         if absent:
             problems.append(f"{where}: no {', '.join(absent)}")
             continue
-        if not _ID.match(cells["id"]):
-            problems.append(f"{where}: id {cells['id']!r} cannot name a folder; use letters, digits, '.', '_' "
-                            "and '-', starting with a letter or digit")
-        if cells["id"] in seen:
-            problems.append(f"{where}: id {cells['id']} is also row {seen[cells['id']]}'s; ids must be unique")
-        seen.setdefault(cells["id"], number)
+        problems += [f"{where}: {p}" for p in _id_problems(cells["id"], seen)]
+        seen.setdefault(cells["id"].casefold(), (number, cells["id"]))
         for a, b in (("fixed_labels", "moving_labels"), ("fixed_points", "moving_points")):
             if bool(cells.get(a)) != bool(cells.get(b)):
                 problems.append(f"{where}: {a if cells.get(a) else b} without {b if cells.get(a) else a}; give both "
@@ -139,6 +142,31 @@ def pairs_from_rows(rows: Sequence[Mapping[str, Any]], base: str | Path, source:
     if problems:
         raise ManifestError(source, problems)
     return pairs
+
+
+def id_problems(ids: Sequence[str]) -> list[str]:
+    """Why some of ``ids`` cannot name their folders ``DIR/<id>`` (as the manifest's checks), by position."""
+    problems, seen = [], {}
+    for number, pair_id in enumerate(ids, 1):
+        problems += [f"pair {number} (id {pair_id}): {p}" for p in _id_problems(str(pair_id), seen)]
+        seen.setdefault(str(pair_id).casefold(), (number, pair_id))
+    return problems
+
+
+def _id_problems(pair_id: str, seen: Mapping[str, tuple]) -> list[str]:
+    """Why ``pair_id`` cannot name its folder ``DIR/<id>`` (``seen``: earlier ids by casefold -> (row, id))."""
+    if not _ID.match(pair_id) or len(pair_id) > _ID_MAX:
+        return [f"id {pair_id[:60]!r} cannot name a folder; use up to {_ID_MAX} letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit"]
+    if pair_id.casefold() in BATCH_NAMES:
+        return [f"id {pair_id} is a name the batch writes into its output folder ({', '.join(BATCH_NAMES)}, in any "
+                "case); rename the pair"]
+    if pair_id.casefold() in seen:
+        row, other = seen[pair_id.casefold()]
+        same = "" if other == pair_id else f" ({other}: ids that differ only in case share one folder on " \
+                                           "case-insensitive file systems)"
+        return [f"id {pair_id} is also row {row}'s{same}; ids must be unique"]
+    return []
 
 
 def read_points(path: str | Path, geometry=None):

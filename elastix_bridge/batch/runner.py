@@ -15,9 +15,16 @@ Layout of ``DIR``:
 * ``DIR/summary.csv`` and ``DIR/summary.json``: a row per pair (status, error, attempts, wall time,
   peak memory, final metric per stage, Dice per label and TRE when the manifest gives labels or
   points) and the cohort's mean, median and worst;
-* ``DIR/failed/<id>.log``: the log of a pair that failed;
-* ``DIR/.batch/``: the maps the workers read, one record per pair (its input hash: an unchanged
-  complete pair is skipped when the command is run again) and the attempts per pair.
+* ``DIR/failed/<id>.log``: the log of a pair whose last run failed (removed when it completes);
+* ``DIR/.batch/``: the maps the workers read, one record per pair (its input hash and the sizes of
+  its output files: a complete pair whose inputs are unchanged and whose files are all there is
+  skipped when the command is run again, otherwise redone with the reason logged) and the attempts
+  per pair.
+
+No id may be one of these names (:data:`~elastix_bridge.batch.manifest.BATCH_NAMES`), and everything
+that can be checked is checked before ``DIR`` is created: the dask dependency, the settings, the
+manifest, its files, the maps, the memory limit against what a worker needs, and ``DIR`` itself
+(inputs inside the folders the batch replaces, a file where a pair's folder goes).
 """
 from __future__ import annotations
 
@@ -37,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from elastix_bridge.batch.manifest import ManifestError, Pair, check_pairs, pair_hash, pairs_from_rows, read_manifest
+from elastix_bridge.batch.manifest import (BATCH_NAMES, ManifestError, Pair, check_pairs, id_problems, pair_hash,
+                                           pairs_from_rows, read_manifest)
 from elastix_bridge.runtime.memory import PeakRSS
 
 log = logging.getLogger("elastix_bridge")
@@ -173,16 +181,29 @@ def _run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
             if pair.fixed_points:
                 record.update(evaluation.target_registration_error(tmp, pair))
             _retarget_chain(tmp, tmp, final)
+            record["files"] = _file_sizes(tmp)  # what resume checks is still there
+            _write_record(state, record)  # before the rename: a kill in between leaves a record, never a stray folder
             _move_into_place(tmp, final, state / "tmp")
+            (root / "failed" / f"{pair.id}.log").unlink(missing_ok=True)  # an earlier failure's log is stale now
         except Exception as error:  # the pair's own failure: recorded, the cohort goes on
             record.update(status="failed", error=str(error).strip() or type(error).__name__)
-            if (tmp / "elastix.log").is_file():  # absent when the inputs failed before the run began
-                (root / "failed").mkdir(exist_ok=True)
+            (root / "failed").mkdir(exist_ok=True)
+            if (tmp / "elastix.log").is_file():
                 shutil.copyfile(tmp / "elastix.log", root / "failed" / f"{pair.id}.log")
+            else:  # the inputs failed before the run began: an earlier attempt's log would mislead
+                (root / "failed" / f"{pair.id}.log").unlink(missing_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
     record.update(wall_s=time.perf_counter() - tic, peak_rss_mb=memory.megabytes)
     _write_record(state, record)
     return record
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` (relative POSIX path -> bytes), but the run's lock."""
+    from elastix_bridge.core.output_folder import LOCK_NAME
+
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != LOCK_NAME}
 
 
 def _write_record(state: Path, record: Mapping[str, Any]) -> None:
@@ -244,9 +265,119 @@ def _as_pairs(pairs) -> list[Pair]:
     if isinstance(pairs, (str, os.PathLike)):
         return read_manifest(pairs)
     rows = [p for p in pairs]
-    if all(isinstance(p, Pair) for p in rows):
+    if rows and all(isinstance(p, Pair) for p in rows):
+        problems = id_problems([p.id for p in rows])
+        if problems:
+            raise ManifestError("pairs", problems)
         return rows
     return pairs_from_rows([dict(r) for r in rows], os.getcwd(), "pairs")
+
+
+def _require_dask() -> None:
+    """Refuse, with the install fix, where dask.distributed cannot be imported (before anything is created)."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"the batch needs dask.distributed, which cannot be imported ({error}); install it with "
+                          "pip install \"elastix-bridge[batch]\"") from None
+
+
+def _setting_problems(engine: str, workers, threads_per_worker, memory_limit, retries, own_cluster: bool) -> list:
+    """What is wrong with the run's settings (register_many's arguments, the command's flags)."""
+    problems = []
+    if engine not in ("auto", "elastix", "bridge"):
+        problems.append(f"engine {engine!r}: use 'auto', 'elastix' or 'bridge'")
+    for name, value in (("workers (--workers)", workers), ("threads_per_worker (--threads-per-worker)",
+                                                            threads_per_worker)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            problems.append(f"{name} {value!r}: give a whole number of at least 1, or leave it out to size it from "
+                            "this machine")
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        problems.append(f"retries (--retries) {retries!r}: give how many more times a pair whose worker died is "
+                        "tried, 0 or more")
+    if memory_limit is not None and (not isinstance(memory_limit, int) or memory_limit <= 0):
+        problems.append(f"memory_limit (--memory-limit) {memory_limit!r}: give bytes per worker (e.g. 8G), or leave "
+                        "it out to size it from this machine")
+    if not own_cluster:
+        given = [n for n, v in (("workers (--workers)", workers), ("memory_limit (--memory-limit)", memory_limit))
+                 if v is not None]
+        if given:
+            problems.append(f"{' and '.join(given)} size the LocalCluster the batch starts, not a cluster of your own "
+                            "(a client or --scheduler): leave them out, and set them on that cluster's workers")
+    return problems
+
+
+def _threads_within_cores(threads_per_worker: Optional[int]) -> Optional[int]:
+    """``threads_per_worker`` capped at this machine's cores, with a warning (as elastix caps -threads)."""
+    cores = len(os.sched_getaffinity(0))
+    if threads_per_worker is not None and threads_per_worker > cores:
+        log.warning("batch: --threads-per-worker %d is more than the %d core(s) this process may use; each "
+                    "registration uses %d", threads_per_worker, cores, cores)
+        return cores
+    return threads_per_worker
+
+
+def _check_memory_limit(memory_limit: Optional[int], peak_bytes: int, pair: Pair) -> None:
+    """Refuse a worker memory limit below the worker's baseline plus the plan's peak for the maps.
+
+    A lower limit makes the nanny kill every worker before (or while) its first pair runs: each pair
+    fails after its retries, or the cluster never starts a worker at all.
+
+    Raises:
+        ValueError: the limit, the number needed and where it comes from.
+    """
+    from elastix_bridge.runtime.memory import format_bytes
+
+    need = WORKER_BASELINE_BYTES + max(0, int(peak_bytes))
+    if memory_limit is not None and memory_limit < need:
+        raise ValueError(
+            f"memory limit (--memory-limit) {format_bytes(memory_limit)} per worker is below what a worker needs: "
+            f"{format_bytes(need)} ({format_bytes(WORKER_BASELINE_BYTES)} for a worker with itk-elastix, torch and "
+            f"the plugin loaded, plus {format_bytes(peak_bytes)} the plan estimates for the maps on pair {pair.id}); "
+            f"give --memory-limit {math.ceil(need / 2**30 * 10) / 10:g}G or more, or leave it out to size the "
+            "workers from this machine's memory")
+
+
+def _output_problems(root: Path, pairs: Sequence[Pair], inputs: Sequence[Path]) -> list:
+    """What in ``DIR`` the batch would overwrite or remove that is not its own, before anything is created.
+
+    Refused: ``DIR`` (or a parent) a file; a file where the batch puts a folder (``failed``, ``.batch``,
+    a pair's ``DIR/<id>``) or a folder where it writes a file (``summary.*``); a ``DIR/<id>`` that no
+    earlier batch wrote (it would be replaced); any input (image, mask, t0, points, map, manifest)
+    inside a folder the batch replaces or at a name it writes.
+    """
+    from elastix_bridge.core.output_folder import OutputFolderError, prepare_output_folder
+
+    try:
+        prepare_output_folder(root, "-out", create=False)
+    except OutputFolderError as error:
+        return [str(error)]
+    problems = []
+    for name in BATCH_NAMES:
+        path = root / name
+        is_file = name.startswith("summary.")
+        if path.exists() and (path.is_dir() if is_file else not path.is_dir()):
+            problems.append(f"{path} is a {'folder' if is_file else 'file'}, where the batch writes its own "
+                            f"{'file' if is_file else 'folder'}; move it away, or give another -out")
+    for pair in pairs:
+        path = root / pair.id
+        if path.exists() and not path.is_dir():
+            problems.append(f"pair {pair.id}: {path} is an existing file, where the batch writes the pair's folder; "
+                            "move it away, or give another -out")
+        elif path.is_dir() and not (root / ".batch" / "pairs" / f"{pair.id}.json").exists():
+            problems.append(f"pair {pair.id}: {path} is a folder this batch did not write (no record in "
+                            f"{root / '.batch' / 'pairs'}), and the batch replaces a pair's folder; move it away, or "
+                            "give another -out")
+    resolved = root.resolve()
+    owned = {resolved / p.id: f"pair {p.id}'s folder, which the batch replaces" for p in pairs}
+    owned.update({resolved / n: "a name the batch writes" for n in BATCH_NAMES})
+    for path in inputs:
+        where = next((what for place, what in owned.items()
+                      if Path(path).resolve() == place or place in Path(path).resolve().parents), None)
+        if where:
+            problems.append(f"input {path} lies in {where}; it would be overwritten or removed. Move it out of "
+                            f"{root}, or give another -out; the batch never removes an input")
+    return problems
 
 
 def _validate(pairs: Sequence[Pair], maps: Sequence, source: str) -> None:
@@ -268,16 +399,39 @@ def _validate(pairs: Sequence[Pair], maps: Sequence, source: str) -> None:
         raise ManifestError(source, problems)
 
 
-def _previous(state: Path, pair: Pair, digest: str, root: Path) -> Optional[dict]:
-    """The record of a complete, unchanged earlier run of this pair, or None."""
+def _previous(state: Path, pair: Pair, digest: str, root: Path) -> tuple[Optional[dict], str]:
+    """The record of a complete, unchanged earlier run of this pair whose files are all there, or None and
+    why the pair is registered again ("" when there is nothing to say: a new pair, or one that failed).
+
+    Unchanged: the input hash (files, maps, engine) and every output file's size, as recorded.
+    """
     path = state / "pairs" / f"{pair.id}.json"
-    if not (path.is_file() and (root / pair.id).is_dir()):
-        return None
-    with contextlib.suppress(ValueError, OSError):
+    if not path.exists():
+        return None, ""
+    try:
         record = json.loads(path.read_text())
-        if record.get("status") == "complete" and record.get("hash") == digest:
-            return record
-    return None
+        files = record.get("files") if record.get("status") == "complete" else {}
+        if not isinstance(files, dict):
+            raise ValueError("no file list")
+    except (ValueError, OSError, AttributeError) as error:  # a truncated or hand-edited record
+        return None, f"its record {path} cannot be read ({error})"
+    if record.get("status") != "complete":
+        return None, ""
+    if record.get("hash") != digest:
+        return None, "its input files, the maps or the engine changed since it was registered"
+    folder = root / pair.id
+    if not folder.is_dir():
+        return None, f"its folder {folder} is missing"
+    if not files:
+        return None, f"its record {path} lists no output files (written before the batch recorded them)"
+    missing = [name for name in files if not (folder / name).is_file()]
+    if missing:
+        return None, f"its file(s) {', '.join(missing)} are missing from {folder}"
+    changed = [f"{name} ({size} -> {(folder / name).stat().st_size} bytes)" for name, size in files.items()
+               if (folder / name).stat().st_size != size]
+    if changed:
+        return None, f"its file(s) {', '.join(changed)} changed since it was registered"
+    return record, ""
 
 
 def _gpus() -> int:
@@ -366,7 +520,12 @@ def register_many(pairs, parameter_object, output_directory: str | Path, client=
         ``"complete"``, ``"skipped"`` (complete and unchanged from an earlier run) or ``"failed"``.
 
     Raises:
-        ManifestError: every problem of the manifest, its files and the maps, before any pair runs.
+        ImportError: dask.distributed is not installed (with the install command).
+        ValueError: a setting out of range (workers or threads below 1, negative retries, a memory
+            limit below what a worker needs, LocalCluster sizes with a cluster of your own).
+        ManifestError: every problem of the manifest, its files, the maps and ``output_directory``
+            (inputs inside it where the batch writes, a file where a pair's folder goes).
+        All before anything is created or any pair runs.
     """
     import sys
 
@@ -377,12 +536,39 @@ def register_many(pairs, parameter_object, output_directory: str | Path, client=
     from elastix_bridge.core.transform_io import transform_parameter_file_text
     from elastix_bridge.plan import plan_registration
 
+    _require_dask()
+    own_cluster = client is None and not scheduler
+    problems = _setting_problems(engine, workers, threads_per_worker, memory_limit, retries, own_cluster)
+    if problems:
+        raise ValueError("; ".join(problems))
+    if own_cluster:
+        threads_per_worker = _threads_within_cores(threads_per_worker)
     source = str(pairs) if isinstance(pairs, (str, os.PathLike)) else "pairs"
+    inputs = [Path(pairs)] if isinstance(pairs, (str, os.PathLike)) else []
     pairs, maps = _as_pairs(pairs), _maps(parameter_object)
-    if engine not in ("auto", "elastix", "bridge"):
-        raise ValueError(f"engine {engine!r}: use 'auto', 'elastix' or 'bridge'")
     _validate(pairs, maps, source)
-    root = prepare_output_folder(output_directory, "output directory").resolve()
+    inputs += [path for p in pairs for path in p.files().values()]
+    if isinstance(parameter_object, (str, os.PathLike)):
+        inputs.append(Path(parameter_object))
+    elif isinstance(parameter_object, (list, tuple)):
+        inputs += [Path(m) for m in parameter_object if isinstance(m, (str, os.PathLike))]
+    if not os.fspath(output_directory).strip():  # Path("") would be the working folder
+        raise ValueError("the output directory (-out) is an empty path (an unset variable?); give the cohort's "
+                         "folder (it is created if absent)")
+    root = Path(output_directory)
+    problems = _output_problems(root, pairs, inputs)
+    if problems:
+        raise ManifestError(f"output directory {root}", problems)
+    # One GPU per worker of our LocalCluster; a cluster of your own places its GPUs itself.
+    gpus = _gpus() if own_cluster and _asks_gpu(maps) else 0
+    size = None  # a cluster of your own is sized by you
+    if own_cluster:
+        plan = plan_registration(pairs[0].fixed, pairs[0].moving, maps, pairs[0].fixed_mask, pairs[0].moving_mask,
+                                 engine=engine)
+        _check_memory_limit(memory_limit, plan.peak_bytes, pairs[0])
+        size = ClusterSize.for_machine(len(pairs), plan.peak_bytes, workers if workers else (gpus or None),
+                                       threads_per_worker, memory_limit)
+    root = prepare_output_folder(root, "-out").resolve()  # the first thing the batch creates
     state = root / ".batch"
     for sub in ("maps", "pairs", "attempts", "tmp"):
         (state / sub).mkdir(parents=True, exist_ok=True)
@@ -390,24 +576,17 @@ def register_many(pairs, parameter_object, output_directory: str | Path, client=
     map_files = []
     for k, text in enumerate(texts):
         map_files.append(str(write_atomically(state / "maps" / f"parameters.{k}.txt", lambda f, t=text: f.write(t))))
-    own_cluster = client is None and not scheduler
-    # One GPU per worker of our LocalCluster; a cluster of your own places its GPUs itself.
-    gpus = _gpus() if own_cluster and _asks_gpu(maps) else 0
-    size = None  # a cluster of your own is sized by you
-    if own_cluster:
-        plan = plan_registration(pairs[0].fixed, pairs[0].moving, maps, pairs[0].fixed_mask, pairs[0].moving_mask,
-                                 engine=engine)
-        size = ClusterSize.for_machine(len(pairs), plan.peak_bytes, workers if workers else (gpus or None),
-                                       threads_per_worker, memory_limit)
     settings = PairSettings(str(root), tuple(map_files), engine, size.threads if size else threads_per_worker, gpus)
     digest_of = {p.id: pair_hash(p, "".join(texts), {"engine": engine}) for p in pairs}
     records = {}
     todo = []
     for pair in pairs:
-        previous = None if force else _previous(state, pair, digest_of[pair.id], root)
+        previous, why = (None, "") if force else _previous(state, pair, digest_of[pair.id], root)
         if previous is not None:
             records[pair.id] = dict(previous, status="skipped")
         else:
+            if why:
+                log.warning("batch: pair %s is registered again: %s", pair.id, why)
             todo.append(pair)
             (state / "attempts" / pair.id).unlink(missing_ok=True)
     if todo:
@@ -452,6 +631,7 @@ def _run(client, todo, settings, digest_of, gpus, state, progress, tqdm) -> dict
                           "error": cause}
                 for leftover in (state / "tmp").glob(f"{pair.id}-*"):
                     shutil.rmtree(leftover, ignore_errors=True)
+                (state.parent / "failed" / f"{pair.id}.log").unlink(missing_ok=True)  # an earlier run's log
                 _write_record(state, record)
             records[pair.id] = record
             failed += record["status"] == "failed"

@@ -133,3 +133,25 @@ RESULT_PIXEL_TYPES = {
     "long": "int64", "int64": "int64", "unsigned long": "uint64", "uint64": "uint64",
     "float": "float32", "float32": "float32", "double": "float64", "float64": "float64",
 }
+
+#: The pixel types (numpy names, as in :data:`RESULT_PIXEL_TYPES`) that ITK's writer for a result
+#: format can write, where it cannot write every type; formats not listed (mhd, mha, nii, nii.gz,
+#: nrrd, ...) write all of them. elastix writes each result image in ``ResultImagePixelType``
+#: (``ResamplerBase::WriteResultImage``, through ``itk::ImageFileCastWriter``), so a type missing
+#: here fails in the writer after the registration. Sources: ITK ``PNGImageIO::Write`` ("PNG supports
+#: unsigned char and unsigned short"), ``JPEGImageIO::Write`` and ``BMPImageIO::Write`` (unsigned char
+#: only), ``TIFFImageIO::Write`` (no 64-bit types), ``GiplImageIO::Write`` (no 32/64-bit integers);
+#: tests/hostile/test_prework_checks.py checks this table against ITK's writers.
+RESULT_FORMAT_PIXEL_TYPES = {
+    "png": ("uint8", "uint16"),
+    "jpg": ("uint8",), "jpeg": ("uint8",),
+    "bmp": ("uint8",),
+    "tif": ("int8", "uint8", "int16", "uint16", "int32", "uint32", "float32"),
+    "tiff": ("int8", "uint8", "int16", "uint16", "int32", "uint32", "float32"),
+    "gipl": ("int8", "uint8", "int16", "uint16", "float32", "float64"),
+    "gipl.gz": ("int8", "uint8", "int16", "uint16", "float32", "float64"),
+}
+
+#: Result formats whose ITK writer writes 2D images only (``JPEGImageIO``: "JPEG Writer can only write
+#: 2-dimensional images"; ``BMPImageIO``: "BMPImageIO cannot write images with a dimension != 2").
+RESULT_FORMAT_2D_ONLY = ("jpg", "jpeg", "bmp")

@@ -1,15 +1,17 @@
 """Reading and writing images the way the bridge's entry points need them (ITK I/O).
 
 Images are read as float pixels (elastix's internal type); masks of any pixel type (MET_CHAR
-included, which itk's Python wrapping cannot read as such) become unsigned char 0/1. Writing never
-leaves a half-written file behind.
+included, which itk's Python wrapping cannot read as such) become unsigned char 0/1. Truncated pixel
+data (MetaImage, NIfTI) are named as truncated, with the byte counts, before ITK reads them. Writing
+never leaves a half-written file behind.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     import itk
@@ -28,6 +30,8 @@ def read_image(path: str | Path, what: str = "image") -> itk.Image:
         FileNotFoundError: ``path`` does not exist, or it is a MetaImage header whose data file
             (``ElementDataFile``, e.g. the ``.raw`` beside a ``.mhd``) does not (the message names
             ``what`` and the missing file).
+        ValueError: the pixel data are truncated (a MetaImage's, a NIfTI's: expected and actual byte
+            counts named), or ITK cannot read the file (its reason).
     """
     import itk
 
@@ -35,6 +39,7 @@ def read_image(path: str | Path, what: str = "image") -> itk.Image:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist; check the path")
     _check_metaimage_data_file(path, what)
+    _check_nifti_data(path, what)
     try:
         return itk.imread(str(path), itk.F)
     except RuntimeError as error:
@@ -59,7 +64,8 @@ def read_image_geometry(path: str | Path, what: str = "image") -> ImageGeometry:
 
     Raises:
         FileNotFoundError: as :func:`read_image`.
-        ValueError: no ITK reader recognises the file.
+        ValueError: no ITK reader recognises the file; truncated MetaImage or ``.nii`` data (as
+            :func:`read_image`; a ``.nii.gz`` is not decompressed here).
     """
     import itk
     import numpy as np
@@ -70,6 +76,7 @@ def read_image_geometry(path: str | Path, what: str = "image") -> ImageGeometry:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist; check the path")
     _check_metaimage_data_file(path, what)
+    _check_nifti_data(path, what, decompress=False)
     io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
     if io is None:
         raise ValueError(f"{what} {path}: no ITK image reader recognises this file; give an image ITK reads "
@@ -82,19 +89,107 @@ def read_image_geometry(path: str | Path, what: str = "image") -> ImageGeometry:
 
 
 def _check_metaimage_data_file(path: Path, what: str) -> None:
-    """A ``.mhd`` header names its pixel data file (``ElementDataFile``); ITK's error would blame the header."""
-    if path.suffix.lower() != ".mhd":
+    """A MetaImage's pixel data are all there: a ``.mhd`` header's data file (``ElementDataFile``) exists, and
+    the data (in that file, or after a ``.mha`` header) are as long as the header says. ITK's error for
+    either blames the header ("No such file or directory", ``itk::MetaImageIO::Read``)."""
+    if path.suffix.lower() not in (".mhd", ".mha"):
         return
     with open(path, "rb") as f:
-        header = f.read(65536).decode("latin-1")
-    m = re.search(r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", header, re.M)
-    if not m or m.group(1) == "LOCAL" or m.group(1).startswith("LIST") or "%" in m.group(1):
-        return  # data inside the header, or a list / pattern of slice files
-    data = path.parent / m.group(1)
-    if not data.is_file():
-        raise FileNotFoundError(
-            f"{what} {path}: its pixel data file {data} (ElementDataFile in the header) does not exist; a .mhd "
-            f"header needs its data file beside it: copy both files, or use one .mha file")
+        head = f.read(65536)
+    m = re.search(rb"^[ \t]*ElementDataFile[ \t]*=[ \t]*([^\r\n]*?)[ \t]*\r?\n", head, re.M)
+    if not m:
+        return  # not a MetaImage header ITK can read: ITK says so
+    header = head[:m.end()].decode("latin-1")
+    name = m.group(1).decode("latin-1")
+    if name.startswith("LIST") or "%" in name:
+        return  # a list / pattern of slice files
+    if name == "LOCAL":
+        data, available = path, path.stat().st_size - m.end()
+    else:
+        data = path.parent / name
+        if not data.is_file():
+            raise FileNotFoundError(
+                f"{what} {path}: its pixel data file {data} (ElementDataFile in the header) does not exist; a .mhd "
+                f"header needs its data file beside it: copy both files, or use one .mha file")
+        skip = _metaimage_field(header, "HeaderSize")
+        available = data.stat().st_size - (int(skip[0]) if skip and int(skip[0]) > 0 else 0)
+    expected = _metaimage_data_bytes(header)
+    if expected is not None and available < expected:
+        raise ValueError(
+            f"{what} {path}: its pixel data{'' if data == path else f' file {data}'} is truncated: the header "
+            f"says {expected} bytes of {'compressed ' if _compressed(header) else ''}data, the file holds "
+            f"{max(available, 0)}; the copy or download was cut short: copy the image again")
+
+
+def _metaimage_field(header: str, key: str) -> Optional[list]:
+    m = re.search(rf"^[ \t]*{key}[ \t]*=[ \t]*(.*?)[ \t]*$", header, re.M)
+    return m.group(1).split() if m else None
+
+
+def _compressed(header: str) -> bool:
+    return (_metaimage_field(header, "CompressedData") or ["False"])[0].lower() == "true"
+
+
+#: Bytes per MetaImage ``ElementType`` (MetaIO ``metaTypes.h``; MET_LONG is left out: its size is the platform's).
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def _metaimage_data_bytes(header: str) -> Optional[int]:
+    """Bytes of pixel data a MetaImage header announces (``CompressedDataSize`` when compressed), or None
+    when it does not say (a compressed image without that field, an element type of unknown size)."""
+    if _compressed(header):
+        size = _metaimage_field(header, "CompressedDataSize")
+        return int(size[0]) if size and size[0].isdigit() else None
+    dims, kind = _metaimage_field(header, "DimSize"), (_metaimage_field(header, "ElementType") or [""])[0]
+    channels = _metaimage_field(header, "ElementNumberOfChannels") or ["1"]
+    if not dims or kind not in _MET_BYTES or not all(v.isdigit() for v in dims + channels):
+        return None
+    return math.prod(int(v) for v in dims) * int(channels[0]) * _MET_BYTES[kind]
+
+
+def _check_nifti_data(path: Path, what: str, decompress: bool = True) -> None:
+    """A NIfTI file holds as many data bytes as its header announces (``vox_offset`` + ∏dim · bitpix/8);
+    ITK reads a truncated ``.nii`` or ``.nii.gz`` without a word, the missing voxels as zeros
+    (``itk::NiftiImageIO``). A ``.nii.gz`` is decompressed to count (skipped when ``decompress`` is False)."""
+    import gzip
+    import struct
+
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")) or (name.endswith(".gz") and not decompress):
+        return
+    try:
+        with (gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")) as f:
+            header = f.read(540)
+            for order in "<>":
+                if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:  # NIfTI-1
+                    dims = struct.unpack(order + "8h", header[40:56])
+                    bitpix = struct.unpack(order + "h", header[72:74])[0]
+                    offset = struct.unpack(order + "f", header[108:112])[0]
+                    break
+                if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:  # NIfTI-2
+                    dims = struct.unpack(order + "8q", header[16:80])
+                    bitpix = struct.unpack(order + "h", header[14:16])[0]
+                    offset = struct.unpack(order + "q", header[168:176])[0]
+                    break
+            else:
+                return  # not a NIfTI header: ITK says so
+            if not 1 <= dims[0] <= 7 or bitpix <= 0 or any(d < 1 for d in dims[1:dims[0] + 1]):
+                return
+            expected = int(offset) + math.prod(dims[1:dims[0] + 1]) * bitpix // 8
+            if name.endswith(".gz"):
+                available = len(header)
+                while chunk := f.read(1 << 22):
+                    available += len(chunk)
+            else:
+                available = path.stat().st_size
+    except EOFError:  # gzip: "Compressed file ended before the end-of-stream marker was reached"
+        raise ValueError(f"{what} {path} is truncated: its compressed data end before the gzip end-of-stream marker; "
+                         f"the copy or download was cut short: copy the image again") from None
+    if available < expected:
+        raise ValueError(f"{what} {path} is truncated: the header says {expected} bytes (header and pixel data), the "
+                         f"file holds {available}{' once decompressed' if name.endswith('.gz') else ''}; the copy or "
+                         f"download was cut short: copy the image again")
 
 
 def read_mask(path: str | Path, what: str = "mask") -> itk.Image:

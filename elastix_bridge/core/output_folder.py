@@ -32,6 +32,8 @@ import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
+from elastix_bridge.core.interruption import interruption_text
+
 LOCK_NAME = ".elastix-bridge.lock"
 SCRATCH_PATTERN = r"\.stage\d+-.*"  # scratch folders of elastix stages (elastix_bridge.api), left by a killed run
 # The image formats elastix writes results in (ResultImageFormat), with MetaImage's data files.
@@ -62,9 +64,15 @@ def prepare_output_folder(path: str | Path, flag: str = "-out", create: bool = T
     """Create ``path`` (and its parents) if absent (``create``); refuse a file with a named error.
 
     Raises:
-        OutputFolderError: ``path`` (or one of its parents) is an existing file, or cannot be
-            created (permissions), naming ``flag`` and the fix.
+        OutputFolderError: ``path`` is an empty or blank string (an unset shell variable: it would
+            mean the current folder, whose earlier outputs would be removed), ``path`` (or one of
+            its parents) is an existing file, or it cannot be created (permissions), naming
+            ``flag`` and the fix.
     """
+    if isinstance(path, str) and not path.strip():
+        raise OutputFolderError(f"output folder ({flag}) {path!r} is {'blank' if path else 'empty'} (an unset shell "
+                                "variable?); it would mean the current folder, whose earlier outputs a run removes: "
+                                "give a folder path" + (" (it is created if absent)" if flag == "-out" else ""))
     path = Path(path)
     for parent in [path, *path.parents]:
         if parent.exists() and not parent.is_dir():
@@ -102,6 +110,10 @@ class OutputRun:
     def clear(self) -> list:
         """Remove every earlier output of this command (:data:`OUTPUT_PATTERNS`), nothing else.
 
+        An input at one of these names would be lost here: the command and the API refuse it before
+        (:func:`check_inputs_outside_outputs`); files under other names, and subfolders other than
+        scratch folders, are never entered.
+
         Returns:
             The names removed, sorted.
         """
@@ -131,8 +143,8 @@ class OutputRun:
             with contextlib.suppress(OSError):
                 (self.folder / name).unlink()
         text = str(error).strip() or type(error).__name__
-        if isinstance(error, KeyboardInterrupt):
-            text = "interrupted (Ctrl-C)"
+        if isinstance(error, KeyboardInterrupt):  # Ctrl-C, or SIGTERM / SIGHUP in the command (core/interruption.py)
+            text = interruption_text(error)
         if not self.error_to_log:
             return
         note = f"\nelastix-bridge: error: {text}\n"
@@ -163,14 +175,20 @@ def _describe_holder(text: str) -> str:
 
 def check_inputs_outside_outputs(path: str | Path, inputs: dict, log_name: str = "elastix.log",
                                  flag: str = "-out") -> None:
-    """Refuse a run whose input lies in its output folder under a name the run writes or removes.
+    """Refuse a run whose input lies in its output folder where the run writes or removes files.
 
     elastix would overwrite such a file (``-m OUT/result.0.mha``, ``-t0 OUT/TransformParameters.0.txt``)
-    and elastix-bridge would remove it as an earlier run's output: either way the input is lost.
+    and elastix-bridge would remove it as an earlier run's output (:meth:`OutputRun.clear`, the lock
+    file, a scratch folder ``.stage<k>-*``): either way the input is lost. Inputs elsewhere in the
+    folder (``OUT/params.txt``, ``OUT/sub/TransformParameters.0.txt``) are never touched and pass.
+    Both the input's own entry (its folder resolved, ``./OUT/../OUT/x`` included) and the file it
+    links to are checked: removing a symbolic link loses the link, overwriting its target the file.
 
     Args:
         path: the output folder.
         inputs: how each input is named in messages (``"moving image (-m)"``) -> its path (None: absent).
+        log_name: the log's file name (elastix's ``elastix.log``).
+        flag: how the folder was given, for messages (``-out`` or ``output_directory``).
 
     Raises:
         OutputFolderError: names the input, the clash and the fix.
@@ -179,12 +197,29 @@ def check_inputs_outside_outputs(path: str | Path, inputs: dict, log_name: str =
     for what, file in inputs.items():
         if file is None:
             continue
-        resolved = Path(file).resolve()
-        if resolved.parent == folder and _is_output(resolved.name, log_name):
+        given = Path(file)
+        for location in dict.fromkeys((given.parent.resolve() / given.name, given.resolve())):
+            clash = _clash_with_outputs(folder, location, log_name)
+            if clash is None:
+                continue
+            through = "" if location == given.parent.resolve() / given.name else f" (a link to {location})"
             raise OutputFolderError(
-                f"{what} {file} lies in the output folder ({flag}) {path} under a name this run writes "
-                f"({resolved.name}): it would be overwritten or removed. Move it out of the folder, or give another "
-                f"{flag}; elastix-bridge never overwrites an input")
+                f"{what} {file}{through} lies in the output folder ({flag}) {path} {clash}: it would be overwritten "
+                f"or removed. Move it out of the folder, or give another {flag}; elastix-bridge never overwrites "
+                "or removes an input")
+
+
+def _clash_with_outputs(folder: Path, location: Path, log_name: str) -> Optional[str]:
+    """How ``location`` clashes with what a run does in ``folder`` (None: it does not)."""
+    try:
+        parts = location.relative_to(folder).parts
+    except ValueError:
+        return None
+    if len(parts) == 1 and (_is_output(parts[0], log_name) or parts[0] == LOCK_NAME):
+        return f"under a name this run writes or removes ({parts[0]})"
+    if len(parts) > 1 and re.fullmatch(SCRATCH_PATTERN, parts[0]):
+        return f"inside {parts[0]}, a scratch folder that this run removes"
+    return None
 
 
 @contextlib.contextmanager
@@ -203,7 +238,9 @@ def owned_output_folder(path: str | Path, log_name: str = "elastix.log", command
 
     On an exception inside the block, :meth:`OutputRun.fail` removes this run's outputs (except
     the log) and appends the error to the log (``error_to_log``; off when no log is written); the
-    exception propagates.
+    exception propagates. A KeyboardInterrupt is such an exception: Ctrl-C, and in the command
+    SIGTERM / SIGHUP too (:mod:`elastix_bridge.core.interruption`; the log gets "interrupted by SIGTERM").
+    No signal handler is installed here, so the Python API leaves a program's handlers alone.
 
     Args:
         path: the output folder.

@@ -294,7 +294,9 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
         wrapper = torch.jit.script(_script_wrapper_class()(normalise, orient, [_truncated(load, n) for n in names]))
         wrapper.save(str(partial))
     try:
-        report = inspect_model(partial, dimension=dimension, input_channels=in_channels, layers=len(layers))
+        # Inspected under the user's name: a failure names `path`, never the temporary `.partial-NNNN` file.
+        report = inspect_model(partial, dimension=dimension, input_channels=in_channels, layers=len(layers),
+                               shown_as=str(path))
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

@@ -2,7 +2,9 @@
 
 The model is loaded as the bridge engine loads it (:func:`elastix_bridge.runtime.loader.load_feature_model`,
 upstream's calling convention, docs/design.md §I3) and run on the CPU on random inputs; nothing is
-read from the file but the model. Measured per output layer:
+read from the file but the model. A model that breaks the engine's feature-model contract
+(:mod:`elastix_bridge.runtime.model_contract`) is refused with the engine's message, so a snippet is
+printed only for a model the engine accepts. Measured per output layer:
 
 * channels and output stride per axis (input size / output size, ITK (x, y, z) order);
 * receptive field: the input voxels on which the centre feature of the layer depends (the
@@ -114,12 +116,46 @@ def _stats(x):
 
 
 def _call(model, x, layers: int, stats=None):
-    """One forward; ``stats`` default to the input's own (a level image's, in a registration)."""
+    """One forward; ``stats`` default to the input's own (a level image's, in a registration).
+
+    Raises:
+        elastix_bridge.runtime.loader.ImpactModelError: the forward raised; the model's own message is kept
+            (:func:`elastix_bridge.runtime.model_contract.first_model_message`).
+    """
     import torch
+
+    from elastix_bridge.runtime.model_contract import model_failure, model_name
 
     stats = _stats(x) if stats is None else stats
     direction = torch.eye(x.dim() - 2, dtype=torch.int16)
-    return model.forward(x, layers, stats, direction)
+    try:
+        return model.forward(x, layers, stats, direction)
+    except (RuntimeError, ValueError) as error:
+        raise model_failure(model_name(None, "", model.path), error) from None
+
+
+def _contract_probe(model, dimension: int, channels: int, layers: int, size: int) -> list:
+    """The engine's contract on a batch-2 probe: a list of ``layers`` finite ``[B, C >= 1, *spatial]`` maps."""
+    import torch
+
+    from elastix_bridge.runtime.loader import ImpactModelError
+    from elastix_bridge.runtime.model_contract import (PROBE_BATCH, ModelUse, check_finite, check_outputs, model_name,
+                                                       raw_output_dtypes)
+
+    use = ModelUse(model_name(None, "", model.path), layers, tuple(range(layers)), dimension)
+    first = _probe_input(dimension, channels, size)  # the probe input of the other measurements, then another
+    x = torch.cat([first] + [_probe_input(dimension, channels, size, seed=100 + k) for k in range(1, PROBE_BATCH)])
+    outputs = _call(model, x, layers, _stats(first))
+    check_outputs(outputs, use, PROBE_BATCH)
+    for j in range(layers):
+        check_finite(outputs[j], use, j)
+    # The plugin casts every map to float32: the model's own dtypes show integer maps, which the engine refuses.
+    direction = torch.eye(dimension, dtype=torch.int16)
+    for j, dtype in enumerate(raw_output_dtypes(model, model.path, x, layers, _stats(first), direction)):
+        if not dtype.is_floating_point:
+            raise ImpactModelError(f"{use.name}, layer {j}: the model returned {str(dtype).replace('torch.', '')} "
+                                   "features; feature maps must be floating point (float32, float16 or float64)")
+    return [o[:1] for o in outputs]
 
 
 def _receptive_field(model, dimension: int, channels: int, layers: int, size: int, probes: int = 4) -> list:
@@ -132,6 +168,8 @@ def _receptive_field(model, dimension: int, channels: int, layers: int, size: in
         x = _probe_input(dimension, channels, size, seed=seed).requires_grad_(True)
         outputs = _call(model, x, layers)
         for i, out in enumerate(outputs):
+            if not out.requires_grad:  # detached or integer: reported as not differentiable
+                continue
             centre = tuple(s // 2 for s in out.shape[2:])
             (grad,) = torch.autograd.grad(out[(0, slice(None)) + centre].sum(), x, allow_unused=True,
                                           retain_graph=i + 1 < len(outputs))
@@ -155,7 +193,8 @@ def _receptive_field(model, dimension: int, channels: int, layers: int, size: in
 
 
 def inspect_model(path: str | Path, dimension: Optional[int] = None, input_channels: int = 1, layers: int = 1,
-                  size: Optional[int] = None, timing_sizes: Optional[Sequence[int]] = None) -> ModelReport:
+                  size: Optional[int] = None, timing_sizes: Optional[Sequence[int]] = None,
+                  shown_as: Optional[str] = None) -> ModelReport:
     """Load a feature model as the bridge does and measure what IMPACT needs to know of it.
 
     Args:
@@ -168,14 +207,34 @@ def inspect_model(path: str | Path, dimension: Optional[int] = None, input_chann
             is measured up to this size.
         timing_sizes: voxels per axis of the timed forwards (default 32, 64, 96 in 3D; 128, 256, 512
             in 2D).
+        shown_as: the name messages and the report give the model (``model export`` inspects a temporary
+            file under the user's name); default ``path``.
 
     Returns:
         :class:`ModelReport`.
 
     Raises:
-        elastix_bridge.runtime.loader.ImpactModelError: not a usable model, or no dimension works
-            (the error of each attempt is named).
+        elastix_bridge.runtime.loader.ImpactModelError: not a usable model, a forward that raises (the
+            model's own message), an output that breaks the feature-model contract
+            (:mod:`elastix_bridge.runtime.model_contract`: batch, channels, spatial axes, finite values,
+            channels that change with the input size), or no dimension works (the error of each attempt
+            is named).
     """
+    from elastix_bridge.core.impact_parameters import resolve_model_path
+    from elastix_bridge.runtime import loader
+
+    shown = str(shown_as or path)
+    try:
+        return _inspect(path, dimension, input_channels, layers, size, timing_sizes, shown)
+    except loader.ImpactError as error:
+        if shown_as is None:
+            raise
+        # Name the user's file, never the temporary one that was inspected.
+        text = str(error).replace(str(resolve_model_path(str(path))), shown).replace(str(path), shown)
+        raise type(error)(text) from None
+
+
+def _inspect(path, dimension, input_channels, layers, size, timing_sizes, shown) -> ModelReport:
     import torch
 
     from elastix_bridge.core.impact_parameters import resolve_model_path
@@ -188,19 +247,20 @@ def inspect_model(path: str | Path, dimension: Optional[int] = None, input_chann
               else torch.jit.load(str(file), map_location="cpu"))
     dtypes = tuple(sorted({str(p.dtype).replace("torch.", "") for p in source.parameters()}))
     errors, outputs = [], None
+    dimensions = [dimension] if dimension else [3, 2]
     with loader.jit_optimization_disabled(), torch.no_grad():
-        for dim in ([dimension] if dimension else [3, 2]):
+        for dim in dimensions:
             n = size or (48 if dim == 3 else 128)
             try:
-                outputs = _call(model, _probe_input(dim, input_channels, n), layers)
-                loader.validate_model_output(outputs, layers, str(path))
+                outputs = _contract_probe(model, dim, input_channels, layers, n)
                 dimension = dim
                 break
-            except (RuntimeError, ValueError) as error:
-                errors.append(f"{dim}D input of {n} voxels per axis: {str(error).splitlines()[0]}")
-                outputs = None
+            except loader.ImpactModelError as error:
+                if len(dimensions) == 1:
+                    raise
+                errors.append(f"{dim}D input of {n} voxels per axis: {error}")
     if outputs is None:
-        raise loader.ImpactModelError(f"model {path} ran on no input tried: " + "; ".join(errors)
+        raise loader.ImpactModelError(f"model '{path}' ran on no input tried: " + "; ".join(errors)
                                       + " (give --dimension, --channels or --layers if they differ)")
     n = size or (48 if dimension == 3 else 128)
     # An input one voxel larger per axis that holds the probe input at the origin: the features that see
@@ -212,7 +272,8 @@ def inspect_model(path: str | Path, dimension: Optional[int] = None, input_chann
         fields_ = _receptive_field(model, dimension, input_channels, layers, n)
         with torch.no_grad():  # the same statistics: a model may normalise with them
             bigger = _call(model, embedded, layers, _stats(_probe_input(dimension, input_channels, n)))
-    report = ModelReport(str(path), model.num_arguments, dimension, input_channels, layers, dtypes)
+    _check_same_channels(shown, outputs, bigger, n)
+    report = ModelReport(shown, model.num_arguments, dimension, input_channels, layers, dtypes)
     for out, big, (rf, whole, differentiable) in zip(outputs, bigger, fields_):
         stride = tuple(reversed([max(1, round(n / s)) for s in out.shape[2:]]))
         # Away from the far border by the receptive field (in output voxels).
@@ -234,3 +295,14 @@ def inspect_model(path: str | Path, dimension: Optional[int] = None, input_chann
                 seconds = time.perf_counter() - tic
         report.timings.append(((n_time,) * dimension, seconds, max(0, memory.peak - memory.start) / 2**20))
     return report
+
+
+def _check_same_channels(shown: str, outputs, bigger, n: int) -> None:
+    """The channels of a layer must not change with the input size (Static mode runs whole images)."""
+    from elastix_bridge.runtime.loader import ImpactModelError
+
+    for j, (a, b) in enumerate(zip(outputs, bigger)):
+        if a.shape[1] != b.shape[1] or a.dim() != b.dim():
+            raise ImpactModelError(f"model '{shown}', layer {j}: the model returned shape {list(a.shape)} for a "
+                                   f"{n}-voxel input but {list(b.shape)} for {n + 1} voxels per axis; the channel "
+                                   "count and the axes must not depend on the input size")

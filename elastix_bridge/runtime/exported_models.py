@@ -47,6 +47,7 @@ class ExportedFeatureModel:
         if self.num_arguments <= 0:
             raise ValueError(f"torch.export program '{path}' takes no input; it must take the image patch first")
         self._dtype = torch.float16 if self.half else torch.float32
+        self.output_dtypes: list | None = None  # dtypes of the last forward's maps, before the float32 cast
         module = program.module()
         with torch.no_grad():
             for tensor in list(module.parameters()) + list(module.buffers()):
@@ -86,4 +87,6 @@ class ExportedFeatureModel:
         if not isinstance(out, list) or not all(torch.is_tensor(o) for o in out):
             raise RuntimeError(f"torch.export program '{self.path}' returned {type(out).__name__}; the model must "
                                "return a list of feature maps [B, C, *spatial] (List[Tensor])")
+        # Kept for the feature-model contract, which refuses integer maps (runtime.model_contract).
+        self.output_dtypes = [o.dtype for o in out]
         return [o.to(torch.float32) for o in out]

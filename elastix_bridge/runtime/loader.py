@@ -703,7 +703,11 @@ def load_feature_model(path: str | Path, device: torch.device | str, half: bool 
 
 
 def validate_model_output(outputs: Any, n_layers: int, where: str) -> None:
-    """Check a model result against docs/design.md §I3.3.
+    """Check a model result's list structure against docs/design.md §I3.3.
+
+    The full feature-model contract (batch, channels, spatial axes, dtype, finite values,
+    differentiability), which the engine and ``model inspect`` apply, is
+    :mod:`elastix_bridge.runtime.model_contract`.
 
     Args:
         outputs: what ``FeatureModel.forward`` (or a model) returned.

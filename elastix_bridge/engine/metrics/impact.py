@@ -155,46 +155,33 @@ def _random_rotations(n: int, generator, dtype):
     return rz @ ry @ rx
 
 
-def _call_model(model, cfg, x, stats, direction, which: str, level: int, finite: bool = True):
-    """One model call with upstream's argument convention (docs/design.md §I3.2); checks the list output.
+def _use(cfg, which: str, level: int):
+    """The model of ``cfg`` as the contract names and checks it (:mod:`elastix_bridge.runtime.model_contract`)."""
+    from elastix_bridge.runtime.model_contract import ModelUse, model_name
 
-    With ``finite`` (every call on image data; not the dry runs on zero input, where a model that
+    return ModelUse(model_name(level, which, cfg.path), len(cfg.layers_mask), cfg.selected_layers, cfg.dimension)
+
+
+def _call_model(model, cfg, x, stats, direction, which: str, level: int, finite: bool = True):
+    """One model call with upstream's argument convention (docs/design.md §I3.2); checks the result's structure.
+
+    Every call is checked against the contract's shape rules (list length, ``[B, C >= 1, *spatial]``);
+    with ``finite`` (every call on image data; not the dry runs on zero input, where a model that
     normalises its patch may divide by zero), a selected layer holding NaN or Inf is refused by name.
     """
-    from elastix_bridge.runtime.loader import ImpactModelError, validate_model_output
+    from elastix_bridge.runtime.model_contract import check_finite, check_outputs, model_failure
 
+    use = _use(cfg, which, level)
     try:
         out = model.forward(x, len(cfg.layers_mask), stats, direction)
     except RuntimeError as exc:
-        # The plugin names the file and the torch error; say which option and level it came from.
-        raise ImpactModelError(f"level {level}, {which} model ({cfg.path}): {exc}") from exc
-    validate_model_output(out, len(cfg.layers_mask), f"{which} model {cfg.path}")
+        # The plugin names the file and the torch error; say which level and model set it came from.
+        raise model_failure(use.name, exc) from exc
+    check_outputs(out, use, int(x.shape[0]))
     if finite:
         for layer in cfg.selected_layers:
-            _check_finite_features(out[layer], cfg, layer, which, level)
+            check_finite(out[layer], use, layer, half=bool(getattr(model, "half", False)))
     return out
-
-
-def _check_finite_features(features, cfg, layer: int, which: str, level: int) -> None:
-    """Name a model output layer holding NaN/Inf (a NaN would otherwise end as a sampling failure)."""
-    import torch
-
-    values = features.detach()
-    if bool(torch.isfinite(values.sum())):  # one read pass; a NaN or Inf anywhere makes the sum non-finite
-        return
-    finite = torch.isfinite(values)
-    if bool(finite.all()):  # finite values whose sum overflowed
-        return
-    from elastix_bridge.runtime.loader import ImpactModelError
-
-    first = [int(i) for i in (~finite).nonzero()[0]]
-    kind = "NaN" if bool(torch.isnan(values[tuple(first)])) else "Inf"
-    raise ImpactModelError(
-        f"level {level}, {which} model ({cfg.path}): output layer {layer} contains {kind} (first at element "
-        f"{first} of shape {list(values.shape)}, axes (batch, channel, z, y, x)) although its input was finite "
-        f"(the images are checked before registration); check the model (e.g. a division by zero in a "
-        f"normalisation)" + (", or turn off ImpactUseMixedPrecision (float16 overflows above 65504)"
-                             if values.dtype == torch.float16 else ""))
 
 
 def _dummy_channels(models, configs, stats, direction, device, which: str, level: int) -> list:
@@ -230,16 +217,33 @@ def _check_pca(level: int, layer: int, components: int, channels: int) -> None:
             f"{layer} has only {channels} channels; use 0 (off) or a number <= {channels}")
 
 
+def _probe_set(models, configs, which: str, config: ImpactLevelConfig, image_dimension: int, device, done: dict):
+    """Contract probe of one model set; a model already probed with the same settings is not run again."""
+    from elastix_bridge.core.impact_parameters import resolve_model_path
+    from elastix_bridge.runtime.model_contract import probe_model
+
+    found = []
+    for model, cfg in zip(models, configs):
+        if (id(model), cfg) not in done:
+            done[id(model), cfg] = probe_model(
+                model, _use(cfg, which, config.level), str(getattr(model, "path", resolve_model_path(cfg.path))),
+                cfg.channels,
+                tuple(reversed(cfg.patch_size)), jacobian=config.mode == "Jacobian", image_dimension=image_dimension,
+                device=device, half=bool(getattr(model, "half", False)))
+        found += done[id(model), cfg]
+    return found
+
+
 def check_level_models(config: ImpactLevelConfig, models: tuple[Sequence[Any], Sequence[Any]], image_dimension: int,
                        device: torch.device) -> None:
-    """Dry-run the models of one level on zero inputs, before any registration work.
+    """Check every model of one level against the feature-model contract, before any registration work.
 
-    Where the model input shape is known in advance (Jacobian mode: one patch, as upstream's
-    Initialize does, docs/design.md §I5.1; Static mode with a non-zero ``ImpactPatchSize``: one tile),
-    checks that every model runs, returns a list as long as its layers mask, and that paired fixed
-    and moving layers have equal channel counts; in Static mode also that ``ImpactPCA`` does not ask
-    for more components than its layer has channels. Static whole-image models (patch 0) are
-    checked when the level's feature maps are computed.
+    Each model runs once on a small random input of the level's patch (Jacobian mode, as upstream's
+    ``Initialize`` runs a dummy patch, docs/design.md §I5.1) or tile (Static mode; a whole-image
+    model, ``ImpactPatchSize 0``, at two small sizes), batch 2, and in Jacobian mode also backwards
+    (:func:`elastix_bridge.runtime.model_contract.probe_model`). Then paired fixed and moving layers
+    must have equal channel counts, ``ImpactPCA`` (Static mode) may not exceed a layer's channels,
+    and an ``ImpactSubsetFeatures`` entry above them is a warning (all channels are used).
 
     Args:
         config: the level's :class:`~elastix_bridge.core.impact_parameters.ImpactLevelConfig`.
@@ -248,23 +252,19 @@ def check_level_models(config: ImpactLevelConfig, models: tuple[Sequence[Any], S
         device: ``torch.device`` of the models.
 
     Raises:
-        elastix_bridge.runtime.loader.ImpactModelError: a model fails, returns the wrong list, or paired
+        elastix_bridge.runtime.loader.ImpactModelError: a model fails (its own message) or breaks the
+            contract (the model file, level, layer, what was found and what is expected), or paired
             layers differ in channel count.
         elastix_bridge.core.impact_parameters.ImpactParameterError: ``ImpactPCA<L>`` exceeds a layer's
             channels.
     """
-    import torch
+    from elastix_bridge.runtime.model_contract import check_channel_options
 
-    if any(0 in cfg.patch_size for cfg in config.fixed_models + config.moving_models):
-        return
-    stats = torch.tensor([0.0, 1.0, 0.5, 0.25])
-    direction = torch.eye(image_dimension, dtype=torch.int16)
-    fixed = _dummy_channels(models[0], config.fixed_models, stats, direction, device, "fixed", config.level)
-    moving = _dummy_channels(models[1], config.moving_models, stats, direction, device, "moving", config.level)
+    done: dict = {}
+    fixed = _probe_set(models[0], config.fixed_models, "fixed", config, image_dimension, device, done)
+    moving = _probe_set(models[1], config.moving_models, "moving", config, image_dimension, device, done)
     _check_paired(config.level, fixed, moving)
-    if config.mode == "Static":
-        for l, (k, c) in enumerate(zip(config.pca, fixed)):
-            _check_pca(config.level, l, k, c)
+    check_channel_options(config.level, fixed, config.subset_features, config.pca, static=config.mode == "Static")
 
 
 @register("Metric", "Impact", feature_models=True, notes="see [impact.md](impact.md)")
@@ -387,7 +387,7 @@ class ImpactMetric:
                 else:
                     pts = torch.from_numpy(grid.voxel_centres()) if mapping is None else mapping(grid)
                     img = interp(pts)[:, 0].reshape(grid.shape_zyx).to(torch.float32)
-                outputs, strides = self._tiled_forward(model, cfg, img, stats, direction)
+                outputs, strides = self._tiled_forward(model, cfg, img, stats, direction, which.lower())
             sizes = "_".join(f"{v:.2f}" for v in cfg.voxel_size)
             self._write_map(img[None], grid, f"{which}_{self.config.level}_{sizes}mm.mha")
             for j, on in enumerate(cfg.layers_mask):
@@ -417,7 +417,7 @@ class ImpactMetric:
         geometry.apply_to_itk(image)
         write_image(image, Path(directory) / name)
 
-    def _tiled_forward(self, model, cfg, img, stats, direction):
+    def _tiled_forward(self, model, cfg, img, stats, direction, which: str = "fixed"):
         """Model outputs for the whole resampled image (docs/design.md §I6.2), batch axis removed.
 
         Tiles of ``ImpactPatchSize`` (0 = whole axis) along the model axes, zero-padded at the high
@@ -432,7 +432,7 @@ class ImpactMetric:
         import torch
 
         if cfg.dimension < img.dim():
-            slices = [self._tiled_forward(model, cfg, img[z], stats, direction) for z in range(img.shape[0])]
+            slices = [self._tiled_forward(model, cfg, img[z], stats, direction, which) for z in range(img.shape[0])]
             outputs = [torch.stack([s[0][j] for s in slices], dim=1) for j in range(len(slices[0][0]))]
             return outputs, [(1.0,) + tuple(st) for st in slices[0][1]]
         extent = img.shape
@@ -447,7 +447,7 @@ class ImpactMetric:
                 pad += [0, t - s]
             piece = torch.nn.functional.pad(piece, pad)
             x = piece[None, None].expand(1, cfg.channels, *piece.shape).to(self.device)
-            out = self._forward(model, cfg, x.contiguous(), stats, direction, "Static")
+            out = self._forward(model, cfg, x.contiguous(), stats, direction, which)
             out = [_crop_padding(o[0], tile) for o in out]
             if all(c == 1 for c in counts):  # one tile: its outputs are the maps (no canvas, no copy)
                 return out, [tuple(t / h for t, h in zip(tile, o.shape[1:])) for o in out]

@@ -127,7 +127,9 @@ def chain_from_file(path: str | Path) -> list:
         p = Path(current)
         if not p.is_file():
             where = f" (named by {referrer})" if referrer else ""
-            raise FileNotFoundError(f"initial TransformParameters file {current} does not exist{where}")
+            fix = (f"; correct its (InitialTransformParameterFileName ...) in {referrer}, or copy the file there"
+                   if referrer else "; check the path")
+            raise FileNotFoundError(f"initial TransformParameters file {current} does not exist{where}{fix}")
         key = str(p.resolve())
         if key in seen:
             raise ValueError(f"the initial transform chain loops at {current}")
