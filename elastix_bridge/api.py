@@ -139,7 +139,10 @@ def elastix_registration_method(fixed_image: itk.Image, moving_image: itk.Image,
             elastix_bridge.runtime.native_plugins.NativePluginError for a native plugin that cannot load).
         ValueError (and subclasses): invalid parameter maps, models or images, naming the cause; every
             map of the chain and the images are checked before the first stage runs
-            (:func:`elastix_bridge.validation.validate_request`, ``docs/bad_input.md``).
+            (:func:`elastix_bridge.validation.validate_request`, ``docs/bad_input.md``); feature models
+            that break the contract (:func:`check_bridge_models`) before ``output_directory`` is taken.
+        elastix_bridge.engine.errors.NonFiniteMetricError: a NaN or Inf metric value or derivative in a
+            bridge stage, naming the stage, level, iteration and likely cause; no result is written.
         TypeError: an image or mask that is not an ``itk.Image`` (a path, a numpy array), saying what
             to pass.
         FileNotFoundError: ``output_directory`` or an initial transform file does not exist.
@@ -173,6 +176,7 @@ def elastix_registration_method(fixed_image: itk.Image, moving_image: itk.Image,
     # with an output folder, per stage, so that the bridge writes each result in its pixel type.
     one_call = "bridge" not in engines and (not maps or set(kwargs) - set(CHAIN_KEYWORDS)
                                             or (out is None and not progress))
+    check_bridge_models(fixed_image, maps, engines)  # before the folder is taken: a refused model removes nothing
     plan = _resource_plan(fixed_image, moving_image, maps, fixed_mask, moving_mask, engine, out)
     owner = (contextlib.nullcontext() if out is None else
              owned_output_folder(out, log_file_name, flag="output_directory", error_to_log=log_to_file))
@@ -183,6 +187,20 @@ def elastix_registration_method(fixed_image: itk.Image, moving_image: itk.Image,
         logfile = out / log_file_name if out is not None and log_to_file else None
         return _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask, out, log_to_console,
                           logfile, progress, plan, **kwargs)
+
+
+def check_bridge_models(fixed_image: itk.Image, maps: Sequence[ParameterMap], engines: Sequence[str]) -> None:
+    """Check the feature models of every Impact map on the bridge engine against the contract, before any work.
+
+    Raises:
+        elastix_bridge.runtime.loader.ImpactModelError, elastix_bridge.runtime.loader.ImpactUnavailableError:
+            see :func:`elastix_bridge.engine.registration.check_stage_models`.
+    """
+    from elastix_bridge.engine.registration import check_stage_models
+
+    for pmap, engine in zip(maps, engines):
+        if engine == "bridge" and uses_impact(pmap):
+            check_stage_models(fixed_image, pmap)
 
 
 def _resource_plan(fixed_image, moving_image, maps, fixed_mask, moving_mask, engine, out):

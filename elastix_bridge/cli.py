@@ -213,6 +213,18 @@ def _thread_count(text: str) -> int:
                                           "or leave -threads out to use every core") from None
 
 
+def _positive_count(text: str) -> int:
+    """An argparse type: a count of at least 1 (``model``'s --channels, --layers; a 0 reaches torch as its own
+    "min(): Expected reduction dim" error, a negative one is used as is)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count; give a whole number >= 1 (the default is 1)")
+    return value
+
+
 def _registration_parser() -> ExactParser:
     p = ExactParser(
         prog="elastix-bridge", add_help=False, commands=sorted(COMMANDS),
@@ -278,7 +290,8 @@ def _version_text(extended: bool) -> str:
 
 def run_registration(argv: Sequence[str]) -> int:
     args = _registration_parser().parse_args(argv)  # flag errors first: they cost no import of itk
-    from elastix_bridge.api import elastix_registration_method
+    from elastix_bridge.api import check_bridge_models, elastix_registration_method
+    from elastix_bridge.core.files import check_input_file
     from elastix_bridge.core.image_io import read_image, read_image_geometry, read_mask
     from elastix_bridge.core.output_folder import check_inputs_outside_outputs, owned_output_folder, prepare_output_folder
     from elastix_bridge.core.parameters import read_parameter_file
@@ -290,16 +303,16 @@ def run_registration(argv: Sequence[str]) -> int:
 
         require_matplotlib()
     out = prepare_output_folder(args.out, "-out", create=False)  # a file: a named error, before any reading
-    for path in args.p:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"parameter file (-p) {path} does not exist; check the path")
-    threads = check_threads(args.threads, "-threads", warn=True)  # above the cores: lowered, with a warning
     inputs = {"fixed image (-f)": args.f, "moving image (-m)": args.m, "fixed mask (-fMask)": args.fMask,
               "moving mask (-mMask)": args.mMask}
     inputs.update({"parameter file (-p)" if len(args.p) == 1 else f"parameter file {k} (-p)": path
                    for k, path in enumerate(args.p)})
+    for what, path in inputs.items():  # `is not None`: an empty -fMask "" is named, not taken as no mask
+        if path is not None:
+            check_input_file(path, what)
+    threads = check_threads(args.threads, "-threads", warn=True)  # above the cores: lowered, with a warning
     check_inputs_outside_outputs(out, {**inputs, "initial transform (-t0)": args.t0})  # before -t0 is read
-    if args.t0:
+    if args.t0 is not None:  # an empty -t0 "" is named, not taken as none
         check_inputs_outside_outputs(out, _initial_transform_files(args.t0))  # the files its chain names
     maps_by_file = [(path, m) for path in args.p for m in read_parameter_file(path)]
     parameter_object = [m for _, m in maps_by_file]
@@ -318,6 +331,7 @@ def run_registration(argv: Sequence[str]) -> int:
     moving_mask = read_mask(args.mMask, "moving mask (-mMask)") if args.mMask else None
     validate_images(fixed, moving, fixed_mask, moving_mask)  # named causes before the memory estimate reads them
     check_resources(fixed, moving, parameter_object, fixed_mask, moving_mask, args.engine)
+    check_bridge_models(fixed, parameter_object, _engines(parameter_object, args.engine))  # before -out is cleared
     kwargs = {}
     if args.t0:
         kwargs["initial_transform_parameter_file_name"] = str(args.t0)
@@ -360,10 +374,10 @@ def _initial_transform_files(t0) -> dict:
         FileNotFoundError: ``-t0`` or a file of its chain is missing.
         ValueError: a file of the chain is not a TransformParameters file (e.g. a parameter file).
     """
+    from elastix_bridge.core.files import check_input_file
     from elastix_bridge.engine.transforms.initial import chain_from_file
 
-    if not Path(t0).is_file():
-        raise FileNotFoundError(f"initial transform (-t0) {t0} does not exist; check the path")
+    check_input_file(t0, "initial transform (-t0)")
     maps = chain_from_file(t0)
     files = {"initial transform (-t0)": t0}
     for pmap in maps:
@@ -416,10 +430,10 @@ def run_batch(argv: Sequence[str]) -> int:
                    help="a cohort progress bar (default: on when stderr is a terminal)")
     args = p.parse_args(argv)
     from elastix_bridge.batch import register_many  # checks dask.distributed itself, before creating anything
+    from elastix_bridge.core.files import check_input_file
 
     for path in args.p:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"parameter file (-p) {path} does not exist; check the path")
+        check_input_file(path, "parameter file (-p)")
     records = register_many(args.manifest, args.p, args.out, engine=args.engine, workers=args.workers,
                             threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
                             scheduler=args.scheduler, force=args.force, retries=args.retries, progress=args.progress)
@@ -474,8 +488,10 @@ def run_model(argv: Sequence[str]) -> int:
     inspect = sub.add_parser("inspect", help="measure a model: TorchScript, .pt2, mind-ssc-2d or mind-ssc-3d")
     inspect.add_argument("file", help="model file (.pt TorchScript, .pt2 torch.export) or built-in name")
     inspect.add_argument("--dimension", type=int, choices=[2, 3], help="default: tries 3D, then 2D")
-    inspect.add_argument("--channels", type=int, default=1, help="input channels (ImpactNumberOfChannels; 1)")
-    inspect.add_argument("--layers", type=int, default=1, help="n_layers passed to the model (layers-mask length; 1)")
+    inspect.add_argument("--channels", type=_positive_count, default=1,
+                         help="input channels (ImpactNumberOfChannels; 1)")
+    inspect.add_argument("--layers", type=_positive_count, default=1,
+                         help="n_layers passed to the model (layers-mask length; 1)")
     export = sub.add_parser("export", help="a TorchScript network's blocks as an IMPACT feature model (.pt); "
                                            "from Python, elastix_bridge.models.export also takes torch.nn.Modules "
                                            "and writes .pt2")
@@ -484,7 +500,7 @@ def run_model(argv: Sequence[str]) -> int:
     export.add_argument("--layers", nargs="+", required=True,
                         help="top-level blocks whose outputs are the features: names, or positions in forward's order")
     export.add_argument("--dimension", type=int, choices=[2, 3], required=True)
-    export.add_argument("--channels", type=int, default=1, help="input channels (1)")
+    export.add_argument("--channels", type=_positive_count, default=1, help="input channels (1)")
     export.add_argument("--normalisation", choices=["none", "zscore", "minmax", "ct"], default="none",
                         help="input normalisation inside the model, from the level statistics (none)")
     export.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"),
@@ -527,6 +543,7 @@ def run_demo(argv: Sequence[str]) -> int:
 
 
 def run_plan(argv: Sequence[str]) -> int:
+    from elastix_bridge.core.files import check_input_file
     from elastix_bridge.core.parameters import read_parameter_file
     from elastix_bridge.plan import plan_registration
 
@@ -550,8 +567,8 @@ def run_plan(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     for path, what in ((args.f, "fixed image (-f)"), (args.m, "moving image (-m)"), (args.fMask, "fixed mask (-fMask)"),
                        (args.mMask, "moving mask (-mMask)"), *((q, "parameter file (-p)") for q in args.p)):
-        if path is not None and not Path(path).is_file():
-            raise FileNotFoundError(f"{what} {path} does not exist; check the path")
+        if path is not None:
+            check_input_file(path, what)
     maps = [m for path in args.p for m in read_parameter_file(path)]
     plan = plan_registration(args.f, args.m, maps, args.fMask, args.mMask, args.engine, probe_models=args.probe_models)
     print(plan.format())

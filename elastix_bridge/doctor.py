@@ -13,7 +13,8 @@ renders it as plain text. Nothing is built, installed or changed unless ``build=
   (``torch.version.cuda``), visible GPUs (``torch.cuda``) and the NVIDIA driver (``nvidia-smi``).
 * **the bridge's plugin**: the file :func:`elastix_bridge.runtime.loader.load_plugin` would use, its JSON
   build record against the installed torch, and whether it imports; if it is not built, whether it
-  can be (C++ compiler, ninja), since ``load_plugin`` builds it on first use.
+  can be (C++ compiler, ninja, a cache folder it may create and write), since ``load_plugin`` builds it on
+  first use.
 * **TorchScript JIT switches** (docs/design.md §I3.6).
 * **a native upstream plugin** named by ``$ELASTIX_BRIDGE_NATIVE_PLUGIN``: the static checks of
   :func:`elastix_bridge.runtime.native_plugins.inspect_native_plugin`, then a trial preload in a child
@@ -137,6 +138,22 @@ def _build_tools() -> dict:
     return tools
 
 
+def _cache_problem(folder: Path) -> Optional[str]:
+    """Why the plugin cannot be built into ``folder`` (created on first use), or None; nothing is written.
+
+    The first part of ``folder`` that exists must be a folder this process may write
+    (the build's own check, :func:`build_checks.preflight_problem`, writes a file; the doctor does not).
+    """
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"the plugin cache folder {folder} cannot be created: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"the plugin cache folder {folder} cannot be created or written: {existing} is not writable"
+    return None
+
+
 def _plugin_section(report: dict, torch, build: bool) -> dict:
     env = os.environ.get(loader.PLUGIN_ENV) or None
     section = {"plugin_env": env, "cache_root": str(loader.cache_root()), "path": None, "built": False,
@@ -202,6 +219,10 @@ def _plugin_section(report: dict, torch, build: bool) -> dict:
         section["state"] = "build failed"
         _problem(report, "building the IMPACT plugin failed", section["build_error"],
                  section.get("build_fix") or "see the message; then `elastix-bridge build-plugin`")
+    elif cache_why := _cache_problem(so.parent):
+        section["state"] = "not built, and the cache folder cannot hold it"
+        _problem(report, "the IMPACT plugin is not built and its cache folder cannot be used", cache_why,
+                 build_checks.CACHE_FIX)
     elif buildable:
         section["state"] = "not built (built automatically on first use)"
         report["notes"].append(

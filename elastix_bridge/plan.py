@@ -305,9 +305,8 @@ def probe_model(cfg: ModelConfig, mode: str, image_dimension: int) -> ModelProbe
 
     Raises:
         elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError:
-            torch or the plugin cannot load, the model cannot be loaded, fails (its own message) or returns
-            what the feature-model contract's shape rules refuse
-            (:func:`elastix_bridge.runtime.model_contract.check_outputs`).
+            torch or the plugin cannot load, the model cannot be loaded, fails (its own message) or breaks
+            the feature-model contract (:func:`elastix_bridge.runtime.model_contract.probe_model`).
     """
     import torch
 
@@ -319,6 +318,10 @@ def probe_model(cfg: ModelConfig, mode: str, image_dimension: int) -> ModelProbe
     model = loader.load_feature_model(str(resolve_model_path(cfg.path)), torch.device("cpu"))
     use = model_contract.ModelUse(model_contract.model_name(None, "", cfg.path), len(cfg.layers_mask),
                                   cfg.selected_layers, cfg.dimension)
+    with loader.jit_optimization_disabled():  # the registration's whole contract, so that plan refuses what it refuses
+        model_contract.probe_model(model, use, str(resolve_model_path(cfg.path)), cfg.channels,
+                                   tuple(reversed(cfg.patch_size)), jacobian=mode == "Jacobian",
+                                   image_dimension=image_dimension)
     patch = tuple(p if p else 16 for p in reversed(cfg.patch_size))  # (z, y, x)
     stats = torch.tensor([0.0, 1.0, 0.5, 0.25])
     direction = torch.eye(image_dimension, dtype=torch.int16)
@@ -504,18 +507,22 @@ def plan_registration(fixed_image: itk.Image | str | Path | ImageGeometry,
 
     Raises:
         ValueError: invalid schedules or Impact keys (elastix_bridge.core.impact_parameters.ImpactParameterError),
-            an unknown engine, images of different dimensions, images too small for a map's pyramid.
+            an unknown engine, images of different dimensions or of one a stage does not run (4D for Impact
+            stages; :func:`elastix_bridge.validation.check_supported_dimension`), images too small for a map's pyramid.
         elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError: with
             ``probe_models``, a model that cannot be loaded or run.
     """
-    from elastix_bridge.api import stage_engines
+    from elastix_bridge.api import stage_engines, uses_impact
     from elastix_bridge.core.parameters import parameter_maps_from_object
+    from elastix_bridge.validation import check_supported_dimension
 
     maps = parameter_maps_from_object(parameter_object)
     fixed, moving = _geometry(fixed_image), _geometry(moving_image)
     if fixed.dimension != moving.dimension:
         raise ValueError(f"the fixed image is {fixed.dimension}D but the moving image is {moving.dimension}D; "
                          "elastix needs equal dimensions")
+    for pmap, stage_engine in zip(maps, stage_engines(maps, engine)):  # before anything indexes an axis
+        check_supported_dimension(fixed.dimension, uses_impact(pmap), stage_engine == "bridge")
     _check_pyramids(maps, fixed, moving)
     probes = known_model
     if probe_models:

@@ -235,6 +235,7 @@ def _check_result_keys(pmap, dimension: Optional[int] = None) -> None:
                              f"Use one of {', '.join(sorted(RESULT_PIXEL_TYPES))}.")
     if pmap.has("ResultImageFormat") and pmap.get("WriteResultImage", default=True, type=bool):
         fmt = pmap.get("ResultImageFormat")
+        _check_format_spelling(fmt)
         import itk
 
         io = itk.ImageIOFactory.CreateImageIO(f"result.{fmt}", itk.CommonEnums.IOFileMode_WriteMode)
@@ -243,6 +244,28 @@ def _check_result_keys(pmap, dimension: Optional[int] = None) -> None:
                 f"(ResultImageFormat \"{fmt}\"): ITK cannot write 'result.{fmt}'; use a file extension "
                 f"ITK writes, e.g. \"mhd\", \"mha\", \"nii\", \"nii.gz\" or \"nrrd\" (or (WriteResultImage \"false\"))")
         _check_format_writes(fmt, pixel, dimension)
+
+
+def _check_format_spelling(fmt: str) -> None:
+    """A ``ResultImageFormat`` that elastix (and ITK) would write under another name than ``result.<k>.<fmt>``.
+
+    elastix appends the value after a dot (``ResamplerBase::WriteResultImage``: "result.0." + format), so
+    ".mha" gives ``result.0..mha``; an upper-case MetaImage or NIfTI extension is written as ``.mhd`` + ``.raw``
+    or refused by ITK's writer (:data:`~elastix_bridge.core.elastix_names.RESULT_FORMATS_LOWER_CASE_ONLY`).
+
+    Raises:
+        ParameterError: a leading dot, or such an upper-case extension.
+    """
+    from elastix_bridge.core.elastix_names import RESULT_FORMATS_LOWER_CASE_ONLY
+
+    if fmt.startswith("."):
+        raise ParameterError(f"(ResultImageFormat \"{fmt}\"): the value is the extension without its dot (elastix "
+                             f"would write 'result.0.{fmt}'); write (ResultImageFormat \"{fmt.lstrip('.')}\")")
+    if fmt != fmt.lower() and fmt.lower() in RESULT_FORMATS_LOWER_CASE_ONLY:
+        what = ("as result.0.mhd + result.0.raw, not result.0." + fmt) if fmt.lower() in ("mha", "mhd") else \
+            "not at all: its NIfTI writer refuses the name after the registration"
+        raise ParameterError(f"(ResultImageFormat \"{fmt}\"): ITK writes this extension in lower case only ({what}); "
+                             f"write (ResultImageFormat \"{fmt.lower()}\")")
 
 
 #: elastix's usual name of each pixel type, to name the fix.
@@ -353,7 +376,7 @@ def _check_against_dimension(pmap, where: str, levels: int, dimension: int, warn
 def _check_model_files(pmap, configs) -> None:
     """Every model file of every level exists (built-in model names are written on first use)."""
     from elastix_bridge.core.impact_parameters import resolve_model_path
-    from elastix_bridge.runtime.loader import ImpactModelError
+    from elastix_bridge.runtime.loader import ImpactModelError, model_file_problem
     from elastix_bridge.models.mind import RESERVED_MODELS
 
     for cfg in configs:
@@ -367,10 +390,9 @@ def _check_model_files(pmap, configs) -> None:
                 where = f"{key} {model.path!r}"
                 if not Path(model.path).expanduser().is_absolute():
                     where += f" (relative to the current working directory {os.getcwd()})"
-                if not path.is_file():
-                    raise ImpactModelError(f"{where}: model file not found; give an existing TorchScript file (an "
-                                           f"absolute path avoids working-directory surprises) or a built-in model "
-                                           f"name ({', '.join(RESERVED_MODELS)})")
+                problem = model_file_problem(path)
+                if problem:
+                    raise ImpactModelError(f"{where}: {problem}")
                 if not zipfile.is_zipfile(path):  # TorchScript and torch.export files are zip archives
                     raise ImpactModelError(f"{where}: not a TorchScript or torch.export model (both are zip archives, "
                                            "this file is not); save the model with torch.jit.script(model).save(path) "
@@ -430,6 +452,32 @@ def _check_patches_fit(configs, geometries) -> None:
                             f"ImpactPatchSize{cfg.level} or ImpactVoxelSize{cfg.level}")
 
 
+def _check_static_grids(configs, fixed) -> None:
+    """Static mode: the feature grid at ``ImpactVoxelSize`` has at least 2 points along every axis.
+
+    The bridge's Static feature maps are sampled on round(n·s / v) points per axis over the fixed image's
+    extent n·s mm, at least 1 (:meth:`elastix_bridge.engine.metrics.impact.ImpactMetric._static_grid`).
+    One point along an axis gives features that are constant along it: the metric is 0, its derivative
+    0, and the stage returns the identity transform as if it had converged.
+
+    Raises:
+        ParameterError: naming the level, the model, the voxel size in mm and the image's extent.
+    """
+    for cfg in configs:
+        if cfg.mode != "Static":
+            continue
+        for model in cfg.fixed_models + cfg.moving_models:
+            for a, v in enumerate(model.voxel_size[:fixed.dimension]):
+                extent = fixed.size[a] * float(fixed.spacing[a])
+                if math.floor(extent / float(v) + 0.5) < 2:
+                    raise ParameterError(
+                        f"level {cfg.level}: ImpactVoxelSize{cfg.level} {float(v):g} mm along {'xyz'[a]} of model "
+                        f"{model.path!r} gives a Static feature grid of 1 point across the fixed image's extent of "
+                        f"{extent:g} mm ({fixed.size[a]} voxels × {fixed.spacing[a]:g} mm): the features would be "
+                        f"constant and the metric 0; use ImpactVoxelSize{cfg.level} of at most {extent / 1.5:.3g} mm "
+                        "along that axis, or check the image's spacing")
+
+
 #: ITK ``RecursiveSeparableImageFilter`` (under the recursive Gaussian filters of the Smoothing and Generic
 #: pyramids) refuses "fewer than 4 pixels along the dimension to be processed".
 RECURSIVE_GAUSSIAN_MINIMUM = 4
@@ -459,10 +507,10 @@ def check_pyramid_sizes(pmap, levels: int, geometries) -> None:
 
     for which, geometry in zip(("Fixed", "Moving"), geometries):
         size = tuple(geometry.size)
-        image = f"the {which.lower()} image ({' × '.join(map(str, size))} voxels in {', '.join('xyz'[:len(size)])})"
+        image = f"the {which.lower()} image ({' × '.join(map(str, size))} voxels in {', '.join('xyzt'[:len(size)])})"
         for a, n in enumerate(size):
             if n < 2:
-                raise ParameterError(f"{image} has 1 voxel along {'xyz'[a]}: elastix cannot sample or pyramid it "
+                raise ParameterError(f"{image} has 1 voxel along {'xyzt'[a]}: elastix cannot sample or pyramid it "
                                      f"(\"too many samples map outside\"); give images of at least 2 voxels per "
                                      f"axis ({RECURSIVE_GAUSSIAN_MINIMUM} for the Smoothing and Generic pyramids)")
         kind = pmap.get(f"{which}ImagePyramid", default=f"{which}SmoothingImagePyramid")
@@ -485,7 +533,7 @@ def check_pyramid_sizes(pmap, levels: int, geometries) -> None:
             if small:
                 a = small[0]
                 raise ParameterError(
-                    f"{image} has {size[a]} voxels along {'xyz'[a]}, but the {kind} smooths it at level {level} "
+                    f"{image} has {size[a]} voxels along {'xyzt'[a]}, but the {kind} smooths it at level {level} "
                     f"with ITK's recursive Gaussian, which needs at least {RECURSIVE_GAUSSIAN_MINIMUM} voxels per "
                     f"axis; use ({which}ImagePyramid \"{which}ShrinkingImagePyramid\") or "
                     f"\"{which}RecursiveImagePyramid\", or a larger image")
@@ -506,6 +554,23 @@ def _check_devices(configs) -> None:
                 resolve_device(cfg.gpu)
             except ImpactUnavailableError as error:
                 raise ImpactUnavailableError(f"resolution level {cfg.level}: {error}") from None
+
+
+def _check_native_plugin() -> None:
+    """An Impact map sent to itk-elastix's elastix needs a native IMPACT plugin (itk-elastix ships none).
+
+    Raises:
+        UnsupportedComponentError: no plugin is preloaded, named by ``$ELASTIX_BRIDGE_NATIVE_PLUGIN`` or
+            where elastix's loader looks (:func:`~elastix_bridge.runtime.native_plugins.native_plugin_offered`).
+    """
+    from elastix_bridge.engine.components import UnsupportedComponentError
+    from elastix_bridge.runtime.native_plugins import NATIVE_PLUGIN_ENV, native_plugin_offered
+
+    if not native_plugin_offered():  # elastix would run, then fail: "component could not be created: Impact"
+        raise UnsupportedComponentError(
+            f'(Metric "Impact") cannot run on the elastix engine here: itk-elastix ships no IMPACT plugin and none '
+            f"is preloaded, named by ${NATIVE_PLUGIN_ENV} or on the loader's path; use engine 'auto' or 'bridge' "
+            f"(--engine auto), or set ${NATIVE_PLUGIN_ENV} to upstream's libImpactMetric.so (docs/native_plugins.md)")
 
 
 def _in_map(error: Exception, where: str) -> Exception:
@@ -537,12 +602,15 @@ def validate_maps(maps: Sequence[ParameterMap], engines: Optional[Sequence[str]]
 
     Raises:
         UnsupportedComponentError: an unknown component name (with "did you mean"), or one the bridge
-            engine does not run for a map it runs.
+            engine does not run for a map it runs; an Impact map on the elastix engine without a native
+            IMPACT plugin.
         ParameterError: a value of the wrong type or range, a schedule of the wrong length, a result key
-            that cannot be written (a format × pixel type ITK's writer refuses), an unknown ``Impact…`` key in
+            that cannot be written (a format × pixel type ITK's writer refuses, a ``ResultImageFormat`` with a
+            leading dot or an upper-case MetaImage/NIfTI extension), an unknown ``Impact…`` key in
             an Impact map, an ``ImpactFeatureMapOutputDirectory`` that cannot be a folder, images too small
             for a pyramid, a Jacobian patch larger than an image.
         ImpactParameterError: a missing or malformed IMPACT option at some level.
+        InputImageError: images of a dimension the stage does not run (:func:`check_supported_dimension`).
     """
     from elastix_bridge.api import uses_impact
     from elastix_bridge.engine.registration import check_components, check_stage_settings
@@ -563,6 +631,10 @@ def validate_maps(maps: Sequence[ParameterMap], engines: Optional[Sequence[str]]
                     "every parameter map" + (" (this one is empty: is it the right file?)" if not pmap.keys() else "")
                     + "; start from a file in parameter_files/ or from elastix's documentation")
             _check_component_names(pmap)
+            if dimension is not None:  # before anything indexes an axis
+                check_supported_dimension(dimension, impact, bridge)
+            if impact and engines is not None and engines[k] == "elastix":
+                _check_native_plugin()
             _check_values(pmap)
             _check_result_keys(pmap, dimension)
             levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
@@ -580,6 +652,8 @@ def validate_maps(maps: Sequence[ParameterMap], engines: Optional[Sequence[str]]
                     _check_feature_map_directories(configs)
                     if geometries is not None:
                         _check_patches_fit(configs, geometries)
+                    if geometries is not None and bridge:
+                        _check_static_grids(configs, geometries[0])
                     if bridge:
                         _check_devices(configs)
         except ValueError as error:  # the same error, naming the map
@@ -693,6 +767,35 @@ def check_equal_dimensions(fixed: int, moving: int) -> None:
                               f"images of equal dimension: give a {fixed}D moving image (or a {moving}D fixed image)")
 
 
+#: Image dimensions a stage runs: the bridge engine and IMPACT's feature models (``ImpactDimension``) 2 and 3;
+#: itk-elastix's ElastixRegistrationMethod is wrapped for 2, 3 and 4 (``itk.ElastixRegistrationMethod.keys()``).
+BRIDGE_DIMENSIONS = (2, 3)
+ELASTIX_DIMENSIONS = (2, 3, 4)
+
+
+def check_supported_dimension(dimension: int, impact: bool, bridge: bool) -> None:
+    """The images' dimension is one the stage runs (:data:`BRIDGE_DIMENSIONS`, :data:`ELASTIX_DIMENSIONS`);
+    else the first check that indexes an axis fails on an internal error (a 4D image's fourth axis).
+
+    Args:
+        dimension: the images' dimension.
+        impact: the stage uses the Impact metric; bridge: it runs on the bridge engine.
+
+    Raises:
+        InputImageError: naming the dimension, what the stage runs and the fix.
+    """
+    supported = BRIDGE_DIMENSIONS if impact or bridge else ELASTIX_DIMENSIONS
+    if dimension in supported:
+        return
+    runner = "an Impact stage" if impact else "the bridge engine" if bridge else "itk-elastix"
+    fix = ("register each 3D volume of the series on its own (itk.extract_image_filter), or use a map without Impact "
+           "on the elastix engine (4D)" if dimension == 4 and supported == BRIDGE_DIMENSIONS else
+           "give 2D or 3D images")
+    names = [f"{d}D" for d in supported]
+    raise InputImageError(f"the images are {dimension}D, but {runner} runs {', '.join(names[:-1])} and {names[-1]} "
+                          f"images only; {fix}")
+
+
 def check_mask_dimension(mask: itk.Image, dimension: int, which: str) -> None:
     """A mask has its image's dimension (itk-elastix's own check is a SWIG type error).
 
@@ -774,6 +877,7 @@ def initial_transform_maps(keywords: dict) -> list:
         ValueError: both are given, or a file of the chain is not a TransformParameters file or loops.
         FileNotFoundError: the file or a file of its chain is missing (naming the referencing file).
     """
+    from elastix_bridge.core.files import check_input_file
     from elastix_bridge.core.parameters import parameter_maps_from_object
     from elastix_bridge.engine.transforms.initial import chain_from_file
 
@@ -783,9 +887,8 @@ def initial_transform_maps(keywords: dict) -> list:
         raise ValueError("give either initial_transform_parameter_file_name or initial_transform_parameter_object, "
                          "not both (elastix would use only one)")
     if not t0:
-        return [] if given is None else parameter_maps_from_object(given)
-    if not Path(t0).is_file():
-        raise FileNotFoundError(f"initial transform file {t0} does not exist; check the path")
+        return [] if given is None else parameter_maps_from_object(given, "initial_transform_parameter_object")
+    check_input_file(t0, "initial transform file")
     maps = chain_from_file(t0)
     for i, pm in enumerate(maps):
         if not pm.has("Transform") or not pm.has("TransformParameters"):
@@ -888,9 +991,14 @@ def validate_request(maps: Sequence[ParameterMap], engines: Sequence[str], fixed
 
     Raises:
         see :func:`validate_maps`, :func:`validate_images` and :func:`check_initial_transforms`; ``ValueError``
-        for a keyword that a chain with bridge stages does not support, or a bad ``number_of_threads``.
+        for a keyword that a chain with bridge stages does not support, or a bad ``number_of_threads``;
+        ``TypeError`` for a keyword itk-elastix does not take (a typo: "did you mean",
+        :func:`elastix_bridge.runtime.itk_elastix.check_keywords`).
     """
+    from elastix_bridge.runtime.itk_elastix import check_keywords
+
     keywords = keywords or {}
+    check_keywords(keywords, own=("engine", "progress"))  # the API's own arguments: near misses of them are named
     check_threads(keywords.get("number_of_threads"))
     if engines is not None and "bridge" in engines:
         unsupported = sorted(k for k in keywords if k not in CHAIN_KEYWORDS)

@@ -365,7 +365,7 @@ def test_load_feature_model(plugin, tmp_path):
     model = loader.load_feature_model(path, torch.device("cpu"))
     assert model.num_arguments == 2
     out = model.forward(torch.ones(2, 3, 4, 4), 2, torch.zeros(4), torch.eye(2))
-    loader.validate_model_output(out, 2, str(path))
+    assert isinstance(out, list) and len(out) == 2
     assert out[1].shape == (2, 1, 4, 4)
 
 
@@ -408,16 +408,3 @@ def test_load_feature_model_without_arguments(plugin, tmp_path):
     with pytest.raises(loader.ImpactModelError, match="must take the image patch as its first argument"):
         loader.load_feature_model(path, "cpu")
 
-
-def test_validate_model_output():
-    torch = pytest.importorskip("torch")
-    good = [torch.zeros(1, 2, 3, 3), torch.zeros(1, 4, 2, 2)]
-    loader.validate_model_output(good, 2, "m.pt")
-    with pytest.raises(loader.ImpactModelError, match="model m.pt returned tuple; it must return a list of 2"):
-        loader.validate_model_output(tuple(good), 2, "m.pt")
-    with pytest.raises(loader.ImpactModelError, match="returned 2 feature maps but the layers mask has 3"):
-        loader.validate_model_output(good, 3, "m.pt")
-    with pytest.raises(loader.ImpactModelError, match=r"output 1 has shape \[4, 2\]"):
-        loader.validate_model_output([good[0], torch.zeros(4, 2)], 2, "m.pt")
-    with pytest.raises(loader.ImpactModelError, match="output 0 is a int"):
-        loader.validate_model_output([1], 1, "m.pt")

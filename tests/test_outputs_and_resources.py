@@ -80,15 +80,16 @@ def test_one_stage_run_removes_a_two_stage_runs_outputs_and_lists_only_its_own(i
 
 def test_a_failing_run_into_an_earlier_result_removes_its_outputs_and_keeps_the_error_in_the_log(
         plugin, inputs, tmp_path, capsys, translation):
-    """Stage 0 (elastix) succeeds, stage 1's model fails: nothing of either run is left but the log with the error."""
+    """Stage 0 (elastix) succeeds, stage 1's model fails on the level image (the contract's probe, on small inputs
+    before any work, passes): nothing of either run is left but the log with the error."""
     out = tmp_path / "out"
     code, _, err = run_into(capsys, inputs, out, translation)
     assert code == 0, err
     model = scripted_model(tmp_path, "fails.pt", """
         class Model(nn.Module):
             def forward(self, x):
-                if x.shape[-1] > 8:
-                    return [x, x]  # two layers where ImpactLayersMask has one
+                if x.shape[-1] > 20:
+                    return [x, x]  # two layers where ImpactLayersMask has one, on inputs larger than the probe's
                 return [x]
         """)
     impact = write_parameter_file(tmp_path / "impact.txt", impact_parameters(ImpactModelsPath0=str(model)))

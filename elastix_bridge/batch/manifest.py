@@ -83,7 +83,13 @@ def _rows(path: Path) -> list[dict[str, Any]]:
                 rows.append(row)
         return rows
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    return list(csv.DictReader(text.splitlines(), delimiter=delimiter, skipinitialspace=True))
+    reader = csv.DictReader(text.splitlines(), delimiter=delimiter, skipinitialspace=True)
+    header = [str(c).strip() for c in reader.fieldnames or ()]
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:  # csv.DictReader keeps the last of them silently
+        raise ManifestError(str(path), [f"the header names column(s) {', '.join(twice)} more than once; "
+                                        "keep one column of each name"])
+    return list(reader)
 
 
 def read_manifest(path: str | Path) -> list[Pair]:
@@ -96,7 +102,8 @@ def read_manifest(path: str | Path) -> list[Pair]:
         FileNotFoundError: no such manifest.
         ManifestError: every problem of the form at once (unknown or missing columns, empty or
             duplicate ids (also ids that differ only in case), ids the batch writes itself
-            (:data:`BATCH_NAMES`), rows longer than the header, labels or points given for one side only).
+            (:data:`BATCH_NAMES`), rows longer than the header, a column named twice, labels or
+            points given for one side only).
     """
     path = Path(path)
     if not path.is_file():

@@ -157,6 +157,13 @@ def run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
         return _run_pair(pair, settings, digest)
 
 
+def _point_to_kept_log(message: str, tmp: Path, kept: Path) -> str:
+    """``message`` with the temporary folder's ``elastix.log`` (removed after a failure) replaced by ``kept``."""
+    for log in {str(tmp / "elastix.log"), str((tmp / "elastix.log").resolve()), str((tmp / "elastix.log").absolute())}:
+        message = message.replace(log, str(kept))
+    return message
+
+
 def _run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
     from elastix_bridge.batch import evaluation
     from elastix_bridge.cli import run_registration
@@ -190,6 +197,7 @@ def _run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
             (root / "failed").mkdir(exist_ok=True)
             if (tmp / "elastix.log").is_file():
                 shutil.copyfile(tmp / "elastix.log", root / "failed" / f"{pair.id}.log")
+                record["error"] = _point_to_kept_log(record["error"], tmp, root / "failed" / f"{pair.id}.log")
             else:  # the inputs failed before the run began: an earlier attempt's log would mislead
                 (root / "failed" / f"{pair.id}.log").unlink(missing_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)

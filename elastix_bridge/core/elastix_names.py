@@ -152,6 +152,13 @@ RESULT_FORMAT_PIXEL_TYPES = {
     "gipl.gz": ("int8", "uint8", "int16", "uint16", "float32", "float64"),
 }
 
+#: Result formats that ITK writes under another name, or refuses after the registration, when not spelt
+#: in lower case (checked with ``itk.imwrite``): metaio's ``MetaImage::Write`` keeps the data in the
+#: header only for the suffix ".mha" exactly and renames every other header to ``.mhd`` beside a
+#: ``.raw`` ("MHA" → result.0.mhd + result.0.raw); ``NiftiImageIO::Write`` stops with "Bad Nifti file
+#: name" for "NII", "NII.GZ", "HDR". Other formats ("PNG", "NRRD", "TIF") are written as spelt.
+RESULT_FORMATS_LOWER_CASE_ONLY = ("mha", "mhd", "nii", "nii.gz", "hdr", "img", "img.gz", "hdr.gz")
+
 #: Result formats whose ITK writer writes 2D images only (``JPEGImageIO``: "JPEG Writer can only write
 #: 2-dimensional images"; ``BMPImageIO``: "BMPImageIO cannot write images with a dimension != 2").
 RESULT_FORMAT_2D_ONLY = ("jpg", "jpeg", "bmp")

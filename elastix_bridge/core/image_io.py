@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from elastix_bridge.core.files import check_input_file
+
 if TYPE_CHECKING:  # pragma: no cover
     import itk
 
@@ -27,17 +29,16 @@ def read_image(path: str | Path, what: str = "image") -> itk.Image:
         what: how error messages name it, e.g. ``"fixed image (-f)"``.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist, or it is a MetaImage header whose data file
+        FileNotFoundError: ``path`` is empty or does not exist, or it is a MetaImage header whose data file
             (``ElementDataFile``, e.g. the ``.raw`` beside a ``.mhd``) does not (the message names
             ``what`` and the missing file).
-        ValueError: the pixel data are truncated (a MetaImage's, a NIfTI's: expected and actual byte
+        IsADirectoryError: ``path`` is a folder (:func:`elastix_bridge.core.files.check_input_file`).
+        ValueError: ``path`` is not a regular file (a device, a pipe); the pixel data are truncated (a MetaImage's, a NIfTI's: expected and actual byte
             counts named), or ITK cannot read the file (its reason).
     """
     import itk
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist; check the path")
+    path = check_input_file(path, what)
     _check_metaimage_data_file(path, what)
     _check_nifti_data(path, what)
     try:
@@ -63,8 +64,8 @@ def read_image_geometry(path: str | Path, what: str = "image") -> ImageGeometry:
         :class:`~elastix_bridge.core.geometry.ImageGeometry` (ITK (x, y, z) order, mm).
 
     Raises:
-        FileNotFoundError: as :func:`read_image`.
-        ValueError: no ITK reader recognises the file; truncated MetaImage or ``.nii`` data (as
+        FileNotFoundError, IsADirectoryError: as :func:`read_image`.
+        ValueError: not a regular file; no ITK reader recognises the file; truncated MetaImage or ``.nii`` data (as
             :func:`read_image`; a ``.nii.gz`` is not decompressed here).
     """
     import itk
@@ -72,9 +73,7 @@ def read_image_geometry(path: str | Path, what: str = "image") -> ImageGeometry:
 
     from elastix_bridge.core.geometry import ImageGeometry
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist; check the path")
+    path = check_input_file(path, what)
     _check_metaimage_data_file(path, what)
     _check_nifti_data(path, what, decompress=False)
     io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)

@@ -560,6 +560,11 @@ def _read_model_set(parameter_map, prefix, level, mode, image_dimension):
     for i, (path, d, c, patch, vox, mask) in enumerate(zip(
             paths, dims, channels, group_by_dimensions(patches, dims),
             group_by_dimensions(voxels, vox_dims), masks)):
+        stray = sorted({ch for ch in str(mask) if not ch.isspace() and ch not in "01"})
+        if stray:  # parse_layers_mask would read them as '0' and select a layer silently less
+            raise ImpactParameterError(
+                f"{mask_key} (level {level}): model {i}: the mask '{mask}' holds {', '.join(map(repr, stray))}; "
+                f"a layers mask is one character per layer, '1' (use it) or '0' (skip it), e.g. \"1\" or \"0 1\"")
         layers = parse_layers_mask(mask)
         if path in RESERVED_MODELS:
             rd = RESERVED_MODELS[path][0]

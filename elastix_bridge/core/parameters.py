@@ -15,6 +15,7 @@ Sources: ``Common/ParameterFileParser/itkParameterMapInterface.{h,cxx}``,
 from __future__ import annotations
 
 import math
+import os
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -442,23 +443,44 @@ def as_parameter_map(value: ParameterMap | Mapping[str, Any] | None) -> Paramete
     return ParameterMap.from_dict(dict(value))
 
 
-def parameter_maps_from_object(parameter_object: itk.ParameterObject | ParameterMap | Mapping[str, Any] | Sequence[Any]
-                               ) -> list[ParameterMap]:
-    """All maps of an itk-elastix ``ParameterObject`` (or a list of dict-like maps) as :class:`ParameterMap`.
+def parameter_maps_from_object(parameter_object: itk.ParameterObject | ParameterMap | Mapping[str, Any] | Iterable[Any],
+                               name: str = "parameter_object") -> list[ParameterMap]:
+    """All maps of an itk-elastix ``ParameterObject`` (or any iterable of dict-like maps) as :class:`ParameterMap`.
 
-    Source: ``Core/Main/elxParameterObject.h`` ``GetParameterMap``; docs/design.md §E1.6.
+    Source: ``Core/Main/elxParameterObject.h`` ``GetParameterMap``; docs/design.md §E1.6. An empty
+    ``ParameterObject`` gives ``[]`` (the drop-in's unset object); an empty list is refused, as itk-elastix
+    refuses it late ("Empty parameter map in parameter object", ``itkElastixRegistrationMethod.hxx``).
+
+    Args:
+        parameter_object: the maps.
+        name: how messages name the argument (``initial_transform_parameter_object``).
+
+    Raises:
+        TypeError: a file name (str, Path: the message shows how to read it), or a value that is no map,
+            ``ParameterObject`` or iterable of them.
+        ValueError: an empty list (or other iterable) of maps.
     """
     if isinstance(parameter_object, ParameterMap):
         return [parameter_object.copy()]
     if isinstance(parameter_object, Mapping):
         return [ParameterMap.from_dict(parameter_object)]
-    if isinstance(parameter_object, (list, tuple)):
-        out = []
-        for m in parameter_object:
-            out.extend(parameter_maps_from_object(m))
-        return out
-    n = parameter_object.GetNumberOfParameterMaps()
-    return [ParameterMap.from_itk(parameter_object.GetParameterMap(i)) for i in range(n)]
+    if hasattr(parameter_object, "GetNumberOfParameterMaps"):
+        n = parameter_object.GetNumberOfParameterMaps()
+        return [ParameterMap.from_itk(parameter_object.GetParameterMap(i)) for i in range(n)]
+    if isinstance(parameter_object, (str, os.PathLike)):
+        file = str(parameter_object)
+        raise TypeError(f"{name} {file!r} is a file name, not parameter maps; read it first: "
+                        f"po = itk.ParameterObject.New(); po.ReadParameterFile({file!r}); then pass po")
+    try:
+        items = list(parameter_object)  # a list, a tuple, a generator
+    except TypeError:
+        raise TypeError(f"{name} is of type {type(parameter_object).__name__}; pass an itk.ParameterObject, a "
+                        "parameter map (dict) or a list of them") from None
+    if not items:
+        raise ValueError(f"{name} is an empty {type(parameter_object).__name__}: no parameter map to run; pass at "
+                         "least one map (e.g. itk.ParameterObject.New().GetDefaultParameterMap('rigid')), or None"
+                         + (" for itk-elastix's default maps" if name == "parameter_object" else " to leave it out"))
+    return [m for item in items for m in parameter_maps_from_object(item, name)]
 
 
 def _offending_line(text: str, message: str) -> tuple:

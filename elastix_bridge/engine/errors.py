@@ -4,7 +4,7 @@ Kept apart so that a metric need not import an optimizer to raise, nor an optimi
 """
 from __future__ import annotations
 
-__all__ = ["SamplingError"]
+__all__ = ["NonFiniteMetricError", "SamplingError"]
 
 
 class SamplingError(RuntimeError):
@@ -14,4 +14,11 @@ class SamplingError(RuntimeError):
 
     Source: elastix ``Common/CostFunctions/itkAdvancedImageToImageMetric.hxx``
     ``CheckNumberOfSamples``; docs/design.md §E7.1, §I8.
+    """
+
+
+class NonFiniteMetricError(ArithmeticError):
+    """A metric value or derivative is NaN or Inf. The optimizers would go on with it and write a NaN or
+    unmoved transform as a result; the stage stops instead
+    (:func:`elastix_bridge.engine.registration.optimize_level` adds the stage, level, iteration and cause).
     """

@@ -192,7 +192,25 @@ class _StageCost:
             if u:
                 total += w * v
                 derivative += w * g
+        _check_finite_cost(self.metrics, values, grads)
         return total, derivative
+
+
+def _check_finite_cost(metrics, values, grads) -> None:
+    """Refuse a NaN or Inf metric value or derivative (the optimizer would turn it into a NaN or unmoved result).
+
+    Raises:
+        elastix_bridge.engine.errors.NonFiniteMetricError: naming the metric; :func:`optimize_level` adds where.
+    """
+    import math
+
+    from elastix_bridge.engine.errors import NonFiniteMetricError
+
+    for metric, value, grad in zip(metrics, values, grads):
+        norm = float(grad.norm())
+        if not (math.isfinite(value) and math.isfinite(norm)):
+            raise NonFiniteMetricError(f"metric {type(metric).__name__.removesuffix('Metric')} gave value {value} "
+                                       f"and derivative norm {norm}")
 
 
 def _schedule(pmap, names, count, typ):
@@ -403,8 +421,8 @@ def _validated_stage(fixed_image, moving_image, pmap):
     return components, fixed, moving, levels, configs
 
 
-def _load_models(pmap, configs, dimension: int):
-    """Load and check every level's Impact feature models (docs/design.md §I3).
+def _load_models(pmap, configs, dimension: int, warn: bool = True):
+    """Load and check every level's Impact feature models (docs/design.md §I3); ``warn``: log the CPU warning.
 
     Returns:
         ``(models, devices)``: per level ``([fixed models], [moving models])`` and its ``torch.device``.
@@ -421,7 +439,7 @@ def _load_models(pmap, configs, dimension: int):
     for cfg in configs:
         device = loader.resolve_device(cfg.gpu)
         half = bool(cfg.mixed_precision and device.type == "cuda")
-        if cfg.mixed_precision and not half:
+        if cfg.mixed_precision and not half and warn:
             log.warning("ImpactUseMixedPrecision is ignored on the CPU: float16 is applied on CUDA devices only.")
 
         def load(c: ModelConfig, which: str) -> Any:
@@ -434,6 +452,32 @@ def _load_models(pmap, configs, dimension: int):
         devices.append(device)
         check_level_models(cfg, models[-1], dimension, device)
     return models, devices
+
+
+def check_stage_models(fixed_image: itk.Image, pmap: ParameterMap) -> None:
+    """Load an Impact map's feature models and check them against the contract, before any output is touched.
+
+    The command and :func:`elastix_bridge.api.elastix_registration_method` call it for every map on the
+    bridge engine before they take the output folder (which removes an earlier run's outputs), so that a
+    refused model leaves them in place. The stage's own check (:func:`_load_models`) then finds the models
+    in the loader's cache and their probes done (:func:`elastix_bridge.engine.metrics.impact.check_level_models`).
+
+    Raises:
+        elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError,
+        elastix_bridge.core.impact_parameters.ImpactParameterError: as :func:`_load_models`.
+    """
+    from elastix_bridge.core.impact_parameters import impact_levels
+    from elastix_bridge.runtime import loader
+
+    components = check_components(pmap)
+    if "Impact" not in components["Metric"]:
+        return
+    dimension = int(fixed_image.GetImageDimension())
+    levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
+    configs = impact_levels(pmap, levels, dimension, metric_index=components["Metric"].index("Impact"))
+    loader.load_plugin()
+    with loader.jit_optimization_disabled():
+        _load_models(pmap, configs, dimension, warn=False)  # the stage logs its warnings
 
 
 def _stage_transform(pmap, components, levels: int, fixed, moving, fixed_mask, moving_mask,
@@ -625,6 +669,7 @@ class LevelContext:
 
         pmap, components = stage.pmap, stage.components
         self.stage, self.level, self.on_iteration = stage, level, on_iteration
+        self.elastix_level, self.iteration = elastix_level, 0  # the iteration being computed, to name it in errors
         self.fixed, self.moving, self.fixed_mask, self.moving_mask = _level_images(stage, level)
         self.transform, self.parameters = _level_transform(stage, level, previous)
         n_samples = pmap.get("NumberOfSpatialSamples", level=level, default=5000, type=UInt)
@@ -656,7 +701,12 @@ class LevelContext:
         values, indices = self.transform.jacobian(points, self.parameters)
         return jacobian_terms(values, indices, int(self.parameters.numel()), scales=self.stage.scales)
 
+    def where(self) -> str:
+        """``"stage 0, level 1, iteration 7"`` for error messages."""
+        return f"stage {self.elastix_level}, level {self.level}, iteration {self.iteration}"
+
     def _after_iteration(self, record, position) -> None:
+        self.iteration = record.iteration + 1
         for metric in self.metrics:
             metric.after_iteration(position)
         self.table.add(record, self.cost.parts)
@@ -673,14 +723,31 @@ def optimize_level(context: LevelContext) -> torch.Tensor:
 
     Raises:
         elastix_bridge.engine.errors.SamplingError: too few valid samples.
+        elastix_bridge.engine.errors.NonFiniteMetricError: a NaN or Inf metric value or derivative, naming the
+            stage, level, iteration and likely cause.
     """
+    from elastix_bridge.engine.errors import NonFiniteMetricError
+
     try:
         parameters = context.optimizer.optimize(context.cost, context.parameters, context.terms,
                                                 scales=context.stage.scales)
+    except NonFiniteMetricError as error:
+        raise NonFiniteMetricError(f"{context.where()}: {error}; {_non_finite_cause(context)}") from None
     finally:
         context.table.close()
     log.info("Stopping condition: %s.", context.optimizer.stop_condition)
     return parameters
+
+
+def _non_finite_cause(context: LevelContext) -> str:
+    """The likely cause of a non-finite metric, and its fix: the level's Impact models first."""
+    configs = [c for c in context.stage.impact_levels if c.level == context.level]
+    if configs:
+        paths = sorted({m.path for c in configs for m in c.fixed_models + c.moving_models})
+        return (f"the features of model(s) {', '.join(map(repr, paths))} are likely too large (their distances "
+                "overflow float32 above 3.4e38): scale or normalise the model's output; no result was written")
+    return ("check the images (NaN or Inf pixels, a constant image) and the metric settings; no result was "
+            "written")
 
 
 def stage_output(stage: StageSetup, transform: Transform, parameters: torch.Tensor, history: list,
@@ -723,6 +790,7 @@ def run_stage(fixed_image: itk.Image, moving_image: itk.Image, pmap: ParameterMa
         elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError:
             torch, plugin, device or model problems (before any computation).
         elastix_bridge.engine.errors.SamplingError: too few valid samples.
+        elastix_bridge.engine.errors.NonFiniteMetricError: a NaN or Inf metric value or derivative.
     """
     tic = time.perf_counter()
     from elastix_bridge.core.transform_io import write_transform_parameter_file

@@ -227,7 +227,8 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
         The :class:`~elastix_bridge.models.inspection.ModelReport` of the written file.
 
     Raises:
-        ExportError: an unknown layer (the blocks are listed), normalisation or format; ``.pt2`` from
+        ExportError: an unknown layer (the blocks are listed), normalisation or format; a window
+            without ``"ct"``, or ``"ct"`` without a window of low < high; ``.pt2`` from
             a TorchScript model; a model that cannot be traced or exported (torch's reason).
     """
     import torch
@@ -239,8 +240,13 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
         raise ExportError(f"{path}: the file name must end in .pt (TorchScript) or .pt2 (torch.export)")
     if normalisation not in NORMALISATIONS:
         raise ExportError(f"normalisation {normalisation!r}: use one of {', '.join(NORMALISATIONS)}")
+    if window is not None and normalisation != "ct":  # only the CT normaliser reads it: it would be ignored
+        raise ExportError(f"window (--window) {tuple(window)} is used by normalisation 'ct' only, not "
+                          f"{normalisation!r}; add normalisation='ct' (--normalisation ct) or drop the window")
     if normalisation == "ct" and (window is None or len(window) != 2 or window[0] >= window[1]):
-        raise ExportError("normalisation 'ct' needs window=(low, high) in HU with low < high, e.g. (-1000, 1000)")
+        got = "none given" if window is None else f"got {tuple(window)}"
+        raise ExportError(f"normalisation 'ct' needs window=(low, high) (--window LOW HIGH) in HU with low < high, "
+                          f"e.g. (-1000, 1000); {got}")
     low, high = window if window is not None else (0.0, 1.0)
     normalise = _normaliser_class()(normalisation, low, high)
     orient = _orientation_class()(bool(reorient))

@@ -214,7 +214,8 @@ def inspect_model(path: str | Path, dimension: Optional[int] = None, input_chann
         :class:`ModelReport`.
 
     Raises:
-        elastix_bridge.runtime.loader.ImpactModelError: not a usable model, a forward that raises (the
+        elastix_bridge.runtime.loader.ImpactModelError: no file at ``path`` (missing, a folder, a device, empty:
+            :func:`~elastix_bridge.runtime.loader.model_file_problem`), not a usable model, a forward that raises (the
             model's own message), an output that breaks the feature-model contract
             (:mod:`elastix_bridge.runtime.model_contract`: batch, channels, spatial axes, finite values,
             channels that change with the input size), or no dimension works (the error of each attempt
@@ -238,9 +239,14 @@ def _inspect(path, dimension, input_channels, layers, size, timing_sizes, shown)
     import torch
 
     from elastix_bridge.core.impact_parameters import resolve_model_path
+    from elastix_bridge.models.mind import RESERVED_MODELS
     from elastix_bridge.runtime import loader
     from elastix_bridge.runtime.memory import PeakRSS
 
+    if str(path) not in RESERVED_MODELS:  # named as the given file; resolve_model_path("") is the working folder
+        problem = loader.model_file_problem(path)
+        if problem:
+            raise loader.ImpactModelError(f"model {str(path)!r}: {problem}")
     file = resolve_model_path(str(path))
     model = loader.load_feature_model(str(file), "cpu")
     source = (torch.export.load(str(file)).module() if file.suffix == ".pt2"

@@ -116,6 +116,11 @@ def _no_compiler(compiler: str) -> BuildDiagnosis:
         f"installed C++ compiler, then run `elastix-bridge build-plugin`")
 
 
+CACHE_FIX = ("set $ELASTIX_BRIDGE_CACHE to a writable folder with room (the plugin is built there), or build it "
+             "elsewhere with `elastix-bridge build-plugin --output DIR` and point $ELASTIX_BRIDGE_PLUGIN at "
+             "DIR/elastix_bridge_impact.so")
+
+
 def preflight_problem(build_parent: Path) -> Optional[BuildDiagnosis]:
     """What would make a build fail before it starts, or None.
 
@@ -133,9 +138,6 @@ def preflight_problem(build_parent: Path) -> Optional[BuildDiagnosis]:
     compiler = compiler_command()
     if not compiler or shutil.which(compiler[0]) is None:
         return _no_compiler(compiler[0] if compiler else "")
-    fix_cache = ("set $ELASTIX_BRIDGE_CACHE to a writable folder with room (the plugin is built there), or build it "
-                 "elsewhere with `elastix-bridge build-plugin --output DIR` and point $ELASTIX_BRIDGE_PLUGIN at "
-                 "DIR/elastix_bridge_impact.so")
     try:
         build_parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=build_parent, prefix=".write-test-"):
@@ -143,7 +145,7 @@ def preflight_problem(build_parent: Path) -> Optional[BuildDiagnosis]:
     except OSError as exc:
         return BuildDiagnosis("cache_not_writable",
                               f"the plugin cache folder {build_parent} cannot be written ({exc.strerror or exc})",
-                              fix_cache)
+                              CACHE_FIX)
     for folder, role in ((build_parent, "the plugin cache"), (Path(tempfile.gettempdir()), "the temporary folder")):
         free = shutil.disk_usage(folder).free
         if free < BUILD_SPACE_BYTES:

@@ -99,6 +99,7 @@ def run_itk_elastix_in_child(fixed_image: itk.Image, moving_image: itk.Image, wh
     log_path = Path(log_folder) / kwargs.get("log_file_name", "elastix.log")
     # os.fork, not multiprocessing: the images and ITK are inherited, not pickled, and a daemonic
     # process (a dask worker) may fork although multiprocessing forbids it children.
+    _settle_random_state()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
@@ -176,6 +177,27 @@ def _child_run(write_end: int, fixed_image, moving_image, with_result, kwargs) -
         os._exit(code)
 
 
+def _settle_random_state() -> None:
+    """Give the next elastix registration of this process the random draws of a fresh process.
+
+    Measured here: after some earlier work in the process (a chain of elastix and bridge stages
+    through the command), elastix's next registration draws other samples (a Random-sampler run's
+    first IterationInfo rows differ), and a finished in-process elastix registration restores the
+    draws of a fresh process. A registration in a forked child never hands that back, so the parent
+    runs one iteration on a 16 x 16 image first (~7 ms); tests/test_engine_fidelity.py compares
+    elastix's draws with the bridge engine's digit by digit.
+    """
+    import itk
+    import numpy as np
+
+    image = itk.image_from_array(np.random.default_rng(0).random((16, 16)).astype(np.float32))
+    parameter_object = itk_attribute("ParameterObject").New()
+    pmap = parameter_object.GetDefaultParameterMap("translation", 1)
+    pmap["MaximumNumberOfIterations"] = ["1"]
+    parameter_object.AddParameterMap(pmap)
+    run_itk_elastix(image, image, parameter_object=parameter_object)
+
+
 def elastix_log_cause(log_path: str | Path, limit: int = 600) -> str:
     """elastix's error lines in its log, joined on one line ("" when none or no log).
 
@@ -233,3 +255,37 @@ def as_float_image(image: itk.Image) -> itk.Image:
     if itk.template(image)[1][0] is itk.F:
         return image
     return itk.cast_image_filter(image, ttype=(type(image), itk.Image[itk.F, dim]))
+
+
+def itk_elastix_keywords() -> frozenset:
+    """The keywords ``itk.elastix_registration_method`` takes, snake_case: one per ``Set<Name>`` method of
+    ``ElastixRegistrationMethod`` (ITK's ``itk/support/extras.py`` ``set_inputs`` calls
+    ``"Set" + snake_to_camel_case(keyword)`` and fails with AttributeError when there is none)."""
+    from itk.support.helpers import camel_to_snake_case
+
+    method = next(iter(itk_attribute("ElastixRegistrationMethod").values()))  # any one image type
+    setters = {camel_to_snake_case(name[3:]) for name in dir(method) if name.startswith("Set") and name != "Set"}
+    return frozenset(setters | {"auto_progress", "template_parameters"})  # the two set_inputs takes itself
+
+
+def check_keywords(keywords: Mapping[str, Any], own: Sequence[str] = ()) -> None:
+    """Every keyword is one itk-elastix takes (or one of ``own``, the caller's further arguments): a typo
+    (``fixed_maks``) is named as unknown, with the nearest known keyword, before any work.
+
+    Raises:
+        TypeError: naming the unknown keyword and what it was likely meant to be (as Python's own
+            "unexpected keyword argument").
+    """
+    import difflib
+
+    from itk.support.helpers import camel_to_snake_case
+
+    known = itk_elastix_keywords() | set(own)
+    for key in keywords:
+        if key in known or camel_to_snake_case(key) in known:  # itk also takes CamelCase (FixedMask)
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = (f"did you mean {close[0]!r}? Fix its spelling" if close else
+                f"it is none of itk-elastix's keywords ({', '.join(sorted(known - set(own)))})"
+                + (f" nor {', '.join(own)}" if own else "") + "; remove it")
+        raise TypeError(f"elastix_registration_method() got an unknown keyword argument {key!r}: {hint}")

@@ -66,7 +66,6 @@ __all__ = [
     "set_jit_state",
     "supported_torch_range",
     "torch_supported",
-    "validate_model_output",
 ]
 
 PLUGIN_ENV = "ELASTIX_BRIDGE_PLUGIN"
@@ -652,6 +651,24 @@ def jit_optimization_disabled() -> Iterator[None]:
         set_jit_state(previous)
 
 
+def model_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a model file, as the text after ``"<key> '<value>': "``; None when it is a file.
+
+    Missing, empty, a folder, a device: :func:`elastix_bridge.core.files.input_file_problem`.
+    """
+    from elastix_bridge.core.files import input_file_problem
+    from elastix_bridge.models.mind import RESERVED_MODELS
+
+    problem = input_file_problem(Path(path).expanduser() if str(path).strip() else path)
+    if problem is None:
+        return None
+    fix = (f"give an existing TorchScript file (an absolute path avoids working-directory surprises) or a built-in "
+           f"model name ({', '.join(RESERVED_MODELS)})")
+    if problem.startswith(("does not exist", "is a symbolic link")):
+        return f"model file not found; {fix}"
+    return f"the model path {problem.split(';')[0]}; {fix}"
+
+
 def load_feature_model(path: str | Path, device: torch.device | str, half: bool = False, *,
                        parameter: str = "ImpactModelsPath") -> Any:
     """Load a feature model with upstream's conventions (docs/design.md §I3.1–§I3.5).
@@ -669,7 +686,8 @@ def load_feature_model(path: str | Path, device: torch.device | str, half: bool 
         ``forward(x, n_layers, stats, direction)``).
 
     Raises:
-        ImpactModelError: missing file, not a model, no usable forward.
+        ImpactModelError: missing file (or a folder, a device, an empty path: :func:`model_file_problem`), not a
+            model, no usable forward.
         ImpactUnavailableError: torch/plugin unavailable, or the model cannot be moved to `device`.
     """
     plugin = load_plugin()
@@ -677,10 +695,9 @@ def load_feature_model(path: str | Path, device: torch.device | str, half: bool 
     where = f"{parameter} {str(path)!r}"
     if not p.is_absolute():
         where += f" (relative to the current working directory {os.getcwd()})"
-    if not p.is_file():
-        raise ImpactModelError(f"{where}: model file not found; give an existing TorchScript file (an absolute "
-                               "path avoids working-directory surprises) or a built-in model name "
-                               "(mind-ssc-2d, mind-ssc-3d)")
+    problem = model_file_problem(path)
+    if problem:
+        raise ImpactModelError(f"{where}: {problem}")
     # A process that registers pair after pair (a batch worker) loads each model once: the models are
     # read-only (eval mode, frozen weights), and a changed file is a new key.
     stat = p.stat()
@@ -701,39 +718,3 @@ def load_feature_model(path: str | Path, device: torch.device | str, half: bool 
     _models[key] = model
     return model
 
-
-def validate_model_output(outputs: Any, n_layers: int, where: str) -> None:
-    """Check a model result's list structure against docs/design.md §I3.3.
-
-    The full feature-model contract (batch, channels, spatial axes, dtype, finite values,
-    differentiability), which the engine and ``model inspect`` apply, is
-    :mod:`elastix_bridge.runtime.model_contract`.
-
-    Args:
-        outputs: what ``FeatureModel.forward`` (or a model) returned.
-        n_layers: expected list length (the layers-mask length).
-        where: the model (path / option) named in error messages.
-
-    Raises:
-        ImpactModelError: not a list, wrong length, or an entry that is not a tensor of >= 3 dims
-            ``[B, F, *spatial]``.
-    """
-    torch = require_torch()
-    if not isinstance(outputs, list):
-        raise ImpactModelError(
-            f"model {where} returned {type(outputs).__name__}; it must return a list of {n_layers} feature maps "
-            "[B, C, *spatial]"
-        )
-    if len(outputs) != n_layers:
-        raise ImpactModelError(
-            f"model {where} returned {len(outputs)} feature maps but the layers mask has {n_layers} entries; "
-            "the mask length must equal the number of layers the model returns"
-        )
-    for i, out in enumerate(outputs):
-        if not isinstance(out, torch.Tensor):
-            raise ImpactModelError(f"model {where}: output {i} is a {type(out).__name__}, not a tensor")
-        if out.dim() < 3:
-            raise ImpactModelError(
-                f"model {where}: output {i} has shape {list(out.shape)}; feature maps must be [B, C, *spatial] "
-                "(at least 3 dimensions)"
-            )

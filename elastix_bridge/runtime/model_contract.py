@@ -8,12 +8,14 @@ of 1 for any batch makes one sample stand for all; 0 channels divide by zero). H
 batch of :data:`PROBE_BATCH`, checks that the model returns (docs/design.md §I3.3):
 
 * a list with one entry per ``ImpactLayersMask`` entry (the plugin refuses tensors, tuples, dicts);
-* for every selected layer a floating-point tensor ``[B, C, *spatial]`` with B the input batch,
+* for every selected layer a real floating-point tensor (not bool, integer or complex, which the plugin
+  would cast to float32) ``[B, C, *spatial]`` with B the input batch,
   ``C >= 1``, exactly ``ImpactDimension`` non-empty spatial axes, finite values;
 * for Jacobian mode, an output that depends on the input through autograd and a finite input gradient;
 * for Static whole-image models (``ImpactPatchSize 0``), the same channel count at two input sizes.
 
-The same checks serve the engine (:func:`elastix_bridge.engine.metrics.impact.check_level_models`),
+The same checks serve the engine (:func:`elastix_bridge.engine.metrics.impact.check_level_models`; the
+command and the API run it before they take the output folder, :func:`elastix_bridge.api.check_bridge_models`),
 ``plan --probe-models`` and ``model inspect``. Each violation names the model file, the level, the
 layer, what was found and what is expected. torch is imported inside the functions (``import
 elastix_bridge`` never imports it).
@@ -207,18 +209,13 @@ def _forward(model, use: ModelUse, x, stats, direction):
 def _check_differentiable(model, use: ModelUse, path: str, x, outputs, stats, direction, required: bool) -> None:
     """Jacobian mode: every selected layer depends on the input through autograd, with a finite gradient.
 
-    An output that does not require grad is either an integer map (cast to float32 by the plugin; named
-    as such in every mode) or a detached one (refused where ``required``).
+    An output that does not require grad (and is floating point, :func:`_check_dtypes`) is detached: refused
+    where ``required``.
     """
     import torch
 
     detached = [j for j in use.selected if not outputs[j].requires_grad]
     if detached:
-        dtypes = raw_output_dtypes(model, path, x, use.n_layers, stats, direction)
-        for j in detached:
-            if j < len(dtypes) and not dtypes[j].is_floating_point:
-                raise _layer(use, j, f"the model returned {str(dtypes[j]).replace('torch.', '')} features",
-                             "feature maps must be floating point (float32, float16 or float64)")
         if required:
             raise _layer(use, detached[0], "the output does not depend on the input through autograd (a detach(), "
                          "torch.no_grad() or a non-differentiable operation such as argmax or round)",
@@ -275,6 +272,21 @@ def probe_model(model: Any, use: ModelUse, path: str, channels: int, tile_zyx: S
         return found
 
 
+def _check_dtypes(model, use: ModelUse, path: str, x, stats, direction) -> None:
+    """Refuse a selected layer whose raw output is not real floating point (bool, integer, complex).
+
+    The plugin casts every output to float32 (plugin/impact_plugin.cpp, ``FeatureModel::forward``): an integer or bool map would pass
+    as coarse features, and a complex one loses its imaginary part with only torch's C++ warning.
+    """
+    dtypes = raw_output_dtypes(model, path, x, use.n_layers, stats, direction)
+    for j in use.selected:
+        if j < len(dtypes) and not dtypes[j].is_floating_point:
+            found = str(dtypes[j]).replace("torch.", "")
+            fix = " (return x.real, x.abs() or both as channels)" if dtypes[j].is_complex else ""
+            raise _layer(use, j, f"the model returned {found} features",
+                         f"feature maps must be real floating point (float32, float16 or float64){fix}")
+
+
 def _probe_at(model, use: ModelUse, path: str, channels: int, shape: tuple, jacobian: bool, image_dimension: int,
               device, half: bool) -> list:
     """One contract probe at one input shape (z, y, x); see :func:`probe_model`."""
@@ -287,6 +299,7 @@ def _probe_at(model, use: ModelUse, path: str, channels: int, shape: tuple, jaco
     with torch.enable_grad() if with_grad else torch.no_grad():
         outputs = _forward(model, use, x, stats, direction)
         found = check_outputs(outputs, use, PROBE_BATCH)
+        _check_dtypes(model, use, path, x, stats, direction)
         for j in use.selected:
             check_finite(outputs[j], use, j, half)
         if with_grad:

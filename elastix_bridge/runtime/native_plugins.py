@@ -80,6 +80,7 @@ __all__ = [
     "plugins_on_loader_path",
     "preload_native_plugin",
     "preloaded_native_plugins",
+    "native_plugin_offered",
     "read_elf_dynamic",
     "trial_preload",
 ]
@@ -706,6 +707,22 @@ def preload_native_plugin(path: str | Path | None = None) -> Optional[Path]:
     log.info("Preloaded the native IMPACT plugin %s (SONAME %s, %s); elastix's lazy loader will use it for "
              '(Metric "Impact").', so_path, soname, check.kind)
     return so_path
+
+
+def native_plugin_offered() -> bool:
+    """Whether itk-elastix's elastix may find an IMPACT plugin for ``(Metric "Impact")``.
+
+    True when one is preloaded, ``$ELASTIX_BRIDGE_NATIVE_PLUGIN`` names one (its own checks come when
+    it is preloaded), or a plugin file lies where elastix's bare-name ``dlopen`` looks
+    (:func:`plugins_on_loader_path`, then the system folders through ``ldconfig``'s cache, as
+    ``MainBase::TryLoadComponentPlugin`` in elastix ``Core/Kernel/elxMainBase.cxx`` leaves it to the
+    dynamic loader). False means elastix would fail with "component could not be created: Impact".
+    """
+    import ctypes.util
+
+    if preloaded_native_plugins() or os.environ.get(NATIVE_PLUGIN_ENV, "").strip() or plugins_on_loader_path():
+        return True
+    return any(ctypes.util.find_library(name[3:-3]) for name in PLUGIN_NAMES)  # "libX.so" -> "X"
 
 
 def preloaded_native_plugins() -> dict:

@@ -217,6 +217,13 @@ def _check_pca(level: int, layer: int, components: int, channels: int) -> None:
             f"{layer} has only {channels} channels; use 0 (off) or a number <= {channels}")
 
 
+#: Contract probes passed in this process: ``(id(model), ModelConfig, level, mode, D, device) -> (model, channels)``.
+#: The command and the API probe before they take the output folder (:func:`elastix_bridge.engine.registration.
+#: check_stage_models`), the stage again when it starts; the loader's model cache makes the second a lookup.
+#: The model is kept in the value so that its id is not reused.
+_PROBED: dict = {}
+
+
 def _probe_set(models, configs, which: str, config: ImpactLevelConfig, image_dimension: int, device, done: dict):
     """Contract probe of one model set; a model already probed with the same settings is not run again."""
     from elastix_bridge.core.impact_parameters import resolve_model_path
@@ -224,13 +231,16 @@ def _probe_set(models, configs, which: str, config: ImpactLevelConfig, image_dim
 
     found = []
     for model, cfg in zip(models, configs):
-        if (id(model), cfg) not in done:
-            done[id(model), cfg] = probe_model(
+        key = (id(model), cfg, config.level, config.mode, image_dimension, str(device))
+        if key not in done:
+            if len(done) >= 64:  # a batch worker probing many models: forget the oldest
+                done.pop(next(iter(done)))
+            done[key] = model, probe_model(
                 model, _use(cfg, which, config.level), str(getattr(model, "path", resolve_model_path(cfg.path))),
                 cfg.channels,
                 tuple(reversed(cfg.patch_size)), jacobian=config.mode == "Jacobian", image_dimension=image_dimension,
                 device=device, half=bool(getattr(model, "half", False)))
-        found += done[id(model), cfg]
+        found += done[key][1]
     return found
 
 
@@ -260,9 +270,8 @@ def check_level_models(config: ImpactLevelConfig, models: tuple[Sequence[Any], S
     """
     from elastix_bridge.runtime.model_contract import check_channel_options
 
-    done: dict = {}
-    fixed = _probe_set(models[0], config.fixed_models, "fixed", config, image_dimension, device, done)
-    moving = _probe_set(models[1], config.moving_models, "moving", config, image_dimension, device, done)
+    fixed = _probe_set(models[0], config.fixed_models, "fixed", config, image_dimension, device, _PROBED)
+    moving = _probe_set(models[1], config.moving_models, "moving", config, image_dimension, device, _PROBED)
     _check_paired(config.level, fixed, moving)
     check_channel_options(config.level, fixed, config.subset_features, config.pca, static=config.mode == "Static")
 
