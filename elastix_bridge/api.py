@@ -155,6 +155,10 @@ def elastix_registration_method(fixed_image: itk.Image, moving_image: itk.Image,
     from elastix_bridge.validation import CHAIN_KEYWORDS, validate_request
 
     maps = [] if parameter_object is None else parameter_maps_from_object(parameter_object)
+    if parameter_object is not None and not maps:  # an empty itk.ParameterObject: itk-elastix fails inside the filter
+        raise ValueError("parameter_object holds no parameter map, so there is nothing to run; add one (e.g. "
+                         "parameter_object.AddParameterMap(parameter_object.GetDefaultParameterMap('rigid'))), or "
+                         "pass None for itk-elastix's default maps")
     if engine == "bridge" and not maps:
         raise ValueError("engine='bridge' needs a parameter object: the bridge engine has no default maps")
     native = None

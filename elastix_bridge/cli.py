@@ -608,14 +608,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     command = COMMANDS.get(argv[0]) if argv else None
     try:
-        if command:
-            return command(argv[1:])
         # SIGTERM / SIGHUP (timeout, Slurm, docker stop, a closed terminal) clean up as Ctrl-C does.
         with signals_interrupt((signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
-            return run_registration(argv)
+            return command(argv[1:]) if command else run_registration(argv)
     except KeyboardInterrupt as interruption:
-        print(f"elastix-bridge: {interruption_text(interruption)}; this run's outputs were removed (the reason is at "
-              "the end of elastix.log when the run had started); run it again to get a result", file=sys.stderr)
+        if command is run_batch:
+            what = ("the pairs registered so far are kept, the unfinished ones removed; run the same command again "
+                    "to register the rest")
+        elif command is None:
+            what = ("this run's outputs were removed (the reason is at the end of elastix.log when the run had "
+                    "started); run it again to get a result")
+        else:
+            what = "stopped before it finished"
+        print(f"elastix-bridge: {interruption_text(interruption)}; {what}", file=sys.stderr)
         if as_process:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -285,13 +285,31 @@ def _check_format_writes(fmt: str, pixel: str, dimension: Optional[int]) -> None
                              f"or (WriteResultImage \"false\")")
     allowed = RESULT_FORMAT_PIXEL_TYPES.get(fmt)
     if allowed is None or RESULT_PIXEL_TYPES[pixel] in allowed:
+        _check_wrapped_pixel_type(fmt, pixel)
         return
-    names = [f'"{name}"' for name in _CANONICAL_PIXEL_NAMES if RESULT_PIXEL_TYPES[name] in allowed]
+    from elastix_bridge.core.result_images import UNWRAPPED_TYPES
+
+    names = [f'"{name}"' for name in _CANONICAL_PIXEL_NAMES
+             if RESULT_PIXEL_TYPES[name] in allowed and RESULT_PIXEL_TYPES[name] not in UNWRAPPED_TYPES]
+    holders = '"mha", "mhd"' if RESULT_PIXEL_TYPES[pixel] in UNWRAPPED_TYPES else '"mha", "nii.gz", "nrrd"'
     raise ParameterError(
         f"(ResultImageFormat \"{fmt}\") with (ResultImagePixelType \"{pixel}\"): ITK's {fmt} writer cannot write "
         f"{RESULT_PIXEL_TYPES[pixel]} pixels, so the result image would fail after the registration; use "
         f"(ResultImagePixelType {names[0]})" + (f" (or {', '.join(names[1:])})" if names[1:] else "")
-        + f" for {fmt}, or a format that writes {pixel} (\"mha\", \"nii.gz\", \"nrrd\")")
+        + f" for {fmt}, or a format that writes {pixel} ({holders})")
+
+
+def _check_wrapped_pixel_type(fmt: str, pixel: str) -> None:
+    """char and (unsigned) long results are written as MetaImage only (core/result_images.py): ITK's
+    Python wrapping, which writes them, has no image of those types."""
+    from elastix_bridge.core.elastix_names import RESULT_PIXEL_TYPES
+    from elastix_bridge.core.result_images import METAIMAGE_FORMATS, UNWRAPPED_TYPES
+
+    if RESULT_PIXEL_TYPES[pixel] in UNWRAPPED_TYPES and fmt not in METAIMAGE_FORMATS:
+        raise ParameterError(
+            f"(ResultImageFormat \"{fmt}\") with (ResultImagePixelType \"{pixel}\"): ITK's Python wrapping, which "
+            f"writes the result here, has no {RESULT_PIXEL_TYPES[pixel]} image, so only MetaImage can hold it; use "
+            f"(ResultImageFormat \"mha\") or \"mhd\", or another pixel type (\"short\", \"int\")")
 
 
 _KNOWN_IMPACT_KEYS = ("Impact[Fixed|Moving]{ModelsPath, Dimension, NumberOfChannels, PatchSize, VoxelSize, "

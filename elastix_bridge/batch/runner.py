@@ -597,17 +597,19 @@ def register_many(pairs, parameter_object, output_directory: str | Path, client=
                 log.warning("batch: pair %s is registered again: %s", pair.id, why)
             todo.append(pair)
             (state / "attempts" / pair.id).unlink(missing_ok=True)
-    if todo:
-        log.info("batch: %d pair(s) to register, %d skipped (complete and unchanged)", len(todo),
-                 len(pairs) - len(todo))
-        with _client(client, scheduler, size, retries, gpus) as dask_client:
-            if dask_client.dashboard_link and client is None:
-                print(f"elastix-bridge batch: Dask dashboard at {dask_client.dashboard_link}", file=sys.stderr)
-            records.update(_run(dask_client, todo, settings, digest_of, gpus, state,
-                                sys.stderr.isatty() if progress is None else progress, tqdm))
+    try:
+        if todo:
+            log.info("batch: %d pair(s) to register, %d skipped (complete and unchanged)", len(todo),
+                     len(pairs) - len(todo))
+            with _client(client, scheduler, size, retries, gpus) as dask_client:
+                if dask_client.dashboard_link and client is None:
+                    print(f"elastix-bridge batch: Dask dashboard at {dask_client.dashboard_link}", file=sys.stderr)
+                records.update(_run(dask_client, todo, settings, digest_of, gpus, state,
+                                    sys.stderr.isatty() if progress is None else progress, tqdm))
+    finally:  # also when interrupted (the LocalCluster is closed by then): a pair is complete or absent
+        shutil.rmtree(state / "tmp", ignore_errors=True)
     ordered = [records[p.id] for p in pairs]
     write_summary(root, ordered)
-    shutil.rmtree(state / "tmp", ignore_errors=True)
     return ordered
 
 

@@ -15,6 +15,7 @@ import pytest
 from elastix_bridge.core.elastix_names import RESULT_FORMAT_2D_ONLY, RESULT_FORMAT_PIXEL_TYPES, RESULT_PIXEL_TYPES
 from elastix_bridge.core.geometry import ImageGeometry
 from elastix_bridge.core.parameters import ParameterMap
+from elastix_bridge.core.result_images import UNWRAPPED_TYPES
 from tests.helpers import assert_one_line_error, elastix_map, impact_parameters, registration_args, run, \
     write_parameter_file
 
@@ -81,6 +82,8 @@ def test_format_and_pixel_type_are_checked_before_work(fmt, pixel):
 
     maps = [pmap(ResultImageFormat=fmt, ResultImagePixelType=pixel)]
     if RESULT_PIXEL_TYPES[pixel] in RESULT_FORMAT_PIXEL_TYPES[fmt]:
+        if RESULT_PIXEL_TYPES[pixel] in UNWRAPPED_TYPES:  # written as MetaImage only: test_unwrapped_types_...
+            return
         validate_maps(maps, dimension=2)  # what elastix writes is accepted
         return
     with pytest.raises(ValueError) as error:
@@ -90,6 +93,17 @@ def test_format_and_pixel_type_are_checked_before_work(fmt, pixel):
     assert f'(ResultImageFormat "{fmt}")' in message and f'(ResultImagePixelType "{pixel}")' in message
     assert "ResultImagePixelType \"" + [n for n in PIXEL_NAMES if RESULT_PIXEL_TYPES[n] in
                                          RESULT_FORMAT_PIXEL_TYPES[fmt]][0] in message.split("use", 1)[1]
+
+
+@pytest.mark.parametrize("fmt", ["nii", "nii.gz", "nrrd", "tif"])
+@pytest.mark.parametrize("pixel", ["char", "long", "unsigned long"])
+def test_unwrapped_types_outside_metaimage_are_refused_before_work(fmt, pixel):
+    """char and (unsigned) long are written as MetaImage only; elsewhere refused before work, with the fix."""
+    from elastix_bridge.validation import validate_maps
+
+    validate_maps([pmap(ResultImageFormat="mha", ResultImagePixelType=pixel)], dimension=2)
+    with pytest.raises(ValueError, match=rf'"{pixel}"\): .*"mha"'):
+        validate_maps([pmap(ResultImageFormat=fmt, ResultImagePixelType=pixel)], dimension=2)
 
 
 @pytest.mark.parametrize("fmt", RESULT_FORMAT_2D_ONLY)

@@ -163,3 +163,17 @@ def test_api_takes_any_iterable_of_maps():
     maps = parameter_maps_from_object(_generator())
     assert len(maps) == 1 and maps[0].get("Metric") == "Impact"
     assert len(parameter_maps_from_object(m for m in [impact_parameters(), impact_parameters()])) == 2
+
+
+def test_an_empty_parameter_object_is_refused_before_work(tmp_path):
+    """An itk.ParameterObject with no map: named before any work (itk-elastix fails inside its filter)."""
+    import elastix_bridge
+
+    itk = pytest.importorskip("itk")
+    image = itk.image_from_array(np.zeros((16, 16), np.float32))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError, match="holds no parameter map.*AddParameterMap"):
+        elastix_bridge.elastix_registration_method(image, image, parameter_object=itk.ParameterObject.New(),
+                                                   output_directory=str(out))
+    assert list(out.iterdir()) == []

@@ -130,3 +130,36 @@ def test_python_api_ctrl_c_stops_an_elastix_stage_at_once_and_leaves_the_program
     assert sorted(p.name for p in out.iterdir()) == ["elastix.log"]
     assert "interrupted by SIGINT" in (out / "elastix.log").read_text()
     assert {number: signal.getsignal(number) for number in handlers} == handlers
+
+
+def test_sigterm_stops_a_batch_and_leaves_no_unfinished_pair(inputs, tmp_path):
+    """SIGTERM to `elastix-bridge batch` while a pair registers: exit 143 with the cause, the LocalCluster
+    closed, no unfinished pair folder in .batch/tmp, no lock anywhere under -out."""
+    maps = _long_maps(tmp_path)
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text(f"id,fixed,moving\np1,{inputs['fixed']},{inputs['moving']}\n")
+    out = tmp_path / "cohort"
+    cmd = [sys.executable, "-m", "elastix_bridge.cli", "batch", str(manifest), "-p", str(maps["bridge"]),
+           "-out", str(out), "--workers", "1", "--threads-per-worker", "1", "--no-progress"]
+    process = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        pair_folders = list((out / ".batch" / "tmp").glob("p1-*")) if (out / ".batch" / "tmp").is_dir() else []
+        if any(_stage_running(folder, "bridge") for folder in pair_folders):
+            break
+        time.sleep(0.1)
+    assert process.poll() is None, process.stderr.read()
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    try:
+        code = process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    err = process.stderr.read()
+    assert code == 128 + signal.SIGTERM, err
+    assert time.monotonic() - sent < 30, "the batch took too long to stop"
+    assert "interrupted by SIGTERM" in err and "run the same command again" in err, err
+    assert not list((out / ".batch" / "tmp").glob("*")) if (out / ".batch" / "tmp").exists() else True
+    assert not (out / "p1").exists()  # an unfinished pair is absent, never half there
+    assert not list(out.rglob(".elastix-bridge.lock"))
