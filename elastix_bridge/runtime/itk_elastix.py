@@ -184,8 +184,9 @@ def _settle_random_state() -> None:
     through the command), elastix's next registration draws other samples (a Random-sampler run's
     first IterationInfo rows differ), and a finished in-process elastix registration restores the
     draws of a fresh process. A registration in a forked child never hands that back, so the parent
-    runs one iteration on a 16 x 16 image first (~7 ms); tests/test_engine_fidelity.py compares
-    elastix's draws with the bridge engine's digit by digit.
+    runs one iteration on a 16 x 16 image first (~7 ms). A pair in a batch worker then registers as
+    in a fresh process, whatever ran there before; tests/test_engine_fidelity.py compares elastix's
+    draws with the bridge engine's digit by digit.
     """
     import itk
     import numpy as np
