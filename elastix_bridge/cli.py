@@ -544,8 +544,10 @@ def run_demo(argv: Sequence[str]) -> int:
 
 def run_plan(argv: Sequence[str]) -> int:
     from elastix_bridge.core.files import check_input_file
+    from elastix_bridge.core.image_io import read_image_geometry
     from elastix_bridge.core.parameters import read_parameter_file
     from elastix_bridge.plan import plan_registration
+    from elastix_bridge.validation import validate_maps
 
     not_planned = ("is a flag of the registration, not of `elastix-bridge plan`, which runs and writes nothing: "
                    "leave it out")
@@ -569,8 +571,14 @@ def run_plan(argv: Sequence[str]) -> int:
                        (args.mMask, "moving mask (-mMask)"), *((q, "parameter file (-p)") for q in args.p)):
         if path is not None:
             check_input_file(path, what)
-    maps = [m for path in args.p for m in read_parameter_file(path)]
-    plan = plan_registration(args.f, args.m, maps, args.fMask, args.mMask, args.engine, probe_models=args.probe_models)
+    maps_by_file = [(path, m) for path in args.p for m in read_parameter_file(path)]
+    maps = [m for _, m in maps_by_file]
+    # The registration's own map check (run_registration), so that plan refuses what the run refuses.
+    geometries = (read_image_geometry(args.f, "fixed image (-f)"), read_image_geometry(args.m, "moving image (-m)"))
+    validate_maps(maps, _engines(maps, args.engine), geometries=geometries,
+                  names=[f"-p {path}" for path, _ in maps_by_file], warn=False)
+    plan = plan_registration(geometries[0], geometries[1], maps, args.fMask, args.mMask, args.engine,
+                             probe_models=args.probe_models)
     print(plan.format())
     return 0
 

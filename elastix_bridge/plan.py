@@ -509,12 +509,14 @@ def plan_registration(fixed_image: itk.Image | str | Path | ImageGeometry,
         ValueError: invalid schedules or Impact keys (elastix_bridge.core.impact_parameters.ImpactParameterError),
             an unknown engine, images of different dimensions or of one a stage does not run (4D for Impact
             stages; :func:`elastix_bridge.validation.check_supported_dimension`), images too small for a map's pyramid.
+        elastix_bridge.engine.components.UnsupportedComponentError: an Impact map planned on the elastix engine
+            without a native IMPACT plugin (as the registration refuses it).
         elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError: with
             ``probe_models``, a model that cannot be loaded or run.
     """
     from elastix_bridge.api import stage_engines, uses_impact
     from elastix_bridge.core.parameters import parameter_maps_from_object
-    from elastix_bridge.validation import check_supported_dimension
+    from elastix_bridge.validation import _check_native_plugin, check_supported_dimension
 
     maps = parameter_maps_from_object(parameter_object)
     fixed, moving = _geometry(fixed_image), _geometry(moving_image)
@@ -523,6 +525,8 @@ def plan_registration(fixed_image: itk.Image | str | Path | ImageGeometry,
                          "elastix needs equal dimensions")
     for pmap, stage_engine in zip(maps, stage_engines(maps, engine)):  # before anything indexes an axis
         check_supported_dimension(fixed.dimension, uses_impact(pmap), stage_engine == "bridge")
+        if uses_impact(pmap) and stage_engine == "elastix":  # as the registration's validate_maps
+            _check_native_plugin()
     _check_pyramids(maps, fixed, moving)
     probes = known_model
     if probe_models:

@@ -246,6 +246,28 @@ def _check_result_keys(pmap, dimension: Optional[int] = None) -> None:
         _check_format_writes(fmt, pixel, dimension)
 
 
+def _check_internal_pixel_types(pmap, dimension: int) -> None:
+    """``Fixed/MovingInternalImagePixelType``: one type for both that itk-elastix's build runs in ``dimension``
+    (:data:`~elastix_bridge.core.elastix_names.INTERNAL_PIXEL_TYPES`); elastix refuses others only after the
+    images are read, and a chain after its earlier stages have run."""
+    from elastix_bridge.core.elastix_names import INTERNAL_PIXEL_TYPES
+
+    accepted = INTERNAL_PIXEL_TYPES.get(dimension, ("float",))
+    types = {key: pmap.get(key, default="float") for key in ("FixedInternalImagePixelType",
+                                                              "MovingInternalImagePixelType")}
+    for key, value in types.items():
+        if value not in accepted:
+            raise ParameterError(
+                f"({key} \"{value}\"): itk-elastix's elastix is built for {dimension}D internal pixel type(s) "
+                f"{', '.join(accepted)} only (its ELASTIX_IMAGE_{dimension}D_PIXELTYPES); use "
+                f"({key} \"float\") or leave the key out (elastix's default, float)")
+    if len(set(types.values())) > 1:
+        raise ParameterError(
+            f"(FixedInternalImagePixelType \"{types['FixedInternalImagePixelType']}\") and "
+            f"(MovingInternalImagePixelType \"{types['MovingInternalImagePixelType']}\") differ: itk-elastix's "
+            f"elastix runs only equal fixed and moving internal pixel types; give both the same type")
+
+
 def _check_format_spelling(fmt: str) -> None:
     """A ``ResultImageFormat`` that elastix (and ITK) would write under another name than ``result.<k>.<fmt>``.
 
@@ -496,6 +518,46 @@ def _check_static_grids(configs, fixed) -> None:
                         "along that axis, or check the image's spacing")
 
 
+#: Voxels per axis an IMPACT level image needs: with 1 the Static feature maps and the Jacobian patches are
+#: interpolated from one value, so the features are constant, the metric 0 and the transform the identity.
+IMPACT_LEVEL_MINIMUM = 2
+
+
+def _check_impact_level_sizes(pmap, levels: int, geometries) -> None:
+    """Bridge Impact stages: every pyramid level keeps :data:`IMPACT_LEVEL_MINIMUM` voxels per axis or more.
+
+    The Shrinking, Recursive and Generic pyramids make a level of ``max(1, floor(n / f))`` voxels per axis
+    (ITK ``ShrinkImageFilter`` / ``MultiResolutionPyramidImageFilter``;
+    :func:`elastix_bridge.engine.images.pyramids.downsampled_geometry`); the Smoothing pyramid keeps the size.
+
+    Raises:
+        ParameterError: naming the level, the pyramid and its factors, the image and level sizes and the fix.
+    """
+    from elastix_bridge.engine.images.pyramids import downsampled_geometry, pyramid_base_kind
+    from elastix_bridge.engine.registration import map_pyramid_schedule
+
+    for which, geometry in zip(("Fixed", "Moving"), geometries):
+        kind = pmap.get(f"{which}ImagePyramid", default=f"{which}SmoothingImagePyramid")
+        try:
+            if pyramid_base_kind(kind) == "SmoothingImagePyramid":
+                continue
+            schedule = map_pyramid_schedule(pmap, which, kind, levels, geometry)
+        except ValueError:
+            continue  # a pyramid the bridge does not model, or a schedule the stage's own check names
+        for level in range(levels):
+            factors = [int(f) for f in schedule.rescale[level]]
+            size = downsampled_geometry(geometry, factors).size
+            small = [a for a, n in enumerate(size) if n < IMPACT_LEVEL_MINIMUM <= geometry.size[a]]
+            if small:
+                a, axes, full = small[0], "xyzt"[:len(size)], " × ".join(map(str, geometry.size))
+                raise ParameterError(
+                    f"level {level}: the {kind} shrinks the {which.lower()} image ({full} "
+                    f"voxels in {', '.join(axes)}) by {' '.join(map(str, factors))} to {' × '.join(map(str, size))} "
+                    f"voxels, {size[a]} along {axes[a]}: the IMPACT features would be constant and the metric 0; use "
+                    f"{which}ImagePyramidSchedule factors of at most {geometry.size[a] // IMPACT_LEVEL_MINIMUM} along "
+                    f"{axes[a]}, or a larger image")
+
+
 #: ITK ``RecursiveSeparableImageFilter`` (under the recursive Gaussian filters of the Smoothing and Generic
 #: pyramids) refuses "fewer than 4 pixels along the dimension to be processed".
 RECURSIVE_GAUSSIAN_MINIMUM = 4
@@ -624,9 +686,11 @@ def validate_maps(maps: Sequence[ParameterMap], engines: Optional[Sequence[str]]
             IMPACT plugin.
         ParameterError: a value of the wrong type or range, a schedule of the wrong length, a result key
             that cannot be written (a format × pixel type ITK's writer refuses, a ``ResultImageFormat`` with a
-            leading dot or an upper-case MetaImage/NIfTI extension), an unknown ``Impact…`` key in
+            leading dot or an upper-case MetaImage/NIfTI extension), a ``Fixed/MovingInternalImagePixelType``
+            itk-elastix's build does not run in ``dimension`` D, an unknown ``Impact…`` key in
             an Impact map, an ``ImpactFeatureMapOutputDirectory`` that cannot be a folder, images too small
-            for a pyramid, a Jacobian patch larger than an image.
+            for a pyramid, a Jacobian patch larger than an image, a bridge Impact level image of 1 voxel
+            along an axis (:func:`_check_impact_level_sizes`).
         ImpactParameterError: a missing or malformed IMPACT option at some level.
         InputImageError: images of a dimension the stage does not run (:func:`check_supported_dimension`).
     """
@@ -658,6 +722,7 @@ def validate_maps(maps: Sequence[ParameterMap], engines: Optional[Sequence[str]]
             levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
             components = check_components(pmap) if bridge else None
             if dimension is not None:
+                _check_internal_pixel_types(pmap, dimension)
                 _check_against_dimension(pmap, where, levels, dimension, warn)
                 if bridge:
                     check_stage_settings(pmap, components, levels, dimension)
@@ -672,6 +737,7 @@ def validate_maps(maps: Sequence[ParameterMap], engines: Optional[Sequence[str]]
                         _check_patches_fit(configs, geometries)
                     if geometries is not None and bridge:
                         _check_static_grids(configs, geometries[0])
+                        _check_impact_level_sizes(pmap, levels, geometries)
                     if bridge:
                         _check_devices(configs)
         except ValueError as error:  # the same error, naming the map

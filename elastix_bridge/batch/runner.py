@@ -63,6 +63,7 @@ class PairSettings:
     engine: str
     threads: Optional[int]  # None: the cores this worker process may use (a cluster's own workers)
     gpu_count: int  # > 0: maps that ask for a GPU get the worker's own (LocalCluster workers 0, 1, ...)
+    started: float = 0.0  # time.time() before the batch checked DIR: later files in DIR/<id> are not from then
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +179,7 @@ def _run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
     record: dict[str, Any] = {"id": pair.id, "status": "complete", "error": "", "attempts": attempts,
                               "hash": digest}
     tic = time.perf_counter()
+    foreign = False  # DIR/<id> written by another run meanwhile
     with PeakRSS() as memory:
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the command's "wrote ..." line
@@ -189,10 +191,12 @@ def _run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
                 record.update(evaluation.target_registration_error(tmp, pair))
             _retarget_chain(tmp, tmp, final)
             record["files"] = _file_sizes(tmp)  # what resume checks is still there
+            _refuse_foreign_folder(final, state, settings.started)  # written meanwhile by another run: kept
             _write_record(state, record)  # before the rename: a kill in between leaves a record, never a stray folder
             _move_into_place(tmp, final, state / "tmp")
             (root / "failed" / f"{pair.id}.log").unlink(missing_ok=True)  # an earlier failure's log is stale now
         except Exception as error:  # the pair's own failure: recorded, the cohort goes on
+            foreign = isinstance(error, ForeignPairFolderError)
             record.update(status="failed", error=str(error).strip() or type(error).__name__)
             (root / "failed").mkdir(exist_ok=True)
             if (tmp / "elastix.log").is_file():
@@ -203,7 +207,53 @@ def _run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
     record.update(wall_s=time.perf_counter() - tic, peak_rss_mb=memory.megabytes)
     _write_record(state, record)
+    if foreign:  # no record: the next batch's start check refuses the folder instead of replacing it
+        (state / "pairs" / f"{pair.id}.json").unlink(missing_ok=True)
     return record
+
+
+class ForeignPairFolderError(RuntimeError):
+    """``DIR/<id>`` was written by another run while the batch ran; the batch keeps it."""
+
+
+def _refuse_foreign_folder(final: Path, state: Path, started: float) -> None:
+    """Refuse to replace a ``DIR/<id>`` that another run wrote after the batch's start checks.
+
+    The batch's own: absent; or a folder with the pair's record, no lock, and no file newer than
+    ``started`` that the record does not list with its size (a retry after a kill following the move).
+
+    Raises:
+        ForeignPairFolderError: ``final`` is a file, holds a run's lock, has no record, or holds newer files.
+    """
+    from elastix_bridge.core.output_folder import LOCK_NAME
+
+    if not final.exists() and not final.is_symlink():
+        return
+    record_path = state / "pairs" / f"{final.name}.json"
+    if not final.is_dir():
+        why = "is a file"
+    elif (final / LOCK_NAME).exists():
+        why = "holds the lock of a run still writing into it"
+    elif not record_path.is_file():
+        why = f"has no record in {record_path.parent}"
+    else:
+        newer = _unrecorded_newer_files(final, record_path, started)
+        why = f"holds {newer[0]}, written after the batch started" if newer else ""
+    if why:
+        raise ForeignPairFolderError(
+            f"{final} was not written by this batch ({why}; another run wrote it while the batch ran), so it is kept "
+            f"and this pair's result was discarded: move {final} away and run the same batch command again")
+
+
+def _unrecorded_newer_files(folder: Path, record_path: Path, started: float) -> list:
+    """Files under ``folder`` modified after ``started`` that the pair's record does not list with their size."""
+    try:
+        listed = json.loads(record_path.read_text()).get("files") or {}
+    except (ValueError, OSError, AttributeError):  # a truncated record lists nothing
+        listed = {}
+    sizes = _file_sizes(folder)
+    return [name for name, size in sizes.items()
+            if (folder / name).stat().st_mtime > started and listed.get(name) != size]
 
 
 def _file_sizes(folder: Path) -> dict[str, int]:
@@ -564,6 +614,7 @@ def register_many(pairs, parameter_object, output_directory: str | Path, client=
         raise ValueError("the output directory (-out) is an empty path (an unset variable?); give the cohort's "
                          "folder (it is created if absent)")
     root = Path(output_directory)
+    started = time.time()  # what appears in DIR/<id> after this check is not the batch's (_refuse_foreign_folder)
     problems = _output_problems(root, pairs, inputs)
     if problems:
         raise ManifestError(f"output directory {root}", problems)
@@ -584,7 +635,8 @@ def register_many(pairs, parameter_object, output_directory: str | Path, client=
     map_files = []
     for k, text in enumerate(texts):
         map_files.append(str(write_atomically(state / "maps" / f"parameters.{k}.txt", lambda f, t=text: f.write(t))))
-    settings = PairSettings(str(root), tuple(map_files), engine, size.threads if size else threads_per_worker, gpus)
+    settings = PairSettings(str(root), tuple(map_files), engine, size.threads if size else threads_per_worker, gpus,
+                            started)
     digest_of = {p.id: pair_hash(p, "".join(texts), {"engine": engine}) for p in pairs}
     records = {}
     todo = []

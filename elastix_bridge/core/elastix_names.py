@@ -162,3 +162,11 @@ RESULT_FORMATS_LOWER_CASE_ONLY = ("mha", "mhd", "nii", "nii.gz", "hdr", "img", "
 #: Result formats whose ITK writer writes 2D images only (``JPEGImageIO``: "JPEG Writer can only write
 #: 2-dimensional images"; ``BMPImageIO``: "BMPImageIO cannot write images with a dimension != 2").
 RESULT_FORMAT_2D_ONLY = ("jpg", "jpeg", "bmp")
+
+#: ``Fixed/MovingInternalImagePixelType`` values itk-elastix's build runs, per image dimension: elastix
+#: instantiates its components only for the types of its CMake settings ``ELASTIX_IMAGE_2D_PIXELTYPES`` /
+#: ``ELASTIX_IMAGE_3D_PIXELTYPES``, each as a (fixed, moving) pair of one type (``elxSupportedImageTypes.h``),
+#: and stops after the images are read with "Failed to cast to the specified internal pixel type"
+#: (``elxLibUtilities.h``) or, for a mixed pair, "Internal elastix error". Found by running a 2-iteration
+#: registration with itk-elastix 0.25.4 here for each elastix type name (char ... double, int8 ... float64).
+INTERNAL_PIXEL_TYPES = {2: ("float",), 3: ("float", "short")}

@@ -47,13 +47,15 @@ def read_image(path: str | Path, what: str = "image") -> itk.Image:
         raise ValueError(f"{what} {path} cannot be read: {_itk_reason(error)}") from None
 
 
-def _itk_reason(error: Exception) -> str:
+def _itk_reason(error: Exception | str) -> str:
     """ITK's own words without its source path and object address, plus the fix for known causes."""
     text = " ".join(line.strip() for line in str(error).splitlines()
                     if line.strip() and not re.match(r"^\S+\.(hxx|cxx|h):\d+:?$", line.strip()))
     text = re.sub(r"ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", text)
-    if "Zero-valued spacing" in text:
-        text += " (the header gives a voxel size of 0 mm: set the spacing, e.g. ElementSpacing in a .mhd, pixdim in a .nii)"
+    if "Zero-valued spacing" in text or "is not a finite number" in text:
+        size = "0" if "Zero-valued" in text else "no finite"
+        text += (f" (the header gives a voxel size of {size} mm: set the spacing, e.g. ElementSpacing in a .mhd, "
+                 "pixdim in a .nii)")
     return text
 
 
@@ -66,7 +68,8 @@ def read_image_geometry(path: str | Path, what: str = "image") -> ImageGeometry:
     Raises:
         FileNotFoundError, IsADirectoryError: as :func:`read_image`.
         ValueError: not a regular file; no ITK reader recognises the file; truncated MetaImage or ``.nii`` data (as
-            :func:`read_image`; a ``.nii.gz`` is not decompressed here).
+            :func:`read_image`; a ``.nii.gz`` is not decompressed here); a zero or non-finite spacing (in
+            :func:`read_image`'s words: ITK's reader refuses it).
     """
     import itk
     import numpy as np
@@ -83,8 +86,33 @@ def read_image_geometry(path: str | Path, what: str = "image") -> ImageGeometry:
     io.SetFileName(str(path))
     io.ReadImageInformation()  # the header only, any pixel type
     n = io.GetNumberOfDimensions()
-    return ImageGeometry([io.GetDimensions(i) for i in range(n)], [io.GetSpacing(i) for i in range(n)],
-                         [io.GetOrigin(i) for i in range(n)], np.column_stack([io.GetDirection(i) for i in range(n)]))
+    spacing = np.array([io.GetSpacing(i) for i in range(n)], dtype=np.float64)
+    _check_header_spacing(spacing, path, what)
+    direction = np.column_stack([io.GetDirection(i) for i in range(n)])
+    # As itk::ImageFileReader::GenerateOutputInformation: a negative spacing is read as its magnitude along the
+    # reversed direction, so that the header's geometry is the read image's.
+    direction[:, spacing < 0] *= -1
+    return ImageGeometry([io.GetDimensions(i) for i in range(n)], np.abs(spacing), [io.GetOrigin(i) for i in range(n)],
+                         direction)
+
+
+def _check_header_spacing(spacing, path: Path, what: str) -> None:
+    """Refuse a zero or non-finite voxel size in a header with the words :func:`read_image` gives for it.
+
+    ITK's reader refuses a zero spacing (``itk::ImageBase::SetSpacing``: "Zero-valued spacing is not
+    supported") and MetaIO reads "nan" / "inf" as 0; a negative one it reads as its magnitude (kept).
+
+    Raises:
+        ValueError: a spacing that is 0, NaN or infinite (names ``what``, ``path`` and the fix).
+    """
+    if all(math.isfinite(s) and s != 0 for s in spacing):
+        return
+    shown = " ".join(f"{s:g}" for s in spacing)
+    if all(math.isfinite(s) for s in spacing):
+        reason = f"Zero-valued spacing is not supported and may result in undefined behavior (spacing {shown})"
+    else:
+        reason = f"spacing {shown} is not a finite number"
+    raise ValueError(f"{what} {path} cannot be read: {_itk_reason(reason)}")
 
 
 def _check_metaimage_data_file(path: Path, what: str) -> None:

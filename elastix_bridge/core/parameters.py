@@ -543,7 +543,10 @@ def read_parameter_file(path: str | Path) -> list[ParameterMap]:
             f"lines: save it as UTF-8") from None
     import itk
 
+    from elastix_bridge.core.interruption import raise_if_swallowed
+
     po = itk.ParameterObject.New()
+    raise_if_swallowed()  # ITK's lazy loading (seconds, just done) loses a Ctrl-C / SIGTERM raised inside it
     try:
         po.ReadParameterFile(str(p))
     except RuntimeError as exc:  # elastix's parser raises itk::ExceptionObject

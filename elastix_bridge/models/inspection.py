@@ -27,6 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from elastix_bridge.runtime.memory import available_memory, format_bytes
+
+#: Share of the available memory a timed forward's estimated outputs may take: the model's intermediates
+#: (and, in a registration, autograd's copy) come on top, so 2x the outputs is kept under this share.
+PROBE_MEMORY_SHARE = 0.5
+
 
 @dataclass
 class LayerReport:
@@ -39,6 +45,7 @@ class LayerReport:
     differentiable: bool
     size_consistent: Optional[bool]
     largest_difference: float
+    flat_axis: str = ""  # an axis along which the map has 1 voxel for the whole probe: Static mode cannot use it
 
 
 @dataclass
@@ -53,6 +60,7 @@ class ModelReport:
     parameter_dtypes: tuple
     layers: list = field(default_factory=list)
     timings: list = field(default_factory=list)  # (input size (x, y, z), seconds, peak MB above the start)
+    skipped: list = field(default_factory=list)  # (input size (x, y, z), estimated bytes, bytes allowed, source)
 
     def snippet(self, level: int = 0) -> str:
         """A parameter-map block for resolution ``level`` that uses every layer of this model."""
@@ -94,9 +102,15 @@ class ModelReport:
             out.append(f"  layer {i}: {layer.channels} channels, stride {'x'.join(map(str, layer.stride))}, "
                        f"receptive field {field_} voxels, differentiable "
                        f"{'yes' if layer.differentiable else 'NO (Jacobian mode cannot use it)'}, same features "
-                       f"for sizes off the stride: {consistent}")
+                       f"for sizes off the stride: {consistent}"
+                       + (f", Static mode NO (1 voxel along {layer.flat_axis} for the whole probe: constant features; "
+                          "use ImpactMode Jacobian)" if layer.flat_axis else ""))
         for size, seconds, megabytes in self.timings:
             out.append(f"  forward at {'x'.join(map(str, size))}: {1000 * seconds:.0f} ms, peak +{megabytes:.0f} MB")
+        for size, need, allowed, source in self.skipped:
+            out.append(f"  forward at {'x'.join(map(str, size))}: skipped, it would take about {format_bytes(need)} "
+                       f"(twice its outputs), over the {format_bytes(allowed)} the probes may use "
+                       f"({PROBE_MEMORY_SHARE:.0%} of the memory available, {source})")
         out += ["", "Parameter-map snippet (level 0):", self.snippet()]
         return "\n".join(out)
 
@@ -132,6 +146,30 @@ def _call(model, x, layers: int, stats=None):
         return model.forward(x, layers, stats, direction)
     except (RuntimeError, ValueError) as error:
         raise model_failure(model_name(None, "", model.path), error) from None
+
+
+def _timing_sizes(report: "ModelReport", sizes: Sequence[int], outputs, n: int) -> list:
+    """The timing sizes whose outputs fit in memory; the others go to ``report.skipped``.
+
+    The output bytes per input voxel are measured on the contract probe (``outputs``, batch 1, ``n`` voxels
+    per axis) and scaled: a model that repeats its input to 20000 channels needs 21 GB at 512 x 512.
+    """
+    per_voxel = sum(o.numel() * o.element_size() for o in outputs) / n ** report.dimension
+    budget = available_memory()
+    kept = []
+    for size in sizes:
+        need = 2 * per_voxel * size ** report.dimension
+        if budget is not None and need > PROBE_MEMORY_SHARE * budget.bytes:
+            report.skipped.append(((size,) * report.dimension, need, PROBE_MEMORY_SHARE * budget.bytes, budget.source))
+        else:
+            kept.append(size)
+    return kept
+
+
+def _flat_axis(out, n: int) -> str:
+    """The first axis (x, y, z) along which a map of a probe of ``n`` voxels per axis has 1 voxel, or ''."""
+    spatial = list(reversed(out.shape[2:]))
+    return next(("xyz"[a] for a, h in enumerate(spatial) if h == 1 and n >= 2), "")
 
 
 def _contract_probe(model, dimension: int, channels: int, layers: int, size: int) -> list:
@@ -219,20 +257,39 @@ def inspect_model(path: str | Path, dimension: Optional[int] = None, input_chann
             model's own message), an output that breaks the feature-model contract
             (:mod:`elastix_bridge.runtime.model_contract`: batch, channels, spatial axes, finite values,
             channels that change with the input size), or no dimension works (the error of each attempt
-            is named).
+            is named), or a probe runs out of memory (timed sizes whose outputs would not fit are skipped
+            and listed in the report instead).
     """
     from elastix_bridge.core.impact_parameters import resolve_model_path
     from elastix_bridge.runtime import loader
 
     shown = str(shown_as or path)
     try:
-        return _inspect(path, dimension, input_channels, layers, size, timing_sizes, shown)
+        try:
+            return _inspect(path, dimension, input_channels, layers, size, timing_sizes, shown)
+        except (MemoryError, RuntimeError, loader.ImpactModelError) as error:  # the last: a forward's own
+            if not isinstance(error, MemoryError) and "allocate memory" not in str(error):
+                raise
+            raise _out_of_memory(shown, error) from None
     except loader.ImpactError as error:
         if shown_as is None:
             raise
         # Name the user's file, never the temporary one that was inspected.
         text = str(error).replace(str(resolve_model_path(str(path))), shown).replace(str(path), shown)
         raise type(error)(text) from None
+
+
+def _out_of_memory(shown: str, error: BaseException):
+    """One line for a probe that ran out of memory (torch's "can't allocate memory", or Python's MemoryError)."""
+    from elastix_bridge.runtime.loader import ImpactModelError
+
+    cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+    cause = cause.split("DefaultCPUAllocator: ")[-1].split(" Error code")[0].rstrip(". ")
+    budget = available_memory()
+    room = f" ({format_bytes(budget.bytes)} available, {budget.source})" if budget else ""
+    return ImpactModelError(f"model '{shown}': a probe forward ran out of memory{room}: {cause}; the model's outputs "
+                            "are too large for this machine at the probe size: free memory, inspect it where there "
+                            "is more, or check its channel count (--dimension, --channels and --layers as meant)")
 
 
 def _inspect(path, dimension, input_channels, layers, size, timing_sizes, shown) -> ModelReport:
@@ -290,8 +347,10 @@ def _inspect(path, dimension, input_channels, layers, size, timing_sizes, shown)
         if a.numel() and a.shape == b.shape:
             difference = float((a - b).abs().max())
             consistent = difference <= 1e-4 * max(1.0, float(a.abs().max()))
-        report.layers.append(LayerReport(int(out.shape[1]), stride, rf, whole, differentiable, consistent, difference))
-    for n_time in timing_sizes or ((32, 64, 96) if dimension == 3 else (128, 256, 512)):
+        report.layers.append(LayerReport(int(out.shape[1]), stride, rf, whole, differentiable, consistent, difference,
+                                         _flat_axis(out, n)))
+    sizes = timing_sizes or ((32, 64, 96) if dimension == 3 else (128, 256, 512))
+    for n_time in _timing_sizes(report, sizes, outputs, n):
         x = _probe_input(dimension, input_channels, n_time)
         with torch.no_grad(), loader.jit_optimization_disabled():
             _call(model, x, layers)  # warm-up

@@ -12,7 +12,8 @@ batch of :data:`PROBE_BATCH`, checks that the model returns (docs/design.md §I3
   would cast to float32) ``[B, C, *spatial]`` with B the input batch,
   ``C >= 1``, exactly ``ImpactDimension`` non-empty spatial axes, finite values;
 * for Jacobian mode, an output that depends on the input through autograd and a finite input gradient;
-* for Static whole-image models (``ImpactPatchSize 0``), the same channel count at two input sizes.
+* for Static whole-image models (``ImpactPatchSize 0``), the same channel count at two input sizes, and
+  more than 1 voxel along every axis (Static mode interpolates the maps in space).
 
 The same checks serve the engine (:func:`elastix_bridge.engine.metrics.impact.check_level_models`; the
 command and the API run it before they take the output folder, :func:`elastix_bridge.api.check_bridge_models`),
@@ -268,7 +269,9 @@ def probe_model(model: Any, use: ModelUse, path: str, channels: int, tile_zyx: S
             if k + 1 == len(WHOLE_IMAGE_PROBES):
                 raise
             continue
-        _check_same_channels_at(model, use, channels, shape, image_dimension, device, found)
+        probed = _check_same_channels_at(model, use, channels, shape, image_dimension, device, found)
+        if not jacobian:
+            _check_static_extent(model, use, channels, tile_zyx, probed, image_dimension, device)
         return found
 
 
@@ -308,20 +311,74 @@ def _probe_at(model, use: ModelUse, path: str, channels: int, shape: tuple, jaco
 
 
 def _check_same_channels_at(model, use: ModelUse, channels: int, shape, image_dimension: int, device,
-                            found: list) -> None:
-    """A whole-image model runs on images of any size: its channel counts must not depend on the size."""
+                            found: list) -> tuple:
+    """A whole-image model runs on images of any size: its channel counts must not depend on the size.
+
+    Returns:
+        ``(input (z, y, x), [spatial shape of each selected layer])`` of this larger probe.
+    """
     import torch
 
     larger = tuple(s + 1 for s in shape)
     x = _probe_input(PROBE_BATCH, channels, larger, device)
     direction = torch.eye(image_dimension, dtype=torch.int16)
     with torch.no_grad():
-        other = check_outputs(_forward(model, use, x, _stats(x), direction), use, PROBE_BATCH)
+        outputs = _forward(model, use, x, _stats(x), direction)
+        other = check_outputs(outputs, use, PROBE_BATCH)
     for j, a, b in zip(use.selected, found, other):
         if a != b:
             raise _layer(use, j, f"the model returned {a} channels for a {shape[-1]}-voxel input but {b} for "
                          f"{larger[-1]} voxels per axis", "the channel count must not depend on the input "
                          "size (ImpactPatchSize 0 runs the model on the whole image)")
+    return larger, _spatial_shapes(use, outputs)
+
+
+def _spatial_shapes(use: ModelUse, outputs) -> list:
+    return [tuple(int(s) for s in outputs[j].shape[2:]) for j in use.selected]
+
+
+def _flat_axis(use: ModelUse, tile_zyx, input_zyx, shapes) -> Optional[tuple]:
+    """The first (layer, axis) whose map has 1 voxel along a whole-image axis (tile 0) probed with 2 or more."""
+    for j, spatial in zip(use.selected, shapes):
+        for a, (t, n, h) in enumerate(zip(tile_zyx, input_zyx, spatial)):
+            if t == 0 and n >= 2 and h == 1:
+                return j, a
+    return None
+
+
+def _check_static_extent(model, use: ModelUse, channels: int, tile_zyx, probed: tuple, image_dimension: int,
+                         device) -> None:
+    """Static whole-image models: every selected map keeps more than 1 voxel along every axis.
+
+    Static mode interpolates the feature maps in space (docs/design.md §I6.5, the IMPACT paper's "static"
+    features): a map of 1 voxel along an axis whatever the input (a global pooling) is constant, and the
+    metric, its derivative and the transform stay at their start. Jacobian mode reads the patch centre
+    (§I5.1) and may return 1 voxel. A map flat at a small probe is probed again at the largest
+    :data:`WHOLE_IMAGE_PROBES` size (a deep encoder shrinks a 17-voxel input to 1 voxel).
+
+    Raises:
+        ImpactModelError: naming the layer, the input and output sizes and the fix.
+    """
+    import torch
+
+    input_zyx, shapes = probed
+    flat = _flat_axis(use, tile_zyx, input_zyx, shapes)
+    if flat and max(input_zyx) < WHOLE_IMAGE_PROBES[-1]:
+        input_zyx = tuple(t if t else WHOLE_IMAGE_PROBES[-1] for t in tile_zyx)
+        x = _probe_input(PROBE_BATCH, channels, input_zyx, device)
+        with torch.no_grad():
+            outputs = _forward(model, use, x, _stats(x), torch.eye(image_dimension, dtype=torch.int16))
+        check_outputs(outputs, use, PROBE_BATCH)
+        shapes = _spatial_shapes(use, outputs)
+        flat = _flat_axis(use, tile_zyx, input_zyx, shapes)
+    if flat:
+        j, a = flat
+        axis = "zyx"[3 - len(input_zyx):][a]
+        found = " x ".join(map(str, shapes[use.selected.index(j)]))
+        raise _layer(use, j, f"the model returned a feature map of {found} voxels for an input of "
+                     f"{' x '.join(map(str, input_zyx))} ({_AXES[len(input_zyx)]}), 1 voxel along {axis}",
+                     "ImpactMode Static interpolates the maps in space, so the features would be constant and the "
+                     "metric too; use a model that keeps spatial resolution (no global pooling) or ImpactMode Jacobian")
 
 
 def check_channel_options(level: int, channels: Sequence[int], subset: Sequence[int], pca: Sequence[int],
