@@ -516,7 +516,7 @@ def plan_registration(fixed_image: itk.Image | str | Path | ImageGeometry,
     """
     from elastix_bridge.api import stage_engines, uses_impact
     from elastix_bridge.core.parameters import parameter_maps_from_object
-    from elastix_bridge.validation import _check_native_plugin, check_supported_dimension
+    from elastix_bridge.validation import check_native_plugin, check_supported_dimension
 
     maps = parameter_maps_from_object(parameter_object)
     fixed, moving = _geometry(fixed_image), _geometry(moving_image)
@@ -526,7 +526,7 @@ def plan_registration(fixed_image: itk.Image | str | Path | ImageGeometry,
     for pmap, stage_engine in zip(maps, stage_engines(maps, engine)):  # before anything indexes an axis
         check_supported_dimension(fixed.dimension, uses_impact(pmap), stage_engine == "bridge")
         if uses_impact(pmap) and stage_engine == "elastix":  # as the registration's validate_maps
-            _check_native_plugin()
+            check_native_plugin()
     _check_pyramids(maps, fixed, moving)
     probes = known_model
     if probe_models:

@@ -636,7 +636,7 @@ def _check_devices(configs) -> None:
                 raise ImpactUnavailableError(f"resolution level {cfg.level}: {error}") from None
 
 
-def _check_native_plugin() -> None:
+def check_native_plugin() -> None:
     """An Impact map sent to itk-elastix's elastix needs a native IMPACT plugin (itk-elastix ships none).
 
     Raises:
@@ -716,7 +716,7 @@ def validate_maps(maps: Sequence[ParameterMap], engines: Optional[Sequence[str]]
             if dimension is not None:  # before anything indexes an axis
                 check_supported_dimension(dimension, impact, bridge)
             if impact and engines is not None and engines[k] == "elastix":
-                _check_native_plugin()
+                check_native_plugin()
             _check_values(pmap)
             _check_result_keys(pmap, dimension)
             levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
