@@ -260,25 +260,15 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
     """Run the stages in order, each on its engine, each starting from the ones before it."""
     import itk
 
-    from elastix_bridge.engine.transforms.initial import chain_from_file
-    from elastix_bridge.core.parameters import parameter_maps_from_object
     from elastix_bridge.core.result_images import write_result_image
     from elastix_bridge.plan import is_memory_error, memory_error
     from elastix_bridge.progress import StageProgress, elastix_stage_bar
     from elastix_bridge.core.transform_io import to_parameter_object, write_transform_parameter_file
+    from elastix_bridge.validation import initial_transform_maps
 
     t0 = initial_transform_parameter_file_name
-    if t0 and initial_transform_parameter_object is not None:
-        raise ValueError("give either initial_transform_parameter_file_name or initial_transform_parameter_object, "
-                         "not both (elastix would use only one)")
-    if t0:
-        if not Path(t0).is_file():
-            raise FileNotFoundError(f"initial transform file {t0} does not exist; check the path")
-        initial_maps = chain_from_file(t0)
-    elif initial_transform_parameter_object is not None:
-        initial_maps = parameter_maps_from_object(initial_transform_parameter_object)
-    else:
-        initial_maps = []
+    initial_maps = initial_transform_maps({"initial_transform_parameter_file_name": t0,
+                                           "initial_transform_parameter_object": initial_transform_parameter_object})
     stage_maps = []
     with _logging_to(log_to_console, logfile) as log_file, _threads(number_of_threads) as number_of_threads:
         for k, (pmap, engine) in enumerate(zip(maps, engines)):

@@ -24,12 +24,9 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 from elastix_bridge.core.interruption import exit_code, interruption_text, signals_interrupt
-
-if TYPE_CHECKING:  # pragma: no cover
-    from elastix_bridge.core.parameters import ParameterMap
 
 log = logging.getLogger("elastix_bridge")
 
@@ -375,17 +372,11 @@ def _initial_transform_files(t0) -> dict:
         ValueError: a file of the chain is not a TransformParameters file (e.g. a parameter file).
     """
     from elastix_bridge.core.files import check_input_file
-    from elastix_bridge.engine.transforms.initial import chain_from_file
+    from elastix_bridge.validation import initial_transform_maps
 
     check_input_file(t0, "initial transform (-t0)")
-    maps = chain_from_file(t0)
     files = {"initial transform (-t0)": t0}
-    for pmap in maps:
-        if not pmap.has("TransformParameters") or not pmap.has("Transform"):
-            raise ValueError(
-                f"initial transform (-t0) {t0}: a file of its chain has no (Transform ...) and (TransformParameters "
-                "...) lines, so it is not a TransformParameters file; give a TransformParameters.<k>.txt that "
-                "elastix or elastix-bridge wrote (a parameter file for a new registration goes to -p)")
+    for pmap in initial_transform_maps({"initial_transform_parameter_file_name": t0}):
         name = pmap.get("InitialTransformParameterFileName", default="NoInitialTransform")
         if name != "NoInitialTransform":  # earlier files of the chain: inputs too
             named = Path(name) if Path(name).is_absolute() else Path(t0).parent / name
