@@ -24,6 +24,7 @@ elastix_bridge`` never imports it).
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -42,6 +43,8 @@ WHOLE_IMAGE_PROBES = (16, 64)
 GRAD_PROBE_VOXELS = 32 ** 3
 
 _AXES = {1: "x", 2: "y, x", 3: "z, y, x"}
+#: Raw output dtypes of TorchScript files, by (file, mtime, size, layers, input channels): see raw_output_dtypes.
+_raw_dtypes: dict = {}
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,11 @@ def raw_output_dtypes(model: Any, path: str, x: Any, n_layers: int, stats: Any, 
     recorded = getattr(model, "output_dtypes", None)
     if recorded is not None:
         return list(recorded)
+    # Once per model file: each level probes again, and loading a large network from disk costs seconds.
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size, int(n_layers), int(x.shape[1]))
+    if key in _raw_dtypes:
+        return _raw_dtypes[key]
     args = [x.detach().cpu().float(), torch.tensor(int(n_layers), dtype=torch.int16), stats.float().cpu(),
             direction.to(torch.int16).cpu()][:model.num_arguments]
     try:
@@ -197,7 +205,8 @@ def raw_output_dtypes(model: Any, path: str, x: Any, n_layers: int, stats: Any, 
     except Exception as error:  # e.g. a model that runs only on CUDA: the dtypes stay unknown
         log.debug("could not rerun %s on the CPU to read its output dtypes: %s", path, error)
         return []
-    return [o.dtype for o in out] if isinstance(out, list) else []
+    _raw_dtypes[key] = [o.dtype for o in out] if isinstance(out, list) else []
+    return _raw_dtypes[key]
 
 
 def _forward(model, use: ModelUse, x, stats, direction):
