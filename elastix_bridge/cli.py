@@ -289,11 +289,11 @@ def run_registration(argv: Sequence[str]) -> int:
     args = _registration_parser().parse_args(argv)  # flag errors first: they cost no import of itk
     from elastix_bridge.api import check_bridge_models, elastix_registration_method
     from elastix_bridge.core.files import check_input_file
-    from elastix_bridge.core.image_io import read_image, read_image_geometry, read_mask
+    from elastix_bridge.core.image_io import read_image, read_mask
     from elastix_bridge.core.output_folder import check_inputs_outside_outputs, owned_output_folder, prepare_output_folder
     from elastix_bridge.core.parameters import read_parameter_file
     from elastix_bridge.plan import check_resources
-    from elastix_bridge.validation import check_threads, validate_images, validate_maps
+    from elastix_bridge.validation import check_threads, validate_images
 
     if args.qc:  # before a long registration, not after it
         from elastix_bridge.qc import require_matplotlib
@@ -318,11 +318,7 @@ def run_registration(argv: Sequence[str]) -> int:
             pmap.set("ResultImageFormat", ["mhd"])
         if not pmap.has("ResultImagePixelType"):  # results are cast to it before writing (core/result_images.py)
             pmap.set("ResultImagePixelType", ["short"])
-    # Every map of the chain, before any pixel is read: the fixed image's header gives the dimension.
-    geometries = (read_image_geometry(args.f, "fixed image (-f)"), read_image_geometry(args.m, "moving image (-m)"))
-    validate_maps(parameter_object, _engines(parameter_object, args.engine), geometries=geometries,
-                  names=[f"-p {path}" for path, _ in maps_by_file], warn=False,  # the request's check logs warnings
-                  initial_transform={"initial_transform_parameter_file_name": args.t0} if args.t0 else None)
+    _check_maps_from_headers(args, maps_by_file)  # every map of the chain, before any pixel is read
     fixed, moving = read_image(args.f, "fixed image (-f)"), read_image(args.m, "moving image (-m)")
     fixed_mask = read_mask(args.fMask, "fixed mask (-fMask)") if args.fMask else None
     moving_mask = read_mask(args.mMask, "moving mask (-mMask)") if args.mMask else None
@@ -361,6 +357,27 @@ def _engines(maps, engine: str) -> list:
     from elastix_bridge.runtime.native_plugins import NATIVE_PLUGIN_ENV
 
     return stage_engines(maps, engine, native_plugin=bool(environ.get(NATIVE_PLUGIN_ENV, "").strip()))
+
+
+def _check_maps_from_headers(args, maps_by_file) -> tuple:
+    """The command's check of every map (``[(file, map), ...]``) against the images' headers (``-f``, ``-m``),
+    the engines of ``--engine`` and ``-t0`` where the command has it, before any pixel is read; the
+    registration and ``plan`` share it. Returns the ``(fixed, moving)`` header geometries.
+
+    Raises:
+        see :func:`elastix_bridge.validation.validate_maps` and
+        :func:`elastix_bridge.core.image_io.read_image_geometry`.
+    """
+    from elastix_bridge.core.image_io import read_image_geometry
+    from elastix_bridge.validation import validate_maps
+
+    maps = [m for _, m in maps_by_file]
+    t0 = getattr(args, "t0", None)
+    geometries = (read_image_geometry(args.f, "fixed image (-f)"), read_image_geometry(args.m, "moving image (-m)"))
+    validate_maps(maps, _engines(maps, args.engine), geometries=geometries,
+                  names=[f"-p {path}" for path, _ in maps_by_file], warn=False,  # the request's check logs warnings
+                  initial_transform={"initial_transform_parameter_file_name": t0} if t0 else None)
+    return geometries
 
 
 def _initial_transform_files(t0) -> dict:
@@ -535,10 +552,8 @@ def run_demo(argv: Sequence[str]) -> int:
 
 def run_plan(argv: Sequence[str]) -> int:
     from elastix_bridge.core.files import check_input_file
-    from elastix_bridge.core.image_io import read_image_geometry
     from elastix_bridge.core.parameters import read_parameter_file
     from elastix_bridge.plan import plan_registration
-    from elastix_bridge.validation import validate_maps
 
     not_planned = ("is a flag of the registration, not of `elastix-bridge plan`, which runs and writes nothing: "
                    "leave it out")
@@ -564,10 +579,7 @@ def run_plan(argv: Sequence[str]) -> int:
             check_input_file(path, what)
     maps_by_file = [(path, m) for path in args.p for m in read_parameter_file(path)]
     maps = [m for _, m in maps_by_file]
-    # The registration's own map check (run_registration), so that plan refuses what the run refuses.
-    geometries = (read_image_geometry(args.f, "fixed image (-f)"), read_image_geometry(args.m, "moving image (-m)"))
-    validate_maps(maps, _engines(maps, args.engine), geometries=geometries,
-                  names=[f"-p {path}" for path, _ in maps_by_file], warn=False)
+    geometries = _check_maps_from_headers(args, maps_by_file)  # plan refuses what the registration refuses
     plan = plan_registration(geometries[0], geometries[1], maps, args.fMask, args.mMask, args.engine,
                              probe_models=args.probe_models)
     print(plan.format())
