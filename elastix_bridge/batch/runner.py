@@ -365,16 +365,6 @@ def _setting_problems(engine: str, workers, threads_per_worker, memory_limit, re
     return problems
 
 
-def _threads_within_cores(threads_per_worker: Optional[int]) -> Optional[int]:
-    """``threads_per_worker`` capped at this machine's cores, with a warning (as elastix caps -threads)."""
-    cores = len(os.sched_getaffinity(0))
-    if threads_per_worker is not None and threads_per_worker > cores:
-        log.warning("batch: --threads-per-worker %d is more than the %d core(s) this process may use; each "
-                    "registration uses %d", threads_per_worker, cores, cores)
-        return cores
-    return threads_per_worker
-
-
 def _check_memory_limit(memory_limit: Optional[int], peak_bytes: int, pair: Pair) -> None:
     """Refuse a worker memory limit below the worker's baseline plus the plan's peak for the maps.
 
@@ -593,6 +583,7 @@ def register_many(pairs, parameter_object, output_directory: str | Path, client=
     from elastix_bridge.core.output_folder import prepare_output_folder
     from elastix_bridge.core.transform_io import transform_parameter_file_text
     from elastix_bridge.plan import plan_registration
+    from elastix_bridge.validation import check_threads
 
     _require_dask()
     own_cluster = client is None and not scheduler
@@ -600,7 +591,7 @@ def register_many(pairs, parameter_object, output_directory: str | Path, client=
     if problems:
         raise ValueError("; ".join(problems))
     if own_cluster:
-        threads_per_worker = _threads_within_cores(threads_per_worker)
+        threads_per_worker = check_threads(threads_per_worker, "--threads-per-worker", warn=True)  # as -threads
     source = str(pairs) if isinstance(pairs, (str, os.PathLike)) else "pairs"
     inputs = [Path(pairs)] if isinstance(pairs, (str, os.PathLike)) else []
     pairs, maps = _as_pairs(pairs), _maps(parameter_object)

@@ -17,7 +17,7 @@ from helpers import run, write_parameter_file
 pytest.importorskip("distributed")
 pytest.importorskip("itk")
 from elastix_bridge.batch import ManifestError, read_manifest, register_many  # noqa: E402
-from elastix_bridge.batch.runner import WORKER_BASELINE_BYTES, _threads_within_cores  # noqa: E402
+from elastix_bridge.batch.runner import WORKER_BASELINE_BYTES  # noqa: E402
 from elastix_bridge.core.output_folder import LOCK_NAME  # noqa: E402
 
 TRANSLATION = {"Registration": ["MultiResolutionRegistration"], "NumberOfResolutions": ["1"],
@@ -222,12 +222,16 @@ def test_pair_objects_from_python_get_the_same_id_checks(cohort, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_threads_above_the_cores_are_capped_with_a_warning(caplog):
+@pytest.mark.parametrize("extra, warned", [(7, True), (None, False)])
+def test_threads_above_the_cores_are_capped_with_a_warning(cohort, tmp_path, caplog, extra, warned):
+    """The cap is applied with the settings, before the manifest is read (a missing one here: refused after it)."""
+    _, params, _ = cohort
     cores = len(os.sched_getaffinity(0))
-    with caplog.at_level(logging.WARNING, logger="elastix_bridge"):
-        assert _threads_within_cores(cores + 7) == cores
-    assert f"--threads-per-worker {cores + 7} is more than the {cores} core(s)" in caplog.text
-    assert _threads_within_cores(1) == 1
+    threads = cores + extra if extra else 1
+    with caplog.at_level(logging.WARNING, logger="elastix_bridge"), pytest.raises(FileNotFoundError):
+        register_many(tmp_path / "missing.csv", [str(params)], tmp_path / "out", threads_per_worker=threads)
+    assert (f"--threads-per-worker {threads} is more than the {cores} CPU core(s)" in caplog.text) is warned
+    assert not (tmp_path / "out").exists()
 
 
 def test_without_dask_the_install_fix_is_given_before_anything_is_created(cohort, tmp_path, capsys, monkeypatch):
