@@ -398,18 +398,26 @@ def check_channel_options(level: int, channels: Sequence[int], subset: Sequence[
         elastix_bridge.core.impact_parameters.ImpactParameterError: an ``ImpactPCA<L>`` entry asks for more
             components than its layer has channels.
     """
-    from elastix_bridge.core.impact_parameters import ImpactParameterError
-
     for l, c in enumerate(channels):
-        k = int(pca[l]) if static and l < len(pca) else 0
-        if k > c:
-            raise ImpactParameterError(
-                f"ImpactPCA{level} (level {level}): entry {l} asks for {k} principal components but layer {l} has "
-                f"only {c} channels; use 0 (off) or a number <= {c}")
+        check_pca(level, l, int(pca[l]) if static and l < len(pca) else 0, c)
         s = int(subset[l]) if l < len(subset) else 0
         if s > c:
             log.warning("ImpactSubsetFeatures%d (level %d): entry %d asks for %d channels but the layer has %d; all %d "
                         "are compared (as upstream elastix does); write %d to say so", level, level, l, s, c, c, c)
+
+
+def check_pca(level: int, layer: int, components: int, channels: int) -> None:
+    """``ImpactPCA<level>`` may not ask for more components than its layer has channels.
+
+    Raises:
+        elastix_bridge.core.impact_parameters.ImpactParameterError: naming the entry, both counts and the fix.
+    """
+    if components > channels:
+        from elastix_bridge.core.impact_parameters import ImpactParameterError
+
+        raise ImpactParameterError(
+            f"ImpactPCA{level} (level {level}): entry {layer} asks for {components} principal components but layer "
+            f"{layer} has only {channels} channels; use 0 (off) or a number <= {channels}")
 
 
 def model_name(level: Optional[int], which: str, path: str) -> str:

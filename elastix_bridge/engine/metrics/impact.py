@@ -207,16 +207,6 @@ def _check_paired(level: int, fixed: list, moving: list) -> None:
             f"models have {moving}; paired layers must have equal channel counts")
 
 
-def _check_pca(level: int, layer: int, components: int, channels: int) -> None:
-    """``ImpactPCA`` may not ask for more components than the layer has channels."""
-    if components > channels:
-        from elastix_bridge.core.impact_parameters import ImpactParameterError
-
-        raise ImpactParameterError(
-            f"ImpactPCA{level} (level {level}): entry {layer} asks for {components} principal components but layer "
-            f"{layer} has only {channels} channels; use 0 (off) or a number <= {channels}")
-
-
 #: Contract probes passed in this process: ``(id(model), ModelConfig, level, mode, D, device) -> (model, channels)``.
 #: The command and the API probe before they take the output folder (:func:`elastix_bridge.engine.registration.
 #: check_stage_models`), the stage again when it starts; the loader's model cache makes the second a lookup.
@@ -496,7 +486,9 @@ class ImpactMetric:
         f = fmap.shape[0]
         k = int(self.config.pca[layer])
         if fit:
-            _check_pca(self.config.level, layer, k, f)
+            from elastix_bridge.runtime.model_contract import check_pca
+
+            check_pca(self.config.level, layer, k, f)
         if not fit and self.pca_bases[layer].shape[0] != f:
             _check_paired(self.config.level, [self.pca_bases[layer].shape[0]], [f])
         x = fmap.reshape(f, -1).to(torch.float64)
