@@ -35,13 +35,13 @@ def uses_impact(parameter_map: ParameterMap) -> bool:
 
 
 @contextlib.contextmanager
-def _logging_to(console: bool, file: Optional[Path]):
+def _logging_to(console: bool, file: Optional[Path], append: bool = False):
     """Attach console/file handlers to the ``elastix_bridge`` logger for one call; yields the file handler."""
     handlers = []
     if console:
         handlers.append(logging.StreamHandler())
     if file is not None:
-        handlers.append(logging.FileHandler(file, mode="w"))
+        handlers.append(logging.FileHandler(file, mode="a" if append else "w"))
     previous, propagate = log.level, log.propagate
     for h in handlers:
         h.setFormatter(logging.Formatter("%(message)s"))
@@ -186,8 +186,12 @@ def elastix_registration_method(fixed_image: itk.Image, moving_image: itk.Image,
              owned_output_folder(out, log_file_name, flag="output_directory", error_to_log=log_to_file))
     with owner:
         if one_call:
-            return _one_itk_elastix_call(fixed_image, moving_image, parameter_object, maps, fixed_mask, moving_mask,
-                                         log_to_console, out, log_to_file, log_file_name, plan, kwargs)
+            result = _one_itk_elastix_call(fixed_image, moving_image, parameter_object, maps, fixed_mask, moving_mask,
+                                           log_to_console, out, log_to_file, log_file_name, plan, kwargs)
+            if maps:  # each stage's transform checked as in a chain, the numbers appended to elastix's log
+                _check_stages(maps, engines, result[1], fixed_image, fixed_mask, log_to_console,
+                              out / log_file_name if out is not None and log_to_file else None)
+            return result
         logfile = out / log_file_name if out is not None and log_to_file else None
         return _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask, out, log_to_console,
                           logfile, progress, plan, **kwargs)
@@ -254,6 +258,18 @@ def _one_itk_elastix_call(fixed_image, moving_image, parameter_object, maps, fix
                 (out / log_name).unlink()
 
 
+def _check_stages(maps, engines, tp_object, fixed_image, fixed_mask, log_to_console, log_path) -> None:
+    """:func:`~elastix_bridge.transform_check.check_stage` for every stage of a finished itk-elastix call."""
+    from elastix_bridge.core.parameters import parameter_maps_from_object
+    from elastix_bridge.transform_check import check_stage
+
+    tp_maps = parameter_maps_from_object(tp_object)
+    first = len(tp_maps) - len(maps)  # the initial transforms, if itk-elastix returned them
+    with _logging_to(log_to_console, log_path, append=True):
+        for k, (pmap, engine) in enumerate(zip(maps, engines)):
+            check_stage(k, pmap, tp_maps[:first + k + 1], fixed_image, fixed_mask, engine)
+
+
 def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask, out, log_to_console, logfile,
                progress=False, plan=None, number_of_threads=None, initial_transform_parameter_file_name=None,
                initial_transform_parameter_object=None):
@@ -264,6 +280,7 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
     from elastix_bridge.plan import is_memory_error, memory_error
     from elastix_bridge.progress import StageProgress, elastix_stage_bar
     from elastix_bridge.core.transform_io import to_parameter_object, write_transform_parameter_file
+    from elastix_bridge.transform_check import check_stage
     from elastix_bridge.validation import initial_transform_maps
 
     t0 = initial_transform_parameter_file_name
@@ -301,6 +318,7 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
                 raise
             log.info("Stage %d (%s engine) took %.1f s.", k, engine, time.perf_counter() - tic)
             stage_maps.append(tp_map)
+            check_stage(k, pmap, initial_maps + stage_maps, fixed_image, fixed_mask, engine)
             # In memory, map i's initial transform is map i-1 (file names are ignored, docs/design.md §E1.7).
             tp_object = to_parameter_object(initial_maps + stage_maps)
             result = None

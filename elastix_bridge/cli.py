@@ -7,6 +7,8 @@
     elastix-bridge make-model NAME -o F  write a built-in TorchScript feature model (e.g. mind-ssc-3d)
     elastix-bridge model inspect FILE    a model's layers, strides, receptive field and a parameter-map snippet
     elastix-bridge model export F -o O --layers B --dimension D   a network's blocks as a feature model
+    elastix-bridge model check MODEL FIXED MOVING   does a model see alignment for this pair of modalities?
+                                         (an aligned pair; exit 0 when it does, 1 when not)
     elastix-bridge demo --out DIR        register real anatomy (MNI152 from nilearn) with a known deformation
     elastix-bridge plan -f F -m M -p P   per stage and level: engine, sizes, samples, memory estimate
     elastix-bridge batch MANIFEST -p P -out DIR   a cohort on Dask: a folder per pair, summary.csv, resumable
@@ -288,6 +290,7 @@ def _version_text(extended: bool) -> str:
 def run_registration(argv: Sequence[str]) -> int:
     args = _registration_parser().parse_args(argv)  # flag errors first: they cost no import of itk
     from elastix_bridge.api import check_bridge_models, elastix_registration_method
+    from elastix_bridge.transform_check import collected_checks
     from elastix_bridge.core.files import check_input_file
     from elastix_bridge.core.image_io import read_image, read_mask
     from elastix_bridge.core.output_folder import check_inputs_outside_outputs, owned_output_folder, prepare_output_folder
@@ -333,7 +336,8 @@ def run_registration(argv: Sequence[str]) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     console = args.loglevel not in ("off", None) or (args.loglevel is None and not progress)
     # The folder is created only once the inputs are readable, and owned until the QC picture is written.
-    with owned_output_folder(out, command=" ".join(["elastix-bridge", *map(str, argv)])) as run:
+    with owned_output_folder(out, command=" ".join(["elastix-bridge", *map(str, argv)])) as run, \
+            collected_checks() as checks:
         result, tp = elastix_registration_method(
             fixed, moving, parameter_object=parameter_object,
             fixed_mask=fixed_mask, moving_mask=moving_mask,
@@ -344,6 +348,9 @@ def run_registration(argv: Sequence[str]) -> int:
 
             write_qc_figure(fixed, moving, tp, out / "qc.png", output_directory=out)
         written = run.written()
+    if not console:  # with progress bars the log is not on the console: the transform check's warnings still are
+        for message in (w for check in checks for w in check.warnings):
+            print(f"elastix-bridge: warning: {message}", file=sys.stderr)
     removed = f" (first removed {len(run.removed)} file(s) of an earlier run)" if run.removed else ""
     print(f"elastix-bridge: wrote {', '.join(written)} to {out}{removed}")
     return 0
@@ -491,7 +498,9 @@ def run_model(argv: Sequence[str]) -> int:
                                 description="Feature models: `inspect FILE` measures what IMPACT needs to know of a "
                                             "model (layers, channels, strides, receptive field, gradients, time) and "
                                             "prints a parameter-map snippet; `export` writes a network's blocks as "
-                                            "a feature model and inspects it.")
+                                            "a feature model and inspects it; `check MODEL FIXED MOVING` says "
+                                            "whether the model sees alignment between two modalities (exit 0 when "
+                                            "it does, 1 when not).")
     sub = p.add_subparsers(dest="action", required=True)
     inspect = sub.add_parser("inspect", help="measure a model: TorchScript, .pt2, mind-ssc-2d or mind-ssc-3d")
     inspect.add_argument("file", help="model file (.pt TorchScript, .pt2 torch.export) or built-in name")
@@ -515,7 +524,60 @@ def run_model(argv: Sequence[str]) -> int:
                         help="HU window for --normalisation ct")
     export.add_argument("--reorient", action="store_true",
                         help="show the network every image in the identity orientation (by the direction argument)")
+    check = sub.add_parser(
+        "check", usage="%(prog)s MODEL FIXED MOVING [options]\n       %(prog)s -p MAP.txt [--level L] [MODEL] FIXED "
+                       "MOVING [options]",
+        help="does MODEL see alignment between FIXED and MOVING (an ALIGNED pair of two modalities)? The "
+                      "moving image is shifted by known amounts along each axis and the IMPACT distance of the "
+                      "features is profiled; exit 0 when it is smallest at 0 and rises with |shift|, 1 when not",
+        description="Measure the IMPACT distance between FIXED's features and those of MOVING shifted by +-SHIFTS "
+                    "mm along each physical axis (Static mode's whole-image features on the model grid, "
+                    "linear interpolation) and judge the profile (docs/models.md). Exit 0: the model sees "
+                    "alignment for this pair of modalities; 1: it does not (the problem is named), or an error.")
+    check.add_argument("images", nargs="+", metavar="MODEL FIXED MOVING",
+                       help="the model file (.pt TorchScript, .pt2 torch.export) or mind-ssc-2d / mind-ssc-3d, then "
+                            "the fixed image (one modality) and the moving image (the other modality), ALIGNED; "
+                            "with -p, MODEL may be left out")
+    check.add_argument("-p", dest="parameter_file", metavar="MAP.txt",
+                       help="take the model, voxel size, layers mask, channels and distance from an Impact map "
+                            "(options given here override it)")
+    check.add_argument("--level", type=int, default=0, help="the map's resolution level for -p (0)")
+    check.add_argument("--voxel-size", type=float, nargs="+", metavar="MM",
+                       help="the model grid's spacing in mm, 1 or D values (ImpactVoxelSize; default: the fixed "
+                            "image's spacing)")
+    check.add_argument("--layers-mask", help='ImpactLayersMask, e.g. "1" or "01" ("1")')
+    check.add_argument("--distance", help="ImpactDistance: L1, L2, NCC, Cosine, L1Cosine, DotProduct or Dice (L2)")
+    check.add_argument("--mask", help="fixed mask (non-zero = compared; default: the fixed voxels above its lowest "
+                                      "value + 5%% of (99th percentile - lowest))")
+    check.add_argument("--shifts", type=float, nargs="+", metavar="MM", default=[1.0, 2.0, 4.0, 8.0],
+                       help="shift magnitudes in mm, each applied + and - along every axis (1 2 4 8)")
+    check.add_argument("--channels", type=_positive_count, help="input channels (ImpactNumberOfChannels; 1)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
+    if args.action == "check":
+        import json
+
+        from elastix_bridge.models.alignment_check import check_alignment, parameter_map_options
+
+        given = len(args.images)
+        if given not in ((2, 3) if args.parameter_file else (3,)):
+            takes = "MODEL FIXED MOVING" + (" (or FIXED MOVING with -p)" if args.parameter_file else "")
+            check.error(f"model check takes {takes}, got {given} name(s): {' '.join(args.images)}")
+        options = {"model": None, "voxel_size": None, "layers_mask": "1", "distance": "L2", "channels": 1}
+        if args.parameter_file:
+            from elastix_bridge.core.image_io import read_image_geometry
+
+            dimension = read_image_geometry(args.images[-2], "fixed image").dimension
+            options.update(parameter_map_options(args.parameter_file, args.level, dimension))
+        model = args.images[0] if given == 3 else options["model"]
+        for name in ("voxel_size", "layers_mask", "distance", "channels"):
+            if getattr(args, name) is not None:
+                options[name] = getattr(args, name)
+        report = check_alignment(model, args.images[-2], args.images[-1], voxel_size=options["voxel_size"],
+                                 layers_mask=options["layers_mask"], distance=options["distance"], mask=args.mask,
+                                 shifts=args.shifts, channels=options["channels"])
+        print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+        return 0 if report.sees_alignment else 1
     if args.action == "export":
         from elastix_bridge.models.export import export as export_model
 
@@ -534,7 +596,8 @@ def run_demo(argv: Sequence[str]) -> int:
 
     p = argparse.ArgumentParser(prog="elastix-bridge demo",
                                 description="Register the MNI152 template (shipped by nilearn) to a copy with a "
-                                            "known deformation and a changed contrast, with IMPACT + MIND-SSC.")
+                                            "known deformation and a changed contrast three ways: elastix's Mattes "
+                                            "MI, IMPACT + MIND-SSC, and the recommended recipe (both in one map).")
     p.add_argument("--out", default="demo-out")
     p.add_argument("--dimension", type=int, choices=[2, 3], default=3)
     p.add_argument("--mode", choices=["Static", "Jacobian"], default="Static")
@@ -544,9 +607,20 @@ def run_demo(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     shared = Path(args.shared)
     has_brain = (shared / "data" / "elastix-2d-brain").is_dir() and (shared / "models" / "R1D2_2D.pt").is_file()
-    report = demo(Path(args.out), dimension=args.dimension, mode=args.mode, shared=shared if has_brain else None)
-    for key, value in report.items():
-        print(f"{key}: {value}")
+    out = Path(args.out)
+    report = demo(out, dimension=args.dimension, mode=args.mode, shared=shared if has_brain else None)
+    print(f"{report['pair']}: mean displacement error {report['initial_error_mm']:.2f} mm before registration; "
+          "affine then B-spline with")
+    for method in report["methods"].values():
+        warned = f"  WARNING: {'; '.join(method['transform_warnings'])}" if method["transform_warnings"] else ""
+        print(f"  {method['label']:<20} {method['error_mm']:.2f} mm (95th percentile {method['error_p95_mm']:.2f} mm), "
+              f"{100 * method['folded_fraction']:.3f} % folded, {method['seconds']:.0f} s{warned}")
+    files = " ".join(f"-p {out / f}" for f in report["recommended"]["parameter_files"])
+    print(f"recommended recipe ({report['recommended']['name']}), to run on your images: elastix-bridge -f FIXED "
+          f"-m MOVING -fMask FIXED_MASK {files} -out OUT")
+    for key in [k for k in report if k.startswith("brain_2d")]:
+        print(f"{key}: {report[key]}")
+    print(f"wrote {out / 'report.json'} and {out / 'demo.png'} in {report['total_seconds']:.0f} s")
     return 0
 
 

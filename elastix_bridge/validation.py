@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from elastix_bridge.core.parameters import ParameterError, UInt
+from elastix_bridge import transform_check
 
 if TYPE_CHECKING:  # pragma: no cover
     import itk
@@ -353,7 +354,8 @@ def _check_impact_keys(pmap, where: str, levels: int, uses_impact: bool, full: b
     for key in pmap.keys():
         plain = _unlabelled(key)
         if not plain.startswith("Impact"):
-            if full and warn and plain not in PARAMETERS and plain not in COMPONENTS:
+            if full and warn and plain not in PARAMETERS and plain not in COMPONENTS \
+                    and plain not in transform_check.THRESHOLD_KEYS:
                 log.warning("%s: (%s ...) is not a parameter that elastix or elastix-bridge reads; it is ignored, as "
                             "elastix ignores it.%s", where, key, _did_you_mean(plain, PARAMETERS))
             continue
@@ -718,6 +720,7 @@ def validate_maps(maps: Sequence[ParameterMap], engines: Optional[Sequence[str]]
             if impact and engines is not None and engines[k] == "elastix":
                 check_native_plugin()
             _check_values(pmap)
+            transform_check.thresholds(pmap)  # QC* values: the numbers the check after the stage compares with
             _check_result_keys(pmap, dimension)
             levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
             components = check_components(pmap) if bridge else None

@@ -94,6 +94,15 @@ def test_cohort_lines_take_the_worst_dice_as_the_smallest():
     assert worst["dice_mean"] == 0.7 and worst["tre_mean_mm"] == 3.0 and worst["wall_s"] == 4.0
 
 
+def test_cohort_lines_count_transform_warnings_and_take_the_smallest_determinant():
+    records = [{"id": "a", "status": "complete", "jacobian_min": 0.5, "folded_fraction": 0.0, "transform_warnings": ""},
+               {"id": "b", "status": "complete", "jacobian_min": -0.2, "folded_fraction": 0.03,
+                "transform_warnings": "stage 0: the transform folds 3.00 % ..."}]
+    mean, _, worst = cohort_lines(records)
+    assert mean["status"] == "2 of 2 registered, 1 with transform warnings"
+    assert worst["jacobian_min"] == -0.2 and worst["folded_fraction"] == 0.03
+
+
 @pytest.mark.parametrize("cores, memory, peak, pairs, expected", [
     (8, 64 * GiB, 1 * GiB, 100, (8, 1)),   # one-thread registrations on every core
     (8, 64 * GiB, 1 * GiB, 2, (2, 4)),     # few pairs: the cores shared among them
@@ -189,6 +198,8 @@ def test_cohort_summary_failures_and_resume(cohort, tmp_path, plugin):
             assert {"TransformParameters.0.txt", "elastix.log", "result.0.mha"} <= {p.name for p in folder.iterdir()}
             assert r["tre_mean_mm"] < 0.5 and r["dice_mean"] > 0.9, r  # the known shift is recovered
             assert set(r) >= {"dice_1", "dice_2", "metric_0", "wall_s", "peak_rss_mb"} and "dice_0" not in r
+            # the transform check of the last stage (elastix_bridge.transform_check): a smooth, unfolded result
+            assert r["folded_fraction"] == 0 and r["jacobian_min"] > 0 and r["transform_warnings"] == ""
             assert r["peak_rss_mb"] > 100 and r["attempts"] == 1
     rows = _summary(out)
     assert [row["id"] for row in rows] == [f"p{i}" for i in range(6)] + ["cohort mean", "cohort median",

@@ -51,6 +51,8 @@ EXPECTED = {
     "impact_mind_static_3d.txt": (3, "Impact", "BSplineTransform", "Static"),
     "impact_mind_jacobian_3d.txt": (3, "Impact", "BSplineTransform", "Jacobian"),
     "impact_mind_static_2d.txt": (2, "Impact", "BSplineTransform", "Static"),
+    "impact_mind_mattes_3d.txt": (3, "Impact AdvancedMattesMutualInformation", "BSplineTransform", "Static"),
+    "impact_mind_mattes_2d.txt": (2, "Impact AdvancedMattesMutualInformation", "BSplineTransform", "Static"),
     CT_PRESET: (3, "Impact", "BSplineTransform", "Jacobian"),
 }
 
@@ -214,9 +216,9 @@ def test_the_presets_are_the_expected_files_and_the_readme_lists_them():
 def test_preset_parses_and_validates(name):
     dim, metric, transform, mode = EXPECTED[name]
     pm = preset(name)
-    assert pm["Metric"] == [metric] and pm["Transform"] == [transform]
+    assert pm["Metric"] == metric.split() and pm["Transform"] == [transform]
     levels = int(pm["NumberOfResolutions"][0])
-    if metric == "Impact":
+    if "Impact" in metric:
         # every Impact option of every level is complete and consistent (models are not loaded here)
         configs = impact_levels(pm, levels, dim)
         assert [c.mode for c in configs] == [mode] * levels
@@ -228,10 +230,10 @@ def test_preset_parses_and_validates(name):
 @pytest.mark.parametrize("name", sorted(PARAMETER_FILES))
 def test_mind_presets_are_the_demo_maps(name):
     """``elastix-bridge demo`` registers with exactly these files (rendered from demo.py)."""
-    dimension, mode = PARAMETER_FILES[name]
-    assert (PRESETS / name).read_text() == parameter_file_text(dimension, mode), (
+    dimension, mode, recipe = PARAMETER_FILES[name]
+    assert (PRESETS / name).read_text() == parameter_file_text(dimension, mode, recipe), (
         "regenerate with: python -m elastix_bridge.demo --write-parameter-files parameter_files")
-    assert preset(name).to_dict() == demo_parameter_map(dimension, mode)
+    assert preset(name).to_dict() == demo_parameter_map(dimension, mode, recipe)
 
 
 def test_ct_preset_follows_upstream_recommendation_for_totalsegmentator_models():
@@ -341,6 +343,21 @@ def _affine_and_bump():
         return q @ inverse.T - bump(q, (2.0, -2.0), (-8.0, 6.0), 12.0)
 
     return Pair((64, 64), (2.0, 2.0), S, inverted_contrast)
+
+
+def test_the_recommended_recipe_registers_a_multimodal_pair(plugin, tmp_path):
+    """``-p affine_mi.txt -p impact_mind_mattes_2d.txt`` (demo.RECOMMENDED): the affine on elastix, then
+    IMPACT + Mattes MI in one multi-metric B-spline map on the bridge engine."""
+    from elastix_bridge.demo import RECOMMENDED
+
+    files = RECOMMENDED["parameter_files"][2]
+    assert files[0] == "affine_mi.txt" and PARAMETER_FILES[files[1]] == (2, "Static", "impact+mattes")
+    pair = _affine_and_bump()
+    maps = [smaller(preset(files[0]), 150, 1000), smaller(preset(files[1]), 40, 1000)]
+    assert stage_engines(maps) == ["elastix", "bridge"]
+    result, tp, error, ratio = register(pair, maps, tmp_path / "out")
+    assert transforms(tp) == ["AffineTransform", "BSplineTransform"]
+    assert error < 0.2 * pair.error(), f"mean error {error:.2f} mm, identity {pair.error():.2f} mm"
 
 
 def test_affine_mi_then_impact_bspline_chain(plugin, tmp_path):

@@ -13,8 +13,9 @@ Layout of ``DIR``:
 * ``DIR/<id>/``: exactly what ``elastix-bridge -out`` writes for the pair, written into
   ``DIR/.batch/tmp/`` and renamed into place when complete (a pair is complete or absent);
 * ``DIR/summary.csv`` and ``DIR/summary.json``: a row per pair (status, error, attempts, wall time,
-  peak memory, final metric per stage, Dice per label and TRE when the manifest gives labels or
-  points) and the cohort's mean, median and worst;
+  peak memory, final metric per stage, the last stage's folded fraction and smallest Jacobian
+  determinant and every stage's transform-check warnings (:mod:`elastix_bridge.transform_check`),
+  Dice per label and TRE when the manifest gives labels or points) and the cohort's mean, median and worst;
 * ``DIR/failed/<id>.log``: the log of a pair whose last run failed (removed when it completes);
 * ``DIR/.batch/``: the maps the workers read, one record per pair (its input hash and the sizes of
   its output files: a complete pair whose inputs are unchanged and whose files are all there is
@@ -151,8 +152,9 @@ def run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
     ``DIR/failed/<id>.log`` (an earlier complete ``DIR/<id>`` stays as it was).
 
     Returns:
-        The record: ``id, status ("complete"/"failed"), error, attempts, wall_s, peak_rss_mb`` and
-        the measures of :mod:`elastix_bridge.batch.evaluation`.
+        The record: ``id, status ("complete"/"failed"), error, attempts, wall_s, peak_rss_mb``,
+        ``folded_fraction, jacobian_min, transform_warnings`` and the measures of
+        :mod:`elastix_bridge.batch.evaluation`.
     """
     with _ONE_AT_A_TIME:
         return _run_pair(pair, settings, digest)
@@ -168,6 +170,7 @@ def _point_to_kept_log(message: str, tmp: Path, kept: Path) -> str:
 def _run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
     from elastix_bridge.batch import evaluation
     from elastix_bridge.cli import run_registration
+    from elastix_bridge.transform_check import collected_checks
 
     root = Path(settings.output_directory)
     state = root / ".batch"
@@ -182,9 +185,10 @@ def _run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
     foreign = False  # DIR/<id> written by another run meanwhile
     with PeakRSS() as memory:
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # the command's "wrote ..." line
+            with contextlib.redirect_stdout(io.StringIO()), collected_checks() as checks:  # stdout: "wrote ..."
                 run_registration(_argv(pair, settings, tmp))
             record.update(evaluation.final_metrics(tmp))
+            record.update(_transform_check_columns(checks))
             if pair.fixed_labels:
                 record.update(evaluation.dice_per_label(tmp, pair.fixed_labels, pair.moving_labels))
             if pair.fixed_points:
@@ -210,6 +214,14 @@ def _run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
     if foreign:  # no record: the next batch's start check refuses the folder instead of replacing it
         (state / "pairs" / f"{pair.id}.json").unlink(missing_ok=True)
     return record
+
+
+def _transform_check_columns(checks) -> dict:
+    """The last stage's folding numbers and every stage's transform-check warnings (:mod:`elastix_bridge.transform_check`)."""
+    if not checks:
+        return {}
+    return {"folded_fraction": checks[-1].folded_fraction, "jacobian_min": checks[-1].jacobian_min,
+            "transform_warnings": " | ".join(w for c in checks for w in c.warnings)}
 
 
 class ForeignPairFolderError(RuntimeError):
@@ -707,14 +719,16 @@ _FIRST = ("id", "status", "error", "attempts", "wall_s", "peak_rss_mb")
 def cohort_lines(records: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Mean, median and worst of every measure over the complete (and skipped) pairs.
 
-    Worst is the largest wall time, memory, TRE and metric value (elastix minimises its metrics), and
-    the smallest Dice.
+    Worst is the largest wall time, memory, TRE, folded fraction and metric value (elastix minimises its
+    metrics), and the smallest Dice and Jacobian determinant.
     """
     done = [r for r in records if r.get("status") in ("complete", "skipped")]
     columns = [c for c in _columns(records) if c not in ("id", "status", "error", "hash")]
     lines = []
     for name, reduce in (("mean", statistics.fmean), ("median", statistics.median), ("worst", None)):
-        line = {"id": f"cohort {name}", "status": f"{len(done)} of {len(records)} registered"}
+        warned = sum(1 for r in done if r.get("transform_warnings"))
+        line = {"id": f"cohort {name}", "status": f"{len(done)} of {len(records)} registered"
+                + (f", {warned} with transform warnings" if warned else "")}
         for column in columns:
             values = [float(r[column]) for r in done if isinstance(r.get(column), (int, float))
                       and math.isfinite(float(r[column]))]
@@ -722,7 +736,7 @@ def cohort_lines(records: Sequence[Mapping[str, Any]]) -> list[dict]:
                 if reduce is not None:
                     line[column] = reduce(values)
                 else:
-                    line[column] = min(values) if column.startswith("dice") else max(values)
+                    line[column] = min(values) if column.startswith(("dice", "jacobian_min")) else max(values)
         lines.append(line)
     return lines
 
