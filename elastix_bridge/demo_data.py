@@ -16,6 +16,11 @@ ITK direction ``diag(−1, −1, 1)``, intensities 0..255, already skull-strippe
   order — the same convention as ``itk.transformix_deformation_field``: the fixed point ``x``
   corresponds to the moving point ``x + u(x)``.
 
+:func:`make_pair` generalises it (other contrasts: PD, FLAIR, inverted, another non-monotonic
+remap, T1; larger rotations, translations and a scale change; other deformation, bias and noise
+levels) and also writes CSF/GM/WM tissue labels from the MNI GM/WM probability maps;
+``make_demo_pair`` is ``make_pair`` with its defaults (bit-identical outputs) minus the labels.
+
 Axis conventions: ITK index / physical vectors are ``(x, y, z)``; numpy arrays obtained from ITK
 are ``[z, y, x]`` (vector images ``[z, y, x, component]`` with the component axis in ``(x, y, z)``
 order). All geometry keeps the template's direction matrix (p = origin + direction·diag(spacing)·i).
@@ -39,6 +44,8 @@ __all__ = [
     "dice",
     "displacement_error",
     "make_demo_pair",
+    "make_pair",
+    "remap_contrast",
     "mni_template_path",
     "nmi",
     "warp_with_displacement",
@@ -156,19 +163,277 @@ def _rotation(dimension, angle_rad, rng) -> np.ndarray:
     return np.eye(3) + s * k + (1 - c) * (k @ k)
 
 
+# --------------------------------------------------------------------------------------------
+# contrasts
+
+#: Knots of the contrast remappings, in units of the reference intensity (≈ WM in the template:
+#: template background 0, CSF ≈ 0.3, GM ≈ 0.75, WM ≈ 1).
+_KNOTS = [0.0, 0.06, 0.3, 0.55, 0.75, 0.95, 1.3]
+_CONTRASTS = {
+    # background, edge, CSF, CSF/GM, GM, WM, bright WM
+    "t2": [0.0, 0.0, 1.0, 0.75, 0.55, 0.25, 0.2],            # CSF bright, WM dark (non-monotonic)
+    "pd": [0.0, 0.0, 0.9, 0.88, 0.85, 0.65, 0.6],            # flat PD-like: CSF ≳ GM > WM
+    "flair": [0.0, 0.0, 0.12, 0.5, 0.9, 0.6, 0.55],          # CSF dark, GM bright, WM darker than GM
+    "inverted": [1.0, 0.95, 0.7, 0.5, 0.35, 0.15, 0.1],      # monotonic decreasing (background bright)
+    "nonmonotonic": [0.0, 0.1, 0.55, 0.8, 1.0, 0.2, 0.15],   # GM brightest, CSF mid, WM darkest
+    "t1": [0.0, 0.06, 0.3, 0.55, 0.75, 0.95, 1.3],           # identity: same contrast as fixed
+}
+CONTRASTS = tuple(_CONTRASTS)
+
+
 def _t2_like(t1, reference) -> np.ndarray:
     """Non-monotonic T1 → T2-like remapping: background 0, CSF bright, GM mid, WM dark.
 
     Knots in units of ``reference`` (≈ WM intensity): template CSF ≈ 0.3, GM ≈ 0.75, WM ≈ 1.
     """
-    s = t1 / reference
-    knots = [0.0, 0.06, 0.3, 0.55, 0.75, 0.95, 1.3]
-    values = [0.0, 0.0, 1.0, 0.75, 0.55, 0.25, 0.2]
-    return np.interp(s, knots, values)
+    return remap_contrast(t1, reference, "t2")
+
+
+def remap_contrast(t1, reference: float, contrast: str) -> np.ndarray:
+    """Piecewise-linear remapping of T1 template intensities to another contrast.
+
+    Args:
+        t1: array of T1 template intensities (any shape).
+        reference: intensity that maps to 1 (the 95th percentile in the brain mask ≈ WM).
+        contrast: one of :data:`CONTRASTS`: ``"t2"`` (CSF bright, GM mid, WM dark),
+            ``"pd"`` (CSF ≳ GM > WM, low contrast), ``"flair"`` (CSF dark, GM bright, WM darker
+            than GM), ``"inverted"`` (monotonic decreasing, background bright),
+            ``"nonmonotonic"`` (GM brightest, CSF mid, WM darkest), ``"t1"`` (identity up to
+            scale: a monomodal case).
+
+    Returns:
+        float64 array in [0, ~1.3] of the same shape (callers scale it).
+
+    Raises:
+        ValueError: unknown contrast.
+    """
+    if contrast not in _CONTRASTS:
+        raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
+    return np.interp(np.asarray(t1, dtype=np.float64) / reference, _KNOTS, _CONTRASTS[contrast])
 
 
 # --------------------------------------------------------------------------------------------
-# the demo pair
+# the demo pair and its generalisation
+
+
+def _resample_like_template(path: Path, vs: float, new_size, new_origin):
+    """Read a 1 mm MNI probability map and resample it exactly like the T1 template (smoothing
+    included); nilearn stores the maps as 0..255, returned as probabilities 0..1."""
+    import itk
+
+    image = itk.imread(str(path), itk.F)
+    scale = 255.0 if float(itk.array_view_from_image(image).max()) > 1.0 else 1.0
+    _, sp0, _, _ = _geometry(image)
+    if vs > float(sp0.min()):
+        image = itk.smoothing_recursive_gaussian_image_filter(image, sigma=vs / 2.0)
+    out = itk.resample_image_filter(
+        image, size=[int(s) for s in new_size], output_spacing=[vs] * 3,
+        output_origin=[float(o) for o in new_origin], output_direction=image.GetDirection())
+    return np.clip(itk.array_from_image(out).astype(np.float64) / scale, 0, 1)
+
+
+def _tissue_labels(gm, wm, mask) -> np.ndarray:
+    """uint8 labels 0 background, 1 CSF, 2 GM, 3 WM (see :func:`make_pair`)."""
+    csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
+    labels = 1 + np.argmax(np.stack([csf, gm, wm]), axis=0)  # ties → the lower class (CSF first)
+    return np.where(mask.astype(bool), labels, 0).astype(np.uint8)
+
+
+def make_pair(output_dir: str | Path, dimension: int = 3, voxel_size: float = 2.0, seed: int = 0,
+              contrast: str = "t2", deformation_mm: tuple = (4.0, 6.0),
+              rotation_deg: tuple = (1.0, 2.0), translation_mm: float = 2.0, scale: float = 0.0,
+              bias: float = 0.15, noise: float = 0.01, field_sigma_mm: float = 20.0,
+              labels: bool = True) -> dict:
+    """Write a fixed/moving pair from the MNI template with a known transform, a chosen contrast and
+    tissue labels (no download; the data ship in the nilearn wheel).
+
+    Known transform (fixed → moving, physical mm, ITK ``(x, y, z)``):
+    ``T(x) = R·S·(x − c) + c + t + n(x)`` with ``c`` the brain-mask centroid, ``R`` a rotation by
+    an angle uniform in ``rotation_deg`` (random sign; in-plane in 2D, random axis in 3D), ``S`` =
+    ``diag(1 + s_i)`` with ``s_i`` uniform in ``±scale`` per axis (only drawn when ``scale > 0``),
+    ``t`` uniform in ``±translation_mm`` per axis, and ``n`` a Gaussian-smoothed
+    (σ = ``field_sigma_mm``) white-noise field per component scaled so that its maximum magnitude in
+    the brain mask is uniform in ``deformation_mm``. The moving image is ``F(T⁻¹(y))`` (``T⁻¹`` by
+    fixed-point iteration, cubic interpolation), remapped by :func:`remap_contrast`, times a smooth
+    bias field ``exp(±bias·b)`` (σ = 40 mm, ``b`` in [−1, 1]) plus Gaussian noise of standard
+    deviation ``noise`` (in units of the remapped range ≈ 1), clipped at 0 and scaled by 1000.
+
+    Tissue labels (``labels=True``): the GM and WM probability maps of the same MNI 2009a release
+    (``mni_icbm152_{gm,wm}_tal_nlin_sym_09a_converted.nii.gz`` in nilearn, stored as 0..255 and
+    divided by 255) are smoothed and resampled exactly like the T1; with ``p_csf = clip(1 − p_gm − p_wm, 0, 1)``, every voxel of
+    the fixed head mask (the template is skull-stripped, so the mask is brain + CSF rim) gets
+    ``1 + argmax(p_csf, p_gm, p_wm)`` (1 CSF, 2 GM, 3 WM; ties go to the lower class), every
+    voxel outside the mask 0. ``moving_labels`` are those labels warped with the same ``T⁻¹``,
+    nearest neighbour.
+
+    With the defaults this is exactly :func:`make_demo_pair` (same random draws, same files,
+    bit-identical arrays) plus the label files.
+
+    Files written in ``output_dir`` (NIfTI, direction ``diag(−1, −1[, 1])`` of the template):
+    ``fixed`` (float32, T1), ``fixed_mask`` / ``moving_mask`` (uint8 0/1), ``moving`` (float32,
+    the chosen contrast), ``moving_t1`` (warped T1 before the contrast change),
+    ``true_displacement`` (vector, D float32 components ``(x, y[, z])`` in mm on the fixed grid,
+    ``u(x) = T(x) − x``) and, with ``labels``, ``fixed_labels`` / ``moving_labels`` (uint8).
+
+    Args:
+        output_dir: folder (created).
+        dimension: 3 (volume) or 2 (axial slice through the middle of the brain mask, in-plane
+            geometry of the 3D grid).
+        voxel_size: isotropic spacing in mm (> 0); 1 mm keeps the template's resolution.
+        seed: numpy generator seed (transform, bias, noise).
+        contrast: moving contrast, one of :data:`CONTRASTS`.
+        deformation_mm: (low, high) of the non-rigid field's maximum magnitude, mm.
+        rotation_deg: (low, high) of the rotation angle, degrees.
+        translation_mm: half-width of the uniform translation per axis, mm.
+        scale: half-width of the uniform per-axis scale change (0.05 = ±5 %).
+        bias: amplitude of the log bias field.
+        noise: noise standard deviation (relative to the remapped range).
+        field_sigma_mm: smoothing σ of the non-rigid field, mm.
+        labels: also write ``fixed_labels`` and ``moving_labels``.
+
+    Returns:
+        dict of paths (keys = file names without extension), ``mean_displacement_mm``,
+        ``max_displacement_mm`` (in the fixed mask), ``rotation_deg``, ``translation_mm``,
+        ``scale`` (per-axis factors − 1), ``nonrigid_max_mm``, ``inverse_residual_mm``
+        (max |T(T⁻¹(y)) − y|, mm), ``contrast`` and for 2D ``slice_index`` / ``slice_z_mm``.
+
+    Raises:
+        ValueError: bad dimension, voxel_size or contrast.
+        ModuleNotFoundError: nilearn missing (see :func:`mni_template_path`).
+    """
+    if dimension not in (2, 3):
+        raise ValueError(f"dimension must be 2 or 3, got {dimension!r}")
+    if not voxel_size > 0:
+        raise ValueError(f"voxel_size must be > 0 mm, got {voxel_size!r}")
+    if contrast not in _CONTRASTS:
+        raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
+    import itk
+    from scipy import ndimage
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    # 1. template → isotropic voxel_size (corner-aligned: same physical extent)
+    template_path = mni_template_path()
+    template = itk.imread(str(template_path), itk.F)
+    size0, sp0, org0, dir0 = _geometry(template)
+    vs = float(voxel_size)
+    if vs > float(sp0.min()):
+        template = itk.smoothing_recursive_gaussian_image_filter(template, sigma=vs / 2.0)
+    new_size = np.maximum(1, np.round(size0 * sp0 / vs)).astype(int)
+    new_origin = org0 + dir0 @ ((vs - sp0) / 2.0)
+    resampled = itk.resample_image_filter(
+        template, size=[int(s) for s in new_size], output_spacing=[vs] * 3,
+        output_origin=[float(o) for o in new_origin], output_direction=template.GetDirection())
+    fixed3 = np.clip(itk.array_from_image(resampled).astype(np.float32), 0, None)
+    mask3 = _head_mask(fixed3, [vs] * 3)
+    if labels:
+        gm3 = _resample_like_template(template_path.parent / _TEMPLATE.replace("_t1_", "_gm_"),
+                                      vs, new_size, new_origin)
+        wm3 = _resample_like_template(template_path.parent / _TEMPLATE.replace("_t1_", "_wm_"),
+                                      vs, new_size, new_origin)
+
+    spacing, origin, direction = np.full(3, vs), new_origin, dir0
+    info: dict = {}
+    if dimension == 2:
+        zs = np.nonzero(mask3.any(axis=(1, 2)))[0]
+        k = int(round((zs.min() + zs.max()) / 2.0))
+        fixed = np.ascontiguousarray(fixed3[k])
+        mask = _head_mask(fixed, [vs] * 2)
+        if labels:
+            gm, wm = gm3[k], wm3[k]
+        info["slice_index"] = k
+        info["slice_z_mm"] = float((origin + direction @ (np.array([0, 0, k]) * vs))[2])
+        spacing, origin, direction = spacing[:2], origin[:2], direction[:2, :2]
+    else:
+        fixed, mask = fixed3, mask3
+        if labels:
+            gm, wm = gm3, wm3
+    d = dimension
+    size = np.array(fixed.shape[::-1])
+
+    # 2. known transform T(x) = R S (x − c) + c + t + n(x), u = T(x) − x on the fixed grid
+    grid = _physical_grid(size, spacing, origin, direction)  # [..., D]
+    inside = mask.astype(bool)
+    centre = grid[inside].mean(axis=0)
+    angle = np.deg2rad(rng.uniform(*rotation_deg) * rng.choice([-1.0, 1.0]))
+    rot = _rotation(d, angle, rng)
+    trans = rng.uniform(-translation_mm, translation_mm, size=d)
+    if scale > 0:  # drawn only when asked, so the defaults reproduce make_demo_pair's draws
+        scales = rng.uniform(-scale, scale, size=d)
+        lin = rot @ np.diag(1.0 + scales)
+        lin_inv_t = np.linalg.inv(lin).T
+    else:
+        scales = np.zeros(d)
+        lin, lin_inv_t = rot, rot  # (R^T)^T = R
+    sigma_vox = field_sigma_mm / vs
+    field = np.stack([ndimage.gaussian_filter(rng.normal(size=fixed.shape), sigma_vox,
+                                              mode="reflect") for _ in range(d)], axis=-1)
+    target_max = rng.uniform(*deformation_mm)
+    field *= target_max / np.linalg.norm(field[inside], axis=-1).max()
+
+    def linear(x: np.ndarray) -> np.ndarray:
+        return (x - centre) @ lin.T + centre + trans
+
+    u = linear(grid) + field - grid
+
+    # 3. inverse by fixed-point iteration: x = (RS)^-1 (y − c − t − n(x)) + c
+    def n_at(points: np.ndarray) -> np.ndarray:
+        idx = _physical_to_index(points, spacing, origin, direction)
+        return np.stack([_sample(field[..., a], idx, order=1, mode="nearest")
+                         for a in range(d)], axis=-1)
+
+    x = (grid - centre - trans) @ lin_inv_t + centre
+    for _ in range(40):
+        x_new = (grid - centre - trans - n_at(x)) @ lin_inv_t + centre
+        step = np.abs(x_new - x).max()
+        x = x_new
+        if step < 1e-4:
+            break
+    residual = float(np.linalg.norm(linear(x) + n_at(x) - grid, axis=-1).max())
+    x_idx = _physical_to_index(x, spacing, origin, direction)
+
+    # 4. warped anatomy, warped mask, contrast change
+    moving_t1 = np.clip(_sample(fixed.astype(np.float64), x_idx, order=3, mode="constant"),
+                        0, None).astype(np.float32)
+    moving_mask = (_sample(mask.astype(np.float32), x_idx, order=1, mode="constant") > 0.5)
+    reference = float(np.percentile(fixed[inside], 95))
+    remapped = remap_contrast(moving_t1.astype(np.float64), reference, contrast)
+    bias_field = ndimage.gaussian_filter(rng.normal(size=fixed.shape), 40.0 / vs, mode="reflect")
+    bias_field /= np.abs(bias_field).max() + 1e-12
+    moving = remapped * np.exp(bias * bias_field) + rng.normal(scale=noise, size=fixed.shape)
+    moving = (np.clip(moving, 0, None) * 1000.0).astype(np.float32)
+
+    # 5. write
+    names = ["fixed", "fixed_mask", "moving", "moving_mask", "moving_t1", "true_displacement"]
+    if labels:
+        names += ["fixed_labels", "moving_labels"]
+    paths = {name: out / f"{name}.nii.gz" for name in names}
+    geo = (spacing, origin, direction)
+    itk.imwrite(_to_itk(fixed.astype(np.float32), *geo), str(paths["fixed"]), compression=True)
+    itk.imwrite(_to_itk(mask.astype(np.uint8), *geo), str(paths["fixed_mask"]), compression=True)
+    itk.imwrite(_to_itk(moving, *geo), str(paths["moving"]), compression=True)
+    itk.imwrite(_to_itk(moving_mask.astype(np.uint8), *geo), str(paths["moving_mask"]),
+                compression=True)
+    itk.imwrite(_to_itk(moving_t1, *geo), str(paths["moving_t1"]), compression=True)
+    itk.imwrite(_to_itk(u.astype(np.float32), *geo, vector=True),
+                str(paths["true_displacement"]), compression=True)
+    if labels:
+        fixed_labels = _tissue_labels(gm, wm, mask)
+        moving_labels = np.rint(_sample(fixed_labels.astype(np.float32), x_idx, order=0,
+                                        mode="constant")).astype(np.uint8)
+        itk.imwrite(_to_itk(fixed_labels, *geo), str(paths["fixed_labels"]), compression=True)
+        itk.imwrite(_to_itk(moving_labels, *geo), str(paths["moving_labels"]), compression=True)
+
+    mag = np.linalg.norm(u[inside], axis=-1)
+    result = dict(paths)
+    result.update(
+        mean_displacement_mm=float(mag.mean()), max_displacement_mm=float(mag.max()),
+        rotation_deg=float(np.rad2deg(angle)), translation_mm=tuple(float(v) for v in trans),
+        scale=tuple(float(v) for v in scales), nonrigid_max_mm=float(target_max),
+        inverse_residual_mm=residual, contrast=contrast, **info)
+    return result
 
 
 def make_demo_pair(output_dir: str | Path, dimension: int = 3, voxel_size: float = 2.0,
@@ -181,6 +446,7 @@ def make_demo_pair(output_dir: str | Path, dimension: int = 3, voxel_size: float
     in [4, 6] mm inside the brain mask. The moving image is ``F(T⁻¹(y))`` (``T⁻¹`` by fixed-point
     iteration), cubic interpolation, then the T2-like remapping, a smooth bias field
     ``exp(±0.15·b)`` (σ = 40 mm) and Gaussian noise (1 % of the range).
+    This is :func:`make_pair` with its defaults, without the label files.
 
     Files written in ``output_dir`` (NIfTI, geometry of the resampled template, direction
     preserved): ``fixed.nii.gz`` (float32), ``fixed_mask.nii.gz`` (uint8), ``moving.nii.gz``
@@ -206,110 +472,9 @@ def make_demo_pair(output_dir: str | Path, dimension: int = 3, voxel_size: float
         ValueError: dimension not 2/3 or voxel_size ≤ 0.
         ModuleNotFoundError: nilearn missing (see :func:`mni_template_path`).
     """
-    if dimension not in (2, 3):
-        raise ValueError(f"dimension must be 2 or 3, got {dimension!r}")
-    if not voxel_size > 0:
-        raise ValueError(f"voxel_size must be > 0 mm, got {voxel_size!r}")
-    import itk
-    from scipy import ndimage
-
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-
-    # 1. template → isotropic voxel_size (corner-aligned: same physical extent)
-    template = itk.imread(str(mni_template_path()), itk.F)
-    size0, sp0, org0, dir0 = _geometry(template)
-    vs = float(voxel_size)
-    if vs > float(sp0.min()):
-        template = itk.smoothing_recursive_gaussian_image_filter(template, sigma=vs / 2.0)
-    new_size = np.maximum(1, np.round(size0 * sp0 / vs)).astype(int)
-    new_origin = org0 + dir0 @ ((vs - sp0) / 2.0)
-    resampled = itk.resample_image_filter(
-        template, size=[int(s) for s in new_size], output_spacing=[vs] * 3,
-        output_origin=[float(o) for o in new_origin], output_direction=template.GetDirection())
-    fixed3 = np.clip(itk.array_from_image(resampled).astype(np.float32), 0, None)
-    mask3 = _head_mask(fixed3, [vs] * 3)
-
-    spacing, origin, direction = np.full(3, vs), new_origin, dir0
-    info: dict = {}
-    if dimension == 2:
-        zs = np.nonzero(mask3.any(axis=(1, 2)))[0]
-        k = int(round((zs.min() + zs.max()) / 2.0))
-        fixed = np.ascontiguousarray(fixed3[k])
-        mask = _head_mask(fixed, [vs] * 2)
-        info["slice_index"] = k
-        info["slice_z_mm"] = float((origin + direction @ (np.array([0, 0, k]) * vs))[2])
-        spacing, origin, direction = spacing[:2], origin[:2], direction[:2, :2]
-    else:
-        fixed, mask = fixed3, mask3
-    d = dimension
-    size = np.array(fixed.shape[::-1])
-
-    # 2. known transform T(x) = R (x − c) + c + t + n(x), u = T(x) − x on the fixed grid
-    grid = _physical_grid(size, spacing, origin, direction)  # [..., D]
-    inside = mask.astype(bool)
-    centre = grid[inside].mean(axis=0)
-    angle = np.deg2rad(rng.uniform(1.0, 2.0) * rng.choice([-1.0, 1.0]))
-    rot = _rotation(d, angle, rng)
-    trans = rng.uniform(-2.0, 2.0, size=d)
-    sigma_vox = 20.0 / vs
-    field = np.stack([ndimage.gaussian_filter(rng.normal(size=fixed.shape), sigma_vox,
-                                              mode="reflect") for _ in range(d)], axis=-1)
-    target_max = rng.uniform(4.0, 6.0)
-    field *= target_max / np.linalg.norm(field[inside], axis=-1).max()
-
-    def rigid(x: np.ndarray) -> np.ndarray:
-        return (x - centre) @ rot.T + centre + trans
-
-    u = rigid(grid) + field - grid
-
-    # 3. inverse by fixed-point iteration: x = R^T (y − c − t − n(x)) + c
-    def n_at(points: np.ndarray) -> np.ndarray:
-        idx = _physical_to_index(points, spacing, origin, direction)
-        return np.stack([_sample(field[..., a], idx, order=1, mode="nearest")
-                         for a in range(d)], axis=-1)
-
-    x = (grid - centre - trans) @ rot + centre
-    for _ in range(40):
-        x_new = (grid - centre - trans - n_at(x)) @ rot + centre
-        step = np.abs(x_new - x).max()
-        x = x_new
-        if step < 1e-4:
-            break
-    residual = float(np.linalg.norm(rigid(x) + n_at(x) - grid, axis=-1).max())
-    x_idx = _physical_to_index(x, spacing, origin, direction)
-
-    # 4. warped anatomy, warped mask, contrast change
-    moving_t1 = np.clip(_sample(fixed.astype(np.float64), x_idx, order=3, mode="constant"),
-                        0, None).astype(np.float32)
-    moving_mask = (_sample(mask.astype(np.float32), x_idx, order=1, mode="constant") > 0.5)
-    reference = float(np.percentile(fixed[inside], 95))
-    t2 = _t2_like(moving_t1.astype(np.float64), reference)
-    bias = ndimage.gaussian_filter(rng.normal(size=fixed.shape), 40.0 / vs, mode="reflect")
-    bias /= np.abs(bias).max() + 1e-12
-    moving = t2 * np.exp(0.15 * bias) + rng.normal(scale=0.01, size=fixed.shape)
-    moving = (np.clip(moving, 0, None) * 1000.0).astype(np.float32)
-
-    # 5. write
-    paths = {name: out / f"{name}.nii.gz" for name in
-             ("fixed", "fixed_mask", "moving", "moving_mask", "moving_t1", "true_displacement")}
-    geo = (spacing, origin, direction)
-    itk.imwrite(_to_itk(fixed.astype(np.float32), *geo), str(paths["fixed"]), compression=True)
-    itk.imwrite(_to_itk(mask.astype(np.uint8), *geo), str(paths["fixed_mask"]), compression=True)
-    itk.imwrite(_to_itk(moving, *geo), str(paths["moving"]), compression=True)
-    itk.imwrite(_to_itk(moving_mask.astype(np.uint8), *geo), str(paths["moving_mask"]),
-                compression=True)
-    itk.imwrite(_to_itk(moving_t1, *geo), str(paths["moving_t1"]), compression=True)
-    itk.imwrite(_to_itk(u.astype(np.float32), *geo, vector=True),
-                str(paths["true_displacement"]), compression=True)
-
-    mag = np.linalg.norm(u[inside], axis=-1)
-    result = dict(paths)
-    result.update(
-        mean_displacement_mm=float(mag.mean()), max_displacement_mm=float(mag.max()),
-        rotation_deg=float(np.rad2deg(angle)), translation_mm=tuple(float(v) for v in trans),
-        nonrigid_max_mm=float(target_max), inverse_residual_mm=residual, **info)
+    result = make_pair(output_dir, dimension=dimension, voxel_size=voxel_size, seed=seed,
+                       labels=False)
+    del result["scale"], result["contrast"]
     return result
 
 
