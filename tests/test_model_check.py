@@ -22,11 +22,21 @@ class Model(nn.Module):
 """
 
 
-def _t2_like(t1, reference):
-    """The demo's T1 -> T2-like remapping (elastix_bridge.demo_data._t2_like): CSF bright, WM dark."""
-    knots = [0.0, 0.06, 0.3, 0.55, 0.75, 0.95, 1.3]
-    values = [0.0, 0.0, 1.0, 0.75, 0.55, 0.25, 0.2]
-    return np.interp(t1 / reference, knots, values)
+def _aligned_t2(folder, dimension):
+    """The demo pair at 4 mm in ``folder``, and ``t2.nii.gz``: its fixed T1 image in the demo's T2-like
+    contrast, so aligned with it. Returns (make_demo_pair's paths, the T2-like image's path)."""
+    import itk
+
+    from elastix_bridge.demo_data import make_demo_pair, remap_contrast
+
+    paths = make_demo_pair(folder, dimension=dimension, voxel_size=4.0)
+    fixed = itk.imread(str(paths["fixed"]), itk.F)
+    t1 = itk.array_from_image(fixed).astype(np.float64)
+    mask = itk.array_from_image(itk.imread(str(paths["fixed_mask"]))).astype(bool)
+    t2 = itk.image_from_array((1000 * remap_contrast(t1, float(np.percentile(t1[mask], 95)), "t2")).astype(np.float32))
+    t2.CopyInformation(fixed)
+    itk.imwrite(t2, str(folder / "t2.nii.gz"))
+    return paths, folder / "t2.nii.gz"
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +44,8 @@ def pair(tmp_path_factory):
     """Aligned 2D pair at 4 mm: ``fixed`` (T1), ``t2`` (the fixed image's T2-like contrast), a 3D image."""
     import itk
 
-    from elastix_bridge.demo_data import make_demo_pair
-
     folder = tmp_path_factory.mktemp("check")
-    paths = make_demo_pair(folder, dimension=2, voxel_size=4.0)
-    fixed = itk.imread(str(paths["fixed"]), itk.F)
-    t1 = itk.array_from_image(fixed).astype(np.float64)
-    mask = itk.array_from_image(itk.imread(str(paths["fixed_mask"]))).astype(bool)
-    t2 = itk.image_from_array((1000 * _t2_like(t1, float(np.percentile(t1[mask], 95)))).astype(np.float32))
-    t2.CopyInformation(fixed)
-    itk.imwrite(t2, str(folder / "t2.nii.gz"))
+    paths, _ = _aligned_t2(folder, 2)
     volume = itk.image_from_array(np.ones((4, 5, 6), np.float32))
     itk.imwrite(volume, str(folder / "volume.nii.gz"))
     intensity = scripted_model(folder, "intensity.pt", INTENSITY)
@@ -162,20 +164,12 @@ def test_m730_cannot_compare_t1_with_t2_like(plugin, tmp_path):
     At 4 mm and shifts of 4 and 8 mm to stay fast (docs/models.md has the 2 mm profile); between two T1
     images it sees alignment.
     """
-    import itk
 
-    from elastix_bridge.demo_data import make_demo_pair
     from elastix_bridge.models.alignment_check import check_alignment
 
     model = shared_path("models", "M730_1_Layers.pt")
-    paths = make_demo_pair(tmp_path, dimension=3, voxel_size=4.0)
-    fixed = itk.imread(str(paths["fixed"]), itk.F)
-    t1 = itk.array_from_image(fixed).astype(np.float64)
-    mask = itk.array_from_image(itk.imread(str(paths["fixed_mask"]))).astype(bool)
-    t2 = itk.image_from_array((1000 * _t2_like(t1, float(np.percentile(t1[mask], 95)))).astype(np.float32))
-    t2.CopyInformation(fixed)
-    itk.imwrite(t2, str(tmp_path / "t2.nii.gz"))
-    report = check_alignment(model, paths["fixed"], tmp_path / "t2.nii.gz", shifts=[4, 8])
+    paths, t2 = _aligned_t2(tmp_path, 3)
+    report = check_alignment(model, paths["fixed"], t2, shifts=[4, 8])
     assert not report.sees_alignment
     assert all(report.d0 == max(v for _, v in profile) for profile in report.profiles.values()), report.text()
     assert check_alignment(model, paths["fixed"], paths["fixed"], shifts=[4, 8]).sees_alignment
