@@ -1,4 +1,4 @@
-"""A cohort: ``elastix-bridge batch`` against a shell loop of single commands (issue 14).
+"""A cohort: ``elastix-bridge batch`` against a shell loop of single commands (docs/benchmarks.md, "Cohorts").
 
 N demo-sized 3D pairs (``make_demo_pair`` with seeds 0..N-1: the MNI152 template at 2 mm and a
 T2-like moving image with a known deformation, no download), one parameter map (default: the MIND

@@ -33,7 +33,7 @@ def main() -> None:
     from elastix_bridge.runtime import loader
     from elastix_bridge.api import elastix_registration_method
     from elastix_bridge.core.image_io import read_mask
-    from elastix_bridge.demo_data import dice, nmi
+    from elastix_bridge.registration_quality import dice, nmi
     from elastix_bridge.demo import upstream_brain_parameter_file
     from elastix_bridge.core.parameters import read_parameter_file
     from elastix_bridge.core.transform_io import to_parameter_object

@@ -1,4 +1,4 @@
-"""A pretrained network as IMPACT features: deepbet's first block against MIND-SSC and Mattes MI (issue 15).
+"""A pretrained network as IMPACT features: deepbet's first block against MIND-SSC and Mattes MI (docs/models.md).
 
 deepbet (MIT licence, on PyPI) ships its brain-extraction LinkNet3D, trained on T1 images, as a traced
 TorchScript file. This script exports its ``init`` block (16 channels at 1/4 resolution) with a
@@ -25,7 +25,8 @@ def main() -> None:
 
     from elastix_bridge.api import elastix_registration_method
     from elastix_bridge.demo import demo_parameter_map, mattes_parameter_map
-    from elastix_bridge.demo_data import displacement_error, make_demo_pair
+    from elastix_bridge.demo_data import make_demo_pair
+    from elastix_bridge.registration_quality import displacement_error
     from elastix_bridge.models.export import export
 
     wheel = Path(sys.argv[1])

@@ -1,4 +1,4 @@
-"""The bridge engine against elastix on maps both run: agreement and wall-time ratio (issue 4).
+"""The bridge engine against elastix on maps both run: agreement and wall-time ratio (docs/engine.md).
 
 Each case runs the same parameter map with ``engine="elastix"`` (itk-elastix) and ``engine="bridge"``
 in one process (warmed up first) and prints the mean distance between the two deformation fields

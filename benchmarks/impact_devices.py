@@ -44,9 +44,9 @@ def main() -> None:
 
     from elastix_bridge.core.geometry import ImageGeometry
     from elastix_bridge.engine.images.level_images import LevelImage
-    from elastix_bridge.models.mind import mind_model_path
+    from elastix_bridge.runtime.mind import mind_model_path
     from elastix_bridge.runtime import loader
-    from helpers import impact_metric, level_config, model_config
+    from helpers.impact import impact_metric, level_config, model_config
 
     class Conv(torch.nn.Module):
         def __init__(self):

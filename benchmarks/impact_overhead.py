@@ -1,4 +1,4 @@
-"""IMPACT cost per iteration against the feature model's own cost (issue 3 benchmark).
+"""IMPACT cost per iteration against the feature model's own cost (docs/benchmarks.md).
 
 For each model (the project's MIND-SSC 2D/3D and, with ../shared, upstream's R1D2 and M730) on
 real anatomy (the MNI152 template shipped in nilearn's wheel, T1 fixed / T2-like moving, with a
@@ -149,7 +149,7 @@ def main() -> None:
     import torch
 
     from elastix_bridge.runtime import loader
-    from elastix_bridge.models.mind import mind_model_path
+    from elastix_bridge.runtime.mind import mind_model_path
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     plugin = loader.load_plugin()

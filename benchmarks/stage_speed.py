@@ -1,4 +1,4 @@
-"""Wall time and peak memory of one stage: elastix, the bridge engine and IMPACT on the same map (issue 13).
+"""Wall time and peak memory of one stage: elastix, the bridge engine and IMPACT on the same map (docs/performance.md).
 
 Every case runs in its own fresh interpreter (so peak RSS is that case's alone and nothing is
 warm from another case), imports itk-elastix and the bridge first (not timed), then times one
@@ -13,8 +13,8 @@ registration with the same parameter map except for the metric:
 
 Pairs: the demo's MNI152 T1/T2-like 3D pair at 2 mm (``make_demo_pair``, no download) and, with
 ``../shared``, the 2D multimodal brain pair with its masks. Threads: ``--threads`` (default 2) for
-every case (``number_of_threads``: torch, OpenMP and ITK). Each ratio is printed beside its target
-(issue 13); run on a quiet machine, one run after another:
+every case (``number_of_threads``: torch, OpenMP and ITK). Each ratio is printed beside the
+project's goal for it (docs/performance.md); run on a quiet machine, one run after another:
 
     python benchmarks/stage_speed.py [--shared ../shared] [--threads 2] [--jacobian] [--only 2D|3D]
 """

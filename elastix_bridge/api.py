@@ -12,14 +12,29 @@ import contextlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
-from elastix_bridge.runtime import itk_elastix
-from elastix_bridge.runtime.itk_elastix import as_float_image, given_keywords
+from threadpoolctl import threadpool_limits
+
 from elastix_bridge.core.output_folder import (check_inputs_outside_outputs, is_held, owned_output_folder,
                                                prepare_output_folder)
+from elastix_bridge.core.parameters import parameter_maps_from_object
+from elastix_bridge.core.result_images import write_result_image
+from elastix_bridge.core.engines import ENGINES, stage_engines, uses_impact
+from elastix_bridge.core.transform_io import to_parameter_object, write_transform_parameter_file
+from elastix_bridge.plan import RegistrationPlan, check_resources, is_memory_error, memory_error, plan_registration
+from elastix_bridge.progress import StageProgress, elastix_stage_bar
+from elastix_bridge.runtime import itk_elastix
+from elastix_bridge.runtime.itk_elastix import as_float_image, given_keywords
+from elastix_bridge.runtime.loader import require_torch
+from elastix_bridge.runtime.native_plugins import preload_native_plugin
+from elastix_bridge.transform_check import check_stage
+from elastix_bridge.validation import CHAIN_KEYWORDS, check_threads, initial_transform_maps, validate_request
 
 if TYPE_CHECKING:  # pragma: no cover
     import itk
@@ -28,10 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("elastix_bridge")
 
-
-def uses_impact(parameter_map: ParameterMap) -> bool:
-    """Whether a :class:`~elastix_bridge.core.parameters.ParameterMap` asks for the Impact metric."""
-    return "Impact" in parameter_map.values("Metric")
+# The engine's choice per map lives in core (it reads only the maps); these names stay importable from here.
+__all__ = ["ENGINES", "check_bridge_models", "elastix_registration_method", "stage_engines", "uses_impact"]
 
 
 @contextlib.contextmanager
@@ -57,26 +70,6 @@ def _logging_to(console: bool, file: Optional[Path], append: bool = False):
             h.close()
         log.setLevel(previous)
         log.propagate = propagate
-
-
-ENGINES = ("auto", "elastix", "bridge")
-
-
-def stage_engines(maps: Sequence[ParameterMap], engine: str = "auto", native_plugin: bool = False) -> list:
-    """The engine that runs each parameter map: ``"bridge"`` or ``"elastix"``.
-
-    ``auto`` sends maps with ``(Metric "Impact")`` to the bridge engine (to elastix when a native
-    IMPACT plugin is preloaded, ``native_plugin``) and all others to elastix; ``elastix`` /
-    ``bridge`` send every map to that engine.
-
-    Raises:
-        ValueError: an unknown ``engine``.
-    """
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
-    if engine != "auto":
-        return [engine] * len(maps)
-    return ["bridge" if uses_impact(m) and not native_plugin else "elastix" for m in maps]
 
 
 def elastix_registration_method(fixed_image: itk.Image, moving_image: itk.Image,
@@ -151,9 +144,6 @@ def elastix_registration_method(fixed_image: itk.Image, moving_image: itk.Image,
         elastix_bridge.plan.InsufficientMemoryError: the estimate exceeds the available memory (before
             any work), or an allocation failed (naming the stage, level, estimate and keys).
     """
-    from elastix_bridge.core.parameters import parameter_maps_from_object
-    from elastix_bridge.validation import CHAIN_KEYWORDS, validate_request
-
     maps = [] if parameter_object is None else parameter_maps_from_object(parameter_object)
     if parameter_object is not None and not maps:  # an empty itk.ParameterObject: itk-elastix fails inside the filter
         raise ValueError("parameter_object holds no parameter map, so there is nothing to run; add one (e.g. "
@@ -163,8 +153,6 @@ def elastix_registration_method(fixed_image: itk.Image, moving_image: itk.Image,
         raise ValueError("engine='bridge' needs a parameter object: the bridge engine has no default maps")
     native = None
     if engine != "bridge" and any(uses_impact(m) for m in maps):
-        from elastix_bridge.runtime.native_plugins import preload_native_plugin
-
         native = preload_native_plugin()  # None unless $ELASTIX_BRIDGE_NATIVE_PLUGIN is set
     engines = stage_engines(maps, engine, native_plugin=native is not None)
     validate_request(maps, engines, fixed_image, moving_image, fixed_mask, moving_mask, kwargs)
@@ -192,9 +180,12 @@ def elastix_registration_method(fixed_image: itk.Image, moving_image: itk.Image,
                 _check_stages(maps, engines, result[1], fixed_image, fixed_mask, log_to_console,
                               out / log_file_name if out is not None and log_to_file else None)
             return result
-        logfile = out / log_file_name if out is not None and log_to_file else None
-        return _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask, out, log_to_console,
-                          logfile, progress, plan, **kwargs)
+        chain = ChainInputs(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask,
+                            kwargs.get("initial_transform_parameter_file_name"),
+                            kwargs.get("initial_transform_parameter_object"))
+        settings = ChainSettings(out, log_to_console, out / log_file_name if out is not None and log_to_file else None,
+                                 progress, kwargs.get("number_of_threads"), plan)
+        return _run_chain(chain, settings)
 
 
 def check_bridge_models(fixed_image: itk.Image, maps: Sequence[ParameterMap], engines: Sequence[str]) -> None:
@@ -204,17 +195,16 @@ def check_bridge_models(fixed_image: itk.Image, maps: Sequence[ParameterMap], en
         elastix_bridge.runtime.loader.ImpactModelError, elastix_bridge.runtime.loader.ImpactUnavailableError:
             see :func:`elastix_bridge.engine.registration.check_stage_models`.
     """
-    from elastix_bridge.engine.registration import check_stage_models
-
     for pmap, engine in zip(maps, engines):
         if engine == "bridge" and uses_impact(pmap):
+            require_torch()  # its own message when torch cannot be imported, before the engine imports it
+            from elastix_bridge.engine.registration import check_stage_models  # deferred: the engine imports torch
+
             check_stage_models(fixed_image, pmap)
 
 
 def _resource_plan(fixed_image, moving_image, maps, fixed_mask, moving_mask, engine, out):
     """The memory plan of the run, refusing one that cannot fit (unless the command, owning ``out``, checked)."""
-    from elastix_bridge.plan import check_resources, plan_registration
-
     if not maps or not all(hasattr(i, "GetLargestPossibleRegion") for i in (fixed_image, moving_image)):
         return None  # itk-elastix's defaults, or arguments the registration itself refuses
     if out is not None and is_held(out):
@@ -229,12 +219,6 @@ def _one_itk_elastix_call(fixed_image, moving_image, parameter_object, maps, fix
     elastix writes its log into ``out`` (a scratch name there unless ``log_to_file``) or, without
     ``out``, into a temporary folder: the cause of a failure is read from it.
     """
-    import shutil
-    import tempfile
-
-    from elastix_bridge.plan import is_memory_error, memory_error
-    from elastix_bridge.core.transform_io import to_parameter_object
-
     call = dict(kwargs, log_to_console=log_to_console)
     if parameter_object is not None:
         call["parameter_object"] = parameter_object if not maps else to_parameter_object(maps)
@@ -260,9 +244,6 @@ def _one_itk_elastix_call(fixed_image, moving_image, parameter_object, maps, fix
 
 def _check_stages(maps, engines, tp_object, fixed_image, fixed_mask, log_to_console, log_path) -> None:
     """:func:`~elastix_bridge.transform_check.check_stage` for every stage of a finished itk-elastix call."""
-    from elastix_bridge.core.parameters import parameter_maps_from_object
-    from elastix_bridge.transform_check import check_stage
-
     tp_maps = parameter_maps_from_object(tp_object)
     first = len(tp_maps) - len(maps)  # the initial transforms, if itk-elastix returned them
     with _logging_to(log_to_console, log_path, append=True):
@@ -270,25 +251,66 @@ def _check_stages(maps, engines, tp_object, fixed_image, fixed_mask, log_to_cons
             check_stage(k, pmap, tp_maps[:first + k + 1], fixed_image, fixed_mask, engine)
 
 
-def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask, out, log_to_console, logfile,
-               progress=False, plan=None, number_of_threads=None, initial_transform_parameter_file_name=None,
-               initial_transform_parameter_object=None):
-    """Run the stages in order, each on its engine, each starting from the ones before it."""
-    import itk
+@dataclass(frozen=True)
+class ChainInputs:
+    """What a chain of stages registers (:func:`_run_chain`).
 
-    from elastix_bridge.core.result_images import write_result_image
-    from elastix_bridge.plan import is_memory_error, memory_error
-    from elastix_bridge.progress import StageProgress, elastix_stage_bar
-    from elastix_bridge.core.transform_io import to_parameter_object, write_transform_parameter_file
-    from elastix_bridge.transform_check import check_stage
-    from elastix_bridge.validation import initial_transform_maps
+    Attributes:
+        fixed_image, moving_image: ``itk.Image`` of equal dimension.
+        maps: one :class:`~elastix_bridge.core.parameters.ParameterMap` per stage, in order.
+        engines: ``"bridge"`` / ``"elastix"`` per map (:func:`~elastix_bridge.core.engines.stage_engines`).
+        fixed_mask, moving_mask: ``itk.Image`` masks, or None.
+        initial_transform_file: elastix ``-t0`` (itk-elastix's ``initial_transform_parameter_file_name``), or None.
+        initial_transform_object: itk-elastix's ``initial_transform_parameter_object``, or None.
+    """
 
-    t0 = initial_transform_parameter_file_name
+    fixed_image: Any
+    moving_image: Any
+    maps: Sequence[ParameterMap]
+    engines: Sequence[str]
+    fixed_mask: Any = None
+    moving_mask: Any = None
+    initial_transform_file: Optional[str] = None
+    initial_transform_object: Any = None
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """Where a chain writes and how it runs (:func:`_run_chain`).
+
+    Attributes:
+        output_directory: the folder for elastix's files (numbered by stage), or None to write nothing.
+        log_to_console: print the registration log.
+        log_file: the log file (in ``output_directory``), or None.
+        progress: progress bars per stage on stderr.
+        number_of_threads: elastix ``-threads`` for the call (:func:`limited_threads`), or None for the user's settings.
+        plan: the run's memory plan, to name the stage and level of an allocation failure; or None.
+    """
+
+    output_directory: Optional[Path] = None
+    log_to_console: bool = False
+    log_file: Optional[Path] = None
+    progress: bool = False
+    number_of_threads: Optional[int] = None
+    plan: Optional[RegistrationPlan] = None
+
+
+def _run_chain(chain: ChainInputs, settings: ChainSettings):
+    """Run the stages in order, each on its engine, each starting from the ones before it.
+
+    Returns:
+        ``(result_image, transform_parameter_object)`` as :func:`elastix_registration_method` does.
+    """
+    import itk  # deferred: itk's import takes seconds, and only a running chain needs transformix
+
+    fixed_image, moving_image, out = chain.fixed_image, chain.moving_image, settings.output_directory
+    t0 = chain.initial_transform_file
     initial_maps = initial_transform_maps({"initial_transform_parameter_file_name": t0,
-                                           "initial_transform_parameter_object": initial_transform_parameter_object})
+                                           "initial_transform_parameter_object": chain.initial_transform_object})
     stage_maps = []
-    with _logging_to(log_to_console, logfile) as log_file, _threads(number_of_threads) as number_of_threads:
-        for k, (pmap, engine) in enumerate(zip(maps, engines)):
+    with _logging_to(settings.log_to_console, settings.log_file) as log_file, \
+            limited_threads(settings.number_of_threads) as number_of_threads:
+        for k, (pmap, engine) in enumerate(zip(chain.maps, chain.engines)):
             # On disk, stage k's map names the previous file (elastix's sequences and -t0).
             previous_file = (str(out / f"TransformParameters.{k - 1}.txt") if k and out is not None
                              else (str(Path(t0).resolve()) if t0 and not k else None))
@@ -296,29 +318,31 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
             level = []  # the resolution level the bridge engine is at, to name it in a memory error
             try:
                 if engine == "bridge":
-                    bars = StageProgress(k, pmap) if progress else None
+                    bars = StageProgress(k, pmap) if settings.progress else None
                     try:
                         tp_map = _bridge_stage(fixed_image, moving_image, pmap, k, initial_maps + stage_maps,
-                                               fixed_mask, moving_mask, out, previous_file, bars, level.append)
+                                               chain.fixed_mask, chain.moving_mask, out, previous_file, bars,
+                                               level.append)
                     finally:
                         if bars is not None:
                             bars.close()
                 else:
-                    bar = elastix_stage_bar(k) if progress else None
+                    bar = elastix_stage_bar(k) if settings.progress else None
                     try:
                         tp_map = _elastix_stage(fixed_image, moving_image, pmap, k, initial_maps + stage_maps,
-                                                fixed_mask, moving_mask, out, previous_file, log_to_console,
-                                                log_file, number_of_threads, None if bar is None else bar.refresh)
+                                                chain.fixed_mask, chain.moving_mask, out, previous_file,
+                                                settings.log_to_console, log_file, number_of_threads,
+                                                None if bar is None else bar.refresh)
                     finally:
                         if bar is not None:
                             bar.close()
             except Exception as error:
                 if is_memory_error(error):
-                    raise memory_error(error, k, engine, level[-1] if level else None, plan) from error
+                    raise memory_error(error, k, engine, level[-1] if level else None, settings.plan) from error
                 raise
             log.info("Stage %d (%s engine) took %.1f s.", k, engine, time.perf_counter() - tic)
             stage_maps.append(tp_map)
-            check_stage(k, pmap, initial_maps + stage_maps, fixed_image, fixed_mask, engine)
+            check_stage(k, pmap, initial_maps + stage_maps, fixed_image, chain.fixed_mask, engine)
             # In memory, map i's initial transform is map i-1 (file names are ignored, docs/design.md §E1.7).
             tp_object = to_parameter_object(initial_maps + stage_maps)
             result = None
@@ -336,8 +360,9 @@ def _run_chain(fixed_image, moving_image, maps, engines, fixed_mask, moving_mask
 def _bridge_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, moving_mask, out, previous_file,
                   on_iteration=None, on_level=None):
     """One stage on the bridge engine; returns its TransformParameters map."""
-    from elastix_bridge.engine.transforms.initial import TransformChain
-    from elastix_bridge.engine.registration import run_stage
+    require_torch()  # its own message when torch cannot be imported, before the engine imports it
+    from elastix_bridge.engine.registration import run_stage  # deferred: the engine imports torch
+    from elastix_bridge.engine.transforms.initial import TransformChain  # deferred: the engine imports torch
 
     chain = TransformChain(chain_maps) if chain_maps else None
     stage = run_stage(fixed_image, moving_image, pmap, fixed_mask, moving_mask, elastix_level=k,
@@ -362,12 +387,6 @@ def _elastix_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, m
     it, naming ``previous_file`` as its initial transform); its log is appended to the chain's log,
     also when it failed. elastix writes no result image: :func:`_run_chain` writes it in its pixel type.
     """
-    import shutil
-    import tempfile
-
-    from elastix_bridge.core.parameters import parameter_maps_from_object
-    from elastix_bridge.core.transform_io import to_parameter_object
-
     quiet = pmap.copy()
     quiet.set("WriteResultImage", ["false"])
     call = dict(parameter_object=to_parameter_object([quiet]), log_to_console=log_to_console)
@@ -402,7 +421,7 @@ def _elastix_stage(fixed_image, moving_image, pmap, k, chain_maps, fixed_mask, m
 
 
 @contextlib.contextmanager
-def _threads(n):
+def limited_threads(n):
     """Use ``n`` threads (elastix ``-threads``) for one call, then restore the user's settings; yields
     the count used (``n`` when it is falsy: the user's settings stay).
 
@@ -414,10 +433,7 @@ def _threads(n):
     if not n:
         yield n
         return
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    from elastix_bridge.validation import check_threads
+    import torch  # deferred: torch is loaded only when a call sets its thread count
 
     n = check_threads(int(n), "number_of_threads", warn=True)
     previous = torch.get_num_threads()

@@ -19,188 +19,36 @@ Flags are matched exactly, as elastix matches them (:class:`ExactParser`). Error
 from __future__ import annotations
 
 import argparse
-import difflib
+import json
 import logging
 import os
-import re
 import signal
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional, Sequence
 
+from elastix_bridge.batch import register_many  # checks dask.distributed itself, before creating anything
+from elastix_bridge.batch.summary import cohort_lines
+from elastix_bridge.core.engines import ENGINES
+from elastix_bridge.core.files import check_input_file
+from elastix_bridge.core.image_io import read_image_geometry
 from elastix_bridge.core.interruption import exit_code, interruption_text, signals_interrupt
+from elastix_bridge.core.parameters import read_parameter_file
+from elastix_bridge.core.reserved_models import RESERVED_MODELS
+from elastix_bridge.demo import run_demo as demo
+from elastix_bridge.doctor import collect_report, print_report
+from elastix_bridge.file_registration import check_maps_from_headers, register_files
+# CommandLineError and ExactParser are the command's, also named as elastix_bridge.cli.*.
+from elastix_bridge.flags import ELASTIX_FLAGS_NOT_RUN, FLAG_RULE, CommandLineError, ExactParser  # noqa: F401
+from elastix_bridge.models.alignment_check import check_alignment, parameter_map_options
+from elastix_bridge.models.export import export as export_model
+from elastix_bridge.models.inspection import inspect_model
+from elastix_bridge.plan import plan_registration
+from elastix_bridge.runtime import loader
+from elastix_bridge.runtime.memory import parse_size
 
 log = logging.getLogger("elastix_bridge")
-
-
-class CommandLineError(ValueError):
-    """A flag the command cannot take as given: unknown, misspelt, repeated, without its value, or one
-    of elastix's that elastix-bridge does not run. The message names it, and the fix."""
-
-
-#: elastix flags that elastix-bridge does not run, refused by name (elastix's --help text in
-#: Core/Main/elastix.cxx; Core/Kernel/elxMainBase.cxx SetProcessPriority).
-ELASTIX_FLAGS_NOT_RUN = {
-    "-priority": "sets the Windows process priority class (elastix ignores it on other systems); elastix-bridge "
-                 "does not change priorities: leave it out, or start the command with `nice`",
-    "-fp": "is elastix's fixed point set (for the CorrespondingPointsEuclideanDistanceMetric), which "
-           "elastix-bridge does not run: leave it out, or run that registration with elastix",
-    "-mp": "is elastix's moving point set (for the CorrespondingPointsEuclideanDistanceMetric), which "
-           "elastix-bridge does not run: leave it out, or run that registration with elastix",
-}
-#: elastix's multi-image flags -f0 -f1 … -m0 … -fMask0 … (elxElastixBase.cxx, GenerateFileNameContainer).
-MULTI_IMAGE_FLAG = re.compile(r"-(f|m|fMask|mMask)\d+")
-FLAG_RULE = "flags are matched exactly, as elastix does: case-sensitive, whole, the value after a space"
-
-
-class ExactParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` that matches flags exactly, as elastix's ``main`` does (``key == "-p"``).
-
-    argparse alone reads ``-fmask m.mha`` as ``-f mask`` and ``-fMaskm.mha`` as ``-f Maskm.mha``
-    (single-dash concatenation), abbreviates long flags and reports ``-foo 3`` as ``unrecognized
-    arguments: 3``. This parser first scans ``argv`` itself: every token is a flag of the parser
-    (whole, case-sensitive), the value after a flag that takes one, or a positional argument; the
-    scanned flags are then handed to argparse as ``flag=value`` so that values starting with ``-``
-    stay values. Errors raise :class:`CommandLineError` (one line, through the command) instead of
-    printing the usage and exiting 2.
-
-    Beyond elastix, a flag given twice is an error unless it repeats by design (``-p``,
-    ``action="append"``): elastix warns and keeps the first.
-
-    Args (besides argparse's):
-        refused: flags this command does not run -> why, and what to do (default: elastix's flags
-            the bridge does not run, :data:`ELASTIX_FLAGS_NOT_RUN`, and -f0 -f1 …).
-        commands: subcommand names, suggested for a misspelt first argument.
-    """
-
-    def __init__(self, *args, refused: Optional[dict] = None, commands: Sequence[str] = (), **kwargs) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-        self.refused = dict(ELASTIX_FLAGS_NOT_RUN if refused is None else refused)
-        self.commands = list(commands)
-
-    def error(self, message: str):
-        raise CommandLineError(f"{message}; `{self.prog} -h` lists the flags")
-
-    def parse_args(self, args=None, namespace=None):
-        argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
-        return super().parse_args(self._exact_tokens(argv), namespace)
-
-    def _option(self, token: str) -> Optional[argparse.Action]:
-        return self._option_string_actions.get(token)
-
-    def _exact_tokens(self, argv: list) -> list:
-        """``argv`` checked flag by flag; returns it as ``flag=value`` tokens, then ``--`` and the positionals."""
-        flags, positionals, seen = [], [], {}
-        free = [a for a in self._actions if not a.option_strings and a.nargs != 0]
-        i = 0
-        while i < len(argv):
-            token = argv[i]
-            name, equals, attached = token.partition("=")
-            action = self._option(token)
-            if action is None and equals and name.startswith("--") and self._option(name) is not None:
-                action, token = self._option(name), name  # --engine=bridge: argparse's own long form
-                value = attached
-                if action.nargs == 0:
-                    raise CommandLineError(f"{name} takes no value (it was given {token}={attached})")
-            elif action is not None and action.nargs != 0:
-                value = self._value_of(argv, i)
-                i += 1
-            else:
-                value = None
-            if action is None:
-                if token.startswith("-") and token != "-" and not _is_number(token):
-                    raise CommandLineError(self._unknown_flag(token))
-                if len(positionals) >= len(free):
-                    raise CommandLineError(self._unexpected(argv, i))
-                positionals.append(token)
-                i += 1
-                continue
-            self._count(action, token, value, seen)
-            flags.append(token if value is None else f"{token}={value}")
-            i += 1
-        return flags + ["--"] + positionals if positionals else flags
-
-    def _value_of(self, argv: list, i: int) -> str:
-        flag = argv[i]
-        if i + 1 == len(argv):
-            raise CommandLineError(f"{flag} is missing its value (it ends the command line); write {flag} "
-                                   f"{self._metavar(flag)}")
-        value = argv[i + 1]
-        if self._option(value) is not None:
-            raise CommandLineError(f"{flag} is missing its value (the next argument, {value}, is a flag); write "
-                                   f"{flag} {self._metavar(flag)}")
-        return value
-
-    def _metavar(self, flag: str) -> str:
-        action = self._option(flag)
-        return action.metavar or action.dest.upper()
-
-    def _count(self, action: argparse.Action, token: str, value, seen: dict) -> None:
-        """A flag given twice is an error, unless it repeats by design (``-p``)."""
-        if action.dest in seen and not isinstance(action, argparse._AppendAction):  # argparse's "append"
-            first, first_value = seen[action.dest]
-            what = (f"{first} and {token} are both given" if first != token
-                    else f"{token} is given twice" if value is None
-                    else f"{token} is given twice ({first_value} and {value})")
-            raise CommandLineError(f"{what}; give {'one of them' if first != token else 'it once'} (elastix "
-                                   "would keep the first without a word)")
-        seen[action.dest] = (token, value)
-
-    def _unknown_flag(self, token: str) -> str:
-        """What is wrong with a token that looks like a flag but is none of this command's."""
-        if token in self.refused:
-            return f"{token} {self.refused[token]}"
-        if MULTI_IMAGE_FLAG.fullmatch(token):
-            return (f"{token} is elastix's multi-image registration (-f0 -f1 … -m0 -m1 …, a metric per image "
-                    "pair), which elastix-bridge does not run: give one fixed image with -f and one moving image "
-                    "with -m")
-        options = [o for o in self._option_string_actions if o not in ("-h", "-help", "--help")]
-        name, equals, value = token.partition("=")
-        if equals and (name in options or name.lstrip("-") in {o.lstrip("-") for o in options}):
-            flag = next(o for o in options if o.lstrip("-") == name.lstrip("-"))
-            why = "elastix reads a value from the next argument" if flag.count("-") == 1 else f"the flag is {flag}"
-            return f"{token}: write {flag} {value or self._metavar(flag)}, with a space ({why})"
-        guess = _closest_flag(token, options)
-        hint = f"; did you mean {guess}?" if guess else "."
-        return f"unknown flag {token}{hint} The {FLAG_RULE} (`{self.prog} -h` lists them)"
-
-    def _unexpected(self, argv: list, i: int) -> str:
-        token, before = argv[i], argv[i - 1] if i else None
-        action = self._option(before) if before is not None else None
-        if action is not None and action.nargs == 0:
-            return f"unexpected argument {token!r}: {before} takes no value"
-        if i == 0 and self.commands:
-            guess = difflib.get_close_matches(token, self.commands, n=1)
-            if guess:
-                return f"{token!r} is not a command or a flag; did you mean `{self.prog} {guess[0]}`?"
-        if i >= 2 and self._option(argv[i - 2]) is not None:
-            return (f"unexpected argument {token!r} after {argv[i - 2]} {before}: a flag takes one value (repeat "
-                    f"the flag for another, where it may repeat, e.g. -p)")
-        return f"unexpected argument {token!r}: every value follows its flag (`{self.prog} -h` lists them)"
-
-
-def _is_number(token: str) -> bool:
-    """``-1``, ``-2.5``: a (negative) number, a value rather than a flag."""
-    return re.fullmatch(r"-\d+(\.\d*)?", token) is not None
-
-
-def _closest_flag(token: str, options: Sequence[str]) -> Optional[str]:
-    """The flag ``token`` most likely meant: the same letters in another case or with another number of
-    dashes (``-fmask``, ``--out``), a flag with its value written onto it (``-fMaskm.mha``,
-    ``-threads4``), else the closest spelling (difflib); None when nothing is close."""
-    bare = token.lstrip("-").lower()
-    for option in options:
-        if option.lstrip("-").lower() == bare:
-            return option
-    close = difflib.get_close_matches(token, options, n=1, cutoff=0.75)  # -fMas, --prog, -threads4
-    if close:
-        return close[0]
-    prefixes = [o for o in options if bare.startswith(o.lstrip("-").lower())]  # -fmask_fixed.mha, -fxf.mha
-    if prefixes:
-        return max(prefixes, key=len)
-    close = difflib.get_close_matches(token, options, n=1, cutoff=0.6)
-    return close[0] if close else None
 
 
 def _thread_count(text: str) -> int:
@@ -224,7 +72,7 @@ def _positive_count(text: str) -> int:
     return value
 
 
-def _registration_parser() -> ExactParser:
+def registration_parser() -> ExactParser:
     p = ExactParser(
         prog="elastix-bridge", add_help=False, commands=sorted(COMMANDS),
         description="Run an elastix registration; stages with (Metric \"Impact\") run on the bridge engine, "
@@ -261,7 +109,7 @@ def _registration_parser() -> ExactParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar per resolution level (iteration, metric, elapsed); "
                         "default: on when stderr is a terminal")
-    p.add_argument("--engine", choices=["auto", "elastix", "bridge"], default="auto",
+    p.add_argument("--engine", choices=list(ENGINES), default=ENGINES[0],
                    help="auto: Impact maps on the bridge engine, the others on elastix (default); "
                         "elastix / bridge: every map on that engine")
     p.add_argument("--qc", action="store_true",
@@ -273,8 +121,6 @@ def _registration_parser() -> ExactParser:
 def _version_text(extended: bool) -> str:
     """``elastix-bridge X (itk-elastix Y)``; extended: Python's, ITK's and torch's too (package metadata,
     so nothing is imported)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     def of(package: str) -> str:
         try:
             return version(package)
@@ -288,130 +134,22 @@ def _version_text(extended: bool) -> str:
 
 
 def run_registration(argv: Sequence[str]) -> int:
-    args = _registration_parser().parse_args(argv)  # flag errors first: they cost no import of itk
-    from elastix_bridge.api import check_bridge_models, elastix_registration_method
-    from elastix_bridge.transform_check import collected_checks
-    from elastix_bridge.core.files import check_input_file
-    from elastix_bridge.core.image_io import read_image, read_mask
-    from elastix_bridge.core.output_folder import check_inputs_outside_outputs, owned_output_folder, prepare_output_folder
-    from elastix_bridge.core.parameters import read_parameter_file
-    from elastix_bridge.plan import check_resources
-    from elastix_bridge.validation import check_threads, validate_images
-
-    if args.qc:  # before a long registration, not after it
-        from elastix_bridge.qc import require_matplotlib
-
-        require_matplotlib()
-    out = prepare_output_folder(args.out, "-out", create=False)  # a file: a named error, before any reading
-    inputs = {"fixed image (-f)": args.f, "moving image (-m)": args.m, "fixed mask (-fMask)": args.fMask,
-              "moving mask (-mMask)": args.mMask}
-    inputs.update({"parameter file (-p)" if len(args.p) == 1 else f"parameter file {k} (-p)": path
-                   for k, path in enumerate(args.p)})
-    for what, path in inputs.items():  # `is not None`: an empty -fMask "" is named, not taken as no mask
-        if path is not None:
-            check_input_file(path, what)
-    threads = check_threads(args.threads, "-threads", warn=True)  # above the cores: lowered, with a warning
-    check_inputs_outside_outputs(out, {**inputs, "initial transform (-t0)": args.t0})  # before -t0 is read
-    if args.t0 is not None:  # an empty -t0 "" is named, not taken as none
-        check_inputs_outside_outputs(out, _initial_transform_files(args.t0))  # the files its chain names
-    maps_by_file = [(path, m) for path in args.p for m in read_parameter_file(path)]
-    parameter_object = [m for _, m in maps_by_file]
-    for pmap in parameter_object:  # elastix's command-line defaults; itk-elastix's Python defaults differ
-        if not pmap.has("ResultImageFormat"):
-            pmap.set("ResultImageFormat", ["mhd"])
-        if not pmap.has("ResultImagePixelType"):  # results are cast to it before writing (core/result_images.py)
-            pmap.set("ResultImagePixelType", ["short"])
-    _check_maps_from_headers(args, maps_by_file)  # every map of the chain, before any pixel is read
-    fixed, moving = read_image(args.f, "fixed image (-f)"), read_image(args.m, "moving image (-m)")
-    fixed_mask = read_mask(args.fMask, "fixed mask (-fMask)") if args.fMask else None
-    moving_mask = read_mask(args.mMask, "moving mask (-mMask)") if args.mMask else None
-    validate_images(fixed, moving, fixed_mask, moving_mask)  # named causes before the memory estimate reads them
-    check_resources(fixed, moving, parameter_object, fixed_mask, moving_mask, args.engine)
-    check_bridge_models(fixed, parameter_object, _engines(parameter_object, args.engine))  # before -out is cleared
-    kwargs = {}
-    if args.t0:
-        kwargs["initial_transform_parameter_file_name"] = str(args.t0)
-    if threads is not None:
-        kwargs["number_of_threads"] = threads
+    """``elastix-bridge -f F -m M -p P -out DIR ...``: its flags, then
+    :func:`~elastix_bridge.file_registration.register_files`; returns the exit code (0)."""
+    args = registration_parser().parse_args(argv)  # flag errors first: they cost no import of itk
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     console = args.loglevel not in ("off", None) or (args.loglevel is None and not progress)
-    # The folder is created only once the inputs are readable, and owned until the QC picture is written.
-    with owned_output_folder(out, command=" ".join(["elastix-bridge", *map(str, argv)])) as run, \
-            collected_checks() as checks:
-        result, tp = elastix_registration_method(
-            fixed, moving, parameter_object=parameter_object,
-            fixed_mask=fixed_mask, moving_mask=moving_mask,
-            log_to_console=console, output_directory=str(out), log_to_file=True, engine=args.engine,
-            progress=progress, **kwargs)
-        if args.qc:
-            from elastix_bridge.qc import write_qc_figure
-
-            write_qc_figure(fixed, moving, tp, out / "qc.png", output_directory=out)
-        written = run.written()
-    if not console:  # with progress bars the log is not on the console: the transform check's warnings still are
-        for message in (w for check in checks for w in check.warnings):
-            print(f"elastix-bridge: warning: {message}", file=sys.stderr)
+    run = register_files(args.f, args.m, args.p, args.out, fixed_mask=args.fMask, moving_mask=args.mMask,
+                         initial_transform=args.t0, engine=args.engine, threads=args.threads, log_to_console=console,
+                         progress=progress, qc_figure=args.qc,
+                         command=" ".join(["elastix-bridge", *map(str, argv)]))
     removed = f" (first removed {len(run.removed)} file(s) of an earlier run)" if run.removed else ""
-    print(f"elastix-bridge: wrote {', '.join(written)} to {out}{removed}")
+    print(f"elastix-bridge: wrote {', '.join(run.written)} to {run.output_directory}{removed}")
     return 0
-
-
-def _engines(maps, engine: str) -> list:
-    """The engine of each map, as the request will choose it (a native IMPACT plugin sends Impact maps to elastix)."""
-    from os import environ
-
-    from elastix_bridge.api import stage_engines
-    from elastix_bridge.runtime.native_plugins import NATIVE_PLUGIN_ENV
-
-    return stage_engines(maps, engine, native_plugin=bool(environ.get(NATIVE_PLUGIN_ENV, "").strip()))
-
-
-def _check_maps_from_headers(args, maps_by_file) -> tuple:
-    """The command's check of every map (``[(file, map), ...]``) against the images' headers (``-f``, ``-m``),
-    the engines of ``--engine`` and ``-t0`` where the command has it, before any pixel is read; the
-    registration and ``plan`` share it. Returns the ``(fixed, moving)`` header geometries.
-
-    Raises:
-        see :func:`elastix_bridge.validation.validate_maps` and
-        :func:`elastix_bridge.core.image_io.read_image_geometry`.
-    """
-    from elastix_bridge.core.image_io import read_image_geometry
-    from elastix_bridge.validation import validate_maps
-
-    maps = [m for _, m in maps_by_file]
-    t0 = getattr(args, "t0", None)
-    geometries = (read_image_geometry(args.f, "fixed image (-f)"), read_image_geometry(args.m, "moving image (-m)"))
-    validate_maps(maps, _engines(maps, args.engine), geometries=geometries,
-                  names=[f"-p {path}" for path, _ in maps_by_file], warn=False,  # the request's check logs warnings
-                  initial_transform={"initial_transform_parameter_file_name": t0} if t0 else None)
-    return geometries
-
-
-def _initial_transform_files(t0) -> dict:
-    """``-t0`` and the files of its chain (``{"initial transform (-t0)": path, ...}``), checked to be
-    TransformParameters files before any work.
-
-    Raises:
-        FileNotFoundError: ``-t0`` or a file of its chain is missing.
-        ValueError: a file of the chain is not a TransformParameters file (e.g. a parameter file).
-    """
-    from elastix_bridge.core.files import check_input_file
-    from elastix_bridge.validation import initial_transform_maps
-
-    check_input_file(t0, "initial transform (-t0)")
-    files = {"initial transform (-t0)": t0}
-    for pmap in initial_transform_maps({"initial_transform_parameter_file_name": t0}):
-        name = pmap.get("InitialTransformParameterFileName", default="NoInitialTransform")
-        if name != "NoInitialTransform":  # earlier files of the chain: inputs too
-            named = Path(name) if Path(name).is_absolute() else Path(t0).parent / name
-            files[f"initial transform {name} (named by the -t0 chain)"] = named
-    return files
 
 
 def _byte_size(text: str) -> int:
     """``"8G"``, ``"512MiB"``, a number of bytes -> bytes (binary units, as $ELASTIX_BRIDGE_MEMORY_LIMIT)."""
-    from elastix_bridge.runtime.memory import parse_size
-
     try:
         return parse_size(text)
     except ValueError:
@@ -429,7 +167,7 @@ def run_batch(argv: Sequence[str]) -> int:
     p.add_argument("-p", required=True, action="append", metavar="PARAMS",
                    help="parameter file; repeat for a sequence of registrations (every pair runs them all)")
     p.add_argument("-out", required=True, metavar="DIR", help="output directory (created if absent)")
-    p.add_argument("--engine", choices=["auto", "elastix", "bridge"], default="auto", help="as for one registration")
+    p.add_argument("--engine", choices=list(ENGINES), default=ENGINES[0], help="as for one registration")
     p.add_argument("--workers", type=int, metavar="N", help="LocalCluster worker processes (default: from the "
                    "cores and the memory a registration needs)")
     p.add_argument("--threads-per-worker", type=int, metavar="N",
@@ -444,9 +182,6 @@ def run_batch(argv: Sequence[str]) -> int:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a cohort progress bar (default: on when stderr is a terminal)")
     args = p.parse_args(argv)
-    from elastix_bridge.batch import register_many  # checks dask.distributed itself, before creating anything
-    from elastix_bridge.core.files import check_input_file
-
     for path in args.p:
         check_input_file(path, "parameter file (-p)")
     records = register_many(args.manifest, args.p, args.out, engine=args.engine, workers=args.workers,
@@ -458,8 +193,6 @@ def run_batch(argv: Sequence[str]) -> int:
     for r in records:
         if r["status"] == "failed":
             print(f"  {r['id']}: {r['error']}")
-    from elastix_bridge.batch.runner import cohort_lines
-
     mean, _, worst = cohort_lines(records)
     for column in ("dice_mean", "tre_mean_mm"):
         if column in mean:
@@ -473,22 +206,21 @@ def run_build_plugin(argv: Sequence[str]) -> int:
     p.add_argument("--output", help="folder for the plugin (default: the per-torch cache)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
-    from elastix_bridge.runtime import loader
-
     path = loader.build_plugin(Path(args.output) if args.output else None, verbose=args.verbose)
     print(f"built {path}")
     return 0
 
 
 def run_make_model(argv: Sequence[str]) -> int:
-    from elastix_bridge.models.mind import RESERVED_MODELS, write_mind_ssc
-
     p = argparse.ArgumentParser(prog="elastix-bridge make-model",
                                 description="Write a built-in TorchScript feature model to a file.")
     p.add_argument("name", choices=sorted(RESERVED_MODELS))
     p.add_argument("-o", "--output", required=True)
     args = p.parse_args(argv)
     dimension = RESERVED_MODELS[args.name][0]
+    loader.require_torch()
+    from elastix_bridge.runtime.mind import write_mind_ssc  # deferred: imports torch; the LibTorch check ran
+
     print(f"wrote {write_mind_ssc(args.output, dimension)}")
     return 0
 
@@ -555,18 +287,12 @@ def run_model(argv: Sequence[str]) -> int:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     if args.action == "check":
-        import json
-
-        from elastix_bridge.models.alignment_check import check_alignment, parameter_map_options
-
         given = len(args.images)
         if given not in ((2, 3) if args.parameter_file else (3,)):
             takes = "MODEL FIXED MOVING" + (" (or FIXED MOVING with -p)" if args.parameter_file else "")
             check.error(f"model check takes {takes}, got {given} name(s): {' '.join(args.images)}")
         options = {"model": None, "voxel_size": None, "layers_mask": "1", "distance": "L2", "channels": 1}
         if args.parameter_file:
-            from elastix_bridge.core.image_io import read_image_geometry
-
             dimension = read_image_geometry(args.images[-2], "fixed image").dimension
             options.update(parameter_map_options(args.parameter_file, args.level, dimension))
         model = args.images[0] if given == 3 else options["model"]
@@ -579,21 +305,15 @@ def run_model(argv: Sequence[str]) -> int:
         print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
         return 0 if report.sees_alignment else 1
     if args.action == "export":
-        from elastix_bridge.models.export import export as export_model
-
         report = export_model(args.file, args.layers, args.dimension, args.output, in_channels=args.channels,
                               normalisation=args.normalisation, window=args.window, reorient=args.reorient)
         print(f"wrote {args.output}\n{report.text()}")
         return 0
-    from elastix_bridge.models.inspection import inspect_model
-
     print(inspect_model(args.file, dimension=args.dimension, input_channels=args.channels, layers=args.layers).text())
     return 0
 
 
 def run_demo(argv: Sequence[str]) -> int:
-    from elastix_bridge.demo import run_demo as demo
-
     p = argparse.ArgumentParser(prog="elastix-bridge demo",
                                 description="Register the MNI152 template (shipped by nilearn) to a copy with a "
                                             "known deformation and a changed contrast three ways: elastix's Mattes "
@@ -625,10 +345,6 @@ def run_demo(argv: Sequence[str]) -> int:
 
 
 def run_plan(argv: Sequence[str]) -> int:
-    from elastix_bridge.core.files import check_input_file
-    from elastix_bridge.core.parameters import read_parameter_file
-    from elastix_bridge.plan import plan_registration
-
     not_planned = ("is a flag of the registration, not of `elastix-bridge plan`, which runs and writes nothing: "
                    "leave it out")
     registration_only = ("-out", "-t0", "-threads", "-loglevel", "--qc", "--progress", "--no-progress")
@@ -642,7 +358,7 @@ def run_plan(argv: Sequence[str]) -> int:
     p.add_argument("-p", required=True, action="append", metavar="PARAMS", help="parameter file; repeat for a chain")
     p.add_argument("-fMask", metavar="MASK", help="fixed mask")
     p.add_argument("-mMask", metavar="MASK", help="moving mask")
-    p.add_argument("--engine", choices=["auto", "elastix", "bridge"], default="auto")
+    p.add_argument("--engine", choices=list(ENGINES), default=ENGINES[0])
     p.add_argument("--probe-models", action="store_true",
                    help="run each Impact model once on zero patches (needs torch and the plugin) for exact feature "
                         "channels and Jacobian-mode activations; without it only MIND-SSC is known (a lower bound)")
@@ -653,7 +369,8 @@ def run_plan(argv: Sequence[str]) -> int:
             check_input_file(path, what)
     maps_by_file = [(path, m) for path in args.p for m in read_parameter_file(path)]
     maps = [m for _, m in maps_by_file]
-    geometries = _check_maps_from_headers(args, maps_by_file)  # plan refuses what the registration refuses
+    # plan refuses what the registration refuses
+    geometries = check_maps_from_headers(args.f, args.m, maps_by_file, args.engine)
     plan = plan_registration(geometries[0], geometries[1], maps, args.fMask, args.mMask, args.engine,
                              probe_models=args.probe_models)
     print(plan.format())
@@ -661,8 +378,6 @@ def run_plan(argv: Sequence[str]) -> int:
 
 
 def run_doctor(argv: Sequence[str]) -> int:
-    from elastix_bridge.doctor import collect_report, print_report
-
     p = argparse.ArgumentParser(prog="elastix-bridge doctor",
                                 description="Check whether (Metric \"Impact\") can run here: itk-elastix and its lazy "
                                             "IMPACT loader, torch and GPUs, the IMPACT plugin, JIT switches and a "

@@ -9,7 +9,8 @@ own Mattes mutual information B-spline registration of the same pair.
 Outputs in ``out``: ``data/`` (the pair and the true displacement), ``impact/`` and
 ``elastix-mattes/`` (elastix's files: TransformParameters, result image, log, iteration tables,
 deformation field), ``impact_parameters.txt`` (the IMPACT map as an elastix parameter file),
-``report.json`` (the measured numbers) and ``demo.png`` (images, registered results and error maps).
+``report.json`` (the measured numbers) and ``demo.png`` (images, registered results and error maps;
+``demo_picture``), with the quality numbers of ``registration_quality``.
 
 The IMPACT map itself is :func:`demo_parameter_map`; ``parameter_files/impact_mind_*.txt`` are
 the same maps rendered by :func:`parameter_file_text` (``python -m elastix_bridge.demo
@@ -17,14 +18,25 @@ the same maps rendered by :func:`parameter_file_text` (``python -m elastix_bridg
 """
 from __future__ import annotations
 
+import importlib.resources
 import json
+import os
 import platform
+import re
+import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
 
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
+import numpy as np
+
+from elastix_bridge.api import elastix_registration_method
+from elastix_bridge.core.image_io import read_mask
+from elastix_bridge.core.parameters import ParameterMap, read_parameter_file
+from elastix_bridge.core.transform_io import write_transform_parameter_file
+from elastix_bridge.demo_data import make_demo_pair
+from elastix_bridge.demo_picture import write_picture
+from elastix_bridge.registration_quality import dice, displacement_error, nmi
+from elastix_bridge.transform_check import collected_checks
 
 # (key, values, comment) entries, grouped in sections with a heading comment. The dict map
 # (demo_parameter_map) and the commented elastix parameter files are both rendered from here, so
@@ -291,113 +303,6 @@ def mattes_parameter_map(dimension: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# picture
-
-
-def _display_slices(array_zyx, direction, centre_zyx):
-    """Axial / coronal / sagittal slices of a ``[z, y, x]`` array in radiological display.
-
-    Axial: patient right on screen left, anterior up; coronal: right on the left, superior up;
-    sagittal: anterior on the left, superior up. ITK physical space is LPS; ``direction`` is
-    assumed axis-aligned (sign of its diagonal; MNI: ``diag(−1, −1, 1)``, i.e. index x grows
-    towards the patient's right and index y towards anterior).
-    """
-    import numpy as np
-
-    sx, sy, sz = (np.sign(direction[i, i]) or 1.0 for i in range(3))
-    cz, cy, cx = centre_zyx
-    # rows/columns that should increase in LPS: screen right = +x (L) and +y (P); screen down = +y (P) / −z (I)
-    axial = array_zyx[cz]                       # rows y, columns x
-    axial = axial[::-1] if sy < 0 else axial
-    axial = axial[:, ::-1] if sx < 0 else axial
-    coronal = array_zyx[:, cy, :]               # rows z, columns x
-    coronal = coronal[::-1] if sz > 0 else coronal
-    coronal = coronal[:, ::-1] if sx < 0 else coronal
-    sagittal = array_zyx[:, :, cx]              # rows z, columns y
-    sagittal = sagittal[::-1] if sz > 0 else sagittal
-    sagittal = sagittal[:, ::-1] if sy < 0 else sagittal
-    return {"axial": axial, "coronal": coronal, "sagittal": sagittal}
-
-
-def _display_slice_2d(array_yx, direction):
-    sx, sy = (direction[i, i] < 0 for i in range(2))
-    a = array_yx[::-1] if sy else array_yx
-    return a[:, ::-1] if sx else a
-
-
-_LABELS = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"), "sagittal": ("A", "P", "S", "I")}
-
-
-def write_picture(path: str | Path, images: dict, errors: dict, mask: np.ndarray, direction: np.ndarray,
-                  spacing: np.ndarray | Sequence[float], title: str) -> Path:
-    """Save ``demo.png``: images with the fixed-mask contour, then the displacement-error maps.
-
-    Args:
-        path: output PNG.
-        images: ``{label: array [z, y, x] or [y, x]}`` (fixed, moving, results), intensity panels.
-        errors: ``{label: error magnitude (mm) array}``, same shape; shown inside the mask only.
-        mask: fixed mask array (bool).
-        direction: ITK direction matrix (numpy ``D×D``); spacing: ITK order.
-        title: figure title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    d = mask.ndim
-    if d == 3:
-        zs, ys, xs = np.nonzero(mask)
-        centre = tuple(int(round((v.min() + v.max()) / 2)) for v in (zs, ys, xs))
-        views = ["axial", "coronal", "sagittal"]
-        cut = lambda a: _display_slices(a, direction, centre)  # noqa: E731
-        aspect = {"axial": spacing[1] / spacing[0], "coronal": spacing[2] / spacing[0],
-                  "sagittal": spacing[2] / spacing[1]}
-    else:
-        views = ["axial"]
-        cut = lambda a: {"axial": _display_slice_2d(a, direction)}  # noqa: E731
-        aspect = {"axial": spacing[1] / spacing[0]}
-    cols = list(images) + list(errors)
-    fig = plt.figure(figsize=(2.3 * len(cols) + 0.8, 2.6 * len(views) + 0.5), constrained_layout=True)
-    grid = fig.add_gridspec(len(views), len(cols) + 1, width_ratios=[1.0] * len(cols) + [0.06])
-    axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(len(cols))] for r in range(len(views))])
-    mask_cut = cut(mask.astype(float))
-    vmax_err = max(float(np.percentile(e[mask], 99)) for e in errors.values()) if errors else 1.0
-    err_im = None
-    for c, label in enumerate(cols):
-        is_err = label in errors
-        arr = errors[label] if is_err else images[label]
-        sl = cut(np.where(mask, arr, np.nan) if is_err else arr)
-        vmax = float(np.percentile(arr[mask], 99.5)) if not is_err else vmax_err
-        for r, view in enumerate(views):
-            ax = axes[r, c]
-            if is_err:
-                ax.imshow(cut(images[cols[0]])[view], cmap="gray", aspect=aspect[view], interpolation="nearest")
-                err_im = ax.imshow(sl[view], cmap="magma", vmin=0, vmax=vmax_err, aspect=aspect[view],
-                                   interpolation="nearest")
-            else:
-                ax.imshow(sl[view], cmap="gray", vmin=0, vmax=vmax, aspect=aspect[view], interpolation="nearest")
-            ax.contour(mask_cut[view], levels=[0.5], colors="c", linewidths=0.6)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            left, right, top, bottom = _LABELS[view]
-            for x, y, text, ha, va in ((0.01, 0.5, left, "left", "center"), (0.99, 0.5, right, "right", "center"),
-                                       (0.5, 0.99, top, "center", "top"), (0.5, 0.01, bottom, "center", "bottom")):
-                ax.text(x, y, text, transform=ax.transAxes, color="y", fontsize=7, ha=ha, va=va)
-            if r == 0:
-                ax.set_title(label, fontsize=9)
-            if c == 0:
-                ax.set_ylabel(view, fontsize=9)
-    if err_im is not None:
-        fig.colorbar(err_im, cax=fig.add_subplot(grid[:, -1]), label="displacement error (mm)")
-    fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
-
-
-# --------------------------------------------------------------------------------------------
 # the demo
 
 
@@ -412,8 +317,6 @@ def upstream_brain_parameter_file(shared: Path, folder: Path, mode: str = "Stati
         FileNotFoundError: ``shared`` lacks the brain pair's parameter file.
         ValueError: the upstream file no longer has the expected entries.
     """
-    import re
-
     text = (Path(shared) / "data" / "elastix-2d-brain" / "upstream-parameters.2D.IMPACT.bspline.ASGD.002.txt"
             ).read_text()
     model = (Path(shared) / "models" / "R1D2_2D.pt").resolve()
@@ -438,13 +341,7 @@ def run_brain_pair(shared: Path, out: Path, mode: str = "Static") -> dict:
     Returns NMI(fixed, result) and the Dice of the warped moving mask with the fixed mask (the
     transform applied by itk-elastix's transformix), next to the identity values, and the time.
     """
-    import itk
-
-    from elastix_bridge.api import elastix_registration_method
-    from elastix_bridge.core.image_io import read_mask
-    from elastix_bridge.demo_data import dice, nmi
-    from elastix_bridge.core.parameters import read_parameter_file
-
+    itk = _itk()
     data = Path(shared) / "data" / "elastix-2d-brain"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -480,11 +377,9 @@ def preset_path(name: str) -> Path:
     Raises:
         FileNotFoundError: no such preset (naming where it looked).
     """
-    from importlib.resources import files
-
     candidates = []
     try:
-        candidates.append(Path(str(files("elastix_bridge.parameter_files"))) / name)
+        candidates.append(Path(str(importlib.resources.files("elastix_bridge.parameter_files"))) / name)
     except (ImportError, TypeError, ValueError):  # a source checkout without installation
         pass
     candidates.append(Path(__file__).resolve().parents[1] / "parameter_files" / name)
@@ -503,8 +398,6 @@ def demo_chains(dimension: int, mode: str = "Static") -> dict:
     IMPACT alone (:func:`demo_parameter_map` in ``mode``), and the recommended recipe, IMPACT + Mattes
     MI in one map (:data:`RECOMMENDED`).
     """
-    from elastix_bridge.core.parameters import read_parameter_file
-
     affine = ("affine_mi.txt", read_parameter_file(preset_path("affine_mi.txt"))[0].to_dict())
     impact_name = next((n for n, key in PARAMETER_FILES.items() if key == (dimension, mode, "impact")),
                        f"impact_mind_{mode.lower()}_{dimension}d.txt")
@@ -531,15 +424,7 @@ def run_demo(out: Path, dimension: int = 3, mode: str = "Static", shared: Path |
         the fixed mask, NMI(fixed, result), the transform check (folded fraction, smallest Jacobian
         determinant, warnings), wall time (s).
     """
-    import itk
-    import numpy as np
-
-    from elastix_bridge.api import elastix_registration_method
-    from elastix_bridge.core.parameters import ParameterMap
-    from elastix_bridge.core.transform_io import write_transform_parameter_file
-    from elastix_bridge.demo_data import displacement_error, make_demo_pair, nmi
-    from elastix_bridge.transform_check import collected_checks
-
+    itk = _itk()
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -616,17 +501,20 @@ def run_demo(out: Path, dimension: int = 3, mode: str = "Static", shared: Path |
 
 
 def _cpu_count() -> int:
-    import os
-
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
 
 
-if __name__ == "__main__":  # python -m elastix_bridge.demo --write-parameter-files parameter_files
-    import sys
+def _itk():
+    """The ``itk`` module, imported on first use."""
+    import itk  # deferred: itk takes seconds to import; the command line imports this module for every command
 
+    return itk
+
+
+if __name__ == "__main__":  # python -m elastix_bridge.demo --write-parameter-files parameter_files
     if len(sys.argv) == 3 and sys.argv[1] == "--write-parameter-files":
         for p in write_parameter_files(sys.argv[2]):
             print(f"wrote {p}")

@@ -23,35 +23,45 @@ levels) and also writes CSF/GM/WM tissue labels from the MNI GM/WM probability m
 
 Axis conventions: ITK index / physical vectors are ``(x, y, z)``; numpy arrays obtained from ITK
 are ``[z, y, x]`` (vector images ``[z, y, x, component]`` with the component axis in ``(x, y, z)``
-order). All geometry keeps the template's direction matrix (p = origin + direction·diag(spacing)·i).
-
-Quality numbers used by the project: :func:`nmi` (Studholme et al., Pattern Recognition 32(1),
-1999: ``(H(A)+H(B))/H(A,B)``, 1 = independent, 2 = identical up to a bijection), :func:`dice`
-and :func:`displacement_error`.
+order). All geometry keeps the template's direction matrix (p = origin + direction·diag(spacing)·i);
+the grid helpers that apply it (:func:`image_geometry`, :func:`physical_grid`,
+:func:`physical_to_index`, :func:`sample_at_index`) are shared with
+:mod:`elastix_bridge.registration_quality` (the quality numbers: displacement error, NMI, Dice) and
+the accuracy suite.
 """
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    import itk
-
 __all__ = [
-    "dice",
-    "displacement_error",
+    "image_geometry",
     "make_demo_pair",
     "make_pair",
     "remap_contrast",
     "mni_template_path",
-    "nmi",
-    "warp_with_displacement",
+    "physical_grid",
+    "physical_to_index",
+    "sample_at_index",
 ]
 
 _TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+
+
+def _itk():
+    """The ``itk`` module, imported on first use."""
+    import itk  # deferred: itk takes seconds to import; importing demo_data stays light (tests/test_demo_data.py)
+
+    return itk
+
+
+def _ndimage():
+    """``scipy.ndimage``, imported on first use."""
+    from scipy import ndimage  # deferred: ~0.25 s to import; the command line imports this module (through demo)
+
+    return ndimage
 
 
 def mni_template_path() -> Path:
@@ -81,10 +91,13 @@ def mni_template_path() -> Path:
 # geometry helpers (numpy; ITK (x, y, z) order)
 
 
-def _geometry(image):
-    """``(size_xyz, spacing, origin, direction)`` of an itk image as numpy arrays."""
-    import itk
+def image_geometry(image):
+    """``(size_xyz, spacing, origin, direction)`` of an itk image as numpy arrays.
 
+    ITK order: ``size`` int ``(D,)``, ``spacing`` (mm) and ``origin`` (mm) float64 ``(D,)``,
+    ``direction`` float64 ``(D, D)`` (column ``k`` is index axis ``k``).
+    """
+    itk = _itk()
     size = np.array(itk.size(image), dtype=int)
     spacing = np.array(itk.spacing(image), dtype=np.float64)
     origin = np.array(itk.origin(image), dtype=np.float64)
@@ -92,8 +105,11 @@ def _geometry(image):
     return size, spacing, origin, direction
 
 
-def _physical_grid(size, spacing, origin, direction) -> np.ndarray:
-    """Physical points (mm, (x, y, z)) of every voxel, array ``[*reversed(size), D]``."""
+def physical_grid(size, spacing, origin, direction) -> np.ndarray:
+    """Physical points (mm, (x, y, z)) of every voxel, array ``[*reversed(size), D]``.
+
+    ``size``, ``spacing``, ``origin``, ``direction`` as :func:`image_geometry` returns them.
+    """
     d = len(size)
     idx = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in reversed(size)], indexing="ij")
     idx_xyz = np.stack(idx[::-1], axis=-1)  # [..., D] in (x, y, z)
@@ -101,25 +117,26 @@ def _physical_grid(size, spacing, origin, direction) -> np.ndarray:
     return idx_xyz @ m.T + origin.reshape((1,) * d + (d,))
 
 
-def _physical_to_index(points, spacing, origin, direction) -> np.ndarray:
-    """Continuous ITK indices ``(x, y, z)`` of physical points ``[..., D]``."""
+def physical_to_index(points, spacing, origin, direction) -> np.ndarray:
+    """Continuous ITK indices ``(x, y, z)`` of physical points ``[..., D]`` (mm), same shape."""
     m_inv = np.linalg.inv(direction @ np.diag(spacing))
     return (points - origin) @ m_inv.T
 
 
-def _sample(array_zyx, index_xyz, order=1, mode="nearest", cval=0.0) -> np.ndarray:
-    """Interpolate ``array_zyx`` at continuous ITK indices ``[..., D]`` (scipy map_coordinates)."""
-    from scipy import ndimage
+def sample_at_index(array_zyx, index_xyz, order=1, mode="nearest", cval=0.0) -> np.ndarray:
+    """Interpolate ``array_zyx`` at continuous ITK indices ``[..., D]`` (scipy map_coordinates).
 
+    ``order``: spline order (0 nearest, 1 linear, 3 cubic, prefiltered); ``mode`` and ``cval``: outside
+    the array, as ``scipy.ndimage.map_coordinates``. Returns an array of shape ``index_xyz.shape[:-1]``.
+    """
     coords = np.moveaxis(index_xyz[..., ::-1], -1, 0)  # [D(z,y,x), ...]
-    return ndimage.map_coordinates(array_zyx, coords, order=order, mode=mode, cval=cval,
-                                   prefilter=order > 1)
+    return _ndimage().map_coordinates(array_zyx, coords, order=order, mode=mode, cval=cval,
+                                      prefilter=order > 1)
 
 
 def _to_itk(array, spacing, origin, direction, vector=False):
     """numpy ``[z, y, x]`` (or ``[z, y, x, D]``) → itk image with the given geometry."""
-    import itk
-
+    itk = _itk()
     d = len(spacing)
     if vector:
         ttype = itk.Image[itk.Vector[itk.F, d], d]
@@ -134,8 +151,7 @@ def _to_itk(array, spacing, origin, direction, vector=False):
 
 def _head_mask(array, spacing) -> np.ndarray:
     """Brain/head mask: threshold at 10 % of the 99th percentile, close, fill, keep largest, open."""
-    from scipy import ndimage
-
+    ndimage = _ndimage()
     positive = array[array > 0]
     if positive.size == 0:
         return np.zeros(array.shape, dtype=np.uint8)
@@ -219,11 +235,10 @@ def remap_contrast(t1, reference: float, contrast: str) -> np.ndarray:
 def _resample_like_template(path: Path, vs: float, new_size, new_origin):
     """Read a 1 mm MNI probability map and resample it exactly like the T1 template (smoothing
     included); nilearn stores the maps as 0..255, returned as probabilities 0..1."""
-    import itk
-
+    itk = _itk()
     image = itk.imread(str(path), itk.F)
     scale = 255.0 if float(itk.array_view_from_image(image).max()) > 1.0 else 1.0
-    _, sp0, _, _ = _geometry(image)
+    _, sp0, _, _ = image_geometry(image)
     if vs > float(sp0.min()):
         image = itk.smoothing_recursive_gaussian_image_filter(image, sigma=vs / 2.0)
     out = itk.resample_image_filter(
@@ -307,9 +322,7 @@ def make_pair(output_dir: str | Path, dimension: int = 3, voxel_size: float = 2.
         raise ValueError(f"voxel_size must be > 0 mm, got {voxel_size!r}")
     if contrast not in _CONTRASTS:
         raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
-    import itk
-    from scipy import ndimage
-
+    itk, ndimage = _itk(), _ndimage()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -317,7 +330,7 @@ def make_pair(output_dir: str | Path, dimension: int = 3, voxel_size: float = 2.
     # 1. template → isotropic voxel_size (corner-aligned: same physical extent)
     template_path = mni_template_path()
     template = itk.imread(str(template_path), itk.F)
-    size0, sp0, org0, dir0 = _geometry(template)
+    size0, sp0, org0, dir0 = image_geometry(template)
     vs = float(voxel_size)
     if vs > float(sp0.min()):
         template = itk.smoothing_recursive_gaussian_image_filter(template, sigma=vs / 2.0)
@@ -354,7 +367,7 @@ def make_pair(output_dir: str | Path, dimension: int = 3, voxel_size: float = 2.
     size = np.array(fixed.shape[::-1])
 
     # 2. known transform T(x) = R S (x − c) + c + t + n(x), u = T(x) − x on the fixed grid
-    grid = _physical_grid(size, spacing, origin, direction)  # [..., D]
+    grid = physical_grid(size, spacing, origin, direction)  # [..., D]
     inside = mask.astype(bool)
     centre = grid[inside].mean(axis=0)
     angle = np.deg2rad(rng.uniform(*rotation_deg) * rng.choice([-1.0, 1.0]))
@@ -380,8 +393,8 @@ def make_pair(output_dir: str | Path, dimension: int = 3, voxel_size: float = 2.
 
     # 3. inverse by fixed-point iteration: x = (RS)^-1 (y − c − t − n(x)) + c
     def n_at(points: np.ndarray) -> np.ndarray:
-        idx = _physical_to_index(points, spacing, origin, direction)
-        return np.stack([_sample(field[..., a], idx, order=1, mode="nearest")
+        idx = physical_to_index(points, spacing, origin, direction)
+        return np.stack([sample_at_index(field[..., a], idx, order=1, mode="nearest")
                          for a in range(d)], axis=-1)
 
     x = (grid - centre - trans) @ lin_inv_t + centre
@@ -392,12 +405,12 @@ def make_pair(output_dir: str | Path, dimension: int = 3, voxel_size: float = 2.
         if step < 1e-4:
             break
     residual = float(np.linalg.norm(linear(x) + n_at(x) - grid, axis=-1).max())
-    x_idx = _physical_to_index(x, spacing, origin, direction)
+    x_idx = physical_to_index(x, spacing, origin, direction)
 
     # 4. warped anatomy, warped mask, contrast change
-    moving_t1 = np.clip(_sample(fixed.astype(np.float64), x_idx, order=3, mode="constant"),
+    moving_t1 = np.clip(sample_at_index(fixed.astype(np.float64), x_idx, order=3, mode="constant"),
                         0, None).astype(np.float32)
-    moving_mask = (_sample(mask.astype(np.float32), x_idx, order=1, mode="constant") > 0.5)
+    moving_mask = (sample_at_index(mask.astype(np.float32), x_idx, order=1, mode="constant") > 0.5)
     reference = float(np.percentile(fixed[inside], 95))
     remapped = remap_contrast(moving_t1.astype(np.float64), reference, contrast)
     bias_field = ndimage.gaussian_filter(rng.normal(size=fixed.shape), 40.0 / vs, mode="reflect")
@@ -421,8 +434,8 @@ def make_pair(output_dir: str | Path, dimension: int = 3, voxel_size: float = 2.
                 str(paths["true_displacement"]), compression=True)
     if labels:
         fixed_labels = _tissue_labels(gm, wm, mask)
-        moving_labels = np.rint(_sample(fixed_labels.astype(np.float32), x_idx, order=0,
-                                        mode="constant")).astype(np.uint8)
+        moving_labels = np.rint(sample_at_index(fixed_labels.astype(np.float32), x_idx, order=0,
+                                                mode="constant")).astype(np.uint8)
         itk.imwrite(_to_itk(fixed_labels, *geo), str(paths["fixed_labels"]), compression=True)
         itk.imwrite(_to_itk(moving_labels, *geo), str(paths["moving_labels"]), compression=True)
 
@@ -476,190 +489,3 @@ def make_demo_pair(output_dir: str | Path, dimension: int = 3, voxel_size: float
                        labels=False)
     del result["scale"], result["contrast"]
     return result
-
-
-# --------------------------------------------------------------------------------------------
-# quality numbers
-
-
-def _as_array(obj, vector=False) -> np.ndarray:
-    """Path / itk image / array → numpy array ``[z, y, x(, D)]``."""
-    if isinstance(obj, np.ndarray):
-        return obj
-    if isinstance(obj, (str, Path)):
-        import itk
-
-        obj = itk.imread(str(obj))
-    import itk
-
-    return np.asarray(itk.array_from_image(obj))
-
-
-def warp_with_displacement(image: itk.Image | str | Path, displacement: itk.Image | str | Path,
-                           reference: itk.Image | str | Path | None = None, interpolator: str = "linear") -> itk.Image:
-    """Resample ``image`` at ``x + u(x)`` with itk's displacement-field resampler.
-
-    Uses ``itk.WarpImageFilter`` (the displacement-field equivalent of ``ResampleImageFilter`` +
-    ``DisplacementFieldTransform``, which ITK Python wraps only for float fields), linear
-    interpolation of the field.
-
-    Output(x) = image(x + u(x)) on the grid of ``displacement`` (or ``reference``). With the
-    fixed→moving field ``u`` of :func:`make_demo_pair` this maps a moving image onto the fixed
-    grid (what elastix's result image is).
-
-    Args:
-        image: itk image or path (the moving image).
-        displacement: itk vector image or path, components (x, y[, z]) in mm.
-        reference: optional itk image or path whose grid is used; default the displacement grid.
-        interpolator: ``"linear"`` or ``"nearest"``.
-
-    Returns:
-        itk image (float32) on the reference grid.
-    """
-    import itk
-
-    if isinstance(image, (str, Path)):
-        image = itk.imread(str(image), itk.F)
-    else:
-        image = itk.cast_image_filter(
-            image, ttype=(type(image), itk.Image[itk.F, image.GetImageDimension()]))
-    if isinstance(displacement, (str, Path)):
-        displacement = itk.imread(str(displacement))
-    d = image.GetImageDimension()
-    field_type = itk.Image[itk.Vector[itk.F, d], d]
-    if not isinstance(displacement, field_type):  # e.g. a VectorImage or a double field
-        arr = np.asarray(itk.array_from_image(displacement), dtype=np.float32)
-        field = itk.image_from_array(arr, ttype=field_type)
-        field.CopyInformation(displacement)
-        displacement = field
-    ref = displacement if reference is None else (
-        itk.imread(str(reference)) if isinstance(reference, (str, Path)) else reference)
-    interp = (itk.NearestNeighborInterpolateImageFunction if interpolator == "nearest"
-              else itk.LinearInterpolateImageFunction).New(image)
-    warp = itk.WarpImageFilter[type(image), type(image), field_type].New(
-        Input=image, DisplacementField=displacement, Interpolator=interp, EdgePaddingValue=0.0)
-    warp.SetOutputParametersFromImage(ref)
-    warp.Update()
-    return warp.GetOutput()
-
-
-def displacement_error(transform_field_or_points_fn: Union[object, Callable], true_displacement: itk.Image | str | Path,
-                       mask: Optional[itk.Image | str | Path | np.ndarray] = None) -> dict:
-    """Euclidean error (mm) between a predicted and the true fixed→moving displacement.
-
-    Args:
-        transform_field_or_points_fn: one of
-            * an itk vector image / path / numpy array ``[z, y, x, D]`` on the fixed grid — the
-              predicted displacement ``u_pred(x)`` in mm, (x, y[, z]) components (e.g. from
-              ``itk.transformix_deformation_field``);
-            * a callable mapping fixed physical points ``[N, D]`` (mm, (x, y, z)) to the
-              corresponding moving points ``[N, D]`` (e.g. a transformix point transform).
-        true_displacement: itk vector image or path (``true_displacement.nii.gz``).
-        mask: optional binary image / path / array on the fixed grid; default all voxels.
-
-    Returns:
-        dict ``mean``, ``median``, ``p95``, ``max`` (mm) and ``n`` (voxels evaluated).
-
-    Raises:
-        ValueError: the predicted field or the mask does not match the true field's grid.
-    """
-    import itk
-
-    if isinstance(true_displacement, (str, Path)):
-        true_displacement = itk.imread(str(true_displacement))
-    true = np.asarray(itk.array_from_image(true_displacement), dtype=np.float64)
-    spatial = true.shape[:-1]
-    if mask is None:
-        inside = np.ones(spatial, dtype=bool)
-    else:
-        inside = _as_array(mask).astype(bool)
-        if inside.shape != spatial:
-            raise ValueError(f"mask shape {inside.shape} does not match the displacement grid "
-                             f"{spatial} (numpy [z, y, x] order)")
-    if callable(transform_field_or_points_fn) and not hasattr(transform_field_or_points_fn,
-                                                              "GetLargestPossibleRegion"):
-        size, spacing, origin, direction = _geometry(true_displacement)
-        points = _physical_grid(size, spacing, origin, direction)[inside]
-        mapped = np.asarray(transform_field_or_points_fn(points), dtype=np.float64)
-        if mapped.shape != points.shape:
-            raise ValueError(f"the points function returned shape {mapped.shape}, expected "
-                             f"{points.shape}")
-        pred = mapped - points
-    else:
-        pred_full = np.asarray(_as_array(transform_field_or_points_fn), dtype=np.float64)
-        if pred_full.shape != true.shape:
-            raise ValueError(f"predicted displacement shape {pred_full.shape} does not match the "
-                             f"true displacement {true.shape} (numpy [z, y, x, D] order)")
-        pred = pred_full[inside]
-    err = np.linalg.norm(pred - true[inside], axis=-1)
-    if err.size == 0:
-        return dict(mean=float("nan"), median=float("nan"), p95=float("nan"), max=float("nan"),
-                    n=0)
-    return dict(mean=float(err.mean()), median=float(np.median(err)),
-                p95=float(np.percentile(err, 95)), max=float(err.max()), n=int(err.size))
-
-
-def nmi(a: itk.Image | str | Path | np.ndarray, b: itk.Image | str | Path | np.ndarray, bins: int = 64,
-        mask: Optional[np.ndarray] = None) -> float:
-    """Normalised mutual information ``(H(A) + H(B)) / H(A, B)`` (Studholme 1999).
-
-    Intensities are binned into ``bins`` equal-width bins over each array's own range (in the
-    mask). 2 means one image determines the other (identical arrays give exactly 2), 1 means
-    independent.
-
-    Args:
-        a, b: arrays of the same shape (numpy, or itk images / paths).
-        bins: number of histogram bins per image.
-        mask: optional boolean array (same shape) selecting the voxels used.
-
-    Returns:
-        NMI in [1, 2]; 2.0 when both are constant in the mask (H(A, B) = 0).
-
-    Raises:
-        ValueError: shape mismatch or empty mask.
-    """
-    a = np.asarray(_as_array(a), dtype=np.float64)
-    b = np.asarray(_as_array(b), dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"nmi: shapes differ: {a.shape} vs {b.shape}")
-    if mask is not None:
-        m = np.asarray(_as_array(mask)).astype(bool)
-        if m.shape != a.shape:
-            raise ValueError(f"nmi: mask shape {m.shape} differs from {a.shape}")
-        a, b = a[m], b[m]
-    a, b = a.ravel(), b.ravel()
-    if a.size == 0:
-        raise ValueError("nmi: no voxels (empty mask)")
-
-    def edges(v: np.ndarray) -> np.ndarray:
-        lo, hi = float(v.min()), float(v.max())
-        return np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
-
-    joint, _, _ = np.histogram2d(a, b, bins=[edges(a), edges(b)])
-    p = joint / joint.sum()
-
-    def entropy(q: np.ndarray) -> float:
-        q = q[q > 0]
-        return float(-(q * np.log(q)).sum())
-
-    h_ab = entropy(p)
-    if h_ab <= 0.0:
-        return 2.0
-    return (entropy(p.sum(axis=1)) + entropy(p.sum(axis=0))) / h_ab
-
-
-def dice(a: itk.Image | str | Path | np.ndarray, b: itk.Image | str | Path | np.ndarray) -> float:
-    """Dice overlap ``2|A∩B| / (|A| + |B|)`` of non-zero voxels; 1.0 when both are empty.
-
-    Args:
-        a, b: arrays (or itk images / paths) of the same shape.
-
-    Raises:
-        ValueError: shape mismatch.
-    """
-    a = np.asarray(_as_array(a)).astype(bool)
-    b = np.asarray(_as_array(b)).astype(bool)
-    if a.shape != b.shape:
-        raise ValueError(f"dice: shapes differ: {a.shape} vs {b.shape}")
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total

@@ -36,7 +36,8 @@ import sys
 from pathlib import Path
 from typing import IO, Optional
 
-from elastix_bridge.runtime import build_checks, loader, native_plugins
+from elastix_bridge import __version__
+from elastix_bridge.runtime import build_checks, cache, installed_elastix, loader, native_plugins
 
 __all__ = ["collect_report", "format_report", "print_report"]
 
@@ -48,12 +49,12 @@ def _problem(report: dict, what: str, why: str, fix: str) -> None:
 
 
 def _itk_elastix_section(report: dict) -> dict:
-    version = native_plugins.itk_elastix_version()
-    library = native_plugins.elastix_library()
+    version = installed_elastix.itk_elastix_version()
+    library = installed_elastix.elastix_library()
     section = {"installed": version is not None, "version": version,
                "elastix_library": str(library) if library else None, "lazy_impact_loader": None,
                "elastix_git_revision": None,
-               "detected_by": f"looking for {native_plugins.LAZY_LOADER_MESSAGE.decode()!r} in the elastix library"}
+               "detected_by": f"looking for {installed_elastix.LAZY_LOADER_MESSAGE.decode()!r} in the elastix library"}
     if version is None:
         _problem(report, "itk-elastix is not installed", "the bridge reads images and runs elastix stages with it",
                  'pip install "itk-elastix>=0.25.2"')
@@ -62,8 +63,8 @@ def _itk_elastix_section(report: dict) -> dict:
         section["detected_by"] = "not checked: the wheel holds no itk/_ElastixPython*.so"
         return section
     try:
-        section["lazy_impact_loader"] = native_plugins.lazy_impact_loader(library)
-        section["elastix_git_revision"] = native_plugins.elastix_git_revision(library)
+        section["lazy_impact_loader"] = installed_elastix.lazy_impact_loader(library)
+        section["elastix_git_revision"] = installed_elastix.elastix_git_revision(library)
     except OSError as exc:
         section["detected_by"] = f"not checked: {library} is unreadable ({exc})"
     return section
@@ -87,7 +88,7 @@ def _nvidia_smi() -> Optional[dict]:
 def _torch_section(report: dict):
     section = {"installed": False, "version": None, "error": None}
     try:
-        import torch
+        import torch  # deferred: torch is optional; its import error is part of the report
     except Exception as exc:  # ImportError, or a broken install (OSError from a missing .so, ...)
         section["error"] = f"{type(exc).__name__}: {exc}"
         _problem(report, "PyTorch cannot be imported", section["error"],
@@ -156,7 +157,7 @@ def _cache_problem(folder: Path) -> Optional[str]:
 
 def _plugin_section(report: dict, torch, build: bool) -> dict:
     env = os.environ.get(loader.PLUGIN_ENV) or None
-    section = {"plugin_env": env, "cache_root": str(loader.cache_root()), "path": None, "built": False,
+    section = {"plugin_env": env, "cache_root": str(cache.cache_root()), "path": None, "built": False,
                "record": None, "expected": None, "matches": None, "mismatch": None, "imports": None,
                "built_now": False, "build_tools": _build_tools()}
     if torch is None:
@@ -303,8 +304,6 @@ def collect_report(build: bool = False, trial_preload: bool = True) -> dict:
         ``jit``, ``native_plugin``, plus ``ok`` (Impact can run), ``problems`` (each
         ``{"what", "why", "fix"}``) and ``notes``. Never raises for a problem it finds.
     """
-    from elastix_bridge import __version__
-
     report: dict = {"problems": [], "notes": []}
     report["bridge"] = {"version": __version__, "location": str(Path(__file__).resolve().parent),
                         "python": sys.version.split()[0], "executable": sys.executable,

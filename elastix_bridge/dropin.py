@@ -25,7 +25,12 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
+from elastix_bridge.api import elastix_registration_method
+from elastix_bridge.core.parameters import parameter_maps_from_object
+from elastix_bridge.core.engines import uses_impact
 from elastix_bridge.runtime.itk_elastix import as_parameter_object, itk_attribute
+from elastix_bridge.validation import (check_component_names, check_equal_dimensions, check_image_argument,
+                                       check_mask_dimension, check_threads)
 
 if TYPE_CHECKING:  # pragma: no cover
     from importlib.machinery import ModuleSpec
@@ -86,7 +91,7 @@ def _patch(itk) -> None:
         return
     original = type(itk)
 
-    class BridgedITKModule(original):
+    class BridgedITKModule(original):  # in a function: it subclasses the module type of the itk it is given
         """itk's module type, answering the registration names with the bridge's versions."""
 
         itk_module_type = original  # how itk_elastix.itk_attribute reaches itk's own names
@@ -131,8 +136,6 @@ def bridged_elastix_registration_method(*args: Any, **kwargs: Any) -> tuple[itk.
             different dimensions (before itk's filter is made).
         ValueError: ``number_of_threads`` below 1.
     """
-    from elastix_bridge.validation import check_image_argument, check_mask_dimension, check_threads
-
     images = dict(zip(("fixed_image", "moving_image"), args[:2]))
     images.update({k: kwargs[k] for k in ("fixed_image", "moving_image", "fixed_mask", "moving_mask") if k in kwargs})
     for what, value in images.items():
@@ -166,8 +169,6 @@ class RegistrationMethodTemplate:
             elastix_bridge.validation.InputImageError: fixed and moving images of different dimensions
                 (itk's filter, typed by the fixed image, would read the moving image back as garbage).
         """
-        from elastix_bridge.validation import check_equal_dimensions
-
         images = dict(zip(("fixed_image", "moving_image"), args[:2]))
         images.update({k: kwargs[k] for k in ("fixed_image", "moving_image") if k in kwargs})
         if all(hasattr(images.get(k), "GetImageDimension") for k in ("fixed_image", "moving_image")):
@@ -209,15 +210,10 @@ class BridgedRegistrationMethod:
         self._method.SetInitialTransformParameterObject(self._initial_object)
 
     def _maps(self) -> list:
-        from elastix_bridge.core.parameters import parameter_maps_from_object
-
         po = self._method.GetParameterObject()
         return [] if po is None else parameter_maps_from_object(po)
 
     def Update(self) -> None:
-        from elastix_bridge.api import elastix_registration_method, uses_impact
-        from elastix_bridge.validation import check_component_names
-
         maps = self._maps()
         if not any(uses_impact(pmap) for pmap in maps):
             check_component_names(maps)  # a misspelt "Impact" would otherwise be elastix's "Internal error"

@@ -13,13 +13,9 @@ images and feature maps, float64 coordinates and B-spline coefficients):
   elastix stages: every level, as elastix's pyramid filters keep them all, unless its Generic
   pyramids have ``ComputePyramidImagesPerResolution``) and the images' B-spline coefficients;
   the samples;
-* Impact **Static** mode: per model and side, the grid resampled at ``ImpactVoxelSize`` (points,
-  values; a fixed-side grid equal to the level image's reads the image as it is) and each selected
-  layer's feature map (float32: the model output and its channels-last cubic coefficients);
-* Impact **Jacobian** mode: per sample the patch points and values, the model inputs
-  (``ImpactNumberOfChannels`` copies), what autograd keeps of the transform and the moving
-  interpolation per moving patch point (B-spline weights: (order+1)^D float64 for the transform,
-  twice (order+1)^D for the interpolator; approximate) and each selected layer's output.
+* what each metric holds, as the metric says through its ``memory`` hook: Impact's feature maps
+  (Static mode) or patches, model outputs and autograd's share (Jacobian mode),
+  :mod:`elastix_bridge.engine.metrics.impact_memory`.
 
 Checked against the rise of the peak resident memory of real runs once the input images existed
 (CPU; the estimate includes the inputs): 3D MIND-SSC Static mode on 128³ voxels, one level,
@@ -39,22 +35,28 @@ memory (with ``ImpactGPU`` ≥ 0 features live on the device; only host memory i
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from elastix_bridge.core.geometry import ImageGeometry
+from elastix_bridge.core.image_io import read_image_geometry
+from elastix_bridge.core.impact_parameters import ModelConfig
+from elastix_bridge.core.parameters import ParameterMap, UInt, parameter_maps_from_object
+from elastix_bridge.core.engines import stage_engines, uses_impact
+from elastix_bridge.engine.component_settings import bspline_interpolation_order, spatial_samples
+from elastix_bridge.engine.components import DEFAULTS, find
+from elastix_bridge.engine.images.pyramids import pyramid_class
+from elastix_bridge.engine.stage_settings import map_pyramid_schedule
+from elastix_bridge.runtime.model_probe import ModelProbe, known_model, probe_model
 from elastix_bridge.runtime.memory import MemoryBudget, available_memory, format_bytes
+from elastix_bridge.validation import check_native_plugin, check_pyramid_sizes, check_supported_dimension
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
 
     import itk
-
-    from elastix_bridge.core.geometry import ImageGeometry
-    from elastix_bridge.core.impact_parameters import ModelConfig
-    from elastix_bridge.core.parameters import ParameterMap
 
 log = logging.getLogger("elastix_bridge")
 
@@ -74,27 +76,6 @@ _VERDICTS = {"fits": "fits", "close": "close (above 80%: a run warns)", "too lar
 
 class InsufficientMemoryError(MemoryError):
     """A registration needs (or needed) more memory than there is; the message names the stage, level and keys."""
-
-
-@dataclass(frozen=True)
-class FeatureMapPlan:
-    """One selected layer of one model at one level.
-
-    Attributes:
-        side: ``"fixed"`` or ``"moving"``.
-        model: the ``ImpactModelsPath`` entry.
-        channels: feature channels F; None when unknown (counted as 1).
-        size: voxels per axis, ITK order: the whole map (Static) or one sample's output (Jacobian).
-    """
-
-    side: str
-    model: str
-    channels: Optional[int]
-    size: tuple
-
-    @property
-    def voxels(self) -> int:
-        return int(np.prod(self.size))
 
 
 @dataclass
@@ -221,133 +202,31 @@ class RegistrationPlan:
 
 def _geometry(image):
     """ImageGeometry of an ``itk.Image``, an ImageGeometry, or an image file (header only)."""
-    from elastix_bridge.core.geometry import ImageGeometry
-
     if image is None or isinstance(image, ImageGeometry):
         return image
-    import itk
-
     if hasattr(image, "GetLargestPossibleRegion"):  # sizes only: elastix accepts any start index
+        import itk  # deferred: only a caller holding an itk image reaches this, and itk takes seconds to import
+
         return ImageGeometry(tuple(image.GetLargestPossibleRegion().GetSize()), tuple(image.GetSpacing()),
                              tuple(image.GetOrigin()), itk.array_from_matrix(image.GetDirection()))
-    from elastix_bridge.core.image_io import read_image_geometry
-
     return read_image_geometry(image)
 
 
 def _level_sizes(pmap, which: str, levels: int, geometry) -> list:
-    """Pyramid image size per level (voxels, ITK order), as elastix's pyramid kinds produce them."""
-    from elastix_bridge.engine.images.pyramids import pyramid_base_kind
-    from elastix_bridge.engine.registration import map_pyramid_schedule
-
+    """Pyramid image size per level (voxels, ITK order), as the map's pyramid kind produces them."""
     kind = pmap.get(f"{which}ImagePyramid", default=f"{which}SmoothingImagePyramid")
     schedule = map_pyramid_schedule(pmap, which, kind, levels, geometry)
-    if pyramid_base_kind(kind) == "SmoothingImagePyramid":  # smooths, never down-samples
-        return [tuple(geometry.size)] * levels
-    size = np.asarray(geometry.size)
-    return [tuple(int(n) for n in np.maximum(1, size // np.maximum(1, schedule.rescale[r]))) for r in range(levels)]
+    pyramid = pyramid_class(kind)
+    return [tuple(pyramid.level_size(geometry, schedule, r)) for r in range(levels)]
 
 
 def _samples(pmap, level: int, fixed_size) -> int:
-    sampler = (pmap.values("ImageSampler") or ["Random"])[0]
-    if sampler == "Full":
-        return int(np.prod(fixed_size))
-    if sampler == "Grid":
-        spacing = [pmap.get("SampleGridSpacing", level=level * len(fixed_size) + a, default=2, type=int)
-                   for a in range(len(fixed_size))]
-        return int(np.prod([math.ceil(n / max(1, s)) for n, s in zip(fixed_size, spacing)]))
-    return pmap.get("NumberOfSpatialSamples", level=level, default=5000, type=int)  # drawn with replacement
-
-
-def _static_grid(level_size, level_spacing, voxel_size) -> tuple:
-    """Size of the grid resampled at ``ImpactVoxelSize`` over the fixed image's extent (ImpactMetric._static_grid)."""
-    extent = np.asarray(level_size) * np.asarray(level_spacing)
-    return tuple(int(n) for n in np.maximum(1, np.floor(extent / np.asarray(voxel_size, dtype=float) + 0.5)))
-
-
-# ---------------------------------------------------------------------------------------------
-# models
-
-
-@dataclass(frozen=True)
-class ModelProbe:
-    """What one model returns for one patch or tile (from :func:`probe_model` or known for MIND-SSC).
-
-    Attributes:
-        channels: F per selected layer.
-        scale: per selected layer, output voxels per input voxel along each axis (ITK order;
-            1 = same size, 0.5 = stride 2).
-        activation_bytes: bytes autograd keeps per patch (Jacobian mode), None when not measured.
-    """
-
-    channels: tuple
-    scale: tuple
-    activation_bytes: Optional[int] = None
-
-
-def known_model(cfg: ModelConfig, mode: str = "Static") -> Optional[ModelProbe]:
-    """The built-in MIND-SSC models: one layer, channels = neighbour pairs, same spatial size."""
-    from elastix_bridge.models.mind import RESERVED_MODELS, mind_pairs
-
-    if cfg.path not in RESERVED_MODELS:
-        return None
-    dimension = RESERVED_MODELS[cfg.path][0]
-    return ModelProbe((len(mind_pairs(dimension)),) * cfg.n_selected, ((1.0,) * dimension,) * cfg.n_selected)
-
-
-def probe_model(cfg: ModelConfig, mode: str, image_dimension: int) -> ModelProbe:
-    """Run one model on zero inputs (batch 1 and 2) on the CPU to learn its outputs and autograd cost.
-
-    The patch is ``ImpactPatchSize`` (a 16-voxel tile per axis where it is 0, Static whole-image).
-    In Jacobian mode the input requires grad, as the moving patches do, and the bytes of the
-    tensors autograd saves (``saved_tensors_hooks``, each storage once) for batch 2 minus batch 1
-    give the activations per patch.
-
-    Raises:
-        elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError:
-            torch or the plugin cannot load, the model cannot be loaded, fails (its own message) or breaks
-            the feature-model contract (:func:`elastix_bridge.runtime.model_contract.probe_model`).
-    """
-    import torch
-
-    from elastix_bridge.runtime import loader
-    from elastix_bridge.core.impact_parameters import resolve_model_path
-
-    from elastix_bridge.runtime import model_contract
-
-    model = loader.load_feature_model(str(resolve_model_path(cfg.path)), torch.device("cpu"))
-    use = model_contract.ModelUse(model_contract.model_name(None, "", cfg.path), len(cfg.layers_mask),
-                                  cfg.selected_layers, cfg.dimension)
-    with loader.jit_optimization_disabled():  # the registration's whole contract, so that plan refuses what it refuses
-        model_contract.probe_model(model, use, str(resolve_model_path(cfg.path)), cfg.channels,
-                                   tuple(reversed(cfg.patch_size)), jacobian=mode == "Jacobian",
-                                   image_dimension=image_dimension)
-    patch = tuple(p if p else 16 for p in reversed(cfg.patch_size))  # (z, y, x)
-    stats = torch.tensor([0.0, 1.0, 0.5, 0.25])
-    direction = torch.eye(image_dimension, dtype=torch.int16)
-
-    def run(batch: int) -> tuple[list[torch.Tensor], int]:
-        saved = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        x = torch.zeros((batch, cfg.channels) + patch, requires_grad=mode == "Jacobian")
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), loader.jit_optimization_disabled():
-            try:
-                out = model.forward(x, len(cfg.layers_mask), stats, direction)
-            except (RuntimeError, ValueError) as error:
-                raise model_contract.model_failure(use.name, error) from None
-        model_contract.check_outputs(out, use, batch)  # the shape rules of the contract (the engine probes the rest)
-        return out, sum(saved.values())
-
-    out, one = run(1)
-    _, two = run(2) if mode == "Jacobian" else (None, None)
-    layers = [out[j] for j in cfg.selected_layers]
-    channels = tuple(int(o.shape[1]) for o in layers)
-    scale = tuple(tuple(min(1.0, h / p) for h, p in zip(reversed(o.shape[2:]), reversed(patch))) for o in layers)
-    return ModelProbe(channels, scale, None if two is None else max(0, two - one))
+    """The points a level evaluates, as the map's sampler says (its ``samples`` hook; docs/engine.md)."""
+    sampler = find("ImageSampler", (pmap.values("ImageSampler") or ["Random"])[0])
+    count = sampler.trait("samples") if sampler is not None else None
+    if count is None:  # a sampler only elastix runs: its NumberOfSpatialSamples, as the random samplers
+        count = spatial_samples
+    return count(pmap, level, fixed_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,59 +235,20 @@ def probe_model(cfg: ModelConfig, mode: str, image_dimension: int) -> ModelProbe
 
 def _derivative_bytes(pmap, level: int, dim: int) -> int:
     """Bytes autograd keeps per moving patch point for the transform and the moving interpolation (approximate)."""
-    if pmap.get("Transform", default="") in ("BSplineTransform", "RecursiveBSplineTransform"):
-        transform = (pmap.get("BSplineTransformSplineOrder", default=3, type=int) + 1) ** dim
+    transform = find("Transform", pmap.get("Transform", default=""))
+    if transform is not None and transform.trait("kind") == "bspline":
+        weights = (pmap.get("BSplineTransformSplineOrder", default=3, type=int) + 1) ** dim
     else:
-        transform = dim + 1
-    order = (1 if pmap.get("Interpolator", default="BSplineInterpolator") == "LinearInterpolator"
-             else pmap.get("BSplineInterpolationOrder", level=level, default=1, type=int))
-    return (transform + 2 * (order + 1) ** dim) * F64
-
-
-def _impact_parts(cfg, dim: int, level_size, level_spacing, samples: int, probes, derivative_bytes: int) -> tuple:
-    """``(parts, feature_maps, lower_bound)`` of one Impact level (see the module docstring)."""
-    parts = {"feature maps": 0, "patches": 0, "model outputs": 0, "model activations": 0}
-    maps, lower = [], False
-    for side, configs in (("fixed", cfg.fixed_models), ("moving", cfg.moving_models)):
-        for model in configs:
-            probe = probes(model, cfg.mode)
-            lower |= probe is None or (cfg.mode == "Jacobian" and probe.activation_bytes is None)
-            channels = probe.channels if probe else (None,) * model.n_selected
-            if cfg.mode == "Static":
-                grid = _static_grid(level_size, level_spacing, model.voxel_size)
-                g = int(np.prod(grid))
-                if side == "fixed" and tuple(grid) == tuple(level_size):  # the fixed image is read as it is
-                    parts["feature maps"] += g * F32
-                else:
-                    coordinates = (2 if side == "moving" else 1) * g * dim * F64  # voxel centres (+ displaced)
-                    parts["feature maps"] += coordinates + g * (F64 + F32)  # values read, float32 image
-                for j, f in enumerate(channels):
-                    scale = probe.scale[j] if probe else (1.0,) * len(grid)
-                    size = tuple(max(1, int(n * s)) for n, s in zip(grid, tuple(scale) + (1.0,) * len(grid)))
-                    maps.append(FeatureMapPlan(side, model.path, f, size))
-                    parts["feature maps"] += (f or 1) * int(np.prod(size)) * 2 * F32  # output, coefficients
-            else:
-                q = int(np.prod(model.patch_size))
-                points = (3 if side == "moving" else 1) * samples * q * dim * F64  # patch, moved, moved copy
-                parts["patches"] += points + samples * q * (F64 + model.channels * F32)
-                if side == "moving":
-                    parts["patches"] += samples * q * derivative_bytes
-                    if probe and probe.activation_bytes is not None:
-                        parts["model activations"] += samples * probe.activation_bytes
-                for j, f in enumerate(channels):
-                    scale = probe.scale[j] if probe else (1.0,) * model.dimension
-                    size = tuple(max(1, int(n * s)) for n, s in zip(model.patch_size, scale))
-                    maps.append(FeatureMapPlan(side, model.path, f, size))
-                    parts["model outputs"] += samples * (f or 1) * int(np.prod(size)) * F32
-    return {k: v for k, v in parts.items() if v}, maps, lower
+        weights = dim + 1
+    interpolator = find("Interpolator", pmap.get("Interpolator", default=DEFAULTS["Interpolator"]))
+    order = (interpolator.factory if interpolator is not None else bspline_interpolation_order)(pmap, level)
+    return (weights + 2 * (order + 1) ** dim) * F64
 
 
 def plan_stage(k: int, pmap: ParameterMap, engine: str, fixed: ImageGeometry, moving: ImageGeometry,
                fixed_mask: Optional[ImageGeometry] = None, moving_mask: Optional[ImageGeometry] = None,
                probes: Optional[Callable[[ModelConfig, str], Optional[ModelProbe]]] = None) -> StagePlan:
     """The plan of one parameter map (see :func:`plan_registration`; images as ImageGeometry)."""
-    from elastix_bridge.core.impact_parameters import impact_levels
-
     dim = fixed.dimension
     levels = pmap.get("NumberOfResolutions", default=3, type=int)
     metrics = pmap.values("Metric")
@@ -431,8 +271,11 @@ def plan_stage(k: int, pmap: ParameterMap, engine: str, fixed: ImageGeometry, mo
     all_levels = engine == "elastix" and not _pyramids_per_resolution(pmap)
     if all_levels:  # elastix's pyramid filters compute and keep every level at once
         base["pyramid images"] = sum(int(np.prod(f)) + int(np.prod(m)) for f, m in zip(fixed_sizes, moving_sizes)) * F32
-    configs = (impact_levels(pmap, levels, dim, metric_index=metrics.index("Impact"))
-               if "Impact" in metrics else [])
+    memories = []  # the metrics' own estimates (their `memory` hook: Impact's feature maps, patches, models)
+    for i, name in enumerate(metrics):
+        metric = find("Metric", name)
+        if metric is not None and metric.has_trait("memory"):
+            memories.append(metric.trait("memory")(pmap, i, levels, dim))
     plans, lower = [], False
     for r in range(levels):
         lf, lm = int(np.prod(fixed_sizes[r])), int(np.prod(moving_sizes[r]))
@@ -448,15 +291,16 @@ def plan_stage(k: int, pmap: ParameterMap, engine: str, fixed: ImageGeometry, mo
             if not all_levels:
                 parts["pyramid images"] = (lf + lm) * F32
         maps = []
-        if configs:
-            level_spacing = fixed.spacing * np.asarray(fixed.size) / np.asarray(fixed_sizes[r])
-            impact, maps, missing = _impact_parts(configs[r], dim, fixed_sizes[r], level_spacing, samples, probes,
-                                                  _derivative_bytes(pmap, r, dim))
-            parts.update(impact)
+        level_spacing = fixed.spacing * np.asarray(fixed.size) / np.asarray(fixed_sizes[r])
+        for memory in memories:
+            extra, layer_maps, missing = memory.level(r, fixed_sizes[r], level_spacing, samples, probes,
+                                                      _derivative_bytes(pmap, r, dim))
+            parts.update(extra)
+            maps += layer_maps
             lower |= missing
         plans.append(LevelPlan(r, fixed_sizes[r], moving_sizes[r], samples, maps, parts))
     return StagePlan(k, engine, metrics, pmap.get("Transform", default="?"),
-                     configs[0].mode if configs else None, plans, base, lower, all_levels)
+                     memories[0].mode if memories else None, plans, base, lower, all_levels)
 
 
 def _pyramids_per_resolution(pmap) -> bool:
@@ -472,9 +316,6 @@ def _check_pyramids(maps, fixed: ImageGeometry, moving: ImageGeometry) -> None:
     Raises:
         elastix_bridge.core.parameters.ParameterError: naming the map, the image, the axis and the fix.
     """
-    from elastix_bridge.core.parameters import UInt
-    from elastix_bridge.validation import check_pyramid_sizes
-
     for k, pmap in enumerate(maps):
         try:
             check_pyramid_sizes(pmap, pmap.get("NumberOfResolutions", default=3, type=UInt), (fixed, moving))
@@ -496,7 +337,7 @@ def plan_registration(fixed_image: itk.Image | str | Path | ImageGeometry,
             header is read) or :class:`~elastix_bridge.core.geometry.ImageGeometry`; masks may be None.
         parameter_object: what :func:`elastix_bridge.api.elastix_registration_method` accepts
             (ParameterMap, dict, ``itk.ParameterObject`` or a list).
-        engine: ``"auto"``, ``"elastix"`` or ``"bridge"`` (:func:`elastix_bridge.api.stage_engines`).
+        engine: ``"auto"``, ``"elastix"`` or ``"bridge"`` (:func:`elastix_bridge.core.engines.stage_engines`).
         probe_models: run each Impact model once on zero patches (needs torch and the plugin) for
             exact channels, output sizes and Jacobian-mode activations; otherwise only the
             built-in MIND-SSC models are known and the estimate is a lower bound.
@@ -514,10 +355,6 @@ def plan_registration(fixed_image: itk.Image | str | Path | ImageGeometry,
         elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError: with
             ``probe_models``, a model that cannot be loaded or run.
     """
-    from elastix_bridge.api import stage_engines, uses_impact
-    from elastix_bridge.core.parameters import parameter_maps_from_object
-    from elastix_bridge.validation import check_native_plugin, check_supported_dimension
-
     maps = parameter_maps_from_object(parameter_object)
     fixed, moving = _geometry(fixed_image), _geometry(moving_image)
     if fixed.dimension != moving.dimension:

@@ -8,6 +8,7 @@ line shows the bars when its error stream is a terminal (``--progress`` / ``--no
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from typing import IO, TYPE_CHECKING, Optional
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tqdm.auto import tqdm
 
     from elastix_bridge.core.parameters import ParameterMap
-    from elastix_bridge.engine.optimizers.asgd import IterationRecord
+    from elastix_bridge.engine.optimizers.base import IterationRecord
 
 
 class StageProgress:
@@ -38,12 +39,10 @@ class StageProgress:
     def __call__(self, level: int, record: IterationRecord) -> None:
         if level != self.level:
             self.close()
-            from tqdm.auto import tqdm
-
             total = self.pmap.get("MaximumNumberOfIterations", level=level, type=int) \
                 if self.pmap.has("MaximumNumberOfIterations") else None
-            self.bar = tqdm(total=total, desc=f"stage {self.stage} level {level}", unit="it", file=self.file,
-                            ncols=_columns(), leave=True)
+            self.bar = _tqdm()(total=total, desc=f"stage {self.stage} level {level}", unit="it", file=self.file,
+                               ncols=_columns(), leave=True)
             self.level = level
         self.bar.set_postfix_str(f"metric {record.metric:.6f}", refresh=False)
         # L-BFGS line-search rows (GenerateLineSearchIterations) are not iterations
@@ -58,15 +57,18 @@ class StageProgress:
 
 def _columns() -> int:
     """Terminal width, 100 where the terminal reports none (tqdm would then draw an empty bar)."""
-    import shutil
-
     return min(shutil.get_terminal_size(fallback=(100, 24)).columns, 120)
 
 
 def elastix_stage_bar(stage: int, file: Optional[IO[str]] = None) -> tqdm:
     """A bar for a stage that runs on elastix: elapsed time only (elastix reports no iterations); its
     ``refresh`` is called at each poll of the stage's child process."""
-    from tqdm.auto import tqdm
+    return _tqdm()(total=None, desc=f"stage {stage} (elastix)", bar_format="{desc}: {elapsed}",
+                   file=file or sys.stderr, ncols=_columns())
 
-    return tqdm(total=None, desc=f"stage {stage} (elastix)", bar_format="{desc}: {elapsed}", file=file or sys.stderr,
-                ncols=_columns())
+
+def _tqdm() -> type[tqdm]:
+    """tqdm's bar class (``tqdm.auto``: a notebook widget in Jupyter, text elsewhere), imported on first use."""
+    from tqdm.auto import tqdm  # deferred: tqdm.auto takes ~0.1 s (asyncio, notebook check); only shown bars need it
+
+    return tqdm

@@ -44,6 +44,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
+
+from elastix_bridge.core.files import write_atomically
+from elastix_bridge.core.image_io import read_image
+from elastix_bridge.core.transform_io import to_parameter_object
+from elastix_bridge.runtime.itk_elastix import as_float_image
+
 if TYPE_CHECKING:  # pragma: no cover
     import itk
 
@@ -156,10 +163,7 @@ def write_qc_figure(fixed_image: itk.Image | str | Path, moving_image: itk.Image
     warped, det = _transformix(moving, tpo)
     _check_same_grid(fixed, warped)
 
-    import numpy as np
-
-    import itk
-
+    itk = _itk()
     f = itk.array_from_image(fixed).astype(np.float32)     # [z,] y, x
     m = itk.array_from_image(warped).astype(np.float32)    # on the fixed grid
     d = itk.array_from_image(det).astype(np.float64)
@@ -188,7 +192,7 @@ def write_qc_figure(fixed_image: itk.Image | str | Path, moving_image: itk.Image
 def require_matplotlib() -> None:
     """Raise ImportError with the fix when matplotlib is missing (checked before any work)."""
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401  # deferred: optional (the [qc] extra); this checks it is there before any work
     except ImportError as error:
         raise ImportError("the QC picture needs matplotlib, which is not installed; "
                           "pip install 'elastix-bridge[qc]' (or matplotlib)") from error
@@ -196,9 +200,6 @@ def require_matplotlib() -> None:
 
 def _load_image(image, what: str):
     """An ``itk.Image`` with float pixels from an image or a file name."""
-    from elastix_bridge.runtime.itk_elastix import as_float_image
-    from elastix_bridge.core.image_io import read_image
-
     if isinstance(image, (str, os.PathLike)):
         return read_image(image, what)
     if not hasattr(image, "GetImageDimension"):
@@ -217,8 +218,6 @@ def read_transform_object(tp, output_directory=None):
     Raises:
         ValueError, FileNotFoundError: nothing to read, naming what to pass.
     """
-    import itk
-
     if tp is None:
         if output_directory is None:
             raise ValueError("no transform: pass transform_parameter_object, or output_directory with the "
@@ -232,15 +231,13 @@ def read_transform_object(tp, output_directory=None):
     if isinstance(tp, (str, os.PathLike)):
         if not Path(tp).is_file():
             raise FileNotFoundError(f"TransformParameters file {tp} does not exist; check the path")
-        po = itk.ParameterObject.New()
+        po = _itk().ParameterObject.New()
         po.ReadParameterFile(str(tp))
         return po
     if hasattr(tp, "GetNumberOfParameterMaps"):
         if tp.GetNumberOfParameterMaps() == 0:
             raise ValueError("the transform parameter object holds no maps; pass the registration's result")
         return tp
-    from elastix_bridge.core.transform_io import to_parameter_object
-
     return to_parameter_object(tp)
 
 
@@ -251,8 +248,7 @@ def _transformix(moving, tpo):
     directory (and may write into the working directory when it has none), so it runs in a
     temporary folder that is deleted afterwards.
     """
-    import itk
-
+    itk = _itk()
     with tempfile.TemporaryDirectory(prefix="elastix-bridge-qc-") as tmp:
         try:
             transformix = itk.TransformixFilter.New(moving)
@@ -274,10 +270,7 @@ def _transformix(moving, tpo):
 
 def _check_same_grid(fixed, warped) -> None:
     """ValueError when transformix's output grid is not the fixed image's."""
-    import numpy as np
-
-    import itk
-
+    itk = _itk()
     size_f = tuple(fixed.GetLargestPossibleRegion().GetSize())
     size_w = tuple(warped.GetLargestPossibleRegion().GetSize())
     same = size_f == size_w
@@ -306,8 +299,6 @@ def read_iteration_histories(folder, stages: str = "all"):
         ``[(stage, level, iterations, metric values, header name)]`` sorted by stage and level; the
         arrays are float64 numpy arrays (rows cut short by a stopped run are left out).
     """
-    import numpy as np
-
     found = []
     for p in Path(folder).iterdir():
         match = _ITERATION_FILE.match(p.name)
@@ -352,11 +343,7 @@ def _axis_to_world(image):
     Falls back to the identity when two index axes are nearest to the same physical axis
     (directions at 45 degrees).
     """
-    import numpy as np
-
-    import itk
-
-    direction = itk.array_from_matrix(image.GetDirection())  # column a = physical direction of index axis a
+    direction = _itk().array_from_matrix(image.GetDirection())  # column a = physical direction of index axis a
     dim = direction.shape[0]
     nearest = [int(np.argmax(np.abs(direction[:, a]))) for a in range(dim)]
     if sorted(nearest) != list(range(dim)):
@@ -366,7 +353,7 @@ def _axis_to_world(image):
     return nearest, signs, oblique
 
 
-def _views(image):
+def display_views(image):
     """The slices to draw: ``[(label, slicer, transpose, flip_rows, flip_cols, (row mm, col mm), edges)]``.
 
     ``slicer`` indexes the numpy array ``[z,] y, x``; the slice is transposed when ``transpose``
@@ -408,7 +395,7 @@ def _views(image):
     return views
 
 
-def _take(array, view):
+def display_slice(array, view):
     """The 2D slice of a numpy image for ``view``, oriented for display (row 0 at the top)."""
     _, slicer, transpose, flip_rows, flip_cols, _, _ = view
     s = array[slicer]
@@ -423,8 +410,6 @@ def _take(array, view):
 
 def _window(array):
     """Intensity window ``(low, high)``: the 0.5 and 99.5 percentiles (of at most ~2 M voxels)."""
-    import numpy as np
-
     flat = array.ravel()
     step = max(1, flat.size // 2_000_000)
     low, high = (float(v) for v in np.percentile(flat[::step], [0.5, 99.5]))
@@ -434,16 +419,12 @@ def _window(array):
 
 
 def _scaled(s, window):
-    import numpy as np
-
     low, high = window
     return np.clip((s - low) / (high - low), 0.0, 1.0)
 
 
 def _checkerboard(a, b, pixel_mm):
     """Tiles of ``a`` and ``b`` (display arrays in [0, 1]), 8 tiles along the physically longer side."""
-    import numpy as np
-
     rows, cols = a.shape
     tile_mm = max(rows * pixel_mm[0], cols * pixel_mm[1]) / 8.0
     r = (np.arange(rows) * pixel_mm[0] // tile_mm).astype(int)
@@ -462,18 +443,13 @@ def _fmt_vector(values) -> str:
 
 
 def _draw(fixed_image, f, m, d, histories, maps, stats, title, dpi):
-    import matplotlib
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import TwoSlopeNorm
-    from matplotlib.figure import Figure
-
+    mpl = _matplotlib()
     dim = f.ndim
-    views = _views(fixed_image)
+    views = display_views(fixed_image)
     n_rows = len(views)
     height = _TITLE_IN + _METRIC_ROW_IN + n_rows * _IMAGE_ROW_IN[dim]
-    fig = Figure(figsize=(_WIDTH_IN, height), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = mpl.figure.Figure(figsize=(_WIDTH_IN, height), dpi=dpi, layout="constrained")
+    mpl.backends.backend_agg.FigureCanvasAgg(fig)
     grid = fig.add_gridspec(n_rows + 1, 3, height_ratios=[_IMAGE_ROW_IN[dim]] * n_rows + [_METRIC_ROW_IN])
 
     window_f, window_m = _window(f), _window(m)
@@ -481,14 +457,15 @@ def _draw(fixed_image, f, m, d, histories, maps, stats, title, dpi):
     folded = stats["folded_voxels"]
     # Diverging around 1 (blue: compression, red: expansion); det <= 0 (folding) is black ("under").
     vmin = float(np.finfo(np.float32).tiny) if folded else min(low, 0.95)
-    norm = TwoSlopeNorm(vcenter=1.0, vmin=vmin, vmax=max(high, 1.05))
-    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(under="black")
+    norm = mpl.colors.TwoSlopeNorm(vcenter=1.0, vmin=vmin, vmax=max(high, 1.05))
+    cmap = mpl.colormaps["RdBu_r"].with_extremes(under="black")
 
     jacobian_axes = []
     for row, view in enumerate(views):
         label, _, _, _, _, pixel_mm, edges = view
         aspect = pixel_mm[0] / pixel_mm[1]  # height / width of one displayed pixel
-        fs, ms, ds = _scaled(_take(f, view), window_f), _scaled(_take(m, view), window_m), _take(d, view)
+        fs, ms = _scaled(display_slice(f, view), window_f), _scaled(display_slice(m, view), window_m)
+        ds = display_slice(d, view)
         axes = [fig.add_subplot(grid[row, c]) for c in range(3)]
         axes[0].imshow(_checkerboard(fs, ms, pixel_mm), cmap="gray", vmin=0, vmax=1, aspect=aspect,
                        interpolation="nearest")
@@ -535,11 +512,9 @@ def _draw(fixed_image, f, m, d, histories, maps, stats, title, dpi):
 
 def _orientation_letters(ax, edges) -> None:
     """Anatomical letters (left, right, top, bottom) at the panel's edges."""
-    from matplotlib import patheffects
-
     left, right, top, bottom = edges
     style = dict(transform=ax.transAxes, fontsize=9, color="yellow", fontweight="bold",
-                 path_effects=[patheffects.withStroke(linewidth=2, foreground="black")])
+                 path_effects=[_matplotlib().patheffects.withStroke(linewidth=2, foreground="black")])
     ax.text(0.01, 0.5, left, ha="left", va="center", **style)
     ax.text(0.99, 0.5, right, ha="right", va="center", **style)
     ax.text(0.5, 0.99, top, ha="center", va="top", **style)
@@ -548,8 +523,6 @@ def _orientation_letters(ax, edges) -> None:
 
 def _draw_histories(fig, cell, histories, maps) -> None:
     """One metric plot per stage, one curve per resolution level."""
-    from matplotlib.ticker import MaxNLocator
-
     by_stage = {}
     for stage, level, its, values, column in histories:
         by_stage.setdefault(stage, []).append((level, its, values, column))
@@ -575,13 +548,36 @@ def _draw_histories(fig, cell, histories, maps) -> None:
         ax.set_ylabel(f"metric ({levels[0][3]})", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(_matplotlib().ticker.MaxNLocator(integer=True))
         ax.legend(fontsize=8, loc="best")
 
 
 def _save_atomically(fig, path: Path, dpi: int, stats: dict) -> None:
     """Save as PNG under a temporary name beside ``path``, then rename it into place."""
-    from elastix_bridge.core.files import write_atomically
-
     write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata={
         "Software": "elastix-bridge", "elastix-bridge-qc": json.dumps(stats)}), binary=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deferred imports
+# ---------------------------------------------------------------------------------------------
+
+
+def _itk():
+    """The ``itk`` module, imported on first use."""
+    import itk  # deferred: itk takes seconds to import; the command line imports this module for every command
+
+    return itk
+
+
+def _matplotlib():
+    """``matplotlib`` with the submodules the picture uses imported: the Agg canvas, colors, the
+    object-oriented ``Figure``, path effects and tick locators (never pyplot: module docstring)."""
+    import matplotlib  # deferred: optional (the [qc] extra), and only a picture needs it
+    import matplotlib.backends.backend_agg  # deferred: as matplotlib
+    import matplotlib.colors  # deferred: as matplotlib
+    import matplotlib.figure  # deferred: as matplotlib
+    import matplotlib.patheffects  # deferred: as matplotlib
+    import matplotlib.ticker  # deferred: as matplotlib
+
+    return matplotlib

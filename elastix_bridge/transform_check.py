@@ -51,6 +51,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("elastix_bridge")
 
+
+def _itk():
+    """The ``itk`` module, imported on first use."""
+    import itk  # deferred: itk's import takes seconds, and validation imports this module
+
+    return itk
+
+
 #: The parameter-map keys of the check and their defaults (None: derived from the map, see the module docstring).
 THRESHOLD_KEYS = {"QCMaximumFoldedFraction": 0.001, "QCMaximumVolumeChange": 4.0, "QCMaximumDisplacement": None,
                   "QCMaximumScaleChange": 0.25}
@@ -223,13 +231,11 @@ def _report(check: StageCheck, where: str) -> None:
 def _final_grid_spacing(pmap: "ParameterMap", fixed_image) -> float:
     """The largest final B-spline control-point spacing (mm): elastix's ``FinalGridSpacingInPhysicalUnits``,
     else ``FinalGridSpacingInVoxels`` (default 16) × the fixed spacing."""
-    import itk  # deferred, as in _determinant
-
     if pmap.has("FinalGridSpacingInPhysicalUnits"):
         return max(float(v) for v in pmap.values("FinalGridSpacingInPhysicalUnits"))
     voxels = [float(v) for v in pmap.values("FinalGridSpacingInVoxels")] if pmap.has("FinalGridSpacingInVoxels") \
         else [16.0]
-    spacing = [float(s) for s in itk.spacing(fixed_image)]
+    spacing = [float(s) for s in _itk().spacing(fixed_image)]
     voxels = voxels * len(spacing) if len(voxels) == 1 else voxels
     return max(v * s for v, s in zip(voxels, spacing))
 
@@ -297,8 +303,7 @@ def _determinant(transform_maps, fixed_image, fixed_mask):
     transformix computes it on the last map's output grid; that grid is cut to the bounding box of
     the mask (fewer voxels), and the image it resamples is a 2-voxel stand-in (its result is not used).
     """
-    import itk  # deferred: itk's import takes seconds, and validation imports this module
-
+    itk = _itk()
     fixed_size = [int(s) for s in itk.size(fixed_image)]
     mask = None if fixed_mask is None else itk.array_from_image(fixed_mask) > 0   # [z,] y, x
     if mask is not None and mask.shape != tuple(reversed(fixed_size)):

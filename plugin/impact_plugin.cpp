@@ -28,9 +28,11 @@ namespace py = pybind11;
 namespace {
 
 const std::vector<std::string>& distance_names() {
-  // Factory names of upstream's losses, case-sensitive (docs/design.md §I7.1).
-  static const std::vector<std::string> names = {"L1",     "L2",         "Dice", "L1Cosine",
-                                                 "Cosine", "DotProduct", "NCC"};
+  // Factory names of upstream's losses, case-sensitive (docs/design.md §I7.1), in the order of the Python list
+  // elastix_bridge.core.impact_parameters.DISTANCES, which validates maps before this plugin is loaded;
+  // tests/test_plugin.py checks that distances() equals it.
+  static const std::vector<std::string> names = {"L1",       "L2",         "NCC", "Cosine",
+                                                 "L1Cosine", "DotProduct", "Dice"};
   return names;
 }
 

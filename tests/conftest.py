@@ -6,7 +6,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from helpers import impact_parameters, write_parameter_file  # noqa: E402
+from helpers.maps import impact_parameters, write_parameter_file  # noqa: E402
 
 
 def pytest_configure(config):

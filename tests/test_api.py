@@ -18,7 +18,8 @@ import pytest
 itk = pytest.importorskip("itk")
 
 from elastix_bridge.api import elastix_registration_method  # noqa: E402
-from helpers import DIRECTION, blobs, elastix_map, impact_map, make_image, transform_parameters  # noqa: E402
+from helpers.images import DIRECTION, blobs, make_image  # noqa: E402
+from helpers.maps import elastix_map, impact_map, transform_parameters  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +45,7 @@ def impact_run(plugin, pair, tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a fresh interpreter that imports itk and registers (52 s measured on 2 busy cores)
 def test_elastix_route_imports_neither_torch_nor_plugin(tmp_path):
     """In a fresh interpreter: importing the package and a non-Impact run never load torch.
 

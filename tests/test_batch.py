@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import shared_path
+from helpers.paths import shared_path
 
 pytest.importorskip("distributed")
 from elastix_bridge.batch import ManifestError, read_manifest, register_many  # noqa: E402
 from elastix_bridge.batch.manifest import read_points  # noqa: E402
-from elastix_bridge.batch.runner import WORKER_BASELINE_BYTES, ClusterSize, cohort_lines  # noqa: E402
+from elastix_bridge.batch.runner import WORKER_BASELINE_BYTES, ClusterSize  # noqa: E402
+from elastix_bridge.batch.summary import cohort_lines  # noqa: E402
 
 GiB = 2**30
 
@@ -182,6 +183,7 @@ def _summary(out: Path) -> list:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # a cohort of registrations, then a resume (45-62 s measured on 2 busy cores)
 def test_cohort_summary_failures_and_resume(cohort, tmp_path, plugin):
     manifest, parameters = cohort
     out = tmp_path / "out"
@@ -247,6 +249,7 @@ def environ_kept():
     os.environ.update(saved)
 
 
+@pytest.mark.slow  # worker processes that import itk and register (30-42 s measured on 2 busy cores)
 def test_a_killed_worker_loses_nothing(cohort, tmp_path, plugin, environ_kept):
     """The test kills the process of a worker while it registers a pair: Dask runs the pair again on a
     fresh worker and it completes; the summary counts both attempts."""
@@ -283,7 +286,7 @@ def test_a_killed_worker_loses_nothing(cohort, tmp_path, plugin, environ_kept):
 
 
 def test_batch_command_reports_the_manifest_problems_and_registers_nothing(inputs, tmp_path, capsys):
-    from helpers import run
+    from helpers.command import run
 
     manifest = _write(tmp_path / "pairs.csv", f"id,fixed,moving\na,{inputs['fixed']},{inputs['moving']}\n"
                                               f"b,{inputs['fixed']},{tmp_path / 'absent.mha'}\n")

@@ -20,8 +20,9 @@ itk = pytest.importorskip("itk")
 
 
 from elastix_bridge.runtime import loader  # noqa: E402
-from helpers import (assert_one_line_error, impact_parameters, registration_args, run, scripted_model,  # noqa: E402
-                     write_parameter_file)
+from helpers.command import assert_one_line_error, registration_args, run  # noqa: E402
+from helpers.maps import impact_parameters, write_parameter_file  # noqa: E402
+from helpers.torchscript import scripted_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,6 +133,7 @@ def test_plugin_built_for_another_torch(plugin, inputs, tmp_path, capsys, monkey
     assert loader.expected_build_record()["torch_version"] in line
 
 
+@pytest.mark.slow  # a fresh interpreter that imports itk (41 s measured on 2 busy cores)
 def test_torch_not_installed(inputs, tmp_path):
     """Without torch (blocked in a fresh interpreter) the message says how to install it."""
     code = textwrap.dedent(

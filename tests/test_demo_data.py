@@ -1,4 +1,5 @@
-"""Tests of the MNI-template demo pair and the quality numbers (elastix_bridge.demo_data)."""
+"""Tests of the MNI-template demo pair (elastix_bridge.demo_data) and the quality numbers
+(elastix_bridge.registration_quality)."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from elastix_bridge import demo_data as dd
+from elastix_bridge import registration_quality as rq
 
 needs_nilearn = pytest.mark.skipif(importlib.util.find_spec("nilearn") is None,
                                    reason="needs nilearn (pip install nilearn) for the template")
@@ -104,60 +106,60 @@ def test_warping_by_true_displacement_recovers_fixed(request, itk, which):
     moving_t1 = _arr(itk, res["moving_t1"])
     moving = _arr(itk, res["moving"])
     warped_t1 = np.asarray(itk.array_from_image(
-        dd.warp_with_displacement(res["moving_t1"], res["true_displacement"])))
+        rq.warp_with_displacement(res["moving_t1"], res["true_displacement"])))
     warped = np.asarray(itk.array_from_image(
-        dd.warp_with_displacement(res["moving"], res["true_displacement"])))
-    before, after = dd.nmi(fixed, moving_t1, mask=mask), dd.nmi(fixed, warped_t1, mask=mask)
+        rq.warp_with_displacement(res["moving"], res["true_displacement"])))
+    before, after = rq.nmi(fixed, moving_t1, mask=mask), rq.nmi(fixed, warped_t1, mask=mask)
     assert after > 1.35 and after > before + 0.1
     assert np.abs(fixed - warped_t1)[mask].mean() < 0.5 * np.abs(fixed - moving_t1)[mask].mean()
     # multimodal moving image: NMI also improves, and the contrast is really different
-    assert dd.nmi(fixed, warped, mask=mask) > dd.nmi(fixed, moving, mask=mask) + 0.05
+    assert rq.nmi(fixed, warped, mask=mask) > rq.nmi(fixed, moving, mask=mask) + 0.05
     assert np.corrcoef(fixed[mask], warped[mask])[0, 1] < 0.3  # T2-like: not a T1 any more
     # warped moving mask ≈ fixed mask
-    wmask = np.asarray(itk.array_from_image(dd.warp_with_displacement(
+    wmask = np.asarray(itk.array_from_image(rq.warp_with_displacement(
         res["moving_mask"], res["true_displacement"], interpolator="nearest")))
-    assert dd.dice(wmask > 0.5, mask) > 0.95
-    assert dd.dice(_arr(itk, res["moving_mask"]), mask) < dd.dice(wmask > 0.5, mask)
+    assert rq.dice(wmask > 0.5, mask) > 0.95
+    assert rq.dice(_arr(itk, res["moving_mask"]), mask) < rq.dice(wmask > 0.5, mask)
 
 
 def test_displacement_error(pair2d, itk):
     true = itk.imread(str(pair2d["true_displacement"]))
     mask = pair2d["fixed_mask"]
-    zero = dd.displacement_error(true, pair2d["true_displacement"], mask)
+    zero = rq.displacement_error(true, pair2d["true_displacement"], mask)
     assert zero["mean"] == pytest.approx(0.0, abs=1e-6) and zero["p95"] == pytest.approx(0, abs=1e-6)
     u = np.asarray(itk.array_from_image(true))
-    ident = dd.displacement_error(np.zeros_like(u), true, mask)
+    ident = rq.displacement_error(np.zeros_like(u), true, mask)
     assert ident["mean"] == pytest.approx(pair2d["mean_displacement_mm"], rel=1e-5)
     assert ident["median"] <= ident["p95"] <= ident["max"]
     # a points function (identity transform) gives the same numbers
-    by_points = dd.displacement_error(lambda p: p, true, mask)
+    by_points = rq.displacement_error(lambda p: p, true, mask)
     assert by_points["mean"] == pytest.approx(ident["mean"], rel=1e-6)
     assert by_points["n"] == int(_arr(itk, mask).sum())
     with pytest.raises(ValueError):
-        dd.displacement_error(np.zeros((3, 3, 2)), true, mask)
+        rq.displacement_error(np.zeros((3, 3, 2)), true, mask)
 
 
 def test_nmi_and_dice_sanity():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(40, 50))
-    assert dd.nmi(a, a) == pytest.approx(2.0)
-    assert dd.nmi(a, -3 * a + 7) == pytest.approx(2.0)   # any bijective remapping
-    assert dd.nmi(a, rng.normal(size=a.shape)) < 1.1      # independent
+    assert rq.nmi(a, a) == pytest.approx(2.0)
+    assert rq.nmi(a, -3 * a + 7) == pytest.approx(2.0)   # any bijective remapping
+    assert rq.nmi(a, rng.normal(size=a.shape)) < 1.1      # independent
     m = np.zeros(a.shape, bool)
     m[5:20, 5:30] = True
-    assert dd.nmi(a, a, mask=m) == pytest.approx(2.0)
-    assert dd.nmi(np.ones(5), np.ones(5)) == 2.0
+    assert rq.nmi(a, a, mask=m) == pytest.approx(2.0)
+    assert rq.nmi(np.ones(5), np.ones(5)) == 2.0
     b = a > 0
-    assert dd.dice(b, b) == 1.0
-    assert dd.dice(b, ~b) == 0.0
-    assert dd.dice(np.zeros(4), np.zeros(4)) == 1.0
-    assert dd.dice(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0])) == pytest.approx(2 / 3)
+    assert rq.dice(b, b) == 1.0
+    assert rq.dice(b, ~b) == 0.0
+    assert rq.dice(np.zeros(4), np.zeros(4)) == 1.0
+    assert rq.dice(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0])) == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
-        dd.nmi(a, a[:-1])
+        rq.nmi(a, a[:-1])
 
 
 def test_import_is_light():
-    code = ("import sys, elastix_bridge.demo_data; "
+    code = ("import sys, elastix_bridge.demo_data, elastix_bridge.registration_quality; "
             "assert not {'torch', 'itk', 'nilearn'} & set(sys.modules), sys.modules.keys()")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -14,11 +14,11 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from helpers import compile_library
+from helpers.native import compile_library
 
 from elastix_bridge import cli, doctor
 
-from elastix_bridge.runtime import loader, native_plugins
+from elastix_bridge.runtime import installed_elastix, loader, native_plugins
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,7 +163,7 @@ def test_native_plugin_that_would_not_load_fails_the_doctor(monkeypatch, tmp_pat
 
 def test_native_plugin_that_loads_passes_the_doctor(monkeypatch, tmp_path, cc):  # noqa: F811
     pytest.importorskip("torch")
-    if not native_plugins.lazy_impact_loader():
+    if not installed_elastix.lazy_impact_loader():
         pytest.skip("the installed itk-elastix has no lazy IMPACT loader")
     compile_library(cc, tmp_path, "libImpactMetric.so", soname="libImpactMetric.so", needed=["libc10.so"])
     monkeypatch.setenv(native_plugins.NATIVE_PLUGIN_ENV, str(tmp_path))  # a folder

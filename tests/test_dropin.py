@@ -6,7 +6,9 @@ transformix applies identically from the written files and from memory.
 """
 import numpy as np
 import pytest
-from helpers import blobs, elastix_map, impact_map, make_image, shared_path, transform_parameters
+from helpers.images import blobs, make_image
+from helpers.maps import elastix_map, impact_map, transform_parameters
+from helpers.paths import shared_path
 
 itk = pytest.importorskip("itk")
 
@@ -153,7 +155,7 @@ def test_mixed_chain_runs_each_stage_on_its_engine(plugin, pair, dropin_installe
 
 
 def test_mixed_chain_on_the_brain_pair(plugin, dropin_installed, tmp_path):
-    """Issue 5's acceptance chain: affine Mattes MI on elastix, then Impact B-spline on the bridge."""
+    """The drop-in's acceptance chain: affine Mattes MI on elastix, then Impact B-spline on the bridge."""
     data = shared_path("data", "elastix-2d-brain")
     fixed, moving = itk.imread(str(data / "fixed.mhd"), itk.F), itk.imread(str(data / "moving.mhd"), itk.F)
     affine = itk.ParameterObject.New().GetDefaultParameterMap("affine", 2)
@@ -163,7 +165,7 @@ def test_mixed_chain_on_the_brain_pair(plugin, dropin_installed, tmp_path):
     result, tp, memory, file = _mixed_chain_files_and_memory(fixed, moving, [affine, bspline.to_itk()], tmp_path)
     np.testing.assert_array_equal(memory, file)
     np.testing.assert_array_equal(itk.array_from_image(result), memory)
-    from elastix_bridge.demo_data import nmi
+    from elastix_bridge.registration_quality import nmi
 
     affine_only = itk.transformix_filter(moving, parameter_object(tp.GetParameterMap(0)))
     # Each stage adds alignment: identity < affine (elastix) < affine + Impact B-spline (bridge).
@@ -177,7 +179,7 @@ def elastix_bridge_root():
     return Path(__file__).resolve().parents[1]
 
 
-# Found by re-trying issue 11's bad inputs through the drop-in.
+# Found by re-trying the bad inputs of docs/bad_input.md through the drop-in.
 
 
 def test_dropin_refuses_negative_threads_and_a_mask_of_another_dimension(tmp_path):

@@ -1,4 +1,4 @@
-"""The bridge engine against elastix on maps both can run (issue 4 fidelity, quick cases).
+"""The bridge engine against elastix on maps both can run (fidelity, quick cases).
 
 The same parameter map runs with ``engine="elastix"`` (itk-elastix) and ``engine="bridge"``; the two
 deformation fields that transformix computes from the returned maps must agree within 0.5 voxel for
@@ -13,6 +13,9 @@ import pytest
 itk = pytest.importorskip("itk")
 
 from elastix_bridge.api import elastix_registration_method  # noqa: E402
+
+# Most cases run the same registration twice, on elastix and on the bridge engine.
+pytestmark = pytest.mark.slow
 
 SPACING = (1.2, 0.9)
 
@@ -116,7 +119,7 @@ def test_sequence_of_maps_starts_each_stage_from_the_previous(plugin, pair, tmp_
 
 def test_initial_transform_file_t0(plugin, pair, tmp_path):
     """``initial_transform_parameter_file_name`` (``-t0``): a bridge B-spline stage on top of an elastix affine."""
-    from elastix_bridge.engine.transforms.initial import chain_from_file
+    from elastix_bridge.core.transform_io import chain_from_file
 
     (tmp_path / "affine").mkdir()
     elastix_registration_method(*pair, parameter_object=_map("AffineTransform", ("AdvancedMeanSquares",)),

@@ -385,6 +385,16 @@ def test_a_process_loads_each_model_file_once(plugin, tmp_path):
     assert loader.load_feature_model(path, "cpu") is not first
 
 
+def test_model_file_resolves_paths_and_built_in_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert loader.model_file("./m.pt") == tmp_path / "m.pt"
+    assert loader.model_file("m.pt", base_dir=tmp_path / "b") == tmp_path / "b" / "m.pt"
+    pytest.importorskip("torch")
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path / "cache"))
+    p = loader.model_file("mind-ssc-2d")  # written on first use, into the cache
+    assert p.is_file() and p.name.startswith("mind-ssc-2d-") and (tmp_path / "cache") in p.parents
+
+
 def test_load_feature_model_missing_relative_path(plugin, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(loader.ImpactModelError) as info:

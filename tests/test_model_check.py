@@ -10,7 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from helpers import assert_one_line_error, scripted_model, shared_path
+from helpers.command import assert_one_line_error
+from helpers.paths import shared_path
+from helpers.torchscript import scripted_model
 
 pytest.importorskip("torch")
 

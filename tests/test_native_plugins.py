@@ -1,4 +1,5 @@
-"""Tests of elastix_bridge.runtime.native_plugins: preloading a native libImpactMetric.so for itk-elastix.
+"""Tests of elastix_bridge.runtime.native_plugins (with runtime.elf and runtime.installed_elastix): preloading a
+native libImpactMetric.so for itk-elastix.
 
 No upstream plugin is available here, so the tests compile tiny stand-ins with the system C
 compiler: a library with SONAME ``libImpactMetric.so`` that exports ``ImpactMetricInstallComponent``
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from elastix_bridge.runtime import loader, native_plugins
+from elastix_bridge.runtime import elf as elf_reader
+from elastix_bridge.runtime import installed_elastix, loader, native_plugins
 from elastix_bridge.runtime.native_plugins import NativePluginError
-from helpers import STANDIN_C, compile_library
+from helpers.native import STANDIN_C, compile_library
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +34,8 @@ NO_SYMBOL_C = "int some_other_function(void) { return 0; }\n"
 
 
 def test_importing_native_plugins_and_doctor_does_not_import_torch():
-    code = "import sys, elastix_bridge.runtime.native_plugins, elastix_bridge.doctor; print('torch' in sys.modules)"
+    code = ("import sys, elastix_bridge.runtime.native_plugins, elastix_bridge.runtime.installed_elastix, "
+            "elastix_bridge.doctor; print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
@@ -48,7 +51,7 @@ def test_elf_reader_on_the_installed_libtorch():
     lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     if not lib.is_file():
         pytest.skip(f"{lib} not found (torch wheel layout differs)")
-    elf = native_plugins.read_elf_dynamic(lib)
+    elf = elf_reader.read_elf_dynamic(lib)
     assert elf.soname == "libtorch_cpu.so"
     assert "libc10.so" in elf.needed
     assert elf.bits == 64 and elf.uses_libtorch
@@ -57,22 +60,24 @@ def test_elf_reader_on_the_installed_libtorch():
 
 def test_elf_reader_on_a_stand_in(cc, tmp_path):
     so = compile_library(cc, tmp_path, "libImpactMetric.so", soname="libImpactMetric.so", needed=["libtorch_fake.so"])
-    elf = native_plugins.read_elf_dynamic(so)
+    elf = native_plugins.read_plugin_elf(so)
     assert elf.soname == "libImpactMetric.so"
     assert elf.needed[0] == "libtorch_fake.so" and "libc.so.6" in elf.needed
-    assert elf.mentions_install_symbol
+    assert native_plugins.INSTALL_SYMBOL in elf.mentions
     plain = compile_library(cc, tmp_path / "plain", "libImpactMetric.so", source=NO_SYMBOL_C)
-    elf = native_plugins.read_elf_dynamic(plain)
-    assert elf.soname is None and not elf.mentions_install_symbol
+    elf = native_plugins.read_plugin_elf(plain)
+    assert elf.soname is None and native_plugins.INSTALL_SYMBOL not in elf.mentions
 
 
 def test_elf_reader_refuses_non_elf_files(tmp_path):
     text = tmp_path / "libImpactMetric.so"
     text.write_text("not a library" * 10)
-    with pytest.raises(NativePluginError, match="not an ELF shared library"):
-        native_plugins.read_elf_dynamic(text)
+    with pytest.raises(elf_reader.ElfError, match="not an ELF shared library"):
+        elf_reader.read_elf_dynamic(text)
+    with pytest.raises(NativePluginError, match="not an ELF shared library.*ELASTIX_BRIDGE_NATIVE_PLUGIN"):
+        native_plugins.read_plugin_elf(text)
     with pytest.raises(NativePluginError, match="cannot read"):
-        native_plugins.read_elf_dynamic(tmp_path / "absent.so")
+        native_plugins.read_plugin_elf(tmp_path / "absent.so")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +259,7 @@ def run_with_stand_in(cc, tmp_path, script):
     $ELASTIX_BRIDGE_NATIVE_PLUGIN; returns (its output, the plugin folder, the marker file)."""
     pytest.importorskip("torch")
     pytest.importorskip("itk")
-    if not native_plugins.lazy_impact_loader():
+    if not installed_elastix.lazy_impact_loader():
         pytest.skip("the installed itk-elastix has no lazy IMPACT loader (itk-elastix < 0.25.2)")
     folder = tmp_path / "plugin"
     compile_library(cc, folder, "libImpactMetric.so", soname="libImpactMetric.so")
@@ -270,11 +275,12 @@ def run_with_stand_in(cc, tmp_path, script):
     return out, folder, marker
 
 
+@pytest.mark.slow  # fresh interpreters that import itk and run elastix (21 s measured on 2 busy cores)
 def test_elastix_lazy_loader_calls_the_preloaded_plugin(cc, tmp_path):
     out, folder, marker = run_with_stand_in(cc, tmp_path, ELASTIX_SCRIPT)
     sections = dict(part.split("\n", 1) for part in out.split("=== ")[1:] if "\n" in part)
     header = next(line for line in out.splitlines() if line.startswith("=== log header"))
-    assert header.endswith(f"Git revision SHA: {native_plugins.elastix_git_revision()}")
+    assert header.endswith(f"Git revision SHA: {installed_elastix.elastix_git_revision()}")
     before = sections["without preload"]
     # Without the preload elastix's dlopen("libImpactMetric.so") finds nothing: the folder is not on any path.
     assert "IMPACT requested but could not be loaded" in before
@@ -347,6 +353,7 @@ except RuntimeError as exc:
 """
 
 
+@pytest.mark.slow  # a fresh interpreter that imports itk and runs elastix (41 s measured on 2 busy cores)
 def test_with_a_native_plugin_auto_sends_impact_maps_to_elastix(cc, tmp_path):
     """$ELASTIX_BRIDGE_NATIVE_PLUGIN set: an Impact map goes to elastix, whose loader calls the plugin."""
     out, _, marker = run_with_stand_in(cc, tmp_path, ROUTING_SCRIPT)

@@ -12,8 +12,10 @@ import textwrap
 
 import numpy as np
 import pytest
-from helpers import (MIND_SSC_2D_STATIC, REPO, assert_one_line_error, impact_parameters, run, scripted_model,
-                     write_parameter_file)
+from helpers.command import assert_one_line_error, run
+from helpers.maps import MIND_SSC_2D_STATIC, impact_parameters, write_parameter_file
+from helpers.paths import REPO
+from helpers.torchscript import scripted_model
 
 itk = pytest.importorskip("itk")
 

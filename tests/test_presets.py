@@ -1,4 +1,4 @@
-"""The presets in ``parameter_files/`` parse, validate and register (issue 5, item 8).
+"""The presets in ``parameter_files/`` parse, validate and register.
 
 Every preset is read with elastix's own parser (``read_parameter_file``) and run, with fewer
 iterations and samples (changed in the parsed map here, never in the files), through
@@ -25,7 +25,7 @@ from typing import List
 import numpy as np
 import pytest
 
-from helpers import shared_path
+from helpers.paths import shared_path
 
 itk = pytest.importorskip("itk")
 torch = pytest.importorskip("torch")

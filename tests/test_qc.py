@@ -19,7 +19,7 @@ pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
 from elastix_bridge import cli  # noqa: E402
-from elastix_bridge.qc import _take, _views, write_qc_figure  # noqa: E402
+from elastix_bridge.qc import display_slice, display_views, write_qc_figure  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE_2D, SIZE_3D = (1300, 850), (1300, 1500)  # PNG pixels at dpi 100 (write_qc_figure's docstring)
@@ -198,19 +198,19 @@ def test_3d_views_do_not_depend_on_storage_order(pair_3d):
     """Axial/coronal/sagittal panels of the permuted image equal those of the identity-direction image."""
     fixed, _, identity = pair_3d
     a, b = itk.array_from_image(fixed), itk.array_from_image(identity)
-    views_a, views_b = _views(fixed), _views(identity)
+    views_a, views_b = display_views(fixed), display_views(identity)
     assert [v[0].split(",")[0] for v in views_a] == ["axial", "coronal", "sagittal"]
     for va, vb in zip(views_a, views_b):
-        np.testing.assert_array_equal(_take(a, va), _take(b, vb))
+        np.testing.assert_array_equal(display_slice(a, va), display_slice(b, vb))
         assert va[5] == vb[5]  # (row, column) pixel size in mm: same physical aspect
         assert va[6] == vb[6]  # orientation letters
     # Radiological axial view: patient right on the left, anterior at the top; the right ball is left of centre.
-    axial = _take(b, views_b[0])
+    axial = display_slice(b, views_b[0])
     assert views_b[0][6] == ("R", "L", "A", "P")
     ball_columns = np.nonzero((axial == 150).any(axis=0))[0]
     assert ball_columns.max() < axial.shape[1] // 2
     # Coronal and sagittal: superior at the top; the anterior-superior nose is in the upper half.
-    sagittal = _take(b, views_b[2])
+    sagittal = display_slice(b, views_b[2])
     assert views_b[2][6] == ("A", "P", "S", "I")
     nose_rows = np.nonzero((sagittal == 180).any(axis=1))[0]
     nose_cols = np.nonzero((sagittal == 180).any(axis=0))[0]

@@ -23,7 +23,7 @@ def test_the_demo_registers_three_ways_and_names_a_recipe_that_runs_from_its_fil
 
     from elastix_bridge.cli import run_registration
     from elastix_bridge.demo import DEMO_METHODS, run_demo
-    from elastix_bridge.demo_data import displacement_error
+    from elastix_bridge.registration_quality import displacement_error
 
     report = run_demo(tmp_path, dimension=3, mode="Static")
     assert report["initial_error_mm"] > 2.0  # a deformation worth recovering

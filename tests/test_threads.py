@@ -41,11 +41,11 @@ def test_torch_imported_first_is_left_alone():
 def test_number_of_threads_bounds_every_pool_and_is_restored():
     """``number_of_threads`` also bounds numpy's BLAS pool (threadpoolctl) and torch's, for the call only."""
     pytest.importorskip("torch")
-    code = ("import json, numpy, torch, threadpoolctl\nfrom elastix_bridge.api import _threads\n"
+    code = ("import json, numpy, torch, threadpoolctl\nfrom elastix_bridge.api import limited_threads\n"
             "def blas():\n    info = threadpoolctl.threadpool_info()\n"
             "    return [p['num_threads'] for p in info if p['user_api'] == 'blas']\n"
             "before = (torch.get_num_threads(), blas())\n"
-            "with _threads(1):\n    inside = (torch.get_num_threads(), blas())\n"
+            "with limited_threads(1):\n    inside = (torch.get_num_threads(), blas())\n"
             "print(json.dumps({'before': before, 'inside': inside, 'after': (torch.get_num_threads(), blas())}))\n")
     out = _run(code, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
     assert out["inside"][0] == 1 and out["inside"][1] and set(out["inside"][1]) == {1}

@@ -31,7 +31,7 @@ from typing import List
 import numpy as np
 import pytest
 
-from helpers import shared_path
+from helpers.paths import shared_path
 
 itk = pytest.importorskip("itk")
 torch = pytest.importorskip("torch")

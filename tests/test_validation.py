@@ -1,4 +1,4 @@
-"""Bad input is refused by name before any work (elastix_bridge.validation; issue 11, Why 3–5).
+"""Bad input is refused by name before any work (elastix_bridge.validation; docs/bad_input.md).
 
 Every case asserts the named error *and* that nothing ran: no stage was entered (the bridge engine
 and itk-elastix are replaced by functions that fail the test) and the output folder stays empty.
@@ -18,12 +18,13 @@ from elastix_bridge import api, cli  # noqa: E402
 from elastix_bridge.runtime import itk_elastix  # noqa: E402
 from elastix_bridge import validation  # noqa: E402
 from elastix_bridge.engine import registration  # noqa: E402
-from elastix_bridge.engine.registration import UnsupportedComponentError  # noqa: E402
+from elastix_bridge.engine.components import UnsupportedComponentError  # noqa: E402
 from elastix_bridge.core.impact_parameters import ImpactParameterError  # noqa: E402
 from elastix_bridge.core.parameters import ParameterError  # noqa: E402
 from elastix_bridge.validation import InputImageError  # noqa: E402
-from helpers import (MIND_SSC_2D_STATIC, assert_one_line_error, impact_parameters, run, scripted_model,  # noqa: E402
-                     write_parameter_file)
+from helpers.command import assert_one_line_error, run  # noqa: E402
+from helpers.maps import MIND_SSC_2D_STATIC, impact_parameters, write_parameter_file  # noqa: E402
+from helpers.torchscript import scripted_model  # noqa: E402
 
 
 def image(array, spacing=(1.0, 1.0), origin=None):
@@ -221,13 +222,13 @@ def test_non_finite_pixels_are_named_with_the_first_voxel(tmp_path, no_work, bad
 
 
 def test_finite_check_is_vectorised_on_a_3d_volume():
-    from elastix_bridge.validation import _first_non_finite
+    from elastix_bridge.validation.images import check_finite
 
     volume = itk.image_from_array(np.ones((96, 128, 128), np.float32))
-    _first_non_finite(volume, "the fixed image")  # finite: no error (one float64 sum, no Python loop)
+    check_finite(volume, "the fixed image")  # finite: no error (one float64 sum, no Python loop)
     itk.array_view_from_image(volume)[95, 127, 126] = np.nan
     with pytest.raises(InputImageError, match=r"index \[126, 127, 95\]"):
-        _first_non_finite(volume, "the fixed image")
+        check_finite(volume, "the fixed image")
 
 
 @pytest.mark.parametrize("value, fix", [("fixed.mha", r"itk\.imread\('fixed\.mha', itk\.F\)"),

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from elastix_bridge.demo_data import _physical_grid, _physical_to_index, _sample
+from elastix_bridge import demo_data
 
 TISSUES = {1: "csf", 2: "gm", 3: "wm"}
 
@@ -34,7 +34,7 @@ def geometry(image):
 
 def physical_grid(shape_zyx, spacing, origin, direction) -> np.ndarray:
     """Physical points (mm, ITK (x, y, z) components) of every voxel: ``[*shape_zyx, D]``."""
-    return _physical_grid(np.array(shape_zyx[::-1]), spacing, origin, direction)
+    return demo_data.physical_grid(np.array(shape_zyx[::-1]), spacing, origin, direction)
 
 
 def displacement_error(u_est: np.ndarray, u_true: np.ndarray, mask: np.ndarray) -> dict:
@@ -92,8 +92,8 @@ def warp_nearest(moving_zyx: np.ndarray, moving_geo, u: np.ndarray, fixed_geo,
         order: 0 nearest neighbour (labels), 1 linear (intensities); 0 outside the moving grid.
     """
     points = physical_grid(u.shape[:-1], *fixed_geo) + u
-    index = _physical_to_index(points, *moving_geo)
-    out = _sample(moving_zyx.astype(np.float32), index, order=order, mode="constant", cval=0.0)
+    index = demo_data.physical_to_index(points, *moving_geo)
+    out = demo_data.sample_at_index(moving_zyx.astype(np.float32), index, order=order, mode="constant", cval=0.0)
     return np.rint(out).astype(moving_zyx.dtype) if order == 0 else out
 
 

@@ -47,7 +47,7 @@ def score(case, paths: dict, u: np.ndarray) -> dict:
     """Scores of an estimated field ``u`` ``[z, y, x, D]`` (mm) for one case (see module doc)."""
     import itk
 
-    from elastix_bridge.demo_data import nmi
+    from elastix_bridge.registration_quality import nmi
 
     fixed = itk.imread(str(paths["fixed"]), itk.F)
     moving = itk.imread(str(paths["moving"]), itk.F)

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from elastix_bridge.batch.manifest import Pair, read_points
+from elastix_bridge.core.image_io import read_image, read_image_geometry
+from elastix_bridge.qc import read_iteration_histories, read_transform_object
 
 
 def final_metrics(folder: str | Path) -> dict[str, float]:
     """``{"metric_<stage>": value}``: each stage's last metric value (its last level's last iteration)."""
-    from elastix_bridge.qc import read_iteration_histories
-
     last = {}
     for stage, level, _, values, _ in read_iteration_histories(folder):
         if len(values):
@@ -43,14 +43,10 @@ def dice_per_label(folder: str | Path, fixed_labels: str | Path, moving_labels: 
     Raises:
         ValueError: the warped labels do not lie on the fixed labels' grid.
     """
-    import itk
-
-    from elastix_bridge.core.image_io import read_image
+    import itk  # deferred: itk's import takes seconds; only a pair with labels needs it here
 
     moving = read_image(moving_labels, "moving_labels")
     fixed = itk.array_from_image(read_image(fixed_labels, "fixed_labels"))
-    from elastix_bridge.qc import read_transform_object
-
     po = read_transform_object(None, folder)
     po.SetParameter(po.GetNumberOfParameterMaps() - 1, "ResampleInterpolator", "FinalNearestNeighborInterpolator")
     with tempfile.TemporaryDirectory(prefix="elastix-bridge-labels-") as tmp:
@@ -80,14 +76,10 @@ def target_registration_error(folder: str | Path, pair: Pair) -> dict[str, float
     Returns:
         ``{"tre_mean_mm", "tre_median_mm", "tre_max_mm"}``.
     """
-    import itk
-
-    from elastix_bridge.core.image_io import read_image, read_image_geometry
+    import itk  # deferred: itk's import takes seconds; only a pair with points needs it here
 
     fixed_points = read_points(pair.fixed_points, read_image_geometry(pair.fixed, "fixed"))
     moving_points = read_points(pair.moving_points, read_image_geometry(pair.moving, "moving"))
-    from elastix_bridge.qc import read_transform_object
-
     po = read_transform_object(None, folder)
     with tempfile.TemporaryDirectory(prefix="elastix-bridge-points-") as tmp:
         points_file = Path(tmp) / "fixed_points.txt"

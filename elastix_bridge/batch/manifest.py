@@ -22,6 +22,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
+
+from elastix_bridge.core.image_io import read_image_geometry
+
 REQUIRED = ("id", "fixed", "moving")
 OPTIONAL = ("fixed_mask", "moving_mask", "t0", "fixed_labels", "moving_labels", "fixed_points", "moving_points")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -188,8 +192,6 @@ def read_points(path: str | Path, geometry=None):
     Raises:
         ValueError: not a point file, or rows of different lengths; naming the file and line.
     """
-    import numpy as np
-
     lines = [line.split("//")[0].strip() for line in Path(path).read_text().splitlines()]
     lines = [line for line in lines if line]
     kind = lines[0].lower() if lines else ""
@@ -231,8 +233,6 @@ def check_pairs(pairs: Sequence[Pair]) -> list[str]:
     Returns:
         Problem messages, each naming the pair and the file; empty when all is well.
     """
-    from elastix_bridge.core.image_io import read_image_geometry
-
     problems, headers = [], {}
 
     def geometry(pair, column):

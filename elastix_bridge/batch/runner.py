@@ -26,265 +26,46 @@ No id may be one of these names (:data:`~elastix_bridge.batch.manifest.BATCH_NAM
 that can be checked is checked before ``DIR`` is created: the dask dependency, the settings, the
 manifest, its files, the maps, the memory limit against what a worker needs, and ``DIR`` itself
 (inputs inside the folders the batch replaces, a file where a pair's folder goes).
+
+This module is the cohort, on the client; a pair's own work, on its worker, is
+:mod:`elastix_bridge.batch.pair`, and the summary :mod:`elastix_bridge.batch.summary`.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import math
 import os
 import shutil
-import statistics
-import threading
+import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Optional, Sequence
+
+import psutil
+from tqdm import tqdm
 
 from elastix_bridge.batch.manifest import (BATCH_NAMES, ManifestError, Pair, check_pairs, id_problems, pair_hash,
                                            pairs_from_rows, read_manifest)
-from elastix_bridge.runtime.memory import PeakRSS
+from elastix_bridge.batch.pair import PairSettings, _write_record, run_pair
+from elastix_bridge.batch.summary import write_summary
+from elastix_bridge.core.engines import ENGINES
+from elastix_bridge.core.files import write_atomically
+from elastix_bridge.core.image_io import read_image_geometry
+from elastix_bridge.core.output_folder import OutputFolderError, prepare_output_folder
+from elastix_bridge.core.parameters import parameter_maps_from_object, read_parameter_file
+from elastix_bridge.core.transform_io import transform_parameter_file_text
+from elastix_bridge.plan import plan_registration
+from elastix_bridge.runtime.memory import format_bytes
+from elastix_bridge.validation import check_threads, validate_maps
 
 log = logging.getLogger("elastix_bridge")
 
 #: Resident memory of a worker process before its first registration (itk-elastix, torch, the plugin).
 WORKER_BASELINE_BYTES = int(1.3 * 2**30)
-
-
-@dataclass(frozen=True)
-class PairSettings:
-    """What every pair's run shares: the map files, the engine, threads, and the GPU rule."""
-
-    output_directory: str
-    map_files: tuple
-    engine: str
-    threads: Optional[int]  # None: the cores this worker process may use (a cluster's own workers)
-    gpu_count: int  # > 0: maps that ask for a GPU get the worker's own (LocalCluster workers 0, 1, ...)
-    started: float = 0.0  # time.time() before the batch checked DIR: later files in DIR/<id> are not from then
-
-
-# ---------------------------------------------------------------------------------------------
-# one pair, on a worker
-
-
-def _worker_gpu(settings: PairSettings) -> Optional[int]:
-    """This worker's GPU (its LocalCluster index modulo the GPUs), or None when maps keep their own."""
-    if settings.gpu_count <= 0:
-        return None
-    from distributed import get_worker
-
-    name = get_worker().name
-    return int(name) % settings.gpu_count if str(name).isdigit() else None
-
-
-def _map_files(settings: PairSettings) -> list[str]:
-    """The map files for this worker: copies whose ``ImpactGPU`` is this worker's GPU, when it has one."""
-    gpu = _worker_gpu(settings)
-    if gpu is None:
-        return list(settings.map_files)
-    from elastix_bridge.core.parameters import read_parameter_file
-    from elastix_bridge.core.transform_io import transform_parameter_file_text
-    from elastix_bridge.core.files import write_atomically
-
-    out = []
-    for name in settings.map_files:
-        target = Path(name).with_name(f"gpu{gpu}.{Path(name).name}")
-        if not target.is_file():
-            pmap = read_parameter_file(name)[0]
-            if any(int(v) >= 0 for v in pmap.values("ImpactGPU")):
-                pmap.set("ImpactGPU", [str(gpu)])
-            text = transform_parameter_file_text(pmap)
-            write_atomically(target, lambda f: f.write(text))
-        out.append(str(target))
-    return out
-
-
-def _argv(pair: Pair, settings: PairSettings, out: Path) -> list[str]:
-    argv = ["-f", str(pair.fixed), "-m", str(pair.moving)]
-    for name in _map_files(settings):
-        argv += ["-p", name]
-    threads = settings.threads or len(os.sched_getaffinity(0))
-    argv += ["-out", str(out), "--engine", settings.engine, "--no-progress", "-loglevel", "off",
-             "-threads", str(threads)]
-    for flag, path in (("-fMask", pair.fixed_mask), ("-mMask", pair.moving_mask), ("-t0", pair.t0)):
-        if path:
-            argv += [flag, str(path)]
-    return argv
-
-
-def _retarget_chain(folder: Path, old: Path, new: Path) -> None:
-    """TransformParameters files name their predecessor by path: point them at the final folder."""
-    from elastix_bridge.core.files import write_atomically
-
-    for path in folder.glob("TransformParameters.*.txt"):
-        text = path.read_text()
-        if str(old) in text:
-            changed = text.replace(f'"{old}{os.sep}', f'"{new}{os.sep}')
-            write_atomically(path, lambda f: f.write(changed))
-
-
-def _move_into_place(tmp: Path, final: Path, trash: Path) -> None:
-    """Rename ``tmp`` to ``final``; an earlier ``final`` (``--force``) is moved aside first, then removed."""
-    old = None
-    if final.exists():
-        old = trash / f"{final.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-# elastix is not thread-safe: a worker that runs several tasks at once (a cluster's worker with
-# --nthreads > 1) still registers one pair at a time.
-_ONE_AT_A_TIME = threading.Lock()
-
-
-def run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
-    """Register one pair on this worker and return its summary record; never raises for the pair's own errors.
-
-    One pair at a time per process. Runs :func:`elastix_bridge.cli.run_registration` into a fresh
-    folder under ``DIR/.batch/tmp``; on success computes the final metrics, Dice and TRE, renames the
-    folder to ``DIR/<id>`` and writes the pair's record; on an error keeps the log as
-    ``DIR/failed/<id>.log`` (an earlier complete ``DIR/<id>`` stays as it was).
-
-    Returns:
-        The record: ``id, status ("complete"/"failed"), error, attempts, wall_s, peak_rss_mb``,
-        ``folded_fraction, jacobian_min, transform_warnings`` and the measures of
-        :mod:`elastix_bridge.batch.evaluation`.
-    """
-    with _ONE_AT_A_TIME:
-        return _run_pair(pair, settings, digest)
-
-
-def _point_to_kept_log(message: str, tmp: Path, kept: Path) -> str:
-    """``message`` with the temporary folder's ``elastix.log`` (removed after a failure) replaced by ``kept``."""
-    for log in {str(tmp / "elastix.log"), str((tmp / "elastix.log").resolve()), str((tmp / "elastix.log").absolute())}:
-        message = message.replace(log, str(kept))
-    return message
-
-
-def _run_pair(pair: Pair, settings: PairSettings, digest: str) -> dict:
-    from elastix_bridge.batch import evaluation
-    from elastix_bridge.cli import run_registration
-    from elastix_bridge.transform_check import collected_checks
-
-    root = Path(settings.output_directory)
-    state = root / ".batch"
-    with open(state / "attempts" / pair.id, "a") as f:  # a killed worker never returns: count on disk
-        f.write(f"{os.getpid()} {time.time():.0f}\n")
-    attempts = len((state / "attempts" / pair.id).read_text().splitlines())
-    tmp = state / "tmp" / f"{pair.id}-{uuid.uuid4().hex[:8]}"
-    final = root / pair.id
-    record: dict[str, Any] = {"id": pair.id, "status": "complete", "error": "", "attempts": attempts,
-                              "hash": digest}
-    tic = time.perf_counter()
-    foreign = False  # DIR/<id> written by another run meanwhile
-    with PeakRSS() as memory:
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), collected_checks() as checks:  # stdout: "wrote ..."
-                run_registration(_argv(pair, settings, tmp))
-            record.update(evaluation.final_metrics(tmp))
-            record.update(_transform_check_columns(checks))
-            if pair.fixed_labels:
-                record.update(evaluation.dice_per_label(tmp, pair.fixed_labels, pair.moving_labels))
-            if pair.fixed_points:
-                record.update(evaluation.target_registration_error(tmp, pair))
-            _retarget_chain(tmp, tmp, final)
-            record["files"] = _file_sizes(tmp)  # what resume checks is still there
-            _refuse_foreign_folder(final, state, settings.started)  # written meanwhile by another run: kept
-            _write_record(state, record)  # before the rename: a kill in between leaves a record, never a stray folder
-            _move_into_place(tmp, final, state / "tmp")
-            (root / "failed" / f"{pair.id}.log").unlink(missing_ok=True)  # an earlier failure's log is stale now
-        except Exception as error:  # the pair's own failure: recorded, the cohort goes on
-            foreign = isinstance(error, ForeignPairFolderError)
-            record.update(status="failed", error=str(error).strip() or type(error).__name__)
-            (root / "failed").mkdir(exist_ok=True)
-            if (tmp / "elastix.log").is_file():
-                shutil.copyfile(tmp / "elastix.log", root / "failed" / f"{pair.id}.log")
-                record["error"] = _point_to_kept_log(record["error"], tmp, root / "failed" / f"{pair.id}.log")
-            else:  # the inputs failed before the run began: an earlier attempt's log would mislead
-                (root / "failed" / f"{pair.id}.log").unlink(missing_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-    record.update(wall_s=time.perf_counter() - tic, peak_rss_mb=memory.megabytes)
-    _write_record(state, record)
-    if foreign:  # no record: the next batch's start check refuses the folder instead of replacing it
-        (state / "pairs" / f"{pair.id}.json").unlink(missing_ok=True)
-    return record
-
-
-def _transform_check_columns(checks) -> dict:
-    """The last stage's folding numbers and every stage's transform-check warnings (:mod:`elastix_bridge.transform_check`)."""
-    if not checks:
-        return {}
-    return {"folded_fraction": checks[-1].folded_fraction, "jacobian_min": checks[-1].jacobian_min,
-            "transform_warnings": " | ".join(w for c in checks for w in c.warnings)}
-
-
-class ForeignPairFolderError(RuntimeError):
-    """``DIR/<id>`` was written by another run while the batch ran; the batch keeps it."""
-
-
-def _refuse_foreign_folder(final: Path, state: Path, started: float) -> None:
-    """Refuse to replace a ``DIR/<id>`` that another run wrote after the batch's start checks.
-
-    The batch's own: absent; or a folder with the pair's record, no lock, and no file newer than
-    ``started`` that the record does not list with its size (a retry after a kill following the move).
-
-    Raises:
-        ForeignPairFolderError: ``final`` is a file, holds a run's lock, has no record, or holds newer files.
-    """
-    from elastix_bridge.core.output_folder import LOCK_NAME
-
-    if not final.exists() and not final.is_symlink():
-        return
-    record_path = state / "pairs" / f"{final.name}.json"
-    if not final.is_dir():
-        why = "is a file"
-    elif (final / LOCK_NAME).exists():
-        why = "holds the lock of a run still writing into it"
-    elif not record_path.is_file():
-        why = f"has no record in {record_path.parent}"
-    else:
-        newer = _unrecorded_newer_files(final, record_path, started)
-        why = f"holds {newer[0]}, written after the batch started" if newer else ""
-    if why:
-        raise ForeignPairFolderError(
-            f"{final} was not written by this batch ({why}; another run wrote it while the batch ran), so it is kept "
-            f"and this pair's result was discarded: move {final} away and run the same batch command again")
-
-
-def _unrecorded_newer_files(folder: Path, record_path: Path, started: float) -> list:
-    """Files under ``folder`` modified after ``started`` that the pair's record does not list with their size."""
-    try:
-        listed = json.loads(record_path.read_text()).get("files") or {}
-    except (ValueError, OSError, AttributeError):  # a truncated record lists nothing
-        listed = {}
-    sizes = _file_sizes(folder)
-    return [name for name, size in sizes.items()
-            if (folder / name).stat().st_mtime > started and listed.get(name) != size]
-
-
-def _file_sizes(folder: Path) -> dict[str, int]:
-    """Every file under ``folder`` (relative POSIX path -> bytes), but the run's lock."""
-    from elastix_bridge.core.output_folder import LOCK_NAME
-
-    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != LOCK_NAME}
-
-
-def _write_record(state: Path, record: Mapping[str, Any]) -> None:
-    from elastix_bridge.core.files import write_atomically
-
-    text = json.dumps(dict(record), indent=1)
-    write_atomically(state / "pairs" / f"{record['id']}.json", lambda f: f.write(text))
-
-
-# ---------------------------------------------------------------------------------------------
-# the cohort, on the client
 
 
 @dataclass
@@ -306,8 +87,6 @@ class ClusterSize:
         since separate registrations scale better than the threads of one. Memory: 90 % of what is
         available now.
         """
-        import psutil
-
         cores = cores or len(os.sched_getaffinity(0))
         memory = memory or psutil.virtual_memory().available
         need = WORKER_BASELINE_BYTES + max(0, int(peak_bytes))
@@ -321,8 +100,6 @@ class ClusterSize:
 
 
 def _maps(parameter_object) -> list:
-    from elastix_bridge.core.parameters import parameter_maps_from_object, read_parameter_file
-
     if isinstance(parameter_object, (str, os.PathLike)):
         return read_parameter_file(parameter_object)
     if isinstance(parameter_object, (list, tuple)) and parameter_object and all(
@@ -346,7 +123,7 @@ def _as_pairs(pairs) -> list[Pair]:
 def _require_dask() -> None:
     """Refuse, with the install fix, where dask.distributed cannot be imported (before anything is created)."""
     try:
-        import distributed  # noqa: F401
+        import distributed  # noqa: F401  # deferred: the check itself (dask.distributed is the batch extra)
     except ImportError as error:
         raise ImportError(f"the batch needs dask.distributed, which cannot be imported ({error}); install it with "
                           "pip install \"elastix-bridge[batch]\"") from None
@@ -355,8 +132,8 @@ def _require_dask() -> None:
 def _setting_problems(engine: str, workers, threads_per_worker, memory_limit, retries, own_cluster: bool) -> list:
     """What is wrong with the run's settings (register_many's arguments, the command's flags)."""
     problems = []
-    if engine not in ("auto", "elastix", "bridge"):
-        problems.append(f"engine {engine!r}: use 'auto', 'elastix' or 'bridge'")
+    if engine not in ENGINES:
+        problems.append(f"engine {engine!r}: use {', '.join(map(repr, ENGINES[:-1]))} or {ENGINES[-1]!r}")
     for name, value in (("workers (--workers)", workers), ("threads_per_worker (--threads-per-worker)",
                                                             threads_per_worker)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -386,8 +163,6 @@ def _check_memory_limit(memory_limit: Optional[int], peak_bytes: int, pair: Pair
     Raises:
         ValueError: the limit, the number needed and where it comes from.
     """
-    from elastix_bridge.runtime.memory import format_bytes
-
     need = WORKER_BASELINE_BYTES + max(0, int(peak_bytes))
     if memory_limit is not None and memory_limit < need:
         raise ValueError(
@@ -406,8 +181,6 @@ def _output_problems(root: Path, pairs: Sequence[Pair], inputs: Sequence[Path]) 
     earlier batch wrote (it would be replaced); any input (image, mask, t0, points, map, manifest)
     inside a folder the batch replaces or at a name it writes.
     """
-    from elastix_bridge.core.output_folder import OutputFolderError, prepare_output_folder
-
     try:
         prepare_output_folder(root, "-out", create=False)
     except OutputFolderError as error:
@@ -442,9 +215,6 @@ def _output_problems(root: Path, pairs: Sequence[Pair], inputs: Sequence[Path]) 
 
 def _validate(pairs: Sequence[Pair], maps: Sequence, source: str) -> None:
     """Every problem of the pairs and the maps, at once (ManifestError); nothing has run yet."""
-    from elastix_bridge.core.image_io import read_image_geometry
-    from elastix_bridge.validation import validate_maps
-
     problems = check_pairs(pairs)
     dimensions = set()
     for pair in pairs:
@@ -497,7 +267,7 @@ def _previous(state: Path, pair: Pair, digest: str, root: Path) -> tuple[Optiona
 def _gpus() -> int:
     """CUDA devices torch sees here (0 without torch or CUDA)."""
     try:
-        import torch
+        import torch  # deferred: torch is optional (the impact extra); only a cohort that asks for a GPU looks
     except ImportError:
         return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -526,8 +296,8 @@ def _process_state_kept():
 @contextlib.contextmanager
 def _client(client, scheduler: Optional[str], size: Optional[ClusterSize], retries: int, gpus: int):
     """The Dask client to use: the caller's, one for ``scheduler``, or a LocalCluster of ``size``."""
-    import dask
-    from distributed import Client, LocalCluster
+    import dask  # deferred: dask.distributed is the batch extra, checked by _require_dask first
+    from distributed import Client, LocalCluster  # deferred: as dask
 
     if client is not None:
         yield client
@@ -587,16 +357,6 @@ def register_many(pairs, parameter_object, output_directory: str | Path, client=
             (inputs inside it where the batch writes, a file where a pair's folder goes).
         All before anything is created or any pair runs.
     """
-    import sys
-
-    from tqdm import tqdm
-
-    from elastix_bridge.core.files import write_atomically
-    from elastix_bridge.core.output_folder import prepare_output_folder
-    from elastix_bridge.core.transform_io import transform_parameter_file_text
-    from elastix_bridge.plan import plan_registration
-    from elastix_bridge.validation import check_threads
-
     _require_dask()
     own_cluster = client is None and not scheduler
     problems = _setting_problems(engine, workers, threads_per_worker, memory_limit, retries, own_cluster)
@@ -670,8 +430,8 @@ def register_many(pairs, parameter_object, output_directory: str | Path, client=
 
 def _run(client, todo, settings, digest_of, gpus, state, progress, tqdm) -> dict:
     """Submit every pair, collect the records as they finish (a dead worker's pair: failed with the cause)."""
-    from distributed import as_completed
-    from distributed.scheduler import KilledWorker
+    from distributed import as_completed  # deferred: as dask
+    from distributed.scheduler import KilledWorker  # deferred: as dask
 
     resources = {"GPU": 1} if gpus else None
     futures = {client.submit(run_pair, pair, settings, digest_of[pair.id], key=f"pair-{pair.id}-{uuid.uuid4().hex[:6]}",
@@ -707,61 +467,3 @@ def _run(client, todo, settings, digest_of, gpus, state, progress, tqdm) -> dict
         bar.close()
         client.cancel([f for f in futures if not f.done()])  # interrupted: nothing keeps running
     return records
-
-
-# ---------------------------------------------------------------------------------------------
-# summary
-
-
-_FIRST = ("id", "status", "error", "attempts", "wall_s", "peak_rss_mb")
-
-
-def cohort_lines(records: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """Mean, median and worst of every measure over the complete (and skipped) pairs.
-
-    Worst is the largest wall time, memory, TRE, folded fraction and metric value (elastix minimises its
-    metrics), and the smallest Dice and Jacobian determinant.
-    """
-    done = [r for r in records if r.get("status") in ("complete", "skipped")]
-    columns = [c for c in _columns(records) if c not in ("id", "status", "error", "hash")]
-    lines = []
-    for name, reduce in (("mean", statistics.fmean), ("median", statistics.median), ("worst", None)):
-        warned = sum(1 for r in done if r.get("transform_warnings"))
-        line = {"id": f"cohort {name}", "status": f"{len(done)} of {len(records)} registered"
-                + (f", {warned} with transform warnings" if warned else "")}
-        for column in columns:
-            values = [float(r[column]) for r in done if isinstance(r.get(column), (int, float))
-                      and math.isfinite(float(r[column]))]
-            if values:
-                if reduce is not None:
-                    line[column] = reduce(values)
-                else:
-                    line[column] = min(values) if column.startswith(("dice", "jacobian_min")) else max(values)
-        lines.append(line)
-    return lines
-
-
-def _columns(records) -> list[str]:
-    seen = list(_FIRST)
-    for r in records:
-        seen += [k for k in r if k not in seen and k != "hash"]
-    return seen
-
-
-def write_summary(root: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    """``DIR/summary.csv`` (a row per pair, then the cohort lines) and ``DIR/summary.json``, written atomically."""
-    from elastix_bridge.core.files import write_atomically
-
-    lines = cohort_lines(records)
-    columns = _columns(records)
-
-    def csv_text(f):
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in list(records) + lines:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-    write_atomically(root / "summary.csv", csv_text)
-    text = json.dumps({"pairs": [{k: v for k, v in r.items() if k != "hash"} for r in records],
-                       "cohort": lines}, indent=1)
-    write_atomically(root / "summary.json", lambda f: f.write(text))

@@ -1,8 +1,5 @@
-"""The shared core: parameter maps, IMPACT keys, TransformParameters, images and files.
+"""The shared core, the ground floor: parameter maps, IMPACT keys, TransformParameters, images and files.
 
-``parameters`` (elastix parameter files and maps), ``impact_parameters`` (the IMPACT keys per level
-and model), ``elastix_names`` (elastix's key and component names), ``transform_io`` (TransformParameters
-both ways), ``iteration_info`` (IterationInfo tables), ``image_io``, ``files`` (atomic writes),
-``output_folder`` and ``validation`` (one pass over a request before any work). Importing any of
-these imports neither torch nor the plugin.
+It imports nothing of the bridge above it, and importing any of its modules imports neither torch nor
+itk. Its modules and what each owns: docs/design.md §2.3.
 """

@@ -8,8 +8,9 @@ An ITK image maps a continuous index ``i`` (ITK order) to a physical point ``p``
 so ``direction[:, k]`` is the physical direction of index axis ``k``.  numpy arrays
 obtained from ITK are reversed: ``array_zyx[z, y, x]``.
 
-Besides :class:`ImageGeometry`, the ITK-order arithmetic the B-spline grid needs to match elastix to
-the last bit: :func:`vnl_inverse` and :func:`grid_domain_under_initial`.
+Besides :class:`ImageGeometry`, the ITK-order arithmetic that decisions on transformed points (the
+B-spline grid fitted to a moved domain) need to match elastix to the last bit: :func:`vnl_inverse` and
+:func:`matrix_times_points`.
 
 Source: ITK ``ImageBase::TransformContinuousIndexToPhysicalPoint``; docs/design.md §E0, §E6.4.
 """
@@ -17,13 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     import itk
-    import torch
+    import torch  # annotations only: never imported at run time
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class ImageGeometry:
         if any(index):
             raise ValueError(f"images with a non-zero start index {index} are not supported; "
                              "re-save the image so that its region starts at index 0")
-        import itk
+        import itk  # deferred: reached only by callers that hold an itk image; importing core never imports itk
 
         return cls(
             size=tuple(region.GetSize()),
@@ -100,7 +101,7 @@ class ImageGeometry:
 
     def apply_to_itk(self, image: itk.Image) -> None:
         """Set spacing, origin and direction of an ``itk.Image`` to this geometry."""
-        import itk
+        import itk  # deferred: reached only by callers that hold an itk image; importing core never imports itk
 
         image.SetSpacing([float(v) for v in self.spacing])
         image.SetOrigin([float(v) for v in self.origin])
@@ -231,44 +232,20 @@ def vnl_inverse(matrix: np.ndarray) -> np.ndarray:
     return np.linalg.inv(m)
 
 
-def grid_domain_under_initial(geometry: ImageGeometry, final_spacing: np.ndarray | Sequence[float],
-                              initial_transform: Callable[[torch.Tensor], torch.Tensor]
-                              ) -> tuple[ImageGeometry, np.ndarray]:
-    """B-spline grid domain when composing with an initial transform (docs/design.md §E6.4).
+def matrix_times_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``matrix @ p`` for each row ``p`` of ``points``, bit-identical to ITK's ``Matrix * Point``.
 
-    The fixed image's boundary voxels are mapped through the initial transform and bounded in the
-    image's rotated frame ``[m, M]``; the origin becomes ``Dir·m`` and, per axis with extent
-    ``L = S·(n−1) > 0``, the spacing and the final grid spacing are scaled by ``(M − m)/L``
-    (elastix ``Common/Transforms/itkGridScheduleComputer.hxx``, ``ApplyInitialTransform``).
+    ITK sums ``Σ_j M_ij·p_j`` left to right without fused multiply-adds; a BLAS matrix product rounds
+    differently in the last bit.
 
     Args:
-        geometry: the full-resolution fixed image's geometry.
-        final_spacing: ``(D,)`` final B-spline grid spacing, mm, ITK order.
-        initial_transform: the earlier stages' transform, a callable on ``(N, D)`` float64 torch
-            tensors of physical points (mm) returning the same shape.
+        matrix: ``(D, D)`` float64 matrix, ITK order.
+        points: ``(N, D)`` points, ITK order.
 
     Returns:
-        ``(geometry, final_spacing)`` to build the grids from: an :class:`ImageGeometry` of the same
-        size and direction, and the scaled ``(D,)`` final spacing (mm).
+        ``(N, D)`` float64 products.
     """
-    import torch
-
-    from elastix_bridge.engine.transforms.linear import itk_point_arithmetic, matrix_times_points
-
-    size = np.asarray(geometry.size)
-    axes = [np.arange(n) for n in size]
-    index = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(size))
-    boundary = index[np.any((index == 0) | (index == size - 1), axis=1)]
-    # ITK's arithmetic throughout (TransformIndexToPhysicalPoint, TransformPoint, vnl's closed-form
-    # inverse, matrix × point summed left to right): a rounding step can change the grid size.
-    with itk_point_arithmetic():
-        mapped = initial_transform(torch.from_numpy(geometry.itk_index_to_points(boundary))).numpy()
-    rotated = matrix_times_points(vnl_inverse(geometry.direction), mapped)
-    low, high = rotated.min(axis=0), rotated.max(axis=0)
-    spacing = np.asarray(geometry.spacing, dtype=np.float64).copy()
-    final = np.asarray(final_spacing, dtype=np.float64).copy()
-    extent = spacing * (size - 1)
-    ratio = (high - low) / np.where(extent > 1e-12, extent, 1.0)
-    scaled = lambda v: np.where(extent > 1e-12, v * ratio, v)  # S·(new/old), in elastix's order
-    origin = matrix_times_points(geometry.direction, low[None, :])[0]
-    return ImageGeometry(tuple(int(n) for n in size), scaled(spacing), origin, geometry.direction), scaled(final)
+    out = np.zeros_like(points, dtype=np.float64)
+    for j in range(points.shape[1]):
+        out += points[:, j:j + 1] * matrix[:, j][None, :]
+    return out

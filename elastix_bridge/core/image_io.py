@@ -7,18 +7,29 @@ never leaves a half-written file behind.
 """
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import re
+import struct
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+import numpy as np
+
 from elastix_bridge.core.files import check_input_file
+from elastix_bridge.core.geometry import ImageGeometry
 
 if TYPE_CHECKING:  # pragma: no cover
     import itk
 
-    from elastix_bridge.core.geometry import ImageGeometry
+
+def _itk():
+    """The ``itk`` module, imported on first use."""
+    import itk  # deferred: itk takes seconds to import; importing core never imports itk
+
+    return itk
 
 
 def read_image(path: str | Path, what: str = "image") -> itk.Image:
@@ -36,8 +47,7 @@ def read_image(path: str | Path, what: str = "image") -> itk.Image:
         ValueError: ``path`` is not a regular file (a device, a pipe); the pixel data are truncated (a MetaImage's, a NIfTI's: expected and actual byte
             counts named), or ITK cannot read the file (its reason).
     """
-    import itk
-
+    itk = _itk()
     path = check_input_file(path, what)
     _check_metaimage_data_file(path, what)
     _check_nifti_data(path, what)
@@ -71,11 +81,7 @@ def read_image_geometry(path: str | Path, what: str = "image") -> ImageGeometry:
             :func:`read_image`; a ``.nii.gz`` is not decompressed here); a zero or non-finite spacing (in
             :func:`read_image`'s words: ITK's reader refuses it).
     """
-    import itk
-    import numpy as np
-
-    from elastix_bridge.core.geometry import ImageGeometry
-
+    itk = _itk()
     path = check_input_file(path, what)
     _check_metaimage_data_file(path, what)
     _check_nifti_data(path, what, decompress=False)
@@ -179,9 +185,6 @@ def _check_nifti_data(path: Path, what: str, decompress: bool = True) -> None:
     """A NIfTI file holds as many data bytes as its header announces (``vox_offset`` + ∏dim · bitpix/8);
     ITK reads a truncated ``.nii`` or ``.nii.gz`` without a word, the missing voxels as zeros
     (``itk::NiftiImageIO``). A ``.nii.gz`` is decompressed to count (skipped when ``decompress`` is False)."""
-    import gzip
-    import struct
-
     name = path.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")) or (name.endswith(".gz") and not decompress):
         return
@@ -221,9 +224,7 @@ def _check_nifti_data(path: Path, what: str, decompress: bool = True) -> None:
 
 def read_mask(path: str | Path, what: str = "mask") -> itk.Image:
     """Read a mask of any pixel type (MET_CHAR included) as unsigned char, non-zero = 1."""
-    import itk
-    import numpy as np
-
+    itk = _itk()
     image = read_image(path, what)
     mask = itk.image_from_array((itk.array_view_from_image(image) != 0).astype(np.uint8))
     mask.CopyInformation(image)
@@ -236,10 +237,7 @@ def write_image(image: itk.Image, path: Path) -> None:
     The image is written into a temporary folder beside ``path`` and its files (one, or a MetaImage
     header and its data file) are renamed into place.
     """
-    import tempfile
-
-    import itk
-
+    itk = _itk()
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix=".tmp-", dir=path.parent) as tmp:
         itk.imwrite(image, str(Path(tmp) / path.name))

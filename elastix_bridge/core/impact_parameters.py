@@ -38,20 +38,23 @@ docs/design.md §I2.7, §I13):
 * reserved model names (``mind-ssc-2d``/``mind-ssc-3d``) are checked against ``ImpactDimension``
   and a one-entry layers mask.
 
-Why this module is longer than ~600 lines: it is the one reader of the whole IMPACT parameter set
-(docs/design.md §I2), in upstream's validation order (§I2.7), with a message per malformed option;
-splitting it would split that order.
+This module holds the order of the checks and the IMPACT-specific rules; the two reading mechanisms
+(and :class:`ImpactParameterError`) are :mod:`elastix_bridge.core.impact_option_readers`, the hints of
+a missing option (near misses, ImpactLoss's syntaxes, old scalar names) :mod:`elastix_bridge.core.impact_hints`.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
-from elastix_bridge.core.parameters import ParameterMap
+from elastix_bridge.core.impact_hints import (
+    PER_LAYER_LISTS, PER_MODEL_LISTS, format_hints, missing_hints, option_values, warn_old_scalars)
+from elastix_bridge.core.impact_option_readers import (
+    ImpactParameterError, plural, read_list, scalar_bool, scalar_int, scalar_str, show_entries, to_float, to_uint)
+from elastix_bridge.core.reserved_models import RESERVED_MODELS
 
 __all__ = [
     "DISTANCES",
@@ -70,14 +73,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Accepted ``ImpactDistance`` names (case-sensitive, docs/design.md §I2.4).
+#: Accepted ``ImpactDistance`` names (case-sensitive, docs/design.md §I2.4): the one list. The compiled plugin
+#: holds the same names in this order (``distances()`` of plugin/impact_plugin.cpp; tests/test_plugin.py checks).
 DISTANCES = ("L1", "L2", "NCC", "Cosine", "L1Cosine", "DotProduct", "Dice")
 #: Accepted ``ImpactMode`` values (case-sensitive, docs/design.md §I2.6).
 MODES = ("Jacobian", "Static")
-
-
-class ImpactParameterError(ValueError):
-    """An IMPACT parameter is missing or malformed; the message names the key and the level."""
 
 
 @dataclass(frozen=True)
@@ -210,13 +210,13 @@ def group_by_dimensions(values: Sequence, dimensions: Sequence[int]) -> list:
 
 
 def resolve_model_path(path: str | Path, base_dir: Optional[str | Path] = None) -> Path:
-    """Map a ``ModelsPath`` entry to a file path.
+    """Map a ``ModelsPath`` entry that names a file to its path.
 
-    Reserved names (``mind-ssc-2d``, ``mind-ssc-3d``; :data:`elastix_bridge.models.mind.
-    RESERVED_MODELS`) resolve to the cached TorchScript file of
-    :func:`elastix_bridge.models.mind.mind_model_path` (written on first use; imports torch).
     A relative path is taken relative to ``base_dir`` or, when None, to the current working
     directory (upstream semantics, docs/design.md §I2.3). Existence is not checked here.
+    Reserved names (``mind-ssc-2d``, ``mind-ssc-3d``; :data:`~elastix_bridge.core.reserved_models.RESERVED_MODELS`)
+    name no file yet: :func:`elastix_bridge.runtime.loader.model_file` writes theirs (it needs torch)
+    and maps every other entry through this function.
 
     Args:
         path: entry as written in the parameter map.
@@ -224,279 +224,25 @@ def resolve_model_path(path: str | Path, base_dir: Optional[str | Path] = None) 
 
     Returns:
         An absolute :class:`~pathlib.Path`.
-    """
-    from elastix_bridge.models.mind import RESERVED_MODELS
 
+    Raises:
+        ValueError: ``path`` is a reserved model name.
+    """
     text = os.fspath(path)
     if text in RESERVED_MODELS:
-        from elastix_bridge.models.mind import mind_model_path
-
-        return mind_model_path(text)
+        raise ValueError(f"{text!r} is a built-in model name, not a file; "
+                         "elastix_bridge.runtime.loader.model_file writes its TorchScript file")
     p = Path(text).expanduser()
     if not p.is_absolute():
         p = Path(base_dir if base_dir is not None else os.getcwd()) / p
     return p
 
 
-def _values(parameter_map: Mapping, key: str) -> Optional[list]:
-    """The entries of ``key`` as a list of strings, or None when absent."""
-    if key not in parameter_map:
-        return None
-    v = parameter_map[key]
-    if isinstance(v, (str, bytes)):
-        return [v.decode() if isinstance(v, bytes) else v]
-    return [str(x) for x in v]
-
-
-def _show(values: Sequence[str]) -> str:
-    return "'" + " ".join(values) + "'"
-
-
-#: Level-indexed list options (docs/design.md §I2.3, §I2.4), without the ``Impact`` prefix and level.
-_PER_MODEL_LISTS = ("ModelsPath", "Dimension", "NumberOfChannels", "PatchSize", "VoxelSize", "LayersMask")
-_PER_LAYER_LISTS = ("SubsetFeatures", "PCA", "LayersWeight", "Distance")
-#: Lists whose entries are strings (quoted when a rewrite is suggested).
-_STRING_LISTS = ("ModelsPath", "LayersMask", "Distance")
-#: ImpactLoss's old per-level scalar names (ParameterMaps/README.md) and what elastix reads instead.
 #: Every IMPACT option name without its ``Impact`` prefix: level-indexed lists (written with the level
 #: number, ``ImpactPatchSize0``) and per-level scalars (mechanism A, optionally ``Metric<i>``-prefixed).
-IMPACT_LIST_OPTIONS = tuple(side + n for n in _PER_MODEL_LISTS for side in ("", "Fixed", "Moving")) + _PER_LAYER_LISTS
+IMPACT_LIST_OPTIONS = tuple(side + n for n in PER_MODEL_LISTS for side in ("", "Fixed", "Moving")) + PER_LAYER_LISTS
 IMPACT_SCALAR_OPTIONS = ("Mode", "GPU", "UseMixedPrecision", "FeaturesMapUpdateInterval",
                          "FeatureMapOutputDirectory", "WriteFeatureMaps")
-_OLD_SCALARS = {"Mode": "ImpactMode", "GPU": "ImpactGPU", "Device": "ImpactGPU",
-                "UseMixedPrecision": "ImpactUseMixedPrecision",
-                "FeaturesMapUpdateInterval": "ImpactFeaturesMapUpdateInterval",
-                "WriteFeatureMaps": "ImpactWriteFeatureMaps"}
-
-
-def _old_syntax_names(parameter_map: Mapping) -> list:
-    """Names of ImpactLoss's old syntax present in the map (unprefixed, unnumbered: 'ModelsPath',
-    'FixedPatchSize', 'Mode', ...); empty unless a ``[Fixed|Moving]ModelsPath`` marks the old syntax."""
-    if not any(n in parameter_map for n in ("ModelsPath", "FixedModelsPath", "MovingModelsPath")):
-        return []
-    names = [side + n for n in _PER_MODEL_LISTS for side in ("", "Fixed", "Moving")]
-    names += list(_PER_LAYER_LISTS) + list(_OLD_SCALARS)
-    return [n for n in names if n in parameter_map]
-
-
-def _rewrite(parameter_map: Mapping, name: str, new: str, level: int, count=None,
-             old_syntax: bool = False) -> Optional[str]:
-    """Suggested ``(new v1 v2 ...)`` for ``level`` from the entries of ``name``, or None if unclear.
-
-    ``old_syntax`` (ImpactLoss's old syntax, one quoted string per level): the level's string is
-    used, or the first one, which ImpactLoss reused for missing levels; it is split at spaces and
-    '*'. Otherwise (an unnumbered elastix list) all entries are used, or, when ``count`` entries are
-    expected per level and the list holds a multiple of it (``ImpactVoxelSize 6 6 6 3 3 3`` for two
-    levels), the level's chunk; None when neither fits. String lists are quoted.
-    """
-    values = _values(parameter_map, name) or [""]
-    if old_syntax:
-        tokens = (values[level] if len(values) > level else values[0]).replace("*", " ").split()
-    elif count is None or len(values) == count:
-        tokens = values
-    elif len(values) % count == 0 and len(values) >= (level + 1) * count:
-        tokens = values[level * count:(level + 1) * count]
-    else:
-        return None
-    if any(name.endswith(n) for n in _STRING_LISTS):
-        tokens = [f'"{t}"' for t in tokens]
-    return f"({new} {' '.join(tokens)})"
-
-
-def _missing_hints(parameter_map: Mapping, key: str, level: int, count=None) -> list:
-    """Explanations of near misses of a missing key: upstream doc names, case, level number,
-    component-label prefix, ImpactLoss's unnumbered and old unprefixed syntaxes (``count``: the
-    number of entries expected, None for a models path)."""
-    hints = []
-    if key.startswith("Impact"):
-        doc_name = key[len("Impact"):]
-        if doc_name in parameter_map and doc_name.startswith(("Fixed", "Moving")):
-            hints.append(
-                f"found '{doc_name}': that name (from the upstream class documentation) is not "
-                f"read by elastix or by us; write '{key}'")
-    lower = key.lower()
-    for other in parameter_map:
-        if other != key and other.lower() == lower:
-            hints.append(f"found '{other}': parameter names are case-sensitive, write '{key}'")
-    base = key[: len(key) - len(str(level))] if key.endswith(str(level)) else None
-    if base and base in parameter_map:
-        # ImpactLoss's ParameterMap_Recommended.txt style: every list option unnumbered.
-        others = [p + n for n in _PER_MODEL_LISTS + _PER_LAYER_LISTS
-                  for p in ("Impact", "ImpactFixed", "ImpactMoving")
-                  if p + n in parameter_map and p + n != base
-                  and (p == "Impact" or n in _PER_MODEL_LISTS)]
-        example = _rewrite(parameter_map, base, key, level, count)
-        text = (f"found '{base}' without a level number (ImpactLoss's ParameterMap_Recommended "
-                f"style): elastix reads list options only level-indexed, so write one key per "
-                f"resolution level ('{base}0', '{base}1', …) holding that level's values"
-                + (f", here {example}" if example else ""))
-        if others:
-            text += (f"; the same holds for {', '.join(repr(o) for o in others)} (a list that "
-                     f"covers several levels, such as (ImpactVoxelSize 6 6 6 3 3 3), is split into "
-                     f"(ImpactVoxelSize0 6 6 6) (ImpactVoxelSize1 3 3 3))")
-        hints.append(text)
-    for other in parameter_map:
-        if other.endswith(key) and other != key and other[: -len(key)].startswith("Metric"):
-            hints.append(f"found '{other}': the component-label prefix is not supported for "
-                         f"level-indexed list options, write '{key}'")
-    old_names = _old_syntax_names(parameter_map)
-    if old_names:
-        hints.append(
-            "the map uses ImpactLoss's old parameter syntax (found "
-            + ", ".join(repr(n) for n in old_names)
-            + "): unprefixed names, one quoted string per resolution level, models separated by "
-              "spaces and sizes by '*' (\"11*11*11\"); elastix does not read it. Rewrite every option "
-              "with the 'Impact' prefix, one level-numbered key per level and space-separated "
-              "values: (ModelsPath \"a.pt\" \"b.pt c.pt\") becomes (ImpactModelsPath0 \"a.pt\") "
-              "(ImpactModelsPath1 \"b.pt\" \"c.pt\"), (PatchSize \"11*11*11\" \"29*29 11*11*11\") "
-              "becomes (ImpactPatchSize0 11 11 11) (ImpactPatchSize1 29 29 11 11 11), likewise "
-              "Dimension, NumberOfChannels, VoxelSize, LayersMask, SubsetFeatures, PCA, "
-              "LayersWeight, Distance; FixedModelsPath/MovingModelsPath become "
-              "ImpactFixedModelsPath<L>/ImpactMovingModelsPath<L>; (Mode …) becomes (ImpactMode …) "
-              "and (GPU …)/(Device …) (ImpactGPU …)")
-        if key.startswith("Impact") and base:
-            old = base[len("Impact"):]
-            if old in parameter_map:
-                hints.append(f"for level {level} write "
-                             + _rewrite(parameter_map, old, key, level, old_syntax=True))
-    return hints
-
-
-def _format_hints(hints: Sequence[str]) -> str:
-    unique = list(dict.fromkeys(hints))
-    return (" (" + "; ".join(unique) + ")") if unique else ""
-
-
-def _hint_missing(parameter_map: Mapping, key: str, level: int, count=None) -> str:
-    """Explain near misses of a missing key (see :func:`_missing_hints`), as ``" (...)"`` or ``""``."""
-    return _format_hints(_missing_hints(parameter_map, key, level, count))
-
-
-def _warn_old_scalars(parameter_map: Mapping) -> None:
-    """Log ImpactLoss's old per-level scalar names that elastix ignores (the default is used)."""
-    for old, new in _OLD_SCALARS.items():
-        if old in parameter_map and new not in parameter_map:
-            logger.warning("(%s ...) is ImpactLoss's old name and is not read by elastix or by us; "
-                           "write (%s ...). The default is used.", old, new)
-
-
-# --------------------------------------------------------------------------------------------
-# mechanism A: per-level scalars
-
-
-def _read_scalar(parameter_map, name, level, metric_index):
-    """Mechanism A lookup: returns ``(raw, key, entry)`` or None (docs/design.md §I2.1 A).
-
-    Mechanism A is elastix's ``ReadParameter`` with the component prefix ``Metric<i>``
-    (:meth:`ParameterMap.reads`); the raw text is returned so that the messages stay IMPACT's.
-    """
-    prefix = f"Metric{metric_index}"
-    keys = {key: _values(parameter_map, key) or [] for key in (name, prefix + name)}
-    reads = ParameterMap(keys).reads(name, level, prefix)
-    if not reads:
-        return None
-    key, entry = reads[-1]
-    return keys[key][entry], key, entry
-
-
-def _scalar_int(parameter_map, name, level, metric_index, default, minimum=None):
-    got = _read_scalar(parameter_map, name, level, metric_index)
-    if got is None:
-        return default
-    raw, key, entry = got
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ImpactParameterError(
-            f"{key} (level {level}, entry {entry}): expected an integer, got '{raw}'") from None
-    if minimum is not None and value < minimum:
-        raise ImpactParameterError(
-            f"{key} (level {level}, entry {entry}): expected an integer >= {minimum}, got '{raw}'")
-    return value
-
-
-def _scalar_bool(parameter_map, name, level, metric_index, default):
-    got = _read_scalar(parameter_map, name, level, metric_index)
-    if got is None:
-        return default
-    raw, key, entry = got
-    if raw == "true":
-        return True
-    if raw == "false":
-        return False
-    raise ImpactParameterError(
-        f"{key} (level {level}, entry {entry}): expected a boolean, i.e. either \"true\" or "
-        f"\"false\", got '{raw}'")
-
-
-def _scalar_str(parameter_map, name, level, metric_index, default):
-    got = _read_scalar(parameter_map, name, level, metric_index)
-    return default if got is None else got
-
-
-# --------------------------------------------------------------------------------------------
-# mechanism B: level-indexed lists
-
-
-def _read_list(parameter_map, key, level, count, what, why, convert: Callable, check=None):
-    """Mechanism B: exactly ``count`` leading entries of ``key``, converted (docs/design.md §I2.1 B).
-
-    Args:
-        what: plural noun of the expected entries ("unsigned integers").
-        why: explanation of the count, e.g. "one per model axis, Σ ImpactDimension = 2".
-        convert: ``str -> value``; raises ValueError on bad text.
-        check: optional ``value -> error text or None``.
-    """
-    vals = _values(parameter_map, key)
-    if count == 1:  # singular form of the noun
-        what = {"unsigned integers": "unsigned integer", "positive numbers (mm)":
-                "positive number (mm)", "numbers": "number", "distance names": "distance name",
-                "layer-mask strings": "layer-mask string"}.get(what, what)
-    expected = f"{count} {what} ({why})"
-    if vals is None:
-        raise ImpactParameterError(
-            f"Missing required parameter {key} (level {level}): expected {expected}"
-            + _hint_missing(parameter_map, key, level, count))
-    if len(vals) < count:
-        raise ImpactParameterError(
-            f"{key} (level {level}): expected {expected}, got {len(vals)}: {_show(vals)}")
-    if len(vals) > count:
-        logger.warning("%s (level %d): %d entries given, only the first %d are used (%s)",
-                       key, level, len(vals), count, why)
-    out = []
-    for i, raw in enumerate(vals[:count]):
-        try:
-            value = convert(raw)
-        except ValueError:
-            raise ImpactParameterError(
-                f"{key} (level {level}): entry {i} '{raw}' is not valid; expected {expected}, "
-                f"got {len(vals)}: {_show(vals)}") from None
-        if check is not None:
-            problem = check(value)
-            if problem:
-                raise ImpactParameterError(
-                    f"{key} (level {level}): entry {i} '{raw}' {problem}; expected {expected}, "
-                    f"got {_show(vals)}")
-        out.append(value)
-    return tuple(out)
-
-
-def _to_uint(text: str) -> int:
-    t = text.strip()
-    if not t or not (t.isdigit() or (t[0] == "+" and t[1:].isdigit())):
-        raise ValueError(text)
-    return int(t)
-
-
-def _to_float(text: str) -> float:
-    value = float(text.strip())
-    if not math.isfinite(value):
-        raise ValueError(text)
-    return value
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,27 +251,25 @@ def _plural(n: int, word: str) -> str:
 
 def _read_model_set(parameter_map, prefix, level, mode, image_dimension):
     """Read the six per-model lists of one model set (docs/design.md §I2.3)."""
-    from elastix_bridge.models.mind import RESERVED_MODELS  # no torch import
-
     paths_key = f"{prefix}ModelsPath{level}"
-    paths = _values(parameter_map, paths_key)
+    paths = option_values(parameter_map, paths_key)
     if not paths or all(not p.strip() for p in paths):
         raise ImpactParameterError(
             f"{paths_key} (level {level}): expected at least one model path, got "
-            f"{_show(paths or [])}")
+            f"{show_entries(paths or [])}")
     paths = tuple(p.strip() for p in paths)
     m = len(paths)
-    why_models = f"one per model, {_plural(m, 'model')} in {paths_key}"
+    why_models = f"one per model, {plural(m, 'model')} in {paths_key}"
 
     dim_key = f"{prefix}Dimension{level}"
-    dims = _read_list(
-        parameter_map, dim_key, level, m, "unsigned integers", why_models, _to_uint,
+    dims = read_list(
+        parameter_map, dim_key, level, m, "unsigned integers", why_models, to_uint,
         check=lambda d: None if 2 <= d <= image_dimension else (
             f"is not a valid model dimension: it must be 2 or 3 and may not exceed the image "
             f"dimension {image_dimension}"))
-    channels = _read_list(
+    channels = read_list(
         parameter_map, f"{prefix}NumberOfChannels{level}", level, m, "unsigned integers",
-        why_models, _to_uint, check=lambda c: None if c >= 1 else "must be >= 1")
+        why_models, to_uint, check=lambda c: None if c >= 1 else "must be >= 1")
 
     patch_key = f"{prefix}PatchSize{level}"
     total = sum(dims)
@@ -537,24 +281,24 @@ def _read_model_set(parameter_map, prefix, level, mode, image_dimension):
                     "Jacobian mode needs a real patch size such as 5 5 5")
         return None
 
-    patches = _read_list(parameter_map, patch_key, level, total, "unsigned integers", why_axes,
-                         _to_uint, check=patch_check)
+    patches = read_list(parameter_map, patch_key, level, total, "unsigned integers", why_axes,
+                        to_uint, check=patch_check)
 
     voxel_key = f"{prefix}VoxelSize{level}"
     if mode == "Static":
         n_vox = m * image_dimension
         why_vox = (f"Static mode: image dimension {image_dimension} per model × "
-                   f"{_plural(m, 'model')} = {n_vox}")
+                   f"{plural(m, 'model')} = {n_vox}")
         vox_dims = [image_dimension] * m
     else:
         n_vox = total
         why_vox = f"Jacobian mode: one per model axis, Σ {dim_key} = {total}"
         vox_dims = list(dims)
-    voxels = _read_list(parameter_map, voxel_key, level, n_vox, "positive numbers (mm)", why_vox,
-                        _to_float, check=lambda v: None if v > 0 else "must be > 0 mm")
+    voxels = read_list(parameter_map, voxel_key, level, n_vox, "positive numbers (mm)", why_vox,
+                       to_float, check=lambda v: None if v > 0 else "must be > 0 mm")
 
     mask_key = f"{prefix}LayersMask{level}"
-    masks = _read_list(parameter_map, mask_key, level, m, "layer-mask strings", why_models, str)
+    masks = read_list(parameter_map, mask_key, level, m, "layer-mask strings", why_models, str)
 
     models = []
     for i, (path, d, c, patch, vox, mask) in enumerate(zip(
@@ -617,18 +361,18 @@ def read_impact_level(parameter_map: Mapping, level: int, image_dimension: int,
     pm = parameter_map
 
     # 1. RandomSeed (entry 0 only, unsigned, default 0), GPU, mixed precision, mode.
-    seed_vals = _values(pm, "RandomSeed")
+    seed_vals = option_values(pm, "RandomSeed")
     random_seed = 0
     if seed_vals:
         try:
-            random_seed = _to_uint(seed_vals[0])
+            random_seed = to_uint(seed_vals[0])
         except ValueError:
             raise ImpactParameterError(
                 f"RandomSeed (level {level}): expected an unsigned integer, got "
                 f"'{seed_vals[0]}'") from None
-    gpu = _scalar_int(pm, "ImpactGPU", level, metric_index, -1)
-    mixed = _scalar_bool(pm, "ImpactUseMixedPrecision", level, metric_index, False)
-    got = _scalar_str(pm, "ImpactMode", level, metric_index, None)
+    gpu = scalar_int(pm, "ImpactGPU", level, metric_index, -1)
+    mixed = scalar_bool(pm, "ImpactUseMixedPrecision", level, metric_index, False)
+    got = scalar_str(pm, "ImpactMode", level, metric_index, None)
     mode = "Jacobian"
     if got is not None:
         mode, key, entry = got
@@ -638,7 +382,7 @@ def read_impact_level(parameter_map: Mapping, level: int, image_dimension: int,
                 f"are 'Jacobian' and 'Static' (case-sensitive)")
 
     if level == 0:
-        _warn_old_scalars(pm)
+        warn_old_scalars(pm)
 
     # 2. model sets (§I2.2)
     has_shared = f"ImpactModelsPath{level}" in pm
@@ -650,8 +394,8 @@ def read_impact_level(parameter_map: Mapping, level: int, image_dimension: int,
         elif has_shared:
             prefix = "Impact"
         else:
-            hint = _format_hints(_missing_hints(pm, own, level)
-                                 + _missing_hints(pm, f"ImpactModelsPath{level}", level))
+            hint = format_hints(missing_hints(pm, own, level)
+                                + missing_hints(pm, f"ImpactModelsPath{level}", level))
             raise ImpactParameterError(
                 f"Missing parameter for level {level}: {own} or the shared "
                 f"ImpactModelsPath{level} must be provided" + hint)
@@ -667,7 +411,7 @@ def read_impact_level(parameter_map: Mapping, level: int, image_dimension: int,
             f"{len(fixed)} fixed and {len(moving)} moving model(s)")
 
     # 5. update interval (validated in both modes; used in Static mode only).
-    interval = _scalar_int(pm, "ImpactFeaturesMapUpdateInterval", level, metric_index, -1)
+    interval = scalar_int(pm, "ImpactFeaturesMapUpdateInterval", level, metric_index, -1)
 
     # 6. layer counts
     n_fixed = sum(mm.n_selected for mm in fixed)
@@ -679,24 +423,24 @@ def read_impact_level(parameter_map: Mapping, level: int, image_dimension: int,
     if n_fixed == 0:
         raise ImpactParameterError(
             f"{fixed_mask_key} (level {level}): at least one layer must be selected (a '1' in a "
-            f"layers mask), got " + _show(["".join("1" if b else "0" for b in mm.layers_mask)
-                                             for mm in fixed]))
+            f"layers mask), got " + show_entries(["".join("1" if b else "0" for b in mm.layers_mask)
+                                                  for mm in fixed]))
     lam = n_fixed
     why_layers = f"one per selected layer, Λ = {lam} from {fixed_mask_key}"
 
     # 7. per-layer lists
-    subset = _read_list(pm, f"ImpactSubsetFeatures{level}", level, lam, "unsigned integers",
-                        why_layers, _to_uint,
-                        check=lambda k: None if k >= 1 else "must be >= 1 (channels compared per layer)")
-    pca = _read_list(pm, f"ImpactPCA{level}", level, lam, "unsigned integers", why_layers,
-                     _to_uint)
-    weights = _read_list(pm, f"ImpactLayersWeight{level}", level, lam, "numbers", why_layers,
-                         _to_float)
+    subset = read_list(pm, f"ImpactSubsetFeatures{level}", level, lam, "unsigned integers",
+                       why_layers, to_uint,
+                       check=lambda k: None if k >= 1 else "must be >= 1 (channels compared per layer)")
+    pca = read_list(pm, f"ImpactPCA{level}", level, lam, "unsigned integers", why_layers,
+                    to_uint)
+    weights = read_list(pm, f"ImpactLayersWeight{level}", level, lam, "numbers", why_layers,
+                        to_float)
 
     # 8. feature-map directory (Static mode only)
     directory = None
-    new = _scalar_str(pm, "ImpactFeatureMapOutputDirectory", level, metric_index, None)
-    old = _scalar_str(pm, "ImpactWriteFeatureMaps", level, metric_index, None)
+    new = scalar_str(pm, "ImpactFeatureMapOutputDirectory", level, metric_index, None)
+    old = scalar_str(pm, "ImpactWriteFeatureMaps", level, metric_index, None)
     if new is not None:
         directory = new[0].strip() or None
     elif old is not None:
@@ -716,8 +460,8 @@ def read_impact_level(parameter_map: Mapping, level: int, image_dimension: int,
                                               f"'{close[0]}'?)" if close else "")
                 + f"; accepted: {' '.join(DISTANCES)}")
 
-    distances = _read_list(pm, f"ImpactDistance{level}", level, lam, "distance names",
-                           why_layers, lambda s: s.strip(), check=distance_check)
+    distances = read_list(pm, f"ImpactDistance{level}", level, lam, "distance names",
+                          why_layers, lambda s: s.strip(), check=distance_check)
 
     return ImpactLevelConfig(
         level=level, mode=mode, fixed_models=fixed, moving_models=moving,

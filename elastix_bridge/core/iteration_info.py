@@ -10,15 +10,40 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Protocol, Sequence, Union
 
-if TYPE_CHECKING:  # pragma: no cover
-    from elastix_bridge.core.parameters import ParameterMap
-    from elastix_bridge.engine.optimizers.asgd import IterationRecord
+from elastix_bridge.core.parameters import ParameterMap
 
-__all__ = ["IterationTable"]
+__all__ = ["IterationRow", "IterationTable"]
 
 log = logging.getLogger("elastix_bridge")
+
+
+class IterationRow(Protocol):
+    """What a row of the table is made from: an optimizer's iteration record (the engine's optimizers make them).
+
+    Attributes:
+        iteration, metric, step_size, gradient_norm, time_ms: every table's columns (``1:ItNr``,
+            ``2:Metric``, ``3:StepSize``/``3b:StepSize``/``3:StepLength``, ``4:||Gradient||``, ``Time[ms]``).
+        time: ASGD's ``3a:Time``.
+        search_direction, line_iteration, search_direction_norm, directional_derivative, phase, wolfe1,
+            wolfe2, line_search_stop: QuasiNewtonLBFGS's columns ``1a`` … ``7`` (read only for its table).
+    """
+
+    iteration: int
+    metric: float
+    time: float
+    step_size: float
+    gradient_norm: float
+    time_ms: float
+    search_direction: int
+    line_iteration: Union[int, str]
+    search_direction_norm: float
+    directional_derivative: float
+    phase: str
+    wolfe1: bool
+    wolfe2: bool
+    line_search_stop: str
 
 
 class IterationTable:
@@ -69,7 +94,7 @@ class IterationTable:
         if output_directory is not None and pmap.get("WriteIterationInfo", default=True, type=bool):
             self.file = open(Path(output_directory) / f"IterationInfo.{elastix_level}.R{level}.txt", "w")
 
-    def add(self, r: IterationRecord, parts: Sequence[tuple] = ()) -> None:
+    def add(self, r: IterationRow, parts: Sequence[tuple] = ()) -> None:
         """One row from an iteration record and the cost's per-metric ``(value, ‖gradient‖, ms)``."""
         parts = list(parts) if self.multi else []
         if self.lbfgs:

@@ -21,10 +21,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, KeysView, Mapping, Sequence
 
+import numpy as np
+
+from elastix_bridge.core.interruption import raise_if_swallowed
+
 if TYPE_CHECKING:  # pragma: no cover
     import itk
-    import numpy as np
-    import torch
+    import torch  # annotations only: never imported at run time
 
 __all__ = [
     "ParameterError",
@@ -37,6 +40,13 @@ __all__ = [
     "read_parameter_file",
     "parameter_maps_from_object",
 ]
+
+
+def _itk():
+    """The ``itk`` module, imported on first use (itk-elastix's ``ParameterObject``)."""
+    import itk  # deferred: itk takes seconds to import; importing core never imports itk
+
+    return itk
 
 
 class ParameterError(ValueError):
@@ -137,8 +147,6 @@ def format_number(x: float, float32: bool = False) -> str:
     """
     x = float(x)
     if float32:
-        import numpy as np
-
         x = float(np.float32(x))  # exact: every float32 is a double
     if math.isnan(x):
         return "NaN"
@@ -167,8 +175,6 @@ def format_numbers(values: float | Sequence[float] | np.ndarray | torch.Tensor) 
     Returns:
         One string per value, as elastix writes it (docs/design.md §E1.5).
     """
-    import numpy as np
-
     if hasattr(values, "detach"):  # a torch tensor, without importing torch here
         values = values.detach().to("cpu").double().numpy()
     return [format_number(v) for v in np.asarray(values, dtype=np.float64).reshape(-1).tolist()]
@@ -264,9 +270,7 @@ class ParameterMap:
 
     def to_itk(self) -> Any:
         """This map as an itk-elastix ``mapstringvectorstring`` (imports ``itk``)."""
-        import itk
-
-        po = itk.ParameterObject.New()
+        po = _itk().ParameterObject.New()
         po.AddParameterMap(self.to_dict())
         return po.GetParameterMap(0)
 
@@ -541,11 +545,7 @@ def read_parameter_file(path: str | Path) -> list[ParameterMap]:
             f"cannot parse parameter file {p}, line {line}: byte 0x{data[exc.start]:02x} at offset {exc.start} is not "
             f"UTF-8 text (a binary file, or another encoding?); a parameter file is plain text of (Name value ...) "
             f"lines: save it as UTF-8") from None
-    import itk
-
-    from elastix_bridge.core.interruption import raise_if_swallowed
-
-    po = itk.ParameterObject.New()
+    po = _itk().ParameterObject.New()
     raise_if_swallowed()  # ITK's lazy loading (seconds, just done) loses a Ctrl-C / SIGTERM raised inside it
     try:
         po.ReadParameterFile(str(p))

@@ -9,15 +9,28 @@ and a file is never written twice.
 """
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from elastix_bridge.core.elastix_names import RESULT_PIXEL_TYPES
+from elastix_bridge.core.image_io import write_image
+
 if TYPE_CHECKING:  # pragma: no cover
     import itk
-    import numpy as np
 
     from elastix_bridge.core.parameters import ParameterMap
+
+
+def _itk():
+    """The ``itk`` module, imported on first use."""
+    import itk  # deferred: itk takes seconds to import; importing core never imports itk
+
+    return itk
 
 
 def result_dtype(pixel_type: str, where: str) -> np.dtype:
@@ -26,10 +39,6 @@ def result_dtype(pixel_type: str, where: str) -> np.dtype:
     Raises:
         ValueError: not an elastix pixel type; names ``where`` (e.g. ``parameter map 1``) and the types.
     """
-    import numpy as np
-
-    from elastix_bridge.core.elastix_names import RESULT_PIXEL_TYPES
-
     if pixel_type not in RESULT_PIXEL_TYPES:
         raise ValueError(f"(ResultImagePixelType \"{pixel_type}\") in {where} is not an elastix pixel type; "
                          f"use one of {', '.join(sorted(RESULT_PIXEL_TYPES))}")
@@ -44,8 +53,7 @@ def cast_to_pixel_type(image: itk.Image, dtype: np.dtype) -> itk.Image:
     Raises:
         itk's error when ITK's Python wrapping has no image of ``dtype`` (e.g. ``char``, ``long``).
     """
-    import itk
-
+    itk = _itk()
     cast = itk.image_from_array(_c_cast(image, dtype))
     cast.CopyInformation(image)
     return cast
@@ -53,10 +61,7 @@ def cast_to_pixel_type(image: itk.Image, dtype: np.dtype) -> itk.Image:
 
 def _c_cast(image: itk.Image, dtype: np.dtype) -> np.ndarray:
     """The pixels of ``image`` as ``dtype`` (numpy ``[z,] y, x``): clipped to an integer type's range, truncated."""
-    import itk
-    import numpy as np
-
-    values = itk.array_view_from_image(image).astype(np.float64)
+    values = _itk().array_view_from_image(image).astype(np.float64)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         values = np.trunc(np.clip(values, info.min, info.max))
@@ -77,11 +82,7 @@ def _write_metaimage_as(values: np.ndarray, like: itk.Image, path: Path) -> None
     ITK writes the header (geometry) of a same-sized wrapped type, uncompressed, into a temporary
     folder; the element type and the data are then replaced, and the files renamed into place.
     """
-    import os
-    import tempfile
-
-    import itk
-
+    itk = _itk()
     stand_in, element_type = UNWRAPPED_TYPES[values.dtype.name]
     header = itk.image_from_array(values.view(stand_in))
     header.CopyInformation(like)
@@ -119,8 +120,6 @@ def write_result_image(image: itk.Image, out: Path, k: int, pmap: ParameterMap, 
         ValueError: an unknown ``ResultImagePixelType``, or a format / pixel type pair ITK cannot write,
             naming the map, the file and the fix.
     """
-    from elastix_bridge.core.image_io import write_image
-
     pixel_type = pmap.get("ResultImagePixelType", default=default_pixel_type)
     path = Path(out) / f"result.{k}.{pmap.get('ResultImageFormat', default='mha')}"
     dtype = result_dtype(pixel_type, f"parameter map {k}")

@@ -3,8 +3,8 @@
 :func:`transform_parameter_map` builds the complete map elastix writes after a registration (transform block,
 common keys, ResampleInterpolator block, Resampler block); :func:`write_transform_parameter_file` writes it in
 elastix's text layout (sorted keys, numbers unquoted, other values quoted; atomically);
-:func:`read_transform_parameter_file` reads one back with itk-elastix's parser; :func:`to_parameter_object`
-builds an ``itk.ParameterObject`` for transformix.
+:func:`read_transform_parameter_file` reads one back with itk-elastix's parser, :func:`chain_from_file` a file
+and the initial transforms it names; :func:`to_parameter_object` builds an ``itk.ParameterObject`` for transformix.
 
 Sources: docs/design.md §E10, §E1.5, §E8.2 — ``Core/ComponentBaseClasses/elxTransformBase.hxx``
 (``CreateTransformParameterMap``, ``WriteToFile``), ``elxResampleInterpolatorBase.hxx``,
@@ -13,14 +13,16 @@ Sources: docs/design.md §E10, §E1.5, §E8.2 — ``Core/ComponentBaseClasses/el
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from elastix_bridge.core.files import write_atomically
+from elastix_bridge.core.geometry import ImageGeometry
 from elastix_bridge.core.parameters import (
     ParameterError,
     ParameterMap,
+    UInt,
     as_parameter_map,
     format_number,
     format_numbers,
@@ -31,10 +33,7 @@ from elastix_bridge.core.parameters import (
 
 if TYPE_CHECKING:  # pragma: no cover
     import itk
-    import torch
-
-    from elastix_bridge.core.geometry import ImageGeometry
-    from elastix_bridge.engine.transforms.base import Transform
+    import torch  # annotations only: never imported at run time
 
 __all__ = [
     "RESAMPLE_INTERPOLATOR_KEYS",
@@ -43,6 +42,7 @@ __all__ = [
     "transform_parameter_file_text",
     "write_transform_parameter_file",
     "read_transform_parameter_file",
+    "chain_from_file",
     "to_parameter_object",
 ]
 
@@ -59,8 +59,22 @@ _BSPLINE_RESAMPLE_INTERPOLATORS = (
 )
 
 
+class MappedTransform(Protocol):
+    """What :func:`transform_parameter_map` asks of a transform (the engine's transforms provide it).
+
+    Attributes:
+        dimension: space dimension D.
+    """
+
+    dimension: int
+
+    def parameter_map(self, params: Any = None) -> dict[str, list[str]]:
+        """The transform block: ``Transform``, ``NumberOfParameters``, ``TransformParameters`` and the
+        transform's own keys, at ``params`` (``(P,)``)."""
+
+
 def transform_parameter_map(
-    transform: Transform,
+    transform: MappedTransform,
     params: torch.Tensor | np.ndarray,
     fixed_geometry: ImageGeometry,
     *,
@@ -72,7 +86,8 @@ def transform_parameter_map(
     """The complete TransformParameters map elastix writes for one registration.
 
     Args:
-        transform: an ``elastix_bridge.engine.transforms.base.Transform``.
+        transform: a transform that writes its own block (:class:`MappedTransform`, e.g. one of
+            ``elastix_bridge.engine.transforms``).
         params: its final parameters, ``(P,)`` tensor or array (unscaled).
         fixed_geometry: full-resolution fixed image ``ImageGeometry`` (output domain of transformix).
         initial_transform_file: ``InitialTransformParameterFileName`` value; ``None``/``""`` →
@@ -116,8 +131,6 @@ def transform_parameter_map(
     interp = reg.get("ResampleInterpolator", default="FinalBSplineInterpolator")
     pm.set("ResampleInterpolator", [interp])
     if interp in _BSPLINE_RESAMPLE_INTERPOLATORS:
-        from elastix_bridge.core.parameters import UInt
-
         order = reg.get("FinalBSplineInterpolationOrder", default=3, type=UInt)
         pm.set("FinalBSplineInterpolationOrder", [str(order)])
     # Resampler block
@@ -211,6 +224,50 @@ def read_transform_parameter_file(path: str | Path) -> ParameterMap:
     return read_parameter_file(path)[0]
 
 
+def chain_from_file(path: str | Path) -> list:
+    """The TransformParameters maps of a file and of the initial transforms it names, earliest first.
+
+    ``InitialTransformParameterFileName`` (or the deprecated ``InitialTransformParametersFileName``)
+    is followed recursively until ``NoInitialTransform``. A relative name is used as it is when it is
+    absolute, when the referencing file's own path has no folder part, or when it exists relative to
+    the working directory; otherwise it is taken relative to the referencing file's folder
+    (docs/design.md §E1.7).
+
+    Args:
+        path: a TransformParameters file (``-t0``).
+
+    Returns:
+        list of :class:`~elastix_bridge.core.parameters.ParameterMap`.
+
+    Raises:
+        FileNotFoundError: a file of the chain is missing (the message names the referencing file).
+        ValueError: a file references itself or a chain loops.
+    """
+    maps, seen = [], set()
+    current, referrer = str(path), None
+    while True:
+        p = Path(current)
+        if not p.is_file():
+            where = f" (named by {referrer})" if referrer else ""
+            fix = (f"; correct its (InitialTransformParameterFileName ...) in {referrer}, or copy the file there"
+                   if referrer else "; check the path")
+            raise FileNotFoundError(f"initial TransformParameters file {current} does not exist{where}{fix}")
+        key = str(p.resolve())
+        if key in seen:
+            raise ValueError(f"the initial transform chain loops at {current}")
+        seen.add(key)
+        pm = read_transform_parameter_file(p)
+        maps.insert(0, pm)
+        name = pm.get("InitialTransformParameterFileName",
+                      default=pm.get("InitialTransformParametersFileName", default="NoInitialTransform"))
+        if not name or name == "NoInitialTransform":
+            return maps
+        nxt = Path(name)
+        if not (nxt.is_absolute() or ("/" not in current and "\\" not in current) or nxt.exists()):
+            nxt = p.parent / nxt
+        referrer, current = current, str(nxt)
+
+
 def to_parameter_object(maps: ParameterMap | Mapping[str, Any] | Sequence[Any]) -> itk.ParameterObject:
     """An ``itk.ParameterObject`` holding ``maps`` (in order; for transformix the last map is the output domain).
 
@@ -220,7 +277,7 @@ def to_parameter_object(maps: ParameterMap | Mapping[str, Any] | Sequence[Any]) 
     Returns:
         ``itk.ParameterObject``.
     """
-    import itk
+    import itk  # deferred: only a caller handing maps to itk-elastix reaches here; importing core never imports itk
 
     po = itk.ParameterObject.New()
     for m in parameter_maps_from_object(maps if isinstance(maps, (list, tuple)) else [maps]):

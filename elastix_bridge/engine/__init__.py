@@ -1,7 +1,6 @@
-"""The registration engine for Impact stages, by elastix component family.
+"""The registration engine for Impact stages: one stage, and one package per elastix component family.
 
-``registration`` (a stage: setup, per-level context, the loop, outputs), ``components`` (the registry
-of elastix components), ``geometry`` (ITK-order grid geometry), ``random`` (elastix's Mersenne
-Twister), ``samplers``, ``errors``; and one package per family: ``images`` (level images, pyramids,
-interpolators), ``transforms``, ``metrics``, ``optimizers``.
+Components are registered once in ``component_list`` (lazy targets, read through ``components``); the
+component modules import torch at their top, the registry and the settings readers do not. Its
+modules and what each owns: docs/design.md §2.4; adding a component: docs/engine.md.
 """

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
+    import torch  # annotations only: never imported at run time
 
 _TWO32 = 4294967296.0
 DEFAULT_SEED = 121212

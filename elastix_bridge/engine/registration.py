@@ -14,7 +14,11 @@ that :func:`run_stage` calls in turn:
 
 Why this module is longer than ~600 lines: the steps are kept together, in the order they run, because
 that order decides every draw of elastix's random generator (samplers, ASGD) and so the result to the
-last digit; splitting them over modules would hide it.
+last digit; splitting them over modules would hide it. What the stage reads from the map without torch
+(components, settings, schedules) is in :mod:`elastix_bridge.engine.stage_settings`.
+
+Importing this module imports torch: a front end imports it after the LibTorch check
+(:func:`elastix_bridge.runtime.loader.require_torch`).
 """
 from __future__ import annotations
 
@@ -25,90 +29,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
+import math
+
 import numpy as np
+import torch
 
-from elastix_bridge.core.parameters import UInt
-from elastix_bridge.engine.components import DEFAULTS, FAMILIES, UnsupportedComponentError, component, names, register
-from elastix_bridge.core.geometry import grid_domain_under_initial
+from elastix_bridge.core.geometry import ImageGeometry
+from elastix_bridge.core.impact_parameters import ImpactLevelConfig, ModelConfig, impact_levels
+from elastix_bridge.core.iteration_info import IterationTable
+from elastix_bridge.core.parameters import ParameterMap, UInt
+from elastix_bridge.core.transform_io import transform_parameter_map, write_transform_parameter_file
+from elastix_bridge.engine.components import Component, component
+from elastix_bridge.engine.errors import NonFiniteMetricError
+from elastix_bridge.engine.images.level_images import LevelImage, Mask
+from elastix_bridge.engine.images.pyramids import PyramidSchedule, pyramid_level
+from elastix_bridge.engine.metrics.impact_models import check_level_models
+from elastix_bridge.engine.random import ElastixRandom
+from elastix_bridge.engine.samplers import ImageSampler, make_sampler
+from elastix_bridge.engine.stage_settings import (check_components, check_stage_settings, feature_model_metric,
+                                                  grid_settings, map_pyramid_schedule, metric_weights)
+from elastix_bridge.engine.transforms.base import Transform
+from elastix_bridge.engine.transforms.bspline import grid_domain_under_initial, grid_for_level
+from elastix_bridge.engine.transforms.initial import ComposedTransform
+from elastix_bridge.engine.transforms.initializers import translation_initialization
+from elastix_bridge.engine.transforms.linear_setup import make_linear_transform
+from elastix_bridge.runtime import loader
+from elastix_bridge.runtime.memory import set_mmap_threshold
 
-if TYPE_CHECKING:  # names for annotations only: importing this module must not import torch or itk
+if TYPE_CHECKING:  # pragma: no cover
     import itk
-    import torch
-
-    from elastix_bridge.core.impact_parameters import ImpactLevelConfig, ModelConfig
-    from elastix_bridge.core.parameters import ParameterMap
-    from elastix_bridge.engine.components import Component
-    from elastix_bridge.core.geometry import ImageGeometry
-    from elastix_bridge.engine.images.level_images import LevelImage, Mask
-    from elastix_bridge.engine.images.pyramids import PyramidSchedule
-    from elastix_bridge.engine.random import ElastixRandom
-    from elastix_bridge.engine.samplers import ImageSampler
-    from elastix_bridge.engine.transforms.base import Transform
 
 log = logging.getLogger("elastix_bridge")
-
-# Components of which a multi-metric map may list one per metric (docs/design.md §E7.6).
-PER_METRIC = ("ImageSampler",)
-
-register("Registration", "MultiResolutionRegistration", multi_metric=False,
-         source="Components/Registrations/MultiResolutionRegistration")
-register("Registration", "MultiMetricMultiResolutionRegistration", multi_metric=True,
-         notes="`Metric<i>Weight`, `Metric<i>Use`, `UseRelativeWeights`/`Metric<i>RelativeWeight`, one "
-               "`ImageSampler` per metric or a shared one",
-         source="Components/Registrations/MultiMetricMultiResolutionRegistration")
-
-
-def check_components(pmap: ParameterMap) -> dict:
-    """Return the component names of a map, refusing unsupported ones by name (docs/design.md §E1.8).
-
-    Returns:
-        ``{key: name}`` for the single-valued components, plus ``"Metric"`` (list of metric names)
-        and ``"ImageSampler"`` (list: one sampler, or one per metric).
-
-    Raises:
-        UnsupportedComponentError: an unsupported or missing component, with the supported list.
-    """
-    metrics = pmap.values("Metric")
-    if not metrics:
-        raise UnsupportedComponentError("the parameter map has no (Metric ...); elastix requires it")
-    unknown = [m for m in metrics if m not in names("Metric")]
-    if unknown:
-        raise UnsupportedComponentError(
-            f"(Metric {' '.join(chr(34) + m + chr(34) for m in metrics)}): {', '.join(unknown)} not supported by "
-            f"the bridge engine. Supported metrics: {', '.join(names('Metric'))}.")
-    if metrics.count("Impact") > 1:
-        raise UnsupportedComponentError("the bridge engine runs at most one Impact metric per map; several layers "
-                                        "or models go into that one metric's Impact* options")
-    registration = pmap.get("Registration", default=DEFAULTS["Registration"])
-    if len(metrics) > 1 and registration != "MultiMetricMultiResolutionRegistration":
-        raise UnsupportedComponentError(
-            f"{len(metrics)} metrics need (Registration \"MultiMetricMultiResolutionRegistration\"), as in "
-            f"elastix; the map has (Registration \"{registration}\")")
-    scales = pmap.values("MovingImageDerivativeScales")
-    if scales and any(float(v) != 1.0 for v in scales):
-        raise UnsupportedComponentError(
-            f"(MovingImageDerivativeScales {' '.join(scales)}) is not supported by the bridge engine; remove it "
-            "(all 1) or run this map on elastix (engine='elastix', --engine elastix)")
-    chosen = {"Metric": metrics}
-    for key in FAMILIES:
-        if key == "Metric":
-            continue
-        allowed = names(key)
-        values = pmap.values(key)
-        if not values:
-            if key in DEFAULTS:
-                values = [DEFAULTS[key]]
-            else:
-                raise UnsupportedComponentError(f"the parameter map has no ({key} ...); elastix requires it. "
-                                                f"Supported: {', '.join(allowed)}")
-        count_ok = len(values) == 1 or (key in PER_METRIC and len(values) <= len(metrics))
-        if not count_ok or any(v not in allowed for v in values):
-            raise UnsupportedComponentError(
-                f"({key} {' '.join(chr(34) + v + chr(34) for v in values)}) is not supported by the bridge engine. "
-                f"Supported: {', '.join(allowed)}.")
-        chosen[key] = values if key in PER_METRIC else values[0]
-    return chosen
-
 
 @dataclass
 class StageResult:
@@ -117,7 +68,7 @@ class StageResult:
     Attributes:
         transform_parameter_map: the elastix TransformParameters map (ParameterMap).
         transform: the final-level transform object; ``parameters`` its parameters (Tensor[P]).
-        history: per level, the list of :class:`~elastix_bridge.engine.optimizers.asgd.IterationRecord`.
+        history: per level, the list of :class:`~elastix_bridge.engine.optimizers.base.IterationRecord`.
         seconds: wall time of the stage.
     """
 
@@ -128,7 +79,7 @@ class StageResult:
     seconds: float = 0.0
 
 
-class _StageCost:
+class StageCost:
     """Cost function for the optimizer: the weighted metrics and their autograd derivative.
 
     ``V = Σ_i w_i V_i`` and ``∇V = Σ_i w_i ∇V_i`` over the metrics in use (docs/design.md §E7.6); the
@@ -139,12 +90,12 @@ class _StageCost:
     elastix's per-metric iteration-table columns.
     """
 
-    def __init__(self, metrics: Sequence[Any], samplers: Sequence[ImageSampler], exact_sampler: ImageSampler,
-                 weights: Sequence[float], use: Sequence[bool],
-                 relative_weights: Optional[Sequence[float]] = None) -> None:
+    def __init__(self, metrics: Sequence[Any], samplers: Sequence[ImageSampler], weights: Sequence[float],
+                 use: Sequence[bool], relative_weights: Optional[Sequence[float]] = None,
+                 exact_sampler: Optional[ImageSampler] = None) -> None:
         self.metrics = metrics
         self.samplers = samplers
-        self.exact_sampler = exact_sampler
+        self.exact_sampler = exact_sampler  # or set by an optimizer that asks for exact gradients (before_level)
         self.weights = weights
         self.use = use
         self.relative_weights = relative_weights
@@ -161,6 +112,9 @@ class _StageCost:
 
     def _samples(self, i: int, exact: bool):
         if exact:
+            if self.exact_sampler is None:
+                raise RuntimeError("exact gradients were asked for, but the optimizer set no exact-gradient sampler "
+                                   "in its before_level")
             if self._exact_points is None:
                 self._exact_points = self.exact_sampler.sample()
             return self._exact_points
@@ -170,8 +124,6 @@ class _StageCost:
         return self._points[k]
 
     def value_and_derivative(self, parameters: torch.Tensor, exact: bool = False) -> tuple[float, torch.Tensor]:
-        import torch
-
         values, grads, self.parts = [], [], []
         for i, metric in enumerate(self.metrics):
             tic = time.perf_counter()
@@ -202,10 +154,6 @@ def _check_finite_cost(metrics, values, grads) -> None:
     Raises:
         elastix_bridge.engine.errors.NonFiniteMetricError: naming the metric; :func:`optimize_level` adds where.
     """
-    import math
-
-    from elastix_bridge.engine.errors import NonFiniteMetricError
-
     for metric, value, grad in zip(metrics, values, grads):
         norm = float(grad.norm())
         if not (math.isfinite(value) and math.isfinite(norm)):
@@ -213,89 +161,10 @@ def _check_finite_cost(metrics, values, grads) -> None:
                                        f"and derivative norm {norm}")
 
 
-def _schedule(pmap, names, count, typ):
-    """First parameter in ``names`` that has all ``count`` entries, as an array; None otherwise."""
-    for name in names:
-        if pmap.has(name) and len(pmap.values(name)) >= count:
-            return np.array([pmap.get_entry(name, i, type=typ) for i in range(count)])
-    return None
-
-
-def map_pyramid_schedule(pmap: ParameterMap, which: str, kind: str, levels: int,
-                         geometry: ImageGeometry) -> PyramidSchedule:
-    """The ``which`` ("Fixed"/"Moving") image pyramid's schedule that a parameter map asks for.
-
-    Reads the rescale and smoothing schedules with elastix's fallbacks (``<which>ImagePyramid…`` before
-    ``ImagePyramid…``; docs/design.md §E3) and hands them to :func:`.pyramids.pyramid_schedule`.
-
-    Returns:
-        What :func:`.pyramids.pyramid_schedule` returns for ``kind`` over ``levels`` levels of ``geometry``.
-    """
-    from elastix_bridge.engine.images.pyramids import pyramid_schedule
-
-    d = geometry.dimension
-    rescale = _schedule(pmap, [f"{which}ImagePyramidRescaleSchedule", "ImagePyramidRescaleSchedule",
-                               f"{which}ImagePyramidSchedule", "ImagePyramidSchedule"], levels * d, int)
-    smoothing = _schedule(pmap, [f"{which}ImagePyramidSmoothingSchedule", "ImagePyramidSmoothingSchedule"],
-                          levels * d, float)
-    return pyramid_schedule(kind, levels, geometry,
-                            rescale=None if rescale is None else rescale.reshape(levels, d),
-                            smoothing=None if smoothing is None else smoothing.reshape(levels, d))
-
-
-def _grid_settings(pmap, geometry, levels: int):
-    """Final B-spline grid spacing (mm, ITK order) and the per-level schedule (docs/design.md §E6.4)."""
-    d = geometry.dimension
-    if pmap.has("FinalGridSpacingInPhysicalUnits") and pmap.has("FinalGridSpacingInVoxels"):
-        raise ValueError("give either FinalGridSpacingInPhysicalUnits or FinalGridSpacingInVoxels, not both")
-    if pmap.has("FinalGridSpacingInVoxels"):
-        final = np.array([pmap.get("FinalGridSpacingInVoxels", level=k, type=float) for k in range(d)])
-        final = final * geometry.spacing
-    else:
-        final = np.array([pmap.get("FinalGridSpacingInPhysicalUnits", level=k, default=8.0, type=float)
-                          for k in range(d)])
-    if pmap.has("GridSpacingSchedule"):
-        values = np.array([float(v) for v in pmap.values("GridSpacingSchedule")])
-        if values.size == levels:
-            schedule = np.repeat(values[:, None], d, axis=1)
-        elif values.size == levels * d:
-            schedule = values.reshape(levels, d)
-        else:
-            raise ValueError(f"GridSpacingSchedule has {values.size} values; elastix expects one per resolution "
-                             f"({levels}) or one per resolution and dimension ({levels * d})")
-    else:
-        from elastix_bridge.engine.transforms.bspline import default_grid_schedule
-
-        schedule = np.array(default_grid_schedule(levels, d))
-    return final, schedule
-
-
-def _metric_weights(pmap, components, level: int):
-    """``(weights, use, relative_weights)`` of the metrics at ``level`` (docs/design.md §E7.6).
-
-    MultiMetricMultiResolutionRegistration: ``Metric<i>Weight`` (default 1/number of metrics),
-    ``Metric<i>Use`` (default true: excluded metrics are still evaluated), and with
-    ``UseRelativeWeights`` (entry 0) ``Metric<i>RelativeWeight`` (default 1/number of metrics).
-    MultiResolutionRegistration: the single metric with weight 1.
-    """
-    n = len(components["Metric"])
-    if not component("Registration", components["Registration"]).trait("multi_metric"):
-        return [1.0], [True], None
-    weights = [pmap.get(f"Metric{i}Weight", level=level, default=1.0 / n, type=float) for i in range(n)]
-    use = [pmap.get(f"Metric{i}Use", level=level, default=True, type=bool) for i in range(n)]
-    relative = None
-    if pmap.get("UseRelativeWeights", default=False, type=bool):
-        relative = [pmap.get(f"Metric{i}RelativeWeight", level=level, default=1.0 / n, type=float)
-                    for i in range(n)]
-    return weights, use, relative
-
-
 def _combined(transform, initial_transform, how: str):
     """The stage transform, combined with the earlier stages' transform when there is one."""
     if initial_transform is None:
         return transform
-    from elastix_bridge.engine.transforms.initial import ComposedTransform
-
     return ComposedTransform(transform, initial_transform, how)
 
 
@@ -312,7 +181,7 @@ class BSplineGridPlan:
 
     Attributes:
         geometry: the domain the grids cover: the full fixed image's geometry, or the one moved by the
-            initial transform (:func:`~elastix_bridge.core.geometry.grid_domain_under_initial`).
+            initial transform (:func:`~elastix_bridge.engine.transforms.bspline.grid_domain_under_initial`).
         final_spacing: ``(D,)`` final grid spacing, mm, ITK order.
         schedule: ``(levels, D)`` factors of the final spacing per resolution level (``GridSpacingSchedule``).
         order: spline order (``BSplineTransformSplineOrder``).
@@ -324,16 +193,16 @@ class BSplineGridPlan:
     order: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StageSetup:
     """What one stage reads, checks and loads once, before its first resolution level (docs/design.md §E2).
 
-    Made by :func:`setup_stage`. Images and masks are the full-resolution ones; every per-level list
+    Made by :func:`setup_stage`, field by name. Images and masks are the full-resolution ones; every per-level list
     has one entry per resolution level.
 
     Attributes:
         pmap: the stage's :class:`~elastix_bridge.core.parameters.ParameterMap`.
-        components: the component names, from :func:`check_components`.
+        components: the component names, from :func:`~elastix_bridge.engine.stage_settings.check_components`.
         levels: ``NumberOfResolutions``.
         fixed_image, moving_image: the ``itk.Image`` inputs the pyramid levels are made from.
         fixed, moving: the same as :class:`~elastix_bridge.engine.images.level_images.LevelImage` (float, ITK geometry).
@@ -384,8 +253,6 @@ class StageSetup:
 
     def transform_parameter_map(self, transform: Transform, parameters: torch.Tensor) -> ParameterMap:
         """The elastix TransformParameters map of ``transform`` at ``parameters`` (docs/design.md §E10)."""
-        from elastix_bridge.core.transform_io import transform_parameter_map
-
         return transform_parameter_map(transform, parameters, self.fixed.geometry, registration_map=self.pmap,
                                        initial_transform_file=self.initial_transform_file,
                                        how_to_combine=self.how)
@@ -401,9 +268,6 @@ def _validated_stage(fixed_image, moving_image, pmap):
         UnsupportedComponentError, ValueError, elastix_bridge.core.parameters.ParameterError,
         elastix_bridge.core.impact_parameters.ImpactParameterError: naming the key or the image.
     """
-    from elastix_bridge.core.impact_parameters import impact_levels
-    from elastix_bridge.engine.images.level_images import LevelImage
-
     components = check_components(pmap)
     fixed = LevelImage.from_itk(fixed_image)
     moving = LevelImage.from_itk(moving_image)
@@ -415,7 +279,7 @@ def _validated_stage(fixed_image, moving_image, pmap):
     if levels < 1:
         raise ValueError("NumberOfResolutions must be at least 1")
     check_stage_settings(pmap, components, levels, dim)
-    impact_index = components["Metric"].index("Impact") if "Impact" in components["Metric"] else None
+    impact_index = feature_model_metric(components["Metric"])
     configs = ([] if impact_index is None
                else impact_levels(pmap, levels, dim, metric_index=impact_index))
     return components, fixed, moving, levels, configs
@@ -431,10 +295,6 @@ def _load_models(pmap, configs, dimension: int, warn: bool = True):
         elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError: a device or
             a model that cannot be used, naming the ``Impact*ModelsPath<level>`` key.
     """
-    from elastix_bridge.runtime import loader
-    from elastix_bridge.core.impact_parameters import resolve_model_path
-    from elastix_bridge.engine.metrics.impact import check_level_models
-
     models, devices = [], []
     for cfg in configs:
         device = loader.resolve_device(cfg.gpu)
@@ -445,7 +305,7 @@ def _load_models(pmap, configs, dimension: int, warn: bool = True):
         def load(c: ModelConfig, which: str) -> Any:
             key = (f"Impact{which}ModelsPath{cfg.level}" if pmap.has(f"Impact{which}ModelsPath{cfg.level}")
                    else f"ImpactModelsPath{cfg.level}")
-            return loader.load_feature_model(str(resolve_model_path(c.path)), device, half=half, parameter=key)
+            return loader.load_feature_model(str(loader.model_file(c.path)), device, half=half, parameter=key)
 
         models.append(([load(c, "Fixed") for c in cfg.fixed_models],
                        [load(c, "Moving") for c in cfg.moving_models]))
@@ -460,21 +320,19 @@ def check_stage_models(fixed_image: itk.Image, pmap: ParameterMap) -> None:
     The command and :func:`elastix_bridge.api.elastix_registration_method` call it for every map on the
     bridge engine before they take the output folder (which removes an earlier run's outputs), so that a
     refused model leaves them in place. The stage's own check (:func:`_load_models`) then finds the models
-    in the loader's cache and their probes done (:func:`elastix_bridge.engine.metrics.impact.check_level_models`).
+    in the loader's cache and their probes done (:func:`elastix_bridge.engine.metrics.impact_models.check_level_models`).
 
     Raises:
         elastix_bridge.runtime.loader.ImpactUnavailableError, elastix_bridge.runtime.loader.ImpactModelError,
         elastix_bridge.core.impact_parameters.ImpactParameterError: as :func:`_load_models`.
     """
-    from elastix_bridge.core.impact_parameters import impact_levels
-    from elastix_bridge.runtime import loader
-
     components = check_components(pmap)
-    if "Impact" not in components["Metric"]:
+    impact_index = feature_model_metric(components["Metric"])
+    if impact_index is None:
         return
     dimension = int(fixed_image.GetImageDimension())
     levels = pmap.get("NumberOfResolutions", default=3, type=UInt)
-    configs = impact_levels(pmap, levels, dimension, metric_index=components["Metric"].index("Impact"))
+    configs = impact_levels(pmap, levels, dimension, metric_index=impact_index)
     loader.load_plugin()
     with loader.jit_optimization_disabled():
         _load_models(pmap, configs, dimension, warn=False)  # the stage logs its warnings
@@ -490,14 +348,10 @@ def _stage_transform(pmap, components, levels: int, fixed, moving, fixed_mask, m
         ``AutomaticTransformInitialization`` start (§E6.2); for a linear transform, its transform,
         start parameters and scales (§E6.1–§E6.3). Transforms are combined with the initial one.
     """
-    import torch
-
-    from elastix_bridge.engine.transforms.linear import make_linear_transform, translation_initialization
-
     transform_component = component("Transform", components["Transform"])
     kind = transform_component.trait("kind")
     if kind == "bspline":
-        final_spacing, schedule = _grid_settings(pmap, fixed.geometry, levels)
+        final_spacing, schedule = grid_settings(pmap, fixed.geometry, levels)
         geometry = fixed.geometry
         if initial_transform is not None and how == "Compose":
             geometry, final_spacing = grid_domain_under_initial(fixed.geometry, final_spacing, initial_transform)
@@ -539,14 +393,8 @@ def setup_stage(fixed_image: itk.Image, moving_image: itk.Image, pmap: Parameter
     Raises:
         The validation and loading errors listed in :func:`run_stage`.
     """
-    from elastix_bridge.runtime import loader
-    from elastix_bridge.runtime.memory import set_mmap_threshold
-    from elastix_bridge.engine.images.level_images import Mask
-    from elastix_bridge.engine.random import ElastixRandom
-
     components, fixed, moving, levels, configs = _validated_stage(fixed_image, moving_image, pmap)
     set_mmap_threshold(any(c.mode == "Jacobian" for c in configs))
-    torch = loader.require_torch()
     plugin = loader.load_plugin()  # also holds the B-spline kernels every metric uses
     with loader.jit_optimization_disabled():
         models, devices = _load_models(pmap, configs, fixed.geometry.dimension)
@@ -563,10 +411,14 @@ def setup_stage(fixed_image: itk.Image, moving_image: itk.Image, pmap: Parameter
         how = pmap.get("HowToCombineTransforms", default="Compose")
         transform, parameters0, scales, grid = _stage_transform(pmap, components, levels, fixed, moving, fmask,
                                                                 mmask, initial_transform, how)
-        yield StageSetup(pmap, components, levels, fixed_image, moving_image, fixed, moving, fmask, mmask,
-                         fixed_schedule, moving_schedule, configs, models, devices, plugin, generator,
-                         impact_generator, component("Optimizer", components["Optimizer"]), how,
-                         initial_transform, initial_transform_file, transform, parameters0, scales, grid)
+        yield StageSetup(pmap=pmap, components=components, levels=levels, fixed_image=fixed_image,
+                         moving_image=moving_image, fixed=fixed, moving=moving, fixed_mask=fmask, moving_mask=mmask,
+                         fixed_schedule=fixed_schedule, moving_schedule=moving_schedule, impact_levels=configs,
+                         models=models, devices=devices, plugin=plugin, generator=generator,
+                         impact_generator=impact_generator,
+                         optimizer=component("Optimizer", components["Optimizer"]), how=how,
+                         initial_transform=initial_transform, initial_transform_file=initial_transform_file,
+                         transform=transform, parameters0=parameters0, scales=scales, grid=grid)
 
 
 def _level_images(stage: StageSetup, level: int):
@@ -575,9 +427,6 @@ def _level_images(stage: StageSetup, level: int):
     Returns:
         ``(fixed, moving, fixed_mask, moving_mask)``: ``LevelImage`` and ``Mask`` or None.
     """
-    from elastix_bridge.engine.images.level_images import LevelImage
-    from elastix_bridge.engine.images.pyramids import pyramid_level
-
     pmap, components = stage.pmap, stage.components
     fixed = LevelImage.from_itk(pyramid_level(stage.fixed_image, components["FixedImagePyramid"],
                                               stage.fixed_schedule, level))
@@ -598,10 +447,6 @@ def _level_transform(stage: StageSetup, level: int, previous):
     transforms keep the stage's transform and continue from the previous level's parameters.
     ``previous`` is ``(transform, parameters)`` at the end of the previous level, or None.
     """
-    import torch
-
-    from elastix_bridge.engine.transforms.bspline import grid_for_level
-
     if stage.grid is not None:
         g = stage.grid
         transform = _combined(component("Transform", stage.components["Transform"]).factory(
@@ -616,11 +461,42 @@ def _level_transform(stage: StageSetup, level: int, previous):
     return transform, parameters.to(torch.float64)
 
 
-def _level_metrics(stage: StageSetup, level: int, fixed, moving, fixed_mask, moving_mask, transform, parameters):
-    """The level's metrics, initialised at ``parameters`` (docs/design.md §E7, §I4)."""
-    from elastix_bridge.engine.metrics.classic import make_classic_metric
-    from elastix_bridge.engine.metrics.impact import ImpactMetric
+@dataclass(frozen=True)
+class MetricInputs:
+    """What one metric of one resolution level is built from: ``cls.for_level(inputs)`` of the Metric family.
 
+    Attributes:
+        stage: the :class:`StageSetup` (the Impact metric reads its models, devices, plugin and generator).
+        level: the resolution level; index: the metric's position in ``(Metric ...)`` (its keys' prefix
+            ``Metric<index>``).
+        fixed, moving: the level's ``LevelImage``; fixed_mask, moving_mask: its ``Mask`` or None.
+        transform: the level's transform.
+        moving_interpolation_order: the Interpolator's B-spline order for the moving image.
+        required_ratio_of_valid_samples: ``RequiredRatioOfValidSamples``, 0 when ``CheckNumberOfSamples`` is false.
+    """
+
+    stage: StageSetup
+    level: int
+    index: int
+    fixed: LevelImage
+    moving: LevelImage
+    fixed_mask: Optional[Mask]
+    moving_mask: Optional[Mask]
+    transform: Transform
+    moving_interpolation_order: int
+    required_ratio_of_valid_samples: float
+
+    @property
+    def pmap(self) -> ParameterMap:
+        return self.stage.pmap
+
+    @property
+    def prefix(self) -> str:
+        return f"Metric{self.index}"
+
+
+def _level_metrics(stage: StageSetup, level: int, fixed, moving, fixed_mask, moving_mask, transform, parameters):
+    """The level's metrics, built through the registry and initialised at ``parameters`` (docs/design.md §E7, §I4)."""
     pmap = stage.pmap
     order_moving = component("Interpolator", stage.components["Interpolator"]).factory(pmap, level)
     metrics = []
@@ -628,16 +504,8 @@ def _level_metrics(stage: StageSetup, level: int, fixed, moving, fixed_mask, mov
         ratio = (pmap.get("RequiredRatioOfValidSamples", level=level, default=0.25, type=float, prefix=f"Metric{i}")
                  if pmap.get("CheckNumberOfSamples", level=level, default=True, type=bool, prefix=f"Metric{i}")
                  else 0.0)
-        if component("Metric", name).trait("feature_models"):
-            metric = ImpactMetric(stage.impact_levels[level], fixed, moving, moving_mask, transform, stage.plugin,
-                                  stage.models[level], stage.devices[level], stage.impact_generator,
-                                  moving_interpolation_order=order_moving, required_ratio_of_valid_samples=ratio)
-        else:
-            metric = make_classic_metric(
-                name, fixed, moving, moving_mask, transform, moving_interpolation_order=order_moving,
-                required_ratio_of_valid_samples=ratio, parameter_map=pmap, level=level, prefix=f"Metric{i}",
-                fixed_mask=fixed_mask, fixed_interpolation_order=pmap.get(
-                    "FixedImageBSplineInterpolationOrder", level=level, default=1, type=int))
+        inputs = MetricInputs(stage, level, i, fixed, moving, fixed_mask, moving_mask, transform, order_moving, ratio)
+        metric = component("Metric", name).factory.for_level(inputs)
         metric.initialize(parameters)
         metrics.append(metric)
     return metrics
@@ -647,15 +515,16 @@ class LevelContext:
     """Everything one resolution level optimises with, built in elastix's order (docs/design.md §E2).
 
     Pyramid images and masks, the transform and its start parameters, the samplers, the metrics and
-    their weighted cost, ASGD's Jacobian terms (when it estimates its step size, §E9), the iteration
-    table and the optimizer, whose every iteration goes to the metrics, the table and ``on_iteration``.
+    their weighted cost, the iteration table and the optimizer, built from its own settings and prepared
+    by its ``before_level`` (ASGD: its exact-gradient grid and Jacobian terms, §E9); every iteration goes
+    to the metrics, the table and ``on_iteration``.
 
     Attributes:
         level: the resolution level. fixed, moving: ``LevelImage``. fixed_mask, moving_mask: ``Mask`` or None.
         transform: the level's transform; parameters: its start parameters (float64 Tensor[P]).
         samplers: one per metric or one shared (:mod:`elastix_bridge.engine.samplers`).
-        settings: :class:`~elastix_bridge.engine.optimizers.asgd.ASGDSettings` of the level.
-        metrics, cost: the metrics and their :class:`_StageCost`. terms: Jacobian terms or None.
+        settings: the optimizer's settings of the level (its class in :mod:`elastix_bridge.engine.optimizers.settings`).
+        metrics, cost: the metrics and their :class:`StageCost`.
         table: :class:`~elastix_bridge.core.iteration_info.IterationTable`. optimizer: the level's optimizer.
     """
 
@@ -663,10 +532,6 @@ class LevelContext:
                  output_directory: Optional[Path] = None,
                  elastix_level: int = 0, on_iteration: Optional[Callable] = None) -> None:
         """Build the level; ``previous`` is ``(transform, parameters)`` at the end of the previous level."""
-        from elastix_bridge.core.iteration_info import IterationTable
-        from elastix_bridge.engine.optimizers.asgd import ASGDSettings
-        from elastix_bridge.engine.samplers import GridSampler, make_sampler
-
         pmap, components = stage.pmap, stage.components
         self.stage, self.level, self.on_iteration = stage, level, on_iteration
         self.elastix_level, self.iteration = elastix_level, 0  # the iteration being computed, to name it in errors
@@ -676,30 +541,16 @@ class LevelContext:
         self.samplers = [make_sampler(name, self.fixed.geometry, self.fixed_mask, number_of_samples=n_samples,
                                       generator=stage.generator, parameter_map=pmap, level=level)
                          for name in components["ImageSampler"]]
-        self.settings = ASGDSettings.from_parameter_map(pmap, level, int(self.parameters.numel()),
-                                                        stage.fixed.geometry.spacing, stage.moving.geometry.spacing)
-        exact_sampler = GridSampler(self.fixed.geometry, self.fixed_mask,
-                                    number_of_samples=self.settings.number_of_samples_for_exact_gradient)
+        self.settings = stage.optimizer.trait("settings").from_parameter_map(
+            pmap, level, number_of_parameters=int(self.parameters.numel()),
+            fixed_spacing=stage.fixed.geometry.spacing, moving_spacing=stage.moving.geometry.spacing)
         self.metrics = _level_metrics(stage, level, self.fixed, self.moving, self.fixed_mask, self.moving_mask,
                                       self.transform, self.parameters)
-        self.cost = _StageCost(self.metrics, self.samplers, exact_sampler, *_metric_weights(pmap, components, level))
-        self.terms = self._jacobian_terms()
+        self.cost = StageCost(self.metrics, self.samplers, *metric_weights(pmap, components, level))
         self.table = IterationTable(output_directory, elastix_level, level, pmap,
                                     stage.optimizer.trait("iteration_columns", "gradient_descent"), len(self.metrics))
-        self.optimizer = stage.optimizer.factory(pmap, level, self.settings, stage.generator, self._after_iteration)
-
-    def _jacobian_terms(self):
-        """ASGD's Jacobian terms for its step-size estimation, or None when it does not estimate (§E9)."""
-        from elastix_bridge.engine.optimizers.asgd import jacobian_terms
-        from elastix_bridge.engine.samplers import GridSampler
-
-        if not (self.stage.optimizer.trait("automatic_parameter_estimation")
-                and self.settings.automatic_parameter_estimation):
-            return None
-        points = GridSampler(self.fixed.geometry, self.fixed_mask,
-                             number_of_samples=self.settings.number_of_jacobian_measurements).sample()
-        values, indices = self.transform.jacobian(points, self.parameters)
-        return jacobian_terms(values, indices, int(self.parameters.numel()), scales=self.stage.scales)
+        self.optimizer = stage.optimizer.factory(self.settings, stage.generator, self._after_iteration)
+        self.optimizer.before_level(self)
 
     def where(self) -> str:
         """``"stage 0, level 1, iteration 7"`` for error messages."""
@@ -719,18 +570,15 @@ def optimize_level(context: LevelContext) -> torch.Tensor:
 
     Returns:
         The optimised parameters (float64 Tensor[P]); ``context.optimizer.history`` holds the
-        :class:`~elastix_bridge.engine.optimizers.asgd.IterationRecord` list.
+        :class:`~elastix_bridge.engine.optimizers.base.IterationRecord` list.
 
     Raises:
         elastix_bridge.engine.errors.SamplingError: too few valid samples.
         elastix_bridge.engine.errors.NonFiniteMetricError: a NaN or Inf metric value or derivative, naming the
             stage, level, iteration and likely cause.
     """
-    from elastix_bridge.engine.errors import NonFiniteMetricError
-
     try:
-        parameters = context.optimizer.optimize(context.cost, context.parameters, context.terms,
-                                                scales=context.stage.scales)
+        parameters = context.optimizer.optimize(context.cost, context.parameters, scales=context.stage.scales)
     except NonFiniteMetricError as error:
         raise NonFiniteMetricError(f"{context.where()}: {error}; {_non_finite_cause(context)}") from None
     finally:
@@ -793,8 +641,6 @@ def run_stage(fixed_image: itk.Image, moving_image: itk.Image, pmap: ParameterMa
         elastix_bridge.engine.errors.NonFiniteMetricError: a NaN or Inf metric value or derivative.
     """
     tic = time.perf_counter()
-    from elastix_bridge.core.transform_io import write_transform_parameter_file
-
     with setup_stage(fixed_image, moving_image, pmap, fixed_mask, moving_mask, initial_transform=initial_transform,
                      initial_transform_file=initial_transform_file) as stage:
         history, previous = [], None
@@ -813,25 +659,3 @@ def run_stage(fixed_image: itk.Image, moving_image: itk.Image, pmap: ParameterMa
                     stage.transform_parameter_map(context.transform, parameters),
                     Path(output_directory) / f"TransformParameters.{elastix_level}.R{level}.txt")
         return stage_output(stage, context.transform, parameters, history, time.perf_counter() - tic)
-
-
-def check_stage_settings(pmap: ParameterMap, components: dict, levels: int, dimension: int) -> None:
-    """Read every level's optimizer settings and the B-spline grid schedule once, before any computation.
-
-    Called at the start of :func:`run_stage` and by :mod:`elastix_bridge.validation` for every bridge map
-    of a chain, so that a bad value in a later map stops the chain before its first stage. Settings whose
-    defaults depend on the images (ASGD's step length, the grid spacing in voxels) are read on a unit
-    grid: only the values written in the map are checked.
-
-    Raises:
-        elastix_bridge.core.parameters.ParameterError, ValueError: a value of the wrong form or an invalid
-            combination, naming the key.
-    """
-    from elastix_bridge.core.geometry import ImageGeometry
-
-    unit = np.ones(dimension)
-    read_settings = component("Optimizer", components["Optimizer"]).trait("settings")
-    for level in range(levels):
-        read_settings(pmap, level, dimension)
-    if component("Transform", components["Transform"]).trait("kind") == "bspline":
-        _grid_settings(pmap, ImageGeometry((2,) * dimension, unit, 0 * unit, np.eye(dimension)), levels)

@@ -19,15 +19,14 @@ import itertools
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+import torch
 
-from elastix_bridge.engine.components import component, register
 from elastix_bridge.core.geometry import ImageGeometry
+from elastix_bridge.core.parameters import ParameterMap
+from elastix_bridge.engine.components import component
 from elastix_bridge.engine.random import ElastixRandom, as_elastix_random
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from elastix_bridge.core.parameters import ParameterMap
     from elastix_bridge.engine.images.level_images import Mask
 
 NOT_ENOUGH_SAMPLES = ("Could not find enough image samples within reasonable time. "
@@ -116,24 +115,19 @@ class ImageSampler:
         self.device = device
         self.dtype = dtype
 
-    def _out(self, index_xyz: np.ndarray | "torch.Tensor") -> "torch.Tensor":
-        import torch
-
+    def to_points(self, index_xyz: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(N, D)`` continuous indices (ITK order) as the sampler's ``(N, D)`` physical points (mm, its device, dtype)."""
         t = torch.as_tensor(index_xyz, dtype=torch.float64)
         pts = self.geometry.index_to_physical(t)
         return pts.to(device=self.device, dtype=self.dtype or torch.float64)
 
     def _inside_mask(self, index_xyz: "torch.Tensor") -> "torch.Tensor":
         if self.mask is None:
-            import torch
-
             return torch.ones(index_xyz.shape[0], dtype=torch.bool)
         return self.mask.contains(self.geometry.index_to_physical(index_xyz))
 
-    def _full_indices(self) -> "torch.Tensor":
-        """Region voxels inside the mask, ``(M, D)`` float64 indices, x fastest."""
-        import torch
-
+    def region_indices(self) -> torch.Tensor:
+        """The sampling region's voxels inside the mask, ``(M, D)`` float64 indices (ITK order), x fastest."""
         idx = torch.as_tensor(_region_indices(self.region_start_xyz, self.region_size_xyz))
         if self.mask is not None:
             idx = idx[self._inside_mask(idx)]
@@ -167,7 +161,6 @@ def _random_from_parameter_map(cls, image_geometry, mask=None, *, parameter_map=
                **options)
 
 
-@register("ImageSampler", "Full", random=False, source="Common/ImageSamplers/itkImageFullSampler.hxx")
 class FullSampler(ImageSampler):
     """Every voxel of the cropped region inside the mask, in memory order (x fastest).
 
@@ -178,11 +171,9 @@ class FullSampler(ImageSampler):
 
     def sample(self) -> "torch.Tensor":
         """Returns ``(M, D)`` physical voxel centres (mm)."""
-        return self._out(self._full_indices())
+        return self.to_points(self.region_indices())
 
 
-@register("ImageSampler", "Grid", random=False, notes="`SampleGridSpacing`",
-          source="Common/ImageSamplers/itkImageGridSampler.hxx")
 class GridSampler(ImageSampler):
     """Regular grid centred in the cropped region (``Common/ImageSamplers/itkImageGridSampler.hxx``).
 
@@ -237,8 +228,6 @@ class GridSampler(ImageSampler):
 
     def grid_indices(self) -> "torch.Tensor":
         """All grid indices before masking, ``(K, D)`` float64, x fastest."""
-        import torch
-
         n, s, st = self.region_size_xyz, self.spacing_xyz, self.region_start_xyz
         m = 1 + (n - 1) // s
         first = st + (n - ((m - 1) * s + 1)) // 2
@@ -251,7 +240,7 @@ class GridSampler(ImageSampler):
         idx = self.grid_indices()
         if self.mask is not None:
             idx = idx[self._inside_mask(idx)]
-        return self._out(idx)
+        return self.to_points(idx)
 
 
 def _check_n(n) -> int:
@@ -295,11 +284,9 @@ class _RejectionSampler(ImageSampler):
             RuntimeError: elastix's "Could not find enough image samples ..." when fewer than N of the
                 10·N candidates are inside the mask.
         """
-        import torch
-
         n = self.number_of_samples
         if self.mask is None:
-            return self._out(self._draw(random, n))
+            return self.to_points(self._draw(random, n))
         budget = 10 * n
         accepted, found, tried = [], 0, 0
         while found < n and tried < budget:
@@ -321,11 +308,9 @@ class _RejectionSampler(ImageSampler):
             found += int(ok.sum())
         if found < n:
             raise _not_enough(n, found, tried)
-        return self._out(torch.cat(accepted)[:n])
+        return self.to_points(torch.cat(accepted)[:n])
 
 
-@register("ImageSampler", "RandomCoordinate", random=True, notes="`UseRandomSampleRegion`, `SampleRegionSize`",
-          source="Common/ImageSamplers/itkImageRandomCoordinateSampler.hxx")
 class RandomCoordinateSampler(_RejectionSampler):
     """Continuous random positions (``Common/ImageSamplers/itkImageRandomCoordinateSampler.hxx``).
 
@@ -383,13 +368,9 @@ class RandomCoordinateSampler(_RejectionSampler):
                                           **common)
 
     def _draw(self, random, count: int) -> "torch.Tensor":
-        import torch
-
         return torch.from_numpy(random.uniform(self._box_lo, self._box_hi, count))
 
     def sample(self) -> "torch.Tensor":
-        import torch
-
         self._box_lo, self._box_hi = self._lo, self._hi
         if self.sample_region_size_mm is not None:
             size = self.sample_region_size_mm / self.geometry.spacing
@@ -399,7 +380,6 @@ class RandomCoordinateSampler(_RejectionSampler):
         return super().sample()
 
 
-@register("ImageSampler", "Random", random=True, source="Common/ImageSamplers/itkImageRandomSampler.hxx")
 class RandomSampler(_RejectionSampler):
     """Voxel centres drawn uniformly with replacement from the cropped region
     (``Common/ImageSamplers/itkImageRandomSampler.hxx``); mask by rejection (≤ 10·N candidates).
@@ -423,8 +403,6 @@ class RandomSampler(_RejectionSampler):
         return self._sample_from(local)
 
     def _draw(self, random, count: int) -> "torch.Tensor":
-        import torch
-
         total = int(np.prod(self.region_size_xyz))
         lin = torch.from_numpy(np.floor(random.open_range(total - 0.5, count)).astype(np.int64))
         cols = []
@@ -434,8 +412,6 @@ class RandomSampler(_RejectionSampler):
         return torch.stack(cols, dim=1).to(torch.float64)
 
 
-@register("ImageSampler", "RandomSparseMask", random=True,
-          source="Common/ImageSamplers/itkImageRandomSamplerSparseMask.hxx")
 class RandomSparseMaskSampler(ImageSampler):
     """N voxels picked uniformly with replacement from the Full sample list
     (``Common/ImageSamplers/itkImageRandomSamplerSparseMask.hxx``).
@@ -460,15 +436,13 @@ class RandomSparseMaskSampler(ImageSampler):
 
     def sample(self) -> "torch.Tensor":
         """Returns ``(N, D)`` physical voxel centres (mm)."""
-        import torch
-
         if self._valid is None:
-            self._valid = self._full_indices()
+            self._valid = self.region_indices()
         m = self._valid.shape[0]
         if m == 0:
             raise ValueError("no voxel of the sampling region lies inside the fixed mask")
         pick = torch.from_numpy(self.random.integer(m - 1, self.number_of_samples))
-        return self._out(self._valid[pick])
+        return self.to_points(self._valid[pick])
 
 
 def make_sampler(name: str, image_geometry: ImageGeometry, mask: Mask | None = None, number_of_samples: int = 5000,

@@ -1,1 +1,1 @@
-"""TorchScript feature models that the project writes itself (no download needed)."""
+"""The feature-model tools of the command line: `model export`, `model inspect` and `model check`."""

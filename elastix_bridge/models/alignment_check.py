@@ -29,11 +29,19 @@ for every one of them.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from elastix_bridge.core.geometry import ImageGeometry
+from elastix_bridge.core.image_io import read_image, read_mask
+from elastix_bridge.core.impact_parameters import DISTANCES, parse_layers_mask, read_impact_level
+from elastix_bridge.core.parameters import read_parameter_file
+from elastix_bridge.core.reserved_models import RESERVED_MODELS
+from elastix_bridge.runtime import loader
 
 #: Shift magnitudes in mm, each applied + and − along every axis.
 DEFAULT_SHIFTS = (1.0, 2.0, 4.0, 8.0)
@@ -188,20 +196,14 @@ def judge_profiles(d0: float, profiles: dict, distance: str = "L2", tolerance: f
 
 def _read(path, what: str):
     """An image as a float64 ``(*zyx)`` array and its geometry (``read_image``'s errors)."""
-    import itk
-
-    from elastix_bridge.core.geometry import ImageGeometry
-    from elastix_bridge.core.image_io import read_image
-
     image = read_image(path, what)
-    array = np.asarray(itk.array_view_from_image(image), dtype=np.float64).copy()
+    array = np.asarray(_itk().array_view_from_image(image), dtype=np.float64).copy()
     return array, ImageGeometry.from_itk(image)
 
 
 def _statistics(array: np.ndarray):
     """``[min, max, mean, σ]`` float32 as the engine passes them (LevelImage.statistics)."""
-    import torch
-
+    torch = loader.require_torch()
     a = array.astype(np.float64).ravel()
     n = a.size
     mean = a.mean()
@@ -211,8 +213,6 @@ def _statistics(array: np.ndarray):
 
 def _static_grid(geometry, voxel_size):
     """Static mode's grid (ImpactMetric._static_grid): the image's extent at ``voxel_size`` mm."""
-    from elastix_bridge.core.geometry import ImageGeometry
-
     v = np.asarray(voxel_size, dtype=np.float64)
     extent = np.asarray(geometry.size) * geometry.spacing
     size = np.maximum(1, np.floor(extent / v + 0.5)).astype(int)
@@ -235,8 +235,6 @@ def _box_on_grid(index_low, index_high, source, grid, margin: int):
 
 
 def _crop(grid, low, high):
-    from elastix_bridge.core.geometry import ImageGeometry
-
     origin = grid.origin + grid.direction @ (np.asarray(low) * grid.spacing)
     return ImageGeometry(tuple(int(h - l) for l, h in zip(low, high)), grid.spacing, origin, grid.direction)
 
@@ -273,20 +271,11 @@ def check_alignment(model: str | Path, fixed: str | Path, moving: str | Path, *,
             messages; a forward that raises keeps the model's own message).
         elastix_bridge.runtime.loader.ImpactUnavailableError: torch or the plugin cannot be loaded.
     """
-    import time
-
-    import itk
-    import torch
-
-    from elastix_bridge.core.geometry import ImageGeometry
-    from elastix_bridge.core.image_io import read_mask
-    from elastix_bridge.core.impact_parameters import DISTANCES, parse_layers_mask, resolve_model_path
-    from elastix_bridge.engine.images.interpolators import ImageInterpolator
-    from elastix_bridge.engine.metrics.impact import _direction_tensor
-    from elastix_bridge.models.mind import RESERVED_MODELS
-    from elastix_bridge.runtime import loader
-    from elastix_bridge.runtime.model_contract import (ModelUse, check_finite, check_outputs, model_failure, model_name,
-                                                       probe_model)
+    itk, torch = _itk(), loader.require_torch()
+    from elastix_bridge.engine.images.interpolators import ImageInterpolator  # deferred: imports torch, as _torch
+    from elastix_bridge.engine.metrics.impact_models import direction_tensor  # deferred: imports torch, as _torch
+    from elastix_bridge.runtime.model_contract import (  # deferred: imports torch, as _torch
+        ModelUse, check_finite, check_outputs, model_failure, model_name, probe_model)
 
     tic = time.perf_counter()
     if distance not in DISTANCES:
@@ -323,7 +312,7 @@ def check_alignment(model: str | Path, fixed: str | Path, moving: str | Path, *,
         problem = loader.model_file_problem(model)
         if problem:
             raise loader.ImpactModelError(f"model {shown!r}: {problem}")
-    file = resolve_model_path(shown)
+    file = loader.model_file(shown)
     net = loader.load_feature_model(str(file), "cpu")
     use = ModelUse(model_name(None, "", shown), len(mask_bits), selected, d)
     with loader.jit_optimization_disabled():
@@ -369,7 +358,7 @@ def check_alignment(model: str | Path, fixed: str | Path, moving: str | Path, *,
     fixed_interp = ImageInterpolator(f_array, order=3, geometry=f_geo, dtype=torch.float64)
     moving_interp = ImageInterpolator(m_array, order=1, geometry=m_geo, dtype=torch.float64)
     f_stats, m_stats = _statistics(f_array), _statistics(m_array)
-    f_dir, m_dir = _direction_tensor(f_geo), _direction_tensor(m_geo)
+    f_dir, m_dir = direction_tensor(f_geo), direction_tensor(m_geo)
     with torch.no_grad():
         f_img = fixed_interp(points)[:, 0].reshape(crop.shape_zyx).to(torch.float32)
         if mask is None:
@@ -465,9 +454,6 @@ def parameter_map_options(parameter_file: str | Path, level: int, image_dimensio
         ValueError: no map with ``(Metric "Impact")``; the level has several models, or fixed and moving models
             that differ, or different distances for its layers (check each model on the command line).
     """
-    from elastix_bridge.core.impact_parameters import read_impact_level
-    from elastix_bridge.core.parameters import read_parameter_file
-
     for parameter_map in read_parameter_file(parameter_file):
         metrics = list(parameter_map["Metric"]) if "Metric" in parameter_map else []
         if "Impact" in metrics:
@@ -487,3 +473,11 @@ def parameter_map_options(parameter_file: str | Path, level: int, image_dimensio
     return {"model": model.path, "voxel_size": list(model.voxel_size),
             "layers_mask": "".join("1" if on else "0" for on in model.layers_mask), "channels": model.channels,
             "distance": config.distances[0]}
+
+
+def _itk():
+    """The ``itk`` module, imported on first use."""
+    import itk  # deferred: itk takes seconds to import; the command line imports this module for every command
+
+    return itk
+

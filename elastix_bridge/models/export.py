@@ -33,7 +33,10 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence
+
+from elastix_bridge.runtime.loader import require_torch
+from elastix_bridge.models.inspection import inspect_model
 
 NORMALISATIONS = ("none", "zscore", "minmax", "ct")
 
@@ -42,10 +45,15 @@ class ExportError(ValueError):
     """The model cannot be exported as asked; the message says why and what to change."""
 
 
-def _normaliser_class():
-    import torch
 
-    class Normalise(torch.nn.Module):
+# The wrapper classes below subclass torch.nn.Module, so each is defined inside a function that imports torch
+# first: defined at module level they would import torch with this module (the command line imports it).
+
+
+def _normaliser_class():
+    torch = require_torch()
+
+    class Normalise(torch.nn.Module):  # in a function: it subclasses torch's Module (note above)
         """The input normalisation, from the level statistics ``[min, max, mean, σ]``."""
 
         def __init__(self, kind: str, low: float, high: float) -> None:
@@ -65,10 +73,9 @@ def _normaliser_class():
 
 
 def _orientation_class():
-    import torch
-    from typing import List
+    torch = require_torch()
 
-    class Orient(torch.nn.Module):
+    class Orient(torch.nn.Module):  # in a function: it subclasses torch's Module (note above)
         """With ``enabled``: show the network the image in the identity orientation, and put the features back.
 
         From the rounded direction cosines ``[D, D]`` (column ``j`` = image axis ``j`` in physical
@@ -118,10 +125,9 @@ def _orientation_class():
 
 
 def _script_wrapper_class():
-    import torch
-    from typing import List
+    torch = require_torch()
 
-    class Features(torch.nn.Module):
+    class Features(torch.nn.Module):  # in a function: it subclasses torch's Module (note above)
         """IMPACT convention around truncated TorchScript copies of the network, one per layer."""
 
         def __init__(self, normalise: torch.nn.Module, orient: torch.nn.Module, parts: List[torch.nn.Module]) -> None:
@@ -141,10 +147,9 @@ def _script_wrapper_class():
 
 
 def _hook_wrapper_class():
-    import torch
-    from typing import List
+    torch = require_torch()
 
-    class HookedFeatures(torch.nn.Module):
+    class HookedFeatures(torch.nn.Module):  # in a function: it subclasses torch's Module (note above)
         """IMPACT convention around a Python network; forward hooks keep the chosen blocks' outputs."""
 
         def __init__(self, normalise: torch.nn.Module, orient: torch.nn.Module, network: torch.nn.Module,
@@ -193,8 +198,7 @@ def _layer_names(layers: Sequence[Any], order: Sequence[str]) -> list:
 
 def _truncated(load, name: str):
     """A fresh TorchScript copy whose forward returns block ``name``'s output, the rest removed."""
-    import torch
-
+    torch = require_torch()
     copy = load()
     node = dict(_calls(copy))[name]
     graph = copy.forward.graph
@@ -231,10 +235,7 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
             without ``"ct"``, or ``"ct"`` without a window of low < high; ``.pt2`` from
             a TorchScript model; a model that cannot be traced or exported (torch's reason).
     """
-    import torch
-
-    from elastix_bridge.models.inspection import inspect_model
-
+    torch = require_torch()
     path = Path(path)
     if path.suffix not in (".pt", ".pt2"):
         raise ExportError(f"{path}: the file name must end in .pt (TorchScript) or .pt2 (torch.export)")

@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from elastix_bridge.runtime.memory import available_memory, format_bytes
+from elastix_bridge.core.reserved_models import RESERVED_MODELS
+from elastix_bridge.runtime import loader
+from elastix_bridge.runtime.loader import ImpactModelError
+from elastix_bridge.runtime.memory import PeakRSS, available_memory, format_bytes
 
 #: Share of the available memory a timed forward's estimated outputs may take: the model's intermediates
 #: (and, in a registration, autograd's copy) come on top, so 2x the outputs is kept under this share.
@@ -116,17 +119,14 @@ class ModelReport:
 
 
 def _probe_input(dimension: int, channels: int, size: int, seed: int = 0):
-    import torch
-
+    torch = loader.require_torch()
     generator = torch.Generator().manual_seed(seed)
     return torch.randn((1, channels) + (size,) * dimension, generator=generator)
 
 
 def _stats(x):
-    import torch
-
     v = x.detach()
-    return torch.tensor([float(v.min()), float(v.max()), float(v.mean()), float(v.std())])
+    return loader.require_torch().tensor([float(v.min()), float(v.max()), float(v.mean()), float(v.std())])
 
 
 def _call(model, x, layers: int, stats=None):
@@ -136,9 +136,8 @@ def _call(model, x, layers: int, stats=None):
         elastix_bridge.runtime.loader.ImpactModelError: the forward raised; the model's own message is kept
             (:func:`elastix_bridge.runtime.model_contract.first_model_message`).
     """
-    import torch
-
-    from elastix_bridge.runtime.model_contract import model_failure, model_name
+    torch = loader.require_torch()
+    from elastix_bridge.runtime.model_contract import model_failure, model_name  # deferred: imports torch, as _torch
 
     stats = _stats(x) if stats is None else stats
     direction = torch.eye(x.dim() - 2, dtype=torch.int16)
@@ -174,11 +173,9 @@ def _flat_axis(out, n: int) -> str:
 
 def _contract_probe(model, dimension: int, channels: int, layers: int, size: int) -> list:
     """The engine's contract on a batch-2 probe: a list of ``layers`` finite ``[B, C >= 1, *spatial]`` maps."""
-    import torch
-
-    from elastix_bridge.runtime.loader import ImpactModelError
-    from elastix_bridge.runtime.model_contract import (PROBE_BATCH, ModelUse, check_finite, check_outputs, model_name,
-                                                       raw_output_dtypes)
+    torch = loader.require_torch()
+    from elastix_bridge.runtime.model_contract import (  # deferred: imports torch, as _torch
+        PROBE_BATCH, ModelUse, check_finite, check_outputs, model_name, raw_output_dtypes)
 
     use = ModelUse(model_name(None, "", model.path), layers, tuple(range(layers)), dimension)
     first = _probe_input(dimension, channels, size)  # the probe input of the other measurements, then another
@@ -199,8 +196,7 @@ def _contract_probe(model, dimension: int, channels: int, layers: int, size: int
 def _receptive_field(model, dimension: int, channels: int, layers: int, size: int, probes: int = 4) -> list:
     """Per layer: (receptive field (x, y, z), whole input, differentiable) from the gradient of its centre
     feature, over a few random inputs (a ReLU may be off at the centre for one of them)."""
-    import torch
-
+    torch = loader.require_torch()
     supports, finite = [None] * layers, [True] * layers
     for seed in range(1, probes + 1):  # one forward per probe serves every layer
         x = _probe_input(dimension, channels, size, seed=seed).requires_grad_(True)
@@ -260,9 +256,6 @@ def inspect_model(path: str | Path, dimension: Optional[int] = None, input_chann
             is named), or a probe runs out of memory (timed sizes whose outputs would not fit are skipped
             and listed in the report instead).
     """
-    from elastix_bridge.core.impact_parameters import resolve_model_path
-    from elastix_bridge.runtime import loader
-
     shown = str(shown_as or path)
     try:
         try:
@@ -275,14 +268,12 @@ def inspect_model(path: str | Path, dimension: Optional[int] = None, input_chann
         if shown_as is None:
             raise
         # Name the user's file, never the temporary one that was inspected.
-        text = str(error).replace(str(resolve_model_path(str(path))), shown).replace(str(path), shown)
+        text = str(error).replace(str(loader.model_file(str(path))), shown).replace(str(path), shown)
         raise type(error)(text) from None
 
 
 def _out_of_memory(shown: str, error: BaseException):
     """One line for a probe that ran out of memory (torch's "can't allocate memory", or Python's MemoryError)."""
-    from elastix_bridge.runtime.loader import ImpactModelError
-
     cause = str(error).splitlines()[0] if str(error) else type(error).__name__
     cause = cause.split("DefaultCPUAllocator: ")[-1].split(" Error code")[0].rstrip(". ")
     budget = available_memory()
@@ -293,18 +284,12 @@ def _out_of_memory(shown: str, error: BaseException):
 
 
 def _inspect(path, dimension, input_channels, layers, size, timing_sizes, shown) -> ModelReport:
-    import torch
-
-    from elastix_bridge.core.impact_parameters import resolve_model_path
-    from elastix_bridge.models.mind import RESERVED_MODELS
-    from elastix_bridge.runtime import loader
-    from elastix_bridge.runtime.memory import PeakRSS
-
-    if str(path) not in RESERVED_MODELS:  # named as the given file; resolve_model_path("") is the working folder
+    torch = loader.require_torch()
+    if str(path) not in RESERVED_MODELS:  # named as the given file; model_file("") is the working folder
         problem = loader.model_file_problem(path)
         if problem:
             raise loader.ImpactModelError(f"model {str(path)!r}: {problem}")
-    file = resolve_model_path(str(path))
+    file = loader.model_file(str(path))
     model = loader.load_feature_model(str(file), "cpu")
     source = (torch.export.load(str(file)).module() if file.suffix == ".pt2"
               else torch.jit.load(str(file), map_location="cpu"))
@@ -364,10 +349,9 @@ def _inspect(path, dimension, input_channels, layers, size, timing_sizes, shown)
 
 def _check_same_channels(shown: str, outputs, bigger, n: int) -> None:
     """The channels of a layer must not change with the input size (Static mode runs whole images)."""
-    from elastix_bridge.runtime.loader import ImpactModelError
-
     for j, (a, b) in enumerate(zip(outputs, bigger)):
         if a.shape[1] != b.shape[1] or a.dim() != b.dim():
             raise ImpactModelError(f"model '{shown}', layer {j}: the model returned shape {list(a.shape)} for a "
                                    f"{n}-voxel input but {list(b.shape)} for {n + 1} voxels per axis; the channel "
                                    "count and the axes must not depend on the input size")
+

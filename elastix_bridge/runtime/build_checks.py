@@ -113,7 +113,7 @@ def _no_compiler(compiler: str) -> BuildDiagnosis:
         "no_compiler",
         f"no C++ compiler: {compiler!r} (from $CXX, or the default c++) is not found on PATH",
         "install one (Debian/Ubuntu: `apt-get install g++`; Fedora: `dnf install gcc-c++`), or point $CXX at an "
-        f"installed C++ compiler, then run `elastix-bridge build-plugin`")
+        "installed C++ compiler, then run `elastix-bridge build-plugin`")
 
 
 CACHE_FIX = ("set $ELASTIX_BRIDGE_CACHE to a writable folder with room (the plugin is built there), or build it "

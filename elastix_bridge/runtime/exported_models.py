@@ -12,11 +12,16 @@ the input as for TorchScript models (Jacobian mode).
 The program must have been exported with dynamic spatial dimensions (``torch.export.Dim``) to run
 on patches and images of any size; a static one runs only at its example size, and the error says
 so.
+
+torch is imported at the top: the loader imports this module only when it loads a model, after its
+LibTorch check (:func:`elastix_bridge.runtime.loader.load_feature_model`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import torch
 
 EXPORTED_SUFFIX = ".pt2"
 
@@ -35,8 +40,6 @@ class ExportedFeatureModel:
     """
 
     def __init__(self, path: str | Path, device: str, half: bool = False) -> None:
-        import torch
-
         self.path, self.device, self.half = str(path), str(device), bool(half)
         try:
             program = torch.export.load(str(path))
@@ -66,8 +69,6 @@ class ExportedFeatureModel:
             ValueError: bad statistics or direction.
             RuntimeError: the program failed (e.g. a size it was not exported for) or returned no list.
         """
-        import torch
-
         args = [x.to(self.device, self._dtype)]
         if self.num_arguments >= 2:
             args.append(torch.tensor(int(n_layers), dtype=torch.int16))

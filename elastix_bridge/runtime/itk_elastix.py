@@ -21,6 +21,8 @@ killed and the exception propagates.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import difflib
 import os
 import pickle
 import re
@@ -28,6 +30,11 @@ import select
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from elastix_bridge.core.parameters import parameter_maps_from_object
+from elastix_bridge.core.transform_io import to_parameter_object
 
 if TYPE_CHECKING:  # pragma: no cover
     import itk
@@ -40,7 +47,7 @@ def itk_attribute(name: str) -> Any:
     extends as ``itk_module_type`` (:mod:`elastix_bridge.dropin`); the attribute is read through
     that type.
     """
-    import itk
+    import itk  # deferred: itk takes seconds to import
 
     module_type = type(itk)
     base = getattr(module_type, "itk_module_type", module_type)
@@ -127,7 +134,7 @@ def run_itk_elastix_in_child(fixed_image: itk.Image, moving_image: itk.Image, wh
         raise ElastixStageError(f"{what} failed in elastix: {cause}; fix that in the parameter map or the images"
                                 + ("" if full_log is None else f" (elastix's whole log: {full_log})"))
     _, image, maps = message
-    import itk
+    import itk  # deferred: itk takes seconds to import
 
     tp = itk_attribute("ParameterObject").New()
     for pmap in maps:
@@ -158,12 +165,10 @@ def _child_run(write_end: int, fixed_image, moving_image, with_result, kwargs) -
         for number in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(number, signal.SIG_DFL)
         with contextlib.suppress(Exception):  # Linux: die with the parent, never write into a folder it released
-            import ctypes
-
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         try:
             image, tp = run_itk_elastix(fixed_image, moving_image, **kwargs)
-            import itk
+            import itk  # deferred: itk takes seconds to import
 
             maps = [{key: list(value) for key, value in tp.GetParameterMap(i).items()}
                     for i in range(tp.GetNumberOfParameterMaps())]
@@ -188,8 +193,7 @@ def _settle_random_state() -> None:
     in a fresh process, whatever ran there before; tests/test_engine_fidelity.py compares elastix's
     draws with the bridge engine's digit by digit.
     """
-    import itk
-    import numpy as np
+    import itk  # deferred: itk takes seconds to import
 
     image = itk.image_from_array(np.random.default_rng(0).random((16, 16)).astype(np.float32))
     parameter_object = itk_attribute("ParameterObject").New()
@@ -238,9 +242,6 @@ def as_parameter_object(value: itk.ParameterObject | Mapping[str, Any] | Sequenc
     """
     if value is None or hasattr(value, "GetNumberOfParameterMaps"):
         return value
-    from elastix_bridge.core.parameters import parameter_maps_from_object
-    from elastix_bridge.core.transform_io import to_parameter_object
-
     return to_parameter_object(parameter_maps_from_object(value))
 
 
@@ -250,7 +251,7 @@ def as_float_image(image: itk.Image) -> itk.Image:
     Raises:
         itk's error for pixel types ``itk.cast_image_filter`` cannot cast (vector, RGB).
     """
-    import itk
+    import itk  # deferred: itk takes seconds to import
 
     dim = image.GetImageDimension()
     if itk.template(image)[1][0] is itk.F:
@@ -262,7 +263,7 @@ def itk_elastix_keywords() -> frozenset:
     """The keywords ``itk.elastix_registration_method`` takes, snake_case: one per ``Set<Name>`` method of
     ``ElastixRegistrationMethod`` (ITK's ``itk/support/extras.py`` ``set_inputs`` calls
     ``"Set" + snake_to_camel_case(keyword)`` and fails with AttributeError when there is none)."""
-    from itk.support.helpers import camel_to_snake_case
+    from itk.support.helpers import camel_to_snake_case  # deferred: itk takes seconds to import
 
     method = next(iter(itk_attribute("ElastixRegistrationMethod").values()))  # any one image type
     setters = {camel_to_snake_case(name[3:]) for name in dir(method) if name.startswith("Set") and name != "Set"}
@@ -277,9 +278,7 @@ def check_keywords(keywords: Mapping[str, Any], own: Sequence[str] = ()) -> None
         TypeError: naming the unknown keyword and what it was likely meant to be (as Python's own
             "unexpected keyword argument").
     """
-    import difflib
-
-    from itk.support.helpers import camel_to_snake_case
+    from itk.support.helpers import camel_to_snake_case  # deferred: itk takes seconds to import
 
     known = itk_elastix_keywords() | set(own)
     for key in keywords:

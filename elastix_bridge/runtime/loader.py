@@ -15,14 +15,22 @@ Errors form one hierarchy rooted at :class:`ImpactError`:
 :class:`ImpactUnavailableError` (``RuntimeError``: Impact cannot be loaded/run here) and
 :class:`ImpactModelError` (``ValueError``: a bad model file or model output).
 
-Why this module is longer than ~600 lines: it is the loader room of docs/design.md §2.2, which owns
-every "cannot load" message: torch and its supported range, the plugin build, cache and records,
-devices, JIT switches and models (failed builds are explained by :mod:`elastix_bridge.runtime.build_checks`).
+Why this stays one module (longer than ~600 lines): it is the loader room of docs/design.md §2.2 and owns
+every "cannot load" message, in the order a first use meets them: torch and its supported range, the
+plugin's sources, build record, cache and build, its import, devices, JIT switches, model files and
+models. The one seam (the plugin's build and cache / what runs on the plugin) does not make two modules:
+both halves raise the same errors after the same LibTorch check (:func:`require_torch`), and loading a
+model starts by loading the plugin, so either half would import the other or a third module would hold
+only the error classes. What is not about loading lives beside it: why a build failed
+(:mod:`elastix_bridge.runtime.build_checks`), the cache folder (:mod:`elastix_bridge.runtime.cache`),
+``torch.export`` models (:mod:`elastix_bridge.runtime.exported_models`), the built-in models
+(:mod:`elastix_bridge.runtime.mind`) and the feature-model contract (:mod:`elastix_bridge.runtime.model_contract`).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -31,16 +39,25 @@ import shutil
 import sys
 import tempfile
 import threading
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX: the atomic rename alone protects a build
+    fcntl = None
+
+from elastix_bridge.core.files import input_file_problem
+from elastix_bridge.core.impact_parameters import resolve_model_path
+from elastix_bridge.core.reserved_models import RESERVED_MODELS
 from elastix_bridge.runtime import build_checks
-from elastix_bridge.runtime.exported_models import EXPORTED_SUFFIX, ExportedFeatureModel
+from elastix_bridge.runtime.cache import CACHE_ENV, cache_root
 
 if TYPE_CHECKING:  # pragma: no cover - typing only, never imported at run time
     from types import ModuleType
 
-    import torch
+    import torch  # annotations only: never imported at run time
 
 __all__ = [
     "CACHE_ENV",
@@ -60,6 +77,8 @@ __all__ = [
     "jit_state",
     "load_feature_model",
     "load_plugin",
+    "model_file",
+    "model_file_problem",
     "plugin_source_dir",
     "require_torch",
     "resolve_device",
@@ -69,7 +88,6 @@ __all__ = [
 ]
 
 PLUGIN_ENV = "ELASTIX_BRIDGE_PLUGIN"
-CACHE_ENV = "ELASTIX_BRIDGE_CACHE"
 EXTENSION_NAME = "elastix_bridge_impact"
 _RECORD_KEYS = ("torch_version", "cxx11_abi", "cuda")
 _RECORD_FORMAT = 2  # 2: the record holds cxx_standard; a new format gets a new cache folder
@@ -115,7 +133,7 @@ def require_torch() -> ModuleType:
         ImpactUnavailableError: torch is not importable (not installed or broken install).
     """
     try:
-        import torch
+        import torch  # deferred: torch is optional; this is the LibTorch check every other use goes through
     except ImportError as exc:
         raise ImpactUnavailableError(
             f"the Impact metric needs PyTorch, which cannot be imported ({exc}). "
@@ -183,8 +201,6 @@ def plugin_source_dir() -> Path:
     """
     candidates = []
     try:
-        from importlib.resources import files
-
         candidates.append(Path(str(files("elastix_bridge.plugin_src"))))
     except (ImportError, TypeError, ValueError):
         pass
@@ -237,12 +253,6 @@ def expected_build_record() -> dict:
         "cuda": torch.version.cuda,
         "source_sha256": _source_sha256(),
     }
-
-
-def cache_root() -> Path:
-    """The bridge's cache folder: ``$ELASTIX_BRIDGE_CACHE`` or ``~/.cache/elastix-bridge``."""
-    root = os.environ.get(CACHE_ENV)
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "elastix-bridge"
 
 
 def cache_dir() -> Path:
@@ -313,9 +323,7 @@ def _file_lock(path: Path) -> Iterator[None]:
     """Exclusive inter-process lock (POSIX flock; elsewhere the atomic rename alone protects)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX
+        if fcntl is None:  # pragma: no cover - non-POSIX
             yield
             return
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
@@ -339,7 +347,7 @@ def import_cpp_extension() -> ModuleType:
     level = cpp_logger.level
     cpp_logger.setLevel(logging.ERROR)
     try:
-        from torch.utils import cpp_extension
+        from torch.utils import cpp_extension  # deferred: torch; build_plugin's LibTorch check runs first
     finally:
         cpp_logger.setLevel(level)
     return cpp_extension
@@ -467,8 +475,6 @@ def _import_extension(so_path: Path):
     module = _loaded_by_file.get(key)
     if module is not None:
         return module
-    import importlib.util
-
     require_torch()  # the extension links against libtorch; torch must be initialised first
     spec = importlib.util.spec_from_file_location(EXTENSION_NAME, key)
     if spec is None or spec.loader is None:
@@ -656,9 +662,6 @@ def model_file_problem(path: str | Path) -> str | None:
 
     Missing, empty, a folder, a device: :func:`elastix_bridge.core.files.input_file_problem`.
     """
-    from elastix_bridge.core.files import input_file_problem
-    from elastix_bridge.models.mind import RESERVED_MODELS
-
     problem = input_file_problem(Path(path).expanduser() if str(path).strip() else path)
     if problem is None:
         return None
@@ -667,6 +670,30 @@ def model_file_problem(path: str | Path) -> str | None:
     if problem.startswith(("does not exist", "is a symbolic link")):
         return f"model file not found; {fix}"
     return f"the model path {problem.split(';')[0]}; {fix}"
+
+
+def model_file(entry: str | Path, base_dir: str | Path | None = None) -> Path:
+    """The file a ``ModelsPath`` entry names (docs/design.md §I2.3, §2.6).
+
+    A reserved name (``mind-ssc-2d``, ``mind-ssc-3d``;
+    :data:`~elastix_bridge.core.reserved_models.RESERVED_MODELS`) resolves to the cached TorchScript
+    file of :func:`elastix_bridge.runtime.mind.mind_model_path` (written on first use; imports
+    torch); any other entry to :func:`elastix_bridge.core.impact_parameters.resolve_model_path`
+    (relative to ``base_dir`` or the working directory; existence is not checked).
+
+    Returns:
+        An absolute :class:`~pathlib.Path`.
+
+    Raises:
+        ImpactUnavailableError: a reserved name, and torch missing.
+    """
+    text = os.fspath(entry)
+    if text not in RESERVED_MODELS:
+        return resolve_model_path(text, base_dir)
+    require_torch()
+    from elastix_bridge.runtime.mind import mind_model_path  # deferred: imports torch; the LibTorch check ran
+
+    return mind_model_path(text)
 
 
 def load_feature_model(path: str | Path, device: torch.device | str, half: bool = False, *,
@@ -704,6 +731,9 @@ def load_feature_model(path: str | Path, device: torch.device | str, half: bool 
     key = (id(plugin), str(p.resolve()), stat.st_mtime_ns, stat.st_size, str(device), bool(half))
     if key in _models:
         return _models[key]
+    from elastix_bridge.runtime.exported_models import (  # deferred: imports torch; load_plugin checked LibTorch
+        EXPORTED_SUFFIX, ExportedFeatureModel)
+
     try:
         if p.suffix == EXPORTED_SUFFIX:  # torch.export (docs/models.md): run from Python, same convention
             model = ExportedFeatureModel(p, str(device), bool(half))

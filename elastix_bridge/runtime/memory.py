@@ -8,11 +8,15 @@ test the refusal without allocating memory.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+import psutil
 
 MEMORY_LIMIT_ENV = "ELASTIX_BRIDGE_MEMORY_LIMIT"
 _UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
@@ -135,8 +139,6 @@ def set_mmap_threshold(large_blocks_every_iteration: bool) -> Optional[int]:
         return None
     threshold = LARGE_THRESHOLD if large_blocks_every_iteration else SMALL_THRESHOLD
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6")
         # Free heap above twice the threshold goes back to the kernel, as glibc pairs them itself.
         ok = libc.mallopt(M_MMAP_THRESHOLD, threshold) and libc.mallopt(M_TRIM_THRESHOLD, 2 * threshold)
@@ -153,10 +155,6 @@ class PeakRSS:
     """
 
     def __enter__(self) -> "PeakRSS":
-        import threading
-
-        import psutil
-
         self._process, self._stop = psutil.Process(), threading.Event()
         self.start = self.peak = self._process.memory_info().rss
 

@@ -15,11 +15,12 @@ batch of :data:`PROBE_BATCH`, checks that the model returns (docs/design.md §I3
 * for Static whole-image models (``ImpactPatchSize 0``), the same channel count at two input sizes, and
   more than 1 voxel along every axis (Static mode interpolates the maps in space).
 
-The same checks serve the engine (:func:`elastix_bridge.engine.metrics.impact.check_level_models`; the
+The same checks serve the engine (:func:`elastix_bridge.engine.metrics.impact_models.check_level_models`; the
 command and the API run it before they take the output folder, :func:`elastix_bridge.api.check_bridge_models`),
 ``plan --probe-models`` and ``model inspect``. Each violation names the model file, the level, the
-layer, what was found and what is expected. torch is imported inside the functions (``import
-elastix_bridge`` never imports it).
+layer, what was found and what is expected. torch is imported at the top: every caller imports this
+module when it holds a loaded model, after the loader's LibTorch check (``import elastix_bridge``
+never imports it).
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+import torch
+
+from elastix_bridge.core.impact_parameters import ImpactParameterError
 from elastix_bridge.runtime.loader import ImpactModelError
 
 log = logging.getLogger("elastix_bridge")
@@ -114,8 +118,6 @@ def check_outputs(outputs: Any, use: ModelUse, batch: int) -> list:
         ImpactModelError: not a list, wrong length, or a selected layer that is not a floating tensor
             ``[B, C >= 1, *spatial]`` with ``use.dimension`` non-empty spatial axes.
     """
-    import torch
-
     form = f"[B, C, {_AXES.get(use.dimension, '*spatial')}]"
     if not isinstance(outputs, list):
         raise ImpactModelError(f"{use.name}: the model returned {type(outputs).__name__}; it must return a list "
@@ -150,8 +152,6 @@ def check_outputs(outputs: Any, use: ModelUse, batch: int) -> list:
 
 def check_finite(features: Any, use: ModelUse, layer: int, half: bool = False) -> None:
     """Refuse a layer holding NaN or Inf for a finite input, naming the first such element."""
-    import torch
-
     values = features.detach()
     if bool(torch.isfinite(values.sum())):  # one pass; a NaN or Inf anywhere makes the sum non-finite
         return
@@ -168,15 +168,11 @@ def check_finite(features: Any, use: ModelUse, layer: int, half: bool = False) -
 
 def _probe_input(batch: int, channels: int, shape_zyx: Sequence[int], device: Any):
     """A smooth-enough random input in [0, 1) (zeros would make a normalising model divide by zero)."""
-    import torch
-
     generator = torch.Generator().manual_seed(7)
     return torch.rand((batch, channels) + tuple(shape_zyx), generator=generator).to(device)
 
 
 def _stats(x):
-    import torch
-
     v = x.detach().float().cpu()
     return torch.tensor([float(v.min()), float(v.max()), float(v.mean()), float(v.std())])
 
@@ -187,8 +183,6 @@ def raw_output_dtypes(model: Any, path: str, x: Any, n_layers: int, stats: Any, 
     A ``torch.export`` model records them (``output_dtypes``); a TorchScript file is run once more from
     Python, on the CPU, with the plugin's positional convention (docs/design.md §I3.2).
     """
-    import torch
-
     recorded = getattr(model, "output_dtypes", None)
     if recorded is not None:
         return list(recorded)
@@ -222,8 +216,6 @@ def _check_differentiable(model, use: ModelUse, path: str, x, outputs, stats, di
     An output that does not require grad (and is floating point, :func:`_check_dtypes`) is detached: refused
     where ``required``.
     """
-    import torch
-
     detached = [j for j in use.selected if not outputs[j].requires_grad]
     if detached:
         if required:
@@ -302,8 +294,6 @@ def _check_dtypes(model, use: ModelUse, path: str, x, stats, direction) -> None:
 def _probe_at(model, use: ModelUse, path: str, channels: int, shape: tuple, jacobian: bool, image_dimension: int,
               device, half: bool) -> list:
     """One contract probe at one input shape (z, y, x); see :func:`probe_model`."""
-    import torch
-
     direction = torch.eye(image_dimension, dtype=torch.int16)
     with_grad = jacobian or torch.Size(shape).numel() <= GRAD_PROBE_VOXELS
     x = _probe_input(PROBE_BATCH, channels, shape, device).requires_grad_(with_grad)
@@ -326,8 +316,6 @@ def _check_same_channels_at(model, use: ModelUse, channels: int, shape, image_di
     Returns:
         ``(input (z, y, x), [spatial shape of each selected layer])`` of this larger probe.
     """
-    import torch
-
     larger = tuple(s + 1 for s in shape)
     x = _probe_input(PROBE_BATCH, channels, larger, device)
     direction = torch.eye(image_dimension, dtype=torch.int16)
@@ -368,8 +356,6 @@ def _check_static_extent(model, use: ModelUse, channels: int, tile_zyx, probed: 
     Raises:
         ImpactModelError: naming the layer, the input and output sizes and the fix.
     """
-    import torch
-
     input_zyx, shapes = probed
     flat = _flat_axis(use, tile_zyx, input_zyx, shapes)
     if flat and max(input_zyx) < WHOLE_IMAGE_PROBES[-1]:
@@ -413,8 +399,6 @@ def check_pca(level: int, layer: int, components: int, channels: int) -> None:
         elastix_bridge.core.impact_parameters.ImpactParameterError: naming the entry, both counts and the fix.
     """
     if components > channels:
-        from elastix_bridge.core.impact_parameters import ImpactParameterError
-
         raise ImpactParameterError(
             f"ImpactPCA{level} (level {level}): entry {layer} asks for {components} principal components but layer "
             f"{layer} has only {channels} channels; use 0 (off) or a number <= {channels}")

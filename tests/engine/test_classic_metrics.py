@@ -1,4 +1,5 @@
-"""Tests of :mod:`elastix_bridge.engine.metrics.classic` (MeanSquares, NCC, Mattes MI, bending energy).
+"""Tests of the classic metrics (:mod:`elastix_bridge.engine.metrics.classic`, ``.parzen_histogram``,
+``.bending_energy``: MeanSquares, NCC, Mattes MI, bending energy).
 
 The key tests compare with itk-elastix itself: one resolution, unsmoothed images (Generic pyramids),
 the deterministic Full sampler, ASGD with fixed gains and one iteration, and several metrics of one
@@ -24,15 +25,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from elastix_bridge.engine.metrics.bending_energy import (TransformBendingEnergyPenalty,  # noqa: E402
+                                                          bspline_spatial_hessian)
 from elastix_bridge.engine.metrics.classic import (AdvancedMattesMutualInformation,  # noqa: E402
-                                                   AdvancedMeanSquares, AdvancedNormalizedCorrelation,
-                                                   HistogramAxis, TransformBendingEnergyPenalty,
-                                                   bspline_spatial_hessian, elastix_parzen_derivative,
-                                                   exponential_limiter, intensity_limits, joint_histogram,
-                                                   make_classic_metric, mattes_mutual_information,
-                                                   moving_parzen_window, parzen_window)
+                                                   AdvancedMeanSquares, AdvancedNormalizedCorrelation)
+from elastix_bridge.engine.metrics.parzen_histogram import (HistogramAxis, elastix_parzen_derivative,  # noqa: E402
+                                                            exponential_limiter, intensity_limits, joint_histogram,
+                                                            mattes_mutual_information, moving_parzen_window,
+                                                            parzen_window)
 from elastix_bridge.core.geometry import ImageGeometry  # noqa: E402
 from elastix_bridge.engine.images.level_images import LevelImage, Mask  # noqa: E402
+from elastix_bridge.engine.components import component  # noqa: E402
 from elastix_bridge.engine.errors import SamplingError  # noqa: E402
 from elastix_bridge.engine.samplers import FullSampler  # noqa: E402
 from elastix_bridge.engine.transforms.base import TranslationTransform  # noqa: E402
@@ -245,8 +248,8 @@ def _our_setup(images, scenario: dict):
 def _metric(images, scenario: dict, index: int):
     name, _ = scenario["metrics"][index]
     transform, params, points = _our_setup(images, scenario)
-    metric = make_classic_metric(
-        name, images["fixed"], images["moving"], images["moving_mask"] if scenario["moving_mask"] else None,
+    metric = component("Metric", name).factory(
+        images["fixed"], images["moving"], images["moving_mask"] if scenario["moving_mask"] else None,
         transform, moving_interpolation_order=scenario["order"],
         parameter_map=ParameterMap.from_dict(_registration_map(scenario)), level=0, prefix=f"Metric{index}",
         fixed_mask=images["fixed_mask"] if scenario["fixed_mask"] else None)
@@ -341,9 +344,9 @@ def test_gradient_matches_finite_differences(images, name, options, transform_ki
     points = FullSampler(FIXED_GEOMETRY).sample()
     # Mattes: the exact derivative (elastix's derivative kernel differs for MovingKernelBSplineOrder 2)
     extra = {"elastix_kernel_derivative": False} if name == "AdvancedMattesMutualInformation" else {}
-    metric = make_classic_metric(name, images["fixed"], images["moving"], images["moving_mask"], transform,
-                                 moving_interpolation_order=3, parameter_map=options,
-                                 fixed_mask=images["fixed_mask"], **extra)
+    metric = component("Metric", name).factory(images["fixed"], images["moving"], images["moving_mask"], transform,
+                                               moving_interpolation_order=3, parameter_map=options,
+                                               fixed_mask=images["fixed_mask"], **extra)
     value, grad, _ = _value_and_gradient(metric, params, points)
     gen = torch.Generator().manual_seed(3)
     directions = [grad / grad.norm()] + [torch.randn(params.shape, generator=gen, dtype=F64) for _ in range(2)]
@@ -497,9 +500,7 @@ def test_elastix_derivative_kernel_is_exact_for_order_3():
 def test_options_and_factory(images):
     args = (images["fixed"], images["moving"], None, TranslationTransform(2))
     with pytest.raises(ValueError, match=r"\(Metric \"AdvancedKappaStatistic\"\) is not supported.*AdvancedMeanSquares"):
-        make_classic_metric("AdvancedKappaStatistic", *args)
-    with pytest.raises(ValueError, match="needs feature models"):
-        make_classic_metric("Impact", *args)
+        component("Metric", "AdvancedKappaStatistic")
     with pytest.raises(ValueError, match="UseJacobianPreconditioning"):
         AdvancedMattesMutualInformation(*args, parameter_map={"UseJacobianPreconditioning": ["true"]})
     mi = AdvancedMattesMutualInformation(*args, parameter_map={"NumberOfHistogramBins": ["16", "24"],
@@ -511,11 +512,16 @@ def test_options_and_factory(images):
     assert metric.initialize(None) is None and metric.after_iteration(None) is None
 
 
-def test_import_does_not_import_torch():
-    code = ("import sys, elastix_bridge.engine.metrics.classic; "
-            "print('torch' in sys.modules, 'itk' in sys.modules)")
+def test_metrics_are_found_without_torch_and_imported_without_itk():
+    """The component registry names the classic metrics without importing them (nor torch nor itk); the
+    metric modules import torch at their top, never itk."""
+    code = ("import sys; from elastix_bridge.engine.components import names; "
+            "assert {'AdvancedMattesMutualInformation', 'TransformBendingEnergyPenalty'} <= set(names('Metric')); "
+            "print('torch' in sys.modules, 'itk' in sys.modules); "
+            "import elastix_bridge.engine.metrics.classic, elastix_bridge.engine.metrics.bending_energy; "
+            "print('itk' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["False", "False", "False"]
 
 
 def test_bending_energy_refuses_an_initial_transform():

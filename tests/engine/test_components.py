@@ -1,17 +1,16 @@
 """The component registry: every component the bridge engine runs, and nothing else, found by its elastix name."""
-import dataclasses
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from elastix_bridge.engine import components
 from elastix_bridge.engine.components import (FAMILIES, UnsupportedComponentError, component, component_table, names,
                                               register, unregister)
-from elastix_bridge.engine.registration import check_components
+from elastix_bridge.engine.stage_settings import check_components
 from elastix_bridge.core.parameters import ParameterMap
 
-from helpers import MIND_SSC_2D_STATIC
+from helpers.maps import MIND_SSC_2D_STATIC
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "engine.md"
 
@@ -106,20 +105,54 @@ def _small_map(family: str, name: str) -> dict:
 CASES = [(family, name) for family in FAMILIES for name in names(family)]
 
 
+class _Recorder:
+    """Stands in for a registered target: calls it, or its class methods (``for_level``, ``schedule`` …), and
+    keeps what they return."""
+
+    def __init__(self, target, built):
+        self._target, self._built = target, built
+
+    def _record(self, function):
+        def call(*args, **kwargs):
+            self._built.append(function(*args, **kwargs))
+            return self._built[-1]
+        return call
+
+    def __call__(self, *args, **kwargs):
+        return self._record(self._target)(*args, **kwargs)
+
+    def __getattr__(self, attribute):
+        found = getattr(self._target, attribute)
+        return self._record(found) if callable(found) else found
+
+
+@contextlib.contextmanager
+def _registered_with_target(chosen, target):
+    """``chosen`` registered with ``target`` instead of its own inside the block (its traits, notes and source
+    kept), and registered as it was afterwards."""
+    def register_again(with_target):
+        unregister(chosen.family, chosen.name)
+        register(chosen.family, chosen.name, with_target, notes=chosen.notes, source=chosen.source, **chosen.traits)
+
+    register_again(target)
+    try:
+        yield
+    finally:
+        register_again(chosen.target)
+
+
 @pytest.mark.parametrize("family,name", CASES, ids=[f"{f}-{n}" for f, n in CASES])
-def test_every_registered_component_builds_from_a_map_and_runs_one_iteration(plugin, monkeypatch, family, name):
+def test_every_registered_component_builds_from_a_map_and_runs_one_iteration(plugin, family, name):
     from elastix_bridge.engine.registration import run_stage
 
     built = []
     chosen = component(family, name)
-    if chosen.factory is not None and family != "ImageSampler":  # record what the stage builds with it
-        def spy(*args, **kwargs):
-            built.append(chosen.factory(*args, **kwargs))
-            return built[-1]
-
-        monkeypatch.setitem(components._REGISTRY[family], name, dataclasses.replace(chosen, factory=spy))
+    # record what the stage builds with it, whichever way the family is built
+    recording = (contextlib.nullcontext() if family == "ImageSampler"
+                 else _registered_with_target(chosen, _Recorder(chosen.factory, built)))
     pmap = ParameterMap.from_dict(_small_map(family, name))
-    stage = run_stage(_blob((0, 0)), _blob((1.0, -0.5)), pmap, _mask(), _mask())
+    with recording:
+        stage = run_stage(_blob((0, 0)), _blob((1.0, -0.5)), pmap, _mask(), _mask())
     assert len(stage.history) == 1 and len(stage.history[0]) >= 1
     assert np.all(np.isfinite(stage.parameters.numpy()))
     assert stage.transform_parameter_map.get("Transform") == pmap.get("Transform")
@@ -129,6 +162,8 @@ def test_every_registered_component_builds_from_a_map_and_runs_one_iteration(plu
         assert [type(b).__name__ for b in built] == [name]
     elif family == "Interpolator":
         assert built == [1]  # the map's order (default 1) or the linear interpolator's
+    elif family.endswith("ImagePyramid"):  # its schedule, then its one level's image
+        assert [type(b).__name__ for b in built] == ["PyramidSchedule", type(built[-1]).__name__]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -144,10 +179,10 @@ def _toy_sampler_class():
         drawn = 0
 
         def sample(self):
-            index = self._full_indices()
+            index = self.region_indices()
             keep = (index[:, 0] % 2 == 0) & (index[:, 1] % 2 == 0)
             type(self).drawn += 1
-            return self._out(index[keep])
+            return self.to_points(index[keep])
 
     return EveryOtherVoxelSampler
 
@@ -155,7 +190,7 @@ def _toy_sampler_class():
 @pytest.fixture
 def toy_sampler():
     sampler = _toy_sampler_class()
-    register("ImageSampler", "EveryOtherVoxel", random=False, notes="toy")(sampler)
+    register("ImageSampler", "EveryOtherVoxel", sampler, random=False, notes="toy")
     yield sampler
     unregister("ImageSampler", "EveryOtherVoxel")
 

@@ -15,14 +15,14 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA device (torch.cuda.is_available() is False)", allow_module_level=True)
 
-from elastix_bridge.engine.optimizers.asgd import (AdaptiveStochasticGradientDescent, ASGDSettings,  # noqa: E402
-                                                   jacobian_terms)
-from elastix_bridge.engine.registration import _StageCost  # noqa: E402
+from elastix_bridge.engine.optimizers.asgd import AdaptiveStochasticGradientDescent, jacobian_terms  # noqa: E402
+from elastix_bridge.engine.optimizers.settings import ASGDSettings  # noqa: E402
+from elastix_bridge.engine.registration import StageCost  # noqa: E402
 from elastix_bridge.engine.samplers import GridSampler, RandomCoordinateSampler  # noqa: E402
 from elastix_bridge.engine.transforms.base import TranslationTransform  # noqa: E402
-from elastix_bridge.models.mind import mind_model_path  # noqa: E402
+from elastix_bridge.runtime.mind import mind_model_path  # noqa: E402
 from elastix_bridge.runtime import loader  # noqa: E402
-from helpers import ball_points, impact_metric, level_config, model_config, oblique_pair  # noqa: E402
+from helpers.impact import ball_points, impact_metric, level_config, model_config, oblique_pair  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
@@ -92,7 +92,7 @@ def test_asgd_recovers_a_shift_with_the_model_on_cuda(plugin, conv_model, mode):
     generator = torch.Generator().manual_seed(3)
     sampler = RandomCoordinateSampler(fixed.geometry, None, 200, generator)
     exact = GridSampler(fixed.geometry, None, number_of_samples=400)
-    cost = _StageCost([metric], [sampler], exact, [1.0], [True])
+    cost = StageCost([metric], [sampler], [1.0], [True], exact_sampler=exact)
     settings = ASGDSettings(maximum_number_of_iterations=80, new_samples_every_iteration=True,
                             number_of_samples_for_exact_gradient=400, maximum_step_length=1.0)
     optimizer = AdaptiveStochasticGradientDescent(settings, generator,

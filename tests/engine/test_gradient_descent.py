@@ -3,10 +3,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from elastix_bridge.engine.errors import SamplingError  # noqa: E402
 from elastix_bridge.engine.optimizers.gradient_descent import (RegularStepGradientDescent,  # noqa: E402
-                                                    RegularStepGradientDescentSettings, StandardGradientDescent,
-                                                    StandardGradientDescentSettings)
-from elastix_bridge.engine.optimizers.asgd import SamplingError  # noqa: E402
+                                                               StandardGradientDescent)
+from elastix_bridge.engine.optimizers.settings import (RegularStepGradientDescentSettings,  # noqa: E402
+                                                       StandardGradientDescentSettings)
 from elastix_bridge.core.parameters import ParameterMap  # noqa: E402
 
 

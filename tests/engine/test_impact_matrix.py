@@ -17,11 +17,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from elastix_bridge.core.impact_parameters import DISTANCES  # noqa: E402
 from elastix_bridge.runtime import loader  # noqa: E402
 from elastix_bridge.engine.transforms.bspline import BSplineTransform, grid_for_level  # noqa: E402
 
-from helpers import (ball_points, centred_geometry, impact_metric, jacobian_patch_offsets, level_config,  # noqa: E402
-                     level_image, model_config, numpy_distance, reference_interpolation, rotation, static_grid)
+from helpers.geometry import centred_geometry, rotation  # noqa: E402
+from helpers.impact import (ball_points, impact_metric, jacobian_patch_offsets, level_config, level_image,  # noqa: E402
+                            model_config, numpy_distance, reference_interpolation, static_grid)
 
 pytestmark = [
     pytest.mark.usefixtures("single_thread"),  # one intra-op thread (see conftest.py)
@@ -30,7 +32,6 @@ pytestmark = [
 ]
 
 F64 = torch.float64
-DISTANCES = ("L1", "L2", "Cosine", "L1Cosine", "DotProduct", "Dice", "NCC")
 CHANNELS = 4
 WEIGHT = 1.5  # layer weight (docs/design.md §I8)
 SHIFT = {2: np.array([0.8, -0.5]), 3: np.array([0.6, -0.4, 0.5])}  # moving = fixed content shifted by SHIFT

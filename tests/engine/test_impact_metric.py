@@ -15,19 +15,22 @@ from scipy import ndimage
 
 torch = pytest.importorskip("torch")
 
+from elastix_bridge.core.impact_parameters import DISTANCES  # noqa: E402
 from elastix_bridge.runtime import loader  # noqa: E402
 from elastix_bridge.engine.images.level_images import Mask  # noqa: E402
-from elastix_bridge.engine.metrics.impact import (_centre, _crop_padding, _patch_grid_offsets,  # noqa: E402
-                                                 _random_rotations)
-from elastix_bridge.engine.optimizers.asgd import (AdaptiveStochasticGradientDescent, ASGDSettings,  # noqa: E402
-                                               SamplingError, jacobian_terms)
-from elastix_bridge.engine.registration import _StageCost  # noqa: E402
+from elastix_bridge.engine.metrics.impact import (centre_features, crop_padding, patch_grid_offsets,  # noqa: E402
+                                                 random_rotations)
+from elastix_bridge.engine.errors import SamplingError  # noqa: E402
+from elastix_bridge.engine.optimizers.asgd import AdaptiveStochasticGradientDescent, jacobian_terms  # noqa: E402
+from elastix_bridge.engine.optimizers.settings import ASGDSettings  # noqa: E402
+from elastix_bridge.engine.registration import StageCost  # noqa: E402
 from elastix_bridge.engine.samplers import GridSampler, RandomCoordinateSampler  # noqa: E402
 from elastix_bridge.engine.transforms.bspline import BSplineTransform, grid_for_level  # noqa: E402
 from elastix_bridge.engine.transforms.base import TranslationTransform  # noqa: E402
-from helpers import (ball_points, centred_geometry, impact_metric, jacobian_patch_offsets, level_config,  # noqa: E402
-                     level_image, model_config, numpy_distance, oblique_pair, reference_interpolation, rotation,
-                     smooth_blobs, static_grid)
+from helpers.geometry import centred_geometry, rotation  # noqa: E402
+from helpers.impact import (ball_points, impact_metric, jacobian_patch_offsets, level_config, level_image,  # noqa: E402
+                            model_config, numpy_distance, oblique_pair, reference_interpolation, smooth_blobs,
+                            static_grid)
 
 pytestmark = [
     pytest.mark.usefixtures("single_thread"),  # one intra-op thread (see conftest.py)
@@ -37,7 +40,6 @@ pytestmark = [
 ]
 
 F64 = torch.float64
-DISTANCES = ("L1", "L2", "NCC", "Cosine", "DotProduct", "Dice", "L1Cosine")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,7 +235,7 @@ def test_static_value_matches_resampled_feature_maps(plugin, models, dim):
     metric = impact_metric(plugin, cfg, fixed, moving, [model], parameters=t0)
     metric.alpha = [1.0]  # raw value
     grid = static_grid(fixed.geometry, voxel)
-    geo = metric._fixed_feature_interp[0].geometry
+    geo = metric.fixed_feature_interp[0].geometry
     assert geo.size == grid.size
     np.testing.assert_allclose(geo.spacing, grid.spacing)
     np.testing.assert_allclose(geo.origin, grid.origin, atol=1e-12)
@@ -378,7 +380,7 @@ TRUE_SHIFT = {2: np.array([1.6, -1.2]), 3: np.array([1.3, -1.0, 1.1])}
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
 @pytest.mark.parametrize("dim", [2, 3])
 def test_asgd_recovers_translation(plugin, models, dim, mode):
-    """ASGD through ``_StageCost`` finds the physical shift between two oblique, differently sampled images."""
+    """ASGD through ``StageCost`` finds the physical shift between two oblique, differently sampled images."""
     fixed, moving = oblique_pair(dim, TRUE_SHIFT[dim], size=(24, 24, 24) if dim == 3 else None)
     path, model = models["identity" if mode == "Jacobian" else f"conv{dim}"]
     if mode == "Jacobian":
@@ -392,7 +394,7 @@ def test_asgd_recovers_translation(plugin, models, dim, mode):
     generator = torch.Generator().manual_seed(3)
     sampler = RandomCoordinateSampler(fixed.geometry, None, 300 if dim == 2 else 200, generator)
     exact = GridSampler(fixed.geometry, None, number_of_samples=400)
-    cost = _StageCost([metric], [sampler], exact, [1.0], [True])
+    cost = StageCost([metric], [sampler], [1.0], [True], exact_sampler=exact)
     settings = ASGDSettings(maximum_number_of_iterations=120 if dim == 2 else 80, new_samples_every_iteration=True,
                             number_of_samples_for_exact_gradient=400, maximum_step_length=1.0)
     jac = transform.jacobian(exact.sample())
@@ -475,11 +477,11 @@ def _ramp(dim):
 
 def test_centre_index_odd_and_even():
     t = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
-    torch.testing.assert_close(_centre(t), t[:, :, 2, 2])
+    torch.testing.assert_close(centre_features(t), t[:, :, 2, 2])
     t = torch.arange(2 * 3 * 5 * 4 * 1, dtype=torch.float32).reshape(2, 3, 5, 4, 1)
-    torch.testing.assert_close(_centre(t), t[:, :, 2, 2, 0])
+    torch.testing.assert_close(centre_features(t), t[:, :, 2, 2, 0])
     t = torch.arange(6, dtype=torch.float32).reshape(2, 3, 1)
-    torch.testing.assert_close(_centre(t), t[:, :, 0])
+    torch.testing.assert_close(centre_features(t), t[:, :, 0])
 
 
 @pytest.mark.parametrize("dim,patch,voxel", [(2, (5, 2), (0.7, 1.1)), (3, (5, 3, 2), (0.7, 1.1, 0.9))])
@@ -493,7 +495,7 @@ def test_jacobian_patch_layout_zyx_x_fastest(plugin, models, dim, patch, voxel):
     fixed_rec, moving_rec = Recorder(model), Recorder(model)
     cfg = level_config("Jacobian", [model_config(path, dim, patch, voxel)], distances=("L2",))
     metric = impact_metric(plugin, cfg, image, image, [fixed_rec], [moving_rec])
-    offsets, shape = _patch_grid_offsets(cfg.fixed_models[0], geo, dim)
+    offsets, shape = patch_grid_offsets(cfg.fixed_models[0], geo, dim)
     assert shape == tuple(reversed(patch))
     np.testing.assert_allclose(offsets, jacobian_patch_offsets(geo, patch, voxel), atol=1e-12)
     # dummy forward: one zero patch of shape [1, C, Pz, Py, Px]
@@ -508,7 +510,7 @@ def test_jacobian_patch_layout_zyx_x_fastest(plugin, models, dim, patch, voxel):
     np.testing.assert_allclose(fx.numpy(), expected, atol=2e-4)
     np.testing.assert_allclose(mx.numpy(), ramp((points + t).reshape(-1, dim)).reshape(fx.shape), atol=2e-4)
     # the centre voxel (⌊P/2⌋ along every axis) is the sample point itself
-    np.testing.assert_allclose(_centre(fx).numpy()[:, 0], ramp(pts.numpy()), atol=2e-4)
+    np.testing.assert_allclose(centre_features(fx).numpy()[:, 0], ramp(pts.numpy()), atol=2e-4)
 
 
 def test_even_strided_output_uses_floor_half_centre(plugin, models):
@@ -522,8 +524,8 @@ def test_even_strided_output_uses_floor_half_centre(plugin, models):
     metric = impact_metric(plugin, cfg, image, image, [model])
     assert metric.channels == [1]
     pts = ball_points(geo, 10, 3.0)
-    point_lists, shapes = metric._patch_points(cfg.fixed_models, pts, [None])
-    (features,) = metric._patch_features([model], cfg.fixed_models, metric.fixed_interp, point_lists, shapes,
+    point_lists, shapes = metric.patch_points(cfg.fixed_models, pts, [None])
+    (features,) = metric.patch_features([model], cfg.fixed_models, metric.fixed_interp, point_lists, shapes,
                                          metric.fixed_stats, metric.fixed_direction, "fixed")
     centre = pts.numpy() + geo.direction @ (0.5 * np.asarray(voxel))
     np.testing.assert_allclose(features.numpy()[:, 0], ramp(centre), atol=2e-4)
@@ -547,10 +549,10 @@ def _static_metric(plugin, models, name, dim, patch, voxel=None, image=None, cha
 
 def test_crop_padding_centres_larger_outputs_and_keeps_smaller():
     f = torch.arange(2 * 8 * 6, dtype=torch.float32).reshape(2, 8, 6)
-    torch.testing.assert_close(_crop_padding(f, (5, 6)), f[:, 1:6, :])  # (8 − 5) // 2 = 1
-    torch.testing.assert_close(_crop_padding(f, (4, 3)), f[:, 2:6, 1:4])
-    torch.testing.assert_close(_crop_padding(f, (16, 12)), f)  # strided: kept whole
-    torch.testing.assert_close(_crop_padding(f, (4, 12)), f[:, 2:6, :])
+    torch.testing.assert_close(crop_padding(f, (5, 6)), f[:, 1:6, :])  # (8 − 5) // 2 = 1
+    torch.testing.assert_close(crop_padding(f, (4, 3)), f[:, 2:6, 1:4])
+    torch.testing.assert_close(crop_padding(f, (16, 12)), f)  # strided: kept whole
+    torch.testing.assert_close(crop_padding(f, (4, 12)), f[:, 2:6, :])
 
 
 @pytest.mark.parametrize("dim", [2, 3])
@@ -558,14 +560,14 @@ def test_tiling_pointwise_model_equals_whole_image(plugin, models, dim):
     patch = (4, 3) if dim == 2 else (4, 3, 5)
     tiled, rec = _static_metric(plugin, models, "identity", dim, patch, recorder=True)
     whole, _ = _static_metric(plugin, models, "identity", dim, (0,) * dim)
-    torch.testing.assert_close(tiled._fixed_feature_interp[0].coefficients, whole._fixed_feature_interp[0].coefficients)
+    torch.testing.assert_close(tiled.fixed_feature_interp[0].coefficients, whole.fixed_feature_interp[0].coefficients)
     # tiles are laid out (z, y, x): tensor shape [1, C, *reversed(PatchSize)], ceil(E/T) tiles per axis
     shape_zyx = tiled.fixed.geometry.shape_zyx
     n_tiles = int(np.prod([math.ceil(e / p) for e, p in zip(shape_zyx, reversed(patch))]))
     assert len(rec.calls) == 2 * n_tiles  # fixed maps, then moving maps
     assert all(c["x"].shape == (1, 1) + tuple(reversed(patch)) for c in rec.calls)
     # the map reproduces the image itself (voxel size = spacing: the resampling grid is the image grid)
-    values = _map_values(tiled._fixed_feature_interp[0])[0].numpy()
+    values = _map_values(tiled.fixed_feature_interp[0])[0].numpy()
     np.testing.assert_allclose(values, tiled.fixed.array_zyx.reshape(-1), atol=1e-5)
 
 
@@ -582,7 +584,7 @@ def test_tiling_conv_model_sees_zero_padded_tiles(plugin, models):
             tile[y0:y0 + patch[1], x0:x0 + patch[0]] = a[y0:y0 + patch[1], x0:x0 + patch[0]]
             boxed = ndimage.correlate(tile, np.ones((3, 3)), mode="constant")
             expected[y0:y0 + patch[1], x0:x0 + patch[0]] = boxed[y0:y0 + patch[1], x0:x0 + patch[0]]
-    values = _map_values(metric._fixed_feature_interp[0])[0].numpy().reshape(a.shape)
+    values = _map_values(metric.fixed_feature_interp[0])[0].numpy().reshape(a.shape)
     np.testing.assert_allclose(values, expected, atol=1e-4)
     whole = ndimage.correlate(a, np.ones((3, 3)), mode="constant")
     assert np.abs(values - whole).max() > 0.1  # tile borders really differ from the whole-image result
@@ -593,8 +595,8 @@ def test_outputs_larger_than_tile_are_centre_cropped(plugin, models, patch):
     """A model padding 1 low / 2 high with a marker: the crop removes exactly the margin."""
     image, _ = oblique_pair(2, None, size=(11, 7))
     metric, _ = _static_metric(plugin, models, "pad", 2, patch, image=image)
-    assert metric._fixed_feature_interp[0].geometry.size == image.geometry.size
-    values = _map_values(metric._fixed_feature_interp[0])[0].numpy()
+    assert metric.fixed_feature_interp[0].geometry.size == image.geometry.size
+    values = _map_values(metric.fixed_feature_interp[0])[0].numpy()
     np.testing.assert_allclose(values, image.array_zyx.reshape(-1), atol=1e-5)
 
 
@@ -609,12 +611,12 @@ def test_strided_output_geometry(plugin, models, size, patch):
     ramp = _ramp(2)
     image = level_image(geo, ramp)
     metric, _ = _static_metric(plugin, models, "pool", 2, patch, image=image)
-    feature_geo = metric._fixed_feature_interp[0].geometry
+    feature_geo = metric.fixed_feature_interp[0].geometry
     assert feature_geo.size == tuple(s // 2 for s in size)
     np.testing.assert_allclose(feature_geo.spacing, 2 * geo.spacing)
     np.testing.assert_allclose(feature_geo.origin, geo.origin + geo.direction @ (geo.spacing / 2), atol=1e-12)
     np.testing.assert_allclose(feature_geo.direction, geo.direction)
-    values = _map_values(metric._fixed_feature_interp[0])[0].numpy()
+    values = _map_values(metric.fixed_feature_interp[0])[0].numpy()
     np.testing.assert_allclose(values, ramp(feature_geo.voxel_centres()), atol=1e-4)
 
 
@@ -632,7 +634,7 @@ def test_static_2d_model_on_3d_image_runs_slice_by_slice(plugin, models):
     assert len(rec.calls) == 2 * grid.size[2]
     assert all(c["x"].shape == (1, 1, grid.size[1], grid.size[0]) for c in rec.calls)
     assert all(c["direction"].shape == (3, 3) for c in rec.calls)
-    torch.testing.assert_close(m2._fixed_feature_interp[0].coefficients, m3._fixed_feature_interp[0].coefficients)
+    torch.testing.assert_close(m2.fixed_feature_interp[0].coefficients, m3.fixed_feature_interp[0].coefficients)
     resampled = reference_interpolation(image, image.geometry, grid.voxel_centres(), 3).reshape(grid.shape_zyx)
     for z in (0, grid.size[2] - 1):
         np.testing.assert_allclose(rec.calls[z]["x"][0, 0].numpy(), resampled[z], atol=1e-5)
@@ -648,7 +650,7 @@ def test_static_2d_model_on_3d_image_runs_slice_by_slice(plugin, models):
 
 def test_random_rotations_are_proper_rotations_from_the_generator():
     n = 50
-    rotations = _random_rotations(n, torch.Generator().manual_seed(4), F64)
+    rotations = random_rotations(n, torch.Generator().manual_seed(4), F64)
     eye = torch.eye(3, dtype=F64).expand(n, 3, 3)
     torch.testing.assert_close(rotations.transpose(1, 2) @ rotations, eye)
     torch.testing.assert_close(torch.linalg.det(rotations), torch.ones(n, dtype=F64))
@@ -677,7 +679,7 @@ def test_jacobian_2d_model_on_3d_image_uses_one_rotation_per_sample_for_both_ima
     metric.value(torch.tensor(t), pts)
     replay = torch.Generator()
     replay.set_state(state)
-    rotations = _random_rotations(n, replay, F64).numpy()
+    rotations = random_rotations(n, replay, F64).numpy()
     axes = [(np.arange(p) - p // 2) * v for p, v in zip(patch, voxel)]
     gy, gx = np.meshgrid(axes[1], axes[0], indexing="ij")
     planar = np.stack([gx.reshape(-1), gy.reshape(-1), np.zeros(gx.size)], axis=1)  # (Q, 3), x fastest
@@ -701,16 +703,16 @@ def _full_features(metric, pts, t):
     if metric.config.mode == "Static":
         with torch.no_grad():
             moved = metric.transform.transform_points(t, pts)
-            ref = metric.transform.transform_points(metric._reference_parameters, pts)
-            return (metric._fixed_feature_interp[0](pts).float(),
-                    metric._moving_feature_interp[0](pts + moved - ref).float())
+            ref = metric.transform.transform_points(metric.reference_parameters, pts)
+            return (metric.fixed_feature_interp[0](pts).float(),
+                    metric.moving_feature_interp[0](pts + moved - ref).float())
     cfgs = metric.config.fixed_models
-    fp, shapes = metric._patch_points(cfgs, pts, [None])
+    fp, shapes = metric.patch_points(cfgs, pts, [None])
     mp = [metric.transform.transform_points(t, p.reshape(-1, pts.shape[1])).reshape(p.shape) for p in fp]
     with torch.no_grad():
-        (f,) = metric._patch_features(metric.fixed_models, cfgs, metric.fixed_interp, fp, shapes,
+        (f,) = metric.patch_features(metric.fixed_models, cfgs, metric.fixed_interp, fp, shapes,
                                       metric.fixed_stats, metric.fixed_direction, "fixed")
-        (m,) = metric._patch_features(metric.moving_models, cfgs, metric.moving_interp, mp, shapes,
+        (m,) = metric.patch_features(metric.moving_models, cfgs, metric.moving_interp, mp, shapes,
                                       metric.moving_stats, metric.moving_direction, "moving")
     return f, m
 
@@ -796,24 +798,24 @@ def test_static_pca_fitted_on_fixed_reused_for_moving_global_layer_index(plugin,
     raw = impact_metric(plugin, raw_cfg, fixed, moving, [ident[1], conv[1]])
     assert metric.channels == [1, 2] and raw.channels == [1, 4]
     assert metric.pca_bases[0] is None and metric.pca_bases[1].shape == (4, 2)
-    xf = _map_values(raw._fixed_feature_interp[1]).numpy()
-    xm = _map_values(raw._moving_feature_interp[1]).numpy()
+    xf = _map_values(raw.fixed_feature_interp[1]).numpy()
+    xm = _map_values(raw.moving_feature_interp[1]).numpy()
     # basis = eigenvectors of the two largest eigenvalues of the fixed map's channel covariance
     xc = xf - xf.mean(axis=1, keepdims=True)
     _, vecs = np.linalg.eigh(xc @ xc.T / (xf.shape[1] - 1))
     basis = metric.pca_bases[1].numpy()
     np.testing.assert_allclose(np.abs(basis.T @ vecs[:, 2:]), np.eye(2), atol=1e-6)
-    np.testing.assert_allclose(_map_values(metric._fixed_feature_interp[1]).numpy(), basis.T @ xc, atol=1e-4)
+    np.testing.assert_allclose(_map_values(metric.fixed_feature_interp[1]).numpy(), basis.T @ xc, atol=1e-4)
     moving_expected = basis.T @ (xm - xm.mean(axis=1, keepdims=True))
-    np.testing.assert_allclose(_map_values(metric._moving_feature_interp[1]).numpy(), moving_expected, atol=1e-4)
+    np.testing.assert_allclose(_map_values(metric.moving_feature_interp[1]).numpy(), moving_expected, atol=1e-4)
     # a refresh of the moving maps keeps the fixed-fitted basis
     kept = metric.pca_bases[1]
     metric.after_iteration(torch.tensor([1.0, -1.0], dtype=F64))
     assert metric.pca_bases[1] is kept
     refreshed = impact_metric(plugin, raw_cfg, fixed, moving, [ident[1], conv[1]],
                         parameters=torch.tensor([1.0, -1.0], dtype=F64))
-    xm = _map_values(refreshed._moving_feature_interp[1]).numpy()
-    np.testing.assert_allclose(_map_values(metric._moving_feature_interp[1]).numpy(),
+    xm = _map_values(refreshed.moving_feature_interp[1]).numpy()
+    np.testing.assert_allclose(_map_values(metric.moving_feature_interp[1]).numpy(),
                                basis.T @ (xm - xm.mean(axis=1, keepdims=True)), atol=1e-4)
 
 
@@ -823,7 +825,7 @@ def test_static_feature_map_refresh_interval(plugin, models, interval):
     path, model = models["conv2"]
     cfg = level_config("Static", [model_config(path, 2, (0, 0), (1.2, 1.2))], distances=("NCC",), interval=interval)
     metric = impact_metric(plugin, cfg, fixed, moving, [model])
-    original = metric._moving_feature_interp
+    original = metric.moving_feature_interp
     positions = [torch.tensor([0.2 * k, -0.1 * k], dtype=F64) for k in range(1, 6)]
     pts = ball_points(fixed.geometry, 80, 6.0)
     for k, position in enumerate(positions, start=1):
@@ -831,14 +833,14 @@ def test_static_feature_map_refresh_interval(plugin, models, interval):
         refreshed = interval > 0 and k % interval == 0
         last = (positions[(k // interval) * interval - 1] if interval > 0 and k >= interval
                 else torch.zeros(2, dtype=F64))
-        torch.testing.assert_close(metric._reference_parameters, last)
+        torch.testing.assert_close(metric.reference_parameters, last)
         if refreshed:
             # identical to a metric initialised at that position (x + T(x) − T₀(x) with the new T₀)
             fresh = impact_metric(plugin, cfg, fixed, moving, [model], parameters=position)
             t = position + 0.3
             assert float(metric.value(t, pts)[0]) == pytest.approx(float(fresh.value(t, pts)[0]), rel=1e-6)
     assert metric.iteration == 5
-    assert (metric._moving_feature_interp is original) == (interval <= 0)
+    assert (metric.moving_feature_interp is original) == (interval <= 0)
 
 
 def test_jacobian_after_iteration_does_nothing(plugin, models):
@@ -847,7 +849,7 @@ def test_jacobian_after_iteration_does_nothing(plugin, models):
     metric = impact_metric(plugin, level_config("Jacobian", [model_config(path, 2, (3, 3), (1.0, 1.0))], interval=1), fixed, moving,
                      [model])
     metric.after_iteration(torch.ones(2, dtype=F64))
-    assert metric.iteration == 1 and not hasattr(metric, "_moving_feature_interp")
+    assert metric.iteration == 1 and not hasattr(metric, "moving_feature_interp")
 
 
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
@@ -884,8 +886,8 @@ def test_mixed_models_receive_level_statistics_and_rounded_direction(plugin, mod
             np.testing.assert_array_equal(call["direction"].numpy(), expected[which][1])
             assert int(call["n_layers"]) == n_layers
     # the TorchScript model itself received them (its features echo stats, direction, n_layers)
-    for which, echoed in (("fixed", metric._fixed_feature_interp if mode == "Static" else None),
-                          ("moving", metric._moving_feature_interp if mode == "Static" else None)):
+    for which, echoed in (("fixed", metric.fixed_feature_interp if mode == "Static" else None),
+                          ("moving", metric.moving_feature_interp if mode == "Static" else None)):
         if mode == "Static":
             features = _map_values(echoed[0]).T.numpy()
         else:
@@ -894,8 +896,8 @@ def test_mixed_models_receive_level_statistics_and_rounded_direction(plugin, mod
             stats_t = metric.fixed_stats if which == "fixed" else metric.moving_stats
             direction = metric.fixed_direction if which == "fixed" else metric.moving_direction
             model_list = [meta[1]]
-            pl, shapes = metric._patch_points(cfgs[:1], pts, [None])
-            (features,) = metric._patch_features(model_list, cfgs[:1], interp, pl, shapes, stats_t, direction,
+            pl, shapes = metric.patch_points(cfgs[:1], pts, [None])
+            (features,) = metric.patch_features(model_list, cfgs[:1], interp, pl, shapes, stats_t, direction,
                                                  which)
             features = features.detach().numpy()
         stats_v, direction_v = expected[which]
@@ -950,7 +952,7 @@ def test_jacobian_pair_of_3d_fixed_and_2d_moving_model(plugin, models):
 @pytest.mark.parametrize("mode", ["Jacobian", "Static"])
 def test_check_level_models_before_any_computation(plugin, models, mode):
     """The up-front dry run catches list-length and channel mismatches (and PCA > channels in Static)."""
-    from elastix_bridge.engine.metrics.impact import check_level_models
+    from elastix_bridge.engine.metrics.impact_models import check_level_models
     from elastix_bridge.core.impact_parameters import ImpactParameterError
     from elastix_bridge.runtime.loader import ImpactModelError
 

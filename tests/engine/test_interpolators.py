@@ -7,8 +7,9 @@ from scipy import ndimage
 from elastix_bridge.core.geometry import ImageGeometry
 from elastix_bridge.engine.images.level_images import LevelImage
 from elastix_bridge.engine.images.interpolators import (ImageInterpolator, bspline_coefficients,
-                                                        bspline_coefficients_reference,
-                                                 bspline_interpolate, bspline_interpolate_with_gradient)
+                                                        bspline_coefficients_reference, bspline_interpolate,
+                                                        bspline_interpolate_with_gradient,
+                                                        bspline_interpolate_with_gradient_reference)
 
 
 def _rotation(d, angle=0.3):
@@ -105,14 +106,14 @@ def test_chunking_many_channels():
     a = torch.tensor(rng.normal(size=(4, 5, 6, 7)))
     idx = torch.tensor(rng.uniform(-1, 7, size=(300, 3)))
     full = bspline_interpolate(a, idx, 3)
-    old = mod._MAX_CHUNK_ELEMENTS
+    old = mod.MAX_CHUNK_ELEMENTS
     try:
-        mod._MAX_CHUNK_ELEMENTS = 64 * 4 * 7  # 7 points per chunk
+        mod.MAX_CHUNK_ELEMENTS = 64 * 4 * 7  # 7 points per chunk
         part = bspline_interpolate(a, idx, 3)
         idx_rg = idx.clone().requires_grad_(True)
         (g_small,) = torch.autograd.grad(bspline_interpolate(a, idx_rg, 3).sum(), idx_rg)
     finally:
-        mod._MAX_CHUNK_ELEMENTS = old
+        mod.MAX_CHUNK_ELEMENTS = old
     idx_rg = idx.clone().requires_grad_(True)
     (g_full,) = torch.autograd.grad(bspline_interpolate(a, idx_rg, 3).sum(), idx_rg)
     torch.testing.assert_close(part, full)
@@ -186,13 +187,12 @@ def test_image_interpolator_features_and_dtype():
 @pytest.mark.parametrize("order", [0, 1, 2, 3])
 def test_plugin_kernel_matches_torch_reference(plugin, shape_zyx, channels, order, dtype):
     """The CPU kernel (plugin ``bspline_evaluate``) and the device-generic torch code agree."""
-    from elastix_bridge.engine.images.interpolators import _evaluate, _evaluate_torch
-
     rng = np.random.default_rng(order)
-    coef = torch.tensor(rng.normal(size=(int(np.prod(shape_zyx)), channels)), dtype=dtype)
+    coef = torch.tensor(rng.normal(size=(int(np.prod(shape_zyx)), channels)), dtype=dtype)  # (voxels, C), x fastest
+    coef = coef.T.reshape((channels,) + shape_zyx)  # (C, *zyx)
     idx = torch.tensor(_indices(rng, shape_zyx[::-1]), dtype=dtype)
-    values, grads = _evaluate(coef, shape_zyx[::-1], idx, order, True)
-    ref_values, ref_grads = _evaluate_torch(coef, shape_zyx[::-1], idx, order, True)
+    values, grads = bspline_interpolate_with_gradient(coef, idx, order)
+    ref_values, ref_grads = bspline_interpolate_with_gradient_reference(coef, idx, order)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(values, ref_values, **tol)
     torch.testing.assert_close(grads, ref_grads, **tol)

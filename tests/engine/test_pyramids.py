@@ -6,8 +6,9 @@ import pytest
 from scipy import ndimage
 
 from elastix_bridge.core.geometry import ImageGeometry
-from elastix_bridge.engine.images.pyramids import (PyramidSchedule, downsampled_geometry, fixed_level_region,
-                                            pyramid_base_kind, pyramid_level, pyramid_schedule)
+from elastix_bridge.engine.images.pyramids import (GenericImagePyramid, PyramidSchedule, SmoothingImagePyramid,
+                                                   downsampled_geometry, fixed_level_region, pyramid_class,
+                                                   pyramid_level, pyramid_schedule)
 
 
 def _rot(angle):
@@ -29,13 +30,22 @@ def image():
     return img
 
 
-def test_kind_names():
-    assert pyramid_base_kind("FixedGenericImagePyramid") == "GenericImagePyramid"
-    assert pyramid_base_kind("MovingSmoothingImagePyramid") == "SmoothingImagePyramid"
+def test_kind_names_find_the_registered_class():
+    assert pyramid_class("FixedGenericImagePyramid") is GenericImagePyramid
+    assert pyramid_class("MovingSmoothingImagePyramid") is SmoothingImagePyramid
     with pytest.raises(ValueError, match="FixedSmoothingImagePyramid"):
-        pyramid_base_kind("FixedFancyPyramid")
+        pyramid_class("FixedFancyPyramid")
     with pytest.raises(ValueError):
-        pyramid_base_kind("SmoothingImagePyramid")  # prefix required
+        pyramid_class("SmoothingImagePyramid")  # prefix required
+
+
+@pytest.mark.parametrize("kind", ["Smoothing", "Recursive", "Shrinking", "Generic"])
+def test_level_size_is_the_size_of_the_level_image(image, kind):
+    schedule = pyramid_schedule(f"Fixed{kind}ImagePyramid", 3, GEO)
+    for level in range(3):
+        made = pyramid_level(image, f"Fixed{kind}ImagePyramid", schedule, level)
+        assert pyramid_class(f"Fixed{kind}ImagePyramid").level_size(GEO, schedule, level) == \
+            tuple(made.GetLargestPossibleRegion().GetSize())
 
 
 def test_schedules():

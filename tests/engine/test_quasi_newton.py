@@ -14,9 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from elastix_bridge.engine.optimizers.line_search import MoreThuenteLineSearch, safeguarded_step  # noqa: E402
-from elastix_bridge.engine.optimizers.asgd import SamplingError  # noqa: E402
-from elastix_bridge.engine.optimizers.quasi_newton import (QuasiNewtonLBFGS, QuasiNewtonLBFGSSettings,  # noqa: E402
-                                                two_loop_direction)
+from elastix_bridge.engine.errors import SamplingError  # noqa: E402
+from elastix_bridge.engine.optimizers.quasi_newton import QuasiNewtonLBFGS, two_loop_direction  # noqa: E402
+from elastix_bridge.engine.optimizers.settings import QuasiNewtonLBFGSSettings  # noqa: E402
 from elastix_bridge.core.parameters import ParameterError, ParameterMap  # noqa: E402
 
 

@@ -57,7 +57,8 @@ def test_setup_of_a_linear_map_makes_its_transform_and_scales(plugin):
 
 
 def test_setup_refuses_an_unknown_optimizer_before_loading_anything():
-    from elastix_bridge.engine.registration import UnsupportedComponentError, setup_stage
+    from elastix_bridge.engine.components import UnsupportedComponentError
+    from elastix_bridge.engine.registration import setup_stage
 
     with pytest.raises(UnsupportedComponentError, match="Optimizer \"Powell\".*Supported"):
         with setup_stage(_image(0), _image(1), _map(Optimizer=["Powell"])):
@@ -75,7 +76,8 @@ def test_level_context_has_the_pyramid_sizes_sampler_and_optimizer_of_the_map(pl
         assert [(s.name, s.number_of_samples) for s in coarse.samplers] == [("RandomCoordinate", 200)]
         assert isinstance(coarse.optimizer, AdaptiveStochasticGradientDescent)
         assert coarse.transform.grid.spacing.tolist() == [12.0, 12.0]  # final 6 mm × GridSpacingSchedule 2
-        assert coarse.fixed_mask is None and coarse.terms is not None  # ASGD estimates its step size
+        assert coarse.fixed_mask is None and coarse.optimizer.terms is not None  # ASGD estimates its step size
+        assert coarse.cost.exact_sampler is not None  # ASGD's exact gradients, set up by its before_level
         fine = LevelContext(stage, 1, (coarse.transform, coarse.parameters))
         assert fine.fixed.geometry.size == (48, 40)
         assert [(s.name, s.number_of_samples) for s in fine.samplers] == [("RandomCoordinate", 300)]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run, write_parameter_file
+from helpers.command import run
+from helpers.maps import write_parameter_file
 
 pytest.importorskip("distributed")
 pytest.importorskip("itk")
@@ -333,26 +334,23 @@ def test_resume_refuses_a_pair_folder_replaced_by_a_file(done, tmp_path, capsys)
     assert "pair a:" in err and "is an existing file, where the batch writes the pair's folder" in err
 
 
-def test_a_pairs_argv_passes_the_commands_exact_flag_parser(cohort, tmp_path):
-    """The runner drives the command line with argv strings: every flag it builds (-f -m -p -out -fMask
-    -mMask -threads -loglevel --engine --no-progress) must be one the parser knows exactly, so the run
-    gets as far as reading the (missing) fixed image."""
+def test_a_pairs_registration_names_its_inputs_as_the_command_does(cohort, tmp_path):
+    """The runner registers a pair with the command's own file registration (register_files, Python
+    arguments): a missing fixed image is named as the command names it, before anything is created."""
     from elastix_bridge.batch.manifest import Pair
-    from elastix_bridge.batch.runner import PairSettings, _argv
-    from elastix_bridge.cli import run_registration
+    from elastix_bridge.batch.pair import PairSettings, register_pair
 
     folder, params, _ = cohort
     pair = Pair("a", tmp_path / "absent.mha", folder / "moving.mha", fixed_mask=folder / "fixed.mha",
                 moving_mask=folder / "moving.mha")
-    argv = _argv(pair, PairSettings(str(tmp_path), (str(params),), "elastix", 1, 0), tmp_path / "out")
     with pytest.raises((OSError, ValueError)) as caught:
-        run_registration(argv)
+        register_pair(pair, PairSettings(str(tmp_path), (str(params),), "elastix", 1, 0), tmp_path / "out")
     assert "absent.mha" in str(caught.value) and "fixed image (-f)" in str(caught.value)
     assert not (tmp_path / "out").exists()
 
 
 def test_out_equal_to_the_manifest_folder_with_subject_folders_named_as_ids_is_refused(cohort, tmp_path, capsys):
-    """The README's layout (sub-01/t1.mha beside the manifest) with -out the manifest's own folder: the
+    """The layout of docs/cohorts.md (sub-01/t1.mha beside the manifest) with -out the manifest's own folder: the
     batch would replace sub-01/ (the subject's images) by the pair's results."""
     folder, params, _ = cohort
     (tmp_path / "sub-01").mkdir()

@@ -17,7 +17,7 @@ import pytest
 
 from elastix_bridge import cli
 from elastix_bridge.validation import available_cores, check_threads
-from helpers import assert_one_line_error, run
+from helpers.command import assert_one_line_error, run
 
 LOCK = ".elastix-bridge.lock"
 VALUE_FLAGS = {"-f": "f.mha", "-m": "m.mha", "-fMask": "mask.mha", "-mMask": "mask.mha", "-p": "p.txt",
@@ -137,7 +137,7 @@ def test_every_flag_variant_is_covered():
     (["-out", "OUT", "-p", "p.txt", "-m", "m.mha", "-f", "f.mha", "-fMask", "a=b.mha"], {"fMask": "a=b.mha"}),
 ], ids=["p-repeats", "threads-loglevel", "dash-values", "engine-equals", "any-order"])
 def test_exact_flags_still_parse(argv, expected):
-    args = cli._registration_parser().parse_args(argv)
+    args = cli.registration_parser().parse_args(argv)
     assert {key: getattr(args, key) for key in expected} == expected
 
 

@@ -8,8 +8,9 @@ or float64 features, a non-differentiable model in Static mode) register.
 """
 import pytest
 
-from helpers import assert_one_line_error, impact_parameters, registration_args, run, scripted_model, \
-    write_parameter_file
+from helpers.command import assert_one_line_error, registration_args, run
+from helpers.maps import impact_parameters, write_parameter_file
+from helpers.torchscript import scripted_model
 
 pytest.importorskip("torch")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from elastix_bridge.core.output_folder import LOCK_NAME, check_inputs_outside_outputs, owned_output_folder
-from helpers import assert_one_line_error, run
+from helpers.command import assert_one_line_error, run
 
 TRANSFORM = ('(Transform "TranslationTransform")\n(NumberOfParameters 2)\n(TransformParameters 0 0)\n'
              '(InitialTransformParameterFileName "NoInitialTransform")\n(FixedImageDimension 2)\n'

@@ -1,4 +1,4 @@
-"""Hostile inputs that can be found before any work, for every stage of a chain (issue 21, items 4, 5, 10).
+"""Hostile inputs that can be found before any work, for every stage of a chain (docs/bad_input.md).
 
 Each case asserts the exception type or exit code, that the message names the cause (and the fix), that
 nothing was written to the output folder and no stage ran, and that no lock is left. Cases are derived
@@ -16,8 +16,8 @@ from elastix_bridge.core.elastix_names import RESULT_FORMAT_2D_ONLY, RESULT_FORM
 from elastix_bridge.core.geometry import ImageGeometry
 from elastix_bridge.core.parameters import ParameterMap
 from elastix_bridge.core.result_images import UNWRAPPED_TYPES
-from tests.helpers import assert_one_line_error, elastix_map, impact_parameters, registration_args, run, \
-    write_parameter_file
+from helpers.command import assert_one_line_error, registration_args, run
+from helpers.maps import elastix_map, impact_parameters, write_parameter_file
 
 itk = pytest.importorskip("itk")
 
@@ -56,7 +56,8 @@ def assert_nothing_written(out, before=()):
 @pytest.fixture
 def no_stage(monkeypatch):
     """Fails the test if any stage starts (bridge or elastix)."""
-    import elastix_bridge.api as api
+    from elastix_bridge.engine import registration
+    from elastix_bridge.runtime import itk_elastix
 
     started = []
 
@@ -64,8 +65,8 @@ def no_stage(monkeypatch):
         started.append(True)
         raise AssertionError("a stage ran")
 
-    monkeypatch.setattr(api, "_run_chain", refuse)
-    monkeypatch.setattr(api, "_one_itk_elastix_call", refuse)
+    monkeypatch.setattr(registration, "run_stage", refuse)  # no bridge stage
+    monkeypatch.setattr(itk_elastix, "run_itk_elastix", refuse)  # no elastix stage
     yield started
     assert not started
 
@@ -243,7 +244,7 @@ TINY = (1, 2, 3, 4, 5)
 def test_pyramid_check_agrees_with_itk(kind, size, levels):
     """The header check refuses exactly what ITK's pyramid filters cannot compute (and 1-voxel axes)."""
     from elastix_bridge.engine.images.pyramids import pyramid_level
-    from elastix_bridge.engine.registration import map_pyramid_schedule
+    from elastix_bridge.engine.stage_settings import map_pyramid_schedule
     from elastix_bridge.validation import check_pyramid_sizes
 
     m = ParameterMap.from_dict({**elastix_map(), "NumberOfResolutions": [str(levels)],

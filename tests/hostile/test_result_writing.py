@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import assert_one_line_error, elastix_map, impact_parameters, run, write_parameter_file
+from helpers.command import assert_one_line_error, run
+from helpers.maps import elastix_map, impact_parameters, write_parameter_file
 
 itk = pytest.importorskip("itk")
 

@@ -1,4 +1,4 @@
-"""Hostile round 2, degenerate Impact runs and the model contract (docs/bad_input.md, issue 21).
+"""Hostile round 2, degenerate Impact runs and the model contract (docs/bad_input.md).
 
 Each case is refused before any work with one line naming the cause and the fix; nothing is written,
 an earlier run's outputs in ``-out`` stay, and no lock is left. In-process, tiny 2D images, 2 iterations.
@@ -6,8 +6,9 @@ an earlier run's outputs in ``-out`` stay, and no lock is left. In-process, tiny
 import numpy as np
 import pytest
 
-from helpers import assert_one_line_error, impact_parameters, registration_args, run, scripted_model, \
-    write_parameter_file
+from helpers.command import assert_one_line_error, registration_args, run
+from helpers.maps import impact_parameters, write_parameter_file
+from helpers.torchscript import scripted_model
 
 pytest.importorskip("torch")
 

@@ -1,4 +1,4 @@
-"""Hostile round 2, inputs (issue 21): paths that are no file, 4D images, counts of 0, parameter objects and
+"""Hostile round 2, inputs (docs/bad_input.md): paths that are no file, 4D images, counts of 0, parameter objects and
 keywords the API cannot run. Each case is refused before any work with one line naming the cause and the fix;
 nothing is written or removed, and no lock is left. In-process only (no new interpreter)."""
 from __future__ import annotations
@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from tests.helpers import assert_one_line_error, impact_parameters, registration_args, run, write_parameter_file
+from helpers.command import assert_one_line_error, registration_args, run
+from helpers.maps import impact_parameters, write_parameter_file
 
 itk = pytest.importorskip("itk")
 
@@ -143,12 +144,14 @@ API_CASES = [
 def test_api_refuses_bad_parameter_objects_and_keywords_before_work(monkeypatch, small_pair, tmp_path, kwargs, error,
                                                                    needles):
     import elastix_bridge.api as api
+    from elastix_bridge.engine import registration
+    from elastix_bridge.runtime import itk_elastix
 
     def refuse(*args, **kw):
         raise AssertionError("a stage ran")
 
-    monkeypatch.setattr(api, "_run_chain", refuse)
-    monkeypatch.setattr(api, "_one_itk_elastix_call", refuse)
+    monkeypatch.setattr(registration, "run_stage", refuse)  # no bridge stage
+    monkeypatch.setattr(itk_elastix, "run_itk_elastix", refuse)  # no elastix stage
     with pytest.raises(error) as caught:
         api.elastix_registration_method(*small_pair, output_directory=str(tmp_path), **kwargs)
     for needle in needles:

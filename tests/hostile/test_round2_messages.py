@@ -1,4 +1,4 @@
-"""Hostile round 2 (issue 21): bad inputs whose message misled or that were silently ignored.
+"""Hostile round 2 (docs/bad_input.md): bad inputs whose message misled or that were silently ignored.
 
 Each case asserts the exit code or exception, that the one-line message names the cause and the fix,
 and that nothing was written or removed (no ``.elastix-bridge.lock`` left). In-process and fast.
@@ -10,8 +10,8 @@ import logging
 import pytest
 
 from elastix_bridge.core.parameters import ParameterMap
-from helpers import assert_one_line_error, elastix_map, impact_parameters, registration_args, run, \
-    write_parameter_file
+from helpers.command import assert_one_line_error, registration_args, run
+from helpers.maps import elastix_map, impact_parameters, write_parameter_file
 
 itk = pytest.importorskip("itk")
 

@@ -1,4 +1,4 @@
-"""Hostile round 3, inputs (issue 21): bad cases found in the third round. Each is refused before any work
+"""Hostile round 3, inputs (docs/bad_input.md): bad cases found in the third round. Each is refused before any work
 with one line naming the cause and the fix; nothing is written or removed, and no lock is left. In-process."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from tests.helpers import (assert_one_line_error, elastix_map, impact_parameters, registration_args, run,
-                           write_parameter_file)
+from helpers.command import assert_one_line_error, registration_args, run
+from helpers.maps import elastix_map, impact_parameters, write_parameter_file
 
 itk = pytest.importorskip("itk")
 

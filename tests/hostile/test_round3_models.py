@@ -5,8 +5,9 @@ before any work with one line naming the cause and the fix, and the output folde
 """
 import pytest
 
-from helpers import assert_one_line_error, impact_parameters, registration_args, run, scripted_model, \
-    write_parameter_file
+from helpers.command import assert_one_line_error, registration_args, run
+from helpers.maps import impact_parameters, write_parameter_file
+from helpers.torchscript import scripted_model
 
 pytest.importorskip("torch")
 
@@ -105,15 +106,15 @@ def test_inspect_skips_timed_sizes_whose_outputs_do_not_fit(capsys, tmp_path, mo
 @pytest.mark.parametrize("error", [MemoryError(), RuntimeError(
     "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate "
     "1310720000 bytes. Error code 12 (Cannot allocate memory)")], ids=["MemoryError", "torch"])
-def test_inspect_out_of_memory_is_one_named_line(capsys, tmp_path, monkeypatch, plugin, error):
-    from elastix_bridge.models import inspection
+def test_inspect_out_of_memory_is_one_named_line(capsys, tmp_path, monkeypatch, models, error):
+    from elastix_bridge.runtime import loader
 
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(inspection, "_inspect", fail)
-    code, _, err = run(capsys, "model", "inspect", "big.pt", "--dimension", "2")
-    assert_one_line_error(code, err, "model 'big.pt'", "ran out of memory", "free memory", "check its channel count")
+    monkeypatch.setattr(loader, "load_feature_model", fail)  # as if the model's first allocation failed
+    code, _, err = run(capsys, "model", "inspect", models["pooled"], "--dimension", "2")
+    assert_one_line_error(code, err, f"model '{models['pooled']}'", "ran out of memory", "free memory", "check its channel count")
 
 
 def test_inspect_names_a_map_without_spatial_extent(capsys, models):

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run, write_parameter_file
+from helpers.command import run
+from helpers.maps import write_parameter_file
 
 itk = pytest.importorskip("itk")
 from elastix_bridge.core import interruption  # noqa: E402
@@ -77,25 +78,26 @@ def batch_pair(inputs, tmp_path, monkeypatch):
     ``run_pair(meanwhile)`` calls ``meanwhile(root / "a")`` during the pair's registration (the other run).
     """
     pytest.importorskip("distributed")
-    from elastix_bridge import cli
-    from elastix_bridge.batch import evaluation, runner
+    from elastix_bridge.batch import evaluation, pair
     from elastix_bridge.batch.manifest import Pair
+    from elastix_bridge.file_registration import FileRegistration
 
     root = tmp_path / "B"
     for sub in ("maps", "pairs", "attempts", "tmp"):
         (root / ".batch" / sub).mkdir(parents=True)
-    settings = runner.PairSettings(str(root), (), "elastix", 1, 0, time.time())
+    settings = pair.PairSettings(str(root), (), "elastix", 1, 0, time.time())
     monkeypatch.setattr(evaluation, "final_metrics", lambda folder: {})
 
     def run_pair(meanwhile):
-        def fake_registration(argv):
-            out = Path(argv[argv.index("-out") + 1])
+        def fake_registration(fixed, moving, parameter_files, output_directory, **options):
+            out = Path(output_directory)
             out.mkdir(parents=True)
             (out / "result.0.mha").write_text("batch result")
             meanwhile(root / "a")
+            return FileRegistration(out, ("result.0.mha",), (), ())
 
-        monkeypatch.setattr(cli, "run_registration", fake_registration)
-        return runner._run_pair(Pair("a", inputs["fixed"], inputs["moving"]), settings, "digest")
+        monkeypatch.setattr(pair, "register_files", fake_registration)
+        return pair.run_pair(Pair("a", inputs["fixed"], inputs["moving"]), settings, "digest")
 
     return run_pair, root
 
@@ -109,8 +111,6 @@ def _single_run(folder: Path, locked: bool = False) -> None:
 
 @pytest.mark.parametrize("locked", [False, True], ids=["finished", "still-running"])
 def test_a_pair_folder_written_by_another_run_during_the_batch_is_kept(batch_pair, locked):
-    from elastix_bridge.batch.runner import _output_problems
-
     run_pair, root = batch_pair
     record = run_pair(lambda folder: _single_run(folder, locked))
     assert record["status"] == "failed"

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import elastix_map, impact_parameters, write_parameter_file
+from helpers.maps import elastix_map, impact_parameters, write_parameter_file
 
 REPO = Path(__file__).resolve().parents[2]
 EXIT_WITHIN_S = 10.0  # from the signal to the exit, on a loaded machine (measured ~1-2 s)
+# Fresh interpreters that import itk and stages that must be caught running (30-75 s per test measured on 2
+# busy cores).
+pytestmark = pytest.mark.slow
 
 
 def _long_maps(folder: Path) -> dict:

@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from helpers import impact_parameters, transform_parameters
+from helpers.maps import impact_parameters, transform_parameters
 
 torch = pytest.importorskip("torch")
 from elastix_bridge.models.export import ExportError, export  # noqa: E402
@@ -189,7 +189,7 @@ def test_deepbet_first_block(plugin, tmp_path):
 
 
 def test_export_command(plugin, tmp_path, capsys):
-    from helpers import run
+    from helpers.command import run
 
     net = ActFirst().eval()
     torch.jit.trace(net, torch.randn(1, 1, 12, 12)).save(str(tmp_path / "traced.pt"))

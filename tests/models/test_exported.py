@@ -4,8 +4,8 @@ from typing import List
 import numpy as np
 import pytest
 
-from helpers import ball_points, impact_metric, impact_parameters, level_config, model_config, oblique_pair, \
-    transform_parameters
+from helpers.impact import ball_points, impact_metric, level_config, model_config, oblique_pair
+from helpers.maps import impact_parameters, transform_parameters
 
 torch = pytest.importorskip("torch")
 from elastix_bridge.runtime import loader  # noqa: E402

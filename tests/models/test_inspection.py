@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run, shared_path
+from helpers.command import run
+from helpers.paths import shared_path
 
 torch = pytest.importorskip("torch")
 from elastix_bridge.models.inspection import inspect_model  # noqa: E402

@@ -1,4 +1,4 @@
-"""Tests of the MIND-SSC TorchScript feature model (elastix_bridge.models.mind)."""
+"""Tests of the MIND-SSC TorchScript feature model (elastix_bridge.runtime.mind, elastix_bridge.core.reserved_models)."""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from elastix_bridge.models import mind  # noqa: E402
+from elastix_bridge.core.reserved_models import RESERVED_MODELS, mind_pairs  # noqa: E402
+from elastix_bridge.runtime import mind  # noqa: E402
 
 
 def _stats(x):
@@ -30,7 +31,7 @@ def test_output_shape_and_channels(dimension, shape, channels):
     out = model(x)
     assert isinstance(out, list) and len(out) == 1
     assert out[0].shape == (2, channels) + shape
-    assert len(mind.mind_pairs(dimension)) == channels
+    assert len(mind_pairs(dimension)) == channels
     assert torch.isfinite(out[0]).all()
     assert out[0].max() <= 1.0 + 1e-6 and out[0].min() > 0
     # per-voxel maximum over channels is 1 (MedIA 2012 normalisation)
@@ -39,10 +40,10 @@ def test_output_shape_and_channels(dimension, shape, channels):
 
 def test_pairs_are_at_distance_sqrt2():
     for d in (2, 3):
-        for a, b in mind.mind_pairs(d):
+        for a, b in mind_pairs(d):
             assert sum((p - q) ** 2 for p, q in zip(a, b)) == 2
     with pytest.raises(ValueError):
-        mind.mind_pairs(4)
+        mind_pairs(4)
     with pytest.raises(ValueError):
         mind.MINDSSC(4)
 
@@ -120,8 +121,8 @@ def test_gradient_flows_to_input(dimension, shape):
 
 def test_reserved_name_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ELASTIX_BRIDGE_CACHE", str(tmp_path / "cache"))
-    assert set(mind.RESERVED_MODELS) == {"mind-ssc-2d", "mind-ssc-3d"}
-    for name, (dim, desc) in mind.RESERVED_MODELS.items():
+    assert set(RESERVED_MODELS) == {"mind-ssc-2d", "mind-ssc-3d"}
+    for name, (dim, desc) in RESERVED_MODELS.items():
         p = mind.mind_model_path(name)
         assert p.parent == tmp_path / "cache" / "models" / torch.__version__
         assert p.name.startswith(f"{name}-") and p.suffix == ".pt"  # <name>-<source hash>.pt
@@ -136,7 +137,7 @@ def test_reserved_name_cache(tmp_path, monkeypatch):
 
 
 def test_import_does_not_import_torch():
-    code = ("import sys, elastix_bridge.models.mind as m; "
+    code = ("import sys, elastix_bridge.core.reserved_models as m; "
             "assert 'torch' not in sys.modules, 'torch imported'; "
             "assert 'itk' not in sys.modules; print(sorted(m.RESERVED_MODELS))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -153,7 +154,7 @@ def test_box_mean_equals_average_pool_with_replicate_padding(dimension, radius):
     padded = F.pad(t, [radius] * (2 * dimension), mode="replicate")
     pool = F.avg_pool3d if dimension == 3 else F.avg_pool2d
     expected = pool(padded, kernel_size=2 * radius + 1, stride=1)
-    torch.testing.assert_close(model._box_sum(padded), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.box_mean(padded), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dimension,shape,radius,dilation", [

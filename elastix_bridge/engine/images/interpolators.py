@@ -14,19 +14,21 @@ ITK ``Modules/Core/ImageFunction/include/itkBSplineInterpolateImageFunction.hxx`
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
+from scipy import ndimage
 
-from elastix_bridge.engine.components import register
 from elastix_bridge.core.geometry import ImageGeometry
+from elastix_bridge.engine.images.level_images import LevelImage
+from elastix_bridge.runtime.loader import load_plugin
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from elastix_bridge.engine.images.level_images import LevelImage
-
-_MAX_CHUNK_ELEMENTS = 1 << 24  # gathered values per chunk (points × support × channels)
+#: Gathered values per chunk (points × support ``(order+1)^D`` × channels) of the torch code: the plain-autograd
+#: path of :func:`bspline_interpolate` (coefficients requiring grad) and
+#: :func:`bspline_interpolate_with_gradient_reference` (what other devices than the CPU run); a chunk's
+#: support is materialised, so this bounds its memory (2^24 float64 values = 128 MiB).
+MAX_CHUNK_ELEMENTS = 1 << 24
 
 
 def bspline_coefficients(array: np.ndarray | torch.Tensor, order: int,
@@ -50,10 +52,6 @@ def bspline_coefficients(array: np.ndarray | torch.Tensor, order: int,
     Raises:
         ValueError: if the order is not in 0..3.
     """
-    import torch
-
-    from elastix_bridge.runtime.loader import load_plugin
-
     return _prefilter(array, order, channel_axis,
                       lambda a64: load_plugin().bspline_prefilter(torch.from_numpy(a64), order).numpy())
 
@@ -61,8 +59,6 @@ def bspline_coefficients(array: np.ndarray | torch.Tensor, order: int,
 def bspline_coefficients_reference(array: np.ndarray | torch.Tensor, order: int,
                                    channel_axis: bool = False) -> np.ndarray | torch.Tensor:
     """:func:`bspline_coefficients` with ``scipy.ndimage.spline_filter`` (mirror mode), the reference."""
-    from scipy import ndimage
-
     return _prefilter(array, order, channel_axis, lambda a64: np.stack(
         [ndimage.spline_filter(ch, order=order, output=np.float64, mode="mirror") for ch in a64]))
 
@@ -82,8 +78,6 @@ def _prefilter(array, order, channel_axis, filter_channels):
         out = out[0]
     if is_numpy:
         return out.astype(array.dtype if np.issubdtype(array.dtype, np.floating) else np.float64, copy=False)
-    import torch
-
     return torch.as_tensor(out, dtype=array.dtype if array.is_floating_point() else torch.float64,
                            device=array.device)
 
@@ -103,8 +97,6 @@ def _support(x, order: int, with_derivative: bool):
         ``start`` (int64 ``(n,)``), ``w`` ``(n, order+1)``, ``dw`` (``(n, order+1)`` or None);
         ``w`` is differentiable w.r.t. ``x`` by autograd.
     """
-    import torch
-
     xf = x.detach().to(torch.float32).to(x.dtype)
 
     if order == 0:
@@ -141,8 +133,6 @@ def _support(x, order: int, with_derivative: bool):
 
 def _mirror(idx, n: int):
     """ITK ``ApplyMirrorBoundaryConditions``: periodic mirror with period ``2n − 2`` (0 if n == 1)."""
-    import torch
-
     if n == 1:
         return torch.zeros_like(idx)
     period = 2 * n - 2
@@ -156,8 +146,6 @@ def _chunk_support(coef_pc, size_xyz, index, order: int, with_derivative: bool):
     Returns:
         vals ``(n, K^D, C)``, per-axis weights list ``[(n, K)]*D`` and derivative weights (or None).
     """
-    import torch
-
     n, d = index.shape
     k = order + 1
     lin = None
@@ -191,12 +179,10 @@ def _outer(ws, d: int):
 
 
 def _chunk_size(order: int, d: int, c: int) -> int:
-    return max(1, _MAX_CHUNK_ELEMENTS // ((order + 1) ** d * max(c, 1)))
+    return max(1, MAX_CHUNK_ELEMENTS // ((order + 1) ** d * max(c, 1)))
 
 
 def _prepare(coefficients, index_xyz, order):
-    import torch
-
     order = int(order)
     if order not in (0, 1, 2, 3):
         raise ValueError(f"B-spline order must be 0, 1, 2 or 3; got {order}")
@@ -222,8 +208,6 @@ def _evaluate(coef_pc, size_xyz, index, order, with_gradient):
     nothing materialised); other devices use :func:`_evaluate_torch`, the reference implementation.
     """
     if coef_pc.device.type == "cpu":
-        from elastix_bridge.runtime.loader import load_plugin
-
         out = load_plugin().bspline_evaluate(coef_pc.contiguous(), list(size_xyz), index.contiguous(), int(order),
                                              False, bool(with_gradient))
         return out[0], (out[1] if with_gradient else None)
@@ -232,8 +216,6 @@ def _evaluate(coef_pc, size_xyz, index, order, with_gradient):
 
 def _evaluate_torch(coef_pc, size_xyz, index, order, with_gradient):
     """Device-generic torch version of :func:`_evaluate` (chunked gathers of the support)."""
-    import torch
-
     n, d = index.shape
     c = coef_pc.shape[1]
     dtype = torch.promote_types(coef_pc.dtype, index.dtype)
@@ -255,39 +237,31 @@ def _evaluate_torch(coef_pc, size_xyz, index, order, with_gradient):
     return values, grads
 
 
-def _make_function():
-    import torch
+class _BSplineEval(torch.autograd.Function):
+    """Memory-lean autograd: keeps the index-space derivatives ``(N, C, D)``, not the support.
 
-    class _BSplineEval(torch.autograd.Function):
-        """Memory-lean autograd: keeps the index-space derivatives ``(N, C, D)``, not the support.
+    When the index needs a gradient, one pass over each support gives the values and the
+    derivatives together (a second pass in the backward would repeat the values' work).
+    """
 
-        When the index needs a gradient, one pass over each support gives the values and the
-        derivatives together (a second pass in the backward would repeat the values' work).
-        """
+    @staticmethod
+    def forward(ctx: Any, index: torch.Tensor, coef_pc: torch.Tensor, size_xyz: tuple[int, ...],
+                order: int) -> torch.Tensor:
+        with_gradient = bool(index.requires_grad) and order > 0
+        with torch.no_grad():
+            values, grads = _evaluate(coef_pc, size_xyz, index.detach(), order, with_gradient)
+        ctx.save_for_backward(grads)
+        ctx.index_shape, ctx.index_dtype = index.shape, index.dtype
+        return values
 
-        @staticmethod
-        def forward(ctx: Any, index: torch.Tensor, coef_pc: torch.Tensor, size_xyz: tuple[int, ...],
-                    order: int) -> torch.Tensor:
-            with_gradient = bool(index.requires_grad) and order > 0
-            with torch.no_grad():
-                values, grads = _evaluate(coef_pc, size_xyz, index.detach(), order, with_gradient)
-            ctx.save_for_backward(grads)
-            ctx.index_shape, ctx.index_dtype = index.shape, index.dtype
-            return values
-
-        @staticmethod
-        def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-            (grads,) = ctx.saved_tensors
-            if grads is None or not ctx.needs_input_grad[0]:
-                return (torch.zeros(ctx.index_shape, dtype=ctx.index_dtype, device=grad_out.device),
-                        None, None, None)
-            grad_index = torch.einsum("nc,ncd->nd", grad_out.to(grads.dtype), grads).to(ctx.index_dtype)
-            return grad_index, None, None, None
-
-    return _BSplineEval
-
-
-_FUNCTION = None
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        (grads,) = ctx.saved_tensors
+        if grads is None or not ctx.needs_input_grad[0]:
+            return (torch.zeros(ctx.index_shape, dtype=ctx.index_dtype, device=grad_out.device),
+                    None, None, None)
+        grad_index = torch.einsum("nc,ncd->nd", grad_out.to(grads.dtype), grads).to(ctx.index_dtype)
+        return grad_index, None, None, None
 
 
 def bspline_interpolate(coefficients: "torch.Tensor", index_xyz: "torch.Tensor", order: int) -> "torch.Tensor":
@@ -314,11 +288,8 @@ def bspline_interpolate(coefficients: "torch.Tensor", index_xyz: "torch.Tensor",
     Raises:
         ValueError: on a bad order or shape mismatch; TypeError for non-tensors.
     """
-    global _FUNCTION
     order, d, size_xyz, c, coef_pc = _prepare(coefficients, index_xyz, order)
     if coefficients.requires_grad:
-        import torch
-
         n = index_xyz.shape[0]
         step = _chunk_size(order, d, c)
         outs = []
@@ -327,9 +298,7 @@ def bspline_interpolate(coefficients: "torch.Tensor", index_xyz: "torch.Tensor",
             ws = [w.to(coef_pc.dtype) for w in ws]
             outs.append(torch.einsum("nkc,nk->nc", vals, _outer(ws, d)))
         return torch.cat(outs, dim=0) if outs else coef_pc.new_empty((0, c))
-    if _FUNCTION is None:
-        _FUNCTION = _make_function()
-    return _FUNCTION.apply(index_xyz, coef_pc.contiguous(), size_xyz, order)
+    return _BSplineEval.apply(index_xyz, coef_pc.contiguous(), size_xyz, order)
 
 
 def bspline_interpolate_with_gradient(coefficients: "torch.Tensor", index_xyz: "torch.Tensor",
@@ -345,10 +314,21 @@ def bspline_interpolate_with_gradient(coefficients: "torch.Tensor", index_xyz: "
         ``values (N, C)`` and ``d values / d index_xyz`` of shape ``(N, C, D)`` (ITK order).
     """
     order, d, size_xyz, c, coef_pc = _prepare(coefficients, index_xyz, order)
-    import torch
-
     with torch.no_grad():
         return _evaluate(coef_pc.contiguous(), size_xyz, index_xyz.detach(), order, True)
+
+
+def bspline_interpolate_with_gradient_reference(coefficients: "torch.Tensor", index_xyz: "torch.Tensor",
+                                                order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`bspline_interpolate_with_gradient` by the device-generic torch code, on any device.
+
+    The code other devices than the CPU run (chunked gathers of the support, :data:`MAX_CHUNK_ELEMENTS`),
+    never the plugin's ``bspline_evaluate`` kernel: the reference the tests compare that kernel with.
+    Same arguments, results and errors as :func:`bspline_interpolate_with_gradient`.
+    """
+    order, d, size_xyz, c, coef_pc = _prepare(coefficients, index_xyz, order)
+    with torch.no_grad():
+        return _evaluate_torch(coef_pc, size_xyz, index_xyz.detach(), order, True)
 
 
 class ImageInterpolator:
@@ -376,10 +356,6 @@ class ImageInterpolator:
     def __init__(self, image: LevelImage | np.ndarray | torch.Tensor, order: int = 3,
                  geometry: ImageGeometry | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
-        import torch
-
-        from elastix_bridge.engine.images.level_images import LevelImage
-
         if isinstance(image, LevelImage):
             geometry = image.geometry
             array = image.array_zyx[None]
@@ -402,8 +378,6 @@ class ImageInterpolator:
         # prefilter's (a 12-channel 2 mm MNI feature map is 51 MB in float32).
         channels_last = array.movedim(0, -1)
         if self.order > 1:
-            from elastix_bridge.runtime.loader import load_plugin
-
             coef = load_plugin().bspline_prefilter(channels_last, self.order, True)
         else:
             coef = channels_last.contiguous()
@@ -449,19 +423,8 @@ class ImageInterpolator:
         Physical gradient = ``(d f / d i) · (d i / d x)``, which equals ITK's
         ``Dir · ((d f / d i) ÷ S)`` for orthonormal directions.
         """
-        import torch
-
         values, grad_index = bspline_interpolate_with_gradient(self.coefficients, self.index(points.detach()),
                                                                self.order)
         m = torch.as_tensor(self.geometry.physical_to_index_matrix, dtype=grad_index.dtype,
                             device=grad_index.device)
         return values, grad_index @ m
-
-
-# The moving image's interpolation order of a level, read as elastix's interpolator components do.
-register("Interpolator", "BSplineInterpolator",
-         lambda pmap, level: pmap.get("BSplineInterpolationOrder", level=level, default=1, type=int,
-                                      prefix="Interpolator0"),
-         notes="orders 0–3", source="Components/Interpolators/BSplineInterpolator")
-register("Interpolator", "LinearInterpolator", lambda pmap, level: 1,
-         source="Components/Interpolators/LinearInterpolator")

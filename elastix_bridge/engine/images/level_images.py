@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+import torch
+from scipy import ndimage
 
 from elastix_bridge.core.geometry import ImageGeometry
 
 if TYPE_CHECKING:  # pragma: no cover
     import itk
-    import torch
 
 
 def _check_shape(geometry: ImageGeometry, array_zyx: np.ndarray) -> None:
@@ -53,7 +54,7 @@ class LevelImage:
         Raises:
             ValueError: for multi-component images or a non-zero start index.
         """
-        import itk
+        import itk  # deferred: itk loads in seconds, and only the ITK conversions need it
 
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError("LevelImage.from_itk needs a scalar image; got "
@@ -64,7 +65,7 @@ class LevelImage:
 
     def to_itk(self) -> itk.Image:
         """A new ``itk.Image[itk.F, D]`` with this geometry and a copy of the values."""
-        import itk
+        import itk  # deferred: itk loads in seconds, and only the ITK conversions need it
 
         image = itk.image_from_array(np.ascontiguousarray(self.array_zyx, dtype=np.float32))
         self.geometry.apply_to_itk(image)
@@ -112,7 +113,7 @@ class Mask:
     @classmethod
     def from_itk(cls, image: itk.Image) -> "Mask":
         """Binarise an ``itk.Image`` of any scalar pixel type: non-zero = inside."""
-        import itk
+        import itk  # deferred: itk loads in seconds, and only the ITK conversions need it
 
         geometry = ImageGeometry.from_itk(image)
         array = np.asarray(itk.array_view_from_image(image))
@@ -120,15 +121,13 @@ class Mask:
 
     def to_itk(self) -> itk.Image:
         """A new ``itk.Image[itk.UC, D]`` with values 0/1 and this geometry."""
-        import itk
+        import itk  # deferred: itk loads in seconds, and only the ITK conversions need it
 
         image = itk.image_from_array(self.array_zyx.astype(np.uint8))
         self.geometry.apply_to_itk(image)
         return image
 
     def _flat_tensor(self, device):
-        import torch
-
         key = str(device)
         t = self._tensor_cache.get(key)
         if t is None:
@@ -148,8 +147,6 @@ class Mask:
         Returns:
             ``(N,)`` bool tensor on ``points.device``.
         """
-        import torch
-
         if points.ndim != 2 or points.shape[1] != self.geometry.dimension:
             raise ValueError(f"points must have shape (N, {self.geometry.dimension}); got {tuple(points.shape)}")
         p = points if points.dtype == torch.float64 else points.to(torch.float64)
@@ -162,8 +159,6 @@ class Mask:
 
     def _strides(self, device) -> "torch.Tensor":
         """Linear-index strides ``(D,)`` int64 of the mask buffer (x fastest), cached per device."""
-        import torch
-
         key = ("strides", str(device))
         if key not in self._tensor_cache:
             strides = np.cumprod((1,) + self.geometry.size[:-1])
@@ -202,8 +197,6 @@ class Mask:
         Raises:
             ValueError: on negative radii or a wrong number of entries.
         """
-        from scipy import ndimage
-
         d = self.geometry.dimension
         r = np.broadcast_to(np.asarray(radius_xyz, dtype=np.int64).reshape(-1), (d,)) \
             if np.size(radius_xyz) == 1 else np.asarray(radius_xyz, dtype=np.int64).reshape(-1)

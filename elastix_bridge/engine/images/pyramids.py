@@ -11,7 +11,11 @@ Kinds (either prefix, ``Fixed`` or ``Moving``):
 * ``GenericImagePyramid``: ``SmoothingRecursiveGaussianImageFilter`` (physical σ) then linear
   resampling (or shrinking) (§E3.5, ``Common/itkGenericMultiResolutionPyramidImageFilter.hxx``).
 
-Schedules are ``(R, D)`` arrays, level 0 = coarsest, columns in ITK ``(x, y, z)`` order.
+Each kind is a class registered for both prefixes in :mod:`elastix_bridge.engine.component_list`;
+:func:`pyramid_class` finds it through the registry, so a pyramid registered by anyone else is used
+the same way. Schedules are ``(R, D)`` arrays, level 0 = coarsest, columns in ITK ``(x, y, z)`` order.
+This module imports itk only inside the functions that filter images (itk takes seconds to import,
+and the validation reads schedules and level sizes without it).
 """
 from __future__ import annotations
 
@@ -20,18 +24,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from elastix_bridge.engine.components import register
 from elastix_bridge.core.geometry import ImageGeometry
+from elastix_bridge.engine.components import UnsupportedComponentError, component, names
 
 if TYPE_CHECKING:  # pragma: no cover
     import itk
-
-SUPPORTED_PYRAMIDS = ("SmoothingImagePyramid", "RecursiveImagePyramid",
-                      "ShrinkingImagePyramid", "GenericImagePyramid")
-for _side in ("Fixed", "Moving"):
-    for _base in SUPPORTED_PYRAMIDS:
-        register(f"{_side}ImagePyramid", _side + _base, base=_base,
-                 source=f"Components/{_side}ImagePyramids/{_side}{_base}")
 
 
 @dataclass
@@ -55,20 +52,21 @@ class PyramidSchedule:
         return int(self.rescale.shape[0])
 
 
-def pyramid_base_kind(kind: str) -> str:
-    """Strip the ``Fixed``/``Moving`` prefix: ``"FixedGenericImagePyramid"`` -> ``"GenericImagePyramid"``.
+def pyramid_class(kind: str) -> type[ImagePyramid]:
+    """The registered pyramid class of ``kind``: ``"FixedGenericImagePyramid"`` -> :class:`GenericImagePyramid`.
 
     Raises:
         ValueError: unknown kind (the message lists the supported ones).
     """
     name = str(kind).strip()
-    for prefix in ("Fixed", "Moving"):
-        if name.startswith(prefix):
-            base = name[len(prefix):]
-            if base in SUPPORTED_PYRAMIDS:
-                return base
-    supported = ", ".join(f"{p}{b}" for b in SUPPORTED_PYRAMIDS for p in ("Fixed", "Moving"))
-    raise ValueError(f"unsupported image pyramid {kind!r}; supported: {supported}")
+    family = next((f"{side}ImagePyramid" for side in ("Fixed", "Moving") if name.startswith(side)), None)
+    try:
+        if family is None:
+            raise UnsupportedComponentError(name)
+        return component(family, name).factory
+    except UnsupportedComponentError:
+        supported = ", ".join(n for f in ("FixedImagePyramid", "MovingImagePyramid") for n in names(f))
+        raise ValueError(f"unsupported image pyramid {kind!r}; supported: {supported}") from None
 
 
 def _matrix(values, r: int, d: int, name: str, dtype) -> np.ndarray:
@@ -93,7 +91,7 @@ def pyramid_schedule(kind: str, number_of_resolutions: int, image_geometry: Imag
     """Schedule of a pyramid with elastix's defaults and rules (docs/design.md §E3).
 
     Args:
-        kind: e.g. ``"FixedSmoothingImagePyramid"`` or ``"MovingGenericImagePyramid"``.
+        kind: e.g. ``"FixedSmoothingImagePyramid"`` or ``"MovingGenericImagePyramid"`` (:func:`pyramid_class`).
         number_of_resolutions: R >= 1.
         image_geometry: geometry of the full-resolution input image (spacing sets σ).
         rescale: optional R·D non-negative integer factors (``ImagePyramidSchedule`` or, for the generic
@@ -106,14 +104,13 @@ def pyramid_schedule(kind: str, number_of_resolutions: int, image_geometry: Imag
 
     Raises:
         ValueError: unknown kind, R < 1, wrong number of values, negative/non-integer factors, or a
-            smoothing schedule for a non-generic pyramid.
+            smoothing schedule for a pyramid that does not read one.
     """
-    base = pyramid_base_kind(kind)
+    cls = pyramid_class(kind)
     r_count = int(number_of_resolutions)
     if r_count < 1:
         raise ValueError(f"number_of_resolutions must be >= 1; got {number_of_resolutions}")
     d = image_geometry.dimension
-    spacing = image_geometry.spacing
     if rescale is None:
         factors = np.repeat((2 ** np.arange(r_count - 1, -1, -1, dtype=np.int64))[:, None], d, axis=1)
     else:
@@ -121,29 +118,9 @@ def pyramid_schedule(kind: str, number_of_resolutions: int, image_geometry: Imag
         if np.any(raw < 0) or np.any(raw != np.round(raw)):
             raise ValueError(f"pyramid schedule factors must be non-negative integers; got {raw.tolist()}")
         factors = raw.astype(np.int64)
-    if smoothing is not None and base != "GenericImagePyramid":
+    if smoothing is not None and not cls.reads_smoothing_schedule:
         raise ValueError(f"a smoothing schedule is only read by the Generic pyramid, not by {kind!r}")
-
-    if base == "SmoothingImagePyramid":
-        sigma = 0.5 * factors.astype(np.float32).astype(np.float64) * spacing[None, :]
-        return PyramidSchedule(factors, sigma)
-    factors = _itk_schedule_rules(factors)
-    if base == "ShrinkingImagePyramid":
-        return PyramidSchedule(factors, np.zeros((r_count, d)))
-    if base == "RecursiveImagePyramid":
-        sigma = np.where(factors > 1, 0.5 * factors * spacing[None, :], 0.0)
-        return PyramidSchedule(factors, sigma)
-    # Generic
-    if smoothing is None:
-        sigma = 0.5 * factors * spacing[None, :]
-        sigma[-1][factors[-1] == 1] = 0.0
-    else:
-        sigma = _matrix(smoothing, r_count, d, "the pyramid smoothing schedule", np.float64)
-        for r in range(r_count):
-            if r > 0:
-                sigma[r] = np.minimum(sigma[r], sigma[r - 1])
-            sigma[r] = np.maximum(sigma[r], 0.0)
-    return PyramidSchedule(factors, sigma)
+    return cls.schedule(factors, image_geometry.spacing, smoothing)
 
 
 def downsampled_geometry(geometry: ImageGeometry, factors: np.ndarray | Sequence[int],
@@ -190,8 +167,14 @@ def fixed_level_region(full_geometry: ImageGeometry, level_geometry: ImageGeomet
     return start, size
 
 
+def _itk():
+    import itk  # deferred: itk takes seconds to import (module docstring)
+
+    return itk
+
+
 def _to_float(image_itk):
-    import itk
+    itk = _itk()
 
     d = image_itk.GetImageDimension()
     float_type = itk.Image[itk.F, d]
@@ -201,14 +184,14 @@ def _to_float(image_itk):
 
 
 def _copy(image_itk):
-    import itk
+    itk = _itk()
 
     out = itk.image_duplicator(image_itk)
     return out
 
 
 def _resample(image_itk, geometry: ImageGeometry):
-    import itk
+    itk = _itk()
 
     d = image_itk.GetImageDimension()
     image_type = type(image_itk)
@@ -226,7 +209,7 @@ def _resample(image_itk, geometry: ImageGeometry):
 
 
 def _shrink(image_itk, factors):
-    import itk
+    itk = _itk()
 
     image_type = type(image_itk)
     shrinker = itk.ShrinkImageFilter[image_type, image_type].New()
@@ -242,7 +225,7 @@ def pyramid_level(image_itk: itk.Image, kind: str, schedule: PyramidSchedule, le
 
     Args:
         image_itk: full-resolution ``itk.Image`` (any scalar pixel type; cast to float), start index 0.
-        kind: pyramid kind (``Fixed``/``Moving`` prefix, see :data:`SUPPORTED_PYRAMIDS`).
+        kind: pyramid kind (``Fixed``/``Moving`` prefix, :func:`pyramid_class`).
         schedule: from :func:`pyramid_schedule` for the same kind and image.
         level: 0 (coarsest) .. R−1.
         use_shrink_image_filter: ``ImagePyramidUseShrinkImageFilter`` (Generic pyramid only; the
@@ -255,23 +238,62 @@ def pyramid_level(image_itk: itk.Image, kind: str, schedule: PyramidSchedule, le
         ValueError: bad level / kind; ITK errors (e.g. fewer than 4 voxels along a smoothed axis,
         or a zero σ along one axis of a Generic level whose other σ are not zero) pass through.
     """
-    import itk
-
-    base = pyramid_base_kind(kind)
+    cls = pyramid_class(kind)
     r_count = schedule.number_of_resolutions
     if not 0 <= int(level) < r_count:
         raise ValueError(f"level must be in 0..{r_count - 1}; got {level}")
-    level = int(level)
-    image = _to_float(image_itk)
-    d = image.GetImageDimension()
-    size = tuple(image.GetLargestPossibleRegion().GetSize())
-    image_type = type(image)
-    factors = schedule.rescale[level]
-    sigma = schedule.smoothing[level]
+    return cls.level(_to_float(image_itk), schedule, int(level), use_shrink_image_filter)
 
-    if base == "SmoothingImagePyramid":
+
+class ImagePyramid:
+    """One kind of elastix image pyramid: its schedule rules, its level images and their sizes.
+
+    Subclasses set :meth:`schedule` and :meth:`level`; the registry names them for both prefixes.
+    """
+
+    #: whether ``ImagePyramidSmoothingSchedule`` is read (elastix's Generic pyramid only)
+    reads_smoothing_schedule = False
+
+    @classmethod
+    def schedule(cls, factors: np.ndarray, spacing: np.ndarray, smoothing: Sequence[float] | None) -> PyramidSchedule:
+        """The schedule from ``(R, D)`` non-negative integer factors and the image spacing (mm, ITK order)."""
+        raise NotImplementedError
+
+    @classmethod
+    def level(cls, image: itk.Image, schedule: PyramidSchedule, level: int,
+              use_shrink_image_filter: bool) -> itk.Image:
+        """Level ``level`` of the float image ``image`` (checked by :func:`pyramid_level`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def level_size(cls, geometry: ImageGeometry, schedule: PyramidSchedule, level: int) -> tuple[int, ...]:
+        """The level image's size (voxels, ITK order): down-sampled by the schedule's factors."""
+        return downsampled_geometry(geometry, schedule.rescale[level]).size
+
+    @classmethod
+    def recursive_gaussian_axes(cls, size: Sequence[int], schedule: PyramidSchedule, level: int) -> list[int]:
+        """The axes (ITK order) that ITK's recursive Gaussian smooths at ``level`` (it needs 4 voxels on each)."""
+        return []
+
+
+class SmoothingImagePyramid(ImagePyramid):
+    """Recursive Gaussian per axis, σ_d = 0.5·f_d·S_d (mm), no down-sampling, the finest level smoothed too
+    (docs/design.md §E3.1; ``Common/itkMultiResolutionGaussianSmoothingPyramidImageFilter.hxx``)."""
+
+    @classmethod
+    def schedule(cls, factors, spacing, smoothing):
+        sigma = 0.5 * factors.astype(np.float32).astype(np.float64) * spacing[None, :]
+        return PyramidSchedule(factors, sigma)
+
+    @classmethod
+    def level(cls, image, schedule, level, use_shrink_image_filter):
+        itk = _itk()
+
+        image_type = type(image)
+        size = tuple(image.GetLargestPossibleRegion().GetSize())
+        factors, sigma = schedule.rescale[level], schedule.smoothing[level]
         out = image
-        for axis in range(d):
+        for axis in range(image.GetImageDimension()):
             if factors[axis] == 0 or size[axis] == 1:
                 continue
             f = itk.RecursiveGaussianImageFilter[image_type, image_type].New()
@@ -284,10 +306,44 @@ def pyramid_level(image_itk: itk.Image, kind: str, schedule: PyramidSchedule, le
             out = f.GetOutput()
         return _copy(out) if out is image else out
 
-    if base == "ShrinkingImagePyramid":
+    @classmethod
+    def level_size(cls, geometry, schedule, level):
+        return tuple(geometry.size)  # smooths, never down-samples
+
+    @classmethod
+    def recursive_gaussian_axes(cls, size, schedule, level):
+        return [a for a in range(len(size)) if schedule.rescale[level, a] != 0 and size[a] > 1]
+
+
+class ShrinkingImagePyramid(ImagePyramid):
+    """``ShrinkImageFilter`` only (docs/design.md §E3.3; ``Common/itkMultiResolutionShrinkPyramidImageFilter.hxx``)."""
+
+    @classmethod
+    def schedule(cls, factors, spacing, smoothing):
+        factors = _itk_schedule_rules(factors)
+        return PyramidSchedule(factors, np.zeros(factors.shape))
+
+    @classmethod
+    def level(cls, image, schedule, level, use_shrink_image_filter):
+        factors = schedule.rescale[level]
         return _shrink(image, factors) if np.any(factors != 1) else _copy(image)
 
-    if base == "RecursiveImagePyramid":
+
+class RecursiveImagePyramid(ImagePyramid):
+    """ITK's ``RecursiveMultiResolutionPyramidImageFilter``, shrinking geometry (docs/design.md §E3.2)."""
+
+    @classmethod
+    def schedule(cls, factors, spacing, smoothing):
+        factors = _itk_schedule_rules(factors)
+        sigma = np.where(factors > 1, 0.5 * factors * spacing[None, :], 0.0)
+        return PyramidSchedule(factors, sigma)
+
+    @classmethod
+    def level(cls, image, schedule, level, use_shrink_image_filter):
+        itk = _itk()
+
+        image_type = type(image)
+        r_count, d = schedule.rescale.shape
         pyr = itk.RecursiveMultiResolutionPyramidImageFilter[image_type, image_type].New()
         pyr.SetInput(image)
         pyr.SetNumberOfLevels(r_count)
@@ -300,21 +356,52 @@ def pyramid_level(image_itk: itk.Image, kind: str, schedule: PyramidSchedule, le
         pyr.Update()
         return pyr.GetOutput(level)
 
-    # Generic
-    smoothed = image
-    any_rescale = bool(np.any(schedule.rescale != 1))
-    any_smoothing = bool(np.any(schedule.smoothing != 0))
-    if not any_rescale and not any_smoothing:
-        return _copy(image)
-    if np.any(sigma != 0):
-        f = itk.SmoothingRecursiveGaussianImageFilter[image_type, image_type].New()
-        f.SetInput(image)
-        f.SetSigmaArray([float(s) for s in sigma])
-        f.Update()
-        smoothed = f.GetOutput()
-    if np.any(factors != 1):
-        if use_shrink_image_filter:
-            return _shrink(smoothed, factors)
-        geometry = downsampled_geometry(ImageGeometry.from_itk(image), factors, False)
-        return _resample(smoothed, geometry)
-    return _copy(smoothed) if smoothed is image else smoothed
+
+class GenericImagePyramid(ImagePyramid):
+    """``SmoothingRecursiveGaussianImageFilter`` (physical σ) then linear resampling, or shrinking
+    (docs/design.md §E3.5; ``Common/itkGenericMultiResolutionPyramidImageFilter.hxx``)."""
+
+    reads_smoothing_schedule = True
+
+    @classmethod
+    def recursive_gaussian_axes(cls, size, schedule, level):
+        return list(range(len(size))) if (schedule.smoothing[level] != 0).any() else []
+
+    @classmethod
+    def schedule(cls, factors, spacing, smoothing):
+        factors = _itk_schedule_rules(factors)
+        r_count, d = factors.shape
+        if smoothing is None:
+            sigma = 0.5 * factors * spacing[None, :]
+            sigma[-1][factors[-1] == 1] = 0.0
+        else:
+            sigma = _matrix(smoothing, r_count, d, "the pyramid smoothing schedule", np.float64)
+            for r in range(r_count):
+                if r > 0:
+                    sigma[r] = np.minimum(sigma[r], sigma[r - 1])
+                sigma[r] = np.maximum(sigma[r], 0.0)
+        return PyramidSchedule(factors, sigma)
+
+    @classmethod
+    def level(cls, image, schedule, level, use_shrink_image_filter):
+        itk = _itk()
+
+        image_type = type(image)
+        factors, sigma = schedule.rescale[level], schedule.smoothing[level]
+        smoothed = image
+        any_rescale = bool(np.any(schedule.rescale != 1))
+        any_smoothing = bool(np.any(schedule.smoothing != 0))
+        if not any_rescale and not any_smoothing:
+            return _copy(image)
+        if np.any(sigma != 0):
+            f = itk.SmoothingRecursiveGaussianImageFilter[image_type, image_type].New()
+            f.SetInput(image)
+            f.SetSigmaArray([float(s) for s in sigma])
+            f.Update()
+            smoothed = f.GetOutput()
+        if np.any(factors != 1):
+            if use_shrink_image_filter:
+                return _shrink(smoothed, factors)
+            geometry = downsampled_geometry(ImageGeometry.from_itk(image), factors, False)
+            return _resample(smoothed, geometry)
+        return _copy(smoothed) if smoothed is image else smoothed

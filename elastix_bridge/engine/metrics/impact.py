@@ -18,12 +18,14 @@ Deliberate differences from upstream elastix (docs/design.md §I13), each the "f
     statistics are global (Q14, Q15) and the result does not depend on the thread count;
   * PCA counts and bases are indexed by the global layer index (Q11).
 
+The feature models' calls (upstream's argument convention), result checks and contract probes are
+:mod:`.impact_models`'s.
+
 Source: docs/design.md §I4–§I8; Boussot et al., "IMPACT: A Generic Semantic Loss for Multimodal
 Medical Image Registration", arXiv:2503.24121, §2.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -31,15 +33,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+import torch
+from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
-from elastix_bridge.engine.errors import SamplingError
 from elastix_bridge.core.geometry import ImageGeometry
-from elastix_bridge.engine.components import register
+from elastix_bridge.core.image_io import write_image
+from elastix_bridge.engine.errors import SamplingError
+from elastix_bridge.engine.images.interpolators import ImageInterpolator
+from elastix_bridge.engine.metrics.impact_models import call_model, check_paired, direction_tensor, dummy_channels
+from elastix_bridge.runtime.model_contract import check_pca
 
 if TYPE_CHECKING:  # pragma: no cover
     from types import ModuleType
-
-    import torch
 
     from elastix_bridge.core.impact_parameters import ImpactLevelConfig
     from elastix_bridge.engine.images.level_images import LevelImage, Mask
@@ -51,31 +56,38 @@ log = logging.getLogger("elastix_bridge")
 #: Jacobian mode: an evaluation of up to ONE_CALL_PATCH_VOXELS patch voxels (samples × patch size; an
 #: iteration of the presets, 1000 samples × 7^3, is 343k) runs through each model at once; a larger one
 #: (ASGD's exact gradients at 10,000 samples) in chunks of CHUNK_PATCH_VOXELS
-#: (:meth:`ImpactMetric._patch_features`).
+#: (:meth:`ImpactMetric.patch_features`).
 ONE_CALL_PATCH_VOXELS = 1 << 20
 CHUNK_PATCH_VOXELS = 1 << 18
 
 
-def _direction_tensor(geometry: ImageGeometry):
-    """int16 [D, D] direction cosines rounded half away from zero (docs/design.md §I3.2)."""
-    import torch
+def centre_features(output):
+    """Centre feature of each sample: ``[N, F, *spatial] -> [N, F]`` at floor(s/2) per spatial axis.
 
-    d = geometry.direction
-    return torch.from_numpy((np.sign(d) * np.floor(np.abs(d) + 0.5)).astype(np.int16))
-
-
-def _centre(output):
-    """Centre feature of each sample: ``[N, F, *spatial] -> [N, F]`` at floor(s/2) per spatial axis."""
+    A Jacobian-mode model sees one patch per sample; the feature at the patch centre describes the sample
+    (docs/design.md §I5.1; an even, strided output takes index ``s // 2``).
+    """
     idx = (slice(None), slice(None)) + tuple(s // 2 for s in output.shape[2:])
     return output[idx]
 
 
-def _patch_grid_offsets(model, geometry: ImageGeometry, image_dimension: int):
+def patch_grid_offsets(model, geometry: ImageGeometry, image_dimension: int):
     """Patch offsets in mm, ``(Q, D)``, ordered (z, y, x) with x fastest, along the fixed image axes.
 
     For a model of the image's dimension the offsets of patch index ``i`` are
     ``(i_a − ⌊P_a/2⌋)·v_a`` along image axis ``a``, rotated by the fixed direction (docs/design.md §I5.2,
-    fixed variant of Q6/Q10). Returns the offsets and the tensor shape ``(P_z, P_y, P_x)``.
+    fixed variant of Q6/Q10); a model of lower dimension (2D on a 3D image) gets in-plane offsets,
+    zero along the remaining axes and not rotated (the random patch rotations turn them).
+
+    Args:
+        model: the model's configuration (``patch_size``, ``voxel_size`` in ITK order x, y[, z];
+            ``dimension``).
+        geometry: the fixed image's geometry (its direction cosines).
+        image_dimension: ``D``.
+
+    Returns:
+        ``(offsets, shape)``: ``(Q, D)`` float64 mm with ``Q = ∏P``, and the patch tensor shape
+        ``(P_z, P_y, P_x)``.
     """
     p = list(model.patch_size)
     v = list(model.voxel_size)
@@ -88,8 +100,9 @@ def _patch_grid_offsets(model, geometry: ImageGeometry, image_dimension: int):
     return local @ geometry.direction.T, tuple(reversed(p))
 
 
-def _crop_padding(feature, tile):
-    """Centre-crop a layer ``[F, *spatial]`` that came out larger than its input tile.
+def crop_padding(feature, tile):
+    """Centre-crop a layer ``[F, *spatial]`` that came out larger than its input ``tile`` (its spatial shape,
+    same axis order); each larger axis keeps ``tile`` voxels from ``(h − t) // 2``.
 
     Models that pad more than they cut (e.g. a MIND descriptor returning 87 voxels for 85) describe
     the tile's voxels plus a margin; keeping the margin and stretching the map over the tile's extent
@@ -107,45 +120,37 @@ def _feature_interpolator(fmap, geometry: ImageGeometry):
     float32 as upstream's feature-map interpolators (docs/design.md §I6.5): half the memory of
     float64 and less memory traffic per sample; points, weights and sums stay float64.
     """
-    import torch
-
-    from elastix_bridge.engine.images.interpolators import ImageInterpolator
-
     return ImageInterpolator(fmap, order=3, geometry=geometry, dtype=torch.float32)
 
 
-@functools.lru_cache(maxsize=None)
-def _static_layer_function():
-    """The autograd Function of one Static layer on the plugin's ``static_layer`` (made once, torch imported late)."""
-    import torch
+class _StaticLayer(torch.autograd.Function):
+    """One Static layer on the plugin's ``static_layer``: value at ``(x, q)``; its derivative w.r.t. ``q`` comes
+    out of the same plugin call."""
 
-    class _StaticLayer(torch.autograd.Function):
-        """Value of one layer at ``(x, q)``; its derivative w.r.t. ``q`` comes out of the same plugin call."""
+    @staticmethod
+    def forward(ctx: Any, moving_points, fixed_points, fixed, moving, channels, distance: str, plugin):
+        fixed_pc, fixed_size = fixed.table
+        moving_pc, moving_size = moving.table
+        value, grad_index = plugin.static_layer(
+            distance, fixed_pc, list(fixed_size), fixed.index(fixed_points).contiguous(), moving_pc,
+            list(moving_size), moving.index(moving_points.detach()).contiguous(), moving.order,
+            torch.empty(0, dtype=torch.int64) if channels is None else channels)
+        index_per_mm = torch.as_tensor(moving.geometry.physical_to_index_matrix, dtype=torch.float64)
+        ctx.save_for_backward(grad_index @ index_per_mm)
+        return value
 
-        @staticmethod
-        def forward(ctx: Any, moving_points, fixed_points, fixed, moving, channels, distance: str, plugin):
-            fixed_pc, fixed_size = fixed.table
-            moving_pc, moving_size = moving.table
-            value, grad_index = plugin.static_layer(
-                distance, fixed_pc, list(fixed_size), fixed.index(fixed_points).contiguous(), moving_pc,
-                list(moving_size), moving.index(moving_points.detach()).contiguous(), moving.order,
-                torch.empty(0, dtype=torch.int64) if channels is None else channels)
-            index_per_mm = torch.as_tensor(moving.geometry.physical_to_index_matrix, dtype=torch.float64)
-            ctx.save_for_backward(grad_index @ index_per_mm)
-            return value
-
-        @staticmethod
-        def backward(ctx: Any, grad_out):
-            (grad_points,) = ctx.saved_tensors
-            return (grad_out.to(grad_points.dtype) * grad_points,) + (None,) * 6
-
-    return _StaticLayer
+    @staticmethod
+    def backward(ctx: Any, grad_out):
+        (grad_points,) = ctx.saved_tensors
+        return (grad_out.to(grad_points.dtype) * grad_points,) + (None,) * 6
 
 
-def _random_rotations(n: int, generator, dtype):
-    """Random rotations R = Rz(γ)·Ry(β)·Rx(α), angles uniform in [0, 2π), ``(n, 3, 3)`` (docs/design.md §I5.2)."""
-    import torch
+def random_rotations(n: int, generator, dtype):
+    """Random rotations R = Rz(γ)·Ry(β)·Rx(α), angles uniform in [0, 2π), ``(n, 3, 3)`` (docs/design.md §I5.2).
 
+    The angles are drawn in float64 from ``generator`` (``3 × n`` numbers: all α, then β, then γ) and the
+    matrices are built in ``dtype``.
+    """
     a, b, c = (2 * math.pi * torch.rand(3, n, generator=generator, dtype=torch.float64)).to(dtype)
     ca, sa, cb, sb, cc, sc = a.cos(), a.sin(), b.cos(), b.sin(), c.cos(), c.sin()
     one, zero = torch.ones_like(a), torch.zeros_like(a)
@@ -155,118 +160,6 @@ def _random_rotations(n: int, generator, dtype):
     return rz @ ry @ rx
 
 
-def _use(cfg, which: str, level: int):
-    """The model of ``cfg`` as the contract names and checks it (:mod:`elastix_bridge.runtime.model_contract`)."""
-    from elastix_bridge.runtime.model_contract import ModelUse, model_name
-
-    return ModelUse(model_name(level, which, cfg.path), len(cfg.layers_mask), cfg.selected_layers, cfg.dimension)
-
-
-def _call_model(model, cfg, x, stats, direction, which: str, level: int, finite: bool = True):
-    """One model call with upstream's argument convention (docs/design.md §I3.2); checks the result's structure.
-
-    Every call is checked against the contract's shape rules (list length, ``[B, C >= 1, *spatial]``);
-    with ``finite`` (every call on image data; not the dry runs on zero input, where a model that
-    normalises its patch may divide by zero), a selected layer holding NaN or Inf is refused by name.
-    """
-    from elastix_bridge.runtime.model_contract import check_finite, check_outputs, model_failure
-
-    use = _use(cfg, which, level)
-    try:
-        out = model.forward(x, len(cfg.layers_mask), stats, direction)
-    except RuntimeError as exc:
-        # The plugin names the file and the torch error; say which level and model set it came from.
-        raise model_failure(use.name, exc) from exc
-    check_outputs(out, use, int(x.shape[0]))
-    if finite:
-        for layer in cfg.selected_layers:
-            check_finite(out[layer], use, layer, half=bool(getattr(model, "half", False)))
-    return out
-
-
-def _dummy_channels(models, configs, stats, direction, device, which: str, level: int) -> list:
-    """Channel counts of the selected layers of a model set, from one zero patch/tile per model."""
-    import torch
-
-    found = []
-    for model, cfg in zip(models, configs):
-        x = torch.zeros((1, cfg.channels) + tuple(reversed(cfg.patch_size)), device=device)
-        with torch.no_grad():
-            out = _call_model(model, cfg, x, stats, direction, which, level, finite=False)
-        found += [out[j].shape[1] for j, on in enumerate(cfg.layers_mask) if on]
-    return found
-
-
-def _check_paired(level: int, fixed: list, moving: list) -> None:
-    """Paired fixed/moving layers must have equal channel counts (docs/design.md §I5.1, §I6.8; Q9 fixed)."""
-    from elastix_bridge.runtime.loader import ImpactModelError
-
-    if fixed != moving:
-        raise ImpactModelError(
-            f"level {level}: the selected layers of the fixed models have {fixed} channels but those of the moving "
-            f"models have {moving}; paired layers must have equal channel counts")
-
-
-#: Contract probes passed in this process: ``(id(model), ModelConfig, level, mode, D, device) -> (model, channels)``.
-#: The command and the API probe before they take the output folder (:func:`elastix_bridge.engine.registration.
-#: check_stage_models`), the stage again when it starts; the loader's model cache makes the second a lookup.
-#: The model is kept in the value so that its id is not reused.
-_PROBED: dict = {}
-
-
-def _probe_set(models, configs, which: str, config: ImpactLevelConfig, image_dimension: int, device, done: dict):
-    """Contract probe of one model set; a model already probed with the same settings is not run again."""
-    from elastix_bridge.core.impact_parameters import resolve_model_path
-    from elastix_bridge.runtime.model_contract import probe_model
-
-    found = []
-    for model, cfg in zip(models, configs):
-        key = (id(model), cfg, config.level, config.mode, image_dimension, str(device))
-        if key not in done:
-            if len(done) >= 64:  # a batch worker probing many models: forget the oldest
-                done.pop(next(iter(done)))
-            done[key] = model, probe_model(
-                model, _use(cfg, which, config.level), str(getattr(model, "path", resolve_model_path(cfg.path))),
-                cfg.channels,
-                tuple(reversed(cfg.patch_size)), jacobian=config.mode == "Jacobian", image_dimension=image_dimension,
-                device=device, half=bool(getattr(model, "half", False)))
-        found += done[key][1]
-    return found
-
-
-def check_level_models(config: ImpactLevelConfig, models: tuple[Sequence[Any], Sequence[Any]], image_dimension: int,
-                       device: torch.device) -> None:
-    """Check every model of one level against the feature-model contract, before any registration work.
-
-    Each model runs once on a small random input of the level's patch (Jacobian mode, as upstream's
-    ``Initialize`` runs a dummy patch, docs/design.md §I5.1) or tile (Static mode; a whole-image
-    model, ``ImpactPatchSize 0``, at two small sizes), batch 2, and in Jacobian mode also backwards
-    (:func:`elastix_bridge.runtime.model_contract.probe_model`). Then paired fixed and moving layers
-    must have equal channel counts, ``ImpactPCA`` (Static mode) may not exceed a layer's channels,
-    and an ``ImpactSubsetFeatures`` entry above them is a warning (all channels are used).
-
-    Args:
-        config: the level's :class:`~elastix_bridge.core.impact_parameters.ImpactLevelConfig`.
-        models: ``(fixed_models, moving_models)`` plugin ``FeatureModel`` lists.
-        image_dimension: D (the direction tensor passed to 4-argument models is ``D × D``).
-        device: ``torch.device`` of the models.
-
-    Raises:
-        elastix_bridge.runtime.loader.ImpactModelError: a model fails (its own message) or breaks the
-            contract (the model file, level, layer, what was found and what is expected), or paired
-            layers differ in channel count.
-        elastix_bridge.core.impact_parameters.ImpactParameterError: ``ImpactPCA<L>`` exceeds a layer's
-            channels.
-    """
-    from elastix_bridge.runtime.model_contract import check_channel_options
-
-    fixed = _probe_set(models[0], config.fixed_models, "fixed", config, image_dimension, device, _PROBED)
-    moving = _probe_set(models[1], config.moving_models, "moving", config, image_dimension, device, _PROBED)
-    _check_paired(config.level, fixed, moving)
-    check_channel_options(config.level, fixed, config.subset_features, config.pca, static=config.mode == "Static")
-
-
-@register("Metric", "Impact", feature_models=True, notes="see [impact.md](impact.md)")
 class ImpactMetric:
     """IMPACT for one resolution level.
 
@@ -282,6 +175,15 @@ class ImpactMetric:
         moving_interpolation_order: elastix ``BSplineInterpolationOrder`` of the moving image.
         required_ratio_of_valid_samples: elastix ``RequiredRatioOfValidSamples`` (0 disables).
 
+    Attributes (besides the arguments):
+        fixed_interp, moving_interp: float64 :class:`ImageInterpolator` of the level images (cubic for the
+            fixed image, ``moving_interpolation_order`` for the moving one), read by the models' inputs.
+        fixed_feature_interp, moving_feature_interp: Static mode, after :meth:`initialize`: per selected
+            layer a cubic float32 :class:`ImageInterpolator` of the feature map ``Φ(F)``, resp. ``Φ(M∘T₀)``
+            (``(F_l, *zyx)`` coefficients on the map's own geometry, docs/design.md §I6.5).
+        reference_parameters: Static mode: ``T₀``'s parameters, ``Tensor[P]``, those at the last moving-map
+            refresh (docs/design.md §I6.6).
+
     Source: docs/design.md §I5 (Jacobian), §I6 (Static), §I7 (distances), §I8 (aggregation).
     """
 
@@ -293,10 +195,6 @@ class ImpactMetric:
                  transform: Transform, plugin: ModuleType, models: tuple[Sequence[Any], Sequence[Any]],
                  device: torch.device, generator: torch.Generator,
                  moving_interpolation_order: int = 1, required_ratio_of_valid_samples: float = 0.25) -> None:
-        import torch
-
-        from elastix_bridge.engine.images.interpolators import ImageInterpolator
-
         self.config = config
         self.fixed, self.moving, self.moving_mask = fixed, moving, moving_mask
         self.transform = transform
@@ -313,13 +211,24 @@ class ImpactMetric:
         self.moving_interp = ImageInterpolator(moving, order=moving_interpolation_order, dtype=torch.float64)
         self.fixed_stats = torch.from_numpy(fixed.statistics().astype(np.float32))
         self.moving_stats = torch.from_numpy(moving.statistics().astype(np.float32))
-        self.fixed_direction = _direction_tensor(fixed.geometry)
-        self.moving_direction = _direction_tensor(moving.geometry)
+        self.fixed_direction = direction_tensor(fixed.geometry)
+        self.moving_direction = direction_tensor(moving.geometry)
         self.alpha: list = [None] * n_layers
         self.iteration = 0
         self.channels: list = []
         self.pca_bases: list = [None] * n_layers
         self._fixed_cache = None  # Jacobian mode: (points, valid, fixed features) of the last evaluation
+
+    @classmethod
+    def for_level(cls, inputs: Any) -> "ImpactMetric":
+        """The metric of one resolution level, from the stage's
+        :class:`~elastix_bridge.engine.registration.MetricInputs`: the level's Impact configuration, models and
+        device, the plugin and the Impact generator are the stage's (loaded once, docs/design.md §I1)."""
+        stage, level = inputs.stage, inputs.level
+        return cls(stage.impact_levels[level], inputs.fixed, inputs.moving, inputs.moving_mask, inputs.transform,
+                   stage.plugin, stage.models[level], stage.devices[level], stage.impact_generator,
+                   moving_interpolation_order=inputs.moving_interpolation_order,
+                   required_ratio_of_valid_samples=inputs.required_ratio_of_valid_samples)
 
     # -- initialisation -------------------------------------------------------------------------
     def initialize(self, parameters: torch.Tensor) -> None:
@@ -329,7 +238,7 @@ class ImpactMetric:
             fixed_maps, geometries = self._static_maps(self.fixed_models, self.config.fixed_models,
                                                        self.fixed_interp, None, self.fixed_stats,
                                                        self.fixed_direction, "Fixed")
-            self._fixed_feature_interp = [_feature_interpolator(m, g) for m, g in zip(fixed_maps, geometries)]
+            self.fixed_feature_interp = [_feature_interpolator(m, g) for m, g in zip(fixed_maps, geometries)]
             self.channels = [m.shape[0] for m in fixed_maps]
             self._refresh_moving_maps(parameters)
         else:
@@ -342,15 +251,15 @@ class ImpactMetric:
     def _jacobian_dummy_forward(self) -> list:
         """Run every model once on a zero patch to learn the selected layers' channel counts (§I5.1)."""
         level = self.config.level
-        fixed = _dummy_channels(self.fixed_models, self.config.fixed_models, self.fixed_stats, self.fixed_direction,
+        fixed = dummy_channels(self.fixed_models, self.config.fixed_models, self.fixed_stats, self.fixed_direction,
                                 self.device, "fixed", level)
-        moving = _dummy_channels(self.moving_models, self.config.moving_models, self.moving_stats,
+        moving = dummy_channels(self.moving_models, self.config.moving_models, self.moving_stats,
                                  self.moving_direction, self.device, "moving", level)
-        _check_paired(level, fixed, moving)
+        check_paired(level, fixed, moving)
         return fixed
 
     def _forward(self, model, cfg, x, stats, direction, which: str):
-        return _call_model(model, cfg, x, stats, direction, which, self.config.level)
+        return call_model(model, cfg, x, stats, direction, which, self.config.level)
 
     # -- Static mode ----------------------------------------------------------------------------
     def _static_grid(self, cfg) -> ImageGeometry:
@@ -373,8 +282,6 @@ class ImpactMetric:
         inputs and the final maps are written there (docs/design.md §I6.7). ``which`` is ``"Fixed"`` (PCA
         bases are fitted) or ``"Moving"`` (the fixed bases are reused).
         """
-        import torch
-
         maps, geometries = [], []
         l = 0
         for model, cfg in zip(models, configs):
@@ -406,9 +313,7 @@ class ImpactMetric:
         directory = self.config.feature_map_directory
         if not directory:
             return
-        import itk
-
-        from elastix_bridge.core.image_io import write_image
+        import itk  # deferred: itk loads in seconds, and only written feature maps need it
 
         Path(directory).mkdir(parents=True, exist_ok=True)
         array = np.ascontiguousarray(np.moveaxis(volume.detach().cpu().float().numpy(), 0, -1))
@@ -425,11 +330,9 @@ class ImpactMetric:
         Returns:
             ``(outputs, strides)``: per model output a ``[F, *zyx]`` tensor, and per output the
             number of resampled voxels per feature voxel along each tensor axis (``tile / h`` with
-            ``h`` the tile's output size after :func:`_crop_padding`; 1 along the slice axis of a
+            ``h`` the tile's output size after :func:`crop_padding`; 1 along the slice axis of a
             2D model on a 3D image).
         """
-        import torch
-
         if cfg.dimension < img.dim():
             slices = [self._tiled_forward(model, cfg, img[z], stats, direction, which) for z in range(img.shape[0])]
             outputs = [torch.stack([s[0][j] for s in slices], dim=1) for j in range(len(slices[0][0]))]
@@ -447,7 +350,7 @@ class ImpactMetric:
             piece = torch.nn.functional.pad(piece, pad)
             x = piece[None, None].expand(1, cfg.channels, *piece.shape).to(self.device)
             out = self._forward(model, cfg, x.contiguous(), stats, direction, which)
-            out = [_crop_padding(o[0], tile) for o in out]
+            out = [crop_padding(o[0], tile) for o in out]
             if all(c == 1 for c in counts):  # one tile: its outputs are the maps (no canvas, no copy)
                 return out, [tuple(t / h for t, h in zip(tile, o.shape[1:])) for o in out]
             if canvases is None:
@@ -481,16 +384,12 @@ class ImpactMetric:
 
     def _pca(self, layer: int, fmap, fit: bool):
         """PCA of a feature map (docs/design.md §I6.4): basis fitted on the fixed map, reused for the moving."""
-        import torch
-
         f = fmap.shape[0]
         k = int(self.config.pca[layer])
         if fit:
-            from elastix_bridge.runtime.model_contract import check_pca
-
             check_pca(self.config.level, layer, k, f)
         if not fit and self.pca_bases[layer].shape[0] != f:
-            _check_paired(self.config.level, [self.pca_bases[layer].shape[0]], [f])
+            check_paired(self.config.level, [self.pca_bases[layer].shape[0]], [f])
         x = fmap.reshape(f, -1).to(torch.float64)
         xc = x - x.mean(dim=1, keepdim=True)
         if fit:
@@ -503,18 +402,16 @@ class ImpactMetric:
     def _refresh_moving_maps(self, parameters) -> None:
         """(Re)compute ``Φ(M∘T)`` on the fixed grids with the current transform (docs/design.md §I6.6)."""
         params = parameters.detach()
-        self._reference_parameters = params.clone()
+        self.reference_parameters = params.clone()
         maps, geometries = self._static_maps(self.moving_models, self.config.moving_models, self.moving_interp,
                                              lambda grid: self.transform.transform_grid(params, grid),
                                              self.moving_stats, self.moving_direction, "Moving")
-        _check_paired(self.config.level, self.channels, [m.shape[0] for m in maps])
-        self._moving_feature_interp = [_feature_interpolator(m, g) for m, g in zip(maps, geometries)]
+        check_paired(self.config.level, self.channels, [m.shape[0] for m in maps])
+        self.moving_feature_interp = [_feature_interpolator(m, g) for m, g in zip(maps, geometries)]
 
     # -- evaluation ----------------------------------------------------------------------------
     def _subsets(self):
         """One channel subset per layer for this evaluation (docs/design.md §I4.5)."""
-        import torch
-
         subsets = []
         for c, k in zip(self.channels, self.subset_sizes):
             if k >= c:
@@ -566,21 +463,19 @@ class ImpactMetric:
         return total, n_valid
 
     def _static_values(self, parameters, points):
-        import torch
-
         moved = self.transform.transform_points(parameters, points)
         valid = self._inside_moving(moved.detach())
         n_valid = int(valid.sum())
         self._check_samples(n_valid, points.shape[0])
         x, y = points[valid], moved[valid]
         with torch.no_grad():
-            reference = self.transform.transform_points(self._reference_parameters, x)
+            reference = self.transform.transform_points(self.reference_parameters, x)
         q = x + (y - reference)
         subsets = self._subsets()
         values = []
-        for l, (fi, mi) in enumerate(zip(self._fixed_feature_interp, self._moving_feature_interp)):
+        for l, (fi, mi) in enumerate(zip(self.fixed_feature_interp, self.moving_feature_interp)):
             if self.fused_static and self.device.type == "cpu":
-                values.append(_static_layer_function().apply(q, x, fi, mi, subsets[l], self.config.distances[l],
+                values.append(_StaticLayer.apply(q, x, fi, mi, subsets[l], self.config.distances[l],
                                                               self.plugin))
                 continue
             with torch.no_grad():
@@ -592,13 +487,22 @@ class ImpactMetric:
                                                   m.to(torch.float32).to(self.device)))
         return values, n_valid
 
-    def _patch_points(self, configs, points, rotations):
-        """Patch points of each model, ``(N, Q, D)`` physical, and patch tensor shapes (z, y, x)."""
-        import torch
+    def patch_points(self, configs, points, rotations):
+        """Jacobian mode: the points where each model's patches read the image (docs/design.md §I5.2).
 
+        Args:
+            configs: the models' configurations (``config.fixed_models`` or ``config.moving_models``).
+            points: fixed sample points, physical mm, ``Tensor[N, D]``.
+            rotations: per model ``(N, 3, 3)`` rotations (:func:`random_rotations`) for a 2D model on a
+                3D image, else None.
+
+        Returns:
+            ``(points, shapes)``: per model ``Tensor[N, Q, D]`` mm (:func:`patch_grid_offsets` around each
+            sample) and its patch tensor shape ``(P_z, P_y, P_x)``.
+        """
         pts, shapes = [], []
         for i, cfg in enumerate(configs):
-            offsets, shape = _patch_grid_offsets(cfg, self.fixed.geometry, self.dim)
+            offsets, shape = patch_grid_offsets(cfg, self.fixed.geometry, self.dim)
             off = torch.from_numpy(offsets).to(points.dtype)
             if cfg.dimension < self.dim:
                 pts.append(points[:, None, :] + torch.einsum("nij,qj->nqi", rotations[i], off))
@@ -607,8 +511,13 @@ class ImpactMetric:
             shapes.append(shape)
         return pts, shapes
 
-    def _patch_features(self, models, configs, interp, pts_list, shapes, stats, direction, which, mapping=None):
+    def patch_features(self, models, configs, interp, pts_list, shapes, stats, direction, which, mapping=None):
         """Centre features ``[n, F_l]`` of every selected layer for patches read at ``pts_list``.
+
+        ``models``, ``configs``, ``interp``, ``stats``, ``direction`` and ``which`` (``"fixed"`` or
+        ``"moving"``) are one side's; ``pts_list`` and ``shapes`` are :meth:`patch_points`'s for them
+        (``[n, Q, D]`` mm per model). Returns one tensor per selected layer, models in order, on the
+        metric's device.
 
         ``mapping`` (the transform at the current parameters, or None) maps the patch points
         ``(m, D)`` before the image is read. An evaluation larger than :data:`ONE_CALL_PATCH_VOXELS`
@@ -618,9 +527,6 @@ class ImpactMetric:
         instead of kept), so its memory is that of one chunk. Samples are independent of one another
         in the batch (docs/design.md §I4.2), so chunks give the same features.
         """
-        import torch
-        from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
-
         feats = []
         for model, cfg, pts, shape in zip(models, configs, pts_list, shapes):
             def centres(p, model=model, cfg=cfg, shape=shape):
@@ -629,7 +535,7 @@ class ImpactMetric:
                 vals = interp(q if mapping is None else mapping(q))[:, 0].reshape((n,) + shape)
                 x = vals.to(torch.float32)[:, None].expand(n, cfg.channels, *shape).to(self.device)
                 out = self._forward(model, cfg, x, stats, direction, which)
-                return tuple(_centre(out[j]) for j, on in enumerate(cfg.layers_mask) if on)
+                return tuple(centre_features(out[j]) for j, on in enumerate(cfg.layers_mask) if on)
 
             if pts.shape[0] * math.prod(shape) <= ONE_CALL_PATCH_VOXELS:
                 feats += list(centres(pts))
@@ -647,7 +553,7 @@ class ImpactMetric:
         return feats
 
     def _moved_patches(self, parameters, moving_pts):
-        """The moving patch points' inputs to :meth:`_patch_features` and the samples whose patches all map
+        """The moving patch points' inputs to :meth:`patch_features` and the samples whose patches all map
         inside the moving image (buffer and mask).
 
         Returns:
@@ -657,8 +563,6 @@ class ImpactMetric:
             validity check too, without gradient), so that the transformed points of all the patches
             are never held at once.
         """
-        import torch
-
         n = moving_pts[0].shape[0]
         valid = torch.ones(n, dtype=torch.bool)
         if n * max(p.shape[1] for p in moving_pts) <= ONE_CALL_PATCH_VOXELS:
@@ -677,17 +581,15 @@ class ImpactMetric:
 
     def _jacobian_values(self, parameters, points):
         """Jacobian mode (docs/design.md §I5): patches around each sample through the models, centre features."""
-        import torch
-
         n = points.shape[0]
         # One random in-plane rotation per (model, sample) for 2D models on 3D images, shared by the
         # fixed and moving model of a pair so that both see the same plane (drawn when either model
         # of the pair is 2D).
-        rotations = [_random_rotations(n, self.generator, points.dtype)
+        rotations = [random_rotations(n, self.generator, points.dtype)
                      if min(f.dimension, m.dimension) < self.dim else None
                      for f, m in zip(self.config.fixed_models, self.config.moving_models)]
-        fixed_pts, fixed_shapes = self._patch_points(self.config.fixed_models, points, rotations)
-        moving_pts, moving_shapes = self._patch_points(self.config.moving_models, points, rotations)
+        fixed_pts, fixed_shapes = self.patch_points(self.config.fixed_models, points, rotations)
+        moving_pts, moving_shapes = self.patch_points(self.config.moving_models, points, rotations)
         moving_inputs, valid, mapping = self._moved_patches(parameters, moving_pts)
         n_valid = int(valid.sum())
         self._check_samples(n_valid, n)
@@ -702,11 +604,11 @@ class ImpactMetric:
             fixed_feats = cached[2]
         else:
             with torch.no_grad():
-                fixed_feats = self._patch_features(self.fixed_models, self.config.fixed_models, self.fixed_interp,
+                fixed_feats = self.patch_features(self.fixed_models, self.config.fixed_models, self.fixed_interp,
                                                    [p if all_valid else p[valid] for p in fixed_pts], fixed_shapes,
                                                    self.fixed_stats, self.fixed_direction, "fixed")
             self._fixed_cache = (points, valid, fixed_feats)
-        moving_feats = self._patch_features(self.moving_models, self.config.moving_models, self.moving_interp,
+        moving_feats = self.patch_features(self.moving_models, self.config.moving_models, self.moving_interp,
                                             [p if all_valid else p[valid] for p in moving_inputs], moving_shapes,
                                             self.moving_stats, self.moving_direction, "moving", mapping=mapping)
         values = []

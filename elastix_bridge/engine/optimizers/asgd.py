@@ -4,9 +4,10 @@ Source: elastix ``Components/Optimizers/AdaptiveStochasticGradientDescent`` and
 ``Common/itkComputeJacobianTerms.hxx``; Klein et al., "Adaptive stochastic gradient descent
 optimisation for image registration", IJCV 81(3), 2009. Spec: docs/design.md §E9.1, §E14.
 
-The optimizer works on the transform parameters ``μ`` (float64, length P). Transform scales are
-all 1 for the transforms supported here (B-spline, translation), so the scaled position equals
-``μ``. The cost function is anything with the :class:`CostFunction` methods below.
+The optimizer works on the transform parameters ``μ`` (float64, length P), in elastix's scaled space
+when the transform has scales (docs/design.md §E6.3). The cost function is anything with the
+:class:`~elastix_bridge.engine.optimizers.base.CostFunction` methods; its settings are
+:class:`~elastix_bridge.engine.optimizers.settings.ASGDSettings`.
 """
 from __future__ import annotations
 
@@ -14,117 +15,22 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
+import scipy.sparse as sp
+import torch
 
-from elastix_bridge.core.parameters import UInt
-from elastix_bridge.engine.components import register
-from elastix_bridge.engine.errors import SamplingError
+from elastix_bridge.engine.optimizers.base import (CostFunction, IterationRecord, Optimizer, ScaledCost,
+                                                   evaluate_with_retries, scale_roots)
+from elastix_bridge.engine.optimizers.settings import ASGDSettings
 from elastix_bridge.engine.random import as_elastix_random
+from elastix_bridge.engine.samplers import GridSampler
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from elastix_bridge.core.parameters import ParameterMap
     from elastix_bridge.engine.random import ElastixRandom
 
 log = logging.getLogger("elastix_bridge")
-
-
-class CostFunction(Protocol):
-    def value_and_derivative(self, parameters: torch.Tensor, exact: bool = False) -> tuple[float, torch.Tensor]:
-        """Value (float) and derivative (Tensor[P], float64) at ``parameters`` (Tensor[P]).
-
-        ``exact=True`` evaluates on the dense grid of about ``NumberOfSamplesForExactGradient``
-        samples that elastix uses for the parameter estimation."""
-
-    def select_new_samples(self) -> None:
-        """Draw a new sample set for the next evaluation (NewSamplesEveryIteration)."""
-
-    @property
-    def uses_random_sampler(self) -> bool:
-        """Whether the sampler draws random samples (Random, RandomCoordinate, RandomSparseMask)."""
-
-
-@dataclass
-class ASGDSettings:
-    """Per-level ASGD settings with elastix's defaults (docs/design.md §E9.1)."""
-
-    maximum_number_of_iterations: int = 500
-    sp_A: float = 20.0
-    automatic_parameter_estimation: bool = True
-    estimation_method: str = "Original"
-    maximum_step_length: float = 1.0
-    number_of_gradient_measurements: int = 0
-    number_of_jacobian_measurements: int = 1000
-    number_of_samples_for_exact_gradient: int = 100000
-    sigmoid_scale_factor: float = 0.1
-    use_adaptive_step_sizes: bool = True
-    use_constant_step: bool = False
-    sigmoid_initial_time: float = 0.0
-    maximum_number_of_sampling_attempts: int = 0
-    sp_a: float = 400.0
-    sp_alpha: float = 0.602
-    sigmoid_max: float = 1.0
-    sigmoid_min: float = -0.8
-    sigmoid_scale: float = 1e-8
-    new_samples_every_iteration: bool = False
-    noise_compensation: bool = True
-
-    @classmethod
-    def from_parameter_map(cls, pmap: ParameterMap, level: int, number_of_parameters: int,
-                           fixed_spacing: np.ndarray | Sequence[float],
-                           moving_spacing: np.ndarray | Sequence[float]) -> "ASGDSettings":
-        """Read the settings of ``level`` with elastix's lookup rules.
-
-        Args:
-            pmap: :class:`elastix_bridge.core.parameters.ParameterMap`.
-            level: resolution level (0 = coarsest).
-            number_of_parameters: P, for the ``NumberOfJacobianMeasurements`` default max(1000, P).
-            fixed_spacing, moving_spacing: full-resolution spacings (mm, ITK order) for the
-                default ``MaximumStepLength`` (mean of the first min(D, 2) spacings of both).
-
-        Raises:
-            elastix_bridge.core.parameters.ParameterError: a value of the wrong form.
-            ValueError: an unknown ``ASGDParameterEstimationMethod``.
-        """
-        g = lambda name, default, typ=float, **kw: pmap.get(name, level=level, default=default, type=typ,
-                                                             prefix="Optimizer0", **kw)
-        nd = min(len(fixed_spacing), 2)
-        mean_spacing = float(np.mean(np.concatenate([np.asarray(fixed_spacing)[:nd],
-                                                     np.asarray(moving_spacing)[:nd]])))
-        ratio = g("MaximumStepLengthRatio", 1.0)
-        s = cls(
-            maximum_number_of_iterations=g("MaximumNumberOfIterations", 500, UInt),
-            sp_A=g("SP_A", 20.0),
-            automatic_parameter_estimation=g("AutomaticParameterEstimation", True, bool),
-            estimation_method=pmap.get("ASGDParameterEstimationMethod", default="Original"),
-            maximum_step_length=g("MaximumStepLength", ratio * mean_spacing),
-            number_of_gradient_measurements=g("NumberOfGradientMeasurements", 0, int),
-            number_of_jacobian_measurements=g("NumberOfJacobianMeasurements",
-                                              max(1000, number_of_parameters), int),
-            number_of_samples_for_exact_gradient=g("NumberOfSamplesForExactGradient", 100000, int),
-            sigmoid_scale_factor=g("SigmoidScaleFactor", 0.1),
-            use_adaptive_step_sizes=(g("UseAdaptiveStepSizes", True, bool)
-                                     if pmap.has("UseAdaptiveStepSizes")
-                                     else g("UseCruzAcceleration", True, bool)),
-            use_constant_step=g("UseConstantStep", False, bool),
-            sigmoid_initial_time=g("SigmoidInitialTime", 0.0),
-            maximum_number_of_sampling_attempts=g("MaximumNumberOfSamplingAttempts", 0, int),
-            new_samples_every_iteration=g("NewSamplesEveryIteration", False, bool),
-            noise_compensation=pmap.get("NoiseCompensation", default=True, type=bool),
-        )
-        if s.estimation_method not in ("Original", "OriginalButSigmoidToDefault", "DisplacementDistribution"):
-            raise ValueError(f'ASGDParameterEstimationMethod "{s.estimation_method}" is not supported; use '
-                             '"Original", "OriginalButSigmoidToDefault" or "DisplacementDistribution"')
-        if not s.automatic_parameter_estimation:
-            s.sp_a = g("SP_a", 400.0)
-            s.sp_alpha = g("SP_alpha", 0.602)
-            s.sigmoid_max = g("SigmoidMax", 1.0)
-            s.sigmoid_min = g("SigmoidMin", -0.8)
-            s.sigmoid_scale = g("SigmoidScale", 1e-8)
-        return s
 
 
 @dataclass
@@ -165,15 +71,13 @@ def jacobian_terms(values: np.ndarray | torch.Tensor, indices: np.ndarray | torc
 
     Source: elastix ``Common/itkComputeJacobianTerms.hxx`` (docs/design.md §E9.1).
     """
-    import scipy.sparse as sp
-
     vals = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
     idx = np.asarray(indices.detach().cpu() if hasattr(indices, "detach") else indices, dtype=np.int64)
     root = scale_roots(scales)
     if root is not None:  # columns scaled by 1/√S (docs/design.md §E9.1)
         vals = vals / root.numpy()[idx][:, None, :]
     n, dim, nnz = vals.shape
-    compact = _component_blocks(vals, idx, number_of_parameters)
+    compact = component_blocks(vals, idx, number_of_parameters)
     if compact is not None:
         return _separable_jacobian_terms(*compact, dim, vals, idx)
     rows = np.repeat(np.arange(n * dim), nnz)
@@ -201,11 +105,21 @@ def jacobian_terms(values: np.ndarray | torch.Tensor, indices: np.ndarray | torc
     return JacobianTerms(tr_c, tr_cc, max_jj, max_jcj, vals, idx)
 
 
-def _component_blocks(vals: np.ndarray, idx: np.ndarray, number_of_parameters: int):
+def component_blocks(vals: np.ndarray, idx: np.ndarray, number_of_parameters: int):
     """``(weights (n, m), nodes (n, m), nodes per component)`` when every J_j is ``w_jᵀ ⊗ I_D``, else None.
 
     That is the B-spline layout: component d's row holds the same weights ``w_j`` on block d only,
-    at node indices shifted by ``d × P/D`` (points outside the grid: all zero).
+    at node indices shifted by ``d × P/D`` (points outside the grid: all zero). :func:`jacobian_terms`
+    takes the node-sized products when it finds it, the parameter-sized ones otherwise.
+
+    Args:
+        vals: ``(n, D, nnz)`` Jacobian values, as :func:`jacobian_terms` (after scaling).
+        idx: ``(n, nnz)`` parameter index of each column.
+        number_of_parameters: P.
+
+    Returns:
+        ``(w, nodes, per)``: ``w`` ``(n, m)`` the weights of each point (``m = nnz / D``), ``nodes``
+        ``(n, m)`` their node indices within a component's block, ``per = P / D``; or None.
     """
     n, dim, nnz = vals.shape
     if dim < 2 or nnz % dim or number_of_parameters % dim:
@@ -232,8 +146,6 @@ def _separable_jacobian_terms(w: np.ndarray, nodes: np.ndarray, per: int, dim: i
     ``J_j C J_jᵀ = (w_jᵀ C_w w_j) I`` (trace ``D·s``, Frobenius norm ``√D·s``): the same numbers from
     node-sized instead of parameter-sized sparse products (D² times less work).
     """
-    import scipy.sparse as sp
-
     n, m = w.shape
     wmat = sp.csr_matrix((w.reshape(-1), (np.repeat(np.arange(n), m), nodes.reshape(-1))), shape=(n, per))
     wmat.eliminate_zeros()
@@ -246,71 +158,11 @@ def _separable_jacobian_terms(w: np.ndarray, nodes: np.ndarray, per: int, dim: i
                          max_jcj=float(np.max(dim * s + 2 * math.sqrt(2) * root * s)), values=vals, indices=idx)
 
 
-def evaluate_with_retries(cost: CostFunction, x: torch.Tensor, attempts_allowed: int,
-                          exact: bool = False) -> tuple[float, torch.Tensor]:
-    """Value and derivative with elastix's retry rule for sampling errors.
-
-    A :class:`SamplingError` draws new samples and retries, up to ``MaximumNumberOfSamplingAttempts``
-    times (exact evaluations on the dense grid never retry); then it propagates.
-    """
-    attempts = 0
-    while True:
-        try:
-            return cost.value_and_derivative(x, exact=exact)
-        except SamplingError:
-            attempts += 1
-            if exact or attempts > attempts_allowed:
-                raise
-            log.warning("Sampling attempt %d: too few valid samples, drawing new samples.", attempts)
-            cost.select_new_samples()
-
-
-def scale_roots(scales: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
-    """``√S`` as a float64 tensor, or None when there are no scales or all are 1 (elastix ignores them)."""
-    if scales is None:
-        return None
-    import torch
-
-    root = torch.as_tensor(scales, dtype=torch.float64).sqrt()
-    return None if bool((root == 1).all()) else root
-
-
-class ScaledCost:
-    """The cost seen in elastix's scaled space ``y = √S·x``: value at ``x = y/√S``, gradient ``g/√S``."""
-
-    def __init__(self, cost: CostFunction, root: torch.Tensor) -> None:
-        self.cost = cost
-        self.root = root
-
-    @property
-    def uses_random_sampler(self) -> bool:
-        return self.cost.uses_random_sampler
-
-    def select_new_samples(self) -> None:
-        self.cost.select_new_samples()
-
-    def value_and_derivative(self, y: torch.Tensor, exact: bool = False) -> tuple[float, torch.Tensor]:
-        value, g = self.cost.value_and_derivative(y / self.root, exact=exact)
-        return value, g / self.root
-
-
-@dataclass
-class IterationRecord:
-    """One row of elastix's iteration table for ASGD."""
-
-    iteration: int
-    metric: float
-    time: float
-    step_size: float
-    gradient_norm: float
-    time_ms: float
-
-
-class AdaptiveStochasticGradientDescent:
+class AdaptiveStochasticGradientDescent(Optimizer):
     """elastix's ASGD for one resolution level.
 
     Args:
-        settings: the level's :class:`ASGDSettings`.
+        settings: the level's :class:`~elastix_bridge.engine.optimizers.settings.ASGDSettings`.
         generator: the stage's :class:`~elastix_bridge.engine.random.ElastixRandom` (or a seed) for the
             perturbations of the parameter estimation (``GetNormalVariate``, docs/design.md §E14).
         on_iteration: called as ``on_iteration(record, position)`` after each iteration
@@ -321,16 +173,30 @@ class AdaptiveStochasticGradientDescent:
 
     def __init__(self, settings: ASGDSettings, generator: ElastixRandom | int | torch.Generator,
                  on_iteration: Optional[Callable] = None) -> None:
-        self.s = settings
+        super().__init__(settings, generator, on_iteration)
         self.random = as_elastix_random(generator)
-        self.on_iteration = on_iteration
+        self.terms: Optional[JacobianTerms] = None
         self.a = settings.sp_a
         self.alpha = settings.sp_alpha
         self.f_max = settings.sigmoid_max
         self.f_min = settings.sigmoid_min
         self.omega = settings.sigmoid_scale
-        self.history: list[IterationRecord] = []
-        self.stop_condition = ""
+
+    def before_level(self, context: Any) -> None:
+        """The dense grid of the exact gradients, and the Jacobian terms when estimating (docs/design.md §E9.1).
+
+        Gives ``context.cost`` its exact-gradient sampler (a Grid sampler of about
+        ``NumberOfSamplesForExactGradient`` points in the fixed mask) and, with
+        ``AutomaticParameterEstimation``, computes :attr:`terms` from the transform's Jacobian at about
+        ``NumberOfJacobianMeasurements`` grid points, with the stage's scales.
+        """
+        context.cost.exact_sampler = GridSampler(context.fixed.geometry, context.fixed_mask,
+                                                 number_of_samples=self.s.number_of_samples_for_exact_gradient)
+        if self.s.automatic_parameter_estimation:
+            points = GridSampler(context.fixed.geometry, context.fixed_mask,
+                                 number_of_samples=self.s.number_of_jacobian_measurements).sample()
+            values, indices = context.transform.jacobian(points, context.parameters)
+            self.terms = jacobian_terms(values, indices, int(context.parameters.numel()), scales=context.stage.scales)
 
     # -- automatic parameter estimation -------------------------------------------------------
     def estimate_parameters(self, cost: CostFunction, x0: torch.Tensor, terms: JacobianTerms) -> None:
@@ -383,8 +249,6 @@ class AdaptiveStochasticGradientDescent:
 
     def _gradient_moments(self, cost: CostFunction, x0, n_meas: int, sigma_p: float):
         """Mean ``‖g‖²`` and ``‖g − ĝ‖²`` over ``n_meas`` perturbed positions (exact g, stochastic ĝ)."""
-        import torch
-
         stochastic = self.s.new_samples_every_iteration and cost.uses_random_sampler
         gg = ee = 0.0
         for _ in range(n_meas):
@@ -420,7 +284,7 @@ class AdaptiveStochasticGradientDescent:
             cost: the cost function.
             x0: initial parameters ``(P,)``.
             terms: Jacobian terms for the automatic parameter estimation, computed with the same
-                ``scales`` (:func:`jacobian_terms`).
+                ``scales`` (:func:`jacobian_terms`); default: those of :meth:`before_level`.
             scales: the transform's squared scales ``S`` ``(P,)`` or None; when not all 1, the
                 optimisation runs on ``y = √S·x`` as in elastix (docs/design.md §E6.3): the logged
                 gradient is ``g/√S`` and a step changes ``x`` by ``−γ·g/S``.
@@ -428,6 +292,7 @@ class AdaptiveStochasticGradientDescent:
         Raises:
             SamplingError: too few valid samples after the allowed sampling attempts.
         """
+        terms = self.terms if terms is None else terms
         root = scale_roots(scales)
         if root is not None:
             cost = ScaledCost(cost, root)
@@ -471,35 +336,3 @@ class AdaptiveStochasticGradientDescent:
             g_prev = g
         self.stop_condition = "Maximum number of iterations has been reached"
         return x
-
-
-def _asgd_settings_on_unit_grid(pmap, level: int, dimension: int) -> ASGDSettings:
-    """The level's ASGD settings with unit spacings: checks the values written in the map."""
-    unit = np.ones(dimension)
-    return ASGDSettings.from_parameter_map(pmap, level, 1, unit, unit)
-
-
-register("Optimizer", "AdaptiveStochasticGradientDescent",
-         lambda pmap, level, asgd_settings, generator, on_iteration:
-         AdaptiveStochasticGradientDescent(asgd_settings, generator, on_iteration=on_iteration),
-         settings=_asgd_settings_on_unit_grid, automatic_parameter_estimation=True, iteration_columns="asgd",
-         notes="Original and DisplacementDistribution estimation, adaptive steps, scaled space",
-         source="Components/Optimizers/AdaptiveStochasticGradientDescent")
-
-
-def register_optimizer(name: str, optimizer: Callable, settings: type, *, notes: str = "", source: str = "",
-                       iteration_columns: str = "gradient_descent") -> None:
-    """Register an optimizer built as ``optimizer(settings.from_parameter_map(pmap, level), on_iteration)``.
-
-    Args:
-        name: the elastix ``Optimizer`` name.
-        optimizer: its class, called with the level's settings and the iteration callback.
-        settings: its settings class, with ``from_parameter_map(pmap, level)`` (raises on a bad value).
-        notes, source: for docs/engine.md's component table.
-        iteration_columns: its IterationInfo columns: ``"gradient_descent"`` (``3:StepSize``) or ``"lbfgs"``.
-    """
-    register("Optimizer", name,
-             lambda pmap, level, asgd_settings, generator, on_iteration:
-             optimizer(settings.from_parameter_map(pmap, level), on_iteration),
-             settings=lambda pmap, level, dimension: settings.from_parameter_map(pmap, level),
-             automatic_parameter_estimation=False, iteration_columns=iteration_columns, notes=notes, source=source)

@@ -38,16 +38,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
+import torch
 
-from elastix_bridge.engine.optimizers.line_search import MoreThuenteLineSearch, LineSearchState
 from elastix_bridge.engine.errors import SamplingError
-from elastix_bridge.engine.optimizers.asgd import IterationRecord, ScaledCost, register_optimizer, scale_roots
+from elastix_bridge.engine.optimizers.base import CostFunction, IterationRecord, Optimizer, ScaledCost, scale_roots
+from elastix_bridge.engine.optimizers.line_search import LineSearchState
+from elastix_bridge.engine.optimizers.settings import QuasiNewtonLBFGSSettings
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from elastix_bridge.core.parameters import ParameterMap
-    from elastix_bridge.engine.optimizers.asgd import CostFunction, JacobianTerms
+    from elastix_bridge.engine.random import ElastixRandom
 
 log = logging.getLogger("elastix_bridge")
 
@@ -95,71 +94,6 @@ class LBFGSIterationRecord(IterationRecord):
     line_search_stop: str = "---"
 
 
-@dataclass
-class QuasiNewtonLBFGSSettings:
-    """Per-level QuasiNewtonLBFGS settings with elastix's defaults (docs/design.md §E9.4)."""
-
-    maximum_number_of_iterations: int = 100
-    maximum_number_of_line_search_iterations: int = 20
-    step_length: float = 1.0
-    line_search_value_tolerance: float = 1e-4
-    line_search_gradient_tolerance: float = 0.9
-    gradient_magnitude_tolerance: float = 1e-6
-    lbfgs_update_accuracy: int = 5
-    stop_if_wolfe_not_satisfied: bool = True
-    generate_line_search_iterations: bool = False
-    new_samples_every_iteration: bool = False
-
-    @classmethod
-    def from_parameter_map(cls, pmap: ParameterMap, level: int) -> "QuasiNewtonLBFGSSettings":
-        """Read ``level``'s settings with elastix's lookup rules (``Optimizer0`` prefix).
-
-        ``StopIfWolfeNotSatisfied`` is off only for the exact string ``"false"`` and
-        ``GenerateLineSearchIterations`` (entry 0, all levels) on only for ``"true"``, as elastix
-        compares the strings. ``MaximumNumberOfLineSearchIterations`` 0 counts as 1 (ITK clamp);
-        negative tolerances count as 0.
-
-        Args:
-            pmap: :class:`elastix_bridge.core.parameters.ParameterMap`.
-            level: resolution level (0 = coarsest).
-
-        Raises:
-            elastix_bridge.core.parameters.ParameterError: a value of the wrong form (e.g. a negative
-                ``MaximumNumberOfIterations``, which elastix reads as unsigned).
-            ValueError: ``LineSearchGradientTolerance < LineSearchValueTolerance``. elastix would only
-                log the line search's exception at the first iteration and keep the initial
-                transform; the bridge refuses the map before any computation instead.
-
-        Source: ``elxQuasiNewtonLBFGS.hxx`` ``BeforeRegistration``, ``BeforeEachResolution``;
-        ``elxOptimizerBase.hxx`` (``NewSamplesEveryIteration``).
-        """
-        from elastix_bridge.core.parameters import UInt
-
-        g = lambda name, default, typ=float: pmap.get(name, level=level, default=default, type=typ,
-                                                     prefix="Optimizer0")
-        s = cls(
-            maximum_number_of_iterations=g("MaximumNumberOfIterations", 100, UInt),
-            maximum_number_of_line_search_iterations=max(1, g("MaximumNumberOfLineSearchIterations", 20, UInt)),
-            step_length=g("StepLength", 1.0),
-            line_search_value_tolerance=max(0.0, g("LineSearchValueTolerance", 1e-4)),
-            line_search_gradient_tolerance=max(0.0, g("LineSearchGradientTolerance", 0.9)),
-            gradient_magnitude_tolerance=g("GradientMagnitudeTolerance", 1e-6),
-            lbfgs_update_accuracy=g("LBFGSUpdateAccuracy", 5, UInt),
-            stop_if_wolfe_not_satisfied=g("StopIfWolfeNotSatisfied", "true", str) != "false",
-            generate_line_search_iterations=pmap.get("GenerateLineSearchIterations", default="false") == "true",
-            new_samples_every_iteration=g("NewSamplesEveryIteration", False, bool),
-        )
-        s.line_search().check()
-        return s
-
-    def line_search(self) -> MoreThuenteLineSearch:
-        """The level's :class:`~elastix_bridge.engine.optimizers.line_search.MoreThuenteLineSearch`."""
-        return MoreThuenteLineSearch(maximum_number_of_iterations=self.maximum_number_of_line_search_iterations,
-                                     initial_step_length=self.step_length,
-                                     value_tolerance=self.line_search_value_tolerance,
-                                     gradient_tolerance=self.line_search_gradient_tolerance)
-
-
 def _dot(a, b) -> float:
     return float((a * b).sum())
 
@@ -191,11 +125,12 @@ def two_loop_direction(gradient: torch.Tensor, pairs: Sequence[tuple[torch.Tenso
     return d
 
 
-class QuasiNewtonLBFGS:
+class QuasiNewtonLBFGS(Optimizer):
     """elastix's QuasiNewtonLBFGS for one resolution level (module docstring; docs/design.md §E9.4).
 
     Args:
-        settings: the level's :class:`QuasiNewtonLBFGSSettings`.
+        settings: the level's :class:`~elastix_bridge.engine.optimizers.settings.QuasiNewtonLBFGSSettings`.
+        generator: unused (nothing is drawn).
         on_iteration: called as ``on_iteration(record, position)`` for every iteration-table row
             (:class:`LBFGSIterationRecord`; ``position`` unscaled, ``(P,)``): after each line search
             and, with ``GenerateLineSearchIterations``, before and after every line-search trial.
@@ -205,10 +140,9 @@ class QuasiNewtonLBFGS:
         stop_condition: elastix's stop text.
     """
 
-    def __init__(self, settings: QuasiNewtonLBFGSSettings, on_iteration: Optional[Callable] = None) -> None:
-        self.s = settings
-        self.on_iteration = on_iteration
-        self.history: list = []
+    def __init__(self, settings: QuasiNewtonLBFGSSettings, generator: Optional[ElastixRandom] = None,
+                 on_iteration: Optional[Callable] = None) -> None:
+        super().__init__(settings, generator, on_iteration)
         self.stop_condition = ""
         self._rows = 0
         self._tic = 0.0
@@ -222,7 +156,7 @@ class QuasiNewtonLBFGS:
         if self.on_iteration is not None:
             self.on_iteration(record, position)
 
-    def optimize(self, cost: CostFunction, x0: torch.Tensor, terms: Optional[JacobianTerms] = None,
+    def optimize(self, cost: CostFunction, x0: torch.Tensor, terms: object = None,
                  scales: torch.Tensor | None = None) -> torch.Tensor:
         """Run the level from ``x0`` (Tensor[P] float64); returns the final position ``(P,)``.
 
@@ -341,8 +275,3 @@ class QuasiNewtonLBFGS:
         if float(g.norm()) / max(1.0, float(y.norm())) <= self.s.gradient_magnitude_tolerance:
             return "GradientMagnitudeTolerance"
         return ""
-
-
-register_optimizer("QuasiNewtonLBFGS", QuasiNewtonLBFGS, QuasiNewtonLBFGSSettings,
-                   notes="More–Thuente line search; see below", source="Components/Optimizers/QuasiNewtonLBFGS",
-                   iteration_columns="lbfgs")

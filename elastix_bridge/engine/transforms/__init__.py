@@ -1,1 +1,2 @@
-"""The transforms: base and translation, linear (Euler, similarity, affine), B-spline, initial transforms."""
+"""The transforms: base and translation, B-spline, linear (Euler, similarity, affine) with their initializers,
+optimizer scales and one-call setup, and initial transforms (composition with earlier stages)."""

@@ -1,11 +1,10 @@
 """elastix's B-spline transform as a pure function of a flat parameter tensor.
 
 ``BSplineTransform`` (orders 1–3, D = 2 or 3; any D works) maps physical points (mm, ITK ``(x, y[, z])``
-order) with differentiable torch operations; elastix's grid schedule (:func:`grid_for_level`) and grid
-upsampling between resolution levels (:func:`upsample`). The transform base class and
-``TranslationTransform`` are in :mod:`elastix_bridge.engine.transforms.base`.
-
-torch is imported inside the functions (importing this module imports neither torch nor itk).
+order) with differentiable torch operations; elastix's grid schedule (:func:`grid_for_level`), the grid
+domain under an initial transform (:func:`grid_domain_under_initial`), grid upsampling between
+resolution levels (:func:`upsample`), and the TransformParameters reader (:func:`bspline_from_parameter_map`). The transform base class and ``TranslationTransform`` are in
+:mod:`elastix_bridge.engine.transforms.base`.
 
 Sources: docs/design.md §E6 — ``Components/Transforms/AdvancedBSplineTransform/elxAdvancedBSplineTransform.hxx``,
 ``Common/Transforms/itkGridScheduleComputer.hxx``, ``Common/Transforms/itkAdvancedBSplineDeformableTransform.hxx``,
@@ -16,21 +15,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
+from scipy import ndimage
 
-from elastix_bridge.core.geometry import ImageGeometry
-from elastix_bridge.core.parameters import format_numbers
-from elastix_bridge.engine.transforms.base import Transform
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
+from elastix_bridge.core.geometry import ImageGeometry, matrix_times_points, vnl_inverse
+from elastix_bridge.core.parameters import ParameterMap, format_numbers
+from elastix_bridge.engine.transforms.base import Transform, itk_point_arithmetic, read_transform_parameters
+from elastix_bridge.runtime.loader import load_plugin
 
 __all__ = [
     "BSplineGrid",
     "BSplineTransform",
+    "bspline_from_parameter_map",
     "grid_for_level",
+    "grid_domain_under_initial",
     "default_grid_schedule",
     "upsample",
     "bspline_kernel",
@@ -143,13 +144,50 @@ def grid_for_level(
     return BSplineGrid(tuple(grid_size), grid_spacing, rotated, geo.direction.copy())
 
 
-def bspline_kernel(u: "torch.Tensor", order: int) -> "torch.Tensor":
+def grid_domain_under_initial(geometry: ImageGeometry, final_spacing: np.ndarray | Sequence[float],
+                              initial_transform: Callable[[torch.Tensor], torch.Tensor]
+                              ) -> tuple[ImageGeometry, np.ndarray]:
+    """B-spline grid domain when composing with an initial transform (docs/design.md §E6.4).
+
+    The fixed image's boundary voxels are mapped through the initial transform and bounded in the
+    image's rotated frame ``[m, M]``; the origin becomes ``Dir·m`` and, per axis with extent
+    ``L = S·(n−1) > 0``, the spacing and the final grid spacing are scaled by ``(M − m)/L``
+    (elastix ``Common/Transforms/itkGridScheduleComputer.hxx``, ``ApplyInitialTransform``).
+
+    Args:
+        geometry: the full-resolution fixed image's geometry.
+        final_spacing: ``(D,)`` final B-spline grid spacing, mm, ITK order.
+        initial_transform: the earlier stages' transform, a callable on ``(N, D)`` float64 torch
+            tensors of physical points (mm) returning the same shape.
+
+    Returns:
+        ``(geometry, final_spacing)`` to build the grids from (:func:`grid_for_level`): an
+        :class:`ImageGeometry` of the same size and direction, and the scaled ``(D,)`` final spacing (mm).
+    """
+    size = np.asarray(geometry.size)
+    axes = [np.arange(n) for n in size]
+    index = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(size))
+    boundary = index[np.any((index == 0) | (index == size - 1), axis=1)]
+    # ITK's arithmetic throughout (TransformIndexToPhysicalPoint, TransformPoint, vnl's closed-form
+    # inverse, matrix × point summed left to right): a rounding step can change the grid size.
+    with itk_point_arithmetic():
+        mapped = initial_transform(torch.from_numpy(geometry.itk_index_to_points(boundary))).numpy()
+    rotated = matrix_times_points(vnl_inverse(geometry.direction), mapped)
+    low, high = rotated.min(axis=0), rotated.max(axis=0)
+    spacing = np.asarray(geometry.spacing, dtype=np.float64).copy()
+    final = np.asarray(final_spacing, dtype=np.float64).copy()
+    extent = spacing * (size - 1)
+    ratio = (high - low) / np.where(extent > 1e-12, extent, 1.0)
+    scaled = lambda v: np.where(extent > 1e-12, v * ratio, v)  # S·(new/old), in elastix's order
+    origin = matrix_times_points(geometry.direction, low[None, :])[0]
+    return ImageGeometry(tuple(int(n) for n in size), scaled(spacing), origin, geometry.direction), scaled(final)
+
+
+def bspline_kernel(u: torch.Tensor, order: int) -> torch.Tensor:
     """Centred B-spline kernel ``β^order(u)`` (order 0–3), elementwise, differentiable.
 
     Source: ``Common/Transforms/itkBSplineKernelFunction2.h``; docs/design.md §E6.4.
     """
-    import torch
-
     a = u.abs()
     zero = torch.zeros_like(a)
     if order == 3:
@@ -168,7 +206,7 @@ def bspline_kernel(u: "torch.Tensor", order: int) -> "torch.Tensor":
 
 
 
-def _bspline_weights(t: "torch.Tensor", order: int) -> "torch.Tensor":
+def _bspline_weights(t: torch.Tensor, order: int) -> torch.Tensor:
     """Weights ``β^order(t + (order−1)/2 − m)``, ``m = 0..order``, for fractional positions ``t ∈ [0, 1)``.
 
     Equal to :func:`bspline_kernel` evaluated at the support offsets (closed forms, fewer temporaries).
@@ -179,8 +217,6 @@ def _bspline_weights(t: "torch.Tensor", order: int) -> "torch.Tensor":
     Returns:
         ``(..., order+1)`` weights (differentiable in ``t``).
     """
-    import torch
-
     if order == 3:
         t2 = t * t
         t3 = t2 * t
@@ -199,47 +235,34 @@ def _bspline_weights(t: "torch.Tensor", order: int) -> "torch.Tensor":
     raise ValueError(f"unsupported B-spline order {order}")
 
 
-_TRANSFORM_FUNCTION = None
-
-
-def _transform_function():
+class _Displacement(torch.autograd.Function):
     """Autograd function ``(params, ξ) -> displacement`` on the plugin's CPU kernels.
 
     Forward: ``bspline_evaluate(transform=True)`` (zero outside the valid region); backward: the
     adjoint scatter for the coefficients and the kernel's index-space derivative for ``ξ``.
     """
-    global _TRANSFORM_FUNCTION
-    if _TRANSFORM_FUNCTION is not None:
-        return _TRANSFORM_FUNCTION
-    import torch
 
-    from elastix_bridge.runtime.loader import load_plugin
+    @staticmethod
+    def forward(ctx: Any, params: torch.Tensor, xi: torch.Tensor, size_xyz: Sequence[int],
+                order: int) -> torch.Tensor:
+        dim = xi.shape[1]
+        coef = params.detach().view(dim, -1).T.contiguous()  # (nodes, D), node-major rows
+        ctx.save_for_backward(coef, xi)
+        ctx.size_xyz, ctx.order = list(size_xyz), int(order)
+        return load_plugin().bspline_evaluate(coef, ctx.size_xyz, xi.detach(), ctx.order, True, False)[0]
 
-    class _Displacement(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: Any, params: torch.Tensor, xi: torch.Tensor, size_xyz: Sequence[int],
-                    order: int) -> torch.Tensor:
-            dim = xi.shape[1]
-            coef = params.detach().view(dim, -1).T.contiguous()  # (nodes, D), node-major rows
-            ctx.save_for_backward(coef, xi)
-            ctx.size_xyz, ctx.order = list(size_xyz), int(order)
-            return load_plugin().bspline_evaluate(coef, ctx.size_xyz, xi.detach(), ctx.order, True, False)[0]
-
-        @staticmethod
-        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
-            coef, xi = ctx.saved_tensors
-            plugin = load_plugin()
-            grad = grad.to(coef.dtype).contiguous()
-            grad_params = grad_xi = None
-            if ctx.needs_input_grad[0]:
-                grad_params = plugin.bspline_adjoint(grad, ctx.size_xyz, xi.detach(), ctx.order, True).T.reshape(-1)
-            if ctx.needs_input_grad[1]:
-                d = plugin.bspline_evaluate(coef, ctx.size_xyz, xi.detach(), ctx.order, True, True)[1]
-                grad_xi = torch.einsum("nc,ncd->nd", grad, d)
-            return grad_params, grad_xi, None, None
-
-    _TRANSFORM_FUNCTION = _Displacement
-    return _TRANSFORM_FUNCTION
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        coef, xi = ctx.saved_tensors
+        plugin = load_plugin()
+        grad = grad.to(coef.dtype).contiguous()
+        grad_params = grad_xi = None
+        if ctx.needs_input_grad[0]:
+            grad_params = plugin.bspline_adjoint(grad, ctx.size_xyz, xi.detach(), ctx.order, True).T.reshape(-1)
+        if ctx.needs_input_grad[1]:
+            d = plugin.bspline_evaluate(coef, ctx.size_xyz, xi.detach(), ctx.order, True, True)[1]
+            grad_xi = torch.einsum("nc,ncd->nd", grad, d)
+        return grad_params, grad_xi, None, None
 
 
 class BSplineTransform(Transform):
@@ -291,8 +314,6 @@ class BSplineTransform(Transform):
         return (self.order + 1) ** self.dimension
 
     def _consts(self, dtype, device):
-        import torch
-
         key = (dtype, device)
         c = self._cache.get(key)
         if c is None:
@@ -306,12 +327,12 @@ class BSplineTransform(Transform):
             self._cache[key] = c
         return c
 
-    def grid_index(self, points: "torch.Tensor") -> "torch.Tensor":
+    def grid_index(self, points: torch.Tensor) -> torch.Tensor:
         """Continuous grid index ``ξ`` of physical points: ``(N, D)`` mm → ``(N, D)``."""
         c = self._consts(points.dtype, points.device)
         return (points - c["origin"]) @ c["to_index"].T
 
-    def support(self, points: "torch.Tensor") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def support(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Support nodes and weights of points.
 
         Args:
@@ -323,8 +344,6 @@ class BSplineTransform(Transform):
             (x-fastest, clamped into the grid for invalid points), validity mask.  ``S = order+1``, ``m``
             enumerated x-fastest.
         """
-        import torch
-
         c = self._consts(points.dtype, points.device)
         xi = (points - c["origin"]) @ c["to_index"].T  # (N, D)
         half = (self.order - 1) / 2.0
@@ -356,16 +375,13 @@ class BSplineTransform(Transform):
         Raises:
             ValueError: wrong shapes.
         """
-        import torch
-
         self._check(params, points)
         dtype = torch.promote_types(params.dtype, points.dtype)
         pts = points.to(dtype)
         if pts.device.type == "cpu":
             xi = self.grid_index(pts)
-            return pts + _transform_function().apply(params.to(dtype), xi.contiguous(), self.grid.size_xyz,
-                                                     self.order)
-        return self._transform_points_torch(params.to(dtype), pts)
+            return pts + _Displacement.apply(params.to(dtype), xi.contiguous(), self.grid.size_xyz, self.order)
+        return self.transform_points_reference(params, points)
 
     def transform_grid(self, params: torch.Tensor, geometry: ImageGeometry) -> torch.Tensor:
         """``T`` at every voxel centre of ``geometry``, ``(∏size, D)`` mm, x fastest (as ``voxel_centres``).
@@ -376,8 +392,6 @@ class BSplineTransform(Transform):
         multiply-adds per voxel and component instead of (order+1)^D. Otherwise, or off the CPU, it is
         :meth:`transform_points` at the voxel centres. Same validity rule (zero outside the valid region).
         """
-        import torch
-
         a = self._to_grid_index @ geometry.direction @ np.diag(geometry.spacing)  # d ξ / d index
         off_diagonal = a - np.diag(np.diag(a))
         pts = torch.from_numpy(geometry.voxel_centres())
@@ -401,10 +415,16 @@ class BSplineTransform(Transform):
         # coef is now (D, *zyx of the grid); rows x fastest as voxel_centres
         return pts.to(dtype) + coef.reshape(self.dimension, -1).T
 
-    def _transform_points_torch(self, params, pts):
-        """Device-generic torch version of :meth:`transform_points` (the plugin kernels' reference)."""
-        import torch
+    def transform_points_reference(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """:meth:`transform_points` by the device-generic torch code, on any device.
 
+        What :meth:`transform_points` runs off the CPU (a gather of each point's support from :meth:`support`),
+        never the plugin's kernels: the reference the tests compare those with. Differentiable by autograd
+        w.r.t. ``params`` and ``points``. Same arguments, results and errors as :meth:`transform_points`.
+        """
+        self._check(params, points)
+        dtype = torch.promote_types(params.dtype, points.dtype)
+        params, pts = params.to(dtype), points.to(dtype)
         w, node_index, _ = self.support(pts)
         n, m = w.shape
         coef_nodes = params.view(self.dimension, -1).T.contiguous()  # (∏N, D): node-major rows
@@ -427,8 +447,6 @@ class BSplineTransform(Transform):
 
         Source: ``itkAdvancedBSplineDeformableTransform.hxx`` ``GetJacobian``; docs/design.md §E6.4.
         """
-        import torch
-
         w, node_index, valid = self.support(points)
         n, m = w.shape
         dim = self.dimension
@@ -471,6 +489,19 @@ class BSplineTransform(Transform):
         return upsample(params_old, old_grid, new_grid, order=self.order)
 
 
+def bspline_from_parameter_map(pm: ParameterMap) -> tuple[BSplineTransform, torch.Tensor]:
+    """B-spline transform of a TransformParameters map: ``GridSize``, ``GridSpacing``, ``GridOrigin``,
+    ``GridDirection`` (column-major) and ``BSplineTransformSplineOrder`` (docs/design.md §E10.3)."""
+    name = pm.get("Transform")
+    size = [int(v) for v in pm.values("GridSize")]
+    d = len(size)
+    direction = np.array([float(v) for v in pm.values("GridDirection")] or np.eye(d).reshape(-1)).reshape(d, d).T
+    grid = BSplineGrid(tuple(size), [float(v) for v in pm.values("GridSpacing")],
+                       [float(v) for v in pm.values("GridOrigin")], direction)
+    transform = BSplineTransform(grid, order=pm.get("BSplineTransformSplineOrder", default=3, type=int), name=name)
+    return transform, read_transform_parameters(pm, transform, name)
+
+
 def upsample(params_old: torch.Tensor | np.ndarray, old_grid: BSplineGrid, new_grid: BSplineGrid,
              order: int = 3) -> torch.Tensor | np.ndarray:
     """Coefficients on ``new_grid`` that reproduce the deformation of ``params_old`` on ``old_grid``.
@@ -494,8 +525,6 @@ def upsample(params_old: torch.Tensor | np.ndarray, old_grid: BSplineGrid, new_g
 
     Source: ``Common/Transforms/itkUpsampleBSplineParametersFilter.hxx``; docs/design.md §E6.4.
     """
-    from scipy import ndimage
-
     is_tensor = hasattr(params_old, "detach")
     if is_tensor:
         arr = params_old.detach().to("cpu").double().numpy()
@@ -526,7 +555,5 @@ def upsample(params_old: torch.Tensor | np.ndarray, old_grid: BSplineGrid, new_g
             comps.append(vals.reshape(-1))
         out = np.concatenate(comps)
     if is_tensor:
-        import torch
-
         return torch.as_tensor(out, device=params_old.device).to(params_old.dtype)
     return out.astype(np.asarray(params_old).dtype, copy=False)

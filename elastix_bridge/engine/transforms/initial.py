@@ -12,21 +12,16 @@ optimised, the initial transform is evaluated without gradients.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
+import torch
 
-from elastix_bridge.engine.components import register
-from elastix_bridge.engine.transforms.bspline import BSplineGrid, BSplineTransform
-from elastix_bridge.engine.transforms.base import Transform, TranslationTransform
+from elastix_bridge.core.parameters import ParameterMap, as_parameter_map
+from elastix_bridge.engine.components import UnsupportedComponentError, component
+from elastix_bridge.engine.transforms.base import Transform
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from elastix_bridge.core.parameters import ParameterMap
-
-__all__ = ["ComposedTransform", "TransformChain", "chain_from_file", "transform_from_parameter_map"]
+__all__ = ["ComposedTransform", "TransformChain", "transform_from_parameter_map"]
 
 
 def transform_from_parameter_map(pmap: ParameterMap | Mapping[str, Any]) -> tuple[Transform, torch.Tensor]:
@@ -38,8 +33,9 @@ def transform_from_parameter_map(pmap: ParameterMap | Mapping[str, Any]) -> tupl
             ``CenterOfRotationPoint`` …).
 
     Returns:
-        ``(transform, params)``: a transform of :mod:`elastix_bridge.engine.transforms.bspline` or
-        :mod:`elastix_bridge.engine.transforms.linear` and its ``Tensor[P]`` float64 parameters.
+        ``(transform, params)``: the transform its registered ``read`` builds (a transform of
+        :mod:`elastix_bridge.engine.transforms.base`, :mod:`~elastix_bridge.engine.transforms.bspline` or
+        :mod:`~elastix_bridge.engine.transforms.linear`) and its ``Tensor[P]`` float64 parameters.
 
     Raises:
         UnsupportedComponentError: a transform the bridge engine does not know (with the supported list).
@@ -47,103 +43,13 @@ def transform_from_parameter_map(pmap: ParameterMap | Mapping[str, Any]) -> tupl
 
     Source: docs/design.md §E10.1, §E10.3.
     """
-    from elastix_bridge.core.parameters import ParameterMap
-    from elastix_bridge.engine.components import UnsupportedComponentError, component
-
-    pm = pmap if isinstance(pmap, ParameterMap) else ParameterMap.from_dict(dict(pmap))
+    pm = as_parameter_map(pmap)
     name = pm.get("Transform", default="AffineTransform")  # elastix's default when absent (§E1.7)
     try:
         read = component("Transform", name).trait("read")
     except UnsupportedComponentError as error:
         raise UnsupportedComponentError(f"in an initial TransformParameters map: {error}") from None
     return read(pm)
-
-
-def _parameters(pm, transform, name: str):
-    """``TransformParameters`` as ``Tensor[P]`` float64, checked against the transform's count."""
-    import torch
-
-    params = torch.tensor([float(v) for v in pm.values("TransformParameters")], dtype=torch.float64)
-    if len(params) != transform.number_of_parameters:
-        raise ValueError(f"the {name} map has {len(params)} TransformParameters; its grid/dimension needs "
-                         f"{transform.number_of_parameters}")
-    return params
-
-
-def _translation_from_parameter_map(pm):
-    """``TranslationTransform`` of a TransformParameters map: D parameters (mm)."""
-    transform = TranslationTransform(len(pm.values("TransformParameters")))
-    return transform, _parameters(pm, transform, "TranslationTransform")
-
-
-def _bspline_from_parameter_map(pm):
-    """B-spline transform of a TransformParameters map: ``GridSize``, ``GridSpacing``, ``GridOrigin``,
-    ``GridDirection`` (column-major) and ``BSplineTransformSplineOrder`` (docs/design.md §E10.3)."""
-    name = pm.get("Transform")
-    size = [int(v) for v in pm.values("GridSize")]
-    d = len(size)
-    direction = np.array([float(v) for v in pm.values("GridDirection")] or np.eye(d).reshape(-1)).reshape(d, d).T
-    grid = BSplineGrid(tuple(size), [float(v) for v in pm.values("GridSpacing")],
-                       [float(v) for v in pm.values("GridOrigin")], direction)
-    transform = BSplineTransform(grid, order=pm.get("BSplineTransformSplineOrder", default=3, type=int), name=name)
-    return transform, _parameters(pm, transform, name)
-
-
-# The transforms of engine/transforms/bspline.py, registered here beside their readers.
-register("Transform", "TranslationTransform", TranslationTransform, kind="translation",
-         read=_translation_from_parameter_map, source="Components/Transforms/TranslationTransform")
-register("Transform", "BSplineTransform", BSplineTransform, kind="bspline", read=_bspline_from_parameter_map,
-         source="Components/Transforms/BSplineTransform")
-register("Transform", "RecursiveBSplineTransform", BSplineTransform, kind="bspline",
-         read=_bspline_from_parameter_map, source="Components/Transforms/RecursiveBSplineTransform")
-
-
-def chain_from_file(path: str | Path) -> list:
-    """The TransformParameters maps of a file and of the initial transforms it names, earliest first.
-
-    ``InitialTransformParameterFileName`` (or the deprecated ``InitialTransformParametersFileName``)
-    is followed recursively until ``NoInitialTransform``. A relative name is used as it is when it is
-    absolute, when the referencing file's own path has no folder part, or when it exists relative to
-    the working directory; otherwise it is taken relative to the referencing file's folder
-    (docs/design.md §E1.7).
-
-    Args:
-        path: a TransformParameters file (``-t0``).
-
-    Returns:
-        list of :class:`~elastix_bridge.core.parameters.ParameterMap`.
-
-    Raises:
-        FileNotFoundError: a file of the chain is missing (the message names the referencing file).
-        ValueError: a file references itself or a chain loops.
-    """
-    from pathlib import Path
-
-    from elastix_bridge.core.transform_io import read_transform_parameter_file
-
-    maps, seen = [], set()
-    current, referrer = str(path), None
-    while True:
-        p = Path(current)
-        if not p.is_file():
-            where = f" (named by {referrer})" if referrer else ""
-            fix = (f"; correct its (InitialTransformParameterFileName ...) in {referrer}, or copy the file there"
-                   if referrer else "; check the path")
-            raise FileNotFoundError(f"initial TransformParameters file {current} does not exist{where}{fix}")
-        key = str(p.resolve())
-        if key in seen:
-            raise ValueError(f"the initial transform chain loops at {current}")
-        seen.add(key)
-        pm = read_transform_parameter_file(p)
-        maps.insert(0, pm)
-        name = pm.get("InitialTransformParameterFileName",
-                      default=pm.get("InitialTransformParametersFileName", default="NoInitialTransform"))
-        if not name or name == "NoInitialTransform":
-            return maps
-        nxt = Path(name)
-        if not (nxt.is_absolute() or ("/" not in current and "\\" not in current) or nxt.exists()):
-            nxt = p.parent / nxt
-        referrer, current = current, str(nxt)
 
 
 class TransformChain:
@@ -158,13 +64,9 @@ class TransformChain:
     """
 
     def __init__(self, maps: Sequence) -> None:
-        from functools import partial
-
-        from elastix_bridge.core.parameters import ParameterMap
-
         self._last = None  # points -> points of the chain so far: each stage is composed onto it
         for m in maps:
-            pm = m if isinstance(m, ParameterMap) else ParameterMap.from_dict(dict(m))
+            pm = as_parameter_map(m)
             transform, params = transform_from_parameter_map(pm)
             if self._last is not None:
                 transform = ComposedTransform(transform, self._last,
@@ -175,8 +77,6 @@ class TransformChain:
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         """Map physical points ``(N, D)`` (mm) through the whole chain; no gradient."""
-        import torch
-
         with torch.no_grad():
             return self._last(points)
 

@@ -1,9 +1,11 @@
-"""ITK-order grid geometry of core/geometry.py: vnl's inverse and the B-spline grid domain under an initial transform."""
+"""ITK-order grid geometry: vnl's inverse (core/geometry.py) and the B-spline grid domain under an initial transform
+(engine/transforms/bspline.py)."""
 import numpy as np
 import pytest
 
-from elastix_bridge.core.geometry import ImageGeometry, grid_domain_under_initial, vnl_inverse
-from helpers import GEO2, GEO3  # noqa: E402
+from elastix_bridge.core.geometry import ImageGeometry, vnl_inverse
+from elastix_bridge.engine.transforms.bspline import grid_domain_under_initial
+from helpers.geometry import GEO2, GEO3  # noqa: E402
 
 
 @pytest.mark.parametrize("matrix", [GEO2.direction, GEO3.direction, np.array([[2.0, 0.5], [-1.0, 3.0]]),

@@ -46,7 +46,7 @@ def test_empty_value_list_counts_as_absent():
 
 def test_reads_lists_elastix_lookup_order_and_impact_uses_it():
     """One lookup rule: ``get`` and IMPACT's per-level scalars (Mechanism A) read the same entry."""
-    from elastix_bridge.core.impact_parameters import _read_scalar
+    from elastix_bridge.core.impact_option_readers import read_scalar
 
     pm = ParameterMap({"ImpactGPU": ["0", "1"], "Metric1ImpactGPU": ["3"]})
     assert pm.reads("ImpactGPU", 1, "Metric1") == [("ImpactGPU", 0), ("ImpactGPU", 1), ("Metric1ImpactGPU", 0)]
@@ -54,7 +54,7 @@ def test_reads_lists_elastix_lookup_order_and_impact_uses_it():
     assert pm.reads("Absent", 1, "Metric1") == []
     for level in (0, 1, 2):
         for index in (0, 1):
-            raw = _read_scalar(pm.to_dict(), "ImpactGPU", level, index)
+            raw = read_scalar(pm.to_dict(), "ImpactGPU", level, index)
             assert raw[0] == pm.get("ImpactGPU", level, prefix=f"Metric{index}")
 
 

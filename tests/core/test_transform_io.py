@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import GEO2, GEO3  # noqa: E402
+from helpers.geometry import GEO2, GEO3  # noqa: E402
 from elastix_bridge.engine.transforms.bspline import BSplineTransform, grid_for_level  # noqa: E402
 from elastix_bridge.engine.transforms.base import TranslationTransform  # noqa: E402
 from elastix_bridge.core.parameters import ParameterError, ParameterMap  # noqa: E402
