@@ -173,7 +173,7 @@ def _check_memory_limit(memory_limit: Optional[int], peak_bytes: int, pair: Pair
             "workers from this machine's memory")
 
 
-def _output_problems(root: Path, pairs: Sequence[Pair], inputs: Sequence[Path]) -> list:
+def output_problems(root: Path, pairs: Sequence[Pair], inputs: Sequence[Path]) -> list:
     """What in ``DIR`` the batch would overwrite or remove that is not its own, before anything is created.
 
     Refused: ``DIR`` (or a parent) a file; a file where the batch puts a folder (``failed``, ``.batch``,
@@ -378,7 +378,7 @@ def register_many(pairs, parameter_object, output_directory: str | Path, client=
                          "folder (it is created if absent)")
     root = Path(output_directory)
     started = time.time()  # what appears in DIR/<id> after this check is not the batch's (_refuse_foreign_folder)
-    problems = _output_problems(root, pairs, inputs)
+    problems = output_problems(root, pairs, inputs)
     if problems:
         raise ManifestError(f"output directory {root}", problems)
     # One GPU per worker of our LocalCluster; a cluster of your own places its GPUs itself.

@@ -111,6 +111,8 @@ def _single_run(folder: Path, locked: bool = False) -> None:
 
 @pytest.mark.parametrize("locked", [False, True], ids=["finished", "still-running"])
 def test_a_pair_folder_written_by_another_run_during_the_batch_is_kept(batch_pair, locked):
+    from elastix_bridge.batch.runner import output_problems
+
     run_pair, root = batch_pair
     record = run_pair(lambda folder: _single_run(folder, locked))
     assert record["status"] == "failed"
@@ -122,7 +124,7 @@ def test_a_pair_folder_written_by_another_run_during_the_batch_is_kept(batch_pai
     assert not list((root / ".batch" / "tmp").iterdir())
     # no record kept: the next batch refuses the folder at its start instead of replacing it
     assert not (root / ".batch" / "pairs" / "a.json").exists()
-    assert any("a folder this batch did not write" in p for p in _output_problems(root, [_pair(root)], []))
+    assert any("a folder this batch did not write" in p for p in output_problems(root, [_pair(root)], []))
 
 
 def test_a_pair_folder_from_an_earlier_batch_is_still_replaced(batch_pair):

@@ -19,7 +19,12 @@ Deliberate differences from upstream elastix (docs/design.md §I13), each the "f
   * PCA counts and bases are indexed by the global layer index (Q11).
 
 The feature models' calls (upstream's argument convention), result checks and contract probes are
-:mod:`.impact_models`'s.
+:mod:`.impact_models`'s; the metric's memory, as the plan asks it, :mod:`.impact_memory`'s.
+
+Why this module is longer than ~600 lines: the two modes share the metric's state and its set-up per
+level (feature maps or patches, PCA bases, feature subsets, the valid-sample check, the refresh after
+each iteration), and the patch geometry beside them is what both the modes and the tests read; the
+parts that stand alone are in the two modules above.
 
 Source: docs/design.md §I4–§I8; Boussot et al., "IMPACT: A Generic Semantic Loss for Multimodal
 Medical Image Registration", arXiv:2503.24121, §2.
