@@ -1,7 +1,7 @@
 """The ``elastix-bridge`` command: elastix's flags, plus a few bridge commands.
 
     elastix-bridge -f fixed.mha -m moving.mha -p params.txt -out OUT [-fMask m.mha] [-mMask m.mha] [-t0 TP.txt]
-                   [-threads N] [--engine auto|elastix|bridge] [--qc]
+                   [-threads N] [--engine auto|elastix|bridge] [--qc] [--profile]
     elastix-bridge build-plugin          compile the IMPACT plugin for the installed torch
     elastix-bridge doctor [--json] [--build]  can Impact run here? (exit 1 when not, with the fix)
     elastix-bridge make-model NAME -o F  write a built-in TorchScript feature model (e.g. mind-ssc-3d)
@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 
 from elastix_bridge.batch import register_many  # checks dask.distributed itself, before creating anything
 from elastix_bridge.batch.summary import cohort_lines
+from elastix_bridge.core import run_timing
 from elastix_bridge.core.engines import ENGINES
 from elastix_bridge.core.files import check_input_file
 from elastix_bridge.core.image_io import read_image_geometry
@@ -115,6 +116,9 @@ def registration_parser() -> ExactParser:
     p.add_argument("--qc", action="store_true",
                    help="also write qc.png into the output directory: checkerboard, overlay and Jacobian "
                         "determinant (folded voxels) on central slices, metric per iteration (needs matplotlib)")
+    p.add_argument("--profile", action="store_true",
+                   help="print where the seconds went before the first iteration: imports, itk-elastix's module, "
+                        "images, plugin, feature models, pyramid levels, metric set-up")
     return p
 
 
@@ -139,10 +143,21 @@ def run_registration(argv: Sequence[str]) -> int:
     args = registration_parser().parse_args(argv)  # flag errors first: they cost no import of itk
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     console = args.loglevel not in ("off", None) or (args.loglevel is None and not progress)
-    run = register_files(args.f, args.m, args.p, args.out, fixed_mask=args.fMask, moving_mask=args.mMask,
-                         initial_transform=args.t0, engine=args.engine, threads=args.threads, log_to_console=console,
-                         progress=progress, qc_figure=args.qc,
-                         command=" ".join(["elastix-bridge", *map(str, argv)]))
+    if args.profile:
+        run_timing.start()
+        with run_timing.phase("itk-elastix module"):  # itk loads it lazily, on first use, in any run
+            import itk  # deferred: itk takes seconds to import; --profile times its elastix module on its own
+
+            itk.ElastixRegistrationMethod  # noqa: B018 (the attribute access is the load)
+    try:
+        run = register_files(args.f, args.m, args.p, args.out, fixed_mask=args.fMask, moving_mask=args.mMask,
+                             initial_transform=args.t0, engine=args.engine, threads=args.threads,
+                             log_to_console=console, progress=progress, qc_figure=args.qc,
+                             command=" ".join(["elastix-bridge", *map(str, argv)]))
+    finally:
+        if args.profile:
+            print(f"elastix-bridge: {run_timing.report()}", file=sys.stderr)
+            run_timing.stop()
     removed = f" (first removed {len(run.removed)} file(s) of an earlier run)" if run.removed else ""
     print(f"elastix-bridge: wrote {', '.join(run.written)} to {run.output_directory}{removed}")
     return 0

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from elastix_bridge import qc
 from elastix_bridge.api import check_bridge_models, elastix_registration_method
-from elastix_bridge.core import image_io
+from elastix_bridge.core import image_io, run_timing
 from elastix_bridge.core.files import check_input_file
 from elastix_bridge.core.output_folder import check_inputs_outside_outputs, owned_output_folder, prepare_output_folder
 from elastix_bridge.core.parameters import read_parameter_file
@@ -139,10 +139,11 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike,
         if not pmap.has("ResultImagePixelType"):  # results are cast to it before writing (core/result_images.py)
             pmap.set("ResultImagePixelType", ["short"])
     check_maps_from_headers(fixed, moving, maps_by_file, engine, initial_transform)  # before any pixel is read
-    fixed_image = image_io.read_image(fixed, "fixed image (-f)")
-    moving_image = image_io.read_image(moving, "moving image (-m)")
-    fixed_mask_image = image_io.read_mask(fixed_mask, "fixed mask (-fMask)") if fixed_mask else None
-    moving_mask_image = image_io.read_mask(moving_mask, "moving mask (-mMask)") if moving_mask else None
+    with run_timing.phase("images read"):
+        fixed_image = image_io.read_image(fixed, "fixed image (-f)")
+        moving_image = image_io.read_image(moving, "moving image (-m)")
+        fixed_mask_image = image_io.read_mask(fixed_mask, "fixed mask (-fMask)") if fixed_mask else None
+        moving_mask_image = image_io.read_mask(moving_mask, "moving mask (-mMask)") if moving_mask else None
     validate_images(fixed_image, moving_image, fixed_mask_image, moving_mask_image)  # before the estimate reads them
     check_resources(fixed_image, moving_image, parameter_object, fixed_mask_image, moving_mask_image, engine)
     check_bridge_models(fixed_image, parameter_object, _engines(parameter_object, engine))  # before -out is cleared

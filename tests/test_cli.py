@@ -7,6 +7,7 @@ fast; the one successful run uses small synthetic images.
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,23 @@ def test_registration_writes_elastix_outputs(plugin, inputs, tmp_path, capsys):
     result = itk.imread(str(out / "result.0.mha"))
     assert itk.array_from_image(result).shape == (36, 36)
     assert len((out / "IterationInfo.0.R0.txt").read_text().splitlines()) == 1 + 5
+
+
+def test_profile_says_where_the_seconds_went_before_the_first_iteration(plugin, inputs, tmp_path, capsys):
+    code, _, err = run(capsys, *registration_args(inputs, tmp_path / "out"), "--profile")
+    assert code == 0, err
+    line = next(line for line in err.splitlines() if "start-up:" in line)
+    phases = line.split("start-up: ", 1)[1].split(";")[0]  # "imports 0.51 s, itk-elastix module 9.38 s, ..."
+    seconds = dict((name, float(value)) for name, value in re.findall(r"([^,]+?) (\d+\.\d+) s(?:,|$)", phases))
+    seconds = {name.strip(): value for name, value in seconds.items()}
+    for name in ("imports", "itk-elastix module", "images read", "feature models", "pyramid levels",
+                 "metric set-up (Impact: feature maps)"):
+        assert name in seconds, (name, line)
+    first = float(re.search(r"first iteration done (\d+\.\d) s after the process started", line).group(1))
+    whole = float(re.search(r"whole run (\d+\.\d) s", line).group(1))
+    assert 0 < first <= whole + 0.05
+    # the phases cannot add up to more than the process has lived (the itk-elastix load was before the run)
+    assert sum(seconds.values()) <= whole + 0.1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import torch
 
 from elastix_bridge.core.geometry import ImageGeometry
 from elastix_bridge.core.impact_parameters import ImpactLevelConfig, ModelConfig, impact_levels
+from elastix_bridge.core import run_timing
 from elastix_bridge.core.iteration_info import IterationTable
 from elastix_bridge.core.parameters import ParameterMap, UInt
 from elastix_bridge.core.transform_io import transform_parameter_map, write_transform_parameter_file
@@ -297,20 +298,21 @@ def _load_models(pmap, configs, dimension: int, warn: bool = True):
     """
     models, devices = [], []
     for cfg in configs:
-        device = loader.resolve_device(cfg.gpu)
-        half = bool(cfg.mixed_precision and device.type == "cuda")
-        if cfg.mixed_precision and not half and warn:
-            log.warning("ImpactUseMixedPrecision is ignored on the CPU: float16 is applied on CUDA devices only.")
+        with run_timing.phase("feature models"):  # loaded and checked against the contract
+            device = loader.resolve_device(cfg.gpu)
+            half = bool(cfg.mixed_precision and device.type == "cuda")
+            if cfg.mixed_precision and not half and warn:
+                log.warning("ImpactUseMixedPrecision is ignored on the CPU: float16 is applied on CUDA devices only.")
 
-        def load(c: ModelConfig, which: str) -> Any:
-            key = (f"Impact{which}ModelsPath{cfg.level}" if pmap.has(f"Impact{which}ModelsPath{cfg.level}")
-                   else f"ImpactModelsPath{cfg.level}")
-            return loader.load_feature_model(str(loader.model_file(c.path)), device, half=half, parameter=key)
+            def load(c: ModelConfig, which: str) -> Any:
+                key = (f"Impact{which}ModelsPath{cfg.level}" if pmap.has(f"Impact{which}ModelsPath{cfg.level}")
+                       else f"ImpactModelsPath{cfg.level}")
+                return loader.load_feature_model(str(loader.model_file(c.path)), device, half=half, parameter=key)
 
-        models.append(([load(c, "Fixed") for c in cfg.fixed_models],
-                       [load(c, "Moving") for c in cfg.moving_models]))
-        devices.append(device)
-        check_level_models(cfg, models[-1], dimension, device)
+            models.append(([load(c, "Fixed") for c in cfg.fixed_models],
+                           [load(c, "Moving") for c in cfg.moving_models]))
+            devices.append(device)
+            check_level_models(cfg, models[-1], dimension, device)
     return models, devices
 
 
@@ -428,10 +430,11 @@ def _level_images(stage: StageSetup, level: int):
         ``(fixed, moving, fixed_mask, moving_mask)``: ``LevelImage`` and ``Mask`` or None.
     """
     pmap, components = stage.pmap, stage.components
-    fixed = LevelImage.from_itk(pyramid_level(stage.fixed_image, components["FixedImagePyramid"],
-                                              stage.fixed_schedule, level))
-    moving = LevelImage.from_itk(pyramid_level(stage.moving_image, components["MovingImagePyramid"],
-                                               stage.moving_schedule, level))
+    with run_timing.phase("pyramid levels"):
+        fixed = LevelImage.from_itk(pyramid_level(stage.fixed_image, components["FixedImagePyramid"],
+                                                  stage.fixed_schedule, level))
+        moving = LevelImage.from_itk(pyramid_level(stage.moving_image, components["MovingImagePyramid"],
+                                                   stage.moving_schedule, level))
     fmask, mmask = stage.fixed_mask, stage.moving_mask
     if fmask is not None and _erosion_flag(pmap, "Fixed", level):
         fmask = fmask.eroded(stage.fixed_schedule.rescale[level] + 1)
@@ -505,8 +508,9 @@ def _level_metrics(stage: StageSetup, level: int, fixed, moving, fixed_mask, mov
                  if pmap.get("CheckNumberOfSamples", level=level, default=True, type=bool, prefix=f"Metric{i}")
                  else 0.0)
         inputs = MetricInputs(stage, level, i, fixed, moving, fixed_mask, moving_mask, transform, order_moving, ratio)
-        metric = component("Metric", name).factory.for_level(inputs)
-        metric.initialize(parameters)
+        with run_timing.phase("metric set-up (Impact: feature maps)"):
+            metric = component("Metric", name).factory.for_level(inputs)
+            metric.initialize(parameters)
         metrics.append(metric)
     return metrics
 
@@ -557,6 +561,7 @@ class LevelContext:
         return f"stage {self.elastix_level}, level {self.level}, iteration {self.iteration}"
 
     def _after_iteration(self, record, position) -> None:
+        run_timing.first_iteration()
         self.iteration = record.iteration + 1
         for metric in self.metrics:
             metric.after_iteration(position)

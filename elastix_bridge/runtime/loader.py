@@ -41,7 +41,7 @@ import tempfile
 import threading
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 try:
     import fcntl
@@ -50,6 +50,7 @@ except ImportError:  # pragma: no cover - non-POSIX: the atomic rename alone pro
 
 from elastix_bridge.core.files import input_file_problem
 from elastix_bridge.core.impact_parameters import resolve_model_path
+from elastix_bridge.core import run_timing
 from elastix_bridge.core.reserved_models import RESERVED_MODELS
 from elastix_bridge.runtime import build_checks
 from elastix_bridge.runtime.cache import CACHE_ENV, cache_root
@@ -510,38 +511,44 @@ def load_plugin() -> ModuleType:
         module = _loaded.get(key)
         if module is not None:
             return module
-        check_torch_supported(require_torch())
-        expected = expected_build_record()
-        if env is not None:
-            so_path = Path(env).expanduser()
-            if not so_path.is_file():
-                raise ImpactUnavailableError(
-                    f"${PLUGIN_ENV} points to {so_path}, which does not exist; unset ${PLUGIN_ENV} to use "
-                    f"the plugin built for the installed torch, or build one with `{_REBUILD_CMD}`."
-                )
-            why = build_record_mismatch(read_build_record(so_path), expected, check_source=False)
-            if why is not None:
-                raise ImpactUnavailableError(
-                    f"the IMPACT plugin {so_path} (from ${PLUGIN_ENV}) cannot be used: {why}; rebuild it with "
-                    f"`{_REBUILD_CMD}` or unset ${PLUGIN_ENV}."
-                )
-        else:
-            so_path = plugin_file(cache_dir())
-            if not so_path.is_file():
-                log.info(
-                    "Building the IMPACT plugin for torch %s into %s (first use only; takes ~15-60 s)...",
-                    expected["torch_version"],
-                    so_path.parent,
-                )
-                so_path = build_plugin()
-            why = build_record_mismatch(read_build_record(so_path), expected, check_source=True)
-            if why is not None:
-                raise ImpactUnavailableError(
-                    f"the cached IMPACT plugin {so_path} cannot be used: {why}; rebuild it with `{_REBUILD_CMD}`."
-                )
-        module = _import_extension(so_path)
+        with run_timing.phase("plugin load and check"):
+            module = _checked_plugin(env)
         _loaded[key] = module
         return module
+
+
+def _checked_plugin(env: Optional[str]) -> ModuleType:
+    """The plugin of ``$ELASTIX_BRIDGE_PLUGIN`` or of the cache, its build record checked (built if absent)."""
+    check_torch_supported(require_torch())
+    expected = expected_build_record()
+    if env is not None:
+        so_path = Path(env).expanduser()
+        if not so_path.is_file():
+            raise ImpactUnavailableError(
+                f"${PLUGIN_ENV} points to {so_path}, which does not exist; unset ${PLUGIN_ENV} to use "
+                f"the plugin built for the installed torch, or build one with `{_REBUILD_CMD}`."
+            )
+        why = build_record_mismatch(read_build_record(so_path), expected, check_source=False)
+        if why is not None:
+            raise ImpactUnavailableError(
+                f"the IMPACT plugin {so_path} (from ${PLUGIN_ENV}) cannot be used: {why}; rebuild it with "
+                f"`{_REBUILD_CMD}` or unset ${PLUGIN_ENV}."
+            )
+    else:
+        so_path = plugin_file(cache_dir())
+        if not so_path.is_file():
+            log.info(
+                "Building the IMPACT plugin for torch %s into %s (first use only; takes ~15-60 s)...",
+                expected["torch_version"],
+                so_path.parent,
+            )
+            so_path = build_plugin()
+        why = build_record_mismatch(read_build_record(so_path), expected, check_source=True)
+        if why is not None:
+            raise ImpactUnavailableError(
+                f"the cached IMPACT plugin {so_path} cannot be used: {why}; rebuild it with `{_REBUILD_CMD}`."
+            )
+    return _import_extension(so_path)
 
 
 # ---------------------------------------------------------------------------------------------
