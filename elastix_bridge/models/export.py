@@ -33,7 +33,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from elastix_bridge.runtime.loader import require_torch
 from elastix_bridge.models.inspection import inspect_model
@@ -44,131 +44,6 @@ NORMALISATIONS = ("none", "zscore", "minmax", "ct")
 class ExportError(ValueError):
     """The model cannot be exported as asked; the message says why and what to change."""
 
-
-
-# The wrapper classes below subclass torch.nn.Module, so each is defined inside a function that imports torch
-# first: defined at module level they would import torch with this module (the command line imports it).
-
-
-def _normaliser_class():
-    torch = require_torch()
-
-    class Normalise(torch.nn.Module):  # in a function: it subclasses torch's Module (note above)
-        """The input normalisation, from the level statistics ``[min, max, mean, σ]``."""
-
-        def __init__(self, kind: str, low: float, high: float) -> None:
-            super().__init__()
-            self.kind, self.low, self.high = kind, float(low), float(high)
-
-        def forward(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-            if self.kind == "zscore":
-                return (x - stats[2]) / stats[3]
-            if self.kind == "minmax":
-                return (x - stats[0]) / (stats[1] - stats[0])
-            if self.kind == "ct":
-                return (x.clamp(self.low, self.high) - self.low) / (self.high - self.low)
-            return x
-
-    return Normalise
-
-
-def _orientation_class():
-    torch = require_torch()
-
-    class Orient(torch.nn.Module):  # in a function: it subclasses torch's Module (note above)
-        """With ``enabled``: show the network the image in the identity orientation, and put the features back.
-
-        From the rounded direction cosines ``[D, D]`` (column ``j`` = image axis ``j`` in physical
-        ``(x, y, z)``): each image axis is flipped when it points along a negative physical axis, and the
-        axes are permuted into physical order; ``back`` undoes both on a feature map (exact for
-        stride 1; a strided layer's features are flipped as a whole).
-        """
-
-        def __init__(self, enabled: bool) -> None:
-            super().__init__()
-            self.enabled = enabled
-
-        def _plan(self, direction: torch.Tensor):
-            d = direction.size(0)
-            flips: List[int] = []
-            perm: List[int] = [0, 1]
-            for j in range(d):
-                if int(direction[:, j].sum()) < 0:
-                    flips.append(2 + d - 1 - j)
-            for k in range(d):  # tensor axis 2 + k shows physical axis d - 1 - k
-                row = direction[d - 1 - k].abs()
-                j = int(torch.argmax(row))
-                perm.append(2 + d - 1 - j)
-            return flips, perm
-
-        def forward(self, x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-            if not self.enabled:
-                return x
-            flips, perm = self._plan(direction)
-            if len(flips) > 0:
-                x = torch.flip(x, flips)
-            return x.permute(perm)
-
-        def back(self, y: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-            if not self.enabled:
-                return y
-            flips, perm = self._plan(direction)
-            inverse: List[int] = [0] * len(perm)
-            for k in range(len(perm)):
-                inverse[perm[k]] = k
-            y = y.permute(inverse)
-            if len(flips) > 0:
-                y = torch.flip(y, flips)
-            return y
-
-    return Orient
-
-
-def _script_wrapper_class():
-    torch = require_torch()
-
-    class Features(torch.nn.Module):  # in a function: it subclasses torch's Module (note above)
-        """IMPACT convention around truncated TorchScript copies of the network, one per layer."""
-
-        def __init__(self, normalise: torch.nn.Module, orient: torch.nn.Module, parts: List[torch.nn.Module]) -> None:
-            super().__init__()
-            self.normalise, self.orient = normalise, orient
-            self.parts = torch.nn.ModuleList(parts)
-
-        def forward(self, x: torch.Tensor, n_layers: torch.Tensor, stats: torch.Tensor,
-                    direction: torch.Tensor) -> List[torch.Tensor]:
-            y = self.orient(self.normalise(x, stats), direction)
-            out: List[torch.Tensor] = []
-            for part in self.parts:
-                out.append(self.orient.back(part(y), direction))
-            return out
-
-    return Features
-
-
-def _hook_wrapper_class():
-    torch = require_torch()
-
-    class HookedFeatures(torch.nn.Module):  # in a function: it subclasses torch's Module (note above)
-        """IMPACT convention around a Python network; forward hooks keep the chosen blocks' outputs."""
-
-        def __init__(self, normalise: torch.nn.Module, orient: torch.nn.Module, network: torch.nn.Module,
-                     names: List[str]) -> None:
-            super().__init__()
-            self.normalise, self.orient, self.network, self.names = normalise, orient, network, names
-
-        def forward(self, x, n_layers, stats, direction):
-            kept = {}
-            handles = [dict(self.network.named_children())[name].register_forward_hook(
-                lambda module, args, output, name=name: kept.__setitem__(name, output)) for name in self.names]
-            try:
-                self.network(self.orient(self.normalise(x, stats), direction))
-            finally:
-                for handle in handles:
-                    handle.remove()
-            return [self.orient.back(kept[name], direction) for name in self.names]
-
-    return HookedFeatures
 
 
 def _calls(script) -> list:
@@ -249,8 +124,10 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
         raise ExportError(f"normalisation 'ct' needs window=(low, high) (--window LOW HIGH) in HU with low < high, "
                           f"e.g. (-1000, 1000); {got}")
     low, high = window if window is not None else (0.0, 1.0)
-    normalise = _normaliser_class()(normalisation, low, high)
-    orient = _orientation_class()(bool(reorient))
+    from elastix_bridge.models import export_modules  # deferred: imports torch, after the LibTorch check
+
+    normalise = export_modules.Normalise(normalisation, low, high)
+    orient = export_modules.Orient(bool(reorient))
     source = Path(model) if isinstance(model, (str, Path)) else None
     if source is not None and not source.is_file():
         raise ExportError(f"model file {source} does not exist")
@@ -270,7 +147,7 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
                               "from the direction argument at run time")
         model.eval()
         names = _layer_names(layers, [n for n, _ in model.named_children()])
-        wrapper = _hook_wrapper_class()(normalise, orient, model, names).eval()
+        wrapper = export_modules.HookedFeatures(normalise, orient, model, names).eval()
         # Batch and spatial sizes dynamic (patches of any count and size); AUTO lets torch.export find the
         # ranges the network allows (inspect below then proves other sizes run).
         spatial = {a: torch.export.Dim.AUTO for a in [0] + [2 + a for a in range(dimension)]}
@@ -298,7 +175,7 @@ def export(model: Any, layers: Sequence[Any], dimension: int, path: str | Path, 
             return torch.jit.load(io.BytesIO(data), map_location="cpu")
 
         names = _layer_names(layers, [n for n, _ in _calls(load())])
-        wrapper = torch.jit.script(_script_wrapper_class()(normalise, orient, [_truncated(load, n) for n in names]))
+        wrapper = torch.jit.script(export_modules.Features(normalise, orient, [_truncated(load, n) for n in names]))
         wrapper.save(str(partial))
     try:
         # Inspected under the user's name: a failure names `path`, never the temporary `.partial-NNNN` file.
