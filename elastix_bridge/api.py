@@ -25,7 +25,7 @@ from elastix_bridge.core.output_folder import (check_inputs_outside_outputs, is_
                                                prepare_output_folder)
 from elastix_bridge.core.parameters import parameter_maps_from_object
 from elastix_bridge.core.result_images import write_result_image
-from elastix_bridge.core.engines import ENGINES, stage_engines, uses_impact
+from elastix_bridge.core.engines import stage_engines, uses_impact
 from elastix_bridge.core.transform_io import to_parameter_object, write_transform_parameter_file
 from elastix_bridge.plan import RegistrationPlan, check_resources, is_memory_error, memory_error, plan_registration
 from elastix_bridge.progress import StageProgress, elastix_stage_bar
@@ -43,8 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("elastix_bridge")
 
-# The engine's choice per map lives in core (it reads only the maps); these names stay importable from here.
-__all__ = ["ENGINES", "check_bridge_models", "elastix_registration_method", "stage_engines", "uses_impact"]
+__all__ = ["check_bridge_models", "elastix_registration_method"]
 
 
 @contextlib.contextmanager

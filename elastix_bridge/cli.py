@@ -40,8 +40,7 @@ from elastix_bridge.core.reserved_models import RESERVED_MODELS
 from elastix_bridge.demo import run_demo as demo
 from elastix_bridge.doctor import collect_report, print_report
 from elastix_bridge.file_registration import check_maps_from_headers, register_files
-# CommandLineError and ExactParser are the command's, also named as elastix_bridge.cli.*.
-from elastix_bridge.flags import ELASTIX_FLAGS_NOT_RUN, FLAG_RULE, CommandLineError, ExactParser  # noqa: F401
+from elastix_bridge.flags import ELASTIX_FLAGS_NOT_RUN, FLAG_RULE, ExactParser
 from elastix_bridge.models.alignment_check import check_alignment, parameter_map_options
 from elastix_bridge.models.export import export as export_model
 from elastix_bridge.models.inspection import inspect_model

@@ -296,5 +296,5 @@ def test_batch_command_reports_the_manifest_problems_and_registers_nothing(input
     assert "pair b: moving" in err and "absent.mha does not exist" in err
     assert not (tmp_path / "out").exists()
     code, _, err = run(capsys, "batch", manifest, "-p", inputs["params"], "-out", tmp_path / "out",
-                       "--memory-limit", "lots")  # a flag error: one line, exit 1 (cli.ExactParser)
+                       "--memory-limit", "lots")  # a flag error: one line, exit 1 (flags.ExactParser)
     assert code == 1 and "'lots' is not a memory size" in err

@@ -31,7 +31,8 @@ itk = pytest.importorskip("itk")
 torch = pytest.importorskip("torch")
 
 from elastix_bridge import cli  # noqa: E402
-from elastix_bridge.api import elastix_registration_method, stage_engines  # noqa: E402
+from elastix_bridge.api import elastix_registration_method  # noqa: E402
+from elastix_bridge.core.engines import stage_engines  # noqa: E402
 from elastix_bridge.demo import PARAMETER_FILES, demo_parameter_map, parameter_file_text  # noqa: E402
 from elastix_bridge.core.impact_parameters import impact_levels  # noqa: E402
 from elastix_bridge.core.parameters import read_parameter_file  # noqa: E402

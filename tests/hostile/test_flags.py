@@ -1,4 +1,4 @@
-"""Hostile command lines: elastix's flags are matched exactly (elastix_bridge.cli.ExactParser).
+"""Hostile command lines: elastix's flags are matched exactly (elastix_bridge.flags.ExactParser).
 
 elastix's ``main`` (Core/Main/elastix.cxx) compares each flag whole (``key == "-p"``); argparse read
 ``-fmask m.mha`` as ``-f mask`` and ``-fmask_fixed.mha`` as the fixed image ``mask_fixed.mha``. Each
